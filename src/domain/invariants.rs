@@ -1,0 +1,352 @@
+//! The saga's invariants as plain functions over a [`Snapshot`] of every
+//! service's rows: the one definition of "correct" that the simulator, the
+//! property tests and the production `audit` share.
+//!
+//! Safety invariants hold after every committed transaction; quiescence
+//! invariants hold once faults healed, deadlines passed and queues drained.
+//! Each violation names the invariant, the entity and the numbers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::event::NotificationKind;
+use super::ids::{ItemId, OrderId, UserId};
+use super::rows::{
+    Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus, Payment,
+    PaymentState, ReservationState, Row, SlotReservation, StockReservation,
+};
+
+/// Every row of every service at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub orders: BTreeMap<OrderId, Order>,
+    pub catalog: BTreeMap<ItemId, CatalogEntry>,
+    pub accounts: BTreeMap<UserId, Account>,
+    pub balance_holds: BTreeMap<OrderId, BalanceHold>,
+    pub inventory_accounts: BTreeMap<UserId, InventoryAccount>,
+    pub slot_reservations: BTreeMap<OrderId, SlotReservation>,
+    pub item_stocks: BTreeMap<ItemId, ItemStock>,
+    pub stock_reservations: BTreeMap<OrderId, StockReservation>,
+    pub payments: BTreeMap<OrderId, Payment>,
+    pub notifications: BTreeMap<(OrderId, NotificationKind), NotificationLog>,
+}
+
+impl Snapshot {
+    pub fn from_rows(rows: impl IntoIterator<Item = Row>) -> Snapshot {
+        let mut s = Snapshot::default();
+        for row in rows {
+            s.insert(row);
+        }
+        s
+    }
+
+    pub fn insert(&mut self, row: Row) {
+        match row {
+            Row::Order(r) => drop(self.orders.insert(r.order_id.clone(), r)),
+            Row::Catalog(r) => drop(self.catalog.insert(r.item_id.clone(), r)),
+            Row::Account(r) => drop(self.accounts.insert(r.user_id.clone(), r)),
+            Row::BalanceHold(r) => drop(self.balance_holds.insert(r.order_id.clone(), r)),
+            Row::InventoryAccount(r) => drop(self.inventory_accounts.insert(r.user_id.clone(), r)),
+            Row::SlotReservation(r) => drop(self.slot_reservations.insert(r.order_id.clone(), r)),
+            Row::ItemStock(r) => drop(self.item_stocks.insert(r.item_id.clone(), r)),
+            Row::StockReservation(r) => drop(self.stock_reservations.insert(r.order_id.clone(), r)),
+            Row::Payment(r) => drop(self.payments.insert(r.order_id.clone(), r)),
+            Row::NotificationLog(r) => drop(self.notifications.insert((r.order_id.clone(), r.kind), r)),
+        }
+    }
+
+    fn sent(&self, order: &OrderId, kind: NotificationKind) -> i64 {
+        self.notifications
+            .get(&(order.clone(), kind))
+            .map_or(0, |n| n.sent_count)
+    }
+}
+
+/// The invariants, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    NonNegativeBalance,
+    NonNegativeStock,
+    SlotsWithinCapacity,
+    BalanceMatchesHolds,
+    StockMatchesReservations,
+    SlotsMatchReservations,
+    GrantOnlyWhenPaid,
+    CompletedOnlyWhenPaid,
+    NotificationAtMostOnce,
+    TerminalNeverChanges,
+    PivotDecidesOnce,
+    EveryOrderTerminal,
+    BalanceConservation,
+    StockConservation,
+    GrantExactlyOnce,
+    NoOpenReservation,
+    OneOutcomeNotification,
+}
+
+impl Invariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::NonNegativeBalance => "non-negative-balance",
+            Invariant::NonNegativeStock => "non-negative-stock",
+            Invariant::SlotsWithinCapacity => "slots-within-capacity",
+            Invariant::BalanceMatchesHolds => "balance-matches-holds",
+            Invariant::StockMatchesReservations => "stock-matches-reservations",
+            Invariant::SlotsMatchReservations => "slots-match-reservations",
+            Invariant::GrantOnlyWhenPaid => "grant-only-when-paid",
+            Invariant::CompletedOnlyWhenPaid => "completed-only-when-paid",
+            Invariant::NotificationAtMostOnce => "notification-at-most-once",
+            Invariant::TerminalNeverChanges => "terminal-never-changes",
+            Invariant::PivotDecidesOnce => "pivot-decides-once",
+            Invariant::EveryOrderTerminal => "every-order-terminal",
+            Invariant::BalanceConservation => "balance-conservation",
+            Invariant::StockConservation => "stock-conservation",
+            Invariant::GrantExactlyOnce => "grant-exactly-once",
+            Invariant::NoOpenReservation => "no-open-reservation",
+            Invariant::OneOutcomeNotification => "one-outcome-notification",
+        }
+    }
+}
+
+/// One broken invariant: which, about what, and the numbers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Violation {
+    pub invariant: Invariant,
+    /// The entity, e.g. `user u1` or `order o7`.
+    pub subject: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", self.invariant.name(), self.subject, self.detail)
+    }
+}
+
+struct Report(Vec<Violation>);
+
+impl Report {
+    fn check(&mut self, holds: bool, invariant: Invariant, subject: impl FnOnce() -> String, detail: impl FnOnce() -> String) {
+        if !holds {
+            self.0.push(Violation {
+                invariant,
+                subject: subject(),
+                detail: detail(),
+            });
+        }
+    }
+}
+
+/// Invariants that hold after every committed transaction.
+pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
+    let mut r = Report(Vec::new());
+    for (user, account) in &s.accounts {
+        r.check(account.balance >= 0, Invariant::NonNegativeBalance, || format!("user {user}"), || {
+            format!("balance {}", account.balance)
+        });
+        let held: i64 = s
+            .balance_holds
+            .values()
+            .filter(|h| &h.user_id == user && h.state == ReservationState::Held)
+            .map(|h| h.amount)
+            .sum();
+        r.check(
+            account.balance == account.opening_balance - held,
+            Invariant::BalanceMatchesHolds,
+            || format!("user {user}"),
+            || format!("balance {} != opening {} - held {held}", account.balance, account.opening_balance),
+        );
+    }
+    for (item, stock) in &s.item_stocks {
+        r.check(stock.stock >= 0, Invariant::NonNegativeStock, || format!("item {item}"), || {
+            format!("stock {}", stock.stock)
+        });
+        let held: i64 = s
+            .stock_reservations
+            .values()
+            .filter(|h| &h.item_id == item && h.state == ReservationState::Held)
+            .map(|h| h.quantity)
+            .sum();
+        r.check(
+            stock.stock == stock.opening_stock - held,
+            Invariant::StockMatchesReservations,
+            || format!("item {item}"),
+            || format!("stock {} != opening {} - reserved {held}", stock.stock, stock.opening_stock),
+        );
+    }
+    for (user, inv) in &s.inventory_accounts {
+        r.check(
+            inv.used_slots >= 0 && inv.reserved_slots >= 0 && inv.used_slots + inv.reserved_slots <= inv.capacity,
+            Invariant::SlotsWithinCapacity,
+            || format!("user {user}"),
+            || format!("used {} + reserved {} vs capacity {}", inv.used_slots, inv.reserved_slots, inv.capacity),
+        );
+        let sum = |state| -> i64 {
+            s.slot_reservations
+                .values()
+                .filter(|x| &x.user_id == user && x.state == state)
+                .map(|x| x.slots)
+                .sum()
+        };
+        let (held, granted) = (sum(ReservationState::Held), sum(ReservationState::Granted));
+        r.check(
+            inv.reserved_slots == held && inv.used_slots == granted,
+            Invariant::SlotsMatchReservations,
+            || format!("user {user}"),
+            || {
+                format!(
+                    "reserved {} vs held {held}, used {} vs granted {granted}",
+                    inv.reserved_slots, inv.used_slots
+                )
+            },
+        );
+    }
+    for (order, res) in &s.slot_reservations {
+        if res.state == ReservationState::Granted {
+            let paid = s.payments.get(order).map(|p| p.state);
+            r.check(
+                paid == Some(PaymentState::Processed),
+                Invariant::GrantOnlyWhenPaid,
+                || format!("order {order}"),
+                || format!("item granted while payment is {paid:?}"),
+            );
+        }
+    }
+    for (id, order) in &s.orders {
+        if order.status == OrderStatus::Completed {
+            let paid = s.payments.get(id).map(|p| p.state);
+            r.check(
+                paid == Some(PaymentState::Processed),
+                Invariant::CompletedOnlyWhenPaid,
+                || format!("order {id}"),
+                || format!("COMPLETED while payment is {paid:?}"),
+            );
+        }
+    }
+    for ((order, kind), log) in &s.notifications {
+        r.check(
+            log.sent_count <= 1,
+            Invariant::NotificationAtMostOnce,
+            || format!("order {order}"),
+            || format!("{} sent {} times", kind.as_str(), log.sent_count),
+        );
+    }
+    r.0
+}
+
+/// Invariants between two moments: what was decided stays decided.
+pub fn check_transition(before: &Snapshot, after: &Snapshot) -> Vec<Violation> {
+    let mut r = Report(Vec::new());
+    for (id, old) in &before.orders {
+        if old.status.is_terminal() {
+            let new = after.orders.get(id).map(|o| (o.status, o.failed_step));
+            r.check(
+                new == Some((old.status, old.failed_step)),
+                Invariant::TerminalNeverChanges,
+                || format!("order {id}"),
+                || format!("was {} {:?}, now {new:?}", old.status.as_str(), old.failed_step),
+            );
+        }
+    }
+    for (id, old) in &before.payments {
+        let new = after.payments.get(id).map(|p| p.state);
+        r.check(
+            new == Some(old.state),
+            Invariant::PivotDecidesOnce,
+            || format!("order {id}"),
+            || format!("payment was {}, now {new:?}", old.state.as_str()),
+        );
+    }
+    r.0
+}
+
+/// Safety plus what must hold once everything settled.
+pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
+    let mut r = Report(check_safety(s));
+    let mut completed_total: BTreeMap<&UserId, i64> = BTreeMap::new();
+    let mut completed_quantity: BTreeMap<&ItemId, i64> = BTreeMap::new();
+    for (id, order) in &s.orders {
+        let subject = || format!("order {id}");
+        r.check(order.status.is_terminal(), Invariant::EveryOrderTerminal, subject, || {
+            format!("still {} (deadline {})", order.status.as_str(), order.deadline_at)
+        });
+        let completed = order.status == OrderStatus::Completed;
+        if completed {
+            *completed_total.entry(&order.user_id).or_default() += order.total_amount;
+            *completed_quantity.entry(&order.item_id).or_default() += order.quantity;
+        }
+        let slot = s.slot_reservations.get(id).map(|x| (x.state, x.slots));
+        let hold = s.balance_holds.get(id).map(|x| x.state);
+        let stock = s.stock_reservations.get(id).map(|x| x.state);
+        let payment = s.payments.get(id).map(|p| p.state);
+        if completed {
+            r.check(
+                slot == Some((ReservationState::Granted, order.quantity)),
+                Invariant::GrantExactlyOnce,
+                subject,
+                || format!("COMPLETED order of {} has slot reservation {slot:?}", order.quantity),
+            );
+        } else {
+            r.check(
+                !matches!(slot, Some((ReservationState::Granted, _))),
+                Invariant::GrantExactlyOnce,
+                subject,
+                || "FAILED order granted its item".to_string(),
+            );
+            let open: Vec<&str> = [
+                (hold == Some(ReservationState::Held), "balance"),
+                (matches!(slot, Some((ReservationState::Held, _))), "slots"),
+                (stock == Some(ReservationState::Held), "stock"),
+            ]
+            .into_iter()
+            .filter_map(|(open, what)| open.then_some(what))
+            .collect();
+            r.check(open.is_empty(), Invariant::NoOpenReservation, subject, || {
+                format!("FAILED order still holds {}", open.join(", "))
+            });
+        }
+        let outcome_sent = (
+            s.sent(id, NotificationKind::PurchaseCompleted),
+            s.sent(id, NotificationKind::PurchaseFailed),
+            s.sent(id, NotificationKind::PaymentCompleted),
+            s.sent(id, NotificationKind::PaymentFailed),
+        );
+        let payment_failed = matches!(payment, Some(PaymentState::Declined | PaymentState::Cancelled));
+        let expected = if completed { (1, 0, 1, 0) } else { (0, 1, 0, i64::from(payment_failed)) };
+        r.check(
+            !order.status.is_terminal() || outcome_sent == expected,
+            Invariant::OneOutcomeNotification,
+            subject,
+            || {
+                format!(
+                    "{} order sent (purchase-completed, purchase-failed, payment-completed, payment-failed) = {outcome_sent:?}, expected {expected:?}",
+                    order.status.as_str()
+                )
+            },
+        );
+    }
+    for (user, account) in &s.accounts {
+        let spent = completed_total.get(user).copied().unwrap_or(0);
+        r.check(
+            account.balance == account.opening_balance - spent,
+            Invariant::BalanceConservation,
+            || format!("user {user}"),
+            || {
+                format!(
+                    "balance {} != opening {} - completed orders {spent}",
+                    account.balance, account.opening_balance
+                )
+            },
+        );
+    }
+    for (item, stock) in &s.item_stocks {
+        let sold = completed_quantity.get(item).copied().unwrap_or(0);
+        r.check(
+            stock.stock == stock.opening_stock - sold,
+            Invariant::StockConservation,
+            || format!("item {item}"),
+            || format!("stock {} != opening {} - sold {sold}", stock.stock, stock.opening_stock),
+        );
+    }
+    r.0
+}

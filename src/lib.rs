@@ -1,0 +1,14 @@
+//! purchase-saga: the item-purchase saga of the founding document as a
+//! choreography of six services over an at-least-once bus.
+//!
+//! # Layout
+//! - [`domain`]: events, participants as pure state machines, invariants.
+//! - [`runtime`]: the async driver shared by production and the simulator:
+//!   consumer, outbox relay, deadline sweeper, retries, dead-lettering, over
+//!   small store and bus traits; plus deterministic in-memory adapters.
+//!
+//! See `ARCHITECTURE.md` for the map and the rules between layers.
+
+pub mod domain;
+pub mod runtime;
+pub mod workload;

@@ -1,0 +1,59 @@
+//! The bus port: at-least-once delivery with consumer groups, one group per
+//! service, redelivery of unacknowledged entries and a dead-letter list.
+//!
+//! Adapters: `memory::MemoryBus` (tests and the seeded scheduler), the Redis
+//! Streams bus of the production binary and the simulator's broker host. The
+//! bus carries bytes: decoding is the consumer's, so a malformed entry can be
+//! dead-lettered with its reason instead of being lost in the adapter.
+
+use async_trait::async_trait;
+
+use crate::domain::{Event, Service};
+
+/// A bus operation that did not succeed. Always retryable: the entry stays
+/// where it was (unpublished in the outbox, or pending in the group).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One delivery of one bus entry to one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The bus's id of the entry (a stream id on Redis), opaque here.
+    pub entry_id: String,
+    /// 1 for the first delivery; counts redeliveries of an unacknowledged
+    /// entry (XPENDING's delivery counter on Redis).
+    pub attempt: u32,
+    pub payload: Vec<u8>,
+}
+
+/// An entry moved aside, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub service: Service,
+    pub entry_id: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends the event to the stream of every service that subscribes to
+    /// its type (none for the types nobody consumes).
+    async fn publish(&self, event: &Event) -> Result<(), BusError>;
+
+    /// Up to `max` deliveries for `consumer` of `service`'s group: entries
+    /// whose delivery to a consumer was not acknowledged within the
+    /// visibility timeout first (taken over from a crashed replica), then new
+    /// ones. May wait a short while for entries to arrive.
+    async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError>;
+
+    /// Acknowledges a delivery: the entry is done for `service`.
+    async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError>;
+
+    /// Moves the entry to `service`'s dead-letter list with `reason`, and
+    /// acknowledges it.
+    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError>;
+}

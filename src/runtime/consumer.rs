@@ -1,0 +1,90 @@
+//! The consumer: takes deliveries from the service's consumer group, applies
+//! each in one transaction, and acknowledges only what is committed or can
+//! never succeed (dead-lettered with its reason).
+//!
+//! Never acknowledge an event that could not be applied: a transient failure
+//! leaves the entry pending, the bus redelivers it, and after
+//! `deliveries_max` deliveries it is dead-lettered, not dropped.
+
+use crate::domain::participants::StepError;
+use crate::domain::{Event, Service};
+
+use super::bus::Delivery;
+use super::observer::{Disposition, RuntimeEvent};
+use super::transaction::{apply_event, Committed, TransactError};
+use super::{sleep_or_stop, Env, Shutdown};
+
+/// Handles one delivery to `service` and settles it on the bus (ack, or
+/// dead-letter, or leave pending). Returns what happened.
+pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delivery: &Delivery) -> Disposition {
+    let decoded = Event::decode(&delivery.payload);
+    let disposition = match &decoded {
+        Err(e) => Disposition::DeadLettered {
+            reason: format!("undecodable: {e}"),
+        },
+        Ok(event) if !service.subscribes_to(event.event_type()) => Disposition::DeadLettered {
+            reason: format!("{service} does not subscribe to {}", event.event_type()),
+        },
+        Ok(_) if delivery.attempt > env.config.deliveries_max => Disposition::DeadLettered {
+            reason: format!(
+                "not applied after {} deliveries",
+                delivery.attempt.saturating_sub(1)
+            ),
+        },
+        Ok(event) => match apply_event(env, service, event).await {
+            Ok(Committed::Duplicate) => Disposition::Duplicate,
+            Ok(Committed::Applied { writes: 0, emitted: 0 }) => Disposition::Ignored,
+            Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
+            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
+            Err(TransactError::Step(e)) => Disposition::DeadLettered { reason: e.to_string() },
+            Err(TransactError::Store(e)) => Disposition::Retry { reason: e.to_string() },
+        },
+    };
+    env.observer.observe(RuntimeEvent::Handled {
+        service,
+        consumer,
+        event: decoded.as_ref().ok(),
+        attempt: delivery.attempt,
+        disposition: &disposition,
+    });
+    let settled = match &disposition {
+        Disposition::DeadLettered { reason } => env.bus.dead_letter(service, delivery, reason).await,
+        Disposition::Retry { .. } => Ok(()),
+        _ => env.bus.ack(service, &delivery.entry_id).await,
+    };
+    if let Err(e) = settled {
+        // The entry stays pending and comes back; the inbox makes the second
+        // application a no-op.
+        tracing::warn!(%service, entry = %delivery.entry_id, error = %e, "could not settle delivery");
+    }
+    disposition
+}
+
+/// Receives and handles deliveries until shutdown. Finishes the batch in
+/// hand before it stops.
+pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shutdown) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let batch = match env.bus.receive(service, &consumer, env.config.batch_size).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(%service, error = %e, "receive failed");
+                if sleep_or_stop(&mut shutdown, env.config.error_backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if sleep_or_stop(&mut shutdown, env.config.idle_poll).await {
+                return;
+            }
+            continue;
+        }
+        for delivery in &batch {
+            handle_delivery(&env, service, &consumer, delivery).await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The store port: one transaction per handled event, with the inbox
+//! (processed event ids) and the outbox (events to publish) in the same
+//! transaction as the service's rows.
+//!
+//! Adapters: `memory::MemoryStore` (tests, fuzzing, and the simulator's store
+//! underneath its fault layer) and the Postgres store of the production
+//! binary. Both must refuse what Postgres refuses: a second insert of a key,
+//! a lock held by another transaction, a commit after an abort.
+
+use async_trait::async_trait;
+
+use crate::domain::invariants::Snapshot;
+use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+
+/// A store operation that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Serialization failure, deadlock, unique-key race, lock timeout: the
+    /// whole transaction can be retried at once and may succeed.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    /// The store cannot be reached or refused the connection; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, a bug): not retried by the runtime.
+    #[error("store error: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One transaction in one service's tables. Dropping it without `commit`
+/// rolls it back: nothing it wrote becomes visible and its locks are freed.
+#[async_trait]
+pub trait StoreTx: Send {
+    /// Records `event_id` as processed by this transaction's service. Returns
+    /// false if it already was (the event is a duplicate). Blocks while
+    /// another open transaction is recording the same id.
+    async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool>;
+
+    /// Reads a row and locks its key until the transaction ends
+    /// (`SELECT ... FOR UPDATE`). An absent row reads as `None`; a concurrent
+    /// insert of that key makes one of the two transactions conflict.
+    async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>>;
+
+    /// Reads the last committed version of a row (or this transaction's own
+    /// write) without locking it. Correct code does not use it for a row it
+    /// writes: that loses updates exactly as it would on Postgres.
+    async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>>;
+
+    /// Writes a whole row (insert or update).
+    async fn save(&mut self, row: &Row) -> StoreResult<()>;
+
+    /// Adds an event to this service's outbox.
+    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()>;
+
+    /// Makes every write of the transaction visible at once.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// An outbox row: an event committed by its service, with its publishing
+/// history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in the service's outbox; publishing goes in this order.
+    pub seq: i64,
+    pub event: Event,
+    pub created_at: Timestamp,
+    pub published_count: u32,
+    pub last_published_at: Option<Timestamp>,
+}
+
+/// When the relay publishes an outbox entry again (DESIGN.md "Re-drive").
+///
+/// The bus is at-least-once only while it keeps its data; Redis here keeps
+/// nothing on disk, and the simulator's broker drops messages. So an entry is
+/// published again at `after`, `2*after`, `4*after`, ... after its last
+/// publish, at most `republish_max` times and never after `horizon` from its
+/// creation. Consumers are idempotent, so a needless republish costs one
+/// inbox lookup per subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedrivePolicy {
+    pub after: DurationMs,
+    pub republish_max: u32,
+    pub horizon: DurationMs,
+}
+
+impl RedrivePolicy {
+    /// Whether the relay should publish `entry` now.
+    pub fn is_due(&self, entry: &OutboxEntry, now: Timestamp) -> bool {
+        match entry.last_published_at {
+            None => true,
+            Some(last) => {
+                let republished = entry.published_count.saturating_sub(1);
+                republished < self.republish_max
+                    && now.since(entry.created_at) < self.horizon
+                    && now.since(last) >= self.backoff(republished)
+            }
+        }
+    }
+
+    /// Wait before the `(n+1)`-th republish.
+    pub fn backoff(&self, n: u32) -> DurationMs {
+        DurationMs(self.after.0.saturating_mul(1i64 << n.min(20)))
+    }
+}
+
+/// How long the stores keep what they need only for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Processed event ids are kept this long: longer than any redelivery or
+    /// republish can come after the first delivery.
+    pub inbox: DurationMs,
+    /// Outbox entries past their re-drive horizon are deleted after this.
+    pub outbox: DurationMs,
+    /// Rows deleted per statement, so pruning never holds long locks.
+    pub batch: usize,
+}
+
+/// What one prune pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub inbox: u64,
+    pub outbox: u64,
+}
+
+/// The store of all six services (one database, one schema each). A service
+/// only ever opens transactions on its own tables.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>>;
+
+    /// Outbox entries of `service` that `policy` says are due, oldest first.
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        policy: RedrivePolicy,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>>;
+
+    /// Records that the entries were handed to the bus at `now`.
+    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()>;
+
+    /// PENDING orders past their deadline whose deadline was not signalled.
+    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;
+
+    /// Deletes expired inbox ids and outbox entries, in bounded batches.
+    async fn prune(&self, service: Service, now: Timestamp, retention: Retention, policy: RedrivePolicy)
+        -> StoreResult<Pruned>;
+
+    /// Every row of every service (committed state), for invariant checks.
+    async fn snapshot(&self) -> StoreResult<Snapshot>;
+}

@@ -1,0 +1,70 @@
+//! The deadline sweeper (Order service): finds PENDING orders past their
+//! deadline and, in one transaction each, marks the deadline signalled and
+//! emits SAGA_DEADLINE_PASSED to the pivot. Also runs the pruning pass of
+//! every local service's inbox and outbox.
+
+use std::time::Duration;
+
+use crate::domain::participants::order;
+use crate::domain::Service;
+
+use super::transaction::{transact, Committed};
+use super::{sleep_or_stop, Env, Shutdown, StoreError};
+
+/// Signals every order found past its deadline (up to one batch); returns
+/// how many were signalled.
+pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
+    let now = env.clock.now();
+    let due = env.store.orders_past_deadline(now, env.config.batch_size).await?;
+    let mut signalled = 0;
+    for order_id in &due {
+        let keys = order::deadline_rows(order_id);
+        let result = transact(env, Service::Order, None, &keys, |rows| {
+            Ok::<_, std::convert::Infallible>(order::deadline_passed(rows, order_id, env.clock.now()))
+        })
+        .await;
+        match result {
+            Ok(Committed::Applied { emitted, .. }) => signalled += emitted,
+            Ok(Committed::Duplicate) => unreachable!("the sweeper does not dedupe"),
+            Err(super::transaction::TransactError::Store(e)) => return Err(e),
+            Err(super::transaction::TransactError::Step(never)) => match never {},
+        }
+    }
+    Ok(signalled)
+}
+
+/// Sweeps deadlines until shutdown.
+pub async fn run(env: Env, mut shutdown: Shutdown) {
+    loop {
+        let pause = match sweep_once(&env).await {
+            Ok(n) if n == env.config.batch_size => Duration::ZERO,
+            Ok(_) => env.config.idle_poll,
+            Err(e) => {
+                tracing::warn!(error = %e, "deadline sweep failed");
+                env.config.error_backoff
+            }
+        };
+        if sleep_or_stop(&mut shutdown, pause).await {
+            return;
+        }
+    }
+}
+
+/// Prunes `services`' inboxes and outboxes every `prune_interval` until shutdown.
+pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown) {
+    loop {
+        for &service in &services {
+            let now = env.clock.now();
+            match env.store.prune(service, now, env.config.retention, env.config.redrive).await {
+                Ok(p) if p.inbox + p.outbox > 0 => {
+                    tracing::debug!(%service, inbox = p.inbox, outbox = p.outbox, "pruned")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%service, error = %e, "prune failed"),
+            }
+        }
+        if sleep_or_stop(&mut shutdown, env.config.prune_interval).await {
+            return;
+        }
+    }
+}
