@@ -6,9 +6,13 @@
 //! - [`runtime`]: the async driver shared by production and the simulator:
 //!   consumer, outbox relay, deadline sweeper, retries, dead-lettering, over
 //!   small store and bus traits; plus deterministic in-memory adapters.
+//! - [`adapters`]: the HTTP API (and the Postgres store, Redis bus).
+//! - [`cli`]: the `purchase-saga` binary's commands and process wiring.
 //!
 //! See `ARCHITECTURE.md` for the map and the rules between layers.
 
+pub mod adapters;
+pub mod cli;
 pub mod domain;
 pub mod runtime;
 pub mod workload;

@@ -367,17 +367,31 @@ impl Payload {
                 "item={} qty={} total={} method={}",
                 p.item_id, p.quantity, p.total_amount, p.payment_method
             ),
-            Payload::OrderCompleted(p) => format!("item={:?} total={}", p.item_name, p.total_amount),
-            Payload::OrderFailed(p) => format!("step={} reason={:?}", p.failed_step.as_str(), p.reason),
-            Payload::UserValidated(p) => format!("balance={} required={}", p.user_balance, p.required_amount),
-            Payload::UserValidationFailed(p) => format!("required={} reason={:?}", p.required_amount, p.reason),
+            Payload::OrderCompleted(p) => {
+                format!("item={:?} total={}", p.item_name, p.total_amount)
+            }
+            Payload::OrderFailed(p) => {
+                format!("step={} reason={:?}", p.failed_step.as_str(), p.reason)
+            }
+            Payload::UserValidated(p) => {
+                format!("balance={} required={}", p.user_balance, p.required_amount)
+            }
+            Payload::UserValidationFailed(p) => {
+                format!("required={} reason={:?}", p.required_amount, p.reason)
+            }
             Payload::PaymentReserved(p) => format!(
                 "reserved={} remaining={} item={} qty={}",
                 p.reserved_amount, p.remaining_balance, p.item_id, p.quantity
             ),
-            Payload::PaymentProcessed(p) => format!("amount={} method={}", p.payment_amount, p.payment_method),
-            Payload::PaymentFailed(p) => format!("attempted={} reason={:?}", p.attempted_amount, p.reason),
-            Payload::PaymentRollback(p) => format!("refunded={} balance={}", p.refunded_amount, p.balance),
+            Payload::PaymentProcessed(p) => {
+                format!("amount={} method={}", p.payment_amount, p.payment_method)
+            }
+            Payload::PaymentFailed(p) => {
+                format!("attempted={} reason={:?}", p.attempted_amount, p.reason)
+            }
+            Payload::PaymentRollback(p) => {
+                format!("refunded={} balance={}", p.refunded_amount, p.balance)
+            }
             Payload::InventoryReserved(p) => format!(
                 "item={} slots={} available={}",
                 p.item_id, p.reserved_slots, p.available_slots
@@ -386,7 +400,10 @@ impl Payload {
                 "requested={} available={} reason={:?}",
                 p.requested_slots, p.available_slots, p.reason
             ),
-            Payload::InventoryRollback(p) => format!("released={} available={}", p.released_slots, p.available_slots),
+            Payload::InventoryRollback(p) => format!(
+                "released={} available={}",
+                p.released_slots, p.available_slots
+            ),
             Payload::ItemReserved(p) => format!(
                 "item={} qty={} remaining={}",
                 p.item_id, p.reserved_quantity, p.remaining_stock
@@ -395,7 +412,10 @@ impl Payload {
                 "item={} requested={} available={} reason={:?}",
                 p.item_id, p.requested_quantity, p.available_stock, p.reason
             ),
-            Payload::ItemRestored(p) => format!("item={} restored={} stock={}", p.item_id, p.restored_quantity, p.stock),
+            Payload::ItemRestored(p) => format!(
+                "item={} restored={} stock={}",
+                p.item_id, p.restored_quantity, p.stock
+            ),
             Payload::NotificationSent(p) => format!("type={}", p.notification_type.as_str()),
             Payload::SagaDeadlinePassed(p) => format!("deadline={}", p.deadline),
         }
@@ -419,7 +439,12 @@ pub struct Event {
 impl Event {
     /// Builds an event with its derived, stable id. The emitter is the
     /// payload type's publisher: a participant cannot emit another's event.
-    pub fn new(order_id: OrderId, user_id: UserId, timestamp: Timestamp, payload: Payload) -> Event {
+    pub fn new(
+        order_id: OrderId,
+        user_id: UserId,
+        timestamp: Timestamp,
+        payload: Payload,
+    ) -> Event {
         let event_type = payload.event_type();
         let event_id = EventId::derive(
             &order_id,
@@ -475,7 +500,9 @@ impl Event {
         let event: Event = serde_json::from_value(value).map_err(|e| {
             let message = e.to_string();
             match message.strip_prefix("missing field `") {
-                Some(rest) => DecodeError::MissingField(rest.split('`').next().unwrap_or(rest).to_string()),
+                Some(rest) => {
+                    DecodeError::MissingField(rest.split('`').next().unwrap_or(rest).to_string())
+                }
                 None => DecodeError::InvalidField(message),
             }
         })?;

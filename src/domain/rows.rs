@@ -34,9 +34,13 @@ impl OrderStatus {
         }
     }
     pub fn from_wire(s: &str) -> Option<OrderStatus> {
-        [OrderStatus::Pending, OrderStatus::Completed, OrderStatus::Failed]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            OrderStatus::Pending,
+            OrderStatus::Completed,
+            OrderStatus::Failed,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 
@@ -195,7 +199,9 @@ impl PaymentState {
     }
     pub fn from_wire(s: &str) -> Option<PaymentState> {
         use PaymentState::*;
-        [Processed, Declined, Cancelled].into_iter().find(|x| x.as_str() == s)
+        [Processed, Declined, Cancelled]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 }
 
@@ -296,7 +302,10 @@ macro_rules! row_accessor {
         pub fn $fn(&self, id: &$key) -> Option<&$ty> {
             match self.0.get(&RowKey::$variant(id.clone())) {
                 Some(Row::$variant(r)) => Some(r),
-                Some(other) => unreachable!("key {:?} holds a foreign row {other:?}", stringify!($variant)),
+                Some(other) => unreachable!(
+                    "key {:?} holds a foreign row {other:?}",
+                    stringify!($variant)
+                ),
                 None => None,
             }
         }
@@ -312,13 +321,27 @@ impl Rows {
     row_accessor!(catalog, Catalog, CatalogEntry, ItemId);
     row_accessor!(account, Account, Account, UserId);
     row_accessor!(balance_hold, BalanceHold, BalanceHold, OrderId);
-    row_accessor!(inventory_account, InventoryAccount, InventoryAccount, UserId);
+    row_accessor!(
+        inventory_account,
+        InventoryAccount,
+        InventoryAccount,
+        UserId
+    );
     row_accessor!(slot_reservation, SlotReservation, SlotReservation, OrderId);
     row_accessor!(item_stock, ItemStock, ItemStock, ItemId);
-    row_accessor!(stock_reservation, StockReservation, StockReservation, OrderId);
+    row_accessor!(
+        stock_reservation,
+        StockReservation,
+        StockReservation,
+        OrderId
+    );
     row_accessor!(payment, Payment, Payment, OrderId);
 
-    pub fn notification_log(&self, order: &OrderId, kind: NotificationKind) -> Option<&NotificationLog> {
+    pub fn notification_log(
+        &self,
+        order: &OrderId,
+        kind: NotificationKind,
+    ) -> Option<&NotificationLog> {
         match self.0.get(&RowKey::NotificationLog(order.clone(), kind)) {
             Some(Row::NotificationLog(r)) => Some(r),
             Some(other) => unreachable!("notification key holds a foreign row {other:?}"),

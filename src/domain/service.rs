@@ -85,7 +85,9 @@ impl Service {
             Service::Item => &[PaymentFailed, InventoryReserved],
             // The saga deadline reaches the pivot (DESIGN.md "Timeouts").
             Service::Payment => &[ItemReserved, SagaDeadlinePassed],
-            Service::Notification => &[OrderCompleted, OrderFailed, PaymentProcessed, PaymentFailed],
+            Service::Notification => {
+                &[OrderCompleted, OrderFailed, PaymentProcessed, PaymentFailed]
+            }
         }
     }
 
@@ -126,7 +128,11 @@ mod tests {
             (UserValidationFailed, User, &[Order]),
             (PaymentReserved, User, &[Inventory]),
             (PaymentProcessed, Payment, &[Order, Inventory, Notification]),
-            (PaymentFailed, Payment, &[Order, User, Inventory, Item, Notification]),
+            (
+                PaymentFailed,
+                Payment,
+                &[Order, User, Inventory, Item, Notification],
+            ),
             (PaymentRollback, User, &[]),
             (InventoryReserved, Inventory, &[Item]),
             (InventoryReservationFailed, Inventory, &[Order, User]),

@@ -16,7 +16,12 @@ use super::{sleep_or_stop, Env, Shutdown};
 
 /// Handles one delivery to `service` and settles it on the bus (ack, or
 /// dead-letter, or leave pending). Returns what happened.
-pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delivery: &Delivery) -> Disposition {
+pub async fn handle_delivery(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    delivery: &Delivery,
+) -> Disposition {
     let decoded = Event::decode(&delivery.payload);
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
@@ -33,11 +38,20 @@ pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delive
         },
         Ok(event) => match apply_event(env, service, event).await {
             Ok(Committed::Duplicate) => Disposition::Duplicate,
-            Ok(Committed::Applied { writes: 0, emitted: 0 }) => Disposition::Ignored,
+            Ok(Committed::Applied {
+                writes: 0,
+                emitted: 0,
+            }) => Disposition::Ignored,
             Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
-            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
-            Err(TransactError::Step(e)) => Disposition::DeadLettered { reason: e.to_string() },
-            Err(TransactError::Store(e)) => Disposition::Retry { reason: e.to_string() },
+            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => {
+                Disposition::Retry { reason }
+            }
+            Err(TransactError::Step(e)) => Disposition::DeadLettered {
+                reason: e.to_string(),
+            },
+            Err(TransactError::Store(e)) => Disposition::Retry {
+                reason: e.to_string(),
+            },
         },
     };
     env.observer.observe(RuntimeEvent::Handled {
@@ -48,7 +62,9 @@ pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delive
         disposition: &disposition,
     });
     let settled = match &disposition {
-        Disposition::DeadLettered { reason } => env.bus.dead_letter(service, delivery, reason).await,
+        Disposition::DeadLettered { reason } => {
+            env.bus.dead_letter(service, delivery, reason).await
+        }
         Disposition::Retry { .. } => Ok(()),
         _ => env.bus.ack(service, &delivery.entry_id).await,
     };
@@ -67,7 +83,11 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
         if *shutdown.borrow() {
             return;
         }
-        let batch = match env.bus.receive(service, &consumer, env.config.batch_size).await {
+        let batch = match env
+            .bus
+            .receive(service, &consumer, env.config.batch_size)
+            .await
+        {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(%service, error = %e, "receive failed");

@@ -15,12 +15,19 @@ use super::{sleep_or_stop, Env, Shutdown, StoreError};
 /// how many were signalled.
 pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
     let now = env.clock.now();
-    let due = env.store.orders_past_deadline(now, env.config.batch_size).await?;
+    let due = env
+        .store
+        .orders_past_deadline(now, env.config.batch_size)
+        .await?;
     let mut signalled = 0;
     for order_id in &due {
         let keys = order::deadline_rows(order_id);
         let result = transact(env, Service::Order, None, &keys, |rows| {
-            Ok::<_, std::convert::Infallible>(order::deadline_passed(rows, order_id, env.clock.now()))
+            Ok::<_, std::convert::Infallible>(order::deadline_passed(
+                rows,
+                order_id,
+                env.clock.now(),
+            ))
         })
         .await;
         match result {
@@ -55,7 +62,11 @@ pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown
     loop {
         for &service in &services {
             let now = env.clock.now();
-            match env.store.prune(service, now, env.config.retention, env.config.redrive).await {
+            match env
+                .store
+                .prune(service, now, env.config.retention, env.config.redrive)
+                .await
+            {
                 Ok(p) if p.inbox + p.outbox > 0 => {
                     tracing::debug!(%service, inbox = p.inbox, outbox = p.outbox, "pruned")
                 }

@@ -32,7 +32,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             let available = stock.map_or(0, |s| s.stock);
             let refusal = match stock {
                 None => Some(format!("unknown item {}", reserved.item_id)),
-                Some(_) if available < quantity => Some(format!("out of stock: {available} left, {quantity} needed")),
+                Some(_) if available < quantity => {
+                    Some(format!("out of stock: {available} left, {quantity} needed"))
+                }
                 Some(_) => None,
             };
             if let Some(reason) = refusal {
@@ -46,8 +48,11 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                         available_stock: available,
                     }),
                 );
-                let rejected = new_reservation(event, ctx, &reserved.item_id, 0, ReservationState::Rejected);
-                return Ok(Step::nothing().write(Row::StockReservation(rejected)).emit(failed));
+                let rejected =
+                    new_reservation(event, ctx, &reserved.item_id, 0, ReservationState::Rejected);
+                return Ok(Step::nothing()
+                    .write(Row::StockReservation(rejected))
+                    .emit(failed));
             }
             let stock = stock.expect("refusal covers the missing item");
             let updated = ItemStock {
@@ -65,7 +70,13 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                     payment_method: reserved.payment_method.clone(),
                 }),
             );
-            let held = new_reservation(event, ctx, &reserved.item_id, quantity, ReservationState::Held);
+            let held = new_reservation(
+                event,
+                ctx,
+                &reserved.item_id,
+                quantity,
+                ReservationState::Held,
+            );
             Ok(Step::nothing()
                 .write(Row::ItemStock(updated))
                 .write(Row::StockReservation(held))
@@ -73,14 +84,18 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
         }
         Payload::PaymentFailed(failed) => {
             let Some(reservation) = reservation else {
-                let tombstone = new_reservation(event, ctx, &failed.item_id, 0, ReservationState::Tombstone);
+                let tombstone =
+                    new_reservation(event, ctx, &failed.item_id, 0, ReservationState::Tombstone);
                 return Ok(Step::nothing().write(Row::StockReservation(tombstone)));
             };
             if reservation.state != ReservationState::Held {
                 return Ok(Step::nothing());
             }
             let stock = rows.item_stock(&reservation.item_id).ok_or_else(|| {
-                StepError::Contradiction(format!("reservation for order {} of unknown item", event.order_id))
+                StepError::Contradiction(format!(
+                    "reservation for order {} of unknown item",
+                    event.order_id
+                ))
             })?;
             let updated = ItemStock {
                 stock: stock.stock + reservation.quantity,

@@ -62,7 +62,10 @@ impl Step {
 pub enum StepError {
     /// The service does not subscribe to this type: a routing error upstream.
     #[error("{service} does not subscribe to {event_type}")]
-    NotSubscribed { service: Service, event_type: String },
+    NotSubscribed {
+        service: Service,
+        event_type: String,
+    },
     /// The rows the event refers to do not exist yet; a later delivery may
     /// succeed. The runtime retries and, past its bound, dead-letters.
     #[error("not yet applicable: {0}")]
@@ -86,12 +89,20 @@ pub fn rows_needed(service: Service, event: &Event) -> Vec<RowKey> {
     };
     keys.sort();
     keys.dedup();
-    debug_assert!(keys.iter().all(|k| k.owner() == service), "{service} may only read its own rows: {keys:?}");
+    debug_assert!(
+        keys.iter().all(|k| k.owner() == service),
+        "{service} may only read its own rows: {keys:?}"
+    );
     keys
 }
 
 /// Applies `event` to `service`'s rows.
-pub fn step(service: Service, rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, StepError> {
+pub fn step(
+    service: Service,
+    rows: &Rows,
+    event: &Event,
+    ctx: &StepContext<'_>,
+) -> Result<Step, StepError> {
     if !service.subscribes_to(event.event_type()) {
         return Err(StepError::NotSubscribed {
             service,
@@ -106,13 +117,27 @@ pub fn step(service: Service, rows: &Rows, event: &Event, ctx: &StepContext<'_>)
         Service::Payment => payment::step(rows, event, ctx),
         Service::Notification => notification::step(rows, event, ctx),
     }?;
-    debug_assert!(step.writes.iter().all(|r| r.key().owner() == service), "{service} wrote a foreign row");
-    debug_assert!(step.emit.iter().all(|e| e.emitter() == service), "{service} emitted a foreign event");
-    debug_assert!(step.emit.iter().all(|e| e.order_id == event.order_id), "events stay within their order");
+    debug_assert!(
+        step.writes.iter().all(|r| r.key().owner() == service),
+        "{service} wrote a foreign row"
+    );
+    debug_assert!(
+        step.emit.iter().all(|e| e.emitter() == service),
+        "{service} emitted a foreign event"
+    );
+    debug_assert!(
+        step.emit.iter().all(|e| e.order_id == event.order_id),
+        "events stay within their order"
+    );
     Ok(step)
 }
 
 /// Shorthand for an event of the same order and user as `cause`.
 pub(crate) fn reply(cause: &Event, ctx: &StepContext<'_>, payload: super::event::Payload) -> Event {
-    Event::new(cause.order_id.clone(), cause.user_id.clone(), ctx.now, payload)
+    Event::new(
+        cause.order_id.clone(),
+        cause.user_id.clone(),
+        ctx.now,
+        payload,
+    )
 }

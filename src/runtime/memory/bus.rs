@@ -81,7 +81,10 @@ impl MemoryBus {
             .get(&service)
             .map(|s| {
                 s.iter()
-                    .filter(|(_, e)| e.pending_since.is_none_or(|t| now.since(t) >= self.visibility))
+                    .filter(|(_, e)| {
+                        e.pending_since
+                            .is_none_or(|t| now.since(t) >= self.visibility)
+                    })
                     .map(|(id, _)| *id)
                     .collect()
             })
@@ -137,7 +140,9 @@ impl MemoryBus {
     }
 
     fn parse_id(entry_id: &str) -> u64 {
-        entry_id.parse().expect("memory bus entry ids are its own integers")
+        entry_id
+            .parse()
+            .expect("memory bus entry ids are its own integers")
     }
 }
 
@@ -152,9 +157,18 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn receive(&self, service: Service, _consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+    async fn receive(
+        &self,
+        service: Service,
+        _consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
         let ids = self.deliverable(service);
-        Ok(ids.into_iter().take(max).filter_map(|id| self.deliver(service, id)).collect())
+        Ok(ids
+            .into_iter()
+            .take(max)
+            .filter_map(|id| self.deliver(service, id))
+            .collect())
     }
 
     async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {
@@ -165,7 +179,12 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+    async fn dead_letter(
+        &self,
+        service: Service,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), BusError> {
         let id = Self::parse_id(&delivery.entry_id);
         let mut state = self.lock();
         if let Some(stream) = state.streams.get_mut(&service) {

@@ -37,7 +37,11 @@ pub struct Harness {
 const VISIBILITY: DurationMs = DurationMs(3_600_000);
 
 impl Harness {
-    pub fn new(scenario: &Scenario, config: RuntimeConfig, gateway: Arc<dyn PaymentGateway>) -> Harness {
+    pub fn new(
+        scenario: &Scenario,
+        config: RuntimeConfig,
+        gateway: Arc<dyn PaymentGateway>,
+    ) -> Harness {
         let clock = Arc::new(ManualClock::starting_at(Timestamp::SIM_EPOCH));
         let store = MemoryStore::new();
         store.seed(scenario.opening_rows());
@@ -100,7 +104,9 @@ impl Harness {
 
     /// Signals every order past its deadline.
     pub async fn sweep(&mut self) -> usize {
-        let n = sweeper::sweep_once(&self.env).await.expect("the memory store does not fail");
+        let n = sweeper::sweep_once(&self.env)
+            .await
+            .expect("the memory store does not fail");
         self.check().await;
         n
     }
@@ -135,7 +141,10 @@ impl Harness {
 
     /// The committed state of every service.
     pub async fn snapshot(&self) -> Snapshot {
-        self.store.snapshot().await.expect("the memory store does not fail")
+        self.store
+            .snapshot()
+            .await
+            .expect("the memory store does not fail")
     }
 
     /// Safety after the last commit(s); records violations.
@@ -147,7 +156,8 @@ impl Harness {
         self.last_commits = commits;
         let now = self.snapshot().await;
         self.violations.extend(invariants::check_safety(&now));
-        self.violations.extend(invariants::check_transition(&self.last, &now));
+        self.violations
+            .extend(invariants::check_transition(&self.last, &now));
         self.last = now;
     }
 
@@ -205,7 +215,11 @@ impl Harness {
             .values()
             .filter(|o| !o.status.is_terminal())
             .collect();
-        let deadline = pending.iter().filter(|o| !o.deadline_signalled).map(|o| o.deadline_at).min();
+        let deadline = pending
+            .iter()
+            .filter(|o| !o.deadline_signalled)
+            .map(|o| o.deadline_at)
+            .min();
         let redrive = if pending.is_empty() {
             None
         } else {
@@ -216,11 +230,15 @@ impl Harness {
                 .filter_map(|e| {
                     let last = e.last_published_at?;
                     let republished = e.published_count.saturating_sub(1);
-                    (republished < policy.republish_max && last.since(e.created_at) < policy.horizon)
+                    (republished < policy.republish_max
+                        && last.since(e.created_at) < policy.horizon)
                         .then(|| last.plus(policy.backoff(republished)))
                 })
                 .min()
         };
-        [next_arrival, deadline, redrive].into_iter().flatten().min()
+        [next_arrival, deadline, redrive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

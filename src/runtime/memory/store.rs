@@ -108,7 +108,14 @@ impl MemoryStore {
 
     /// Every outbox entry of every service, in (service, seq) order.
     pub fn outbox(&self) -> Vec<OutboxEntry> {
-        self.shared.state.lock().expect("store mutex").outbox.values().cloned().collect()
+        self.shared
+            .state
+            .lock()
+            .expect("store mutex")
+            .outbox
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn snapshot_now(&self) -> Snapshot {
@@ -169,7 +176,11 @@ impl MemoryTx {
     fn release(&mut self, state: &mut State) {
         for key in std::mem::take(&mut self.held) {
             let owner = state.locks.remove(&key);
-            debug_assert_eq!(owner, Some(self.id), "released a lock this transaction did not hold");
+            debug_assert_eq!(
+                owner,
+                Some(self.id),
+                "released a lock this transaction did not hold"
+            );
         }
     }
 
@@ -177,7 +188,13 @@ impl MemoryTx {
         if let Some(row) = self.writes.get(key) {
             return Some(row.clone());
         }
-        self.shared.state.lock().expect("store mutex").rows.get(key).cloned()
+        self.shared
+            .state
+            .lock()
+            .expect("store mutex")
+            .rows
+            .get(key)
+            .cloned()
     }
 }
 
@@ -214,7 +231,11 @@ impl StoreTx for MemoryTx {
     }
 
     async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
-        assert_eq!(key.owner(), self.service, "a service reads only its own rows");
+        assert_eq!(
+            key.owner(),
+            self.service,
+            "a service reads only its own rows"
+        );
         self.lock(LockKey::Row(key.clone())).await?;
         Ok(self.read(key))
     }
@@ -225,13 +246,21 @@ impl StoreTx for MemoryTx {
 
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
         let key = row.key();
-        assert_eq!(key.owner(), self.service, "a service writes only its own rows");
+        assert_eq!(
+            key.owner(),
+            self.service,
+            "a service writes only its own rows"
+        );
         self.writes.insert(key, row.clone());
         Ok(())
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        assert_eq!(event.emitter(), self.service, "a service enqueues only its own events");
+        assert_eq!(
+            event.emitter(),
+            self.service,
+            "a service enqueues only its own events"
+        );
         self.outbox.push((event.clone(), now));
         Ok(())
     }
@@ -245,20 +274,29 @@ impl StoreTx for MemoryTx {
         // Postgres allows too.)
         let contested = self.writes.keys().find(|key| {
             let lock = LockKey::Row((*key).clone());
-            !self.held.contains(&lock) && state.locks.get(&lock).is_some_and(|owner| *owner != self.id)
+            !self.held.contains(&lock)
+                && state
+                    .locks
+                    .get(&lock)
+                    .is_some_and(|owner| *owner != self.id)
         });
         if let Some(key) = contested.cloned() {
             self.release(&mut state);
             drop(state);
             shared.unlocked.notify_waiters();
-            return Err(StoreError::Conflict(format!("{key:?} is locked by another transaction")));
+            return Err(StoreError::Conflict(format!(
+                "{key:?} is locked by another transaction"
+            )));
         }
         for (key, row) in std::mem::take(&mut self.writes) {
             state.rows.insert(key, row);
         }
         for (id, at) in std::mem::take(&mut self.inbox) {
             let first = state.inbox.insert((self.service, id), at).is_none();
-            assert!(first, "inbox id {id} committed twice: its lock should have prevented it");
+            assert!(
+                first,
+                "inbox id {id} committed twice: its lock should have prevented it"
+            );
         }
         for (event, now) in std::mem::take(&mut self.outbox) {
             state.next_seq += 1;
@@ -320,7 +358,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
+    async fn mark_published(
+        &self,
+        service: Service,
+        seqs: &[i64],
+        now: Timestamp,
+    ) -> StoreResult<()> {
         let mut state = self.shared.state.lock().expect("store mutex");
         for seq in seqs {
             if let Some(entry) = state.outbox.get_mut(&(service, *seq)) {
@@ -331,14 +374,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
+    async fn orders_past_deadline(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>> {
         let state = self.shared.state.lock().expect("store mutex");
         Ok(state
             .rows
             .values()
             .filter_map(|row| match row {
                 Row::Order(o)
-                    if o.status == OrderStatus::Pending && !o.deadline_signalled && o.deadline_at <= now =>
+                    if o.status == OrderStatus::Pending
+                        && !o.deadline_signalled
+                        && o.deadline_at <= now =>
                 {
                     Some(o.order_id.clone())
                 }
@@ -360,7 +409,8 @@ impl Store for MemoryStore {
             .outbox
             .range((service, i64::MIN)..=(service, i64::MAX))
             .filter(|(_, e)| {
-                e.published_count > 0 && now.since(e.created_at) >= policy.horizon.max(retention.outbox)
+                e.published_count > 0
+                    && now.since(e.created_at) >= policy.horizon.max(retention.outbox)
             })
             .map(|(k, _)| *k)
             .take(retention.batch)

@@ -1,0 +1,83 @@
+//! The HTTP API (axum): placing and reading orders, reading users and
+//! items, health and readiness. Built over [`Env`] and a [`ReadModel`], so
+//! the same router serves the in-memory adapters (tests, `demo
+//! --in-memory`) and Postgres + Redis.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /orders[?wait=S]` | 202 `{orderId, status, ...}` while PENDING, 200 once terminal |
+//! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline |
+//! | `GET /users/{id}` | balance, inventory capacity/used/reserved, granted items |
+//! | `GET /items/{id}` | name, price, stock |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when store and bus answer, else 503 with the reason |
+//!
+//! Every error has the JSON body of [`error::ApiError`]; the status codes of
+//! bad input are listed in [`body`] and [`orders`].
+
+pub mod body;
+pub mod error;
+pub mod orders;
+pub mod probe;
+pub mod read_model;
+pub mod reads;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::runtime::Env;
+
+pub use probe::Probe;
+pub use read_model::ReadModel;
+
+/// The API's bounds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `POST /orders` body; beyond it, 413.
+    pub body_bytes_max: usize,
+    /// Largest `?wait=`.
+    pub wait_max: Duration,
+    /// How often a waiting request re-reads its order.
+    pub wait_poll: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 4 * 1024,
+            wait_max: Duration::from_secs(30),
+            wait_poll: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub env: Env,
+    pub read: Arc<dyn ReadModel>,
+    /// `/readyz` runs these, in order.
+    pub probes: Vec<Arc<dyn Probe>>,
+    pub limits: Limits,
+}
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    assert!(
+        state.limits.body_bytes_max > 0 && !state.limits.wait_poll.is_zero(),
+        "limits must be positive"
+    );
+    Router::new()
+        .route("/orders", post(orders::place))
+        .route("/orders/{id}", get(orders::get))
+        .route("/users/{id}", get(reads::user))
+        .route("/items/{id}", get(reads::item))
+        .route("/healthz", get(reads::healthz))
+        .route("/readyz", get(reads::readyz))
+        .fallback(reads::no_route)
+        .method_not_allowed_fallback(reads::wrong_method)
+        .with_state(state)
+}

@@ -1,0 +1,289 @@
+//! `POST /orders` and `GET /orders/{id}`.
+//!
+//! Placing an order is one Order-service transaction (`commands::place_order`):
+//! the order row and ORDER_CREATED commit together, or nothing is written.
+//! The answer is 202 while the order is PENDING and 200 once it is terminal
+//! (with `?wait=SECONDS`, the handler polls until then or until the wait
+//! runs out). Unknown users are not refused here: Order cannot read the User
+//! service's tables, so an unknown user fails the saga at USER_VALIDATION,
+//! as in the founding document. Unknown items are refused with 422 (the
+//! catalog is Order's own).
+//!
+//! Idempotency: with an `Idempotency-Key`, the order id is a UUID v5 of
+//! (user, key), so a retried request finds the order it created; the same
+//! body answers with that order, a different body is a 409.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use uuid::Uuid;
+
+use crate::domain::participants::order::{PlaceOrder, Rejection};
+use crate::domain::rows::Order;
+use crate::domain::{OrderId, Row, RowKey, UserId};
+use crate::runtime::commands::{place_order, read_row, PlaceError, Placed};
+
+use super::body::{parse_order_body, require_json, OrderBody};
+use super::error::ApiError;
+use super::views::{OrderSummary, OrderView};
+use super::AppState;
+
+/// Header that makes `POST /orders` idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Longest accepted idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// Namespace of order ids derived from idempotency keys (fixed forever: a
+/// new value would give a retried request a new order).
+const ORDER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8d3e_51a0_7c42_4f19_b6e2_0a9d_3f75_c1e4);
+
+/// The order id for `user`'s request with idempotency key `key`.
+pub fn order_id_for_key(user: &UserId, key: &str) -> OrderId {
+    // '\n' cannot occur in a user id, so (user, key) pairs never collide.
+    let id = Uuid::new_v5(&ORDER_ID_NAMESPACE, format!("{user}\n{key}").as_bytes());
+    OrderId::parse(id.to_string()).expect("a UUID is a valid order id")
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad =
+        |reason: &str| ApiError::bad_field("invalid_header", "Idempotency-Key", reason.to_string());
+    let key = raw.to_str().map_err(|_| bad("must be visible ASCII"))?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(bad(&format!(
+            "must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes, got {}",
+            key.len()
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("must be visible ASCII without spaces"));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Parses `?wait=SECONDS` (the only query parameter `POST /orders` takes).
+fn wait_param(query: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
+    let mut wait = Duration::ZERO;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "wait" {
+            return Err(ApiError::bad_field(
+                "unknown_parameter",
+                name,
+                "the only query parameter is `wait`",
+            ));
+        }
+        let seconds: u64 = value.parse().map_err(|_| {
+            ApiError::bad_field(
+                "invalid_parameter",
+                "wait",
+                format!("expected whole seconds, got {value:?}"),
+            )
+        })?;
+        if Duration::from_secs(seconds) > max {
+            return Err(ApiError::bad_field(
+                "invalid_parameter",
+                "wait",
+                format!("at most {} seconds, got {seconds}", max.as_secs()),
+            ));
+        }
+        wait = Duration::from_secs(seconds);
+    }
+    Ok(wait)
+}
+
+fn rejection(r: Rejection) -> ApiError {
+    let reason = r.to_string();
+    match r {
+        Rejection::QuantityOutOfRange(_) => {
+            ApiError::unprocessable("quantity_out_of_range", "quantity", reason)
+        }
+        Rejection::UnknownItem(_) => ApiError::unprocessable("unknown_item", "itemId", reason),
+        Rejection::AmountOverflow { .. } => {
+            ApiError::unprocessable("amount_overflow", "quantity", reason)
+        }
+        Rejection::BadPaymentMethod(_) => {
+            ApiError::unprocessable("invalid_payment_method", "paymentMethod", reason)
+        }
+    }
+}
+
+fn same_request(order: &Order, body: &OrderBody) -> bool {
+    order.user_id == body.user_id
+        && order.item_id == body.item_id
+        && order.quantity == body.quantity
+        && order.payment_method == body.payment_method
+}
+
+/// Reads the body up to the configured limit: 413 beyond it.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                None,
+                format!("body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                None,
+                e.to_string(),
+            )
+        }
+    })
+}
+
+/// `POST /orders`; see the module docs.
+pub async fn place(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let wait = wait_param(query.as_deref(), state.limits.wait_max)?;
+    let key = idempotency_key(&headers)?;
+    let raw = read_body(body, state.limits.body_bytes_max).await?;
+    let body = parse_order_body(&raw)?;
+    let order_id = match &key {
+        Some(key) => order_id_for_key(&body.user_id, key),
+        None => OrderId::parse(Uuid::new_v4().to_string()).expect("a UUID is a valid order id"),
+    };
+    let cmd = PlaceOrder {
+        order_id: order_id.clone(),
+        user_id: body.user_id.clone(),
+        item_id: body.item_id.clone(),
+        quantity: body.quantity,
+        payment_method: body.payment_method.clone(),
+    };
+    let order = match place_order(&state.env, &cmd).await {
+        Ok(Placed::Created) => load_order(&state, &order_id)
+            .await?
+            .ok_or_else(|| ApiError::from(crate::runtime::StoreError::Fatal("created order not found".into())))?,
+        Ok(Placed::Existing(order)) if same_request(&order, &body) => *order,
+        Ok(Placed::Existing(order)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                Some("Idempotency-Key"),
+                format!(
+                    "this key already placed order {} for item {} x {} ({}); a retry must send the same body",
+                    order.order_id, order.item_id, order.quantity, order.payment_method
+                ),
+            ))
+        }
+        Err(PlaceError::Rejected(r)) => return Err(rejection(r)),
+        Err(PlaceError::Store(e)) => return Err(e.into()),
+    };
+    let order = if wait.is_zero() {
+        order
+    } else {
+        wait_terminal(&state, order, wait).await?
+    };
+    Ok(summary_response(&order))
+}
+
+/// Polls the order until it is terminal or `wait` ran out; returns the
+/// last state read.
+async fn wait_terminal(
+    state: &AppState,
+    mut order: Order,
+    wait: Duration,
+) -> Result<Order, ApiError> {
+    let until = tokio::time::Instant::now() + wait;
+    while !order.status.is_terminal() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(state.limits.wait_poll).await;
+        order = load_order(state, &order.order_id).await?.unwrap_or(order);
+    }
+    Ok(order)
+}
+
+fn summary_response(order: &Order) -> Response {
+    let status = if order.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = (status, Json(OrderSummary::from(order))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/orders/{}", order.order_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, ApiError> {
+    match read_row(&state.env, &RowKey::Order(id.clone())).await? {
+        Some(Row::Order(o)) => Ok(Some(o)),
+        Some(other) => unreachable!("an order key holds {other:?}"),
+        None => Ok(None),
+    }
+}
+
+/// `GET /orders/{id}`: the order and its timeline.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = OrderId::parse(id)
+        .map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
+    let order = load_order(&state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;
+    let events = state.read.order_events(&id).await?;
+    Ok(Json(OrderView::new(&order, &events)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_derived_ids_depend_on_user_and_key() {
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        assert_eq!(order_id_for_key(&a, "k1"), order_id_for_key(&a, "k1"));
+        assert_ne!(order_id_for_key(&a, "k1"), order_id_for_key(&a, "k2"));
+        assert_ne!(order_id_for_key(&a, "k1"), order_id_for_key(&b, "k1"));
+    }
+
+    #[test]
+    fn wait_is_bounded() {
+        let max = Duration::from_secs(30);
+        assert_eq!(wait_param(None, max).unwrap(), Duration::ZERO);
+        assert_eq!(
+            wait_param(Some("wait=5"), max).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            wait_param(Some("wait=31"), max)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("wait")
+        );
+        assert_eq!(
+            wait_param(Some("wait=-1"), max)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("wait")
+        );
+        assert_eq!(
+            wait_param(Some("nap=1"), max).unwrap_err().error,
+            "unknown_parameter"
+        );
+    }
+}

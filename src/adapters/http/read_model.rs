@@ -1,0 +1,67 @@
+//! The read side of the API that the [`Store`](crate::runtime::Store) port
+//! does not offer: an order's events across every service's outbox (its
+//! timeline) and the items a user was granted. The runtime never needs these,
+//! so they live here, behind a trait of their own, implemented by each store.
+//!
+//! A timeline lists what the outboxes still hold: entries are pruned after
+//! the outbox retention (a day by default), so an old order shows its final
+//! state with a shorter or empty timeline.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::rows::{ReservationState, SlotReservation};
+use crate::domain::{OrderId, UserId};
+use crate::runtime::memory::MemoryStore;
+use crate::runtime::store::StoreResult;
+use crate::runtime::{OutboxEntry, Store};
+
+/// Reads for the API; see the module docs.
+#[async_trait]
+pub trait ReadModel: Send + Sync + 'static {
+    /// Every outbox entry of `order`, of every service, oldest first.
+    async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>>;
+
+    /// The slot reservations of `user` that became granted items.
+    async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>>;
+}
+
+/// Oldest first: by the event's own timestamp, then by outbox position.
+pub fn sort_timeline(entries: &mut [OutboxEntry]) {
+    entries.sort_by_key(|e| (e.event.timestamp, e.created_at, e.seq));
+}
+
+#[async_trait]
+impl ReadModel for MemoryStore {
+    async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
+        let mut entries: Vec<OutboxEntry> = self
+            .outbox()
+            .into_iter()
+            .filter(|e| &e.event.order_id == order)
+            .collect();
+        sort_timeline(&mut entries);
+        Ok(entries)
+    }
+
+    async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
+        // A full snapshot: fine for the in-memory store, which holds a demo's
+        // worth of rows.
+        let snapshot = Store::snapshot(self).await?;
+        Ok(snapshot
+            .slot_reservations
+            .into_values()
+            .filter(|r| &r.user_id == user && r.state == ReservationState::Granted)
+            .collect())
+    }
+}
+
+#[async_trait]
+impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
+    async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
+        (**self).order_events(order).await
+    }
+    async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
+        (**self).granted_items(user).await
+    }
+}

@@ -1,0 +1,140 @@
+//! `GET /users/{id}`, `GET /items/{id}`, `/healthz` and `/readyz`.
+//!
+//! Reads go to each owning service's tables (committed state), so a user's
+//! balance comes from User and their inventory from Inventory; the API is
+//! the one place that shows them side by side.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::domain::{ItemId, Row, RowKey, UserId};
+use crate::runtime::commands::read_row;
+
+use super::error::ApiError;
+use super::probe::run_probe;
+use super::views::{GrantedItem, InventoryView, ItemView, UserView};
+use super::AppState;
+
+/// `GET /users/{id}`: balance, inventory and granted items. 404 when no
+/// service knows the user.
+pub async fn user(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let id = UserId::parse(id)
+        .map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?;
+    let balance = match read_row(&state.env, &RowKey::Account(id.clone())).await? {
+        Some(Row::Account(a)) => Some(a.balance),
+        _ => None,
+    };
+    let inventory = match read_row(&state.env, &RowKey::InventoryAccount(id.clone())).await? {
+        Some(Row::InventoryAccount(a)) => Some(InventoryView {
+            capacity: a.capacity,
+            used: a.used_slots,
+            reserved: a.reserved_slots,
+            free: a.free_slots(),
+        }),
+        _ => None,
+    };
+    if balance.is_none() && inventory.is_none() {
+        return Err(ApiError::not_found("userId", format!("no user {id}")));
+    }
+    let items = state
+        .read
+        .granted_items(&id)
+        .await?
+        .into_iter()
+        .map(|r| GrantedItem {
+            order_id: r.order_id,
+            item_id: r.item_id.to_string(),
+            quantity: r.slots,
+        })
+        .collect();
+    Ok(Json(UserView {
+        user_id: id.to_string(),
+        balance,
+        inventory,
+        items,
+    }))
+}
+
+/// `GET /items/{id}`: name and price (Order's catalog), stock (Item). 404
+/// when neither knows the item.
+pub async fn item(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ItemView>, ApiError> {
+    let id = ItemId::parse(id)
+        .map_err(|e| ApiError::bad_field("invalid_id", "itemId", e.to_string()))?;
+    let (name, price) = match read_row(&state.env, &RowKey::Catalog(id.clone())).await? {
+        Some(Row::Catalog(c)) => (Some(c.name), Some(c.unit_price)),
+        _ => (None, None),
+    };
+    let stock = match read_row(&state.env, &RowKey::ItemStock(id.clone())).await? {
+        Some(Row::ItemStock(s)) => Some(s.stock),
+        _ => None,
+    };
+    if name.is_none() && stock.is_none() {
+        return Err(ApiError::not_found("itemId", format!("no item {id}")));
+    }
+    Ok(Json(ItemView {
+        item_id: id.to_string(),
+        name,
+        price,
+        stock,
+    }))
+}
+
+/// `/healthz`: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `/readyz`: every probe answers; 503 naming the first that does not.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut failure: Option<String> = None;
+    for probe in &state.probes {
+        match run_probe(probe.as_ref()).await {
+            Ok(()) => drop(checks.insert(probe.name().to_string(), json!("ok"))),
+            Err(e) => {
+                failure.get_or_insert_with(|| format!("{} is down: {e}", probe.name()));
+                checks.insert(probe.name().to_string(), json!(e));
+            }
+        }
+    }
+    match failure {
+        None => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "checks": checks })),
+        )
+            .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({ "error": "not_ready", "field": null, "reason": reason, "checks": checks }),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Any path the API does not have.
+pub async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", None, "no such endpoint")
+}
+
+/// A known path with the wrong method.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+        "method not allowed on this path",
+    )
+}

@@ -1,0 +1,145 @@
+//! The JSON answers of the API (camelCase, money in minor units, times in
+//! RFC 3339 UTC).
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::rows::{Order, OrderStatus};
+use crate::domain::{EventId, EventType, FailedStep, OrderId, Service, Timestamp};
+use crate::runtime::OutboxEntry;
+
+/// The answer of `POST /orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSummary {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub failed_step: Option<FailedStep>,
+    pub failure_reason: Option<String>,
+    pub total_amount: i64,
+}
+
+impl From<&Order> for OrderSummary {
+    fn from(o: &Order) -> OrderSummary {
+        OrderSummary {
+            order_id: o.order_id.clone(),
+            status: o.status,
+            failed_step: o.failed_step,
+            failure_reason: o.failure_reason.clone(),
+            total_amount: o.total_amount,
+        }
+    }
+}
+
+/// One event of an order's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The service that emitted it.
+    pub service: Service,
+    pub event_id: EventId,
+    /// When the emitting step ran.
+    pub at: Timestamp,
+    /// Times the relay handed it to the bus (more than 1: re-driven).
+    pub published_count: u32,
+}
+
+impl From<&OutboxEntry> for TimelineEntry {
+    fn from(e: &OutboxEntry) -> TimelineEntry {
+        TimelineEntry {
+            event_type: e.event.event_type(),
+            service: e.event.emitter(),
+            event_id: e.event.event_id,
+            at: e.event.timestamp,
+            published_count: e.published_count,
+        }
+    }
+}
+
+/// The answer of `GET /orders/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub user_id: String,
+    pub item_id: String,
+    pub item_name: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub total_amount: i64,
+    pub payment_method: String,
+    pub status: OrderStatus,
+    pub failed_step: Option<FailedStep>,
+    pub failure_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deadline_at: Timestamp,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl OrderView {
+    pub fn new(o: &Order, events: &[OutboxEntry]) -> OrderView {
+        debug_assert!(
+            o.quantity > 0,
+            "orders are created with a positive quantity"
+        );
+        OrderView {
+            order_id: o.order_id.clone(),
+            user_id: o.user_id.to_string(),
+            item_id: o.item_id.to_string(),
+            item_name: o.item_name.clone(),
+            quantity: o.quantity,
+            unit_price: o.total_amount / o.quantity,
+            total_amount: o.total_amount,
+            payment_method: o.payment_method.clone(),
+            status: o.status,
+            failed_step: o.failed_step,
+            failure_reason: o.failure_reason.clone(),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+            deadline_at: o.deadline_at,
+            timeline: events.iter().map(TimelineEntry::from).collect(),
+        }
+    }
+}
+
+/// A user's inventory, from the Inventory service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryView {
+    pub capacity: i64,
+    pub used: i64,
+    pub reserved: i64,
+    pub free: i64,
+}
+
+/// One granted item (one per completed order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantedItem {
+    pub order_id: OrderId,
+    pub item_id: String,
+    pub quantity: i64,
+}
+
+/// The answer of `GET /users/{id}`; a part is null when its service has no
+/// row for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub user_id: String,
+    pub balance: Option<i64>,
+    pub inventory: Option<InventoryView>,
+    pub items: Vec<GrantedItem>,
+}
+
+/// The answer of `GET /items/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemView {
+    pub item_id: String,
+    pub name: Option<String>,
+    pub price: Option<i64>,
+    pub stock: Option<i64>,
+}

@@ -1,0 +1,182 @@
+//! The `purchase-saga` binary's commands: flags and environment (clap),
+//! and one module per command.
+//!
+//! - `migrate`: create or update the schemas (idempotent).
+//! - `serve`: run services' consumers, relays, the sweeper, the pruner and
+//!   optionally the HTTP API, until SIGTERM or Ctrl-C.
+//! - `seed-demo`: the demo's users and items (idempotent).
+//! - `audit`: the domain's invariants over the stores' state.
+//! - `demo`: all of the above in one process, with orders over HTTP.
+
+pub mod audit;
+pub mod backend;
+pub mod client;
+pub mod demo;
+pub mod logging;
+pub mod seed;
+pub mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::{DurationMs, Service};
+use crate::runtime::RuntimeConfig;
+
+/// Default PostgreSQL URL: the local service, trust auth.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default Redis URL: the local service.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A choreographed purchase saga on PostgreSQL and Redis Streams.
+#[derive(Debug, Parser)]
+#[command(name = "purchase-saga", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
+    pub redis_url: String,
+    /// Prefix of every Redis key (streams, groups, dead letters).
+    #[arg(
+        long,
+        env = "REDIS_PREFIX",
+        default_value = "purchase-saga",
+        global = true
+    )]
+    pub redis_prefix: String,
+    /// Seconds from an order's creation to its saga deadline (the founding
+    /// document's 5-minute reservation TTL by default).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=86_400), global = true)]
+    pub saga_deadline: u32,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// Run on the in-memory store and bus instead of Postgres and Redis
+    /// (one process only: nothing is kept after it exits).
+    #[arg(long, global = true)]
+    pub in_memory: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update every service's schema (idempotent).
+    Migrate,
+    /// Run services until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Insert the demo's users and items where absent (idempotent).
+    SeedDemo,
+    /// Check the saga's invariants over every service's state.
+    Audit(AuditArgs),
+    /// Migrate, serve every service in-process, seed, place orders over
+    /// HTTP, wait for quiescence, audit and summarize.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Services to run, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = parse_services)]
+    pub services: Vec<Vec<Service>>,
+    /// Consumers per service (they share the service's consumer group).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: u16,
+    /// Serve the HTTP API on this address, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+}
+
+impl ServeArgs {
+    /// The selected services, each once, in [`Service::ALL`] order.
+    pub fn services(&self) -> Vec<Service> {
+        let chosen: Vec<Service> = self.services.iter().flatten().copied().collect();
+        Service::ALL
+            .into_iter()
+            .filter(|s| chosen.contains(s))
+            .collect()
+    }
+}
+
+fn parse_services(raw: &str) -> Result<Vec<Service>, String> {
+    if raw == "all" {
+        return Ok(Service::ALL.to_vec());
+    }
+    Service::from_slug(raw).map(|s| vec![s]).ok_or_else(|| {
+        let names: Vec<&str> = Service::ALL.iter().map(|s| s.slug()).collect();
+        format!(
+            "unknown service {raw:?}; expected `all` or one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Check only the invariants that hold at every moment (use while
+    /// traffic is running).
+    #[arg(long)]
+    pub safety_only: bool,
+}
+
+impl GlobalArgs {
+    /// The runtime's settings: production defaults with this deadline.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            saga_deadline: DurationMs::from_secs(i64::from(self.saga_deadline)),
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+/// Longest the process waits for its loops to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the parsed command on a multi-threaded runtime; the exit code says
+/// whether it succeeded.
+pub fn main(cli: Cli) -> ExitCode {
+    logging::init(cli.global.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Migrate => backend::run_migrate(&cli.global).await,
+            Command::Serve(args) => serve::run_serve(&cli.global, &args).await,
+            Command::SeedDemo => seed::run_seed_demo(&cli.global).await,
+            Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
+            Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

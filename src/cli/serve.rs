@@ -1,0 +1,185 @@
+//! Process wiring: the runtime loops of the selected services, the HTTP
+//! API, and graceful shutdown.
+//!
+//! Per service: `--replicas` consumers (one consumer group, distinct
+//! consumer names) and one outbox relay; with the Order service also the
+//! deadline sweeper; one pruner over the selected services. On SIGTERM or
+//! Ctrl-C the shutdown channel flips: consumers stop reading and finish the
+//! batch in hand, the HTTP server stops accepting and finishes open
+//! requests, and the process waits for all of it up to a bound.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::adapters::http::{router, AppState, Limits};
+use crate::domain::Service;
+use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
+
+use super::backend::Backend;
+use super::seed::{demo_scenario, seed_rows};
+use super::{GlobalArgs, ServeArgs, SHUTDOWN_GRACE};
+
+/// The tasks of a running process and the switch that stops them.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<(String, JoinHandle<()>)>,
+}
+
+impl Running {
+    /// Spawns the loops of `services`: see the module docs.
+    pub fn start(env: &Env, services: &[Service], replicas: u16) -> Running {
+        assert!(replicas >= 1, "a service runs at least one consumer");
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let pid = std::process::id();
+        for &service in services {
+            for replica in 0..replicas {
+                let name = format!("{}-{pid}-{replica}", service.slug());
+                let handle = tokio::spawn(consumer::run(
+                    env.clone(),
+                    service,
+                    name.clone(),
+                    shutdown.clone(),
+                ));
+                tasks.push((format!("consumer {name}"), handle));
+            }
+            let handle = tokio::spawn(relay::run(env.clone(), service, shutdown.clone()));
+            tasks.push((format!("relay {}", service.slug()), handle));
+        }
+        if services.contains(&Service::Order) {
+            tasks.push((
+                "sweeper".into(),
+                tokio::spawn(sweeper::run(env.clone(), shutdown.clone())),
+            ));
+        }
+        if !services.is_empty() {
+            let pruner = sweeper::run_pruner(env.clone(), services.to_vec(), shutdown.clone());
+            tasks.push(("pruner".into(), tokio::spawn(pruner)));
+        }
+        Running { stop, tasks }
+    }
+
+    /// A receiver of this process's shutdown signal.
+    pub fn shutdown(&self) -> Shutdown {
+        self.stop.subscribe()
+    }
+
+    /// Serves the API on `listener` until shutdown.
+    pub fn spawn_http(&mut self, listener: TcpListener, state: Arc<AppState>) {
+        let mut shutdown = self.shutdown();
+        let app = router(state);
+        let handle = tokio::spawn(async move {
+            let stopped = async move {
+                // Err means the sender is gone: stop as well.
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        self.tasks.push(("http".into(), handle));
+    }
+
+    /// Signals shutdown and waits up to `grace` for every task; returns the
+    /// names of those that did not finish (they are aborted).
+    pub async fn stop(self, grace: Duration) -> Vec<String> {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut unfinished = Vec::new();
+        for (name, mut handle) in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(task = %name, error = %e, "task failed");
+                    unfinished.push(name);
+                }
+                Err(_) => {
+                    handle.abort();
+                    unfinished.push(name);
+                }
+            }
+        }
+        unfinished
+    }
+}
+
+/// The API state over `backend`.
+pub fn app_state(backend: &Backend, env: &Env) -> Arc<AppState> {
+    Arc::new(AppState {
+        env: env.clone(),
+        read: backend.read.clone(),
+        probes: backend.probes.clone(),
+        limits: Limits::default(),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        biased;
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// `purchase-saga serve`.
+pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode, String> {
+    let backend = Backend::open(global).await?;
+    if global.in_memory {
+        // Nothing outlives this process: give it something to sell.
+        let rows = demo_scenario("demo-").opening_rows();
+        seed_rows(backend.store.as_ref(), &rows)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let env = backend.env(global);
+    let services = args.services();
+    let mut running = Running::start(&env, &services, args.replicas);
+    if let Some(addr) = args.http {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "HTTP API listening");
+        running.spawn_http(listener, app_state(&backend, &env));
+    }
+    let names: Vec<&str> = services.iter().map(|s| s.slug()).collect();
+    tracing::info!(services = %names.join(","), replicas = args.replicas, backend = %backend.describe, "serving");
+    termination_signal().await;
+    tracing::info!("shutdown requested: finishing in-flight work");
+    let unfinished = running.stop(SHUTDOWN_GRACE).await;
+    if unfinished.is_empty() {
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!(
+            "tasks did not stop within {SHUTDOWN_GRACE:?}: {}",
+            unfinished.join(", ")
+        ))
+    }
+}
