@@ -292,12 +292,14 @@ fn outcome_label(snapshot: &Snapshot, id: &OrderId) -> (String, String) {
     }
 }
 
-/// A reason without the run's ids and numbers, so equal causes group.
+/// A reason without the run's ids and numbers (the text before its first
+/// colon), so equal causes group.
 fn reason_kind(reason: &str) -> String {
-    let words: Vec<&str> = reason
+    let head = reason.split(':').next().unwrap_or(reason);
+    let words: Vec<&str> = head
         .split_whitespace()
         .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
-        .take(6)
+        .take(8)
         .collect();
     words.join(" ")
 }
