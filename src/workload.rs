@@ -101,7 +101,10 @@ impl Scenario {
     /// small inventories, scarce stock, a few unknown buyers and declining
     /// payment methods. Orders are sorted by arrival.
     pub fn generate(rng: &mut impl Rng, size: ScenarioSize) -> Scenario {
-        assert!(size.users > 0 && size.items > 0, "a scenario needs users and items");
+        assert!(
+            size.users > 0 && size.items > 0,
+            "a scenario needs users and items"
+        );
         let items: Vec<ItemSpec> = (0..size.items)
             .map(|i| ItemSpec {
                 id: ItemId::parse(format!("item-{i}")).expect("valid id"),
@@ -125,7 +128,11 @@ impl Scenario {
                 } else {
                     users[rng.random_range(0..users.len())].id.clone()
                 };
-                let method = if rng.random_ratio(1, 10) { DECLINING_METHOD } else { DEFAULT_METHOD };
+                let method = if rng.random_ratio(1, 10) {
+                    DECLINING_METHOD
+                } else {
+                    DEFAULT_METHOD
+                };
                 OrderSpec {
                     id: OrderId::parse(format!("order-{n}")).expect("valid id"),
                     user,
@@ -159,9 +166,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_scenario() {
-        let a = Scenario::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(9), ScenarioSize::default());
-        let b = Scenario::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(9), ScenarioSize::default());
-        let c = Scenario::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(10), ScenarioSize::default());
+        let a = Scenario::generate(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(9),
+            ScenarioSize::default(),
+        );
+        let b = Scenario::generate(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(9),
+            ScenarioSize::default(),
+        );
+        let c = Scenario::generate(
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(10),
+            ScenarioSize::default(),
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.orders.windows(2).all(|w| w[0].at <= w[1].at));

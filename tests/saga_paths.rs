@@ -62,7 +62,11 @@ async fn run_fifo(s: Scenario, o: OrderSpec) -> (String, OrderStatus, Option<Fai
 
 async fn finish(h: Harness, o: &OrderSpec) -> (String, OrderStatus, Option<FailedStep>) {
     let violations = h.final_violations().await;
-    assert!(violations.is_empty(), "violations: {violations:#?}\ntrace:\n{}", h.trace.lines().join("\n"));
+    assert!(
+        violations.is_empty(),
+        "violations: {violations:#?}\ntrace:\n{}",
+        h.trace.lines().join("\n")
+    );
     let snapshot = h.snapshot().await;
     let order = &snapshot.orders[&o.id];
     (h.trace.lines().join("\n"), order.status, order.failed_step)
@@ -78,28 +82,40 @@ async fn success() {
 #[tokio::test]
 async fn user_validation_fails_for_unknown_user() {
     let (trace, status, step) = run_fifo(scenario(1000, 10, 5), order("mallory", 1, DEFAULT_METHOD)).await;
-    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::UserValidation)));
+    assert_eq!(
+        (status, step),
+        (OrderStatus::Failed, Some(FailedStep::UserValidation))
+    );
     insta::assert_snapshot!(trace);
 }
 
 #[tokio::test]
 async fn user_validation_fails_for_insufficient_balance() {
     let (trace, status, step) = run_fifo(scenario(299, 10, 5), order("alice", 2, DEFAULT_METHOD)).await;
-    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::UserValidation)));
+    assert_eq!(
+        (status, step),
+        (OrderStatus::Failed, Some(FailedStep::UserValidation))
+    );
     insta::assert_snapshot!(trace);
 }
 
 #[tokio::test]
 async fn inventory_reservation_fails() {
     let (trace, status, step) = run_fifo(scenario(1000, 1, 5), order("alice", 2, DEFAULT_METHOD)).await;
-    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::InventoryReservation)));
+    assert_eq!(
+        (status, step),
+        (OrderStatus::Failed, Some(FailedStep::InventoryReservation))
+    );
     insta::assert_snapshot!(trace);
 }
 
 #[tokio::test]
 async fn item_reservation_fails() {
     let (trace, status, step) = run_fifo(scenario(1000, 10, 1), order("alice", 2, DEFAULT_METHOD)).await;
-    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::ItemReservation)));
+    assert_eq!(
+        (status, step),
+        (OrderStatus::Failed, Some(FailedStep::ItemReservation))
+    );
     insta::assert_snapshot!(trace);
 }
 
@@ -120,7 +136,11 @@ async fn deadline_passes_before_payment() {
     let mut h = harness(&s);
     h.place(&o).await.unwrap();
     h.drain(|s| s != Service::Payment).await;
-    let item_reserved = *h.bus.deliverable(Service::Payment).first().expect("ITEM_RESERVED waits");
+    let item_reserved = *h
+        .bus
+        .deliverable(Service::Payment)
+        .first()
+        .expect("ITEM_RESERVED waits");
     h.advance(config().saga_deadline);
     assert_eq!(h.sweep().await, 1, "one deadline signalled");
     h.relay(Service::Order).await;

@@ -370,12 +370,16 @@ impl Payload {
             Payload::OrderCompleted(p) => format!("item={:?} total={}", p.item_name, p.total_amount),
             Payload::OrderFailed(p) => format!("step={} reason={:?}", p.failed_step.as_str(), p.reason),
             Payload::UserValidated(p) => format!("balance={} required={}", p.user_balance, p.required_amount),
-            Payload::UserValidationFailed(p) => format!("required={} reason={:?}", p.required_amount, p.reason),
+            Payload::UserValidationFailed(p) => {
+                format!("required={} reason={:?}", p.required_amount, p.reason)
+            }
             Payload::PaymentReserved(p) => format!(
                 "reserved={} remaining={} item={} qty={}",
                 p.reserved_amount, p.remaining_balance, p.item_id, p.quantity
             ),
-            Payload::PaymentProcessed(p) => format!("amount={} method={}", p.payment_amount, p.payment_method),
+            Payload::PaymentProcessed(p) => {
+                format!("amount={} method={}", p.payment_amount, p.payment_method)
+            }
             Payload::PaymentFailed(p) => format!("attempted={} reason={:?}", p.attempted_amount, p.reason),
             Payload::PaymentRollback(p) => format!("refunded={} balance={}", p.refunded_amount, p.balance),
             Payload::InventoryReserved(p) => format!(
@@ -386,7 +390,9 @@ impl Payload {
                 "requested={} available={} reason={:?}",
                 p.requested_slots, p.available_slots, p.reason
             ),
-            Payload::InventoryRollback(p) => format!("released={} available={}", p.released_slots, p.available_slots),
+            Payload::InventoryRollback(p) => {
+                format!("released={} available={}", p.released_slots, p.available_slots)
+            }
             Payload::ItemReserved(p) => format!(
                 "item={} qty={} remaining={}",
                 p.item_id, p.reserved_quantity, p.remaining_stock
@@ -395,7 +401,10 @@ impl Payload {
                 "item={} requested={} available={} reason={:?}",
                 p.item_id, p.requested_quantity, p.available_stock, p.reason
             ),
-            Payload::ItemRestored(p) => format!("item={} restored={} stock={}", p.item_id, p.restored_quantity, p.stock),
+            Payload::ItemRestored(p) => format!(
+                "item={} restored={} stock={}",
+                p.item_id, p.restored_quantity, p.stock
+            ),
             Payload::NotificationSent(p) => format!("type={}", p.notification_type.as_str()),
             Payload::SagaDeadlinePassed(p) => format!("deadline={}", p.deadline),
         }

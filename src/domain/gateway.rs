@@ -66,7 +66,10 @@ impl PaymentGateway for SimulatedGateway {
         }
         if request.amount > self.amount_limit {
             return PaymentDecision::Declined {
-                reason: format!("amount {} exceeds the limit {}", request.amount, self.amount_limit),
+                reason: format!(
+                    "amount {} exceeds the limit {}",
+                    request.amount, self.amount_limit
+                ),
             };
         }
         let draw = mix(self.seed ^ fnv1a(request.order_id.as_str().as_bytes())) % 1_000_000;
@@ -114,9 +117,18 @@ mod tests {
             ..Default::default()
         };
         let (o, u) = (OrderId::parse("o").unwrap(), UserId::parse("u").unwrap());
-        assert_eq!(g.authorize(&request(&o, &u, 100, DEFAULT_METHOD)), PaymentDecision::Approved);
-        assert!(matches!(g.authorize(&request(&o, &u, 101, DEFAULT_METHOD)), PaymentDecision::Declined { .. }));
-        assert!(matches!(g.authorize(&request(&o, &u, 1, DECLINING_METHOD)), PaymentDecision::Declined { .. }));
+        assert_eq!(
+            g.authorize(&request(&o, &u, 100, DEFAULT_METHOD)),
+            PaymentDecision::Approved
+        );
+        assert!(matches!(
+            g.authorize(&request(&o, &u, 101, DEFAULT_METHOD)),
+            PaymentDecision::Declined { .. }
+        ));
+        assert!(matches!(
+            g.authorize(&request(&o, &u, 1, DECLINING_METHOD)),
+            PaymentDecision::Declined { .. }
+        ));
     }
 
     #[test]
@@ -131,10 +143,17 @@ mod tests {
             .filter(|i| {
                 let o = OrderId::parse(format!("o{i}")).unwrap();
                 let first = g.authorize(&request(&o, &u, 1, DEFAULT_METHOD));
-                assert_eq!(first, g.authorize(&request(&o, &u, 1, DEFAULT_METHOD)), "same order, same answer");
+                assert_eq!(
+                    first,
+                    g.authorize(&request(&o, &u, 1, DEFAULT_METHOD)),
+                    "same order, same answer"
+                );
                 first != PaymentDecision::Approved
             })
             .count();
-        assert!((800..1200).contains(&declined), "25% of 4000 expected, got {declined}");
+        assert!(
+            (800..1200).contains(&declined),
+            "25% of 4000 expected, got {declined}"
+        );
     }
 }

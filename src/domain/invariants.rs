@@ -12,8 +12,8 @@ use std::fmt;
 use super::event::NotificationKind;
 use super::ids::{ItemId, OrderId, UserId};
 use super::rows::{
-    Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus, Payment,
-    PaymentState, ReservationState, Row, SlotReservation, StockReservation,
+    Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus,
+    Payment, PaymentState, ReservationState, Row, SlotReservation, StockReservation,
 };
 
 /// Every row of every service at one moment.
@@ -126,7 +126,13 @@ impl fmt::Display for Violation {
 struct Report(Vec<Violation>);
 
 impl Report {
-    fn check(&mut self, holds: bool, invariant: Invariant, subject: impl FnOnce() -> String, detail: impl FnOnce() -> String) {
+    fn check(
+        &mut self,
+        holds: bool,
+        invariant: Invariant,
+        subject: impl FnOnce() -> String,
+        detail: impl FnOnce() -> String,
+    ) {
         if !holds {
             self.0.push(Violation {
                 invariant,
@@ -141,9 +147,12 @@ impl Report {
 pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
     let mut r = Report(Vec::new());
     for (user, account) in &s.accounts {
-        r.check(account.balance >= 0, Invariant::NonNegativeBalance, || format!("user {user}"), || {
-            format!("balance {}", account.balance)
-        });
+        r.check(
+            account.balance >= 0,
+            Invariant::NonNegativeBalance,
+            || format!("user {user}"),
+            || format!("balance {}", account.balance),
+        );
         let held: i64 = s
             .balance_holds
             .values()
@@ -154,13 +163,21 @@ pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
             account.balance == account.opening_balance - held,
             Invariant::BalanceMatchesHolds,
             || format!("user {user}"),
-            || format!("balance {} != opening {} - held {held}", account.balance, account.opening_balance),
+            || {
+                format!(
+                    "balance {} != opening {} - held {held}",
+                    account.balance, account.opening_balance
+                )
+            },
         );
     }
     for (item, stock) in &s.item_stocks {
-        r.check(stock.stock >= 0, Invariant::NonNegativeStock, || format!("item {item}"), || {
-            format!("stock {}", stock.stock)
-        });
+        r.check(
+            stock.stock >= 0,
+            Invariant::NonNegativeStock,
+            || format!("item {item}"),
+            || format!("stock {}", stock.stock),
+        );
         let held: i64 = s
             .stock_reservations
             .values()
@@ -171,15 +188,27 @@ pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
             stock.stock == stock.opening_stock - held,
             Invariant::StockMatchesReservations,
             || format!("item {item}"),
-            || format!("stock {} != opening {} - reserved {held}", stock.stock, stock.opening_stock),
+            || {
+                format!(
+                    "stock {} != opening {} - reserved {held}",
+                    stock.stock, stock.opening_stock
+                )
+            },
         );
     }
     for (user, inv) in &s.inventory_accounts {
         r.check(
-            inv.used_slots >= 0 && inv.reserved_slots >= 0 && inv.used_slots + inv.reserved_slots <= inv.capacity,
+            inv.used_slots >= 0
+                && inv.reserved_slots >= 0
+                && inv.used_slots + inv.reserved_slots <= inv.capacity,
             Invariant::SlotsWithinCapacity,
             || format!("user {user}"),
-            || format!("used {} + reserved {} vs capacity {}", inv.used_slots, inv.reserved_slots, inv.capacity),
+            || {
+                format!(
+                    "used {} + reserved {} vs capacity {}",
+                    inv.used_slots, inv.reserved_slots, inv.capacity
+                )
+            },
         );
         let sum = |state| -> i64 {
             s.slot_reservations
@@ -267,9 +296,12 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
     let mut completed_quantity: BTreeMap<&ItemId, i64> = BTreeMap::new();
     for (id, order) in &s.orders {
         let subject = || format!("order {id}");
-        r.check(order.status.is_terminal(), Invariant::EveryOrderTerminal, subject, || {
-            format!("still {} (deadline {})", order.status.as_str(), order.deadline_at)
-        });
+        r.check(
+            order.status.is_terminal(),
+            Invariant::EveryOrderTerminal,
+            subject,
+            || format!("still {} (deadline {})", order.status.as_str(), order.deadline_at),
+        );
         let completed = order.status == OrderStatus::Completed;
         if completed {
             *completed_total.entry(&order.user_id).or_default() += order.total_amount;
@@ -284,7 +316,12 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
                 slot == Some((ReservationState::Granted, order.quantity)),
                 Invariant::GrantExactlyOnce,
                 subject,
-                || format!("COMPLETED order of {} has slot reservation {slot:?}", order.quantity),
+                || {
+                    format!(
+                        "COMPLETED order of {} has slot reservation {slot:?}",
+                        order.quantity
+                    )
+                },
             );
         } else {
             r.check(
@@ -312,7 +349,11 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             s.sent(id, NotificationKind::PaymentFailed),
         );
         let payment_failed = matches!(payment, Some(PaymentState::Declined | PaymentState::Cancelled));
-        let expected = if completed { (1, 0, 1, 0) } else { (0, 1, 0, i64::from(payment_failed)) };
+        let expected = if completed {
+            (1, 0, 1, 0)
+        } else {
+            (0, 1, 0, i64::from(payment_failed))
+        };
         r.check(
             !order.status.is_terminal() || outcome_sent == expected,
             Invariant::OneOutcomeNotification,
@@ -345,7 +386,12 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             stock.stock == stock.opening_stock - sold,
             Invariant::StockConservation,
             || format!("item {item}"),
-            || format!("stock {} != opening {} - sold {sold}", stock.stock, stock.opening_stock),
+            || {
+                format!(
+                    "stock {} != opening {} - sold {sold}",
+                    stock.stock, stock.opening_stock
+                )
+            },
         );
     }
     r.0

@@ -195,7 +195,9 @@ impl PaymentState {
     }
     pub fn from_wire(s: &str) -> Option<PaymentState> {
         use PaymentState::*;
-        [Processed, Declined, Cancelled].into_iter().find(|x| x.as_str() == s)
+        [Processed, Declined, Cancelled]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 }
 
@@ -296,7 +298,10 @@ macro_rules! row_accessor {
         pub fn $fn(&self, id: &$key) -> Option<&$ty> {
             match self.0.get(&RowKey::$variant(id.clone())) {
                 Some(Row::$variant(r)) => Some(r),
-                Some(other) => unreachable!("key {:?} holds a foreign row {other:?}", stringify!($variant)),
+                Some(other) => unreachable!(
+                    "key {:?} holds a foreign row {other:?}",
+                    stringify!($variant)
+                ),
                 None => None,
             }
         }

@@ -126,7 +126,11 @@ mod tests {
             (UserValidationFailed, User, &[Order]),
             (PaymentReserved, User, &[Inventory]),
             (PaymentProcessed, Payment, &[Order, Inventory, Notification]),
-            (PaymentFailed, Payment, &[Order, User, Inventory, Item, Notification]),
+            (
+                PaymentFailed,
+                Payment,
+                &[Order, User, Inventory, Item, Notification],
+            ),
             (PaymentRollback, User, &[]),
             (InventoryReserved, Inventory, &[Item]),
             (InventoryReservationFailed, Inventory, &[Order, User]),

@@ -16,7 +16,12 @@ use super::{sleep_or_stop, Env, Shutdown};
 
 /// Handles one delivery to `service` and settles it on the bus (ack, or
 /// dead-letter, or leave pending). Returns what happened.
-pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delivery: &Delivery) -> Disposition {
+pub async fn handle_delivery(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    delivery: &Delivery,
+) -> Disposition {
     let decoded = Event::decode(&delivery.payload);
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
@@ -33,11 +38,18 @@ pub async fn handle_delivery(env: &Env, service: Service, consumer: &str, delive
         },
         Ok(event) => match apply_event(env, service, event).await {
             Ok(Committed::Duplicate) => Disposition::Duplicate,
-            Ok(Committed::Applied { writes: 0, emitted: 0 }) => Disposition::Ignored,
+            Ok(Committed::Applied {
+                writes: 0,
+                emitted: 0,
+            }) => Disposition::Ignored,
             Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
             Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
-            Err(TransactError::Step(e)) => Disposition::DeadLettered { reason: e.to_string() },
-            Err(TransactError::Store(e)) => Disposition::Retry { reason: e.to_string() },
+            Err(TransactError::Step(e)) => Disposition::DeadLettered {
+                reason: e.to_string(),
+            },
+            Err(TransactError::Store(e)) => Disposition::Retry {
+                reason: e.to_string(),
+            },
         },
     };
     env.observer.observe(RuntimeEvent::Handled {

@@ -39,10 +39,17 @@ pub enum RuntimeEvent<'a> {
     },
     /// A transaction of `service` committed (after a delivery, a command or a
     /// deadline signal).
-    Committed { service: Service, cause: Option<EventId> },
+    Committed {
+        service: Service,
+        cause: Option<EventId>,
+    },
     /// The relay of `service` handed an event to the bus (`republish` counts
     /// earlier publishes of the same outbox entry).
-    Published { service: Service, event: &'a Event, republish: u32 },
+    Published {
+        service: Service,
+        event: &'a Event,
+        republish: u32,
+    },
     /// A store conflict was retried.
     ConflictRetried { service: Service, attempt: u32 },
 }

@@ -28,7 +28,11 @@ pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError
     let mut published = Vec::with_capacity(due.len());
     let mut failure = None;
     for entry in &due {
-        debug_assert_eq!(entry.event.emitter(), service, "an outbox holds only its service's events");
+        debug_assert_eq!(
+            entry.event.emitter(),
+            service,
+            "an outbox holds only its service's events"
+        );
         if let Err(e) = env.bus.publish(&entry.event).await {
             failure = Some(e.to_string());
             break;
@@ -41,7 +45,9 @@ pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError
         published.push(entry.seq);
     }
     if !published.is_empty() {
-        env.store.mark_published(service, &published, env.clock.now()).await?;
+        env.store
+            .mark_published(service, &published, env.clock.now())
+            .await?;
     }
     match failure {
         Some(cause) => Err(RelayError::Bus {

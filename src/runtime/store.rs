@@ -152,8 +152,13 @@ pub trait Store: Send + Sync + 'static {
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;
 
     /// Deletes expired inbox ids and outbox entries, in bounded batches.
-    async fn prune(&self, service: Service, now: Timestamp, retention: Retention, policy: RedrivePolicy)
-        -> StoreResult<Pruned>;
+    async fn prune(
+        &self,
+        service: Service,
+        now: Timestamp,
+        retention: Retention,
+        policy: RedrivePolicy,
+    ) -> StoreResult<Pruned>;
 
     /// Every row of every service (committed state), for invariant checks.
     async fn snapshot(&self) -> StoreResult<Snapshot>;

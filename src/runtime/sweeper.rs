@@ -55,7 +55,11 @@ pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown
     loop {
         for &service in &services {
             let now = env.clock.now();
-            match env.store.prune(service, now, env.config.retention, env.config.redrive).await {
+            match env
+                .store
+                .prune(service, now, env.config.retention, env.config.redrive)
+                .await
+            {
                 Ok(p) if p.inbox + p.outbox > 0 => {
                     tracing::debug!(%service, inbox = p.inbox, outbox = p.outbox, "pruned")
                 }

@@ -40,13 +40,17 @@ pub async fn transact<E>(
     keys: &[RowKey],
     mut step: impl FnMut(&Rows) -> Result<participants::Step, E>,
 ) -> Result<Committed, TransactError<E>> {
-    debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys are locked in strictly ascending order");
+    debug_assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys are locked in strictly ascending order"
+    );
     let mut attempt = 0;
     loop {
         match transact_once(env, service, dedupe, keys, &mut step).await {
             Err(TransactError::Store(e)) if e.is_conflict() && attempt < env.config.conflict_retries_max => {
                 attempt += 1;
-                env.observer.observe(RuntimeEvent::ConflictRetried { service, attempt });
+                env.observer
+                    .observe(RuntimeEvent::ConflictRetried { service, attempt });
                 tokio::time::sleep(conflict_backoff(env.config.conflict_backoff, attempt, dedupe)).await;
             }
             other => return other,
@@ -83,7 +87,10 @@ async fn transact_once<E>(
         tx.enqueue(event, now).await?;
     }
     tx.commit().await?;
-    env.observer.observe(RuntimeEvent::Committed { service, cause: dedupe });
+    env.observer.observe(RuntimeEvent::Committed {
+        service,
+        cause: dedupe,
+    });
     Ok(Committed::Applied {
         writes: out.writes.len(),
         emitted: out.emit.len(),
@@ -94,13 +101,18 @@ async fn transact_once<E>(
 /// that collided do not collide again in step, and a replay is identical.
 fn conflict_backoff(base: Duration, attempt: u32, dedupe: Option<EventId>) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(10));
-    let salt = dedupe.map_or(0, |id| id.0.as_u128() as u64) ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let salt =
+        dedupe.map_or(0, |id| id.0.as_u128() as u64) ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let jitter_ppm = salt % 1_000_000;
     exp + exp.mul_f64(jitter_ppm as f64 / 1_000_000.0)
 }
 
 /// Applies `event` to `service`: the consumer's transaction.
-pub async fn apply_event(env: &Env, service: Service, event: &Event) -> Result<Committed, TransactError<StepError>> {
+pub async fn apply_event(
+    env: &Env,
+    service: Service,
+    event: &Event,
+) -> Result<Committed, TransactError<StepError>> {
     let keys = participants::rows_needed(service, event);
     transact(env, service, Some(event.event_id), &keys, |rows| {
         let ctx = StepContext {

@@ -2,7 +2,9 @@
 //! granted item when payment succeeds, and releases them, once, when a later
 //! step fails.
 
-use crate::domain::event::{Event, InventoryReservationFailed, InventoryReserved, InventoryRollback, Payload};
+use crate::domain::event::{
+    Event, InventoryReservationFailed, InventoryReserved, InventoryRollback, Payload,
+};
 use crate::domain::rows::{InventoryAccount, ReservationState, Row, RowKey, Rows, SlotReservation};
 
 use super::{reply, Step, StepContext, StepError};
@@ -34,9 +36,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             };
             let refusal = match account {
                 None => Some(format!("user {} has no inventory", event.user_id)),
-                Some(_) if available < slots => {
-                    Some(format!("not enough inventory space: {available} free, {slots} needed"))
-                }
+                Some(_) if available < slots => Some(format!(
+                    "not enough inventory space: {available} free, {slots} needed"
+                )),
                 Some(_) => None,
             };
             if let Some(reason) = refusal {
@@ -75,7 +77,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                 .emit(done))
         }
         Payload::PaymentProcessed(_) => grant(reservation, account, event, ctx),
-        Payload::PaymentFailed(_) | Payload::ItemReservationFailed(_) => release(reservation, account, event, ctx),
+        Payload::PaymentFailed(_) | Payload::ItemReservationFailed(_) => {
+            release(reservation, account, event, ctx)
+        }
         other => unreachable!("Inventory does not subscribe to {:?}", other.event_type()),
     }
 }
@@ -88,13 +92,19 @@ fn grant(
     ctx: &StepContext<'_>,
 ) -> Result<Step, StepError> {
     let reservation = reservation.ok_or_else(|| {
-        StepError::Contradiction(format!("PAYMENT_PROCESSED for order {} with no slot reservation", event.order_id))
+        StepError::Contradiction(format!(
+            "PAYMENT_PROCESSED for order {} with no slot reservation",
+            event.order_id
+        ))
     })?;
     match reservation.state {
         ReservationState::Granted => Ok(Step::nothing()),
         ReservationState::Held => {
             let account = account.ok_or_else(|| {
-                StepError::Contradiction(format!("reservation for order {} without inventory", event.order_id))
+                StepError::Contradiction(format!(
+                    "reservation for order {} without inventory",
+                    event.order_id
+                ))
             })?;
             let updated = InventoryAccount {
                 reserved_slots: account.reserved_slots - reservation.slots,
@@ -143,7 +153,10 @@ fn release(
     match reservation.state {
         ReservationState::Held => {
             let account = account.ok_or_else(|| {
-                StepError::Contradiction(format!("reservation for order {} without inventory", event.order_id))
+                StepError::Contradiction(format!(
+                    "reservation for order {} without inventory",
+                    event.order_id
+                ))
             })?;
             let updated = InventoryAccount {
                 reserved_slots: account.reserved_slots - reservation.slots,
@@ -172,6 +185,8 @@ fn release(
             event.event_type(),
             event.order_id
         ))),
-        ReservationState::Released | ReservationState::Rejected | ReservationState::Tombstone => Ok(Step::nothing()),
+        ReservationState::Released | ReservationState::Rejected | ReservationState::Tombstone => {
+            Ok(Step::nothing())
+        }
     }
 }

@@ -32,7 +32,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             let available = stock.map_or(0, |s| s.stock);
             let refusal = match stock {
                 None => Some(format!("unknown item {}", reserved.item_id)),
-                Some(_) if available < quantity => Some(format!("out of stock: {available} left, {quantity} needed")),
+                Some(_) if available < quantity => {
+                    Some(format!("out of stock: {available} left, {quantity} needed"))
+                }
                 Some(_) => None,
             };
             if let Some(reason) = refusal {
@@ -47,7 +49,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                     }),
                 );
                 let rejected = new_reservation(event, ctx, &reserved.item_id, 0, ReservationState::Rejected);
-                return Ok(Step::nothing().write(Row::StockReservation(rejected)).emit(failed));
+                return Ok(Step::nothing()
+                    .write(Row::StockReservation(rejected))
+                    .emit(failed));
             }
             let stock = stock.expect("refusal covers the missing item");
             let updated = ItemStock {
@@ -80,7 +84,10 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                 return Ok(Step::nothing());
             }
             let stock = rows.item_stock(&reservation.item_id).ok_or_else(|| {
-                StepError::Contradiction(format!("reservation for order {} of unknown item", event.order_id))
+                StepError::Contradiction(format!(
+                    "reservation for order {} of unknown item",
+                    event.order_id
+                ))
             })?;
             let updated = ItemStock {
                 stock: stock.stock + reservation.quantity,

@@ -86,7 +86,10 @@ pub fn rows_needed(service: Service, event: &Event) -> Vec<RowKey> {
     };
     keys.sort();
     keys.dedup();
-    debug_assert!(keys.iter().all(|k| k.owner() == service), "{service} may only read its own rows: {keys:?}");
+    debug_assert!(
+        keys.iter().all(|k| k.owner() == service),
+        "{service} may only read its own rows: {keys:?}"
+    );
     keys
 }
 
@@ -106,9 +109,18 @@ pub fn step(service: Service, rows: &Rows, event: &Event, ctx: &StepContext<'_>)
         Service::Payment => payment::step(rows, event, ctx),
         Service::Notification => notification::step(rows, event, ctx),
     }?;
-    debug_assert!(step.writes.iter().all(|r| r.key().owner() == service), "{service} wrote a foreign row");
-    debug_assert!(step.emit.iter().all(|e| e.emitter() == service), "{service} emitted a foreign event");
-    debug_assert!(step.emit.iter().all(|e| e.order_id == event.order_id), "events stay within their order");
+    debug_assert!(
+        step.writes.iter().all(|r| r.key().owner() == service),
+        "{service} wrote a foreign row"
+    );
+    debug_assert!(
+        step.emit.iter().all(|e| e.emitter() == service),
+        "{service} emitted a foreign event"
+    );
+    debug_assert!(
+        step.emit.iter().all(|e| e.order_id == event.order_id),
+        "events stay within their order"
+    );
     Ok(step)
 }
 

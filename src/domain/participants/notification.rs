@@ -24,7 +24,10 @@ fn notification_for(event: &Event) -> (NotificationKind, String) {
         ),
         Payload::PaymentProcessed(p) => (
             NotificationKind::PaymentCompleted,
-            format!("Payment of {} by {} received.", p.payment_amount, p.payment_method),
+            format!(
+                "Payment of {} by {} received.",
+                p.payment_amount, p.payment_method
+            ),
         ),
         Payload::PaymentFailed(p) => (
             NotificationKind::PaymentFailed,
@@ -36,8 +39,14 @@ fn notification_for(event: &Event) -> (NotificationKind, String) {
 
 pub fn rows_needed(event: &Event) -> Vec<RowKey> {
     match &event.payload {
-        Payload::OrderCompleted(_) | Payload::OrderFailed(_) | Payload::PaymentProcessed(_) | Payload::PaymentFailed(_) => {
-            vec![RowKey::NotificationLog(event.order_id.clone(), notification_for(event).0)]
+        Payload::OrderCompleted(_)
+        | Payload::OrderFailed(_)
+        | Payload::PaymentProcessed(_)
+        | Payload::PaymentFailed(_) => {
+            vec![RowKey::NotificationLog(
+                event.order_id.clone(),
+                notification_for(event).0,
+            )]
         }
         _ => Vec::new(),
     }
@@ -45,7 +54,10 @@ pub fn rows_needed(event: &Event) -> Vec<RowKey> {
 
 pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, StepError> {
     let (kind, message) = notification_for(event);
-    let sent_count = rows.notification_log(&event.order_id, kind).map_or(0, |l| l.sent_count) + 1;
+    let sent_count = rows
+        .notification_log(&event.order_id, kind)
+        .map_or(0, |l| l.sent_count)
+        + 1;
     let log = NotificationLog {
         order_id: event.order_id.clone(),
         user_id: event.user_id.clone(),

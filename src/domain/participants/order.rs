@@ -42,12 +42,20 @@ pub enum Rejection {
 
 /// Rows [`place_order`] needs.
 pub fn place_order_rows(cmd: &PlaceOrder) -> Vec<RowKey> {
-    vec![RowKey::Order(cmd.order_id.clone()), RowKey::Catalog(cmd.item_id.clone())]
+    vec![
+        RowKey::Order(cmd.order_id.clone()),
+        RowKey::Catalog(cmd.item_id.clone()),
+    ]
 }
 
 /// Validates a request and creates the order, emitting ORDER_CREATED. An
 /// order that already exists (a retried request) is returned unchanged.
-pub fn place_order(rows: &Rows, cmd: &PlaceOrder, now: Timestamp, deadline: DurationMs) -> Result<Step, Rejection> {
+pub fn place_order(
+    rows: &Rows,
+    cmd: &PlaceOrder,
+    now: Timestamp,
+    deadline: DurationMs,
+) -> Result<Step, Rejection> {
     if rows.order(&cmd.order_id).is_some() {
         return Ok(Step::nothing());
     }
@@ -55,7 +63,10 @@ pub fn place_order(rows: &Rows, cmd: &PlaceOrder, now: Timestamp, deadline: Dura
         return Err(Rejection::QuantityOutOfRange(cmd.quantity));
     }
     let method_ok = (1..=32).contains(&cmd.payment_method.len())
-        && cmd.payment_method.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        && cmd
+            .payment_method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !method_ok {
         return Err(Rejection::BadPaymentMethod(cmd.payment_method.clone()));
     }
@@ -137,13 +148,15 @@ pub fn rows_needed(event: &Event) -> Vec<RowKey> {
 }
 
 pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, StepError> {
-    let order = rows
-        .order(&event.order_id)
-        .ok_or_else(|| StepError::NotYetApplicable(format!("order {} is unknown to Order", event.order_id)))?;
+    let order = rows.order(&event.order_id).ok_or_else(|| {
+        StepError::NotYetApplicable(format!("order {} is unknown to Order", event.order_id))
+    })?;
     let outcome = match &event.payload {
         Payload::PaymentProcessed(_) => Outcome::Completed,
         Payload::UserValidationFailed(p) => Outcome::Failed(FailedStep::UserValidation, p.reason.clone()),
-        Payload::InventoryReservationFailed(p) => Outcome::Failed(FailedStep::InventoryReservation, p.reason.clone()),
+        Payload::InventoryReservationFailed(p) => {
+            Outcome::Failed(FailedStep::InventoryReservation, p.reason.clone())
+        }
         Payload::ItemReservationFailed(p) => Outcome::Failed(FailedStep::ItemReservation, p.reason.clone()),
         Payload::PaymentFailed(p) => Outcome::Failed(FailedStep::Payment, p.reason.clone()),
         other => unreachable!("Order does not subscribe to {:?}", other.event_type()),
@@ -173,10 +186,16 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                 updated_at: ctx.now,
                 ..order.clone()
             };
-            let failed = reply(event, ctx, Payload::OrderFailed(OrderFailed { reason, failed_step }));
+            let failed = reply(
+                event,
+                ctx,
+                Payload::OrderFailed(OrderFailed { reason, failed_step }),
+            );
             Ok(Step::nothing().write(Row::Order(updated)).emit(failed))
         }
-        (OrderStatus::Completed, Outcome::Completed) | (OrderStatus::Failed, Outcome::Failed(..)) => Ok(Step::nothing()),
+        (OrderStatus::Completed, Outcome::Completed) | (OrderStatus::Failed, Outcome::Failed(..)) => {
+            Ok(Step::nothing())
+        }
         // A failure after completion is the cancel racing the payment: the
         // pivot already decided, so it cannot arrive. Completion after
         // failure would mean the pivot decided twice.

@@ -47,7 +47,12 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                             payment_method: reserved.payment_method.clone(),
                         }),
                     );
-                    let row = record(reserved.total_amount, &reserved.payment_method, PaymentState::Processed, None);
+                    let row = record(
+                        reserved.total_amount,
+                        &reserved.payment_method,
+                        PaymentState::Processed,
+                        None,
+                    );
                     Ok(Step::nothing().write(Row::Payment(row)).emit(processed))
                 }
                 PaymentDecision::Declined { reason } => {

@@ -5,7 +5,9 @@
 //! Inventory's, so User checks only what it owns (the account and balance),
 //! and Inventory checks space in its own step.
 
-use crate::domain::event::{Event, Payload, PaymentReserved, PaymentRollback, UserValidated, UserValidationFailed};
+use crate::domain::event::{
+    Event, Payload, PaymentReserved, PaymentRollback, UserValidated, UserValidationFailed,
+};
 use crate::domain::rows::{Account, BalanceHold, ReservationState, Row, RowKey, Rows};
 
 use super::{reply, Step, StepContext, StepError};
@@ -74,13 +76,18 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             );
             Ok(Step::nothing()
                 .write(Row::Account(updated))
-                .write(Row::BalanceHold(new_hold(event, ctx, required, ReservationState::Held)))
+                .write(Row::BalanceHold(new_hold(
+                    event,
+                    ctx,
+                    required,
+                    ReservationState::Held,
+                )))
                 .emit(validated)
                 .emit(reserved))
         }
-        Payload::InventoryReservationFailed(_) | Payload::ItemReservationFailed(_) | Payload::PaymentFailed(_) => {
-            roll_back(hold, account, event, ctx)
-        }
+        Payload::InventoryReservationFailed(_)
+        | Payload::ItemReservationFailed(_)
+        | Payload::PaymentFailed(_) => roll_back(hold, account, event, ctx),
         other => unreachable!("User does not subscribe to {:?}", other.event_type()),
     }
 }
@@ -101,7 +108,10 @@ fn roll_back(
         return Ok(Step::nothing());
     }
     let account = account.ok_or_else(|| {
-        StepError::Contradiction(format!("hold for order {} but no account {}", hold.order_id, hold.user_id))
+        StepError::Contradiction(format!(
+            "hold for order {} but no account {}",
+            hold.order_id, hold.user_id
+        ))
     })?;
     let refunded = Account {
         balance: account.balance + hold.amount,

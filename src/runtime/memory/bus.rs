@@ -137,7 +137,9 @@ impl MemoryBus {
     }
 
     fn parse_id(entry_id: &str) -> u64 {
-        entry_id.parse().expect("memory bus entry ids are its own integers")
+        entry_id
+            .parse()
+            .expect("memory bus entry ids are its own integers")
     }
 }
 
@@ -152,9 +154,18 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn receive(&self, service: Service, _consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+    async fn receive(
+        &self,
+        service: Service,
+        _consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
         let ids = self.deliverable(service);
-        Ok(ids.into_iter().take(max).filter_map(|id| self.deliver(service, id)).collect())
+        Ok(ids
+            .into_iter()
+            .take(max)
+            .filter_map(|id| self.deliver(service, id))
+            .collect())
     }
 
     async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {

@@ -100,7 +100,9 @@ impl Harness {
 
     /// Signals every order past its deadline.
     pub async fn sweep(&mut self) -> usize {
-        let n = sweeper::sweep_once(&self.env).await.expect("the memory store does not fail");
+        let n = sweeper::sweep_once(&self.env)
+            .await
+            .expect("the memory store does not fail");
         self.check().await;
         n
     }
@@ -135,7 +137,10 @@ impl Harness {
 
     /// The committed state of every service.
     pub async fn snapshot(&self) -> Snapshot {
-        self.store.snapshot().await.expect("the memory store does not fail")
+        self.store
+            .snapshot()
+            .await
+            .expect("the memory store does not fail")
     }
 
     /// Safety after the last commit(s); records violations.
@@ -147,7 +152,8 @@ impl Harness {
         self.last_commits = commits;
         let now = self.snapshot().await;
         self.violations.extend(invariants::check_safety(&now));
-        self.violations.extend(invariants::check_transition(&self.last, &now));
+        self.violations
+            .extend(invariants::check_transition(&self.last, &now));
         self.last = now;
     }
 
@@ -205,7 +211,11 @@ impl Harness {
             .values()
             .filter(|o| !o.status.is_terminal())
             .collect();
-        let deadline = pending.iter().filter(|o| !o.deadline_signalled).map(|o| o.deadline_at).min();
+        let deadline = pending
+            .iter()
+            .filter(|o| !o.deadline_signalled)
+            .map(|o| o.deadline_at)
+            .min();
         let redrive = if pending.is_empty() {
             None
         } else {

@@ -116,7 +116,10 @@ impl Scheduler {
                 actions.push(Action::Sweep);
             }
             if actions.is_empty() {
-                match h.next_wakeup(scenario.orders.get(next_order).map(|o| start.plus(o.at))).await {
+                match h
+                    .next_wakeup(scenario.orders.get(next_order).map(|o| start.plus(o.at)))
+                    .await
+                {
                     Some(at) => {
                         let now = h.clock.as_ref().now_ts();
                         h.advance(at.since(now).max(DurationMs(1)));

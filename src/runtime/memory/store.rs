@@ -108,7 +108,14 @@ impl MemoryStore {
 
     /// Every outbox entry of every service, in (service, seq) order.
     pub fn outbox(&self) -> Vec<OutboxEntry> {
-        self.shared.state.lock().expect("store mutex").outbox.values().cloned().collect()
+        self.shared
+            .state
+            .lock()
+            .expect("store mutex")
+            .outbox
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn snapshot_now(&self) -> Snapshot {
@@ -169,7 +176,11 @@ impl MemoryTx {
     fn release(&mut self, state: &mut State) {
         for key in std::mem::take(&mut self.held) {
             let owner = state.locks.remove(&key);
-            debug_assert_eq!(owner, Some(self.id), "released a lock this transaction did not hold");
+            debug_assert_eq!(
+                owner,
+                Some(self.id),
+                "released a lock this transaction did not hold"
+            );
         }
     }
 
@@ -177,7 +188,13 @@ impl MemoryTx {
         if let Some(row) = self.writes.get(key) {
             return Some(row.clone());
         }
-        self.shared.state.lock().expect("store mutex").rows.get(key).cloned()
+        self.shared
+            .state
+            .lock()
+            .expect("store mutex")
+            .rows
+            .get(key)
+            .cloned()
     }
 }
 
@@ -231,7 +248,11 @@ impl StoreTx for MemoryTx {
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        assert_eq!(event.emitter(), self.service, "a service enqueues only its own events");
+        assert_eq!(
+            event.emitter(),
+            self.service,
+            "a service enqueues only its own events"
+        );
         self.outbox.push((event.clone(), now));
         Ok(())
     }
@@ -251,14 +272,19 @@ impl StoreTx for MemoryTx {
             self.release(&mut state);
             drop(state);
             shared.unlocked.notify_waiters();
-            return Err(StoreError::Conflict(format!("{key:?} is locked by another transaction")));
+            return Err(StoreError::Conflict(format!(
+                "{key:?} is locked by another transaction"
+            )));
         }
         for (key, row) in std::mem::take(&mut self.writes) {
             state.rows.insert(key, row);
         }
         for (id, at) in std::mem::take(&mut self.inbox) {
             let first = state.inbox.insert((self.service, id), at).is_none();
-            assert!(first, "inbox id {id} committed twice: its lock should have prevented it");
+            assert!(
+                first,
+                "inbox id {id} committed twice: its lock should have prevented it"
+            );
         }
         for (event, now) in std::mem::take(&mut self.outbox) {
             state.next_seq += 1;
