@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! - [`domain`]: events, participants as pure state machines, invariants.
+//! - [`adapters`]: PostgreSQL store and Redis Streams bus (production).
 //! - [`runtime`]: the async driver shared by production and the simulator:
 //!   consumer, outbox relay, deadline sweeper, retries, dead-lettering, over
 //!   small store and bus traits; plus deterministic in-memory adapters.
 //!
 //! See `ARCHITECTURE.md` for the map and the rules between layers.
 
+pub mod adapters;
 pub mod domain;
 pub mod runtime;
 pub mod workload;
