@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`domain`]: events, participants as pure state machines, invariants.
+//! - [`adapters`]: PostgreSQL store and Redis Streams bus (production).
 //! - [`runtime`]: the async driver shared by production and the simulator:
 //!   consumer, outbox relay, deadline sweeper, retries, dead-lettering, over
 //!   small store and bus traits; plus deterministic in-memory adapters.

@@ -144,11 +144,7 @@ impl Scenario {
             })
             .collect();
         orders.sort_by_key(|o| o.at);
-        Scenario {
-            users,
-            items,
-            orders,
-        }
+        Scenario { users, items, orders }
     }
 }
 

@@ -306,9 +306,7 @@ async fn every_bad_request_names_its_problem_and_writes_nothing() {
         for (name, value) in &c.headers {
             request = request.header(*name, value.as_str());
         }
-        let (status, json) = app
-            .call(request.body(Body::from(c.body.clone())).unwrap())
-            .await;
+        let (status, json) = app.call(request.body(Body::from(c.body.clone())).unwrap()).await;
         assert_eq!(status, c.status, "{}: {json}", c.name);
         assert_error(&json, c.error, c.field, c.name);
     }
@@ -317,15 +315,8 @@ async fn every_bad_request_names_its_problem_and_writes_nothing() {
         commits,
         "a rejected request committed a transaction"
     );
-    assert!(
-        store.outbox().is_empty(),
-        "a rejected request enqueued an event"
-    );
-    assert_eq!(
-        app.snapshot().await,
-        before,
-        "a rejected request changed a row"
-    );
+    assert!(store.outbox().is_empty(), "a rejected request enqueued an event");
+    assert_eq!(app.snapshot().await, before, "a rejected request changed a row");
 
     // The same store takes a good order: the refusals above were the input's fault.
     let (status, json) = app.post_order(&order("alice", "sword", 1), None, "").await;
@@ -535,12 +526,7 @@ async fn every_saga_path_through_the_api() {
             p.name
         );
         assert_eq!(json["status"], p.status, "{}: {json}", p.name);
-        assert_eq!(
-            json["failedStep"].as_str(),
-            p.failed_step,
-            "{}: {json}",
-            p.name
-        );
+        assert_eq!(json["failedStep"].as_str(), p.failed_step, "{}: {json}", p.name);
         assert_eq!(
             json["failureReason"].is_string(),
             p.failed_step.is_some(),
@@ -555,16 +541,8 @@ async fn every_saga_path_through_the_api() {
         let (status, view) = app.get(&format!("/orders/{id}")).await;
         assert_eq!(status, StatusCode::OK);
         let timeline = view["timeline"].as_array().unwrap();
-        let types: Vec<&str> = timeline
-            .iter()
-            .map(|e| e["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            types.first(),
-            Some(&"ORDER_CREATED"),
-            "{}: {types:?}",
-            p.name
-        );
+        let types: Vec<&str> = timeline.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types.first(), Some(&"ORDER_CREATED"), "{}: {types:?}", p.name);
         assert!(
             types.contains(&p.shows),
             "{}: timeline {types:?} lacks {}",
@@ -617,9 +595,7 @@ async fn concurrent_orders_on_scarce_stock_sell_exactly_the_stock() {
                 .body(Body::from(order("whale", "sword", 1).to_string()))
                 .unwrap();
             let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
-            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
-                .await
-                .unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
             serde_json::from_slice::<Value>(&bytes).unwrap()
         });
     }

@@ -74,16 +74,14 @@ async fn finish(h: Harness, o: &OrderSpec) -> (String, OrderStatus, Option<Faile
 
 #[tokio::test]
 async fn success() {
-    let (trace, status, _) =
-        run_fifo(scenario(1000, 10, 5), order("alice", 2, DEFAULT_METHOD)).await;
+    let (trace, status, _) = run_fifo(scenario(1000, 10, 5), order("alice", 2, DEFAULT_METHOD)).await;
     assert_eq!(status, OrderStatus::Completed);
     insta::assert_snapshot!(trace);
 }
 
 #[tokio::test]
 async fn user_validation_fails_for_unknown_user() {
-    let (trace, status, step) =
-        run_fifo(scenario(1000, 10, 5), order("mallory", 1, DEFAULT_METHOD)).await;
+    let (trace, status, step) = run_fifo(scenario(1000, 10, 5), order("mallory", 1, DEFAULT_METHOD)).await;
     assert_eq!(
         (status, step),
         (OrderStatus::Failed, Some(FailedStep::UserValidation))
@@ -93,8 +91,7 @@ async fn user_validation_fails_for_unknown_user() {
 
 #[tokio::test]
 async fn user_validation_fails_for_insufficient_balance() {
-    let (trace, status, step) =
-        run_fifo(scenario(299, 10, 5), order("alice", 2, DEFAULT_METHOD)).await;
+    let (trace, status, step) = run_fifo(scenario(299, 10, 5), order("alice", 2, DEFAULT_METHOD)).await;
     assert_eq!(
         (status, step),
         (OrderStatus::Failed, Some(FailedStep::UserValidation))
@@ -104,8 +101,7 @@ async fn user_validation_fails_for_insufficient_balance() {
 
 #[tokio::test]
 async fn inventory_reservation_fails() {
-    let (trace, status, step) =
-        run_fifo(scenario(1000, 1, 5), order("alice", 2, DEFAULT_METHOD)).await;
+    let (trace, status, step) = run_fifo(scenario(1000, 1, 5), order("alice", 2, DEFAULT_METHOD)).await;
     assert_eq!(
         (status, step),
         (OrderStatus::Failed, Some(FailedStep::InventoryReservation))
@@ -115,8 +111,7 @@ async fn inventory_reservation_fails() {
 
 #[tokio::test]
 async fn item_reservation_fails() {
-    let (trace, status, step) =
-        run_fifo(scenario(1000, 10, 1), order("alice", 2, DEFAULT_METHOD)).await;
+    let (trace, status, step) = run_fifo(scenario(1000, 10, 1), order("alice", 2, DEFAULT_METHOD)).await;
     assert_eq!(
         (status, step),
         (OrderStatus::Failed, Some(FailedStep::ItemReservation))
@@ -126,12 +121,8 @@ async fn item_reservation_fails() {
 
 #[tokio::test]
 async fn payment_fails() {
-    let (trace, status, step) =
-        run_fifo(scenario(1000, 10, 5), order("alice", 2, DECLINING_METHOD)).await;
-    assert_eq!(
-        (status, step),
-        (OrderStatus::Failed, Some(FailedStep::Payment))
-    );
+    let (trace, status, step) = run_fifo(scenario(1000, 10, 5), order("alice", 2, DECLINING_METHOD)).await;
+    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::Payment)));
     insta::assert_snapshot!(trace);
 }
 
@@ -158,10 +149,7 @@ async fn deadline_passes_before_payment() {
     h.deliver(Service::Payment, deadline).await;
     h.drain(|_| true).await;
     let (trace, status, step) = finish(h, &o).await;
-    assert_eq!(
-        (status, step),
-        (OrderStatus::Failed, Some(FailedStep::Payment))
-    );
+    assert_eq!((status, step), (OrderStatus::Failed, Some(FailedStep::Payment)));
     insta::assert_snapshot!(trace);
 }
 

@@ -1,9 +1,18 @@
-//! Layer 3: adapters from the runtime's ports to the world: the HTTP API
-//! (axum) and, on the adapters branch, the Postgres store and the Redis
-//! Streams bus.
+//! Layer 3: the production adapters of the runtime's ports, and the HTTP API.
 //!
-//! **Architecture Invariant:** adapters hold no saga rule. The HTTP API
+//! - [`postgres`]: the [`Store`](crate::runtime::Store) on PostgreSQL (sqlx),
+//!   one schema per service, with the migrations of `migrations/`.
+//! - [`redis`]: the [`Bus`](crate::runtime::Bus) on Redis Streams, one
+//!   stream and one consumer group per subscribing service.
+//! - [`http`]: the HTTP API (axum) over the runtime's `Env` and a read model.
+//!
+//! **Architecture Invariant:** no saga rule lives here. An adapter maps the
+//! ports' semantics (locks, dedupe, at-least-once delivery) onto a real
+//! system and nothing more; the in-memory adapters define the semantics and
+//! `tests/store_conformance.rs` holds both to the same tests. The HTTP API
 //! validates input and calls `runtime::commands`; it never writes a row
 //! itself.
 
 pub mod http;
+pub mod postgres;
+pub mod redis;

@@ -22,7 +22,7 @@ pub fn violations(snapshot: &Snapshot, safety_only: bool) -> Vec<Violation> {
 
 /// `purchase-saga audit`.
 pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global).await?;
+    let backend = Backend::open(global, 4).await?;
     let snapshot = backend
         .store
         .snapshot()

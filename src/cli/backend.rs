@@ -4,8 +4,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::adapters::http::probe::{InProcess, StoreProbe};
+use crate::adapters::http::probe::{InProcess, RedisProbe, StoreProbe};
 use crate::adapters::http::{Probe, ReadModel};
+use crate::adapters::postgres::{self, PgConfig, PgStore};
+use crate::adapters::redis::{RedisBus, RedisConfig};
 use crate::domain::gateway::SimulatedGateway;
 use crate::domain::DurationMs;
 use crate::runtime::memory::{MemoryBus, MemoryStore};
@@ -25,18 +27,49 @@ pub struct Backend {
     pub probes: Vec<Arc<dyn Probe>>,
     /// Where the data lives, for messages.
     pub describe: String,
+    /// The Postgres store, for migrations (None in memory).
+    pg: Option<PgStore>,
 }
 
 impl Backend {
-    /// Opens the backend the flags select; the error says what was tried.
-    pub async fn open(global: &GlobalArgs) -> Result<Backend, String> {
+    /// Opens the backend the flags select, with a pool of `connections`
+    /// Postgres connections; the error says what was tried and why it failed.
+    pub async fn open(global: &GlobalArgs, connections: u32) -> Result<Backend, String> {
         if global.in_memory {
             return Ok(Backend::memory());
         }
-        Err(format!(
-            "the Postgres and Redis adapters are not in this build yet (wanted {} and {}); run with --in-memory",
-            global.database_url, global.redis_url
-        ))
+        let config = PgConfig {
+            connections_max: connections.clamp(2, 128),
+            ..PgConfig::default()
+        };
+        let pool = postgres::connect(&global.database_url, &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let store = PgStore::new(pool);
+        let bus_config = RedisConfig {
+            prefix: global.redis_prefix.clone(),
+            ..RedisConfig::default()
+        };
+        let bus = RedisBus::connect(&global.redis_url, bus_config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let store_arc: Arc<dyn Store> = Arc::new(store.clone());
+        Ok(Backend {
+            probes: vec![
+                Arc::new(StoreProbe(store_arc.clone())),
+                Arc::new(RedisProbe::new(&global.redis_url)?),
+            ],
+            describe: format!(
+                "PostgreSQL {} and Redis {} (prefix {:?})",
+                store.target(),
+                postgres::redact_url(&global.redis_url),
+                global.redis_prefix
+            ),
+            store: store_arc,
+            bus: Arc::new(bus),
+            read: Arc::new(store.clone()),
+            pg: Some(store),
+        })
     }
 
     /// Fresh in-memory store and bus.
@@ -53,12 +86,16 @@ impl Backend {
             bus: Arc::new(bus),
             read: Arc::new(store),
             describe: "in-memory store and bus".to_string(),
+            pg: None,
         }
     }
 
     /// Creates or updates the schemas (nothing to do in memory).
     pub async fn migrate(&self) -> Result<(), String> {
-        Ok(())
+        match &self.pg {
+            Some(pg) => postgres::migrate(pg.pool()).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// The runtime's environment over this backend.
@@ -76,7 +113,7 @@ impl Backend {
 
 /// `purchase-saga migrate`.
 pub async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global).await?;
+    let backend = Backend::open(global, 2).await?;
     backend.migrate().await?;
     tracing::info!(backend = %backend.describe, "migrations applied");
     Ok(ExitCode::SUCCESS)

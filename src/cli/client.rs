@@ -103,8 +103,7 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
             .windows(2)
             .position(|w| w == b"\r\n")
             .ok_or("chunk size line unterminated")?;
-        let size_text =
-            std::str::from_utf8(&rest[..line_end]).map_err(|_| "chunk size is not UTF-8")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "chunk size is not UTF-8")?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| format!("bad chunk size {size_text:?}"))?;
         rest = &rest[line_end + 2..];
@@ -128,11 +127,10 @@ mod tests {
     fn parses_plain_and_chunked_bodies() {
         let plain = parse(b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}").unwrap();
         assert_eq!((plain.status, plain.body.as_slice()), (202, &b"{}"[..]));
-        let chunked = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
-        assert_eq!(
-            (chunked.status, chunked.body.as_slice()),
-            (200, &b"abcde"[..])
-        );
+        let chunked =
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
+        assert_eq!((chunked.status, chunked.body.as_slice()), (200, &b"abcde"[..]));
         assert!(parse(b"garbage").is_err());
     }
 }

@@ -85,14 +85,17 @@ fn plan(scenario: &Scenario, prefix: &str, count: u32, seed: u64) -> Vec<Planned
             let user = if rng.random_ratio(1, 15) {
                 format!("{prefix}ghost-{n}")
             } else {
-                scenario.users[rng.random_range(0..scenario.users.len())].id.to_string()
+                scenario.users[rng.random_range(0..scenario.users.len())]
+                    .id
+                    .to_string()
             };
             let item = match rng.random_range(0..100) {
                 0..25 => &scenario.items[0],
                 25..35 => &scenario.items[1],
                 _ => &scenario.items[rng.random_range(2..scenario.items.len())],
             };
-            let mut body = json!({ "userId": user, "itemId": item.id.as_str(), "quantity": rng.random_range(1..=3) });
+            let mut body =
+                json!({ "userId": user, "itemId": item.id.as_str(), "quantity": rng.random_range(1..=3) });
             if rng.random_ratio(1, 10) {
                 body["paymentMethod"] = json!(DECLINING_METHOD);
             }
@@ -114,10 +117,7 @@ async fn post_order(
         addr,
         "POST",
         &format!("/orders?wait={wait_s}"),
-        &[
-            ("Content-Type", "application/json"),
-            ("Idempotency-Key", key),
-        ],
+        &[("Content-Type", "application/json"), ("Idempotency-Key", key)],
         body.to_string().as_bytes(),
         Duration::from_secs(wait_s + 10),
     )
@@ -140,9 +140,7 @@ async fn place_one(addr: SocketAddr, order: &PlannedOrder) -> Answer {
         Ok(v) => v,
         Err(e) => return answer(None, None, Some(e)),
     };
-    let order_id = json["orderId"]
-        .as_str()
-        .and_then(|s| OrderId::parse(s).ok());
+    let order_id = json["orderId"].as_str().and_then(|s| OrderId::parse(s).ok());
     match response.status {
         200 => answer(order_id, Some(elapsed), None),
         202 => answer(order_id, None, None),
@@ -154,10 +152,8 @@ async fn place_one(addr: SocketAddr, order: &PlannedOrder) -> Answer {
 async fn place_all(addr: SocketAddr, orders: Vec<PlannedOrder>, concurrency: usize) -> Vec<Answer> {
     let bar = ProgressBar::new(orders.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} placing orders {bar:40} {pos}/{len} [{elapsed}] {per_sec}",
-        )
-        .expect("a valid template"),
+        ProgressStyle::with_template("{spinner} placing orders {bar:40} {pos}/{len} [{elapsed}] {per_sec}")
+            .expect("a valid template"),
     );
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -165,10 +161,7 @@ async fn place_all(addr: SocketAddr, orders: Vec<PlannedOrder>, concurrency: usi
         let permits = permits.clone();
         let bar = bar.clone();
         tasks.spawn(async move {
-            let _permit = permits
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
+            let _permit = permits.acquire().await.expect("the semaphore is never closed");
             let answer = place_one(addr, &order).await;
             bar.inc(1);
             (index, answer)
@@ -212,19 +205,8 @@ async fn edge_checks(
     ));
     let json_header = [("Content-Type", "application/json")];
     let timeout = Duration::from_secs(10);
-    let malformed = client::request(
-        addr,
-        "POST",
-        "/orders",
-        &json_header,
-        b"{\"userId\":",
-        timeout,
-    )
-    .await;
-    checks.push((
-        "malformed JSON -> 400".to_string(),
-        status(malformed) == 400,
-    ));
+    let malformed = client::request(addr, "POST", "/orders", &json_header, b"{\"userId\":", timeout).await;
+    checks.push(("malformed JSON -> 400".to_string(), status(malformed) == 400));
     let mut unknown = first.body.clone();
     unknown["itemId"] = json!("no-such-item");
     let unknown = client::request(
@@ -252,10 +234,7 @@ async fn edge_checks(
 
 /// Polls the stores until every invariant holds at quiescence or `bound`
 /// passes; returns the last snapshot and how long it took.
-async fn await_quiescence(
-    backend: &Backend,
-    bound: Duration,
-) -> Result<(Snapshot, Duration, bool), String> {
+async fn await_quiescence(backend: &Backend, bound: Duration) -> Result<(Snapshot, Duration, bool), String> {
     let started = Instant::now();
     loop {
         let snapshot = backend
@@ -306,7 +285,8 @@ fn reason_kind(reason: &str) -> String {
 
 /// `purchase-saga demo`.
 pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global).await?;
+    let pool = super::serve::pool_size(Service::ALL.len(), args.replicas, true);
+    let backend = Backend::open(global, pool).await?;
     backend.migrate().await?;
     let tag = chrono::Utc::now().timestamp_millis() % 1_000_000_000;
     let prefix = format!("demo{tag}-");
@@ -338,11 +318,8 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
     let answers = place_all(addr, orders, usize::from(args.concurrency)).await;
     let placing = started.elapsed();
     let checks = edge_checks(addr, &first, answers[0].order_id.as_ref()).await;
-    let (snapshot, settle, clean) = await_quiescence(
-        &backend,
-        Duration::from_secs(u64::from(args.quiescence_timeout)),
-    )
-    .await?;
+    let (snapshot, settle, clean) =
+        await_quiescence(&backend, Duration::from_secs(u64::from(args.quiescence_timeout))).await?;
     let unfinished = running.stop(SHUTDOWN_GRACE).await;
 
     // ---- summary ----
@@ -410,11 +387,6 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
     if !unfinished.is_empty() {
         println!("tasks that did not stop in time: {}", unfinished.join(", "));
     }
-    let ok =
-        clean && errors.is_empty() && checks.iter().all(|(_, ok)| *ok) && unfinished.is_empty();
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let ok = clean && errors.is_empty() && checks.iter().all(|(_, ok)| *ok) && unfinished.is_empty();
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

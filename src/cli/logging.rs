@@ -34,9 +34,7 @@ impl Observer for TracingObserver {
                 attempt,
                 disposition,
             } => {
-                let event_type = event
-                    .map(|e| e.event_type().as_str())
-                    .unwrap_or("<undecodable>");
+                let event_type = event.map(|e| e.event_type().as_str()).unwrap_or("<undecodable>");
                 let order = event.map(|e| e.order_id.to_string()).unwrap_or_default();
                 match disposition {
                     Disposition::DeadLettered { reason } => {

@@ -49,12 +49,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
     pub redis_url: String,
     /// Prefix of every Redis key (streams, groups, dead letters).
-    #[arg(
-        long,
-        env = "REDIS_PREFIX",
-        default_value = "purchase-saga",
-        global = true
-    )]
+    #[arg(long, env = "REDIS_PREFIX", default_value = "purchase-saga", global = true)]
     pub redis_prefix: String,
     /// Seconds from an order's creation to its saga deadline (the founding
     /// document's 5-minute reservation TTL by default).
@@ -108,10 +103,7 @@ impl ServeArgs {
     /// The selected services, each once, in [`Service::ALL`] order.
     pub fn services(&self) -> Vec<Service> {
         let chosen: Vec<Service> = self.services.iter().flatten().copied().collect();
-        Service::ALL
-            .into_iter()
-            .filter(|s| chosen.contains(s))
-            .collect()
+        Service::ALL.into_iter().filter(|s| chosen.contains(s)).collect()
     }
 }
 
@@ -153,10 +145,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// whether it succeeded.
 pub fn main(cli: Cli) -> ExitCode {
     logging::init(cli.global.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -78,10 +78,7 @@ impl Running {
                 // Err means the sender is gone: stop as well.
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
@@ -121,6 +118,13 @@ pub fn app_state(backend: &Backend, env: &Env) -> Arc<AppState> {
     })
 }
 
+/// Postgres connections a process needs: one per consumer, relay, sweeper
+/// and pruner, plus headroom for the API's reads.
+pub fn pool_size(services: usize, replicas: u16, http: bool) -> u32 {
+    let loops = services * (usize::from(replicas) + 1) + 2;
+    u32::try_from(loops + if http { 16 } else { 0 }).unwrap_or(u32::MAX)
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn termination_signal() {
     let ctrl_c = async {
@@ -150,7 +154,12 @@ pub async fn termination_signal() {
 
 /// `purchase-saga serve`.
 pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global).await?;
+    let services = args.services();
+    let backend = Backend::open(
+        global,
+        pool_size(services.len(), args.replicas, args.http.is_some()),
+    )
+    .await?;
     if global.in_memory {
         // Nothing outlives this process: give it something to sell.
         let rows = demo_scenario("demo-").opening_rows();
@@ -159,7 +168,6 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .map_err(|e| e.to_string())?;
     }
     let env = backend.env(global);
-    let services = args.services();
     let mut running = Running::start(&env, &services, args.replicas);
     if let Some(addr) = args.http {
         let listener = TcpListener::bind(addr)

@@ -367,15 +367,9 @@ impl Payload {
                 "item={} qty={} total={} method={}",
                 p.item_id, p.quantity, p.total_amount, p.payment_method
             ),
-            Payload::OrderCompleted(p) => {
-                format!("item={:?} total={}", p.item_name, p.total_amount)
-            }
-            Payload::OrderFailed(p) => {
-                format!("step={} reason={:?}", p.failed_step.as_str(), p.reason)
-            }
-            Payload::UserValidated(p) => {
-                format!("balance={} required={}", p.user_balance, p.required_amount)
-            }
+            Payload::OrderCompleted(p) => format!("item={:?} total={}", p.item_name, p.total_amount),
+            Payload::OrderFailed(p) => format!("step={} reason={:?}", p.failed_step.as_str(), p.reason),
+            Payload::UserValidated(p) => format!("balance={} required={}", p.user_balance, p.required_amount),
             Payload::UserValidationFailed(p) => {
                 format!("required={} reason={:?}", p.required_amount, p.reason)
             }
@@ -386,12 +380,8 @@ impl Payload {
             Payload::PaymentProcessed(p) => {
                 format!("amount={} method={}", p.payment_amount, p.payment_method)
             }
-            Payload::PaymentFailed(p) => {
-                format!("attempted={} reason={:?}", p.attempted_amount, p.reason)
-            }
-            Payload::PaymentRollback(p) => {
-                format!("refunded={} balance={}", p.refunded_amount, p.balance)
-            }
+            Payload::PaymentFailed(p) => format!("attempted={} reason={:?}", p.attempted_amount, p.reason),
+            Payload::PaymentRollback(p) => format!("refunded={} balance={}", p.refunded_amount, p.balance),
             Payload::InventoryReserved(p) => format!(
                 "item={} slots={} available={}",
                 p.item_id, p.reserved_slots, p.available_slots
@@ -400,10 +390,9 @@ impl Payload {
                 "requested={} available={} reason={:?}",
                 p.requested_slots, p.available_slots, p.reason
             ),
-            Payload::InventoryRollback(p) => format!(
-                "released={} available={}",
-                p.released_slots, p.available_slots
-            ),
+            Payload::InventoryRollback(p) => {
+                format!("released={} available={}", p.released_slots, p.available_slots)
+            }
             Payload::ItemReserved(p) => format!(
                 "item={} qty={} remaining={}",
                 p.item_id, p.reserved_quantity, p.remaining_stock
@@ -439,12 +428,7 @@ pub struct Event {
 impl Event {
     /// Builds an event with its derived, stable id. The emitter is the
     /// payload type's publisher: a participant cannot emit another's event.
-    pub fn new(
-        order_id: OrderId,
-        user_id: UserId,
-        timestamp: Timestamp,
-        payload: Payload,
-    ) -> Event {
+    pub fn new(order_id: OrderId, user_id: UserId, timestamp: Timestamp, payload: Payload) -> Event {
         let event_type = payload.event_type();
         let event_id = EventId::derive(
             &order_id,
@@ -500,9 +484,7 @@ impl Event {
         let event: Event = serde_json::from_value(value).map_err(|e| {
             let message = e.to_string();
             match message.strip_prefix("missing field `") {
-                Some(rest) => {
-                    DecodeError::MissingField(rest.split('`').next().unwrap_or(rest).to_string())
-                }
+                Some(rest) => DecodeError::MissingField(rest.split('`').next().unwrap_or(rest).to_string()),
                 None => DecodeError::InvalidField(message),
             }
         })?;

@@ -101,12 +101,7 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn request<'a>(
-        order: &'a OrderId,
-        user: &'a UserId,
-        amount: i64,
-        method: &'a str,
-    ) -> PaymentRequest<'a> {
+    fn request<'a>(order: &'a OrderId, user: &'a UserId, amount: i64, method: &'a str) -> PaymentRequest<'a> {
         PaymentRequest {
             order_id: order,
             user_id: user,

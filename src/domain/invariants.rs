@@ -12,8 +12,8 @@ use std::fmt;
 use super::event::NotificationKind;
 use super::ids::{ItemId, OrderId, UserId};
 use super::rows::{
-    Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order,
-    OrderStatus, Payment, PaymentState, ReservationState, Row, SlotReservation, StockReservation,
+    Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus,
+    Payment, PaymentState, ReservationState, Row, SlotReservation, StockReservation,
 };
 
 /// Every row of every service at one moment.
@@ -51,9 +51,7 @@ impl Snapshot {
             Row::ItemStock(r) => drop(self.item_stocks.insert(r.item_id.clone(), r)),
             Row::StockReservation(r) => drop(self.stock_reservations.insert(r.order_id.clone(), r)),
             Row::Payment(r) => drop(self.payments.insert(r.order_id.clone(), r)),
-            Row::NotificationLog(r) => {
-                drop(self.notifications.insert((r.order_id.clone(), r.kind), r))
-            }
+            Row::NotificationLog(r) => drop(self.notifications.insert((r.order_id.clone(), r.kind), r)),
         }
     }
 
@@ -121,13 +119,7 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "[{}] {}: {}",
-            self.invariant.name(),
-            self.subject,
-            self.detail
-        )
+        write!(f, "[{}] {}: {}", self.invariant.name(), self.subject, self.detail)
     }
 }
 
@@ -281,13 +273,7 @@ pub fn check_transition(before: &Snapshot, after: &Snapshot) -> Vec<Violation> {
                 new == Some((old.status, old.failed_step)),
                 Invariant::TerminalNeverChanges,
                 || format!("order {id}"),
-                || {
-                    format!(
-                        "was {} {:?}, now {new:?}",
-                        old.status.as_str(),
-                        old.failed_step
-                    )
-                },
+                || format!("was {} {:?}, now {new:?}", old.status.as_str(), old.failed_step),
             );
         }
     }
@@ -314,13 +300,7 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             order.status.is_terminal(),
             Invariant::EveryOrderTerminal,
             subject,
-            || {
-                format!(
-                    "still {} (deadline {})",
-                    order.status.as_str(),
-                    order.deadline_at
-                )
-            },
+            || format!("still {} (deadline {})", order.status.as_str(), order.deadline_at),
         );
         let completed = order.status == OrderStatus::Completed;
         if completed {
@@ -358,12 +338,9 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             .into_iter()
             .filter_map(|(open, what)| open.then_some(what))
             .collect();
-            r.check(
-                open.is_empty(),
-                Invariant::NoOpenReservation,
-                subject,
-                || format!("FAILED order still holds {}", open.join(", ")),
-            );
+            r.check(open.is_empty(), Invariant::NoOpenReservation, subject, || {
+                format!("FAILED order still holds {}", open.join(", "))
+            });
         }
         let outcome_sent = (
             s.sent(id, NotificationKind::PurchaseCompleted),
@@ -371,10 +348,7 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             s.sent(id, NotificationKind::PaymentCompleted),
             s.sent(id, NotificationKind::PaymentFailed),
         );
-        let payment_failed = matches!(
-            payment,
-            Some(PaymentState::Declined | PaymentState::Cancelled)
-        );
+        let payment_failed = matches!(payment, Some(PaymentState::Declined | PaymentState::Cancelled));
         let expected = if completed {
             (1, 0, 1, 0)
         } else {

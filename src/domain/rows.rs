@@ -34,13 +34,9 @@ impl OrderStatus {
         }
     }
     pub fn from_wire(s: &str) -> Option<OrderStatus> {
-        [
-            OrderStatus::Pending,
-            OrderStatus::Completed,
-            OrderStatus::Failed,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
+        [OrderStatus::Pending, OrderStatus::Completed, OrderStatus::Failed]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 }
 
@@ -321,27 +317,13 @@ impl Rows {
     row_accessor!(catalog, Catalog, CatalogEntry, ItemId);
     row_accessor!(account, Account, Account, UserId);
     row_accessor!(balance_hold, BalanceHold, BalanceHold, OrderId);
-    row_accessor!(
-        inventory_account,
-        InventoryAccount,
-        InventoryAccount,
-        UserId
-    );
+    row_accessor!(inventory_account, InventoryAccount, InventoryAccount, UserId);
     row_accessor!(slot_reservation, SlotReservation, SlotReservation, OrderId);
     row_accessor!(item_stock, ItemStock, ItemStock, ItemId);
-    row_accessor!(
-        stock_reservation,
-        StockReservation,
-        StockReservation,
-        OrderId
-    );
+    row_accessor!(stock_reservation, StockReservation, StockReservation, OrderId);
     row_accessor!(payment, Payment, Payment, OrderId);
 
-    pub fn notification_log(
-        &self,
-        order: &OrderId,
-        kind: NotificationKind,
-    ) -> Option<&NotificationLog> {
+    pub fn notification_log(&self, order: &OrderId, kind: NotificationKind) -> Option<&NotificationLog> {
         match self.0.get(&RowKey::NotificationLog(order.clone(), kind)) {
             Some(Row::NotificationLog(r)) => Some(r),
             Some(other) => unreachable!("notification key holds a foreign row {other:?}"),

@@ -85,9 +85,7 @@ impl Service {
             Service::Item => &[PaymentFailed, InventoryReserved],
             // The saga deadline reaches the pivot (DESIGN.md "Timeouts").
             Service::Payment => &[ItemReserved, SagaDeadlinePassed],
-            Service::Notification => {
-                &[OrderCompleted, OrderFailed, PaymentProcessed, PaymentFailed]
-            }
+            Service::Notification => &[OrderCompleted, OrderFailed, PaymentProcessed, PaymentFailed],
         }
     }
 

@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct Timestamp(pub i64);
 
 /// A span of time in milliseconds.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct DurationMs(pub i64);
 
 impl Timestamp {
@@ -56,11 +54,7 @@ impl DurationMs {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &self
-                .to_datetime()
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
+        f.write_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 }
 
@@ -75,9 +69,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         let raw = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&raw)
             .map(|dt| Timestamp::from_datetime(dt.with_timezone(&Utc)))
-            .map_err(|e| {
-                serde::de::Error::custom(format!("timestamp {raw:?} is not RFC 3339: {e}"))
-            })
+            .map_err(|e| serde::de::Error::custom(format!("timestamp {raw:?} is not RFC 3339: {e}")))
     }
 }
 

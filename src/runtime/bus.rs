@@ -48,22 +48,12 @@ pub trait Bus: Send + Sync + 'static {
     /// whose delivery to a consumer was not acknowledged within the
     /// visibility timeout first (taken over from a crashed replica), then new
     /// ones. May wait a short while for entries to arrive.
-    async fn receive(
-        &self,
-        service: Service,
-        consumer: &str,
-        max: usize,
-    ) -> Result<Vec<Delivery>, BusError>;
+    async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError>;
 
     /// Acknowledges a delivery: the entry is done for `service`.
     async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError>;
 
     /// Moves the entry to `service`'s dead-letter list with `reason`, and
     /// acknowledges it.
-    async fn dead_letter(
-        &self,
-        service: Service,
-        delivery: &Delivery,
-        reason: &str,
-    ) -> Result<(), BusError>;
+    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError>;
 }

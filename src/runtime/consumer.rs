@@ -43,9 +43,7 @@ pub async fn handle_delivery(
                 emitted: 0,
             }) => Disposition::Ignored,
             Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
-            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => {
-                Disposition::Retry { reason }
-            }
+            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
             Err(TransactError::Step(e)) => Disposition::DeadLettered {
                 reason: e.to_string(),
             },
@@ -62,9 +60,7 @@ pub async fn handle_delivery(
         disposition: &disposition,
     });
     let settled = match &disposition {
-        Disposition::DeadLettered { reason } => {
-            env.bus.dead_letter(service, delivery, reason).await
-        }
+        Disposition::DeadLettered { reason } => env.bus.dead_letter(service, delivery, reason).await,
         Disposition::Retry { .. } => Ok(()),
         _ => env.bus.ack(service, &delivery.entry_id).await,
     };
@@ -83,11 +79,7 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
         if *shutdown.borrow() {
             return;
         }
-        let batch = match env
-            .bus
-            .receive(service, &consumer, env.config.batch_size)
-            .await
-        {
+        let batch = match env.bus.receive(service, &consumer, env.config.batch_size).await {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(%service, error = %e, "receive failed");

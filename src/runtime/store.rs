@@ -146,16 +146,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<OutboxEntry>>;
 
     /// Records that the entries were handed to the bus at `now`.
-    async fn mark_published(
-        &self,
-        service: Service,
-        seqs: &[i64],
-        now: Timestamp,
-    ) -> StoreResult<()>;
+    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()>;
 
     /// PENDING orders past their deadline whose deadline was not signalled.
-    async fn orders_past_deadline(&self, now: Timestamp, limit: usize)
-        -> StoreResult<Vec<OrderId>>;
+    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;
 
     /// Deletes expired inbox ids and outbox entries, in bounded batches.
     async fn prune(

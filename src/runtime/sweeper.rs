@@ -15,19 +15,12 @@ use super::{sleep_or_stop, Env, Shutdown, StoreError};
 /// how many were signalled.
 pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
     let now = env.clock.now();
-    let due = env
-        .store
-        .orders_past_deadline(now, env.config.batch_size)
-        .await?;
+    let due = env.store.orders_past_deadline(now, env.config.batch_size).await?;
     let mut signalled = 0;
     for order_id in &due {
         let keys = order::deadline_rows(order_id);
         let result = transact(env, Service::Order, None, &keys, |rows| {
-            Ok::<_, std::convert::Infallible>(order::deadline_passed(
-                rows,
-                order_id,
-                env.clock.now(),
-            ))
+            Ok::<_, std::convert::Infallible>(order::deadline_passed(rows, order_id, env.clock.now()))
         })
         .await;
         match result {

@@ -47,18 +47,11 @@ pub async fn transact<E>(
     let mut attempt = 0;
     loop {
         match transact_once(env, service, dedupe, keys, &mut step).await {
-            Err(TransactError::Store(e))
-                if e.is_conflict() && attempt < env.config.conflict_retries_max =>
-            {
+            Err(TransactError::Store(e)) if e.is_conflict() && attempt < env.config.conflict_retries_max => {
                 attempt += 1;
                 env.observer
                     .observe(RuntimeEvent::ConflictRetried { service, attempt });
-                tokio::time::sleep(conflict_backoff(
-                    env.config.conflict_backoff,
-                    attempt,
-                    dedupe,
-                ))
-                .await;
+                tokio::time::sleep(conflict_backoff(env.config.conflict_backoff, attempt, dedupe)).await;
             }
             other => return other,
         }
@@ -108,8 +101,8 @@ async fn transact_once<E>(
 /// that collided do not collide again in step, and a replay is identical.
 fn conflict_backoff(base: Duration, attempt: u32, dedupe: Option<EventId>) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(10));
-    let salt = dedupe.map_or(0, |id| id.0.as_u128() as u64)
-        ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let salt =
+        dedupe.map_or(0, |id| id.0.as_u128() as u64) ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let jitter_ppm = salt % 1_000_000;
     exp + exp.mul_f64(jitter_ppm as f64 / 1_000_000.0)
 }

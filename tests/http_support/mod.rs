@@ -160,14 +160,8 @@ impl TestApp {
     }
 
     /// `POST /orders{query}` with a JSON body and an optional key.
-    pub async fn post_order(
-        &self,
-        body: &Value,
-        key: Option<&str>,
-        query: &str,
-    ) -> (StatusCode, Value) {
-        let mut request =
-            Request::post(format!("/orders{query}")).header("content-type", "application/json");
+    pub async fn post_order(&self, body: &Value, key: Option<&str>, query: &str) -> (StatusCode, Value) {
+        let mut request = Request::post(format!("/orders{query}")).header("content-type", "application/json");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -176,8 +170,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Request::get(path).body(Body::empty()).unwrap())
-            .await
+        self.call(Request::get(path).body(Body::empty()).unwrap()).await
     }
 
     pub async fn snapshot(&self) -> Snapshot {

@@ -78,11 +78,7 @@ fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value
 
 fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, ApiError> {
     v.as_str().ok_or_else(|| {
-        ApiError::bad_field(
-            "wrong_type",
-            field,
-            format!("expected a string, got {}", kind(v)),
-        )
+        ApiError::bad_field("wrong_type", field, format!("expected a string, got {}", kind(v)))
     })
 }
 
@@ -108,10 +104,7 @@ pub fn parse_order_body(raw: &[u8]) -> Result<OrderBody, ApiError> {
         return Err(ApiError::bad_field(
             "unknown_field",
             unknown,
-            format!(
-                "unknown field; accepted fields are {}",
-                ORDER_FIELDS.join(", ")
-            ),
+            format!("unknown field; accepted fields are {}", ORDER_FIELDS.join(", ")),
         ));
     }
     let user_id = UserId::parse(string(required(object, "userId")?, "userId")?)

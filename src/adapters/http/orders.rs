@@ -54,8 +54,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    let bad =
-        |reason: &str| ApiError::bad_field("invalid_header", "Idempotency-Key", reason.to_string());
+    let bad = |reason: &str| ApiError::bad_field("invalid_header", "Idempotency-Key", reason.to_string());
     let key = raw.to_str().map_err(|_| bad("must be visible ASCII"))?;
     if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
         return Err(bad(&format!(
@@ -107,9 +106,7 @@ fn rejection(r: Rejection) -> ApiError {
             ApiError::unprocessable("quantity_out_of_range", "quantity", reason)
         }
         Rejection::UnknownItem(_) => ApiError::unprocessable("unknown_item", "itemId", reason),
-        Rejection::AmountOverflow { .. } => {
-            ApiError::unprocessable("amount_overflow", "quantity", reason)
-        }
+        Rejection::AmountOverflow { .. } => ApiError::unprocessable("amount_overflow", "quantity", reason),
         Rejection::BadPaymentMethod(_) => {
             ApiError::unprocessable("invalid_payment_method", "paymentMethod", reason)
         }
@@ -137,12 +134,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
                 format!("body exceeds {limit} bytes"),
             )
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                None,
-                e.to_string(),
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", None, e.to_string())
         }
     })
 }
@@ -171,9 +163,11 @@ pub async fn place(
         payment_method: body.payment_method.clone(),
     };
     let order = match place_order(&state.env, &cmd).await {
-        Ok(Placed::Created) => load_order(&state, &order_id)
-            .await?
-            .ok_or_else(|| ApiError::from(crate::runtime::StoreError::Fatal("created order not found".into())))?,
+        Ok(Placed::Created) => load_order(&state, &order_id).await?.ok_or_else(|| {
+            ApiError::from(crate::runtime::StoreError::Fatal(
+                "created order not found".into(),
+            ))
+        })?,
         Ok(Placed::Existing(order)) if same_request(&order, &body) => *order,
         Ok(Placed::Existing(order)) => {
             return Err(ApiError::new(
@@ -199,11 +193,7 @@ pub async fn place(
 
 /// Polls the order until it is terminal or `wait` ran out; returns the
 /// last state read.
-async fn wait_terminal(
-    state: &AppState,
-    mut order: Order,
-    wait: Duration,
-) -> Result<Order, ApiError> {
+async fn wait_terminal(state: &AppState, mut order: Order, wait: Duration) -> Result<Order, ApiError> {
     let until = tokio::time::Instant::now() + wait;
     while !order.status.is_terminal() && tokio::time::Instant::now() < until {
         tokio::time::sleep(state.limits.wait_poll).await;
@@ -238,8 +228,7 @@ pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = OrderId::parse(id)
-        .map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
+    let id = OrderId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
     let order = load_order(&state, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;
@@ -263,22 +252,13 @@ mod tests {
     fn wait_is_bounded() {
         let max = Duration::from_secs(30);
         assert_eq!(wait_param(None, max).unwrap(), Duration::ZERO);
+        assert_eq!(wait_param(Some("wait=5"), max).unwrap(), Duration::from_secs(5));
         assert_eq!(
-            wait_param(Some("wait=5"), max).unwrap(),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            wait_param(Some("wait=31"), max)
-                .unwrap_err()
-                .field
-                .as_deref(),
+            wait_param(Some("wait=31"), max).unwrap_err().field.as_deref(),
             Some("wait")
         );
         assert_eq!(
-            wait_param(Some("wait=-1"), max)
-                .unwrap_err()
-                .field
-                .as_deref(),
+            wait_param(Some("wait=-1"), max).unwrap_err().field.as_deref(),
             Some("wait")
         );
         assert_eq!(

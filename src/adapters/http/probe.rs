@@ -40,11 +40,7 @@ impl Probe for StoreProbe {
     }
     async fn check(&self) -> Result<(), String> {
         let key = RowKey::Catalog(ItemId::parse("readyz-probe").expect("a valid id"));
-        let mut tx = self
-            .0
-            .begin(Service::Order)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tx = self.0.begin(Service::Order).await.map_err(|e| e.to_string())?;
         tx.load(&key).await.map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -11,11 +11,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::adapters::postgres::PgStore;
 use crate::domain::rows::{ReservationState, SlotReservation};
-use crate::domain::{OrderId, UserId};
+use crate::domain::{Event, OrderId, UserId};
 use crate::runtime::memory::MemoryStore;
 use crate::runtime::store::StoreResult;
-use crate::runtime::{OutboxEntry, Store};
+use crate::runtime::{OutboxEntry, Store, StoreError};
+
+/// Most granted items `GET /users/{id}` lists.
+pub const GRANTED_ITEMS_MAX: usize = 1_000;
 
 /// Reads for the API; see the module docs.
 #[async_trait]
@@ -53,6 +57,35 @@ impl ReadModel for MemoryStore {
             .into_values()
             .filter(|r| &r.user_id == user && r.state == ReservationState::Granted)
             .collect())
+    }
+}
+
+#[async_trait]
+impl ReadModel for PgStore {
+    async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
+        let timeline = self.timeline(order).await?;
+        let mut entries = timeline
+            .into_iter()
+            .enumerate()
+            .map(|(position, t)| {
+                let event = Event::decode(t.payload.as_bytes()).map_err(|e| {
+                    StoreError::Fatal(format!("{} outbox holds an undecodable event: {e}", t.service))
+                })?;
+                Ok(OutboxEntry {
+                    seq: i64::try_from(position).unwrap_or(i64::MAX),
+                    event,
+                    created_at: t.created_at,
+                    published_count: t.published_count,
+                    last_published_at: t.last_published_at,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        sort_timeline(&mut entries);
+        Ok(entries)
+    }
+
+    async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
+        PgStore::granted_items(self, user, GRANTED_ITEMS_MAX).await
     }
 }
 

@@ -26,8 +26,7 @@ pub async fn user(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    let id = UserId::parse(id)
-        .map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?;
+    let id = UserId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?;
     let balance = match read_row(&state.env, &RowKey::Account(id.clone())).await? {
         Some(Row::Account(a)) => Some(a.balance),
         _ => None,
@@ -69,8 +68,7 @@ pub async fn item(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ItemView>, ApiError> {
-    let id = ItemId::parse(id)
-        .map_err(|e| ApiError::bad_field("invalid_id", "itemId", e.to_string()))?;
+    let id = ItemId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "itemId", e.to_string()))?;
     let (name, price) = match read_row(&state.env, &RowKey::Catalog(id.clone())).await? {
         Some(Row::Catalog(c)) => (Some(c.name), Some(c.unit_price)),
         _ => (None, None),
@@ -116,9 +114,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             .into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "error": "not_ready", "field": null, "reason": reason, "checks": checks }),
-            ),
+            Json(json!({ "error": "not_ready", "field": null, "reason": reason, "checks": checks })),
         )
             .into_response(),
     }

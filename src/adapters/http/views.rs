@@ -80,10 +80,7 @@ pub struct OrderView {
 
 impl OrderView {
     pub fn new(o: &Order, events: &[OutboxEntry]) -> OrderView {
-        debug_assert!(
-            o.quantity > 0,
-            "orders are created with a positive quantity"
-        );
+        debug_assert!(o.quantity > 0, "orders are created with a positive quantity");
         OrderView {
             order_id: o.order_id.clone(),
             user_id: o.user_id.to_string(),

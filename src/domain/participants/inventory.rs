@@ -30,11 +30,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                 order_id: event.order_id.clone(),
                 user_id: event.user_id.clone(),
                 item_id: reserved.item_id.clone(),
-                slots: if state == ReservationState::Held {
-                    slots
-                } else {
-                    0
-                },
+                slots: if state == ReservationState::Held { slots } else { 0 },
                 state,
                 updated_at: ctx.now,
             };
@@ -57,9 +53,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                     }),
                 );
                 let rejected = new_reservation(ReservationState::Rejected);
-                return Ok(Step::nothing()
-                    .write(Row::SlotReservation(rejected))
-                    .emit(failed));
+                return Ok(Step::nothing().write(Row::SlotReservation(rejected)).emit(failed));
             }
             let account = account.expect("refusal covers the missing account");
             let updated = InventoryAccount {
@@ -79,9 +73,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             );
             Ok(Step::nothing()
                 .write(Row::InventoryAccount(updated))
-                .write(Row::SlotReservation(new_reservation(
-                    ReservationState::Held,
-                )))
+                .write(Row::SlotReservation(new_reservation(ReservationState::Held)))
                 .emit(done))
         }
         Payload::PaymentProcessed(_) => grant(reservation, account, event, ctx),

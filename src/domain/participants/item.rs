@@ -48,8 +48,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                         available_stock: available,
                     }),
                 );
-                let rejected =
-                    new_reservation(event, ctx, &reserved.item_id, 0, ReservationState::Rejected);
+                let rejected = new_reservation(event, ctx, &reserved.item_id, 0, ReservationState::Rejected);
                 return Ok(Step::nothing()
                     .write(Row::StockReservation(rejected))
                     .emit(failed));
@@ -70,13 +69,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
                     payment_method: reserved.payment_method.clone(),
                 }),
             );
-            let held = new_reservation(
-                event,
-                ctx,
-                &reserved.item_id,
-                quantity,
-                ReservationState::Held,
-            );
+            let held = new_reservation(event, ctx, &reserved.item_id, quantity, ReservationState::Held);
             Ok(Step::nothing()
                 .write(Row::ItemStock(updated))
                 .write(Row::StockReservation(held))
@@ -84,8 +77,7 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
         }
         Payload::PaymentFailed(failed) => {
             let Some(reservation) = reservation else {
-                let tombstone =
-                    new_reservation(event, ctx, &failed.item_id, 0, ReservationState::Tombstone);
+                let tombstone = new_reservation(event, ctx, &failed.item_id, 0, ReservationState::Tombstone);
                 return Ok(Step::nothing().write(Row::StockReservation(tombstone)));
             };
             if reservation.state != ReservationState::Held {

@@ -62,10 +62,7 @@ impl Step {
 pub enum StepError {
     /// The service does not subscribe to this type: a routing error upstream.
     #[error("{service} does not subscribe to {event_type}")]
-    NotSubscribed {
-        service: Service,
-        event_type: String,
-    },
+    NotSubscribed { service: Service, event_type: String },
     /// The rows the event refers to do not exist yet; a later delivery may
     /// succeed. The runtime retries and, past its bound, dead-letters.
     #[error("not yet applicable: {0}")]
@@ -97,12 +94,7 @@ pub fn rows_needed(service: Service, event: &Event) -> Vec<RowKey> {
 }
 
 /// Applies `event` to `service`'s rows.
-pub fn step(
-    service: Service,
-    rows: &Rows,
-    event: &Event,
-    ctx: &StepContext<'_>,
-) -> Result<Step, StepError> {
+pub fn step(service: Service, rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, StepError> {
     if !service.subscribes_to(event.event_type()) {
         return Err(StepError::NotSubscribed {
             service,
@@ -134,10 +126,5 @@ pub fn step(
 
 /// Shorthand for an event of the same order and user as `cause`.
 pub(crate) fn reply(cause: &Event, ctx: &StepContext<'_>, payload: super::event::Payload) -> Event {
-    Event::new(
-        cause.order_id.clone(),
-        cause.user_id.clone(),
-        ctx.now,
-        payload,
-    )
+    Event::new(cause.order_id.clone(), cause.user_id.clone(), ctx.now, payload)
 }

@@ -20,11 +20,7 @@ fn notification_for(event: &Event) -> (NotificationKind, String) {
         ),
         Payload::OrderFailed(p) => (
             NotificationKind::PurchaseFailed,
-            format!(
-                "Your purchase failed at {}: {}",
-                p.failed_step.as_str(),
-                p.reason
-            ),
+            format!("Your purchase failed at {}: {}", p.failed_step.as_str(), p.reason),
         ),
         Payload::PaymentProcessed(p) => (
             NotificationKind::PaymentCompleted,
@@ -37,10 +33,7 @@ fn notification_for(event: &Event) -> (NotificationKind, String) {
             NotificationKind::PaymentFailed,
             format!("Payment of {} failed: {}", p.attempted_amount, p.reason),
         ),
-        other => unreachable!(
-            "Notification does not subscribe to {:?}",
-            other.event_type()
-        ),
+        other => unreachable!("Notification does not subscribe to {:?}", other.event_type()),
     }
 }
 

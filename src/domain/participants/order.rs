@@ -73,14 +73,13 @@ pub fn place_order(
     let entry: &CatalogEntry = rows
         .catalog(&cmd.item_id)
         .ok_or_else(|| Rejection::UnknownItem(cmd.item_id.clone()))?;
-    let total_amount =
-        entry
-            .unit_price
-            .checked_mul(cmd.quantity)
-            .ok_or(Rejection::AmountOverflow {
-                quantity: cmd.quantity,
-                unit_price: entry.unit_price,
-            })?;
+    let total_amount = entry
+        .unit_price
+        .checked_mul(cmd.quantity)
+        .ok_or(Rejection::AmountOverflow {
+            quantity: cmd.quantity,
+            unit_price: entry.unit_price,
+        })?;
     let order = Order {
         order_id: cmd.order_id.clone(),
         user_id: cmd.user_id.clone(),
@@ -154,15 +153,11 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
     })?;
     let outcome = match &event.payload {
         Payload::PaymentProcessed(_) => Outcome::Completed,
-        Payload::UserValidationFailed(p) => {
-            Outcome::Failed(FailedStep::UserValidation, p.reason.clone())
-        }
+        Payload::UserValidationFailed(p) => Outcome::Failed(FailedStep::UserValidation, p.reason.clone()),
         Payload::InventoryReservationFailed(p) => {
             Outcome::Failed(FailedStep::InventoryReservation, p.reason.clone())
         }
-        Payload::ItemReservationFailed(p) => {
-            Outcome::Failed(FailedStep::ItemReservation, p.reason.clone())
-        }
+        Payload::ItemReservationFailed(p) => Outcome::Failed(FailedStep::ItemReservation, p.reason.clone()),
         Payload::PaymentFailed(p) => Outcome::Failed(FailedStep::Payment, p.reason.clone()),
         other => unreachable!("Order does not subscribe to {:?}", other.event_type()),
     };
@@ -194,15 +189,13 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             let failed = reply(
                 event,
                 ctx,
-                Payload::OrderFailed(OrderFailed {
-                    reason,
-                    failed_step,
-                }),
+                Payload::OrderFailed(OrderFailed { reason, failed_step }),
             );
             Ok(Step::nothing().write(Row::Order(updated)).emit(failed))
         }
-        (OrderStatus::Completed, Outcome::Completed)
-        | (OrderStatus::Failed, Outcome::Failed(..)) => Ok(Step::nothing()),
+        (OrderStatus::Completed, Outcome::Completed) | (OrderStatus::Failed, Outcome::Failed(..)) => {
+            Ok(Step::nothing())
+        }
         // A failure after completion is the cancel racing the payment: the
         // pivot already decided, so it cannot arrive. Completion after
         // failure would mean the pivot decided twice.
@@ -211,13 +204,11 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
             order.order_id
         ))),
         // Earlier steps cannot fail once payment succeeded.
-        (OrderStatus::Completed, Outcome::Failed(step, _)) => {
-            Err(StepError::Contradiction(format!(
-                "{} failure for order {} that already COMPLETED",
-                step.as_str(),
-                order.order_id
-            )))
-        }
+        (OrderStatus::Completed, Outcome::Failed(step, _)) => Err(StepError::Contradiction(format!(
+            "{} failure for order {} that already COMPLETED",
+            step.as_str(),
+            order.order_id
+        ))),
     }
 }
 

@@ -136,12 +136,7 @@ fn roll_back(
         .emit(rollback))
 }
 
-fn new_hold(
-    event: &Event,
-    ctx: &StepContext<'_>,
-    amount: i64,
-    state: ReservationState,
-) -> BalanceHold {
+fn new_hold(event: &Event, ctx: &StepContext<'_>, amount: i64, state: ReservationState) -> BalanceHold {
     BalanceHold {
         order_id: event.order_id.clone(),
         user_id: event.user_id.clone(),

@@ -81,10 +81,7 @@ impl MemoryBus {
             .get(&service)
             .map(|s| {
                 s.iter()
-                    .filter(|(_, e)| {
-                        e.pending_since
-                            .is_none_or(|t| now.since(t) >= self.visibility)
-                    })
+                    .filter(|(_, e)| e.pending_since.is_none_or(|t| now.since(t) >= self.visibility))
                     .map(|(id, _)| *id)
                     .collect()
             })
@@ -179,12 +176,7 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn dead_letter(
-        &self,
-        service: Service,
-        delivery: &Delivery,
-        reason: &str,
-    ) -> Result<(), BusError> {
+    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
         let id = Self::parse_id(&delivery.entry_id);
         let mut state = self.lock();
         if let Some(stream) = state.streams.get_mut(&service) {

@@ -37,11 +37,7 @@ pub struct Harness {
 const VISIBILITY: DurationMs = DurationMs(3_600_000);
 
 impl Harness {
-    pub fn new(
-        scenario: &Scenario,
-        config: RuntimeConfig,
-        gateway: Arc<dyn PaymentGateway>,
-    ) -> Harness {
+    pub fn new(scenario: &Scenario, config: RuntimeConfig, gateway: Arc<dyn PaymentGateway>) -> Harness {
         let clock = Arc::new(ManualClock::starting_at(Timestamp::SIM_EPOCH));
         let store = MemoryStore::new();
         store.seed(scenario.opening_rows());
@@ -230,15 +226,11 @@ impl Harness {
                 .filter_map(|e| {
                     let last = e.last_published_at?;
                     let republished = e.published_count.saturating_sub(1);
-                    (republished < policy.republish_max
-                        && last.since(e.created_at) < policy.horizon)
+                    (republished < policy.republish_max && last.since(e.created_at) < policy.horizon)
                         .then(|| last.plus(policy.backoff(republished)))
                 })
                 .min()
         };
-        [next_arrival, deadline, redrive]
-            .into_iter()
-            .flatten()
-            .min()
+        [next_arrival, deadline, redrive].into_iter().flatten().min()
     }
 }

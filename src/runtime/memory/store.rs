@@ -231,11 +231,7 @@ impl StoreTx for MemoryTx {
     }
 
     async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
-        assert_eq!(
-            key.owner(),
-            self.service,
-            "a service reads only its own rows"
-        );
+        assert_eq!(key.owner(), self.service, "a service reads only its own rows");
         self.lock(LockKey::Row(key.clone())).await?;
         Ok(self.read(key))
     }
@@ -246,11 +242,7 @@ impl StoreTx for MemoryTx {
 
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
         let key = row.key();
-        assert_eq!(
-            key.owner(),
-            self.service,
-            "a service writes only its own rows"
-        );
+        assert_eq!(key.owner(), self.service, "a service writes only its own rows");
         self.writes.insert(key, row.clone());
         Ok(())
     }
@@ -274,11 +266,7 @@ impl StoreTx for MemoryTx {
         // Postgres allows too.)
         let contested = self.writes.keys().find(|key| {
             let lock = LockKey::Row((*key).clone());
-            !self.held.contains(&lock)
-                && state
-                    .locks
-                    .get(&lock)
-                    .is_some_and(|owner| *owner != self.id)
+            !self.held.contains(&lock) && state.locks.get(&lock).is_some_and(|owner| *owner != self.id)
         });
         if let Some(key) = contested.cloned() {
             self.release(&mut state);
@@ -358,12 +346,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn mark_published(
-        &self,
-        service: Service,
-        seqs: &[i64],
-        now: Timestamp,
-    ) -> StoreResult<()> {
+    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
         let mut state = self.shared.state.lock().expect("store mutex");
         for seq in seqs {
             if let Some(entry) = state.outbox.get_mut(&(service, *seq)) {
@@ -374,20 +357,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn orders_past_deadline(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<OrderId>> {
+    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         let state = self.shared.state.lock().expect("store mutex");
         Ok(state
             .rows
             .values()
             .filter_map(|row| match row {
                 Row::Order(o)
-                    if o.status == OrderStatus::Pending
-                        && !o.deadline_signalled
-                        && o.deadline_at <= now =>
+                    if o.status == OrderStatus::Pending && !o.deadline_signalled && o.deadline_at <= now =>
                 {
                     Some(o.order_id.clone())
                 }
@@ -409,8 +386,7 @@ impl Store for MemoryStore {
             .outbox
             .range((service, i64::MIN)..=(service, i64::MAX))
             .filter(|(_, e)| {
-                e.published_count > 0
-                    && now.since(e.created_at) >= policy.horizon.max(retention.outbox)
+                e.published_count > 0 && now.since(e.created_at) >= policy.horizon.max(retention.outbox)
             })
             .map(|(k, _)| *k)
             .take(retention.batch)

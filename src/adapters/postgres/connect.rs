@@ -1,0 +1,144 @@
+//! Connecting to PostgreSQL and applying the migrations.
+//!
+//! Every pooled connection starts with the configured `statement_timeout`
+//! and `lock_timeout` (sent as startup parameters, so no connection ever runs
+//! without them): a transaction stuck behind a lock fails as a conflict and
+//! is retried instead of hanging a consumer. A connection failure names the
+//! URL it tried, with the password redacted, and the cause.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// Pool and session settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgConfig {
+    /// Connections in the pool: at least the consumers, relays and the
+    /// sweeper that run concurrently in one process.
+    pub connections_max: u32,
+    /// How long `begin` waits for a pooled connection before the store is
+    /// reported unavailable.
+    pub acquire_timeout: Duration,
+    /// Longest statement; a longer one is cancelled (a conflict, retried).
+    pub statement_timeout: Duration,
+    /// Longest wait for a row lock; then the transaction conflicts and is
+    /// retried with backoff.
+    pub lock_timeout: Duration,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            connections_max: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DATABASE_URL {url:?} is not a valid PostgreSQL URL: {cause}")]
+    BadUrl { url: String, cause: String },
+    #[error("cannot connect to PostgreSQL at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("migrating PostgreSQL at {url} failed: {cause}")]
+    Migrate { url: String, cause: String },
+}
+
+/// `url` with its password replaced by `***` (for messages and logs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// `host:port/database` of `url`: where a store is, for error messages.
+pub fn target_of(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)")
+    )
+}
+
+/// Opens a pool on `url` and checks that one connection works.
+pub async fn connect(url: &str, config: &PgConfig) -> Result<PgPool, ConnectError> {
+    assert!(config.connections_max > 0, "a pool needs at least one connection");
+    let redacted = redact_url(url);
+    let options = PgConnectOptions::from_str(url).map_err(|e| ConnectError::BadUrl {
+        url: redacted.clone(),
+        cause: e.to_string(),
+    })?;
+    let options = options.options([
+        (
+            "statement_timeout",
+            format!("{}", config.statement_timeout.as_millis()),
+        ),
+        ("lock_timeout", format!("{}", config.lock_timeout.as_millis())),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(config.connections_max)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| ConnectError::Unreachable {
+            url: redacted,
+            cause: describe(&e),
+        })
+}
+
+/// A cause worth reading: the server's message for a database error, the OS
+/// error for I/O.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => {
+            format!("{} (SQLSTATE {})", db.message(), db.code().unwrap_or_default())
+        }
+        sqlx::Error::PoolTimedOut => {
+            "timed out waiting for a connection (is the server up and reachable?)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The migrations of `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies every migration not applied yet; a second call does nothing.
+pub async fn migrate(pool: &PgPool) -> Result<(), ConnectError> {
+    MIGRATOR.run(pool).await.map_err(|e| ConnectError::Migrate {
+        url: target_of(&pool.connect_options()),
+        cause: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/saga?sslmode=disable"),
+            "postgres://app:***@db:5432/saga?sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://app@db/saga"), "postgres://app@db/saga");
+        assert_eq!(redact_url("postgres://db/saga"), "postgres://db/saga");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,85 @@
+//! Maps sqlx errors onto the store port's three kinds, so the runtime
+//! retries what can succeed on retry and stops on what cannot.
+//!
+//! - Conflict (retry the transaction at once): serialization failure
+//!   (40001), deadlock (40P01), unique violation (23505: two transactions
+//!   inserted the same new key), lock not available (55P03: `lock_timeout`),
+//!   query cancelled (57014: `statement_timeout`).
+//! - Unavailable (retry later): the pool timed out, the connection broke or
+//!   was refused, the server is shutting down or out of connections.
+//! - Fatal: anything else (a CHECK constraint, a bug, corrupt data).
+
+use crate::runtime::StoreError;
+
+/// SQLSTATEs after which the same transaction, run again, may succeed.
+const CONFLICT_CODES: [&str; 5] = ["40001", "40P01", "23505", "55P03", "57014"];
+
+/// SQLSTATE classes and codes that mean the server is not reachable or not
+/// serving: connection exceptions (08), operator intervention (57P01..57P03),
+/// insufficient resources (53).
+fn is_unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Classifies `error`; `target` (host, port and database, no password) names
+/// where an unavailable store was.
+pub fn classify(error: sqlx::Error, target: &str) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            if CONFLICT_CODES.contains(&code.as_str()) {
+                StoreError::Conflict(format!("SQLSTATE {code}: {}", db.message()))
+            } else if is_unavailable_code(&code) {
+                StoreError::Unavailable(format!(
+                    "PostgreSQL at {target}: SQLSTATE {code}: {}",
+                    db.message()
+                ))
+            } else {
+                StoreError::Fatal(format!("SQLSTATE {code}: {}", db.message()))
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
+            "PostgreSQL at {target}: no connection available from the pool within the acquire timeout"
+        )),
+        sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(format!("PostgreSQL at {target}: the pool is closed"))
+        }
+        sqlx::Error::Io(e) => StoreError::Unavailable(format!("PostgreSQL at {target}: {e}")),
+        sqlx::Error::Tls(e) => StoreError::Unavailable(format!("PostgreSQL at {target}: TLS: {e}")),
+        sqlx::Error::Protocol(e) => StoreError::Unavailable(format!("PostgreSQL at {target}: protocol: {e}")),
+        sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable(format!("PostgreSQL at {target}: connection worker crashed"))
+        }
+        _ => StoreError::Fatal(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_and_io_failures_are_unavailable_and_name_the_target() {
+        let e = classify(sqlx::Error::PoolTimedOut, "127.0.0.1:5432/db");
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("127.0.0.1:5432/db")),
+            "{e:?}"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = classify(sqlx::Error::Io(io), "h:1/d");
+        assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("refused") && m.contains("h:1/d")));
+        assert!(matches!(
+            classify(sqlx::Error::RowNotFound, "x"),
+            StoreError::Fatal(_)
+        ));
+    }
+
+    #[test]
+    fn unavailable_codes() {
+        assert!(is_unavailable_code("08006"));
+        assert!(is_unavailable_code("57P01"));
+        assert!(is_unavailable_code("53300"));
+        assert!(!is_unavailable_code("23505"));
+        assert!(!is_unavailable_code("57014"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Seeding and reads outside the saga's transactions: the opening rows of
+//! `seed-demo` and the tests, and the read side of the HTTP API and the CLI
+//! (an order, a player, an item, an order's timeline, backlog metrics).
+//! Reads see committed state only and lock nothing.
+
+use sqlx::Row as _;
+
+use crate::domain::rows::{Account, CatalogEntry, InventoryAccount, ItemStock, Order, SlotReservation};
+use crate::domain::{EventId, EventType, ItemId, OrderId, Row, RowKey, Service, Timestamp, UserId};
+use crate::runtime::store::StoreResult;
+use crate::runtime::StoreError;
+
+use super::rows::{self, Kind, WriteMode};
+use super::{schema, PgStore};
+
+/// One event of an order, from the emitting service's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub service: Service,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    /// When the emitting transaction committed it.
+    pub created_at: Timestamp,
+    pub published_count: u32,
+    pub last_published_at: Option<Timestamp>,
+    /// The encoded event, as published.
+    pub payload: String,
+}
+
+impl PgStore {
+    /// Writes `rows` (insert or overwrite) in one transaction: reference
+    /// data and opening balances. Each row goes to its owner's schema.
+    pub async fn seed_rows(&self, seed: &[Row]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        for row in seed {
+            let (sql, values) = rows::write_sql(row, WriteMode::Upsert);
+            rows::bind_values(sqlx::query(&sql), values)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// The committed row under `key`, if any.
+    pub async fn row(&self, key: &RowKey) -> StoreResult<Option<Row>> {
+        let kind = Kind::of_key(key);
+        let sql = kind.select_sql(false);
+        let found = rows::bind_key(sqlx::query(&sql), key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        found
+            .map(|r| {
+                rows::decode(kind, &r)
+                    .map_err(|e| StoreError::Fatal(format!("{} {key:?}: {e}", kind.table())))
+            })
+            .transpose()
+    }
+
+    pub async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        Ok(match self.row(&RowKey::Order(id.clone())).await? {
+            Some(Row::Order(o)) => Some(o),
+            _ => None,
+        })
+    }
+
+    pub async fn account(&self, user: &UserId) -> StoreResult<Option<Account>> {
+        Ok(match self.row(&RowKey::Account(user.clone())).await? {
+            Some(Row::Account(a)) => Some(a),
+            _ => None,
+        })
+    }
+
+    pub async fn inventory_account(&self, user: &UserId) -> StoreResult<Option<InventoryAccount>> {
+        Ok(match self.row(&RowKey::InventoryAccount(user.clone())).await? {
+            Some(Row::InventoryAccount(a)) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The items granted to `user` (one slot reservation per COMPLETED
+    /// order), oldest first, at most `limit`.
+    pub async fn granted_items(&self, user: &UserId, limit: usize) -> StoreResult<Vec<SlotReservation>> {
+        let found = sqlx::query(
+            "SELECT * FROM inventory_svc.slot_reservations WHERE user_id = $1 AND state = 'GRANTED'
+             ORDER BY updated_at, order_id LIMIT $2",
+        )
+        .bind(user.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        found
+            .iter()
+            .map(|r| match rows::decode(Kind::SlotReservation, r) {
+                Ok(Row::SlotReservation(s)) => Ok(s),
+                Ok(other) => unreachable!("slot_reservations decoded as {other:?}"),
+                Err(e) => Err(StoreError::Fatal(format!("slot_reservations: {e}"))),
+            })
+            .collect()
+    }
+
+    /// Order's catalog entry (name, unit price) of `item`.
+    pub async fn catalog_entry(&self, item: &ItemId) -> StoreResult<Option<CatalogEntry>> {
+        Ok(match self.row(&RowKey::Catalog(item.clone())).await? {
+            Some(Row::Catalog(c)) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// Item's stock of `item`.
+    pub async fn item_stock(&self, item: &ItemId) -> StoreResult<Option<ItemStock>> {
+        Ok(match self.row(&RowKey::ItemStock(item.clone())).await? {
+            Some(Row::ItemStock(s)) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Every event emitted for `order` by any service, in commit order
+    /// (outbox creation time, then service, then sequence). Entries pruned
+    /// after the retention are gone.
+    pub async fn timeline(&self, order: &OrderId) -> StoreResult<Vec<TimelineEntry>> {
+        let mut entries = Vec::new();
+        for service in Service::ALL {
+            let found = sqlx::query(&format!(
+                "SELECT seq, event_id, event_type, payload, created_at, published_count, last_published_at
+                 FROM {}.outbox WHERE order_id = $1 ORDER BY seq",
+                schema(service)
+            ))
+            .bind(order.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+            for r in &found {
+                let fatal = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
+                let event_type: String = r.try_get("event_type").map_err(fatal)?;
+                let published_count: i32 = r.try_get("published_count").map_err(fatal)?;
+                let seq: i64 = r.try_get("seq").map_err(fatal)?;
+                entries.push((
+                    seq,
+                    TimelineEntry {
+                        service,
+                        event_id: EventId(r.try_get("event_id").map_err(fatal)?),
+                        event_type: EventType::from_wire(&event_type)
+                            .ok_or_else(|| StoreError::Fatal(format!("unknown event type {event_type:?}")))?,
+                        created_at: Timestamp::from_datetime(r.try_get("created_at").map_err(fatal)?),
+                        published_count: u32::try_from(published_count).unwrap_or(0),
+                        last_published_at: r
+                            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
+                            .map_err(fatal)?
+                            .map(Timestamp::from_datetime),
+                        payload: r.try_get("payload").map_err(fatal)?,
+                    },
+                ));
+            }
+        }
+        entries.sort_by_key(|(seq, e)| (e.created_at, e.service, *seq));
+        Ok(entries.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Outbox entries of `service` never published yet (the relay's backlog).
+    pub async fn outbox_backlog(&self, service: Service) -> StoreResult<i64> {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}.outbox WHERE last_published_at IS NULL",
+            schema(service)
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    /// Rows in `service`'s (outbox, inbox).
+    pub async fn table_sizes(&self, service: Service) -> StoreResult<(i64, i64)> {
+        let s = schema(service);
+        let row = sqlx::query(&format!(
+            "SELECT (SELECT count(*) FROM {s}.outbox) AS outbox, (SELECT count(*) FROM {s}.inbox) AS inbox"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let get = |c: &str| {
+            row.try_get::<i64, _>(c)
+                .map_err(|e| StoreError::Fatal(e.to_string()))
+        };
+        Ok((get("outbox")?, get("inbox")?))
+    }
+}

@@ -1,0 +1,156 @@
+//! One store transaction on PostgreSQL: [`StoreTx`] over a
+//! `sqlx::Transaction`.
+//!
+//! - `record_processed` inserts into the service's inbox with
+//!   `ON CONFLICT DO NOTHING`: a second replica handling the same event waits
+//!   on the primary key until the first commits, then inserts nothing.
+//! - `load_for_update` is `SELECT ... FOR UPDATE`; an absent key locks
+//!   nothing in Postgres, so the transaction remembers it and `save` INSERTs
+//!   it: a concurrent insert of the same key then fails with a unique
+//!   violation, a conflict the runtime retries. Rows that existed are
+//!   UPDATEd by key.
+//! - Dropping the transaction without `commit` rolls it back (sqlx issues
+//!   the ROLLBACK when the connection returns to the pool).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use sqlx::{Postgres, Transaction};
+
+use crate::domain::{Event, EventId, Row, RowKey, Service, Timestamp};
+use crate::runtime::store::{StoreResult, StoreTx};
+use crate::runtime::StoreError;
+
+use super::errors::classify;
+use super::rows::{self, Kind, WriteMode};
+use super::schema;
+
+/// What this transaction knows about a key it has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seen {
+    Present,
+    Absent,
+}
+
+pub(super) struct PgTx {
+    pub(super) tx: Transaction<'static, Postgres>,
+    pub(super) service: Service,
+    /// Where the store is, for error messages.
+    pub(super) target: String,
+    /// Keys read in this transaction, and whether the row was there.
+    pub(super) seen: BTreeMap<RowKey, Seen>,
+}
+
+impl PgTx {
+    fn err(&self, e: sqlx::Error) -> StoreError {
+        classify(e, &self.target)
+    }
+
+    async fn read(&mut self, key: &RowKey, lock: bool) -> StoreResult<Option<Row>> {
+        let kind = Kind::of_key(key);
+        let sql = kind.select_sql(lock);
+        let found = rows::bind_key(sqlx::query(&sql), key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| classify(e, &self.target))?;
+        let row = match found {
+            None => None,
+            Some(r) => Some(
+                rows::decode(kind, &r)
+                    .map_err(|e| StoreError::Fatal(format!("{} {key:?}: {e}", kind.table())))?,
+            ),
+        };
+        // A key seen present stays present: rows are never deleted.
+        let seen = if row.is_some() {
+            Seen::Present
+        } else {
+            Seen::Absent
+        };
+        self.seen
+            .entry(key.clone())
+            .and_modify(|s| {
+                if seen == Seen::Present {
+                    *s = Seen::Present
+                }
+            })
+            .or_insert(seen);
+        Ok(row)
+    }
+}
+
+#[async_trait]
+impl StoreTx for PgTx {
+    async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
+        let sql = format!(
+            "INSERT INTO {}.inbox (event_id, processed_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+            schema(self.service)
+        );
+        let done = sqlx::query(&sql)
+            .bind(event_id.0)
+            .bind(now.to_datetime())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        debug_assert!(done.rows_affected() <= 1, "one inbox row per event id");
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        assert_eq!(key.owner(), self.service, "a service reads only its own rows");
+        self.read(key, true).await
+    }
+
+    async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        self.read(key, false).await
+    }
+
+    async fn save(&mut self, row: &Row) -> StoreResult<()> {
+        let key = row.key();
+        assert_eq!(key.owner(), self.service, "a service writes only its own rows");
+        let mode = match self.seen.get(&key) {
+            Some(Seen::Present) => WriteMode::Update,
+            Some(Seen::Absent) => WriteMode::Insert,
+            None => WriteMode::Upsert,
+        };
+        let (sql, values) = rows::write_sql(row, mode);
+        let done = rows::bind_values(sqlx::query(&sql), values)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Fatal(format!(
+                "{mode:?} of {key:?} wrote {} rows, expected 1",
+                done.rows_affected()
+            )));
+        }
+        self.seen.insert(key, Seen::Present);
+        Ok(())
+    }
+
+    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+        assert_eq!(
+            event.emitter(),
+            self.service,
+            "a service enqueues only its own events"
+        );
+        let sql = format!(
+            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+            schema(self.service)
+        );
+        sqlx::query(&sql)
+            .bind(event.event_id.0)
+            .bind(event.event_type().as_str())
+            .bind(event.order_id.as_str())
+            .bind(event.encode())
+            .bind(now.to_datetime())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let target = self.target.clone();
+        self.tx.commit().await.map_err(|e| classify(e, &target))
+    }
+}

@@ -1,0 +1,436 @@
+//! The Redis Streams bus: [`Bus`] with one stream per subscribing service
+//! (`{prefix}:stream:{service}`) and one consumer group per stream, named
+//! after the service (several replicas of a service share its group).
+//!
+//! - `publish` XADDs the encoded event to the stream of every subscriber
+//!   (`domain::service::subscribers`). Streams are not capped at XADD: an
+//!   approximate MAXLEN could drop entries the group has not acknowledged.
+//!   [`RedisBus::trim`] removes only acknowledged entries instead (see
+//!   `ops.rs`); whoever runs the bus calls it periodically.
+//! - `receive` first XAUTOCLAIMs entries whose delivery has been idle longer
+//!   than the visibility timeout (a crashed or stuck replica's work, or an
+//!   entry left for retry), with their delivery count from XPENDING as
+//!   `Delivery::attempt`; then reads new entries with XREADGROUP `>` and a
+//!   short BLOCK. The group is created (MKSTREAM, from id 0) on first use and
+//!   again whenever Redis answers NOGROUP (it restarted with nothing on disk).
+//! - `ack` is XACK without XDEL: the entry stays in the stream until `trim`
+//!   removes it (XTRIM MINID frees whole radix-tree nodes where per-entry
+//!   XDEL fragments them, and recent entries stay inspectable).
+//! - `dead_letter` XADDs payload, reason, entry id, service and attempt to
+//!   `{prefix}:dead:{service}` and XACKs the entry, in one MULTI/EXEC.
+//! - Consumers are never deleted (XGROUP DELCONSUMER would drop a consumer's
+//!   pending entries from the group, losing them); an idle consumer costs a
+//!   few bytes.
+//!
+//! Blocking reads use one connection per consumer name, because a BLOCK on
+//! the shared multiplexed connection would stall every other command behind
+//! it. All connections are `ConnectionManager`s: they reconnect by
+//! themselves after Redis restarts.
+
+mod ops;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{Client, RedisError};
+
+use crate::domain::service::subscribers;
+use crate::domain::{Event, Service};
+use crate::runtime::bus::{Bus, BusError, Delivery};
+
+pub use ops::DeadLetterEntry;
+
+/// Consumer names a bus keeps a blocking connection for; more is a bug
+/// (consumer names are per replica task, a handful per process).
+const READERS_MAX: usize = 256;
+
+/// Settings of the Redis bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Prefix of every key of this bus (streams, dead-letter streams), so
+    /// that several deployments or tests share one Redis.
+    pub prefix: String,
+    /// A delivery not acknowledged for this long is taken over by the next
+    /// receive of any consumer of the group. Must exceed the slowest
+    /// handler (a store transaction with its conflict retries), or live
+    /// consumers take work from each other.
+    pub visibility_timeout: Duration,
+    /// How long a receive waits for new entries when none is there.
+    pub block: Duration,
+    /// Connecting to Redis, and every non-blocking command, time out after
+    /// this.
+    pub command_timeout: Duration,
+    /// Dead-letter streams keep about this many entries (the oldest go).
+    pub dead_letters_max: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            prefix: "purchase-saga".to_string(),
+            visibility_timeout: Duration::from_secs(30),
+            block: Duration::from_millis(100),
+            command_timeout: Duration::from_secs(5),
+            dead_letters_max: 100_000,
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: Client,
+    /// Shared connection for every non-blocking command.
+    conn: ConnectionManager,
+    /// One connection per consumer name, for XREADGROUP ... BLOCK.
+    readers: Arc<Mutex<BTreeMap<String, ConnectionManager>>>,
+    /// Groups known to exist (cleared for a service on NOGROUP).
+    groups: Arc<Mutex<BTreeSet<Service>>>,
+    /// Where each service's next XAUTOCLAIM scan starts.
+    claim_cursor: Arc<Mutex<BTreeMap<Service, String>>>,
+    config: RedisConfig,
+    /// The URL without its password, for error messages.
+    target: String,
+}
+
+/// `url` with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    crate::adapters::postgres::redact_url(url)
+}
+
+impl RedisBus {
+    /// Connects to `url` and checks that Redis answers.
+    pub async fn connect(url: &str, config: RedisConfig) -> Result<RedisBus, BusError> {
+        assert!(!config.prefix.is_empty(), "a bus needs a key prefix");
+        assert!(
+            config.visibility_timeout > config.block,
+            "the visibility timeout must exceed the read block"
+        );
+        let target = redact(url);
+        let client = Client::open(url).map_err(|e| {
+            BusError::Unavailable(format!("REDIS_URL {target:?} is not a valid Redis URL: {e}"))
+        })?;
+        let conn = Self::manager(&client, &config, config.command_timeout)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot connect to Redis at {target}: {e}")))?;
+        let bus = RedisBus {
+            client,
+            conn,
+            readers: Arc::default(),
+            groups: Arc::default(),
+            claim_cursor: Arc::default(),
+            config,
+            target,
+        };
+        let mut conn = bus.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| bus.err(e))?;
+        Ok(bus)
+    }
+
+    async fn manager(
+        client: &Client,
+        config: &RedisConfig,
+        response: Duration,
+    ) -> Result<ConnectionManager, RedisError> {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.command_timeout)
+            .set_response_timeout(response)
+            .set_number_of_retries(2)
+            .set_max_delay(1000);
+        ConnectionManager::new_with_config(client.clone(), manager_config).await
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The stream a service consumes.
+    pub fn stream_key(&self, service: Service) -> String {
+        format!("{}:stream:{}", self.config.prefix, service.slug())
+    }
+
+    /// The dead-letter stream of a service.
+    pub fn dead_key(&self, service: Service) -> String {
+        format!("{}:dead:{}", self.config.prefix, service.slug())
+    }
+
+    /// The consumer group of a service.
+    pub fn group(service: Service) -> &'static str {
+        service.slug()
+    }
+
+    fn err(&self, e: RedisError) -> BusError {
+        BusError::Unavailable(format!("Redis at {}: {e}", self.target))
+    }
+
+    fn is_nogroup(e: &RedisError) -> bool {
+        e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+    }
+
+    /// Creates `service`'s group (and stream) unless known to exist.
+    async fn ensure_group(&self, service: Service) -> Result<(), BusError> {
+        if self.groups.lock().expect("groups mutex").contains(&service) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        self.groups.lock().expect("groups mutex").insert(service);
+        Ok(())
+    }
+
+    fn forget_group(&self, service: Service) {
+        self.groups.lock().expect("groups mutex").remove(&service);
+        self.claim_cursor.lock().expect("cursor mutex").remove(&service);
+    }
+
+    /// The blocking-read connection of `consumer`.
+    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, BusError> {
+        if let Some(conn) = self.readers.lock().expect("readers mutex").get(consumer) {
+            return Ok(conn.clone());
+        }
+        let response = self.config.block + self.config.command_timeout;
+        let conn = Self::manager(&self.client, &self.config, response)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut readers = self.readers.lock().expect("readers mutex");
+        assert!(
+            readers.len() < READERS_MAX,
+            "more than {READERS_MAX} consumer names on one bus"
+        );
+        Ok(readers.entry(consumer.to_string()).or_insert(conn).clone())
+    }
+
+    fn payload(entry: &StreamId) -> Vec<u8> {
+        match entry.map.get("payload") {
+            Some(redis::Value::BulkString(bytes)) => bytes.clone(),
+            // A foreign or malformed entry: the consumer dead-letters an
+            // empty payload as undecodable, with the entry id.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Entries of the group idle for longer than the visibility timeout,
+    /// claimed for `consumer`, with their delivery counts.
+    async fn claim(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, RedisError> {
+        let key = self.stream_key(service);
+        let start = self
+            .claim_cursor
+            .lock()
+            .expect("cursor mutex")
+            .get(&service)
+            .cloned()
+            .unwrap_or_else(|| "0-0".to_string());
+        let mut conn = self.conn.clone();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&key)
+            .arg(Self::group(service))
+            .arg(consumer)
+            .arg(self.config.visibility_timeout.as_millis() as u64)
+            .arg(&start)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        self.claim_cursor
+            .lock()
+            .expect("cursor mutex")
+            .insert(service, reply.next_stream_id.clone());
+        let (Some(first), Some(last)) = (reply.claimed.first(), reply.claimed.last()) else {
+            return Ok(Vec::new());
+        };
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg(Self::group(service))
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(reply.claimed.len())
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await?;
+        let counts: BTreeMap<&str, usize> = pending
+            .ids
+            .iter()
+            .map(|p| (p.id.as_str(), p.times_delivered))
+            .collect();
+        Ok(reply
+            .claimed
+            .iter()
+            // An entry no longer pending for this consumer was settled or
+            // claimed by another meanwhile: not ours to deliver.
+            .filter_map(|entry| {
+                let attempt = *counts.get(entry.id.as_str())?;
+                Some(Delivery {
+                    entry_id: entry.id.clone(),
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX).max(2),
+                    payload: Self::payload(entry),
+                })
+            })
+            .collect())
+    }
+
+    /// New entries for `consumer`, waiting up to the block time if `block`.
+    async fn read_new(
+        &self,
+        service: Service,
+        consumer: &str,
+        max: usize,
+        block: bool,
+    ) -> Result<Vec<Delivery>, RedisError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(Self::group(service))
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        let mut conn = if block {
+            cmd.arg("BLOCK").arg(self.config.block.as_millis().max(1) as u64);
+            match self.reader(consumer).await {
+                Ok(conn) => conn,
+                Err(BusError::Unavailable(m)) => {
+                    return Err(RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "reader connection",
+                        m,
+                    )))
+                }
+            }
+        } else {
+            self.conn.clone()
+        };
+        cmd.arg("STREAMS").arg(self.stream_key(service)).arg(">");
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut conn).await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| Delivery {
+                payload: Self::payload(&entry),
+                entry_id: entry.id,
+                attempt: 1,
+            })
+            .collect())
+    }
+
+    async fn receive_once(
+        &self,
+        service: Service,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, RedisError> {
+        let mut batch = self.claim(service, consumer, max).await?;
+        if batch.len() < max {
+            let fresh = self
+                .read_new(service, consumer, max - batch.len(), batch.is_empty())
+                .await?;
+            batch.extend(fresh);
+        }
+        debug_assert!(batch.len() <= max, "a receive returns at most `max` deliveries");
+        Ok(batch)
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let targets = subscribers(event.event_type());
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let payload = event.encode();
+        let mut pipe = redis::pipe();
+        for service in &targets {
+            pipe.cmd("XADD")
+                .arg(self.stream_key(*service))
+                .arg("*")
+                .arg("payload")
+                .arg(payload.as_bytes())
+                .arg("type")
+                .arg(event.event_type().as_str())
+                .arg("event_id")
+                .arg(event.event_id.to_string())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+    }
+
+    async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        assert!(max > 0, "a receive asks for at least one delivery");
+        self.ensure_group(service).await?;
+        match self.receive_once(service, consumer, max).await {
+            Ok(batch) => Ok(batch),
+            // Redis lost the group (restarted empty, or the stream was
+            // deleted): create it again and read once more. Re-drive
+            // republishes what was lost.
+            Err(e) if Self::is_nogroup(&e) || e.to_string().contains("no longer exists") => {
+                tracing::warn!(%service, error = %e, "consumer group missing; recreating it");
+                self.forget_group(service);
+                self.ensure_group(service).await?;
+                self.receive_once(service, consumer, max)
+                    .await
+                    .map_err(|e| self.err(e))
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg(entry_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XADD")
+            .arg(self.dead_key(service))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.dead_letters_max)
+            .arg("*")
+            .arg("payload")
+            .arg(delivery.payload.as_slice())
+            .arg("reason")
+            .arg(reason)
+            .arg("entry_id")
+            .arg(&delivery.entry_id)
+            .arg("service")
+            .arg(service.slug())
+            .arg("attempt")
+            .arg(delivery.attempt)
+            .ignore()
+            .cmd("XACK")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg(&delivery.entry_id)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,214 @@
+//! Operating the bus beyond the port: trimming acknowledged entries, the
+//! dead-letter streams (list, replay), and the numbers for metrics.
+
+use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
+use redis::RedisError;
+
+use crate::domain::Service;
+use crate::runtime::bus::{BusError, DeadLetter};
+
+use super::RedisBus;
+
+/// One entry of a dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterEntry {
+    /// The id in the dead-letter stream (what `replay_dead_letter` takes).
+    pub dead_id: String,
+    pub letter: DeadLetter,
+    /// The delivery count when it was dead-lettered.
+    pub attempt: u32,
+}
+
+/// Stream ids compare as (milliseconds, sequence).
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn text(entry: &redis::streams::StreamId, field: &str) -> String {
+    entry.get::<String>(field).unwrap_or_default()
+}
+
+impl RedisBus {
+    /// Removes the entries of `service`'s stream that every consumer group
+    /// has acknowledged: XTRIM MINID at the oldest pending id of each group
+    /// (or its last-delivered id when nothing is pending), the smallest over
+    /// all groups. Returns how many entries went.
+    ///
+    /// Safe without a transaction: a group's oldest pending id only grows
+    /// (new deliveries get ids above last-delivered-id; claims move entries
+    /// between consumers, not ids), so a bound read a moment ago is still a
+    /// lower bound of every entry that is or will be pending. A stream with
+    /// no group is left alone: nobody has read it yet.
+    pub async fn trim(&self, service: Service) -> Result<u64, BusError> {
+        let key = self.stream_key(service);
+        let mut conn = self.conn.clone();
+        let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut floor: Option<(u64, u64)> = None;
+        let mut floor_id = String::new();
+        for group in &groups.groups {
+            let bound = if group.pending > 0 {
+                let summary: StreamPendingReply = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&group.name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                match summary {
+                    StreamPendingReply::Data(d) => d.start_id,
+                    // Acknowledged meanwhile: the last-delivered id bounds it.
+                    StreamPendingReply::Empty => group.last_delivered_id.clone(),
+                }
+            } else {
+                group.last_delivered_id.clone()
+            };
+            let parsed = parse_id(&bound).ok_or_else(|| {
+                BusError::Unavailable(format!(
+                    "Redis returned a malformed stream id {bound:?} for {key}"
+                ))
+            })?;
+            if floor.is_none_or(|f| parsed < f) {
+                floor = Some(parsed);
+                floor_id = bound;
+            }
+        }
+        if floor.is_none() || floor == Some((0, 0)) {
+            return Ok(0);
+        }
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&key)
+            .arg("MINID")
+            .arg(&floor_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(trimmed)
+    }
+
+    /// Up to `count` dead letters of `service`, oldest first.
+    pub async fn dead_letters(
+        &self,
+        service: Service,
+        count: usize,
+    ) -> Result<Vec<DeadLetterEntry>, BusError> {
+        let mut conn = self.conn.clone();
+        let range: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.dead_key(service))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(range
+            .ids
+            .iter()
+            .map(|entry| DeadLetterEntry {
+                dead_id: entry.id.clone(),
+                letter: DeadLetter {
+                    service,
+                    entry_id: text(entry, "entry_id"),
+                    reason: text(entry, "reason"),
+                    payload: Self::payload(entry),
+                },
+                attempt: entry.get::<u32>("attempt").unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Puts dead letter `dead_id` of `service` back on the service's stream
+    /// (a new entry, delivered with attempt 1) and removes it from the
+    /// dead-letter stream, in one MULTI/EXEC. Returns the new entry id, or
+    /// None if there is no such dead letter.
+    pub async fn replay_dead_letter(
+        &self,
+        service: Service,
+        dead_id: &str,
+    ) -> Result<Option<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let range: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.dead_key(service))
+            .arg(dead_id)
+            .arg(dead_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(entry) = range.ids.first() else {
+            return Ok(None);
+        };
+        let (new_id, _deleted): (String, i64) = redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(self.stream_key(service))
+            .arg("*")
+            .arg("payload")
+            .arg(Self::payload(entry))
+            .arg("replayed_from")
+            .arg(dead_id)
+            .cmd("XDEL")
+            .arg(self.dead_key(service))
+            .arg(dead_id)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(Some(new_id))
+    }
+
+    /// Entries delivered to `service`'s group and not yet acknowledged.
+    pub async fn pending_count(&self, service: Service) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<StreamPendingReply, RedisError> = redis::cmd("XPENDING")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(r) => Ok(r.count() as u64),
+            Err(e) if Self::is_nogroup(&e) => Ok(0),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Entries in `service`'s stream (acknowledged ones included until
+    /// trimmed).
+    pub async fn stream_len(&self, service: Service) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XLEN")
+            .arg(self.stream_key(service))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Entries in `service`'s dead-letter stream.
+    pub async fn dead_letter_count(&self, service: Service) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XLEN")
+            .arg(self.dead_key(service))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(parse_id("9-5").unwrap() < parse_id("10-0").unwrap());
+        assert!(parse_id("10-2").unwrap() < parse_id("10-10").unwrap());
+        assert_eq!(parse_id("x"), None);
+    }
+}

@@ -1,0 +1,340 @@
+//! Connections to the real PostgreSQL and Redis for the integration tests,
+//! each test isolated: a fresh database per test (`ps_test_<random>`,
+//! created from the admin database, migrated, dropped at the end), a unique
+//! Redis key prefix per test (its keys deleted at the end).
+//!
+//! Where the services are: `DATABASE_URL` / `REDIS_URL` when set; otherwise
+//! the local defaults (`postgres://postgres@127.0.0.1:5432/postgres`,
+//! `redis://127.0.0.1:6379`) when something listens there; otherwise a
+//! testcontainers container. If none of that works the test fails with a
+//! message saying what to start: a test never skips silently.
+#![allow(dead_code)] // Each test file uses a different part of this module.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use purchase_saga::adapters::postgres::{self, redact_url, PgConfig, PgStore};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+const START_POSTGRES: &str = "start PostgreSQL on 127.0.0.1:5432 with trust auth for user `postgres` \
+     (e.g. `service postgresql start`), or set DATABASE_URL to a server where that user may CREATE DATABASE, \
+     or make Docker available for the testcontainers fallback";
+const START_REDIS: &str = "start Redis on 127.0.0.1:6379 (e.g. `redis-server --daemonize yes`), \
+     or set REDIS_URL, or make Docker available for the testcontainers fallback";
+
+fn listening(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a literal socket address");
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+/// A container started by the fallback, kept alive for the whole test
+/// process by a thread that owns it (and its runtime) and never returns.
+fn container_url(what: &'static str, start: fn() -> Result<String, String>) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("testcontainers-{what}"))
+        .spawn(move || {
+            let _ = tx.send(start());
+            // Keeps the container (owned by `start`'s runtime thread) alive.
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv_timeout(Duration::from_secs(180))
+        .map_err(|e| format!("testcontainers did not answer: {e}"))?
+}
+
+fn start_postgres_container() -> Result<String, String> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let started = async {
+                let node = Postgres::default().start().await.map_err(|e| e.to_string())?;
+                let port = node.get_host_port_ipv4(5432).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((node, port))
+            }
+            .await;
+            match started {
+                Ok((node, port)) => {
+                    let _ = tx.send(Ok(format!(
+                        "postgres://postgres:postgres@127.0.0.1:{port}/postgres"
+                    )));
+                    let _keep = node;
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => drop(tx.send(Err(e))),
+            }
+        });
+    });
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+fn start_redis_container() -> Result<String, String> {
+    use testcontainers_modules::redis::{Redis, REDIS_PORT};
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let started = async {
+                let node = Redis::default().start().await.map_err(|e| e.to_string())?;
+                let port = node
+                    .get_host_port_ipv4(REDIS_PORT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((node, port))
+            }
+            .await;
+            match started {
+                Ok((node, port)) => {
+                    let _ = tx.send(Ok(format!("redis://127.0.0.1:{port}")));
+                    let _keep = node;
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => drop(tx.send(Err(e))),
+            }
+        });
+    });
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+/// The admin URL of the PostgreSQL server the tests use (see module docs).
+pub fn database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        if listening("127.0.0.1:5432") {
+            return DEFAULT_DATABASE_URL.to_string();
+        }
+        match container_url("postgres", start_postgres_container) {
+            Ok(url) => url,
+            Err(e) => panic!(
+                "no PostgreSQL for the tests: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432, \
+                 and the testcontainers fallback failed ({e}). To fix: {START_POSTGRES}."
+            ),
+        }
+    })
+    .clone()
+}
+
+/// The URL of the Redis server the tests use (see module docs).
+pub fn redis_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return url;
+        }
+        if listening("127.0.0.1:6379") {
+            return DEFAULT_REDIS_URL.to_string();
+        }
+        match container_url("redis", start_redis_container) {
+            Ok(url) => url,
+            Err(e) => panic!(
+                "no Redis for the tests: REDIS_URL is unset, nothing listens on 127.0.0.1:6379, \
+                 and the testcontainers fallback failed ({e}). To fix: {START_REDIS}."
+            ),
+        }
+    })
+    .clone()
+}
+
+/// `url` with its database (path) replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A random lower-case suffix for database names and key prefixes.
+pub fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Pool settings of the tests: small pools (several test binaries share
+/// the server), short timeouts so a stuck lock fails fast.
+pub fn test_pg_config(connections_max: u32) -> PgConfig {
+    PgConfig {
+        connections_max,
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(10),
+        lock_timeout: Duration::from_secs(3),
+    }
+}
+
+/// A fresh, migrated database, dropped (best effort) when this is dropped.
+pub struct TestDb {
+    pub store: PgStore,
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates `ps_test_<random>` with a pool of 10 connections.
+    pub async fn create() -> TestDb {
+        TestDb::create_with(test_pg_config(10)).await
+    }
+
+    pub async fn create_with(config: PgConfig) -> TestDb {
+        use sqlx::Connection;
+        let admin_url = database_url();
+        let name = format!("ps_test_{}", random_suffix());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {}: {e}. To fix: {START_POSTGRES}.",
+                redact_url(&admin_url)
+            )
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {}: {e}", redact_url(&admin_url)));
+        let _ = admin.close().await;
+        let url = with_database(&admin_url, &name);
+        let pool = postgres::connect(&url, &config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        postgres::migrate(&pool).await.unwrap_or_else(|e| panic!("{e}"));
+        TestDb {
+            store: PgStore::new(pool),
+            url,
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("PS_TEST_KEEP_DB").is_some() {
+            eprintln!("keeping test database {} (PS_TEST_KEEP_DB is set)", self.name);
+            return;
+        }
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; a thread with its own runtime
+        // can block on the DROP without deadlocking it.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()?;
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("could not drop test database {} (best effort)", self.name);
+        }
+    }
+}
+
+/// A unique key prefix on the test Redis; its keys are deleted on drop.
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl TestRedis {
+    pub fn create(label: &str) -> TestRedis {
+        let url = redis_url();
+        let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| panic!("REDIS_URL {url:?}: {e}"));
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("cannot connect to Redis at {url}: {e}. To fix: {START_REDIS}."));
+        let _: String = redis::cmd("PING")
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("Redis at {url} does not answer PING: {e}. To fix: {START_REDIS}."));
+        TestRedis {
+            url,
+            prefix: format!("ps_test:{label}:{}", random_suffix()),
+        }
+    }
+
+    /// Every key under this test's prefix.
+    pub fn keys(&self) -> Vec<String> {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return Vec::new();
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(5)) else {
+            return Vec::new();
+        };
+        let pattern = format!("{}:*", self.prefix);
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        // Bounded: a test creates a handful of keys.
+        for _ in 0..10_000 {
+            let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+            {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys
+    }
+
+    /// Deletes every key of this prefix: the test's own FLUSHALL.
+    pub fn flush_prefix(&self) -> usize {
+        let keys = self.keys();
+        if keys.is_empty() {
+            return 0;
+        }
+        let client = redis::Client::open(self.url.as_str()).expect("valid REDIS_URL");
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("Redis reachable");
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query::<usize>(&mut conn)
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.flush_prefix();
+    }
+}
