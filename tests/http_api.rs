@@ -9,307 +9,15 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 
-use http_support::{assert_error, TestApp};
+use http_support::{assert_error, check_every_saga_path, order, send_bad_requests, TestApp};
 use purchase_saga::domain::gateway::DECLINING_METHOD;
-
-fn order(user: &str, item: &str, quantity: i64) -> Value {
-    json!({ "userId": user, "itemId": item, "quantity": quantity })
-}
-
-/// One bad request: what to send and the answer it must get.
-struct Case {
-    name: &'static str,
-    content_type: Option<&'static str>,
-    headers: Vec<(&'static str, String)>,
-    query: &'static str,
-    body: String,
-    status: StatusCode,
-    error: &'static str,
-    field: Option<&'static str>,
-}
-
-fn case(
-    name: &'static str,
-    body: impl Into<String>,
-    status: StatusCode,
-    error: &'static str,
-    field: Option<&'static str>,
-) -> Case {
-    Case {
-        name,
-        content_type: Some("application/json"),
-        headers: vec![],
-        query: "",
-        body: body.into(),
-        status,
-        error,
-        field,
-    }
-}
 
 #[tokio::test]
 async fn every_bad_request_names_its_problem_and_writes_nothing() {
-    use StatusCode as S;
     let (app, store) = TestApp::memory(false).await;
     let before = app.snapshot().await;
     let commits = store.commits();
-    let ok = order("alice", "sword", 1).to_string();
-    let with = |mut v: Value, field: &str, value: Value| {
-        v[field] = value;
-        v.to_string()
-    };
-    let without = |field: &str| {
-        let mut v = order("alice", "sword", 1);
-        v.as_object_mut().unwrap().remove(field);
-        v.to_string()
-    };
-    let base = || order("alice", "sword", 1);
-    let mut cases = vec![
-        case(
-            "malformed JSON",
-            r#"{"userId": "alice","#,
-            S::BAD_REQUEST,
-            "malformed_json",
-            None,
-        ),
-        case("empty body", "", S::BAD_REQUEST, "malformed_json", None),
-        case("not an object", "[1,2]", S::BAD_REQUEST, "wrong_type", None),
-        case(
-            "missing userId",
-            without("userId"),
-            S::BAD_REQUEST,
-            "missing_field",
-            Some("userId"),
-        ),
-        case(
-            "missing itemId",
-            without("itemId"),
-            S::BAD_REQUEST,
-            "missing_field",
-            Some("itemId"),
-        ),
-        case(
-            "missing quantity",
-            without("quantity"),
-            S::BAD_REQUEST,
-            "missing_field",
-            Some("quantity"),
-        ),
-        case(
-            "null userId",
-            with(base(), "userId", Value::Null),
-            S::BAD_REQUEST,
-            "missing_field",
-            Some("userId"),
-        ),
-        case(
-            "userId a number",
-            with(base(), "userId", json!(7)),
-            S::BAD_REQUEST,
-            "wrong_type",
-            Some("userId"),
-        ),
-        case(
-            "itemId an array",
-            with(base(), "itemId", json!(["sword"])),
-            S::BAD_REQUEST,
-            "wrong_type",
-            Some("itemId"),
-        ),
-        case(
-            "quantity a string",
-            with(base(), "quantity", json!("2")),
-            S::BAD_REQUEST,
-            "wrong_type",
-            Some("quantity"),
-        ),
-        case(
-            "quantity a fraction",
-            with(base(), "quantity", json!(1.5)),
-            S::BAD_REQUEST,
-            "wrong_type",
-            Some("quantity"),
-        ),
-        case(
-            "quantity zero",
-            with(base(), "quantity", json!(0)),
-            S::UNPROCESSABLE_ENTITY,
-            "quantity_out_of_range",
-            Some("quantity"),
-        ),
-        case(
-            "quantity negative",
-            with(base(), "quantity", json!(-3)),
-            S::UNPROCESSABLE_ENTITY,
-            "quantity_out_of_range",
-            Some("quantity"),
-        ),
-        case(
-            "quantity too large",
-            with(base(), "quantity", json!(1001)),
-            S::UNPROCESSABLE_ENTITY,
-            "quantity_out_of_range",
-            Some("quantity"),
-        ),
-        case(
-            "quantity beyond i64",
-            r#"{"userId":"alice","itemId":"sword","quantity":18446744073709551615}"#,
-            S::UNPROCESSABLE_ENTITY,
-            "quantity_out_of_range",
-            Some("quantity"),
-        ),
-        case(
-            "quantity beyond u64",
-            r#"{"userId":"alice","itemId":"sword","quantity":1e30}"#,
-            S::UNPROCESSABLE_ENTITY,
-            "quantity_out_of_range",
-            Some("quantity"),
-        ),
-        case(
-            "invalid userId",
-            with(base(), "userId", json!("a b")),
-            S::BAD_REQUEST,
-            "invalid_id",
-            Some("userId"),
-        ),
-        case(
-            "empty userId",
-            with(base(), "userId", json!("")),
-            S::BAD_REQUEST,
-            "invalid_id",
-            Some("userId"),
-        ),
-        case(
-            "too long itemId",
-            with(base(), "itemId", json!("x".repeat(65))),
-            S::BAD_REQUEST,
-            "invalid_id",
-            Some("itemId"),
-        ),
-        case(
-            "unknown field",
-            with(base(), "qty", json!(1)),
-            S::BAD_REQUEST,
-            "unknown_field",
-            Some("qty"),
-        ),
-        case(
-            "unknown item",
-            with(base(), "itemId", json!("no-such-item")),
-            S::UNPROCESSABLE_ENTITY,
-            "unknown_item",
-            Some("itemId"),
-        ),
-        case(
-            "total overflows i64",
-            order("alice", "gold-bar", 3).to_string(),
-            S::UNPROCESSABLE_ENTITY,
-            "amount_overflow",
-            Some("quantity"),
-        ),
-        case(
-            "payment method with spaces",
-            with(base(), "paymentMethod", json!("my card")),
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_payment_method",
-            Some("paymentMethod"),
-        ),
-        case(
-            "payment method a number",
-            with(base(), "paymentMethod", json!(5)),
-            S::BAD_REQUEST,
-            "wrong_type",
-            Some("paymentMethod"),
-        ),
-        case(
-            "oversized body",
-            format!(
-                r#"{{"userId":"alice","itemId":"sword","quantity":1,"pad":"{}"}}"#,
-                "x".repeat(8_000)
-            ),
-            S::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            None,
-        ),
-    ];
-    let mut wrong_type = case(
-        "text/plain",
-        ok.clone(),
-        S::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        Some("Content-Type"),
-    );
-    wrong_type.content_type = Some("text/plain");
-    let mut no_type = case(
-        "no content type",
-        ok.clone(),
-        S::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        Some("Content-Type"),
-    );
-    no_type.content_type = None;
-    let mut long_key = case(
-        "overlong Idempotency-Key",
-        ok.clone(),
-        S::BAD_REQUEST,
-        "invalid_header",
-        Some("Idempotency-Key"),
-    );
-    long_key.headers = vec![("idempotency-key", "k".repeat(129))];
-    let mut empty_key = case(
-        "empty Idempotency-Key",
-        ok.clone(),
-        S::BAD_REQUEST,
-        "invalid_header",
-        Some("Idempotency-Key"),
-    );
-    empty_key.headers = vec![("idempotency-key", String::new())];
-    let mut long_wait = case(
-        "wait above the bound",
-        ok.clone(),
-        S::BAD_REQUEST,
-        "invalid_parameter",
-        Some("wait"),
-    );
-    long_wait.query = "?wait=31";
-    let mut bad_wait = case(
-        "wait not a number",
-        ok.clone(),
-        S::BAD_REQUEST,
-        "invalid_parameter",
-        Some("wait"),
-    );
-    bad_wait.query = "?wait=soon";
-    let mut other_param = case(
-        "unknown query parameter",
-        ok.clone(),
-        S::BAD_REQUEST,
-        "unknown_parameter",
-        Some("nap"),
-    );
-    other_param.query = "?nap=1";
-    cases.extend([
-        wrong_type,
-        no_type,
-        long_key,
-        empty_key,
-        long_wait,
-        bad_wait,
-        other_param,
-    ]);
-
-    for c in &cases {
-        let mut request = Request::post(format!("/orders{}", c.query));
-        if let Some(t) = c.content_type {
-            request = request.header("content-type", t);
-        }
-        for (name, value) in &c.headers {
-            request = request.header(*name, value.as_str());
-        }
-        let (status, json) = app.call(request.body(Body::from(c.body.clone())).unwrap()).await;
-        assert_eq!(status, c.status, "{}: {json}", c.name);
-        assert_error(&json, c.error, c.field, c.name);
-    }
+    send_bad_requests(&app).await;
     assert_eq!(
         store.commits(),
         commits,
@@ -457,128 +165,10 @@ async fn read_endpoints_answer_and_refuse_with_json() {
     assert_error(&json, "method_not_allowed", None, "DELETE /orders");
 }
 
-/// One saga path: the request and where it must end.
-struct Path {
-    name: &'static str,
-    body: Value,
-    status: &'static str,
-    failed_step: Option<&'static str>,
-    /// An event type the timeline must show.
-    shows: &'static str,
-}
-
 #[tokio::test]
 async fn every_saga_path_through_the_api() {
     let (app, _store) = TestApp::memory(true).await;
-    let mut declined = order("alice", "sword", 1);
-    declined["paymentMethod"] = json!(DECLINING_METHOD);
-    let paths = [
-        Path {
-            name: "success",
-            body: order("alice", "sword", 2),
-            status: "COMPLETED",
-            failed_step: None,
-            shows: "NOTIFICATION_SENT",
-        },
-        Path {
-            name: "unknown user",
-            body: order("ghost", "sword", 1),
-            status: "FAILED",
-            failed_step: Some("USER_VALIDATION"),
-            shows: "USER_VALIDATION_FAILED",
-        },
-        Path {
-            name: "insufficient balance",
-            body: order("poor", "sword", 1),
-            status: "FAILED",
-            failed_step: Some("USER_VALIDATION"),
-            shows: "USER_VALIDATION_FAILED",
-        },
-        Path {
-            name: "inventory full",
-            body: order("cramped", "sword", 2),
-            status: "FAILED",
-            failed_step: Some("INVENTORY_RESERVATION"),
-            shows: "PAYMENT_ROLLBACK",
-        },
-        Path {
-            name: "out of stock",
-            body: order("alice", "rare", 2),
-            status: "FAILED",
-            failed_step: Some("ITEM_RESERVATION"),
-            shows: "ITEM_RESERVATION_FAILED",
-        },
-        Path {
-            name: "payment declined",
-            body: declined,
-            status: "FAILED",
-            failed_step: Some("PAYMENT"),
-            shows: "ITEM_RESTORED",
-        },
-    ];
-    let mut ids = Vec::new();
-    for p in &paths {
-        let (status, json) = app.post_order(&p.body, None, "?wait=10").await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "{}: terminal within the wait: {json}",
-            p.name
-        );
-        assert_eq!(json["status"], p.status, "{}: {json}", p.name);
-        assert_eq!(json["failedStep"].as_str(), p.failed_step, "{}: {json}", p.name);
-        assert_eq!(
-            json["failureReason"].is_string(),
-            p.failed_step.is_some(),
-            "{}: {json}",
-            p.name
-        );
-        ids.push(json["orderId"].as_str().unwrap().to_string());
-    }
-    let left = app.settle().await;
-    assert!(left.is_empty(), "not quiescent: {left:#?}");
-    for (p, id) in paths.iter().zip(&ids) {
-        let (status, view) = app.get(&format!("/orders/{id}")).await;
-        assert_eq!(status, StatusCode::OK);
-        let timeline = view["timeline"].as_array().unwrap();
-        let types: Vec<&str> = timeline.iter().map(|e| e["type"].as_str().unwrap()).collect();
-        assert_eq!(types.first(), Some(&"ORDER_CREATED"), "{}: {types:?}", p.name);
-        assert!(
-            types.contains(&p.shows),
-            "{}: timeline {types:?} lacks {}",
-            p.name,
-            p.shows
-        );
-        let outcome = if p.status == "COMPLETED" {
-            "ORDER_COMPLETED"
-        } else {
-            "ORDER_FAILED"
-        };
-        assert!(types.contains(&outcome), "{}: {types:?}", p.name);
-        let times: Vec<&str> = timeline.iter().map(|e| e["at"].as_str().unwrap()).collect();
-        assert!(
-            times.windows(2).all(|w| w[0] <= w[1]),
-            "{}: timeline out of order {times:?}",
-            p.name
-        );
-    }
-    // Only the successful order moved money, slots and stock.
-    let (_, alice) = app.get("/users/alice").await;
-    assert_eq!(alice["balance"], 1000 - 300);
-    assert_eq!(
-        alice["inventory"],
-        json!({ "capacity": 10, "used": 2, "reserved": 0, "free": 8 })
-    );
-    assert_eq!(
-        alice["items"],
-        json!([{ "orderId": ids[0], "itemId": "sword", "quantity": 2 }])
-    );
-    let (_, sword) = app.get("/items/sword").await;
-    assert_eq!(sword["stock"], 3);
-    let (_, rare) = app.get("/items/rare").await;
-    assert_eq!(rare["stock"], 1);
-    let (_, poor) = app.get("/users/poor").await;
-    assert_eq!(poor["balance"], 10);
+    check_every_saga_path(&app).await;
     app.stop().await;
 }
 
@@ -612,4 +202,38 @@ async fn concurrent_orders_on_scarce_stock_sell_exactly_the_stock() {
     let left = app.settle().await;
     assert!(left.is_empty(), "{left:#?}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_with_the_reason_when_a_dependency_is_down() {
+    use purchase_saga::adapters::http::probe::{RedisProbe, StoreProbe};
+    use purchase_saga::adapters::http::Probe;
+    use std::sync::Arc;
+    let (up, store) = TestApp::memory(false).await;
+    // Nothing listens on port 1: the bus probe fails fast.
+    let down: Arc<dyn Probe> = Arc::new(RedisProbe::new("redis://127.0.0.1:1").unwrap());
+    let store: Arc<dyn purchase_saga::runtime::Store> = Arc::new(store);
+    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store.clone())), down];
+    let state = purchase_saga::adapters::http::AppState {
+        env: up.env.clone(),
+        read: Arc::new(purchase_saga::runtime::memory::MemoryStore::new()),
+        probes,
+        limits: Default::default(),
+    };
+    let router = purchase_saga::adapters::http::router(Arc::new(state));
+    let response = tower::ServiceExt::oneshot(router, Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let json: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["error"], "not_ready", "{json}");
+    assert!(
+        json["reason"].as_str().unwrap().starts_with("bus is down"),
+        "{json}"
+    );
+    assert_eq!(json["checks"]["store"], "ok", "{json}");
+    // /healthz does not depend on anything.
+    let (status, _) = up.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
 }

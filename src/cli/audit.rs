@@ -22,7 +22,7 @@ pub fn violations(snapshot: &Snapshot, safety_only: bool) -> Vec<Violation> {
 
 /// `purchase-saga audit`.
 pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global, 4).await?;
+    let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
     let snapshot = backend
         .store
         .snapshot()

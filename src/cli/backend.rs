@@ -10,14 +10,49 @@ use crate::adapters::postgres::{self, PgConfig, PgStore};
 use crate::adapters::redis::{RedisBus, RedisConfig};
 use crate::domain::gateway::SimulatedGateway;
 use crate::domain::DurationMs;
+use crate::domain::Service;
 use crate::runtime::memory::{MemoryBus, MemoryStore};
-use crate::runtime::{Bus, Env, Store, SystemClock};
+use crate::runtime::{Bus, BusError, Delivery, Env, Store, SystemClock};
 
 use super::logging::TracingObserver;
 use super::GlobalArgs;
 
 /// Visibility timeout of the in-memory bus: longer than any handler takes.
 const MEMORY_VISIBILITY: DurationMs = DurationMs(30_000);
+
+/// What a command needs besides the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// `migrate`, `seed-demo`, `audit`: Postgres only, so they work while
+    /// Redis is down.
+    StoreOnly,
+    StoreAndBus,
+}
+
+/// The bus of a command that does not use one: every call fails, saying so.
+struct NoBus;
+
+#[async_trait::async_trait]
+impl Bus for NoBus {
+    async fn publish(&self, _: &crate::domain::Event) -> Result<(), BusError> {
+        Err(NoBus::refuse())
+    }
+    async fn receive(&self, _: Service, _: &str, _: usize) -> Result<Vec<Delivery>, BusError> {
+        Err(NoBus::refuse())
+    }
+    async fn ack(&self, _: Service, _: &str) -> Result<(), BusError> {
+        Err(NoBus::refuse())
+    }
+    async fn dead_letter(&self, _: Service, _: &Delivery, _: &str) -> Result<(), BusError> {
+        Err(NoBus::refuse())
+    }
+}
+
+impl NoBus {
+    fn refuse() -> BusError {
+        BusError::Unavailable("this command runs without a bus".into())
+    }
+}
 
 /// The adapters a command runs on.
 pub struct Backend {
@@ -34,7 +69,7 @@ pub struct Backend {
 impl Backend {
     /// Opens the backend the flags select, with a pool of `connections`
     /// Postgres connections; the error says what was tried and why it failed.
-    pub async fn open(global: &GlobalArgs, connections: u32) -> Result<Backend, String> {
+    pub async fn open(global: &GlobalArgs, connections: u32, needs: Needs) -> Result<Backend, String> {
         if global.in_memory {
             return Ok(Backend::memory());
         }
@@ -46,27 +81,33 @@ impl Backend {
             .await
             .map_err(|e| e.to_string())?;
         let store = PgStore::new(pool);
-        let bus_config = RedisConfig {
-            prefix: global.redis_prefix.clone(),
-            ..RedisConfig::default()
-        };
-        let bus = RedisBus::connect(&global.redis_url, bus_config)
-            .await
-            .map_err(|e| e.to_string())?;
         let store_arc: Arc<dyn Store> = Arc::new(store.clone());
+        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store_arc.clone()))];
+        let (bus, describe): (Arc<dyn Bus>, String) = match needs {
+            Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", store.target())),
+            Needs::StoreAndBus => {
+                let bus_config = RedisConfig {
+                    prefix: global.redis_prefix.clone(),
+                    ..RedisConfig::default()
+                };
+                let bus = RedisBus::connect(&global.redis_url, bus_config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
+                let describe = format!(
+                    "PostgreSQL {} and Redis {} (prefix {:?})",
+                    store.target(),
+                    postgres::redact_url(&global.redis_url),
+                    global.redis_prefix
+                );
+                (Arc::new(bus), describe)
+            }
+        };
         Ok(Backend {
-            probes: vec![
-                Arc::new(StoreProbe(store_arc.clone())),
-                Arc::new(RedisProbe::new(&global.redis_url)?),
-            ],
-            describe: format!(
-                "PostgreSQL {} and Redis {} (prefix {:?})",
-                store.target(),
-                postgres::redact_url(&global.redis_url),
-                global.redis_prefix
-            ),
+            probes,
+            describe,
             store: store_arc,
-            bus: Arc::new(bus),
+            bus,
             read: Arc::new(store.clone()),
             pg: Some(store),
         })
@@ -113,7 +154,7 @@ impl Backend {
 
 /// `purchase-saga migrate`.
 pub async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global, 2).await?;
+    let backend = Backend::open(global, 2, Needs::StoreOnly).await?;
     backend.migrate().await?;
     tracing::info!(backend = %backend.describe, "migrations applied");
     Ok(ExitCode::SUCCESS)

@@ -286,7 +286,7 @@ fn reason_kind(reason: &str) -> String {
 /// `purchase-saga demo`.
 pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, String> {
     let pool = super::serve::pool_size(Service::ALL.len(), args.replicas, true);
-    let backend = Backend::open(global, pool).await?;
+    let backend = Backend::open(global, pool, super::backend::Needs::StoreAndBus).await?;
     backend.migrate().await?;
     let tag = chrono::Utc::now().timestamp_millis() % 1_000_000_000;
     let prefix = format!("demo{tag}-");

@@ -72,7 +72,7 @@ pub async fn seed_rows(store: &dyn Store, rows: &[Row]) -> Result<usize, StoreEr
 
 /// `purchase-saga seed-demo`.
 pub async fn run_seed_demo(global: &GlobalArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global, 4).await?;
+    let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
     backend.migrate().await?;
     let rows = demo_scenario("demo-").opening_rows();
     let inserted = seed_rows(backend.store.as_ref(), &rows)

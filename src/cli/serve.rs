@@ -158,6 +158,7 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     let backend = Backend::open(
         global,
         pool_size(services.len(), args.replicas, args.http.is_some()),
+        super::backend::Needs::StoreAndBus,
     )
     .await?;
     if global.in_memory {

@@ -9,14 +9,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use purchase_saga::adapters::http::probe::{InProcess, StoreProbe};
 use purchase_saga::adapters::http::{router, AppState, Limits, Probe, ReadModel};
 use purchase_saga::cli::seed::seed_rows;
 use purchase_saga::cli::serve::Running;
-use purchase_saga::domain::gateway::SimulatedGateway;
+use purchase_saga::domain::gateway::{SimulatedGateway, DECLINING_METHOD};
 use purchase_saga::domain::invariants::{self, Snapshot, Violation};
 use purchase_saga::domain::{DurationMs, ItemId, Service, UserId};
 use purchase_saga::runtime::memory::{MemoryBus, MemoryStore};
@@ -213,4 +213,432 @@ pub fn assert_error(json: &Value, error: &str, field: Option<&str>, context: &st
         json["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{context}: empty reason {json}"
     );
+}
+
+pub fn order(user: &str, item: &str, quantity: i64) -> Value {
+    json!({ "userId": user, "itemId": item, "quantity": quantity })
+}
+
+/// One bad request: what to send and the answer it must get.
+pub struct Case {
+    pub name: &'static str,
+    pub content_type: Option<&'static str>,
+    pub headers: Vec<(&'static str, String)>,
+    pub query: &'static str,
+    pub body: String,
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub field: Option<&'static str>,
+}
+
+pub fn case(
+    name: &'static str,
+    body: impl Into<String>,
+    status: StatusCode,
+    error: &'static str,
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        content_type: Some("application/json"),
+        headers: vec![],
+        query: "",
+        body: body.into(),
+        status,
+        error,
+        field,
+    }
+}
+
+/// Every bad `POST /orders` request and the answer it must get.
+pub fn bad_requests() -> Vec<Case> {
+    use StatusCode as S;
+    let ok = order("alice", "sword", 1).to_string();
+    let with = |mut v: Value, field: &str, value: Value| {
+        v[field] = value;
+        v.to_string()
+    };
+    let without = |field: &str| {
+        let mut v = order("alice", "sword", 1);
+        v.as_object_mut().unwrap().remove(field);
+        v.to_string()
+    };
+    let base = || order("alice", "sword", 1);
+    let mut cases = vec![
+        case(
+            "malformed JSON",
+            r#"{"userId": "alice","#,
+            S::BAD_REQUEST,
+            "malformed_json",
+            None,
+        ),
+        case("empty body", "", S::BAD_REQUEST, "malformed_json", None),
+        case("not an object", "[1,2]", S::BAD_REQUEST, "wrong_type", None),
+        case(
+            "missing userId",
+            without("userId"),
+            S::BAD_REQUEST,
+            "missing_field",
+            Some("userId"),
+        ),
+        case(
+            "missing itemId",
+            without("itemId"),
+            S::BAD_REQUEST,
+            "missing_field",
+            Some("itemId"),
+        ),
+        case(
+            "missing quantity",
+            without("quantity"),
+            S::BAD_REQUEST,
+            "missing_field",
+            Some("quantity"),
+        ),
+        case(
+            "null userId",
+            with(base(), "userId", Value::Null),
+            S::BAD_REQUEST,
+            "missing_field",
+            Some("userId"),
+        ),
+        case(
+            "userId a number",
+            with(base(), "userId", json!(7)),
+            S::BAD_REQUEST,
+            "wrong_type",
+            Some("userId"),
+        ),
+        case(
+            "itemId an array",
+            with(base(), "itemId", json!(["sword"])),
+            S::BAD_REQUEST,
+            "wrong_type",
+            Some("itemId"),
+        ),
+        case(
+            "quantity a string",
+            with(base(), "quantity", json!("2")),
+            S::BAD_REQUEST,
+            "wrong_type",
+            Some("quantity"),
+        ),
+        case(
+            "quantity a fraction",
+            with(base(), "quantity", json!(1.5)),
+            S::BAD_REQUEST,
+            "wrong_type",
+            Some("quantity"),
+        ),
+        case(
+            "quantity zero",
+            with(base(), "quantity", json!(0)),
+            S::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+            Some("quantity"),
+        ),
+        case(
+            "quantity negative",
+            with(base(), "quantity", json!(-3)),
+            S::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+            Some("quantity"),
+        ),
+        case(
+            "quantity too large",
+            with(base(), "quantity", json!(1001)),
+            S::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+            Some("quantity"),
+        ),
+        case(
+            "quantity beyond i64",
+            r#"{"userId":"alice","itemId":"sword","quantity":18446744073709551615}"#,
+            S::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+            Some("quantity"),
+        ),
+        case(
+            "quantity beyond u64",
+            r#"{"userId":"alice","itemId":"sword","quantity":1e30}"#,
+            S::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+            Some("quantity"),
+        ),
+        case(
+            "invalid userId",
+            with(base(), "userId", json!("a b")),
+            S::BAD_REQUEST,
+            "invalid_id",
+            Some("userId"),
+        ),
+        case(
+            "empty userId",
+            with(base(), "userId", json!("")),
+            S::BAD_REQUEST,
+            "invalid_id",
+            Some("userId"),
+        ),
+        case(
+            "too long itemId",
+            with(base(), "itemId", json!("x".repeat(65))),
+            S::BAD_REQUEST,
+            "invalid_id",
+            Some("itemId"),
+        ),
+        case(
+            "unknown field",
+            with(base(), "qty", json!(1)),
+            S::BAD_REQUEST,
+            "unknown_field",
+            Some("qty"),
+        ),
+        case(
+            "unknown item",
+            with(base(), "itemId", json!("no-such-item")),
+            S::UNPROCESSABLE_ENTITY,
+            "unknown_item",
+            Some("itemId"),
+        ),
+        case(
+            "total overflows i64",
+            order("alice", "gold-bar", 3).to_string(),
+            S::UNPROCESSABLE_ENTITY,
+            "amount_overflow",
+            Some("quantity"),
+        ),
+        case(
+            "payment method with spaces",
+            with(base(), "paymentMethod", json!("my card")),
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_payment_method",
+            Some("paymentMethod"),
+        ),
+        case(
+            "payment method a number",
+            with(base(), "paymentMethod", json!(5)),
+            S::BAD_REQUEST,
+            "wrong_type",
+            Some("paymentMethod"),
+        ),
+        case(
+            "oversized body",
+            format!(
+                r#"{{"userId":"alice","itemId":"sword","quantity":1,"pad":"{}"}}"#,
+                "x".repeat(8_000)
+            ),
+            S::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            None,
+        ),
+    ];
+    let mut wrong_type = case(
+        "text/plain",
+        ok.clone(),
+        S::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        Some("Content-Type"),
+    );
+    wrong_type.content_type = Some("text/plain");
+    let mut no_type = case(
+        "no content type",
+        ok.clone(),
+        S::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        Some("Content-Type"),
+    );
+    no_type.content_type = None;
+    let mut long_key = case(
+        "overlong Idempotency-Key",
+        ok.clone(),
+        S::BAD_REQUEST,
+        "invalid_header",
+        Some("Idempotency-Key"),
+    );
+    long_key.headers = vec![("idempotency-key", "k".repeat(129))];
+    let mut empty_key = case(
+        "empty Idempotency-Key",
+        ok.clone(),
+        S::BAD_REQUEST,
+        "invalid_header",
+        Some("Idempotency-Key"),
+    );
+    empty_key.headers = vec![("idempotency-key", String::new())];
+    let mut long_wait = case(
+        "wait above the bound",
+        ok.clone(),
+        S::BAD_REQUEST,
+        "invalid_parameter",
+        Some("wait"),
+    );
+    long_wait.query = "?wait=31";
+    let mut bad_wait = case(
+        "wait not a number",
+        ok.clone(),
+        S::BAD_REQUEST,
+        "invalid_parameter",
+        Some("wait"),
+    );
+    bad_wait.query = "?wait=soon";
+    let mut other_param = case(
+        "unknown query parameter",
+        ok.clone(),
+        S::BAD_REQUEST,
+        "unknown_parameter",
+        Some("nap"),
+    );
+    other_param.query = "?nap=1";
+    cases.extend([
+        wrong_type,
+        no_type,
+        long_key,
+        empty_key,
+        long_wait,
+        bad_wait,
+        other_param,
+    ]);
+
+    cases
+}
+
+/// Sends every bad request and checks each answer.
+pub async fn send_bad_requests(app: &TestApp) {
+    let cases = bad_requests();
+    for c in &cases {
+        let mut request = Request::post(format!("/orders{}", c.query));
+        if let Some(t) = c.content_type {
+            request = request.header("content-type", t);
+        }
+        for (name, value) in &c.headers {
+            request = request.header(*name, value.as_str());
+        }
+        let (status, json) = app.call(request.body(Body::from(c.body.clone())).unwrap()).await;
+        assert_eq!(status, c.status, "{}: {json}", c.name);
+        assert_error(&json, c.error, c.field, c.name);
+    }
+}
+
+/// One saga path: the request and where it must end.
+pub struct Path {
+    pub name: &'static str,
+    pub body: Value,
+    pub status: &'static str,
+    pub failed_step: Option<&'static str>,
+    /// An event type the timeline must show.
+    pub shows: &'static str,
+}
+
+/// Places one order per saga path through the API (loops must be
+/// running), checks each outcome, timeline and the reads, and that the
+/// run settles with every invariant holding.
+pub async fn check_every_saga_path(app: &TestApp) {
+    let mut declined = order("alice", "sword", 1);
+    declined["paymentMethod"] = json!(DECLINING_METHOD);
+    let paths = [
+        Path {
+            name: "success",
+            body: order("alice", "sword", 2),
+            status: "COMPLETED",
+            failed_step: None,
+            shows: "NOTIFICATION_SENT",
+        },
+        Path {
+            name: "unknown user",
+            body: order("ghost", "sword", 1),
+            status: "FAILED",
+            failed_step: Some("USER_VALIDATION"),
+            shows: "USER_VALIDATION_FAILED",
+        },
+        Path {
+            name: "insufficient balance",
+            body: order("poor", "sword", 1),
+            status: "FAILED",
+            failed_step: Some("USER_VALIDATION"),
+            shows: "USER_VALIDATION_FAILED",
+        },
+        Path {
+            name: "inventory full",
+            body: order("cramped", "sword", 2),
+            status: "FAILED",
+            failed_step: Some("INVENTORY_RESERVATION"),
+            shows: "PAYMENT_ROLLBACK",
+        },
+        Path {
+            name: "out of stock",
+            body: order("alice", "rare", 2),
+            status: "FAILED",
+            failed_step: Some("ITEM_RESERVATION"),
+            shows: "ITEM_RESERVATION_FAILED",
+        },
+        Path {
+            name: "payment declined",
+            body: declined,
+            status: "FAILED",
+            failed_step: Some("PAYMENT"),
+            shows: "ITEM_RESTORED",
+        },
+    ];
+    let mut ids = Vec::new();
+    for p in &paths {
+        let (status, json) = app.post_order(&p.body, None, "?wait=10").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}: terminal within the wait: {json}",
+            p.name
+        );
+        assert_eq!(json["status"], p.status, "{}: {json}", p.name);
+        assert_eq!(json["failedStep"].as_str(), p.failed_step, "{}: {json}", p.name);
+        assert_eq!(
+            json["failureReason"].is_string(),
+            p.failed_step.is_some(),
+            "{}: {json}",
+            p.name
+        );
+        ids.push(json["orderId"].as_str().unwrap().to_string());
+    }
+    let left = app.settle().await;
+    assert!(left.is_empty(), "not quiescent: {left:#?}");
+    for (p, id) in paths.iter().zip(&ids) {
+        let (status, view) = app.get(&format!("/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+        let timeline = view["timeline"].as_array().unwrap();
+        let types: Vec<&str> = timeline.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types.first(), Some(&"ORDER_CREATED"), "{}: {types:?}", p.name);
+        assert!(
+            types.contains(&p.shows),
+            "{}: timeline {types:?} lacks {}",
+            p.name,
+            p.shows
+        );
+        let outcome = if p.status == "COMPLETED" {
+            "ORDER_COMPLETED"
+        } else {
+            "ORDER_FAILED"
+        };
+        assert!(types.contains(&outcome), "{}: {types:?}", p.name);
+        let times: Vec<&str> = timeline.iter().map(|e| e["at"].as_str().unwrap()).collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{}: timeline out of order {times:?}",
+            p.name
+        );
+    }
+    // Only the successful order moved money, slots and stock.
+    let (_, alice) = app.get("/users/alice").await;
+    assert_eq!(alice["balance"], 1000 - 300);
+    assert_eq!(
+        alice["inventory"],
+        json!({ "capacity": 10, "used": 2, "reserved": 0, "free": 8 })
+    );
+    assert_eq!(
+        alice["items"],
+        json!([{ "orderId": ids[0], "itemId": "sword", "quantity": 2 }])
+    );
+    let (_, sword) = app.get("/items/sword").await;
+    assert_eq!(sword["stock"], 3);
+    let (_, rare) = app.get("/items/rare").await;
+    assert_eq!(rare["stock"], 1);
+    let (_, poor) = app.get("/users/poor").await;
+    assert_eq!(poor["balance"], 10);
 }

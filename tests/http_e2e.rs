@@ -1,0 +1,156 @@
+//! The HTTP API end to end on the real PostgreSQL and Redis (a fresh
+//! database and a unique Redis key prefix per test): every saga path with
+//! the runtime loops running in-process, bad input writing nothing to the
+//! database, idempotency, readiness, and a burst of concurrent orders
+//! contending for scarce stock and balance.
+
+mod common;
+mod http_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+
+use common::{test_pg_config, TestDb, TestRedis};
+use http_support::{assert_error, check_every_saga_path, order, scenario, send_bad_requests, TestApp};
+use purchase_saga::adapters::http::probe::{RedisProbe, StoreProbe};
+use purchase_saga::adapters::http::Probe;
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::runtime::Store;
+
+/// Rows of a few tables, counted in SQL: what "nothing written" means.
+async fn written(db: &TestDb) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "order_svc.orders",
+        "order_svc.outbox",
+        "user_svc.balance_holds",
+        "user_svc.inbox",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    counts
+}
+
+async fn app(label: &str, loops: bool) -> (TestApp, TestDb, TestRedis) {
+    let db = TestDb::create_with(test_pg_config(40)).await;
+    let redis = TestRedis::create(label);
+    let config = RedisConfig {
+        prefix: redis.prefix.clone(),
+        block: Duration::from_millis(20),
+        ..RedisConfig::default()
+    };
+    let bus = RedisBus::connect(&redis.url, config)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {}: {e}", redis.url));
+    let store: Arc<dyn Store> = Arc::new(db.store.clone());
+    let probes: Vec<Arc<dyn Probe>> = vec![
+        Arc::new(StoreProbe(store.clone())),
+        Arc::new(RedisProbe::new(&redis.url).unwrap()),
+    ];
+    let app = TestApp::new(
+        store,
+        Arc::new(bus),
+        Arc::new(db.store.clone()),
+        probes,
+        &scenario(),
+        loops,
+    )
+    .await;
+    (app, db, redis)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_saga_path_on_postgres_and_redis() {
+    let (app, _db, _redis) = app("http-paths", true).await;
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    check_every_saga_path(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_write_nothing_to_the_database() {
+    let (app, db, _redis) = app("http-bad", false).await;
+    let before = (written(&db).await, app.snapshot().await);
+    send_bad_requests(&app).await;
+    assert_eq!(
+        (written(&db).await, app.snapshot().await),
+        before,
+        "a rejected request wrote"
+    );
+    assert_eq!(before.0, vec![0, 0, 0, 0]);
+    let (status, json) = app.post_order(&order("alice", "sword", 1), None, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(
+        written(&db).await[..2],
+        [1, 1],
+        "a good order writes its row and ORDER_CREATED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_on_postgres() {
+    let (app, db, _redis) = app("http-idem", false).await;
+    let body = order("alice", "sword", 2);
+    let (s1, first) = app.post_order(&body, Some("k"), "").await;
+    let (s2, again) = app.post_order(&body, Some("k"), "").await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(first["orderId"], again["orderId"]);
+    let (s3, conflict) = app.post_order(&order("alice", "sword", 1), Some("k"), "").await;
+    assert_eq!(s3, StatusCode::CONFLICT);
+    assert_error(
+        &conflict,
+        "idempotency_key_reused",
+        Some("Idempotency-Key"),
+        "other body",
+    );
+    assert_eq!(written(&db).await[..2], [1, 1], "one order, one ORDER_CREATED");
+}
+
+/// 60 orders from 3 users on an item with stock 5, at once: no conflict
+/// surfaces, every order ends terminal, exactly the stock is sold, and the
+/// audit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_orders_contending_for_stock_and_balance() {
+    let (app, _db, _redis) = app("http-race", true).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..60 {
+        let router = app.router.clone();
+        let user = ["whale", "alice", "cramped"][n % 3];
+        tasks.spawn(async move {
+            let request = Request::post("/orders?wait=25")
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("race-{n}"))
+                .body(Body::from(order(user, "sword", 1).to_string()))
+                .unwrap();
+            let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        });
+    }
+    let mut completed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (status, answer) = joined.unwrap();
+        assert_eq!(status, StatusCode::OK, "terminal within the wait: {answer}");
+        match answer["status"].as_str() {
+            Some("COMPLETED") => completed += 1,
+            Some("FAILED") => assert!(answer["failedStep"].is_string(), "{answer}"),
+            other => panic!("not terminal: {other:?} {answer}"),
+        }
+    }
+    assert_eq!(completed, 5, "the stock of 5 is sold exactly");
+    let left = app.settle().await;
+    assert!(left.is_empty(), "{left:#?}");
+    let (_, sword) = app.get("/items/sword").await;
+    assert_eq!(sword["stock"], 0);
+    app.stop().await;
+}
