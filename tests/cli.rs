@@ -1,0 +1,249 @@
+//! The built `purchase-saga` binary: clap's errors for bad flags, a clear
+//! message for an unreachable database, `migrate`/`seed-demo` idempotent,
+//! `audit` clean on a seeded database and listing violations on a
+//! corrupted one, and `serve` answering over HTTP then stopping cleanly on
+//! SIGTERM.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestDb, TestRedis};
+use purchase_saga::cli::client;
+
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_purchase-saga"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn bad_flags_give_clap_messages_and_a_nonzero_exit() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--bogus-flag", "audit"], "unexpected argument '--bogus-flag'"),
+        (
+            &["serve", "--replicas", "0"],
+            "invalid value '0' for '--replicas <REPLICAS>'",
+        ),
+        (&["serve", "--services", "order,shop"], "unknown service \"shop\""),
+        (
+            &["--saga-deadline", "soon", "audit"],
+            "invalid value 'soon' for '--saga-deadline <SECONDS>'",
+        ),
+        (
+            &["serve", "--http", "not-an-address"],
+            "invalid value 'not-an-address' for '--http <ADDR>'",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains("Usage:") || stderr.contains("--help"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = run(&[]);
+    assert_ne!(out.status.code(), Some(0), "no subcommand is an error");
+    assert!(text(&out.stderr).contains("Usage:"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_unreachable_database_is_named_in_the_error() {
+    let out = run(&[
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/nowhere",
+        "audit",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/nowhere"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_is_clean_on_a_seeded_database_and_lists_corruption() {
+    let db = TestDb::create().await;
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let migrated = with_db(&["migrate"]);
+    assert!(
+        migrated.status.success(),
+        "migrate twice is fine: {}",
+        text(&migrated.stderr)
+    );
+    let first = with_db(&["seed-demo"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("seed-demo: 90 rows inserted, 0 already present"),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = with_db(&["seed-demo"]);
+    assert!(
+        text(&second.stdout).contains("seed-demo: 0 rows inserted, 90 already present"),
+        "{}",
+        text(&second.stdout)
+    );
+
+    let clean = with_db(&["audit"]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}{}",
+        text(&clean.stdout),
+        text(&clean.stderr)
+    );
+    assert!(
+        text(&clean.stdout).contains("audit: clean (all invariants; 0 orders, 40 users, 5 items)"),
+        "{}",
+        text(&clean.stdout)
+    );
+
+    // Seven units of balance vanish without a hold: both the moment-to-moment
+    // check and conservation must say so.
+    let changed =
+        sqlx::query("UPDATE user_svc.accounts SET balance = balance - 7 WHERE user_id = 'demo-user-3'")
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    let corrupted = with_db(&["audit"]);
+    let stdout = text(&corrupted.stdout);
+    assert_eq!(corrupted.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[balance-matches-holds] user demo-user-3: balance 19993 != opening 20000 - held 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[balance-conservation] user demo-user-3"),
+        "{stdout}"
+    );
+    let safety = with_db(&["audit", "--safety-only"]);
+    let stdout = text(&safety.stdout);
+    assert_eq!(safety.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[balance-matches-holds] user demo-user-3"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("balance-conservation"), "safety only: {stdout}");
+}
+
+/// Sends SIGTERM with the system's `kill`.
+fn terminate(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-serve");
+    let seeded = run(&["--database-url", &db.url, "seed-demo"]);
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = bin()
+        .args([
+            "--database-url",
+            &db.url,
+            "--redis-url",
+            &redis.url,
+            "--redis-prefix",
+            &redis.prefix,
+        ])
+        .args([
+            "serve",
+            "--services",
+            "all",
+            "--replicas",
+            "2",
+            "--http",
+            &addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+
+    let until = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let answer = client::request(addr, "GET", "/readyz", &[], b"", Duration::from_secs(5)).await;
+        match answer {
+            Ok(r) if r.status == 200 => break r,
+            _ if Instant::now() < until => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => {
+                let _ = child.kill();
+                panic!("serve never became ready: {other:?}");
+            }
+        }
+    };
+    assert_eq!(ready.json().unwrap()["checks"]["bus"], "ok");
+    let body = br#"{"userId":"demo-user-3","itemId":"demo-iron-sword","quantity":2}"#;
+    let placed = client::request(
+        addr,
+        "POST",
+        "/orders?wait=20",
+        &[("Content-Type", "application/json")],
+        body,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let json = placed.json().unwrap();
+    assert_eq!(
+        (placed.status, json["status"].as_str()),
+        (200, Some("COMPLETED")),
+        "{json}"
+    );
+
+    terminate(child.id());
+    let until = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < until,
+            "serve did not stop within 40 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = {
+        use std::io::Read;
+        let mut s = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(
+        stderr.contains("shutdown requested") && stderr.contains("stopped cleanly"),
+        "{stderr}"
+    );
+}
