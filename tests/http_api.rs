@@ -237,3 +237,38 @@ async fn readyz_is_503_with_the_reason_when_a_dependency_is_down() {
     let (status, _) = up.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The deadline reaches the pivot before ITEM_RESERVED does (the broker
+/// lost it): see [`http_support::check_deadline_before_payment`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_before_payment_through_the_api() {
+    use purchase_saga::adapters::http::probe::StoreProbe;
+    use purchase_saga::adapters::http::Probe;
+    use purchase_saga::domain::{DurationMs, Service};
+    use purchase_saga::runtime::memory::{MemoryBus, MemoryStore};
+    use purchase_saga::runtime::{Store, SystemClock};
+    use std::sync::Arc;
+
+    let store = MemoryStore::new();
+    let bus = MemoryBus::new(Arc::new(SystemClock), DurationMs(30_000));
+    let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store_dyn.clone()))];
+    let app = TestApp::build(
+        store_dyn,
+        Arc::new(bus.clone()),
+        Arc::new(store.clone()),
+        probes,
+        &http_support::scenario(),
+        http_support::deadline_config(),
+        &http_support::all_but_payment(),
+    )
+    .await;
+    let stream = |lose: bool| {
+        let entries = bus.deliverable(Service::Payment);
+        match entries.first() {
+            Some(first) if lose => usize::from(bus.lose(Service::Payment, *first)),
+            _ => entries.len(),
+        }
+    };
+    http_support::check_deadline_before_payment(&app, stream).await;
+}

@@ -19,7 +19,8 @@ use http_support::{assert_error, check_every_saga_path, order, scenario, send_ba
 use purchase_saga::adapters::http::probe::{RedisProbe, StoreProbe};
 use purchase_saga::adapters::http::Probe;
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
-use purchase_saga::runtime::Store;
+use purchase_saga::domain::Service;
+use purchase_saga::runtime::{RuntimeConfig, Store};
 
 /// Rows of a few tables, counted in SQL: what "nothing written" means.
 async fn written(db: &TestDb) -> Vec<i64> {
@@ -40,6 +41,15 @@ async fn written(db: &TestDb) -> Vec<i64> {
 }
 
 async fn app(label: &str, loops: bool) -> (TestApp, TestDb, TestRedis) {
+    let services: &[Service] = if loops { &Service::ALL } else { &[] };
+    app_with(label, http_support::fast_config(), services).await
+}
+
+async fn app_with(
+    label: &str,
+    runtime_config: RuntimeConfig,
+    services: &[Service],
+) -> (TestApp, TestDb, TestRedis) {
     let db = TestDb::create_with(test_pg_config(40)).await;
     let redis = TestRedis::create(label);
     let config = RedisConfig {
@@ -55,13 +65,15 @@ async fn app(label: &str, loops: bool) -> (TestApp, TestDb, TestRedis) {
         Arc::new(StoreProbe(store.clone())),
         Arc::new(RedisProbe::new(&redis.url).unwrap()),
     ];
-    let app = TestApp::new(
+    let read = Arc::new(db.store.clone());
+    let app = TestApp::build(
         store,
         Arc::new(bus),
-        Arc::new(db.store.clone()),
+        read,
         probes,
         &scenario(),
-        loops,
+        runtime_config,
+        services,
     )
     .await;
     (app, db, redis)
@@ -152,5 +164,41 @@ async fn concurrent_orders_contending_for_stock_and_balance() {
     assert!(left.is_empty(), "{left:#?}");
     let (_, sword) = app.get("/items/sword").await;
     assert_eq!(sword["stock"], 0);
+    app.stop().await;
+}
+
+/// The deadline path on Redis: Payment's consumer starts late, after
+/// ITEM_RESERVED was deleted from its stream (XDEL: the broker lost it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadline_before_payment_on_postgres_and_redis() {
+    let (app, _db, redis) = app_with(
+        "http-deadline",
+        http_support::deadline_config(),
+        &http_support::all_but_payment(),
+    )
+    .await;
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let stream_key = format!("{}:stream:payment", redis.prefix);
+    let stream = move |lose: bool| -> usize {
+        let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream_key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap_or_default();
+        match ids.first() {
+            Some((first, _)) if lose => redis::cmd("XDEL")
+                .arg(&stream_key)
+                .arg(first)
+                .query(&mut conn)
+                .unwrap(),
+            _ => ids.len(),
+        }
+    };
+    let stream = std::sync::Mutex::new(stream);
+    http_support::check_deadline_before_payment(&app, |lose| (stream.lock().unwrap())(lose)).await;
     app.stop().await;
 }

@@ -86,6 +86,20 @@ impl TestApp {
         scenario: &Scenario,
         loops: bool,
     ) -> TestApp {
+        let services: &[Service] = if loops { &Service::ALL } else { &[] };
+        TestApp::build(store, bus, read, probes, scenario, fast_config(), services).await
+    }
+
+    /// As [`TestApp::new`], with `config` and only `services` running.
+    pub async fn build(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        read: Arc<dyn ReadModel>,
+        probes: Vec<Arc<dyn Probe>>,
+        scenario: &Scenario,
+        config: RuntimeConfig,
+        services: &[Service],
+    ) -> TestApp {
         seed_rows(store.as_ref(), &scenario.opening_rows())
             .await
             .expect("seeding");
@@ -95,7 +109,7 @@ impl TestApp {
             clock: Arc::new(SystemClock),
             gateway: Arc::new(SimulatedGateway::default()),
             observer: Arc::new(NoObserver),
-            config: fast_config(),
+            config,
         };
         let state = Arc::new(AppState {
             env: env.clone(),
@@ -106,7 +120,7 @@ impl TestApp {
                 ..Limits::default()
             },
         });
-        let running = loops.then(|| Running::start(&env, &Service::ALL, 2));
+        let running = (!services.is_empty()).then(|| Running::start(&env, services, 2));
         TestApp {
             router: router(state),
             env,
@@ -641,4 +655,85 @@ pub async fn check_every_saga_path(app: &TestApp) {
     assert_eq!(rare["stock"], 1);
     let (_, poor) = app.get("/users/poor").await;
     assert_eq!(poor["balance"], 10);
+}
+
+/// Settings for the deadline path: a one-second saga deadline.
+pub fn deadline_config() -> RuntimeConfig {
+    RuntimeConfig {
+        saga_deadline: DurationMs(1_000),
+        ..fast_config()
+    }
+}
+
+/// Every service but the pivot.
+pub fn all_but_payment() -> Vec<Service> {
+    Service::ALL
+        .into_iter()
+        .filter(|s| *s != Service::Payment)
+        .collect()
+}
+
+/// The deadline reaches the pivot before ITEM_RESERVED does (the broker
+/// lost it): Payment cancels, the compensation chain runs, and the API
+/// shows the order FAILED at PAYMENT with the deadline in its timeline.
+///
+/// `app` runs every service but Payment, with [`deadline_config`].
+/// `payment_stream(false)` counts the entries waiting in Payment's stream;
+/// `payment_stream(true)` drops the oldest (returns 1 if it did).
+pub async fn check_deadline_before_payment(app: &TestApp, payment_stream: impl Fn(bool) -> usize) {
+    use purchase_saga::domain::Service;
+    let (status, placed) = app.post_order(&order("alice", "sword", 1), None, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let id = placed["orderId"].as_str().unwrap().to_string();
+    let bound = std::time::Instant::now() + SETTLE_BOUND;
+    while payment_stream(false) == 0 {
+        assert!(
+            std::time::Instant::now() < bound,
+            "ITEM_RESERVED never reached Payment's stream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(payment_stream(true), 1, "the broker drops ITEM_RESERVED");
+    while payment_stream(false) == 0 {
+        assert!(
+            std::time::Instant::now() < bound,
+            "the deadline was never signalled to Payment"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let payment = Running::start(&app.env, &[Service::Payment], 1);
+    let view = loop {
+        let (_, view) = app.get(&format!("/orders/{id}")).await;
+        if view["status"] != "PENDING" {
+            break view;
+        }
+        assert!(std::time::Instant::now() < bound, "order never terminal: {view}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(
+        (view["status"].as_str(), view["failedStep"].as_str()),
+        (Some("FAILED"), Some("PAYMENT")),
+        "{view}"
+    );
+    let types: Vec<&str> = view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "SAGA_DEADLINE_PASSED",
+        "PAYMENT_FAILED",
+        "ITEM_RESTORED",
+        "PAYMENT_ROLLBACK",
+        "ORDER_FAILED",
+    ] {
+        assert!(types.contains(&expected), "{expected} missing from {types:?}");
+    }
+    assert!(!types.contains(&"PAYMENT_PROCESSED"), "{types:?}");
+    let left = app.settle().await;
+    assert!(left.is_empty(), "{left:#?}");
+    let (_, alice) = app.get("/users/alice").await;
+    assert_eq!(alice["balance"], 1000, "refunded");
+    assert!(payment.stop(Duration::from_secs(10)).await.is_empty());
 }
