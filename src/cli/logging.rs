@@ -1,4 +1,4 @@
-//! Logs on stderr (human or JSON, filtered by `RUST_LOG`, `info` by
+//! Logs on stderr (human or JSON, filtered by `RUST_LOG`, `info,sqlx=warn` by
 //! default) and the runtime [`Observer`] that turns what the loops do into
 //! log lines.
 
@@ -10,7 +10,7 @@ use super::LogFormat;
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
