@@ -715,6 +715,10 @@ pub async fn check_deadline_before_payment(app: &TestApp, payment_stream: impl F
         (Some("FAILED"), Some("PAYMENT")),
         "{view}"
     );
+    // The order is terminal; the compensations finish on their own.
+    let left = app.settle().await;
+    assert!(left.is_empty(), "{left:#?}");
+    let (_, view) = app.get(&format!("/orders/{id}")).await;
     let types: Vec<&str> = view["timeline"]
         .as_array()
         .unwrap()
@@ -731,8 +735,6 @@ pub async fn check_deadline_before_payment(app: &TestApp, payment_stream: impl F
         assert!(types.contains(&expected), "{expected} missing from {types:?}");
     }
     assert!(!types.contains(&"PAYMENT_PROCESSED"), "{types:?}");
-    let left = app.settle().await;
-    assert!(left.is_empty(), "{left:#?}");
     let (_, alice) = app.get("/users/alice").await;
     assert_eq!(alice["balance"], 1000, "refunded");
     assert!(payment.stop(Duration::from_secs(10)).await.is_empty());

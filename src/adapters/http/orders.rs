@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::domain::participants::order::{PlaceOrder, Rejection};
 use crate::domain::rows::Order;
-use crate::domain::{OrderId, Row, RowKey, UserId};
-use crate::runtime::commands::{place_order, read_row, PlaceError, Placed};
+use crate::domain::{OrderId, UserId};
+use crate::runtime::commands::{place_order, PlaceError, Placed};
 
 use super::body::{parse_order_body, require_json, OrderBody};
 use super::error::ApiError;
@@ -216,11 +216,7 @@ fn summary_response(order: &Order) -> Response {
 }
 
 async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, ApiError> {
-    match read_row(&state.env, &RowKey::Order(id.clone())).await? {
-        Some(Row::Order(o)) => Ok(Some(o)),
-        Some(other) => unreachable!("an order key holds {other:?}"),
-        None => Ok(None),
-    }
+    Ok(state.read.order(id).await?)
 }
 
 /// `GET /orders/{id}`: the order and its timeline.

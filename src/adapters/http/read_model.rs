@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::adapters::postgres::PgStore;
-use crate::domain::rows::{ReservationState, SlotReservation};
-use crate::domain::{Event, OrderId, UserId};
+use crate::domain::rows::{Order, ReservationState, SlotReservation};
+use crate::domain::{Event, OrderId, Row, RowKey, Service, UserId};
 use crate::runtime::memory::MemoryStore;
 use crate::runtime::store::StoreResult;
 use crate::runtime::{OutboxEntry, Store, StoreError};
@@ -24,6 +24,10 @@ pub const GRANTED_ITEMS_MAX: usize = 1_000;
 /// Reads for the API; see the module docs.
 #[async_trait]
 pub trait ReadModel: Send + Sync + 'static {
+    /// The committed order, if any: one cheap read, since a request with
+    /// `?wait=` polls it.
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>>;
+
     /// Every outbox entry of `order`, of every service, oldest first.
     async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>>;
 
@@ -38,6 +42,15 @@ pub fn sort_timeline(entries: &mut [OutboxEntry]) {
 
 #[async_trait]
 impl ReadModel for MemoryStore {
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        let mut tx = self.begin(Service::Order).await?;
+        match tx.load(&RowKey::Order(id.clone())).await? {
+            Some(Row::Order(o)) => Ok(Some(o)),
+            Some(other) => unreachable!("an order key holds {other:?}"),
+            None => Ok(None),
+        }
+    }
+
     async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
         let mut entries: Vec<OutboxEntry> = self
             .outbox()
@@ -62,6 +75,10 @@ impl ReadModel for MemoryStore {
 
 #[async_trait]
 impl ReadModel for PgStore {
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        PgStore::order(self, id).await
+    }
+
     async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
         let timeline = self.timeline(order).await?;
         let mut entries = timeline
@@ -91,6 +108,9 @@ impl ReadModel for PgStore {
 
 #[async_trait]
 impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        (**self).order(id).await
+    }
     async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
         (**self).order_events(order).await
     }
