@@ -283,6 +283,28 @@ fn reason_kind(reason: &str) -> String {
     words.join(" ")
 }
 
+/// The slowest order's timeline from `GET /orders/{id}`, as one line of
+/// hops with the milliseconds each took: where the time went.
+async fn slowest_timeline(addr: SocketAddr, answers: &[Answer]) -> Option<String> {
+    let (id, latency) = answers
+        .iter()
+        .filter_map(|a| Some((a.order_id.as_ref()?, a.latency?)))
+        .max_by_key(|(_, latency)| *latency)?;
+    let path = format!("/orders/{id}");
+    let response = client::request(addr, "GET", &path, &[], b"", Duration::from_secs(10)).await.ok()?;
+    let view = response.json().ok()?;
+    let timeline = view["timeline"].as_array()?;
+    let mut hops = Vec::new();
+    let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
+    for entry in timeline {
+        let at = chrono::DateTime::parse_from_rfc3339(entry["at"].as_str()?).ok()?.to_utc();
+        let gap = previous.map_or(0, |p| (at - p).num_milliseconds());
+        hops.push(format!("{} +{gap}ms", entry["type"].as_str()?));
+        previous = Some(at);
+    }
+    Some(format!("slowest order {id} ({} ms): {}", latency.as_millis(), hops.join(", ")))
+}
+
 /// `purchase-saga demo`.
 pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, String> {
     let pool = super::serve::pool_size(Service::ALL.len(), args.replicas, true);
@@ -320,6 +342,7 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
     let checks = edge_checks(addr, &first, answers[0].order_id.as_ref()).await;
     let (snapshot, settle, clean) =
         await_quiescence(&backend, Duration::from_secs(u64::from(args.quiescence_timeout))).await?;
+    let slowest = slowest_timeline(addr, &answers).await;
     let unfinished = running.stop(SHUTDOWN_GRACE).await;
 
     // ---- summary ----
@@ -383,6 +406,9 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
     );
     for v in found.iter().take(20) {
         println!("  {v}");
+    }
+    if let Some(slowest) = slowest {
+        println!("{slowest}");
     }
     if !unfinished.is_empty() {
         println!("tasks that did not stop in time: {}", unfinished.join(", "));

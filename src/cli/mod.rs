@@ -56,6 +56,12 @@ pub struct GlobalArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u32).range(1..=86_400), global = true)]
     pub saga_deadline: u32,
+    /// Entries a consumer takes from the bus per receive (and outbox rows a
+    /// relay publishes per pass). A consumer handles its batch in order, so
+    /// a smaller batch spreads a burst over the replicas sooner.
+    #[arg(long, default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1_000), global = true)]
+    pub batch_size: u16,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
@@ -133,6 +139,7 @@ impl GlobalArgs {
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             saga_deadline: DurationMs::from_secs(i64::from(self.saga_deadline)),
+            batch_size: usize::from(self.batch_size),
             ..RuntimeConfig::default()
         }
     }
