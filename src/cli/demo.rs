@@ -291,18 +291,26 @@ async fn slowest_timeline(addr: SocketAddr, answers: &[Answer]) -> Option<String
         .filter_map(|a| Some((a.order_id.as_ref()?, a.latency?)))
         .max_by_key(|(_, latency)| *latency)?;
     let path = format!("/orders/{id}");
-    let response = client::request(addr, "GET", &path, &[], b"", Duration::from_secs(10)).await.ok()?;
+    let response = client::request(addr, "GET", &path, &[], b"", Duration::from_secs(10))
+        .await
+        .ok()?;
     let view = response.json().ok()?;
     let timeline = view["timeline"].as_array()?;
     let mut hops = Vec::new();
     let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
     for entry in timeline {
-        let at = chrono::DateTime::parse_from_rfc3339(entry["at"].as_str()?).ok()?.to_utc();
+        let at = chrono::DateTime::parse_from_rfc3339(entry["at"].as_str()?)
+            .ok()?
+            .to_utc();
         let gap = previous.map_or(0, |p| (at - p).num_milliseconds());
         hops.push(format!("{} +{gap}ms", entry["type"].as_str()?));
         previous = Some(at);
     }
-    Some(format!("slowest order {id} ({} ms): {}", latency.as_millis(), hops.join(", ")))
+    Some(format!(
+        "slowest order {id} ({} ms): {}",
+        latency.as_millis(),
+        hops.join(", ")
+    ))
 }
 
 /// `purchase-saga demo`.
