@@ -247,3 +247,51 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
         "{stderr}"
     );
 }
+
+/// Checks the demo's summary: every path happened, the edge checks passed,
+/// the audit is clean.
+fn assert_demo_summary(out: &Output) {
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    for outcome in [
+        "COMPLETED",
+        "FAILED at USER_VALIDATION",
+        "FAILED at INVENTORY_RESERVATION",
+        "FAILED at ITEM_RESERVATION",
+        "FAILED at PAYMENT",
+    ] {
+        assert!(stdout.contains(outcome), "{outcome} never happened:\n{stdout}");
+    }
+    assert!(stdout.contains("unknown user"), "{stdout}");
+    let edge_checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("edge check:")).collect();
+    assert_eq!(edge_checks.len(), 5, "{stdout}");
+    assert!(
+        edge_checks.iter().all(|l| l.ends_with(": ok")),
+        "an edge check failed:\n{stdout}"
+    );
+    assert!(stdout.contains("orders/s") && stdout.contains("p99"), "{stdout}");
+    assert!(stdout.contains(": clean"), "{stdout}");
+}
+
+#[test]
+fn demo_in_memory_covers_every_path_and_audits_clean() {
+    assert_demo_summary(&run(&["--in-memory", "demo", "--orders", "150"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_postgres_and_redis_covers_every_path_and_audits_clean() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-demo");
+    let out = run(&[
+        "--database-url",
+        &db.url,
+        "--redis-url",
+        &redis.url,
+        "--redis-prefix",
+        &redis.prefix,
+        "demo",
+        "--orders",
+        "150",
+    ]);
+    assert_demo_summary(&out);
+}
