@@ -1,0 +1,273 @@
+//! The Redis Streams bus against the real Redis: delivery, acknowledgement,
+//! takeover of an unacknowledged entry after the visibility timeout,
+//! dead letters, trimming, and recovery from a flushed Redis. Each test uses
+//! its own key prefix.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::domain::event::{OrderCreated, Payload, PaymentFailed};
+use purchase_saga::domain::{Event, ItemId, OrderId, Service, Timestamp, UserId};
+use purchase_saga::runtime::bus::{Bus, Delivery};
+
+const VISIBILITY: Duration = Duration::from_millis(600);
+
+async fn bus(r: &common::TestRedis) -> RedisBus {
+    RedisBus::connect(
+        &r.url,
+        RedisConfig {
+            prefix: r.prefix.clone(),
+            visibility_timeout: VISIBILITY,
+            block: Duration::from_millis(50),
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn order_created(n: usize) -> Event {
+    Event::new(
+        OrderId::parse(format!("o-{n}")).unwrap(),
+        UserId::parse("alice").unwrap(),
+        Timestamp::SIM_EPOCH,
+        Payload::OrderCreated(OrderCreated {
+            item_id: ItemId::parse("sword").unwrap(),
+            quantity: 1,
+            total_amount: 100,
+            payment_method: "WALLET".into(),
+        }),
+    )
+}
+
+/// Receives until `want` deliveries arrived or the deadline passed.
+async fn receive_until(bus: &RedisBus, service: Service, consumer: &str, want: usize) -> Vec<Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        got.extend(bus.receive(service, consumer, want - got.len()).await.unwrap());
+    }
+    got
+}
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_once_and_ack_settles_it() {
+    let r = common::TestRedis::create("bus-basic");
+    let bus = bus(&r).await;
+    let event = order_created(1);
+    bus.publish(&event).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attempt, 1);
+    assert_eq!(
+        got[0].payload,
+        event.encode().into_bytes(),
+        "the payload is the encoded event, byte for byte"
+    );
+    assert_eq!(bus.pending_count(Service::User).await.unwrap(), 1);
+    assert!(
+        bus.receive(Service::User, "u-1", 10).await.unwrap().is_empty(),
+        "delivered once"
+    );
+    bus.ack(Service::User, &got[0].entry_id).await.unwrap();
+    assert_eq!(bus.pending_count(Service::User).await.unwrap(), 0);
+
+    let failed = Event::new(
+        OrderId::parse("o-2").unwrap(),
+        UserId::parse("alice").unwrap(),
+        Timestamp::SIM_EPOCH,
+        Payload::PaymentFailed(PaymentFailed {
+            reason: "declined".into(),
+            attempted_amount: 100,
+            item_id: ItemId::parse("sword").unwrap(),
+        }),
+    );
+    bus.publish(&failed).await.unwrap();
+    for service in Service::ALL {
+        let expected =
+            u64::from(service.subscribes_to(failed.event_type())) + u64::from(service == Service::User);
+        assert_eq!(bus.stream_len(service).await.unwrap(), expected, "{service}");
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout() {
+    let r = common::TestRedis::create("bus-claim");
+    let bus = bus(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    let first = receive_until(&bus, Service::User, "replica-a", 1).await;
+    assert_eq!(first.len(), 1);
+    let received_at = Instant::now();
+    // replica-a "crashes": never acks. replica-b polls.
+    let deadline = received_at + Duration::from_secs(10);
+    let taken = loop {
+        let got = bus.receive(Service::User, "replica-b", 10).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "the entry was never taken over");
+    };
+    assert!(
+        received_at.elapsed() >= VISIBILITY,
+        "taken over only after the visibility timeout"
+    );
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].entry_id, first[0].entry_id);
+    assert_eq!(taken[0].attempt, 2, "the delivery count comes from XPENDING");
+    assert_eq!(taken[0].payload, first[0].payload);
+    bus.ack(Service::User, &taken[0].entry_id).await.unwrap();
+    assert_eq!(bus.pending_count(Service::User).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn dead_letter_keeps_payload_and_reason_and_can_be_replayed() {
+    let r = common::TestRedis::create("bus-dlq");
+    let bus = bus(&r).await;
+    let event = order_created(1);
+    bus.publish(&event).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 1).await;
+    bus.dead_letter(Service::User, &got[0], "not applied after 10 deliveries")
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.pending_count(Service::User).await.unwrap(),
+        0,
+        "dead-lettering acknowledges"
+    );
+    let dead = bus.dead_letters(Service::User, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].letter.payload, event.encode().into_bytes());
+    assert_eq!(dead[0].letter.reason, "not applied after 10 deliveries");
+    assert_eq!(dead[0].letter.entry_id, got[0].entry_id);
+    assert_eq!(dead[0].letter.service, Service::User);
+    assert_eq!(dead[0].attempt, 1);
+
+    let replayed = bus
+        .replay_dead_letter(Service::User, &dead[0].dead_id)
+        .await
+        .unwrap();
+    assert!(replayed.is_some());
+    assert_eq!(bus.dead_letter_count(Service::User).await.unwrap(), 0);
+    let again = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].payload, event.encode().into_bytes());
+    assert_eq!(again[0].attempt, 1, "a replay is a fresh entry");
+    assert_eq!(
+        bus.replay_dead_letter(Service::User, &dead[0].dead_id)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Ids of the entries still in the stream.
+async fn stream_ids(r: &common::TestRedis, bus: &RedisBus, service: Service) -> Vec<String> {
+    let client = redis::Client::open(r.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(bus.stream_key(service))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    range.ids.into_iter().map(|e| e.id).collect()
+}
+
+#[tokio::test]
+async fn trim_never_removes_unacknowledged_entries() {
+    let r = common::TestRedis::create("bus-trim");
+    let bus = bus(&r).await;
+    assert_eq!(bus.trim(Service::User).await.unwrap(), 0, "no stream yet");
+    for n in 0..5 {
+        bus.publish(&order_created(n)).await.unwrap();
+    }
+    assert_eq!(
+        bus.trim(Service::User).await.unwrap(),
+        0,
+        "no group has read anything"
+    );
+    let got = receive_until(&bus, Service::User, "u-1", 3).await;
+    assert_eq!(got.len(), 3);
+    bus.ack(Service::User, &got[0].entry_id).await.unwrap();
+    bus.ack(Service::User, &got[2].entry_id).await.unwrap();
+    // got[1] is pending: only got[0] (below it) may go.
+    assert_eq!(bus.trim(Service::User).await.unwrap(), 1);
+    let left = stream_ids(&r, &bus, Service::User).await;
+    assert_eq!(left.len(), 4);
+    assert_eq!(left[0], got[1].entry_id, "the pending entry stays");
+    assert_eq!(
+        bus.trim(Service::User).await.unwrap(),
+        0,
+        "nothing more is acknowledged below it"
+    );
+
+    // Settle everything: only the last delivered entry bounds the trim;
+    // entries never delivered stay.
+    bus.ack(Service::User, &got[1].entry_id).await.unwrap();
+    let rest = receive_until(&bus, Service::User, "u-1", 1).await;
+    bus.ack(Service::User, &rest[0].entry_id).await.unwrap();
+    let trimmed = bus.trim(Service::User).await.unwrap();
+    assert_eq!(
+        trimmed, 2,
+        "every acknowledged entry below the last delivered one"
+    );
+    let left = stream_ids(&r, &bus, Service::User).await;
+    assert_eq!(
+        left.len(),
+        2,
+        "the last delivered entry and the never-delivered one"
+    );
+    assert_eq!(left[0], rest[0].entry_id);
+    let last = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(last.len(), 1, "the undelivered entry is still delivered");
+    assert_eq!(last[0].entry_id, left[1]);
+}
+
+#[tokio::test]
+async fn group_is_recreated_after_redis_lost_everything() {
+    let r = common::TestRedis::create("bus-flush");
+    let bus = bus(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    assert_eq!(receive_until(&bus, Service::User, "u-1", 1).await.len(), 1);
+    // Emulated FLUSHALL, restricted to this test's keys.
+    assert!(r.flush_prefix() > 0);
+    assert!(
+        bus.receive(Service::User, "u-1", 10).await.unwrap().is_empty(),
+        "nothing left, no error"
+    );
+    bus.publish(&order_created(2)).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(got.len(), 1, "the group was recreated and reads the new entry");
+    assert_eq!(Event::decode(&got[0].payload).unwrap(), order_created(2));
+
+    // The stream recreated by XADD alone (no group yet) is read from its
+    // first entry once the group is recreated.
+    r.flush_prefix();
+    bus.publish(&order_created(3)).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(Event::decode(&got[0].payload).unwrap(), order_created(3));
+}
+
+#[tokio::test]
+async fn wrong_url_names_the_target_and_the_cause() {
+    let err = RedisBus::connect(
+        "redis://:hunter2@127.0.0.1:1/0",
+        RedisConfig {
+            command_timeout: Duration::from_secs(2),
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .err()
+    .expect("nothing listens on port 1");
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !message.contains("hunter2"),
+        "the password is redacted: {message}"
+    );
+}
