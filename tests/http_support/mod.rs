@@ -194,13 +194,18 @@ impl TestApp {
     /// Polls until every quiescence invariant holds, up to [`SETTLE_BOUND`];
     /// returns the violations left (empty when it settled).
     pub async fn settle(&self) -> Vec<Violation> {
-        let until = tokio::time::Instant::now() + SETTLE_BOUND;
+        self.settle_within(SETTLE_BOUND).await
+    }
+
+    /// As [`TestApp::settle`], up to `bound`.
+    pub async fn settle_within(&self, bound: Duration) -> Vec<Violation> {
+        let until = tokio::time::Instant::now() + bound;
         loop {
             let found = invariants::check_quiescent(&self.snapshot().await);
             if found.is_empty() || tokio::time::Instant::now() >= until {
                 return found;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
