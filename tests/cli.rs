@@ -75,6 +75,9 @@ fn an_unreachable_database_is_named_in_the_error() {
         stderr.contains("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/nowhere"),
         "{stderr}"
     );
+    let out = run(&["--in-memory", "audit"]);
+    assert_eq!(out.status.code(), Some(1), "an in-memory audit would always be clean");
+    assert!(text(&out.stderr).contains("audit needs PostgreSQL"), "{}", text(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
