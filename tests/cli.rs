@@ -76,8 +76,16 @@ fn an_unreachable_database_is_named_in_the_error() {
         "{stderr}"
     );
     let out = run(&["--in-memory", "audit"]);
-    assert_eq!(out.status.code(), Some(1), "an in-memory audit would always be clean");
-    assert!(text(&out.stderr).contains("audit needs PostgreSQL"), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an in-memory audit would always be clean"
+    );
+    assert!(
+        text(&out.stderr).contains("audit needs PostgreSQL"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,9 +25,11 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
     if global.in_memory {
         // A fresh in-memory store is always clean: auditing it would say
         // nothing about any running system.
-        return Err("audit needs PostgreSQL: the in-memory store lives only inside one process \
+        return Err(
+            "audit needs PostgreSQL: the in-memory store lives only inside one process \
                     (`demo --in-memory` audits its own)"
-            .into());
+                .into(),
+        );
     }
     let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
     let snapshot = backend
