@@ -3,10 +3,10 @@
 //!
 //! Status codes: 415 wrong or missing content type; 400 malformed JSON, a
 //! body that is not an object, unknown, missing or mistyped fields, invalid
-//! ids; 422 well-typed values the saga cannot take (quantity outside
-//! `1..=QUANTITY_MAX`, a payment method it does not know the shape of).
-//! The checks that need the catalog (unknown item, total overflow) are the
-//! domain's (`order::place_order`) and map to 422 in `orders.rs`.
+//! ids; 422 a well-typed quantity outside `1..=QUANTITY_MAX` (also beyond
+//! i64). The domain's own checks (`order::place_order`: unknown item, total
+//! overflowing i64, payment method shape) map to 422 in `orders.rs`; 413
+//! (body over the limit) is `orders.rs`'s too.
 
 use axum::http::{header, HeaderMap, StatusCode};
 use serde_json::{Map, Value};
