@@ -94,6 +94,35 @@ impl RedisBus {
         Ok(trimmed)
     }
 
+    /// Trims `services`' streams every `interval` until shutdown (the
+    /// periodic caller [`RedisBus::trim`] needs). Failures are logged and
+    /// retried at the next tick.
+    pub async fn run_trimmer(
+        self,
+        services: Vec<Service>,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        assert!(!interval.is_zero(), "a trim interval of zero would spin");
+        loop {
+            for &service in &services {
+                match self.trim(service).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(%service, trimmed = n, "trimmed acknowledged entries"),
+                    Err(e) => tracing::warn!(%service, error = %e, "trim failed"),
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
     /// Up to `count` dead letters of `service`, oldest first.
     pub async fn dead_letters(
         &self,
