@@ -282,3 +282,50 @@ async fn wrong_url_names_the_target_and_the_cause() {
         "the password is redacted: {message}"
     );
 }
+
+#[tokio::test]
+async fn only_consumers_with_nothing_pending_are_removed() {
+    let r = common::TestRedis::create("bus-consumers");
+    let bus = bus(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    bus.publish(&order_created(2)).await.unwrap();
+    assert_eq!(receive_until(&bus, Service::User, "holder", 1).await.len(), 1);
+    // Redis creates a consumer when it first gets an entry.
+    let done = receive_until(&bus, Service::User, "idle", 1).await;
+    bus.ack(Service::User, &done[0].entry_id).await.unwrap();
+    let mut consumers = bus.consumers(Service::User).await.unwrap();
+    consumers.sort();
+    assert_eq!(
+        consumers,
+        vec![("holder".to_string(), 1), ("idle".to_string(), 0)]
+    );
+    // Nobody has been idle for an hour.
+    assert_eq!(
+        bus.remove_idle_consumers(Service::User, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        bus.remove_idle_consumers(Service::User, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        bus.consumers(Service::User).await.unwrap(),
+        vec![("holder".to_string(), 1)]
+    );
+    assert_eq!(
+        bus.pending_count(Service::User).await.unwrap(),
+        1,
+        "the pending entry is still there"
+    );
+    assert_eq!(
+        bus.remove_idle_consumers(Service::Payment, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "no group"
+    );
+}

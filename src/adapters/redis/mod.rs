@@ -18,9 +18,10 @@
 //!   XDEL fragments them, and recent entries stay inspectable).
 //! - `dead_letter` XADDs payload, reason, entry id, service and attempt to
 //!   `{prefix}:dead:{service}` and XACKs the entry, in one MULTI/EXEC.
-//! - Consumers are never deleted (XGROUP DELCONSUMER would drop a consumer's
-//!   pending entries from the group, losing them); an idle consumer costs a
-//!   few bytes.
+//! - Consumers are never deleted by the port's operations (XGROUP
+//!   DELCONSUMER drops a consumer's pending entries from the group, losing
+//!   them). [`RedisBus::remove_idle_consumers`] deletes only consumers with
+//!   nothing pending, atomically, for operators cleaning up after restarts.
 //!
 //! Blocking reads use one connection per consumer name, because a BLOCK on
 //! the shared multiplexed connection would stall every other command behind
