@@ -622,6 +622,53 @@ fn every_row_variant() -> Vec<Row> {
             sent_count: 1,
             last_sent_at: t(17),
         }),
+        // The remaining enum values, so each is stored and read back once.
+        Row::BalanceHold(BalanceHold {
+            order_id: oid("o-2"),
+            user_id: uid("alice"),
+            amount: 300,
+            state: ReservationState::Held,
+            updated_at: t(18),
+        }),
+        Row::BalanceHold(BalanceHold {
+            order_id: oid("o-3"),
+            user_id: uid("bob"),
+            amount: 0,
+            state: ReservationState::Rejected,
+            updated_at: t(19),
+        }),
+        Row::StockReservation(StockReservation {
+            order_id: oid("o-2"),
+            item_id: iid("sword"),
+            quantity: 2,
+            state: ReservationState::Held,
+            updated_at: t(20),
+        }),
+        Row::Payment(Payment {
+            order_id: oid("o-3"),
+            user_id: uid("bob"),
+            amount: 10,
+            method: "WALLET".into(),
+            state: PaymentState::Cancelled,
+            reason: Some("saga deadline passed".into()),
+            updated_at: t(21),
+        }),
+        Row::NotificationLog(NotificationLog {
+            order_id: oid("o-2"),
+            user_id: uid("alice"),
+            kind: NotificationKind::PurchaseCompleted,
+            message: "Purchased".into(),
+            sent_count: 1,
+            last_sent_at: t(22),
+        }),
+        Row::NotificationLog(NotificationLog {
+            order_id: oid("o-2"),
+            user_id: uid("alice"),
+            kind: NotificationKind::PaymentCompleted,
+            message: "Paid".into(),
+            sent_count: 0,
+            last_sent_at: t(23),
+        }),
     ]
 }
 
