@@ -6,6 +6,8 @@
 //! leaves the entry pending, the bus redelivers it, and after
 //! `deliveries_max` deliveries it is dead-lettered, not dropped.
 
+use tracing::Instrument;
+
 use crate::domain::participants::StepError;
 use crate::domain::{Event, Service};
 
@@ -42,9 +44,27 @@ pub async fn handle_delivery(
                 // store has the change.
                 let _ = env.bus.ack(service, &delivery.entry_id).await;
             }
-            apply(env, service, event).await
+            let span = tracing::info_span!(
+                "handle",
+                service = service.name(),
+                consumer,
+                order_id = %event.order_id,
+                event_id = %event.event_id,
+                event_type = event.event_type().as_str(),
+                attempt = delivery.attempt,
+            );
+            apply(env, service, event).instrument(span).await
         }
     };
+    match &disposition {
+        Disposition::DeadLettered { reason } => {
+            tracing::warn!(%service, entry = %delivery.entry_id, %reason, "dead-lettered")
+        }
+        Disposition::Retry { reason } => {
+            tracing::debug!(%service, entry = %delivery.entry_id, %reason, "left for redelivery")
+        }
+        _ => {}
+    }
     env.observer.observe(RuntimeEvent::Handled {
         service,
         consumer,
