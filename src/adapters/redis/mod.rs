@@ -204,14 +204,12 @@ impl RedisBus {
     }
 
     /// The blocking-read connection of `consumer`.
-    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, BusError> {
+    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, RedisError> {
         if let Some(conn) = self.readers.lock().expect("readers mutex").get(consumer) {
             return Ok(conn.clone());
         }
         let response = self.config.block + self.config.command_timeout;
-        let conn = Self::manager(&self.client, &self.config, response)
-            .await
-            .map_err(|e| self.err(e))?;
+        let conn = Self::manager(&self.client, &self.config, response).await?;
         let mut readers = self.readers.lock().expect("readers mutex");
         assert!(
             readers.len() < READERS_MAX,
@@ -304,16 +302,7 @@ impl RedisBus {
             .arg(max);
         let mut conn = if block {
             cmd.arg("BLOCK").arg(self.config.block.as_millis().max(1) as u64);
-            match self.reader(consumer).await {
-                Ok(conn) => conn,
-                Err(BusError::Unavailable(m)) => {
-                    return Err(RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "reader connection",
-                        m,
-                    )))
-                }
-            }
+            self.reader(consumer).await?
         } else {
             self.conn.clone()
         };
