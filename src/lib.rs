@@ -15,5 +15,27 @@
 pub mod adapters;
 pub mod cli;
 pub mod domain;
+#[cfg(feature = "mutants")]
+pub mod mutants;
 pub mod runtime;
 pub mod workload;
+
+/// `mutant!(Name)`: whether the planted bug `Name` is active. The constant
+/// `false` unless built with the `mutants` feature.
+#[cfg(feature = "mutants")]
+#[macro_export]
+macro_rules! mutant {
+    ($name:ident) => {
+        $crate::mutants::is($crate::mutants::Mutant::$name)
+    };
+}
+
+/// `mutant!(Name)`: whether the planted bug `Name` is active. The constant
+/// `false` unless built with the `mutants` feature.
+#[cfg(not(feature = "mutants"))]
+#[macro_export]
+macro_rules! mutant {
+    ($name:ident) => {
+        false
+    };
+}

@@ -183,3 +183,92 @@ mod tests {
         assert!(a.orders.windows(2).all(|w| w[0].at <= w[1].at));
     }
 }
+
+/// Reads bounded numbers from arbitrary bytes (a fuzzer's input); past the
+/// end it reads zeros, so every input decodes.
+struct ByteReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl ByteReader<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.bytes.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        b
+    }
+
+    /// A number in `lo..=hi` (hi - lo < 65536).
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        debug_assert!(lo <= hi && hi - lo < 65_536);
+        let raw = i64::from(u16::from_le_bytes([self.byte(), self.byte()]));
+        lo + raw % (hi - lo + 1)
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(std::array::from_fn(|_| self.byte()))
+    }
+}
+
+/// A scenario and scheduling choices decoded from arbitrary bytes: the input
+/// of the `scenario_runtime` fuzz target, and of the test that replays its
+/// committed corpus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuzzCase {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub duplicate_per_mille: u32,
+}
+
+impl FuzzCase {
+    /// Limits keep one case fast: at most 4 users, 3 items, 16 orders.
+    pub fn from_bytes(bytes: &[u8]) -> FuzzCase {
+        let mut r = ByteReader { bytes, at: 0 };
+        let seed = r.u64();
+        let duplicate_per_mille = r.range(0, 500) as u32;
+        let users: Vec<UserSpec> = (0..r.range(1, 4))
+            .map(|i| UserSpec {
+                id: UserId::parse(format!("user-{i}")).expect("valid id"),
+                balance: r.range(0, 600),
+                capacity: r.range(0, 8),
+            })
+            .collect();
+        let items: Vec<ItemSpec> = (0..r.range(1, 3))
+            .map(|i| ItemSpec {
+                id: ItemId::parse(format!("item-{i}")).expect("valid id"),
+                name: ITEM_NAMES[i as usize % ITEM_NAMES.len()].to_string(),
+                price: r.range(1, 200),
+                stock: r.range(0, 8),
+            })
+            .collect();
+        let mut orders: Vec<OrderSpec> = (0..r.range(0, 16))
+            .map(|n| {
+                // Index `users.len()` is a buyer without an account.
+                let u = r.range(0, users.len() as i64) as usize;
+                let user = users
+                    .get(u)
+                    .map(|u| u.id.clone())
+                    .unwrap_or_else(|| UserId::parse("ghost").expect("valid id"));
+                OrderSpec {
+                    id: OrderId::parse(format!("order-{n}")).expect("valid id"),
+                    user,
+                    item: items[r.range(0, items.len() as i64 - 1) as usize].id.clone(),
+                    quantity: r.range(1, 4),
+                    method: if r.range(0, 9) == 0 {
+                        DECLINING_METHOD
+                    } else {
+                        DEFAULT_METHOD
+                    }
+                    .to_string(),
+                    at: DurationMs(r.range(0, 5_000)),
+                }
+            })
+            .collect();
+        orders.sort_by_key(|o| o.at);
+        FuzzCase {
+            scenario: Scenario { users, items, orders },
+            seed,
+            duplicate_per_mille,
+        }
+    }
+}

@@ -97,11 +97,19 @@ async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout() {
     let r = common::TestRedis::create("bus-claim");
     let bus = bus(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
-    let first = receive_until(&bus, Service::User, "replica-a", 1).await;
-    assert_eq!(first.len(), 1);
-    let received_at = Instant::now();
+    // The entry's idle time starts when Redis delivers it, which is after
+    // `asked_at`: a takeover before `asked_at + VISIBILITY` would be early.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, asked_at) = loop {
+        let asked_at = Instant::now();
+        let got = bus.receive(Service::User, "replica-a", 1).await.unwrap();
+        if !got.is_empty() {
+            break (got, asked_at);
+        }
+        assert!(Instant::now() < deadline, "the entry never arrived");
+    };
     // replica-a "crashes": never acks. replica-b polls.
-    let deadline = received_at + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let taken = loop {
         let got = bus.receive(Service::User, "replica-b", 10).await.unwrap();
         if !got.is_empty() {
@@ -109,9 +117,12 @@ async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout() {
         }
         assert!(Instant::now() < deadline, "the entry was never taken over");
     };
+    // Redis measures idle time in whole milliseconds of its own clock.
+    let slack = Duration::from_millis(5);
     assert!(
-        received_at.elapsed() >= VISIBILITY,
-        "taken over only after the visibility timeout"
+        asked_at.elapsed() + slack >= VISIBILITY,
+        "taken over only after the visibility timeout ({:?})",
+        asked_at.elapsed()
     );
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].entry_id, first[0].entry_id);
@@ -269,5 +280,52 @@ async fn wrong_url_names_the_target_and_the_cause() {
     assert!(
         !message.contains("hunter2"),
         "the password is redacted: {message}"
+    );
+}
+
+#[tokio::test]
+async fn only_consumers_with_nothing_pending_are_removed() {
+    let r = common::TestRedis::create("bus-consumers");
+    let bus = bus(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    bus.publish(&order_created(2)).await.unwrap();
+    assert_eq!(receive_until(&bus, Service::User, "holder", 1).await.len(), 1);
+    // Redis creates a consumer when it first gets an entry.
+    let done = receive_until(&bus, Service::User, "idle", 1).await;
+    bus.ack(Service::User, &done[0].entry_id).await.unwrap();
+    let mut consumers = bus.consumers(Service::User).await.unwrap();
+    consumers.sort();
+    assert_eq!(
+        consumers,
+        vec![("holder".to_string(), 1), ("idle".to_string(), 0)]
+    );
+    // Nobody has been idle for an hour.
+    assert_eq!(
+        bus.remove_idle_consumers(Service::User, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        bus.remove_idle_consumers(Service::User, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        bus.consumers(Service::User).await.unwrap(),
+        vec![("holder".to_string(), 1)]
+    );
+    assert_eq!(
+        bus.pending_count(Service::User).await.unwrap(),
+        1,
+        "the pending entry is still there"
+    );
+    assert_eq!(
+        bus.remove_idle_consumers(Service::Payment, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "no group"
     );
 }

@@ -6,6 +6,8 @@
 //! leaves the entry pending, the bus redelivers it, and after
 //! `deliveries_max` deliveries it is dead-lettered, not dropped.
 
+use tracing::Instrument;
+
 use crate::domain::participants::StepError;
 use crate::domain::{Event, Service};
 
@@ -36,22 +38,33 @@ pub async fn handle_delivery(
                 delivery.attempt.saturating_sub(1)
             ),
         },
-        Ok(event) => match apply_event(env, service, event).await {
-            Ok(Committed::Duplicate) => Disposition::Duplicate,
-            Ok(Committed::Applied {
-                writes: 0,
-                emitted: 0,
-            }) => Disposition::Ignored,
-            Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
-            Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
-            Err(TransactError::Step(e)) => Disposition::DeadLettered {
-                reason: e.to_string(),
-            },
-            Err(TransactError::Store(e)) => Disposition::Retry {
-                reason: e.to_string(),
-            },
-        },
+        Ok(event) => {
+            if crate::mutant!(AckBeforeCommit) {
+                // Planted bug: the entry is gone from the bus before the
+                // store has the change.
+                let _ = env.bus.ack(service, &delivery.entry_id).await;
+            }
+            let span = tracing::info_span!(
+                "handle",
+                service = service.name(),
+                consumer,
+                order_id = %event.order_id,
+                event_id = %event.event_id,
+                event_type = event.event_type().as_str(),
+                attempt = delivery.attempt,
+            );
+            apply(env, service, event).instrument(span).await
+        }
     };
+    match &disposition {
+        Disposition::DeadLettered { reason } => {
+            tracing::warn!(%service, entry = %delivery.entry_id, %reason, "dead-lettered")
+        }
+        Disposition::Retry { reason } => {
+            tracing::debug!(%service, entry = %delivery.entry_id, %reason, "left for redelivery")
+        }
+        _ => {}
+    }
     env.observer.observe(RuntimeEvent::Handled {
         service,
         consumer,
@@ -70,6 +83,25 @@ pub async fn handle_delivery(
         tracing::warn!(%service, entry = %delivery.entry_id, error = %e, "could not settle delivery");
     }
     disposition
+}
+
+/// Applies a decoded event and says what to do with its delivery.
+async fn apply(env: &Env, service: Service, event: &Event) -> Disposition {
+    match apply_event(env, service, event).await {
+        Ok(Committed::Duplicate) => Disposition::Duplicate,
+        Ok(Committed::Applied {
+            writes: 0,
+            emitted: 0,
+        }) => Disposition::Ignored,
+        Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
+        Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
+        Err(TransactError::Step(e)) => Disposition::DeadLettered {
+            reason: e.to_string(),
+        },
+        Err(TransactError::Store(e)) => Disposition::Retry {
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Receives and handles deliveries until shutdown. Finishes the batch in

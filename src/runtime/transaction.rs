@@ -67,14 +67,20 @@ async fn transact_once<E>(
 ) -> Result<Committed, TransactError<E>> {
     let now = env.clock.now();
     let mut tx: Box<dyn StoreTx> = env.store.begin(service).await?;
-    if let Some(id) = dedupe {
+    if let Some(id) = dedupe.filter(|_| !crate::mutant!(SkipInboxDedupe)) {
         if !tx.record_processed(id, now).await? {
             return Ok(Committed::Duplicate);
         }
     }
     let mut rows = Rows::default();
     for key in keys {
-        if let Some(row) = tx.load_for_update(key).await? {
+        let unlocked = crate::mutant!(UnlockedStockCheck) && matches!(key, RowKey::ItemStock(_));
+        let loaded = if unlocked {
+            tx.load(key).await?
+        } else {
+            tx.load_for_update(key).await?
+        };
+        if let Some(row) = loaded {
             assert_eq!(&row.key(), key, "store returned a row under a foreign key");
             rows.0.insert(key.clone(), row);
         }
@@ -84,7 +90,13 @@ async fn transact_once<E>(
         tx.save(row).await?;
     }
     for event in &out.emit {
-        tx.enqueue(event, now).await?;
+        if crate::mutant!(EmitOutsideTx) {
+            // Planted bug: the event leaves before the state that caused it
+            // is committed, and is lost if publishing fails.
+            let _ = env.bus.publish(event).await;
+        } else {
+            tx.enqueue(event, now).await?;
+        }
     }
     tx.commit().await?;
     env.observer.observe(RuntimeEvent::Committed {

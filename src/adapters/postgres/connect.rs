@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 /// Pool and session settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,12 @@ pub fn target_of(options: &PgConnectOptions) -> String {
 pub async fn connect(url: &str, config: &PgConfig) -> Result<PgPool, ConnectError> {
     assert!(config.connections_max > 0, "a pool needs at least one connection");
     let redacted = redact_url(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConnectError::BadUrl {
+            url: redacted,
+            cause: "the scheme must be postgres:// or postgresql://".into(),
+        });
+    }
     let options = PgConnectOptions::from_str(url).map_err(|e| ConnectError::BadUrl {
         url: redacted.clone(),
         cause: e.to_string(),
@@ -91,6 +97,26 @@ pub async fn connect(url: &str, config: &PgConfig) -> Result<PgPool, ConnectErro
         ),
         ("lock_timeout", format!("{}", config.lock_timeout.as_millis())),
     ]);
+    // One direct connection first: the pool would retry until its acquire
+    // timeout and report only "timed out", hiding the cause (refused,
+    // unknown host, bad password, no such database).
+    match tokio::time::timeout(config.acquire_timeout, PgConnection::connect_with(&options)).await {
+        Err(_) => {
+            return Err(ConnectError::Unreachable {
+                url: redacted,
+                cause: format!("no answer within {:?}", config.acquire_timeout),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(ConnectError::Unreachable {
+                url: redacted,
+                cause: describe(&e),
+            })
+        }
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+        }
+    }
     PgPoolOptions::new()
         .max_connections(config.connections_max)
         .acquire_timeout(config.acquire_timeout)

@@ -30,6 +30,10 @@ pub struct TimelineEntry {
 impl PgStore {
     /// Writes `rows` (insert or overwrite) in one transaction: reference
     /// data and opening balances. Each row goes to its owner's schema.
+    ///
+    /// Overwriting an account or a stock that orders have already used
+    /// breaks conservation (its opening value no longer matches its holds):
+    /// seed before the first order, or seed only new keys.
     pub async fn seed_rows(&self, seed: &[Row]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         for row in seed {

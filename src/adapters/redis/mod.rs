@@ -18,9 +18,10 @@
 //!   XDEL fragments them, and recent entries stay inspectable).
 //! - `dead_letter` XADDs payload, reason, entry id, service and attempt to
 //!   `{prefix}:dead:{service}` and XACKs the entry, in one MULTI/EXEC.
-//! - Consumers are never deleted (XGROUP DELCONSUMER would drop a consumer's
-//!   pending entries from the group, losing them); an idle consumer costs a
-//!   few bytes.
+//! - Consumers are never deleted by the port's operations (XGROUP
+//!   DELCONSUMER drops a consumer's pending entries from the group, losing
+//!   them). [`RedisBus::remove_idle_consumers`] deletes only consumers with
+//!   nothing pending, atomically, for operators cleaning up after restarts.
 //!
 //! Blocking reads use one connection per consumer name, because a BLOCK on
 //! the shared multiplexed connection would stall every other command behind
@@ -203,14 +204,12 @@ impl RedisBus {
     }
 
     /// The blocking-read connection of `consumer`.
-    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, BusError> {
+    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, RedisError> {
         if let Some(conn) = self.readers.lock().expect("readers mutex").get(consumer) {
             return Ok(conn.clone());
         }
         let response = self.config.block + self.config.command_timeout;
-        let conn = Self::manager(&self.client, &self.config, response)
-            .await
-            .map_err(|e| self.err(e))?;
+        let conn = Self::manager(&self.client, &self.config, response).await?;
         let mut readers = self.readers.lock().expect("readers mutex");
         assert!(
             readers.len() < READERS_MAX,
@@ -303,16 +302,7 @@ impl RedisBus {
             .arg(max);
         let mut conn = if block {
             cmd.arg("BLOCK").arg(self.config.block.as_millis().max(1) as u64);
-            match self.reader(consumer).await {
-                Ok(conn) => conn,
-                Err(BusError::Unavailable(m)) => {
-                    return Err(RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "reader connection",
-                        m,
-                    )))
-                }
-            }
+            self.reader(consumer).await?
         } else {
             self.conn.clone()
         };

@@ -94,6 +94,95 @@ impl RedisBus {
         Ok(trimmed)
     }
 
+    /// Trims `services`' streams every `interval` until shutdown (the
+    /// periodic caller [`RedisBus::trim`] needs). Failures are logged and
+    /// retried at the next tick.
+    pub async fn run_trimmer(
+        self,
+        services: Vec<Service>,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        assert!(!interval.is_zero(), "a trim interval of zero would spin");
+        loop {
+            for &service in &services {
+                match self.trim(service).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(%service, trimmed = n, "trimmed acknowledged entries"),
+                    Err(e) => tracing::warn!(%service, error = %e, "trim failed"),
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Deletes the consumers of `service`'s group that have no pending
+    /// entry and have been idle for at least `idle_min` (replicas that are
+    /// gone: every restart may bring a new consumer name). The check and the
+    /// delete run in one Lua script, atomically, so no entry can be handed
+    /// to a consumer between the check and its deletion: a consumer that
+    /// still has pending entries is never deleted (XGROUP DELCONSUMER would
+    /// drop them from the group unacknowledged). Returns how many went.
+    pub async fn remove_idle_consumers(
+        &self,
+        service: Service,
+        idle_min: std::time::Duration,
+    ) -> Result<u64, BusError> {
+        const SCRIPT: &str = r#"
+            local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+            if not ok then return 0 end
+            local removed = 0
+            for _, c in ipairs(consumers) do
+                local name, pending, idle
+                for i = 1, #c, 2 do
+                    if c[i] == 'name' then name = c[i + 1]
+                    elseif c[i] == 'pending' then pending = c[i + 1]
+                    elseif c[i] == 'idle' then idle = c[i + 1] end
+                end
+                if pending == 0 and idle >= tonumber(ARGV[2]) then
+                    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+                    removed = removed + 1
+                end
+            end
+            return removed
+        "#;
+        let mut conn = self.conn.clone();
+        redis::Script::new(SCRIPT)
+            .key(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg(idle_min.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Consumer names of `service`'s group with their pending counts.
+    pub async fn consumers(&self, service: Service) -> Result<Vec<(String, u64)>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::streams::StreamInfoConsumersReply, RedisError> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(r) => Ok(r
+                .consumers
+                .into_iter()
+                .map(|c| (c.name, c.pending as u64))
+                .collect()),
+            Err(e) if Self::is_nogroup(&e) || e.to_string().contains("no such key") => Ok(Vec::new()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// Up to `count` dead letters of `service`, oldest first.
     pub async fn dead_letters(
         &self,

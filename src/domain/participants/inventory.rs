@@ -106,6 +106,14 @@ fn grant(
                     event.order_id
                 ))
             })?;
+            if crate::mutant!(GrantWithoutReservation) {
+                // Planted bug: the item is added, the reservation is not consumed.
+                let updated = InventoryAccount {
+                    used_slots: account.used_slots + reservation.slots,
+                    ..account.clone()
+                };
+                return Ok(Step::nothing().write(Row::InventoryAccount(updated)));
+            }
             let updated = InventoryAccount {
                 reserved_slots: account.reserved_slots - reservation.slots,
                 used_slots: account.used_slots + reservation.slots,
@@ -136,6 +144,9 @@ fn release(
     ctx: &StepContext<'_>,
 ) -> Result<Step, StepError> {
     let Some(reservation) = reservation else {
+        if crate::mutant!(NoTombstone) {
+            return Ok(Step::nothing());
+        }
         let tombstone = SlotReservation {
             order_id: event.order_id.clone(),
             user_id: event.user_id.clone(),

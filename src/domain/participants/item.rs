@@ -77,6 +77,9 @@ pub fn step(rows: &Rows, event: &Event, ctx: &StepContext<'_>) -> Result<Step, S
         }
         Payload::PaymentFailed(failed) => {
             let Some(reservation) = reservation else {
+                if crate::mutant!(NoTombstone) {
+                    return Ok(Step::nothing());
+                }
                 let tombstone = new_reservation(event, ctx, &failed.item_id, 0, ReservationState::Tombstone);
                 return Ok(Step::nothing().write(Row::StockReservation(tombstone)));
             };

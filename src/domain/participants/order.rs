@@ -125,6 +125,28 @@ pub fn deadline_passed(rows: &Rows, order_id: &OrderId, now: Timestamp) -> Step 
     if order.status.is_terminal() || order.deadline_signalled || now < order.deadline_at {
         return Step::nothing();
     }
+    if crate::mutant!(CancelAtOrder) {
+        // Planted bug: Order decides the cancel itself, racing the pivot.
+        let reason = "saga deadline passed".to_string();
+        let failed = Event::new(
+            order.order_id.clone(),
+            order.user_id.clone(),
+            now,
+            Payload::OrderFailed(OrderFailed {
+                reason: reason.clone(),
+                failed_step: FailedStep::Payment,
+            }),
+        );
+        let updated = Order {
+            status: OrderStatus::Failed,
+            failed_step: Some(FailedStep::Payment),
+            failure_reason: Some(reason),
+            deadline_signalled: true,
+            updated_at: now,
+            ..order.clone()
+        };
+        return Step::nothing().write(Row::Order(updated)).emit(failed);
+    }
     let signal = Event::new(
         order.order_id.clone(),
         order.user_id.clone(),

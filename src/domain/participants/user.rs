@@ -100,11 +100,15 @@ fn roll_back(
     ctx: &StepContext<'_>,
 ) -> Result<Step, StepError> {
     let Some(hold) = hold else {
+        if crate::mutant!(NoTombstone) {
+            return Ok(Step::nothing());
+        }
         // Compensation before the order reached User: refuse it for good.
         let tombstone = new_hold(event, ctx, 0, ReservationState::Tombstone);
         return Ok(Step::nothing().write(Row::BalanceHold(tombstone)));
     };
-    if hold.state != ReservationState::Held {
+    let refund_again = crate::mutant!(DoubleRefund) && hold.state == ReservationState::Released;
+    if hold.state != ReservationState::Held && !refund_again {
         return Ok(Step::nothing());
     }
     let account = account.ok_or_else(|| {

@@ -81,7 +81,12 @@ impl MemoryBus {
             .get(&service)
             .map(|s| {
                 s.iter()
-                    .filter(|(_, e)| e.pending_since.is_none_or(|t| now.since(t) >= self.visibility))
+                    .filter(|(_, e)| match e.pending_since {
+                        None => true,
+                        // Planted bug: at-most-once, like Redis Pub/Sub.
+                        Some(_) if crate::mutant!(AtMostOnceBus) => false,
+                        Some(t) => now.since(t) >= self.visibility,
+                    })
                     .map(|(id, _)| *id)
                     .collect()
             })

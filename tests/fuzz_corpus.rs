@@ -1,0 +1,72 @@
+//! The fuzzers' committed corpora seed these tests, so every input a fuzzer
+//! ever kept (including past crashes, once fixed) runs on every `cargo test`
+//! without the nightly toolchain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use purchase_saga::domain::gateway::SimulatedGateway;
+use purchase_saga::domain::Event;
+use purchase_saga::runtime::memory::{harness_config, Scheduler, SchedulerConfig};
+use purchase_saga::workload::FuzzCase;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "corpus {target} has only {} inputs",
+        files.len()
+    );
+    files
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect()
+}
+
+#[test]
+fn decode_event_corpus() {
+    let mut decoded = 0;
+    for (path, bytes) in corpus("decode_event") {
+        if let Ok(event) = Event::decode(&bytes) {
+            decoded += 1;
+            let again = Event::decode(event.encode().as_bytes()).expect("re-encoded event decodes");
+            assert_eq!(again, event, "{}", path.display());
+        }
+    }
+    assert!(
+        decoded >= 17,
+        "the corpus holds one valid event per type, {decoded} decoded"
+    );
+}
+
+#[test]
+fn scenario_runtime_corpus() {
+    for (path, bytes) in corpus("scenario_runtime") {
+        let case = FuzzCase::from_bytes(&bytes);
+        let config = SchedulerConfig {
+            seed: case.seed,
+            duplicate_per_mille: case.duplicate_per_mille,
+            ..SchedulerConfig::default()
+        };
+        let report = Scheduler::run_blocking(
+            &case.scenario,
+            &config,
+            harness_config(),
+            Arc::new(SimulatedGateway::default()),
+        );
+        assert!(
+            report.violations.is_empty(),
+            "{}: {:#?}",
+            path.display(),
+            report.violations
+        );
+    }
+}
