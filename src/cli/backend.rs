@@ -64,6 +64,9 @@ pub struct Backend {
     pub describe: String,
     /// The Postgres store, for migrations (None in memory).
     pg: Option<PgStore>,
+    /// The Redis bus, for its maintenance loop (None in memory or when the
+    /// command needs no bus).
+    pub redis: Option<RedisBus>,
 }
 
 impl Backend {
@@ -83,6 +86,7 @@ impl Backend {
         let store = PgStore::new(pool);
         let store_arc: Arc<dyn Store> = Arc::new(store.clone());
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store_arc.clone()))];
+        let mut redis = None;
         let (bus, describe): (Arc<dyn Bus>, String) = match needs {
             Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", store.target())),
             Needs::StoreAndBus => {
@@ -94,6 +98,7 @@ impl Backend {
                     .await
                     .map_err(|e| e.to_string())?;
                 probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
+                redis = Some(bus.clone());
                 let describe = format!(
                     "PostgreSQL {} and Redis {} (prefix {:?})",
                     store.target(),
@@ -110,6 +115,7 @@ impl Backend {
             bus,
             read: Arc::new(store.clone()),
             pg: Some(store),
+            redis,
         })
     }
 
@@ -128,6 +134,7 @@ impl Backend {
             read: Arc::new(store),
             describe: "in-memory store and bus".to_string(),
             pg: None,
+            redis: None,
         }
     }
 

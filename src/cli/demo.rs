@@ -327,6 +327,7 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
         .map_err(|e| format!("seeding failed: {e}"))?;
     let env = backend.env(global);
     let mut running = Running::start(&env, &Service::ALL, args.replicas);
+    running.spawn_bus_maintenance(&backend, &Service::ALL);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;

@@ -3,7 +3,8 @@
 //!
 //! Per service: `--replicas` consumers (one consumer group, distinct
 //! consumer names) and one outbox relay; with the Order service also the
-//! deadline sweeper; one pruner over the selected services. On SIGTERM or
+//! deadline sweeper; one pruner over the selected services; on Redis, the
+//! bus upkeep (trim acknowledged entries, drop idle consumers). On SIGTERM or
 //! Ctrl-C the shutdown channel flips: consumers stop reading and finish the
 //! batch in hand, the HTTP server stops accepting and finishes open
 //! requests, and the process waits for all of it up to a bound.
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::http::{router, AppState, Limits};
+use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
 use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
 
@@ -64,6 +66,20 @@ impl Running {
         Running { stop, tasks }
     }
 
+    /// Runs `task` until it ends; [`Running::stop`] waits for it too. The
+    /// task must watch [`Running::shutdown`].
+    pub fn spawn(&mut self, name: &str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push((name.to_string(), tokio::spawn(task)));
+    }
+
+    /// The Redis bus's upkeep for `services`, when the backend has one.
+    pub fn spawn_bus_maintenance(&mut self, backend: &Backend, services: &[Service]) {
+        if let Some(bus) = backend.redis.clone() {
+            let task = bus_maintenance(bus, services.to_vec(), self.shutdown());
+            self.spawn("redis maintenance", task);
+        }
+    }
+
     /// A receiver of this process's shutdown signal.
     pub fn shutdown(&self) -> Shutdown {
         self.stop.subscribe()
@@ -105,6 +121,40 @@ impl Running {
             }
         }
         unfinished
+    }
+}
+
+/// Period of the Redis upkeep.
+const BUS_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A consumer idle this long with nothing pending is a replica that is gone.
+const CONSUMER_IDLE_MIN: Duration = Duration::from_secs(600);
+
+/// Every [`BUS_MAINTENANCE_INTERVAL`] until shutdown: trims the entries of
+/// `services`' streams that every group acknowledged (bounded stream
+/// length) and removes consumers of gone replicas that hold nothing.
+async fn bus_maintenance(bus: RedisBus, services: Vec<Service>, mut shutdown: Shutdown) {
+    loop {
+        for &service in &services {
+            match bus.trim(service).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(%service, trimmed = n, "trimmed acknowledged entries"),
+                Err(e) => tracing::warn!(%service, error = %e, "trim failed"),
+            }
+            match bus.remove_idle_consumers(service, CONSUMER_IDLE_MIN).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%service, removed = n, "removed idle consumers"),
+                Err(e) => tracing::warn!(%service, error = %e, "removing idle consumers failed"),
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(BUS_MAINTENANCE_INTERVAL) => {}
+        }
     }
 }
 
@@ -170,6 +220,7 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     }
     let env = backend.env(global);
     let mut running = Running::start(&env, &services, args.replicas);
+    running.spawn_bus_maintenance(&backend, &services);
     if let Some(addr) = args.http {
         let listener = TcpListener::bind(addr)
             .await
