@@ -90,6 +90,7 @@ conformance!(
     concurrent_inserts_of_one_key_never_both_land,
     outbox_due_follows_the_redrive_policy,
     outbox_due_agrees_with_is_due_on_random_histories,
+    an_event_nobody_consumes_is_published_once,
     orders_past_deadline_finds_only_due_pending_orders,
     prune_is_bounded_by_the_batch,
     snapshot_round_trips_every_row_variant,
@@ -386,7 +387,11 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
                 entries.iter().all(|e| policy.is_due(e, now)),
                 "every returned entry is due"
             );
-            assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+            let order = |e: &purchase_saga::runtime::OutboxEntry| (e.last_published_at.is_some(), e.seq);
+            assert!(
+                entries.windows(2).all(|w| order(&w[0]) < order(&w[1])),
+                "never-published first, then republishes, each oldest first"
+            );
             entries
         }
     };
@@ -410,9 +415,13 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
     assert_eq!(orders(&due(0).await), ["o-c"]);
     assert_eq!(orders(&due(999).await), ["o-c"], "republish waits `after`");
     let again = due(1000).await;
-    assert_eq!(orders(&again), ["o-a", "o-b", "o-c"]);
     assert_eq!(
-        (again[0].published_count, again[0].last_published_at),
+        orders(&again),
+        ["o-c", "o-a", "o-b"],
+        "a new event goes before re-drives"
+    );
+    assert_eq!(
+        (again[1].published_count, again[1].last_published_at),
         (1, Some(T0))
     );
 
@@ -710,6 +719,57 @@ async fn snapshot_round_trips_every_row_variant(f: Fixture) {
     }
 }
 
+/// USER_VALIDATED has no subscriber: it is published once and never
+/// re-driven, while PAYMENT_RESERVED of the same step is.
+async fn an_event_nobody_consumes_is_published_once(f: Fixture) {
+    use purchase_saga::domain::event::{PaymentReserved, UserValidated};
+    let store = f.store();
+    let policy = RedrivePolicy {
+        after: DurationMs(1000),
+        republish_max: 3,
+        horizon: DurationMs(60_000),
+    };
+    let validated = Event::new(
+        oid("o-v"),
+        uid("alice"),
+        T0,
+        Payload::UserValidated(UserValidated {
+            user_balance: 500,
+            required_amount: 100,
+        }),
+    );
+    let reserved = Event::new(
+        oid("o-v"),
+        uid("alice"),
+        T0,
+        Payload::PaymentReserved(PaymentReserved {
+            reserved_amount: 100,
+            remaining_balance: 400,
+            item_id: iid("sword"),
+            quantity: 1,
+            payment_method: "WALLET".into(),
+        }),
+    );
+    let mut tx = store.begin(Service::User).await.unwrap();
+    tx.enqueue(&validated, T0).await.unwrap();
+    tx.enqueue(&reserved, T0).await.unwrap();
+    tx.commit().await.unwrap();
+    let first = store.outbox_due(Service::User, T0, policy, 10).await.unwrap();
+    assert_eq!(first.len(), 2, "both are published once");
+    let seqs: Vec<i64> = first.iter().map(|e| e.seq).collect();
+    store.mark_published(Service::User, &seqs, T0).await.unwrap();
+    let later = store
+        .outbox_due(Service::User, T0.plus(DurationMs(5_000)), policy, 10)
+        .await
+        .unwrap();
+    let types: Vec<_> = later.iter().map(|e| e.event.event_type()).collect();
+    assert_eq!(
+        types,
+        [reserved.event_type()],
+        "only the consumed event is re-driven"
+    );
+}
+
 /// `outbox_due` against a model that applies `RedrivePolicy::is_due` to
 /// every entry, over a seeded random history of enqueues, relay passes that
 /// publish a random part of what is due, and time jumps.
@@ -742,11 +802,9 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
             assert_eq!((entry.created_at, entry.published_count), (now, 0));
             model.push(entry);
         }
-        let expected: Vec<i64> = model
-            .iter()
-            .filter(|e| policy.is_due(e, now))
-            .map(|e| e.seq)
-            .collect();
+        let mut expected: Vec<&OutboxEntry> = model.iter().filter(|e| policy.is_due(e, now)).collect();
+        expected.sort_by_key(|e| (e.last_published_at.is_some(), e.seq));
+        let expected: Vec<i64> = expected.into_iter().map(|e| e.seq).collect();
         let due = store.outbox_due(Service::Order, now, policy, 100).await.unwrap();
         let got: Vec<i64> = due.iter().map(|e| e.seq).collect();
         assert_eq!(got, expected, "step {step} at +{}ms", now.since(T0).0);

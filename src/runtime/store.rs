@@ -10,7 +10,8 @@
 use async_trait::async_trait;
 
 use crate::domain::invariants::Snapshot;
-use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use crate::domain::service::subscribers;
+use crate::domain::{DurationMs, Event, EventId, EventType, OrderId, Row, RowKey, Service, Timestamp};
 
 /// A store operation that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,17 +93,25 @@ pub struct RedrivePolicy {
 }
 
 impl RedrivePolicy {
-    /// Whether the relay should publish `entry` now.
+    /// Whether the relay should publish `entry` now. An event nobody
+    /// subscribes to is published once and never again: no consumer waits
+    /// for it.
     pub fn is_due(&self, entry: &OutboxEntry, now: Timestamp) -> bool {
         match entry.last_published_at {
             None => true,
             Some(last) => {
                 let republished = entry.published_count.saturating_sub(1);
-                republished < self.republish_max
+                Self::worth_republishing(entry.event.event_type())
+                    && republished < self.republish_max
                     && now.since(entry.created_at) < self.horizon
                     && now.since(last) >= self.backoff(republished)
             }
         }
+    }
+
+    /// Whether any service consumes `event_type`, so a lost copy matters.
+    pub fn worth_republishing(event_type: EventType) -> bool {
+        !subscribers(event_type).is_empty()
     }
 
     /// Wait before the `(n+1)`-th republish.
@@ -136,7 +145,9 @@ pub struct Pruned {
 pub trait Store: Send + Sync + 'static {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>>;
 
-    /// Outbox entries of `service` that `policy` says are due, oldest first.
+    /// Outbox entries of `service` that `policy` says are due: every
+    /// never-published entry first, then republishes, each oldest first, so a
+    /// backlog of re-drives never delays a new event.
     async fn outbox_due(
         &self,
         service: Service,

@@ -24,7 +24,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
 use crate::domain::invariants::Snapshot;
-use crate::domain::{DurationMs, Event, OrderId, Service, Timestamp};
+use crate::domain::{DurationMs, Event, EventType, OrderId, Service, Timestamp};
 use crate::runtime::store::{OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
@@ -139,12 +139,13 @@ impl Store for PgStore {
         let sql = format!(
             "SELECT seq, payload, created_at, published_count, last_published_at FROM {schema}.outbox
              WHERE last_published_at IS NULL
-                OR (published_count - 1 < $2
+                OR (event_type = ANY($6)
+                    AND published_count - 1 < $2
                     AND $1::numeric - {created} < $3::numeric
                     AND $1::numeric - {last} >= GREATEST(LEAST(
                             $4::numeric * power(2::numeric, LEAST(GREATEST(published_count - 1, 0), 20)),
                             9223372036854775807), -9223372036854775808))
-             ORDER BY seq
+             ORDER BY last_published_at IS NOT NULL, seq
              LIMIT $5",
             schema = schema(service),
             created = millis("created_at"),
@@ -156,6 +157,7 @@ impl Store for PgStore {
             .bind(policy.horizon.0)
             .bind(policy.after.0)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(republishable_types())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -270,4 +272,14 @@ impl Store for PgStore {
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(snapshot)
     }
+}
+
+/// Wire names of the event types worth republishing (see
+/// [`RedrivePolicy::worth_republishing`]).
+fn republishable_types() -> Vec<&'static str> {
+    EventType::ALL
+        .into_iter()
+        .filter(|t| RedrivePolicy::worth_republishing(*t))
+        .map(EventType::as_str)
+        .collect()
 }

@@ -336,14 +336,15 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
         let state = self.shared.state.lock().expect("store mutex");
-        Ok(state
-            .outbox
-            .range((service, i64::MIN)..=(service, i64::MAX))
-            .map(|(_, e)| e)
-            .filter(|e| policy.is_due(e, now))
-            .take(limit)
-            .cloned()
-            .collect())
+        let entries = || {
+            state
+                .outbox
+                .range((service, i64::MIN)..=(service, i64::MAX))
+                .map(|(_, e)| e)
+        };
+        let fresh = entries().filter(|e| e.last_published_at.is_none());
+        let redrive = entries().filter(|e| e.last_published_at.is_some() && policy.is_due(e, now));
+        Ok(fresh.chain(redrive).take(limit).cloned().collect())
     }
 
     async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
