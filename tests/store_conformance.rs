@@ -425,25 +425,49 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
         (1, Some(T0))
     );
 
+    // Rounds start at +1000 (k=1) and +3000 (k=2); all three were last
+    // published at +1000, so the next round for each is +3000.
     store
         .mark_published(Service::Order, &[a, b, c], T0.plus(DurationMs(1000)))
         .await
         .unwrap();
-    // a, b: republished once, next after 2*after; c: published once, next after `after`.
-    assert_eq!(orders(&due(1999).await), Vec::<String>::new());
-    assert_eq!(orders(&due(2000).await), ["o-c"]);
+    assert_eq!(orders(&due(2999).await), Vec::<String>::new());
+    // A second relay publishing `a` within the same round spends no round.
+    store
+        .mark_published(Service::Order, &[a], T0.plus(DurationMs(1500)))
+        .await
+        .unwrap();
     assert_eq!(orders(&due(3000).await), ["o-a", "o-b", "o-c"]);
     store
         .mark_published(Service::Order, &[a, b, c], T0.plus(DurationMs(3000)))
         .await
         .unwrap();
-    // a, b: republished twice = republish_max: never again. c: once.
-    assert_eq!(orders(&due(5000).await), ["o-c"]);
-    assert_eq!(orders(&due(9999).await), ["o-c"]);
-    assert_eq!(
-        orders(&due(10_000).await),
-        Vec::<String>::new(),
+    // Both rounds spent: never again.
+    assert_eq!(orders(&due(9_999).await), Vec::<String>::new());
+    // With more rounds, none that starts at or past the horizon: rounds at
+    // +1000, +3000 and +7000, horizon 5000.
+    let short = RedrivePolicy {
+        after: DurationMs(1000),
+        republish_max: 5,
+        horizon: DurationMs(5000),
+    };
+    let at = T0.plus(DurationMs(20_000));
+    assert!(
+        store
+            .outbox_due(Service::Order, at, short, 100)
+            .await
+            .unwrap()
+            .is_empty(),
         "past the horizon: never again"
+    );
+    let long = RedrivePolicy {
+        horizon: DurationMs(8000),
+        ..short
+    };
+    assert_eq!(
+        orders(&store.outbox_due(Service::Order, at, long, 100).await.unwrap()),
+        ["o-a", "o-b", "o-c"],
+        "the +7000 round is within an 8000 horizon"
     );
     store.mark_published(Service::Order, &[], T0).await.unwrap();
 }

@@ -106,12 +106,13 @@ impl Default for RuntimeConfig {
             idle_poll: Duration::from_millis(50),
             error_backoff: Duration::from_millis(500),
             saga_deadline: DurationMs::from_secs(300),
-            // Republished at 60 s, 120 s and 240 s after the first publish:
-            // the last one lands after the 5-minute deadline, whose own
-            // events are re-driven the same way.
+            // Republish rounds start 1, 3, 7, 15 and 31 minutes after an
+            // event was committed (the 63-minute round is past the horizon):
+            // every round after the 5-minute deadline re-drives the
+            // compensations a lost event would otherwise strand.
             redrive: RedrivePolicy {
                 after: DurationMs::from_secs(60),
-                republish_max: 3,
+                republish_max: 6,
                 horizon: DurationMs::from_secs(3600),
             },
             retention: Retention {

@@ -81,10 +81,14 @@ pub struct OutboxEntry {
 ///
 /// The bus is at-least-once only while it keeps its data; Redis here keeps
 /// nothing on disk, and the simulator's broker drops messages. So an entry is
-/// published again at `after`, `2*after`, `4*after`, ... after its last
-/// publish, at most `republish_max` times and never after `horizon` from its
-/// creation. Consumers are idempotent, so a needless republish costs one
-/// inbox lookup per subscriber.
+/// published again in rounds fixed by its creation time: round `k` (1 to
+/// `republish_max`) starts at `created_at + after * (2^k - 1)`, i.e. at
+/// `after`, `3*after`, `7*after`, ... and no round starts at or past
+/// `horizon`. An entry is due when a round has started since its last
+/// publish. Rounds, not publish counts, are the budget: two relay replicas
+/// that both publish in one round spend one round, and a long fault window
+/// cannot use the budget up faster than time passes. Consumers are
+/// idempotent, so a needless republish costs one inbox lookup per subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedrivePolicy {
     pub after: DurationMs,
@@ -93,30 +97,38 @@ pub struct RedrivePolicy {
 }
 
 impl RedrivePolicy {
-    /// Whether the relay should publish `entry` now. An event nobody
-    /// subscribes to is published once and never again: no consumer waits
-    /// for it.
+    /// Longest schedule supported: `2^k` must not overflow.
+    pub const ROUNDS_MAX: u32 = 30;
+
+    /// Whether the relay should publish `entry` now: never published, or a
+    /// re-drive round started since its last publish.
     pub fn is_due(&self, entry: &OutboxEntry, now: Timestamp) -> bool {
-        match entry.last_published_at {
-            None => true,
-            Some(last) => {
-                let republished = entry.published_count.saturating_sub(1);
-                Self::worth_republishing(entry.event.event_type())
-                    && republished < self.republish_max
-                    && now.since(entry.created_at) < self.horizon
-                    && now.since(last) >= self.backoff(republished)
-            }
+        entry.last_published_at.is_none() || self.next_republish(entry).is_some_and(|at| at <= now)
+    }
+
+    /// Start of the first round after the entry's last publish; None when
+    /// it was never published (it is due at once), when no round is left, or
+    /// when nobody consumes its type (no consumer waits for a lost copy).
+    pub fn next_republish(&self, entry: &OutboxEntry) -> Option<Timestamp> {
+        let last = entry.last_published_at?;
+        if !Self::worth_republishing(entry.event.event_type()) {
+            return None;
         }
+        (1..=self.republish_max.min(Self::ROUNDS_MAX))
+            .map(|k| self.round_start(entry.created_at, k))
+            .take_while(|start| start.since(entry.created_at) < self.horizon)
+            .find(|start| *start > last)
+    }
+
+    /// Start of round `k` of an entry created at `created`.
+    pub fn round_start(&self, created: Timestamp, k: u32) -> Timestamp {
+        assert!((1..=Self::ROUNDS_MAX).contains(&k), "round {k} out of range");
+        created.plus(DurationMs(self.after.0.saturating_mul((1i64 << k) - 1)))
     }
 
     /// Whether any service consumes `event_type`, so a lost copy matters.
     pub fn worth_republishing(event_type: EventType) -> bool {
         !subscribers(event_type).is_empty()
-    }
-
-    /// Wait before the `(n+1)`-th republish.
-    pub fn backoff(&self, n: u32) -> DurationMs {
-        DurationMs(self.after.0.saturating_mul(1i64 << n.min(20)))
     }
 }
 

@@ -125,10 +125,10 @@ impl Store for PgStore {
         }))
     }
 
-    /// [`RedrivePolicy::is_due`] in SQL, term by term: never published; or
-    /// republished fewer than `republish_max` times, younger than `horizon`,
-    /// and last published at least `after * 2^min(republished, 20)` ago
-    /// (saturating at i64's range, like the Rust).
+    /// [`RedrivePolicy::is_due`] in SQL: never published; or of a consumed
+    /// type with a re-drive round (`created + after * (2^k - 1)`, k in
+    /// 1..=republish_max, starting before `horizon`) that began after the
+    /// last publish and by `now`. Never-published entries come first.
     async fn outbox_due(
         &self,
         service: Service,
@@ -140,11 +140,11 @@ impl Store for PgStore {
             "SELECT seq, payload, created_at, published_count, last_published_at FROM {schema}.outbox
              WHERE last_published_at IS NULL
                 OR (event_type = ANY($6)
-                    AND published_count - 1 < $2
-                    AND $1::numeric - {created} < $3::numeric
-                    AND $1::numeric - {last} >= GREATEST(LEAST(
-                            $4::numeric * power(2::numeric, LEAST(GREATEST(published_count - 1, 0), 20)),
-                            9223372036854775807), -9223372036854775808))
+                    AND EXISTS (
+                        SELECT 1 FROM generate_series(1, $2::int) AS round(k)
+                        WHERE $4::numeric * (power(2::numeric, k) - 1) < $3::numeric
+                          AND {created} + $4::numeric * (power(2::numeric, k) - 1) > {last}
+                          AND {created} + $4::numeric * (power(2::numeric, k) - 1) <= $1::numeric))
              ORDER BY last_published_at IS NOT NULL, seq
              LIMIT $5",
             schema = schema(service),
@@ -153,7 +153,7 @@ impl Store for PgStore {
         );
         let rows = sqlx::query(&sql)
             .bind(now.0)
-            .bind(i64::from(policy.republish_max))
+            .bind(policy.republish_max.min(RedrivePolicy::ROUNDS_MAX) as i32)
             .bind(policy.horizon.0)
             .bind(policy.after.0)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -223,12 +223,7 @@ impl Harness {
             self.store
                 .outbox()
                 .iter()
-                .filter_map(|e| {
-                    let last = e.last_published_at?;
-                    let republished = e.published_count.saturating_sub(1);
-                    (republished < policy.republish_max && last.since(e.created_at) < policy.horizon)
-                        .then(|| last.plus(policy.backoff(republished)))
-                })
+                .filter_map(|e| policy.next_republish(e))
                 .min()
         };
         [next_arrival, deadline, redrive].into_iter().flatten().min()
