@@ -1,0 +1,43 @@
+//! A run as a Mermaid sequence diagram in the founding document's style:
+//! `Emitter -> Bus: EVENT`, `Bus -> Subscriber: EVENT`; faults, crashes and
+//! restarts as notes over the service (or the bus) they hit.
+
+use std::fmt::Write;
+
+use purchase_saga::domain::Service;
+
+use crate::world::{EntryKind, TraceEntry};
+
+fn escape(text: &str) -> String {
+    text.replace(';', ",").replace('#', "no.").replace(['{', '}'], "")
+}
+
+pub fn render(entries: &[TraceEntry]) -> String {
+    let mut s = String::from("sequenceDiagram\n    participant Client\n");
+    for service in Service::ALL {
+        let _ = writeln!(s, "    participant {}", service.name());
+    }
+    s.push_str("    participant Bus\n");
+    for e in entries {
+        let line = match &e.kind {
+            EntryKind::Place { order } => format!("Client->>Order: create-order request ({order})"),
+            EntryKind::Publish { from, type_name, order } => format!("{}->>Bus: {type_name} ({order})", from.name()),
+            EntryKind::Delivery {
+                to,
+                type_name,
+                order,
+                note,
+                ..
+            } => match note {
+                None => format!("Bus->>{}: {type_name} ({order})", to.name()),
+                Some(n) => format!("Bus-->>{}: {type_name} ({order}) [{n}]", to.name()),
+            },
+            EntryKind::Fault { at, .. } | EntryKind::Driver { at } => {
+                let over = at.map_or("Bus", |s| s.name());
+                format!("Note over {over}: {} ms {}", e.at_ms, escape(&e.text))
+            }
+        };
+        let _ = writeln!(s, "    {line}");
+    }
+    s
+}
