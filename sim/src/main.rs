@@ -67,10 +67,11 @@ fn parse_range(raw: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-/// The commit the binary runs at, for replay commands (`unknown` outside git).
+/// The commit the binary runs at, for replay commands (`-dirty` when the
+/// work tree has uncommitted changes; `unknown` outside git).
 fn commit() -> String {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -150,7 +151,7 @@ fn main() -> ExitCode {
                         println!("    {v}");
                     }
                     println!(
-                        "    replay: git checkout {commit} && cargo run -p purchase-saga-sim --release -- replay --seed {seed} --faults {} --orders {orders} --trace",
+                        "    replay (at commit {commit}): cargo run -p purchase-saga-sim --release -- replay --seed {seed} --faults {} --orders {orders} --trace",
                         faults.name()
                     );
                 }
