@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::faults::FaultKind;
+use crate::finding::{check, Finding};
 use crate::world::World;
 
 /// The broker's port on its host.
@@ -39,10 +40,25 @@ const IDLE_CLOSE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// XADD to each stream.
-    Publish { streams: Vec<Service>, payload: String },
-    Receive { service: Service, consumer: String, max: usize },
-    Ack { service: Service, id: u64 },
-    DeadLetter { service: Service, id: u64, reason: String, payload: String },
+    Publish {
+        streams: Vec<Service>,
+        payload: String,
+    },
+    Receive {
+        service: Service,
+        consumer: String,
+        max: usize,
+    },
+    Ack {
+        service: Service,
+        id: u64,
+    },
+    DeadLetter {
+        service: Service,
+        id: u64,
+        reason: String,
+        payload: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,16 +152,24 @@ impl Broker {
                     if twice {
                         Self::append(&mut state, service, &payload);
                         drop(state);
-                        self.world
-                            .fault(FaultKind::Duplicate, None, format!("bus appended a publish twice for {service}"));
+                        self.world.fault(
+                            FaultKind::Duplicate,
+                            None,
+                            format!("bus appended a publish twice for {service}"),
+                        );
                     }
                 }
                 Response::Done
             }
-            Request::Receive { service, consumer, max } => Response::Deliveries(self.receive(service, &consumer, max)),
+            Request::Receive {
+                service,
+                consumer,
+                max,
+            } => Response::Deliveries(self.receive(service, &consumer, max)),
             Request::Ack { service, id } => {
-                if let Some(stream) = self.lock().streams.get_mut(&service) {
-                    stream.remove(&id);
+                let acked = self.lock().streams.get_mut(&service).and_then(|s| s.remove(&id));
+                if let Some(entry) = acked {
+                    self.check_applied(service, id, &entry.payload);
                 }
                 Response::Done
             }
@@ -161,10 +185,27 @@ impl Broker {
                 }
                 state.dead.push((service, reason.clone(), payload));
                 drop(state);
-                self.world
-                    .log(crate::world::EntryKind::Driver { at: Some(service) }, format!("dead-letter {service} #{id}: {reason}"));
+                self.world.log(
+                    crate::world::EntryKind::Driver { at: Some(service) },
+                    format!("dead-letter {service} #{id}: {reason}"),
+                );
                 Response::Done
             }
+        }
+    }
+
+    /// The delivery rule "ack only after commit", checked where the ack
+    /// lands: the acknowledged event must be in the service's inbox.
+    fn check_applied(&self, service: Service, id: u64, payload: &str) {
+        let Ok(event) = purchase_saga::domain::Event::decode(payload.as_bytes()) else {
+            return;
+        };
+        if !self.world.store.inbox_contains(service, event.event_id) {
+            self.world.found(Finding::new(
+                check::ACK_AFTER_COMMIT,
+                format!("{service} entry #{id}"),
+                format!("acknowledged {} before its service committed it", event.summary()),
+            ));
         }
     }
 
@@ -180,6 +221,8 @@ impl Broker {
             };
             let idle = stream
                 .iter()
+                // Planted bug (mutants feature): at-most-once, like Pub/Sub.
+                .filter(|_| !purchase_saga::mutant!(AtMostOnceBus))
                 .filter(|(_, e)| e.delivered_at.is_some_and(|t| now - t >= VISIBILITY_MS));
             let fresh = stream.iter().filter(|(_, e)| e.delivered_at.is_none());
             idle.chain(fresh).map(|(id, _)| *id).take(max).collect()

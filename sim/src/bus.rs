@@ -83,7 +83,9 @@ impl Bus for SimBus {
             })
             .await?;
         let Response::Deliveries(list) = response else {
-            return Err(BusError::Unavailable("broker answered receive with no deliveries".into()));
+            return Err(BusError::Unavailable(
+                "broker answered receive with no deliveries".into(),
+            ));
         };
         Ok(list
             .into_iter()

@@ -130,7 +130,11 @@ pub enum CrashPoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scheduled {
     /// Crash `replica` at `point`, restart it `down_ms` later.
-    Crash { replica: Replica, point: CrashPoint, down_ms: u64 },
+    Crash {
+        replica: Replica,
+        point: CrashPoint,
+        down_ms: u64,
+    },
     /// Cut `replica` off the broker for `len_ms`.
     Partition { replica: Replica, len_ms: u64 },
 }
@@ -180,7 +184,12 @@ impl FaultPlan {
     /// A plan for `profile` over `replicas`, drawn from `rng`. Input (order
     /// arrivals, within `arrival_span_ms`) always stops before the faults
     /// do, so recovery must not need new traffic.
-    pub fn generate(rng: &mut impl Rng, profile: Profile, replicas: &[Replica], arrival_span_ms: u64) -> FaultPlan {
+    pub fn generate(
+        rng: &mut impl Rng,
+        profile: Profile,
+        replicas: &[Replica],
+        arrival_span_ms: u64,
+    ) -> FaultPlan {
         assert!(!replicas.is_empty(), "a plan needs replicas to hit");
         let (scale, enabled): (u32, [bool; 8]) = match profile {
             Profile::None => return FaultPlan::none(),
@@ -195,14 +204,19 @@ impl FaultPlan {
             }
         };
         let [latency, duplicate, drop_publish, drop_delivery, abort, deadline, crash, partition] = enabled;
-        let rate = |on: bool, rng: &mut dyn rand::RngCore| if on { rng.random_range(5..=25) * scale } else { 0 };
+        let rate =
+            |on: bool, rng: &mut dyn rand::RngCore| if on { rng.random_range(5..=25) * scale } else { 0 };
         let heal_at_ms = arrival_span_ms + rng.random_range(3_000..=10_000);
         let mut timed = Vec::new();
         if crash {
             let crashes = if scale == 1 { 3 } else { rng.random_range(4..=9) };
             for n in 0..crashes {
                 // Cycle the points so every kind of crash occurs.
-                let point = [CrashPoint::Anywhere, CrashPoint::BeforeCommit, CrashPoint::AfterPublish][n % 3];
+                let point = [
+                    CrashPoint::Anywhere,
+                    CrashPoint::BeforeCommit,
+                    CrashPoint::AfterPublish,
+                ][n % 3];
                 timed.push(TimedFault {
                     at_ms: rng.random_range(0..heal_at_ms),
                     fault: Scheduled::Crash {
@@ -226,7 +240,11 @@ impl FaultPlan {
         }
         timed.sort_by_key(|t| t.at_ms);
         FaultPlan {
-            jitter_ms_max: if latency { rng.random_range(5..=10) * u64::from(scale) } else { 0 },
+            jitter_ms_max: if latency {
+                rng.random_range(5..=10) * u64::from(scale)
+            } else {
+                0
+            },
             duplicate_per_mille: rate(duplicate, rng),
             drop_publish_per_mille: rate(drop_publish, rng),
             drop_delivery_per_mille: rate(drop_delivery, rng),

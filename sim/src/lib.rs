@@ -18,15 +18,18 @@
 //! - [`store`]: `SimStore`, latency, aborts and crash points over `MemoryStore`.
 //! - [`broker`]: the broker's streams and its turmoil host; [`bus`]: the
 //!   `SimBus` client and the wire protocol.
+//! - [`finding`]: violations of invariants and of the simulator's own checks.
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
-//! - [`summary`], [`mermaid`]: reports.
+//! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
 
 pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod faults;
+pub mod finding;
 pub mod mermaid;
+pub mod mutants;
 pub mod observer;
 pub mod run;
 pub mod store;

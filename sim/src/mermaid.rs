@@ -21,7 +21,11 @@ pub fn render(entries: &[TraceEntry]) -> String {
     for e in entries {
         let line = match &e.kind {
             EntryKind::Place { order } => format!("Client->>Order: create-order request ({order})"),
-            EntryKind::Publish { from, type_name, order } => format!("{}->>Bus: {type_name} ({order})", from.name()),
+            EntryKind::Publish {
+                from,
+                type_name,
+                order,
+            } => format!("{}->>Bus: {type_name} ({order})", from.name()),
             EntryKind::Delivery {
                 to,
                 type_name,

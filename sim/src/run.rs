@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use purchase_saga::domain::gateway::SimulatedGateway;
-use purchase_saga::domain::invariants::{check_quiescent, Invariant, Snapshot, Violation};
+use purchase_saga::domain::invariants::{check_quiescent, Snapshot};
 use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::rows::OrderStatus;
 use purchase_saga::domain::service::subscribers;
@@ -28,6 +28,7 @@ use crate::broker::{self, Broker};
 use crate::bus::SimBus;
 use crate::clock::SimClock;
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Scheduled};
+use crate::finding::{check, Finding};
 use crate::observer::SimObserver;
 use crate::store::SimStore;
 use crate::world::{EntryKind, TraceEntry, World};
@@ -113,7 +114,7 @@ pub struct SimOutcome {
     pub entries: Vec<TraceEntry>,
     pub lines: Vec<String>,
     pub hash: u64,
-    pub violations: Vec<Violation>,
+    pub violations: Vec<Finding>,
     /// Orders by outcome: `COMPLETED`, a failed step, `PENDING`, `REJECTED`.
     pub paths: BTreeMap<String, u64>,
     pub faults: BTreeMap<FaultKind, u64>,
@@ -142,7 +143,12 @@ async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeCo
     let env = env_for(&world, Some(replica), config);
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
     let service = replica.service;
-    tokio::task::spawn_local(consumer::run(env.clone(), service, replica.host(), shutdown.clone()));
+    tokio::task::spawn_local(consumer::run(
+        env.clone(),
+        service,
+        replica.host(),
+        shutdown.clone(),
+    ));
     tokio::task::spawn_local(relay::run(env.clone(), service, shutdown.clone()));
     if service == Service::Order {
         tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
@@ -154,15 +160,21 @@ async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeCo
 }
 
 /// The client: places each order at its arrival time, retrying store faults.
-async fn client_software(world: Arc<World>, orders: Vec<OrderSpec>, config: RuntimeConfig) -> turmoil::Result {
+async fn client_software(
+    world: Arc<World>,
+    orders: Vec<OrderSpec>,
+    config: RuntimeConfig,
+) -> turmoil::Result {
     let env = env_for(&world, None, config);
     let start = tokio::time::Instant::now();
     for o in orders {
         tokio::time::sleep_until(start + o.at.as_std()).await;
         world.log(
-            EntryKind::Place { order: o.id.to_string() },
+            EntryKind::Place {
+                order: o.id.to_string(),
+            },
             format!(
-                "Client -> Order: PLACE_ORDER {{order={} user={} item={} qty={} method={}}}",
+                "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
                 o.id, o.user, o.item, o.quantity, o.method
             ),
         );
@@ -177,11 +189,20 @@ async fn client_software(world: Arc<World>, orders: Vec<OrderSpec>, config: Runt
             match place_order(&env, &cmd).await {
                 Ok(_) => break,
                 Err(PlaceError::Rejected(r)) => {
-                    world.log(EntryKind::Driver { at: Some(Service::Order) }, format!("Order -> Client: rejected {}: {r}", o.id));
+                    world.log(
+                        EntryKind::Driver {
+                            at: Some(Service::Order),
+                        },
+                        format!("Order -> Client: rejected {}: {r}", o.id),
+                    );
                     break;
                 }
                 Err(PlaceError::Store(e)) => {
-                    assert!(attempt < PLACE_ATTEMPTS_MAX, "order {} not placed after {attempt} attempts: {e}", o.id);
+                    assert!(
+                        attempt < PLACE_ATTEMPTS_MAX,
+                        "order {} not placed after {attempt} attempts: {e}",
+                        o.id
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -194,7 +215,11 @@ async fn client_software(world: Arc<World>, orders: Vec<OrderSpec>, config: Runt
 /// Why the run is not quiescent yet, if it is not.
 fn pending_work(world: &World, broker: &Broker) -> Option<String> {
     let snapshot = world.store.snapshot_now();
-    let open = snapshot.orders.values().filter(|o| !o.status.is_terminal()).count();
+    let open = snapshot
+        .orders
+        .values()
+        .filter(|o| !o.status.is_terminal())
+        .count();
     if open > 0 {
         return Some(format!("{open} orders not terminal"));
     }
@@ -205,7 +230,11 @@ fn pending_work(world: &World, broker: &Broker) -> Option<String> {
     for entry in world.store.outbox() {
         let id = entry.event.event_id;
         if entry.published_count == 0 {
-            return Some(format!("outbox entry {} of {} never published", entry.seq, entry.event.emitter()));
+            return Some(format!(
+                "outbox entry {} of {} never published",
+                entry.seq,
+                entry.event.emitter()
+            ));
         }
         for s in subscribers(entry.event.event_type()) {
             if !world.store.inbox_contains(s, id) && !broker.dead_lettered(s, id) {
@@ -221,7 +250,10 @@ fn pending_work(world: &World, broker: &Broker) -> Option<String> {
 
 /// Runs `input` to quiescence or to the liveness bound.
 pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
-    assert!(settings.replicas >= 1 && settings.tick_ms >= 1, "a run needs replicas and a tick");
+    assert!(
+        settings.replicas >= 1 && settings.tick_ms >= 1,
+        "a run needs replicas and a tick"
+    );
     let wall_start = std::time::Instant::now();
     let plan = input.plan.clone();
     let clock = SimClock::default();
@@ -253,9 +285,18 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         let (w, c) = (world.clone(), config.clone());
         sim.host(r.host(), move || replica_software(w.clone(), r, c.clone()));
     }
-    sim.client("client", client_software(world.clone(), input.scenario.orders.clone(), config.clone()));
+    sim.client(
+        "client",
+        client_software(world.clone(), input.scenario.orders.clone(), config.clone()),
+    );
 
-    let last_arrival = input.scenario.orders.iter().map(|o| o.at.0.max(0) as u64).max().unwrap_or(0);
+    let last_arrival = input
+        .scenario
+        .orders
+        .iter()
+        .map(|o| o.at.0.max(0) as u64)
+        .max()
+        .unwrap_or(0);
     let heal_at = plan.heal_at_ms;
     let end_ms = heal_at.max(last_arrival) + settings.liveness_ms;
     let mut next_fault = 0;
@@ -278,7 +319,10 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             for r in cut.values_mut() {
                 *r = t;
             }
-            world.log(EntryKind::Driver { at: None }, "== healed: no more faults; input stopped ==".into());
+            world.log(
+                EntryKind::Driver { at: None },
+                "== healed: no more faults; input stopped ==".into(),
+            );
         }
         while !world.healed() && next_fault < plan.timed.len() && plan.timed[next_fault].at_ms <= t {
             match &plan.timed[next_fault].fault {
@@ -292,7 +336,11 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                         down.insert(*replica, t + down_ms);
                     }
                 }
-                Scheduled::Crash { replica, point, down_ms } => {
+                Scheduled::Crash {
+                    replica,
+                    point,
+                    down_ms,
+                } => {
                     world.arm(*replica, *point, *down_ms);
                     armed_down.insert(*replica, (*point, *down_ms));
                 }
@@ -321,14 +369,20 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             if at <= t {
                 down.remove(&r);
                 sim.bounce(r.host());
-                world.log(EntryKind::Driver { at: Some(r.service) }, format!("== {r} restarted =="));
+                world.log(
+                    EntryKind::Driver { at: Some(r.service) },
+                    format!("== {r} restarted =="),
+                );
             }
         }
         for (r, at) in cut.clone() {
             if at <= t {
                 cut.remove(&r);
                 sim.repair(r.host(), broker::HOST);
-                world.log(EntryKind::Driver { at: Some(r.service) }, format!("== {r} reconnected =="));
+                world.log(
+                    EntryKind::Driver { at: Some(r.service) },
+                    format!("== {r} reconnected =="),
+                );
             }
         }
         if let Err(e) = sim.step() {
@@ -351,23 +405,19 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).expect("simulated ms fit u64");
     clock.set_driver_ms(simulated_ms as i64);
     let snapshot = world.store.snapshot_now();
-    let mut violations: Vec<Violation> = world.violations().into_iter().map(|(_, v)| v).collect();
+    let mut violations: Vec<Finding> = world.violations().into_iter().map(|(_, v)| v).collect();
     if let Some(e) = failure {
-        violations.push(Violation {
-            invariant: Invariant::EveryOrderTerminal,
-            subject: "simulation".into(),
-            detail: format!("a host failed: {e}"),
-        });
+        violations.push(Finding::new(check::HOST_FAILED, "simulation", e));
     }
     if !quiescent {
         let why = pending_work(&world, &broker).unwrap_or_else(|| "client still placing orders".into());
-        violations.push(Violation {
-            invariant: Invariant::EveryOrderTerminal,
-            subject: "liveness".into(),
-            detail: format!("not quiescent {}ms after healing: {why}", settings.liveness_ms),
-        });
+        violations.push(Finding::new(
+            check::LIVENESS,
+            "run",
+            format!("not quiescent {}ms after healing: {why}", settings.liveness_ms),
+        ));
     }
-    violations.extend(check_quiescent(&snapshot));
+    violations.extend(check_quiescent(&snapshot).into_iter().map(Finding::from));
     violations.sort();
     violations.dedup();
     for v in &violations {
@@ -393,7 +443,10 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         paths.insert("REJECTED".into(), rejected);
     }
     let entries = world.trace();
-    let lines: Vec<String> = entries.iter().map(|e| format!("{:>7} {}", e.at_ms, e.text)).collect();
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{:>7} {}", e.at_ms, e.text))
+        .collect();
     SimOutcome {
         seed: input.seed,
         hash: trace_hash(&lines),
@@ -417,7 +470,11 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, replica: Replica, point: Cra
         CrashPoint::BeforeCommit => "crashed before a commit",
         CrashPoint::AfterPublish => "crashed after publishing, before marking published",
     };
-    world.fault(FaultKind::Crash, Some(replica.service), format!("{replica} {what}"));
+    world.fault(
+        FaultKind::Crash,
+        Some(replica.service),
+        format!("{replica} {what}"),
+    );
     if open > 0 {
         world.fault(
             FaultKind::CrashMidTransaction,

@@ -47,8 +47,11 @@ impl SimStore {
     fn maybe_abort(&self, op: &str) -> StoreResult<()> {
         if self.world.strikes(self.world.plan.abort_per_mille) {
             let who = self.replica.map_or("client".to_string(), |r| r.to_string());
-            self.world
-                .fault(FaultKind::StoreAbort, self.service(), format!("{who} transaction aborted at {op}"));
+            self.world.fault(
+                FaultKind::StoreAbort,
+                self.service(),
+                format!("{who} transaction aborted at {op}"),
+            );
             return Err(StoreError::Conflict(format!("injected abort at {op}")));
         }
         Ok(())

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use purchase_saga::domain::invariants::Violation;
 use purchase_saga::domain::FailedStep;
 
 use crate::faults::{FaultKind, Profile};
+use crate::finding::Finding;
 use crate::run::SimOutcome;
 
 #[derive(Debug, Default, Clone)]
@@ -18,7 +18,7 @@ pub struct Summary {
     pub orders: u64,
     pub paths: BTreeMap<String, u64>,
     pub faults: BTreeMap<FaultKind, u64>,
-    pub failing: Vec<(u64, Vec<Violation>)>,
+    pub failing: Vec<(u64, Vec<Finding>)>,
     pub dead_letters: u64,
     pub simulated_ms: u64,
     /// Sum of each seed's own wall time (all threads).
@@ -75,13 +75,23 @@ impl Summary {
         let _ = writeln!(s, "orders           {}", self.orders);
         let _ = writeln!(s, "outcomes per path:");
         let mut paths: Vec<String> = required_paths();
-        paths.extend(self.paths.keys().filter(|p| !required_paths().contains(p)).cloned());
+        paths.extend(
+            self.paths
+                .keys()
+                .filter(|p| !required_paths().contains(p))
+                .cloned(),
+        );
         for p in paths {
             let _ = writeln!(s, "  {:<24} {}", p, self.paths.get(&p).copied().unwrap_or(0));
         }
         let _ = writeln!(s, "faults injected:");
         for k in FaultKind::ALL {
-            let _ = writeln!(s, "  {:<24} {}", k.name(), self.faults.get(&k).copied().unwrap_or(0));
+            let _ = writeln!(
+                s,
+                "  {:<24} {}",
+                k.name(),
+                self.faults.get(&k).copied().unwrap_or(0)
+            );
         }
         let _ = writeln!(s, "dead letters     {}", self.dead_letters);
         let _ = writeln!(s, "violations       {} seed(s)", self.failing.len());

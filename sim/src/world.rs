@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use purchase_saga::domain::invariants::{Snapshot, Violation};
+use purchase_saga::domain::invariants::Snapshot;
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::clock::SimClock;
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Replica};
+use crate::finding::Finding;
 
 /// One line of the trace, with what the Mermaid diagram needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +34,11 @@ pub enum EntryKind {
     /// The client placed an order.
     Place { order: String },
     /// A service handed an event to the bus.
-    Publish { from: Service, type_name: String, order: String },
+    Publish {
+        from: Service,
+        type_name: String,
+        order: String,
+    },
     /// A consumer handled a delivery; `note` says if it was not applied.
     Delivery {
         from: Option<Service>,
@@ -60,7 +65,7 @@ pub struct World {
     armed: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
     crash_requests: Mutex<BTreeSet<Replica>>,
     open_tx: Mutex<BTreeMap<Replica, u32>>,
-    violations: Mutex<Vec<(i64, Violation)>>,
+    violations: Mutex<Vec<(i64, Finding)>>,
     last: Mutex<Snapshot>,
     pub client_done: AtomicBool,
 }
@@ -70,7 +75,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl World {
-    pub fn new(plan: FaultPlan, store: MemoryStore, clock: SimClock, rng: ChaCha8Rng, opening: Snapshot) -> World {
+    pub fn new(
+        plan: FaultPlan,
+        store: MemoryStore,
+        clock: SimClock,
+        rng: ChaCha8Rng,
+        opening: Snapshot,
+    ) -> World {
         World {
             plan,
             store,
@@ -167,7 +178,9 @@ impl World {
 
     /// Crash requests since the last call, with each one's downtime.
     pub fn take_crash_requests(&self) -> Vec<Replica> {
-        std::mem::take(&mut *lock(&self.crash_requests)).into_iter().collect()
+        std::mem::take(&mut *lock(&self.crash_requests))
+            .into_iter()
+            .collect()
     }
 
     pub fn tx_opened(&self, replica: Option<Replica>) {
@@ -202,19 +215,27 @@ impl World {
         if found.is_empty() {
             return;
         }
-        let at = self.clock.elapsed_ms();
-        let mut seen = lock(&self.violations);
         for v in found {
-            if !seen.iter().any(|(_, s)| s.invariant == v.invariant && s.subject == v.subject) {
-                drop(seen);
-                self.log(EntryKind::Driver { at: None }, format!("VIOLATION {v}"));
-                seen = lock(&self.violations);
-                seen.push((at, v));
-            }
+            self.found(v.into());
         }
     }
 
-    pub fn violations(&self) -> Vec<(i64, Violation)> {
+    /// Records a finding; the first per (check, subject) is kept.
+    pub fn found(&self, finding: Finding) {
+        let at = self.clock.elapsed_ms();
+        let mut seen = lock(&self.violations);
+        if seen
+            .iter()
+            .any(|(_, s)| s.check == finding.check && s.subject == finding.subject)
+        {
+            return;
+        }
+        seen.push((at, finding.clone()));
+        drop(seen);
+        self.log(EntryKind::Driver { at: None }, format!("VIOLATION {finding}"));
+    }
+
+    pub fn violations(&self) -> Vec<(i64, Finding)> {
         lock(&self.violations).clone()
     }
 }

@@ -14,10 +14,17 @@ fn same_seed_gives_the_same_trace_in_one_process() {
     let input = input_from_seed(SEED, Profile::Heavy, 20, &settings);
     let a = run(&input, &settings);
     let b = run(&input, &settings);
-    assert!(a.lines.len() > 100, "a heavy run traces more than {} lines", a.lines.len());
+    assert!(
+        a.lines.len() > 100,
+        "a heavy run traces more than {} lines",
+        a.lines.len()
+    );
     assert_eq!(a.lines, b.lines, "same seed, different traces");
     assert_eq!(a.hash, b.hash);
-    let other = run(&input_from_seed(SEED + 1, Profile::Heavy, 20, &settings), &settings);
+    let other = run(
+        &input_from_seed(SEED + 1, Profile::Heavy, 20, &settings),
+        &settings,
+    );
     assert_ne!(a.hash, other.hash, "different seeds should not trace alike");
 }
 
@@ -26,7 +33,15 @@ fn same_seed_gives_the_same_hash_in_a_child_process() {
     let settings = SimSettings::default();
     let local = run(&input_from_seed(SEED, Profile::Heavy, 20, &settings), &settings);
     let out = Command::new(env!("CARGO_BIN_EXE_saga-sim"))
-        .args(["replay", "--seed", &SEED.to_string(), "--faults", "heavy", "--orders", "20"])
+        .args([
+            "replay",
+            "--seed",
+            &SEED.to_string(),
+            "--faults",
+            "heavy",
+            "--orders",
+            "20",
+        ])
         .output()
         .expect("saga-sim runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -35,7 +50,11 @@ fn same_seed_gives_the_same_hash_in_a_child_process() {
         .lines()
         .find_map(|l| l.strip_prefix("trace-hash: "))
         .unwrap_or_else(|| panic!("no trace-hash line in {stdout}"));
-    assert_eq!(hash, format!("{:016x}", local.hash), "the child process traced differently");
+    assert_eq!(
+        hash,
+        format!("{:016x}", local.hash),
+        "the child process traced differently"
+    );
 }
 
 #[test]
@@ -45,7 +64,11 @@ fn a_short_heavy_sweep_holds_every_invariant_and_injects_faults() {
     for seed in 100..106 {
         let o = run(&input_from_seed(seed, Profile::Heavy, 20, &settings), &settings);
         assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);
-        assert!(o.paths.values().sum::<u64>() == 20, "seed {seed}: every order accounted for: {:?}", o.paths);
+        assert!(
+            o.paths.values().sum::<u64>() == 20,
+            "seed {seed}: every order accounted for: {:?}",
+            o.paths
+        );
         faults += o.faults.values().sum::<u64>();
     }
     assert!(faults > 0, "a heavy sweep injected no fault");
@@ -56,6 +79,11 @@ fn a_fault_free_run_injects_nothing() {
     let settings = SimSettings::default();
     let o = run(&input_from_seed(3, Profile::None, 20, &settings), &settings);
     assert!(o.violations.is_empty(), "{:?}", o.violations);
-    let injected: u64 = o.faults.iter().filter(|(k, _)| k.name() != "deadline").map(|(_, n)| n).sum();
+    let injected: u64 = o
+        .faults
+        .iter()
+        .filter(|(k, _)| k.name() != "deadline")
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(injected, 0, "faults without a fault profile: {:?}", o.faults);
 }

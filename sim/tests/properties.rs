@@ -18,7 +18,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     let users = prop::collection::vec((0i64..=400, 0i64..=8), 1..=3);
     let items = prop::collection::vec((10i64..=100, 0i64..=6), 1..=3);
     // (user index, past the users = unknown user; item; qty; declining; at)
-    let orders = prop::collection::vec((0usize..4, 0usize..3, 1i64..=3, prop::bool::weighted(0.15), 0i64..=3_000), 1..=ORDERS_MAX);
+    let orders = prop::collection::vec(
+        (
+            0usize..4,
+            0usize..3,
+            1i64..=3,
+            prop::bool::weighted(0.15),
+            0i64..=3_000,
+        ),
+        1..=ORDERS_MAX,
+    );
     (users, items, orders).prop_map(|(users, items, orders)| {
         let users: Vec<UserSpec> = users
             .into_iter()
@@ -49,7 +58,12 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     .map_or_else(|| UserId::parse(format!("ghost-{n}")).unwrap(), |x| x.id.clone()),
                 item: items[i % items.len()].id.clone(),
                 quantity,
-                method: if declining { DECLINING_METHOD } else { DEFAULT_METHOD }.to_string(),
+                method: if declining {
+                    DECLINING_METHOD
+                } else {
+                    DEFAULT_METHOD
+                }
+                .to_string(),
                 at: DurationMs(at),
             })
             .collect();
@@ -68,7 +82,11 @@ fn timed() -> impl Strategy<Value = TimedFault> {
             0 => Scheduled::Partition { replica, len_ms: len },
             k => Scheduled::Crash {
                 replica,
-                point: [CrashPoint::Anywhere, CrashPoint::BeforeCommit, CrashPoint::AfterPublish][usize::from(k - 1)],
+                point: [
+                    CrashPoint::Anywhere,
+                    CrashPoint::BeforeCommit,
+                    CrashPoint::AfterPublish,
+                ][usize::from(k - 1)],
                 down_ms: len,
             },
         };
@@ -79,25 +97,35 @@ fn timed() -> impl Strategy<Value = TimedFault> {
 fn plan() -> impl Strategy<Value = FaultPlan> {
     let rates = (0u32..=100, 0u32..=100, 0u32..=100, 0u32..=100);
     let deadline = prop_oneof![Just(10_000i64), 1_000i64..=4_000];
-    (0u64..=20, rates, deadline, prop::collection::vec(timed(), 0..=4), 3_000u64..=8_000).prop_map(
-        |(jitter_ms_max, (dup, drop_pub, drop_del, abort), saga_deadline_ms, mut timed, heal_at_ms)| {
-            timed.sort_by_key(|t| t.at_ms);
-            FaultPlan {
-                jitter_ms_max,
-                duplicate_per_mille: dup,
-                drop_publish_per_mille: drop_pub,
-                drop_delivery_per_mille: drop_del,
-                abort_per_mille: abort,
-                saga_deadline_ms,
-                timed,
-                heal_at_ms,
-            }
-        },
+    (
+        0u64..=20,
+        rates,
+        deadline,
+        prop::collection::vec(timed(), 0..=4),
+        3_000u64..=8_000,
     )
+        .prop_map(
+            |(jitter_ms_max, (dup, drop_pub, drop_del, abort), saga_deadline_ms, mut timed, heal_at_ms)| {
+                timed.sort_by_key(|t| t.at_ms);
+                FaultPlan {
+                    jitter_ms_max,
+                    duplicate_per_mille: dup,
+                    drop_publish_per_mille: drop_pub,
+                    drop_delivery_per_mille: drop_del,
+                    abort_per_mille: abort,
+                    saga_deadline_ms,
+                    timed,
+                    heal_at_ms,
+                }
+            },
+        )
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
 }
 
 proptest! {
