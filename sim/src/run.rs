@@ -360,9 +360,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         }
         for r in world.take_crash_requests() {
             let (point, down_ms) = armed_down.remove(&r).expect("a crash request was armed");
-            if !down.contains_key(&r) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(r) {
                 crash(&mut sim, &world, r, point);
-                down.insert(r, if world.healed() { t } else { t + down_ms });
+                slot.insert(if world.healed() { t } else { t + down_ms });
             }
         }
         for (r, at) in down.clone() {

@@ -2,6 +2,10 @@
 //! only seeds), so a failure shrinks to a minimal scenario and plan. Cases:
 //! `PROPTEST_CASES` (default 256). Failures are kept in
 //! `proptest-regressions/properties.txt` (committed) and rerun first.
+//!
+//! `SAGA_SIM_MUTANT=NAME` (with `--features mutants`) runs every case with
+//! that planted bug switched on: proptest then finds and shrinks a failing
+//! scenario and plan for it.
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -9,7 +13,7 @@ use purchase_saga::domain::gateway::{DECLINING_METHOD, DEFAULT_METHOD};
 use purchase_saga::domain::{DurationMs, ItemId, OrderId, Service, UserId};
 use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, UserSpec};
 use purchase_saga_sim::faults::{CrashPoint, FaultPlan, Replica, Scheduled, TimedFault};
-use purchase_saga_sim::{run, SimInput, SimSettings};
+use purchase_saga_sim::{mutants, run, SimInput, SimSettings};
 
 /// Orders per case: small, so 256 cases fit in CI's budget.
 const ORDERS_MAX: usize = 6;
@@ -138,7 +142,9 @@ proptest! {
     #[test]
     fn every_invariant_holds_under_any_plan(seed in any::<u64>(), scenario in scenario(), plan in plan()) {
         let input = SimInput { seed, scenario, plan };
-        let outcome = run(&input, &SimSettings::default());
+        let mutant = std::env::var("SAGA_SIM_MUTANT").ok();
+        let outcome = mutants::with(mutant.as_deref(), || run(&input, &SimSettings::default()))
+            .expect("SAGA_SIM_MUTANT names a mutant of this build");
         prop_assert!(
             outcome.violations.is_empty(),
             "violations: {:#?}\nreplay the input above with purchase_saga_sim::run",
