@@ -259,3 +259,41 @@ impl FaultPlan {
         }
     }
 }
+
+impl FaultPlan {
+    /// This plan with one fault kind taken out: for finding which planted
+    /// bugs need which faults to show. (Deadlines still pass on their own
+    /// when a saga is slow; without this kind they are not made short.)
+    pub fn without(mut self, kind: FaultKind) -> FaultPlan {
+        let keep = |t: &TimedFault| match (&t.fault, kind) {
+            (Scheduled::Partition { .. }, FaultKind::Partition) => false,
+            (Scheduled::Crash { .. }, FaultKind::Crash) => false,
+            (Scheduled::Crash { point, .. }, FaultKind::CrashMidTransaction) => {
+                *point != CrashPoint::BeforeCommit
+            }
+            (Scheduled::Crash { point, .. }, FaultKind::CrashAfterPublish) => {
+                *point != CrashPoint::AfterPublish
+            }
+            _ => true,
+        };
+        self.timed.retain(keep);
+        match kind {
+            FaultKind::Latency => self.jitter_ms_max = 0,
+            FaultKind::Duplicate => self.duplicate_per_mille = 0,
+            FaultKind::DropPublish => self.drop_publish_per_mille = 0,
+            FaultKind::DropDelivery => self.drop_delivery_per_mille = 0,
+            FaultKind::StoreAbort => self.abort_per_mille = 0,
+            FaultKind::Deadline => self.saga_deadline_ms = DEADLINE_MS_DEFAULT,
+            FaultKind::Partition
+            | FaultKind::Crash
+            | FaultKind::CrashMidTransaction
+            | FaultKind::CrashAfterPublish => {}
+        }
+        self
+    }
+
+    /// The kind named `name` (as in the summary), if any.
+    pub fn kind_named(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}

@@ -14,7 +14,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use purchase_saga_sim::summary::Summary;
-use purchase_saga_sim::{input_from_seed, mermaid, mutants, run, Profile, SimOutcome, SimSettings};
+use purchase_saga_sim::{
+    input_from_seed, mermaid, mutants, run, FaultKind, FaultPlan, Profile, SimInput, SimOutcome, SimSettings,
+};
 
 #[derive(Parser)]
 #[command(name = "saga-sim", about = "Deterministic simulation of the purchase saga")]
@@ -44,6 +46,9 @@ enum Command {
         /// Switch on a planted bug (needs `--features mutants`).
         #[arg(long)]
         mutant: Option<String>,
+        /// Take one fault kind out of every plan (e.g. `drop-publish`).
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
     },
     /// Runs one seed and prints its trace hash and violations.
     Replay {
@@ -62,6 +67,8 @@ enum Command {
         mermaid: Option<PathBuf>,
         #[arg(long)]
         mutant: Option<String>,
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
     },
     /// For each planted bug, runs seeds until one violates an invariant;
     /// exits 1 if any mutant survives (needs `--features mutants`).
@@ -75,7 +82,16 @@ enum Command {
         orders: usize,
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
     },
+}
+
+fn parse_kind(raw: &str) -> Result<FaultKind, String> {
+    FaultPlan::kind_named(raw).ok_or_else(|| {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown fault kind {raw:?}; known: {}", names.join(", "))
+    })
 }
 
 fn parse_range(raw: &str) -> Result<(u64, u64), String> {
@@ -102,34 +118,55 @@ fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The command that replays `seed`.
-fn replay_command(seed: u64, faults: Profile, orders: usize, mutant: Option<&str>) -> String {
-    let (features, flag) = match mutant {
-        Some(m) => (" --features mutants", format!(" --mutant {m}")),
-        None => ("", String::new()),
-    };
-    format!(
-        "cargo run -p purchase-saga-sim --release{features} -- replay --seed {seed} --faults {} --orders {orders}{flag} --trace",
-        faults.name()
-    )
+/// What every seed of a command shares.
+#[derive(Clone)]
+struct Options {
+    faults: Profile,
+    orders: usize,
+    mutant: Option<String>,
+    without: Option<FaultKind>,
 }
 
-/// Runs one seed with the (validated) mutant.
-fn run_seed(seed: u64, faults: Profile, orders: usize, mutant: Option<&str>) -> SimOutcome {
-    let settings = SimSettings::default();
-    let input = input_from_seed(seed, faults, orders, &settings);
-    mutants::with(mutant, || run(&input, &settings)).expect("the mutant name was validated")
+impl Options {
+    /// The command that replays `seed`.
+    fn replay_command(&self, seed: u64) -> String {
+        let features = if self.mutant.is_some() {
+            " --features mutants"
+        } else {
+            ""
+        };
+        let mut flags = String::new();
+        if let Some(m) = &self.mutant {
+            flags += &format!(" --mutant {m}");
+        }
+        if let Some(k) = self.without {
+            flags += &format!(" --without {k}");
+        }
+        format!(
+            "cargo run -p purchase-saga-sim --release{features} -- replay --seed {seed} --faults {} --orders {}{flags} --trace",
+            self.faults.name(),
+            self.orders
+        )
+    }
+
+    fn input(&self, seed: u64) -> SimInput {
+        let mut input = input_from_seed(seed, self.faults, self.orders, &SimSettings::default());
+        if let Some(kind) = self.without {
+            input.plan = input.plan.without(kind);
+        }
+        input
+    }
+
+    /// Runs one seed with the (validated) mutant.
+    fn run_seed(&self, seed: u64) -> SimOutcome {
+        let input = self.input(seed);
+        mutants::with(self.mutant.as_deref(), || run(&input, &SimSettings::default()))
+            .expect("the mutant name was validated")
+    }
 }
 
 /// Runs seeds `a..b` on `jobs` threads; outcomes in seed order.
-fn sweep(
-    a: u64,
-    b: u64,
-    faults: Profile,
-    orders: usize,
-    jobs: usize,
-    mutant: Option<String>,
-) -> Vec<SimOutcome> {
+fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
     let bar = ProgressBar::new(b - a);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta} {msg}")
@@ -139,14 +176,10 @@ fn sweep(
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
-            let (next, tx, mutant) = (next.clone(), tx.clone(), mutant.clone());
+            let (next, tx, options) = (next.clone(), tx.clone(), options.clone());
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= b
-                    || tx
-                        .send(run_seed(seed, faults, orders, mutant.as_deref()))
-                        .is_err()
-                {
+                if seed >= b || tx.send(options.run_seed(seed)).is_err() {
                     return;
                 }
             })
@@ -188,6 +221,7 @@ fn main() -> ExitCode {
             jobs,
             no_coverage,
             mutant,
+            without,
         } => {
             let (a, b) = match parse_range(&seeds) {
                 Ok(r) => r,
@@ -200,7 +234,13 @@ fn main() -> ExitCode {
                 return code;
             }
             let started = Instant::now();
-            let outcomes = sweep(a, b, faults, orders, jobs, mutant.clone());
+            let options = Options {
+                faults,
+                orders,
+                mutant: mutant.clone(),
+                without,
+            };
+            let outcomes = sweep(a, b, jobs, &options);
             let mut summary = Summary::default();
             for o in &outcomes {
                 summary.add(o);
@@ -222,13 +262,13 @@ fn main() -> ExitCode {
                     for v in violations.iter().take(5) {
                         println!("    {v}");
                     }
-                    println!(
-                        "    replay: {}",
-                        replay_command(*seed, faults, orders, mutant.as_deref())
-                    );
+                    println!("    replay: {}", options.replay_command(*seed));
                 }
             }
-            let missing = summary.never_happened(faults);
+            let mut missing = summary.never_happened(faults);
+            if let Some(k) = without {
+                missing.retain(|m| *m != format!("fault {k}"));
+            }
             if !missing.is_empty() && !no_coverage {
                 failed = true;
                 println!("\nNEVER HAPPENED (coverage): {}", missing.join(", "));
@@ -246,13 +286,19 @@ fn main() -> ExitCode {
             trace,
             mermaid: diagram,
             mutant,
+            without,
         } => {
             if let Err(code) = check_mutant(mutant.as_deref()) {
                 return code;
             }
-            let settings = SimSettings::default();
-            let input = input_from_seed(seed, faults, orders, &settings);
-            let outcome = run_seed(seed, faults, orders, mutant.as_deref());
+            let options = Options {
+                faults,
+                orders,
+                mutant: mutant.clone(),
+                without,
+            };
+            let input = options.input(seed);
+            let outcome = options.run_seed(seed);
             if trace {
                 println!("plan: {:?}", input.plan);
                 for line in &outcome.lines {
@@ -303,7 +349,17 @@ fn main() -> ExitCode {
             faults,
             orders,
             jobs,
-        } => hunt_mutants(seeds, faults, orders, jobs),
+            without,
+        } => hunt_mutants(
+            seeds,
+            jobs,
+            &Options {
+                faults,
+                orders,
+                mutant: None,
+                without,
+            },
+        ),
     }
 }
 
@@ -314,7 +370,7 @@ struct Hunt {
     tried: u64,
 }
 
-fn hunt_mutants(budget: u64, faults: Profile, orders: usize, jobs: usize) -> ExitCode {
+fn hunt_mutants(budget: u64, jobs: usize, options: &Options) -> ExitCode {
     let names = mutants::names();
     if names.is_empty() {
         eprintln!("saga-sim was built without `--features mutants`: no planted bug to hunt");
@@ -327,6 +383,7 @@ fn hunt_mutants(budget: u64, faults: Profile, orders: usize, jobs: usize) -> Exi
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
             let (next, names, tx) = (next.clone(), names.clone(), tx.clone());
+            let options = options.clone();
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&mutant) = names.get(i) else { return };
@@ -337,7 +394,11 @@ fn hunt_mutants(budget: u64, faults: Profile, orders: usize, jobs: usize) -> Exi
                 };
                 for seed in 0..budget {
                     hunt.tried += 1;
-                    let o = run_seed(seed, faults, orders, Some(mutant));
+                    let o = Options {
+                        mutant: Some(mutant.to_string()),
+                        ..options.clone()
+                    }
+                    .run_seed(seed);
                     if let Some(v) = o.violations.first() {
                         hunt.caught = Some((seed, v.check.clone()));
                         break;
@@ -363,9 +424,13 @@ fn hunt_mutants(budget: u64, faults: Profile, orders: usize, jobs: usize) -> Exi
         w.join().expect("a worker thread panicked");
     }
     rows.sort_by_key(|(i, _)| *i);
+    let without = options
+        .without
+        .map_or(String::new(), |k| format!(" --without {k}"));
     println!(
-        "saga-sim mutants --seeds {budget} --faults {} --orders {orders} (commit {})",
-        faults.name(),
+        "saga-sim mutants --seeds {budget} --faults {} --orders {}{without} (commit {})",
+        options.faults.name(),
+        options.orders,
         commit()
     );
     println!(
@@ -382,7 +447,11 @@ fn hunt_mutants(budget: u64, faults: Profile, orders: usize, jobs: usize) -> Exi
                 seed,
                 h.tried,
                 invariant,
-                replay_command(*seed, faults, orders, Some(h.mutant))
+                Options {
+                    mutant: Some(h.mutant.to_string()),
+                    ..options.clone()
+                }
+                .replay_command(*seed)
             ),
             None => {
                 survivors += 1;
