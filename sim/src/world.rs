@@ -4,7 +4,7 @@
 //!
 //! One run is one thread: every draw from [`World::rng`] happens in an
 //! order fixed by turmoil's host order and the seed, which is what makes a
-//! replay identical. Nothing here iterates a `HashMap`.
+//! replay identical. Nothing here iterates a hash-ordered collection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
