@@ -65,6 +65,9 @@ enum Command {
         /// Write a Mermaid sequence diagram of the run to this file.
         #[arg(long)]
         mermaid: Option<PathBuf>,
+        /// Draw only this order's saga (with crashes, partitions, restarts).
+        #[arg(long)]
+        order: Option<String>,
         #[arg(long)]
         mutant: Option<String>,
         #[arg(long, value_parser = parse_kind)]
@@ -285,6 +288,7 @@ fn main() -> ExitCode {
             orders,
             trace,
             mermaid: diagram,
+            order,
             mutant,
             without,
         } => {
@@ -306,7 +310,9 @@ fn main() -> ExitCode {
                 }
             }
             if let Some(path) = diagram {
-                if let Err(e) = std::fs::write(&path, mermaid::render(&outcome.entries)) {
+                if let Err(e) =
+                    std::fs::write(&path, mermaid::render_order(&outcome.entries, order.as_deref()))
+                {
                     eprintln!("cannot write {}: {e}", path.display());
                     return ExitCode::from(2);
                 }

@@ -6,10 +6,38 @@ use std::fmt::Write;
 
 use purchase_saga::domain::Service;
 
+use crate::faults::FaultKind;
 use crate::world::{EntryKind, TraceEntry};
 
 fn escape(text: &str) -> String {
     text.replace(';', ",").replace('#', "no.").replace(['{', '}'], "")
+}
+
+/// Whether `e` belongs in a diagram of `order` alone: its messages, and the
+/// crashes, partitions, restarts and heal that shape every saga.
+fn concerns(e: &TraceEntry, order: &str) -> bool {
+    match &e.kind {
+        EntryKind::Place { order: o }
+        | EntryKind::Publish { order: o, .. }
+        | EntryKind::Delivery { order: o, .. } => o == order,
+        EntryKind::Fault { kind, .. } => {
+            matches!(
+                kind,
+                FaultKind::Crash | FaultKind::CrashMidTransaction | FaultKind::Partition
+            ) || e.text.contains(order)
+        }
+        EntryKind::Driver { .. } => !e.text.starts_with("VIOLATION") || e.text.contains(order),
+    }
+}
+
+/// The diagram of the whole run, or of one order's saga.
+pub fn render_order(entries: &[TraceEntry], order: Option<&str>) -> String {
+    let picked: Vec<TraceEntry> = entries
+        .iter()
+        .filter(|e| order.is_none_or(|o| concerns(e, o)))
+        .cloned()
+        .collect();
+    render(&picked)
 }
 
 pub fn render(entries: &[TraceEntry]) -> String {

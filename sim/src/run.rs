@@ -302,7 +302,6 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let mut next_fault = 0;
     let mut down: BTreeMap<Replica, u64> = BTreeMap::new();
     let mut cut: BTreeMap<Replica, u64> = BTreeMap::new();
-    let mut armed_down: BTreeMap<Replica, (CrashPoint, u64)> = BTreeMap::new();
     let mut quiescent = false;
     let mut failure = None;
     let check_every = (250 / settings.tick_ms).max(1);
@@ -342,7 +341,6 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                     down_ms,
                 } => {
                     world.arm(*replica, *point, *down_ms);
-                    armed_down.insert(*replica, (*point, *down_ms));
                 }
                 Scheduled::Partition { replica, len_ms } => {
                     if !cut.contains_key(replica) {
@@ -358,8 +356,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             }
             next_fault += 1;
         }
-        for r in world.take_crash_requests() {
-            let (point, down_ms) = armed_down.remove(&r).expect("a crash request was armed");
+        for (r, point, down_ms) in world.take_crash_requests() {
             if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(r) {
                 crash(&mut sim, &world, r, point);
                 slot.insert(if world.healed() { t } else { t + down_ms });

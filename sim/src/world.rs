@@ -6,7 +6,7 @@
 //! order fixed by turmoil's host order and the seed, which is what makes a
 //! replay identical. Nothing here iterates a hash-ordered collection.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -63,7 +63,7 @@ pub struct World {
     counts: Mutex<BTreeMap<FaultKind, u64>>,
     trace: Mutex<Vec<TraceEntry>>,
     armed: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
-    crash_requests: Mutex<BTreeSet<Replica>>,
+    crash_requests: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
     open_tx: Mutex<BTreeMap<Replica, u32>>,
     violations: Mutex<Vec<(i64, Finding)>>,
     last: Mutex<Snapshot>,
@@ -171,15 +171,16 @@ impl World {
         if armed.get(&replica).map(|a| a.0) != Some(point) || self.healed() {
             return false;
         }
-        armed.remove(&replica);
-        lock(&self.crash_requests).insert(replica);
+        let (point, down_ms) = armed.remove(&replica).expect("checked above");
+        lock(&self.crash_requests).insert(replica, (point, down_ms));
         true
     }
 
-    /// Crash requests since the last call, with each one's downtime.
-    pub fn take_crash_requests(&self) -> Vec<Replica> {
+    /// Crash requests since the last call: replica, point, downtime.
+    pub fn take_crash_requests(&self) -> Vec<(Replica, CrashPoint, u64)> {
         std::mem::take(&mut *lock(&self.crash_requests))
             .into_iter()
+            .map(|(r, (point, down_ms))| (r, point, down_ms))
             .collect()
     }
 

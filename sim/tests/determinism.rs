@@ -87,3 +87,26 @@ fn a_fault_free_run_injects_nothing() {
         .sum();
     assert_eq!(injected, 0, "faults without a fault profile: {:?}", o.faults);
 }
+
+#[test]
+fn seeds_on_parallel_threads_trace_as_they_do_alone() {
+    let settings = SimSettings::default();
+    let seeds = [11u64, 12];
+    let alone: Vec<u64> = seeds
+        .iter()
+        .map(|&s| run(&input_from_seed(s, Profile::Swarm, 20, &settings), &settings).hash)
+        .collect();
+    let threads: Vec<_> = seeds
+        .iter()
+        .map(|&s| {
+            std::thread::spawn(move || {
+                run(&input_from_seed(s, Profile::Swarm, 20, &settings), &settings).hash
+            })
+        })
+        .collect();
+    let parallel: Vec<u64> = threads
+        .into_iter()
+        .map(|t| t.join().expect("a sim thread"))
+        .collect();
+    assert_eq!(alone, parallel, "a run depends on what runs beside it");
+}
