@@ -26,7 +26,7 @@ fn concerns(e: &TraceEntry, order: &str) -> bool {
                 FaultKind::Crash | FaultKind::CrashMidTransaction | FaultKind::Partition
             ) || e.text.contains(order)
         }
-        EntryKind::Driver { .. } => !e.text.starts_with("VIOLATION") || e.text.contains(order),
+        EntryKind::Driver { .. } => e.text.starts_with("==") || e.text.contains(order),
     }
 }
 
