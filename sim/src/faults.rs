@@ -103,15 +103,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The turmoil host name, e.g. `payment-1`.
+    /// The turmoil host name, e.g. `payment-r1` (`-r`, so that a replica
+    /// is never mistaken for an order id like `order-1`).
     pub fn host(self) -> String {
-        format!("{}-{}", self.service.slug(), self.index)
+        format!("{}-r{}", self.service.slug(), self.index)
     }
 }
 
 impl fmt::Display for Replica {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.service.slug(), self.index)
+        f.write_str(&self.host())
     }
 }
 

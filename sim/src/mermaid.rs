@@ -13,6 +13,12 @@ fn escape(text: &str) -> String {
     text.replace(';', ",").replace('#', "no.").replace(['{', '}'], "")
 }
 
+/// Whether `text` names `order` as a whole word (`order-1`, not `order-10`).
+fn mentions(text: &str, order: &str) -> bool {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+        .any(|word| word == order)
+}
+
 /// Whether `e` belongs in a diagram of `order` alone: its messages, and the
 /// crashes, partitions, restarts and heal that shape every saga.
 fn concerns(e: &TraceEntry, order: &str) -> bool {
@@ -24,9 +30,9 @@ fn concerns(e: &TraceEntry, order: &str) -> bool {
             matches!(
                 kind,
                 FaultKind::Crash | FaultKind::CrashMidTransaction | FaultKind::Partition
-            ) || e.text.contains(order)
+            ) || mentions(&e.text, order)
         }
-        EntryKind::Driver { .. } => e.text.starts_with("==") || e.text.contains(order),
+        EntryKind::Driver { .. } => e.text.starts_with("==") || mentions(&e.text, order),
     }
 }
 
