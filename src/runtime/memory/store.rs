@@ -118,9 +118,18 @@ impl MemoryStore {
             .collect()
     }
 
-    fn snapshot_now(&self) -> Snapshot {
+    /// The committed rows of every service, read synchronously: the
+    /// simulator checks safety from inside its observer, between two polls.
+    pub fn snapshot_now(&self) -> Snapshot {
         let state = self.shared.state.lock().expect("store mutex");
         Snapshot::from_rows(state.rows.values().cloned())
+    }
+
+    /// Whether `service` has committed `event_id` as processed: the
+    /// simulator's "every published event reached every subscriber" check.
+    pub fn inbox_contains(&self, service: Service, event_id: EventId) -> bool {
+        let state = self.shared.state.lock().expect("store mutex");
+        state.inbox.contains_key(&(service, event_id))
     }
 }
 

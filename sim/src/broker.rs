@@ -1,0 +1,319 @@
+//! The broker: Redis-Streams-like consumer groups, one stream per
+//! subscribing service. Entries stay pending until acknowledged; an entry
+//! whose delivery was not acknowledged within the visibility timeout is
+//! delivered again (to any consumer, XAUTOCLAIM-style) with its delivery
+//! counter raised; dead-lettered entries move to a list with the reason.
+//!
+//! Its faults: a publish lost for a subscriber, a delivery marked but never
+//! handed over, an entry appended twice or handed to a second consumer while
+//! the first still holds it.
+//!
+//! The state lives outside the broker host (the host serves it over
+//! turmoil TCP, see [`serve`]), so the driver can tell when queues drained.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use purchase_saga::domain::{EventId, Service};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::faults::FaultKind;
+use crate::finding::{check, Finding};
+use crate::world::World;
+
+/// The broker's port on its host.
+pub const PORT: u16 = 6379;
+/// The broker host's name.
+pub const HOST: &str = "broker";
+/// A delivery not acknowledged within this is delivered again. Longer than
+/// a handler's usual time (including a lock wait), as XAUTOCLAIM's idle
+/// threshold must be.
+pub const VISIBILITY_MS: i64 = 1_500;
+/// Largest frame on the wire.
+pub const FRAME_BYTES_MAX: usize = 1 << 20;
+/// A connection idle this long is closed by the broker.
+const IDLE_CLOSE: Duration = Duration::from_secs(10);
+
+/// A request on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// XADD to each stream.
+    Publish {
+        streams: Vec<Service>,
+        payload: String,
+    },
+    Receive {
+        service: Service,
+        consumer: String,
+        max: usize,
+    },
+    Ack {
+        service: Service,
+        id: u64,
+    },
+    DeadLetter {
+        service: Service,
+        id: u64,
+        reason: String,
+        payload: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    /// (entry id, delivery count, payload)
+    Deliveries(Vec<(u64, u32, String)>),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    payload: String,
+    deliveries: u32,
+    /// When it was last delivered, while unacknowledged.
+    delivered_at: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: BTreeMap<Service, BTreeMap<u64, Entry>>,
+    next_id: u64,
+    dead: Vec<(Service, String, String)>,
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct Broker {
+    state: Arc<Mutex<State>>,
+    world: Arc<World>,
+}
+
+impl Broker {
+    pub fn new(world: Arc<World>) -> Broker {
+        Broker {
+            state: Arc::default(),
+            world,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("broker mutex")
+    }
+
+    /// Entries not yet acknowledged, over every stream.
+    pub fn unacknowledged(&self) -> usize {
+        self.lock().streams.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether `service` dead-lettered the event `id`.
+    pub fn dead_lettered(&self, service: Service, id: EventId) -> bool {
+        self.lock().dead.iter().any(|(s, _, payload)| {
+            *s == service
+                && purchase_saga::domain::Event::decode(payload.as_bytes()).is_ok_and(|e| e.event_id == id)
+        })
+    }
+
+    /// Dead letters: (service, reason).
+    pub fn dead_letters(&self) -> Vec<(Service, String)> {
+        self.lock().dead.iter().map(|(s, r, _)| (*s, r.clone())).collect()
+    }
+
+    fn append(state: &mut State, service: Service, payload: &str) {
+        state.next_id += 1;
+        let id = state.next_id;
+        state.streams.entry(service).or_default().insert(
+            id,
+            Entry {
+                payload: payload.to_string(),
+                deliveries: 0,
+                delivered_at: None,
+            },
+        );
+    }
+
+    pub fn handle(&self, request: Request) -> Response {
+        let plan = &self.world.plan;
+        match request {
+            Request::Publish { streams, payload } => {
+                for service in streams {
+                    if self.world.strikes(plan.drop_publish_per_mille) {
+                        self.world.fault(
+                            FaultKind::DropPublish,
+                            None,
+                            format!("bus lost a publish for {service}"),
+                        );
+                        continue;
+                    }
+                    let twice = self.world.strikes(plan.duplicate_per_mille);
+                    let mut state = self.lock();
+                    Self::append(&mut state, service, &payload);
+                    if twice {
+                        Self::append(&mut state, service, &payload);
+                        drop(state);
+                        self.world.fault(
+                            FaultKind::Duplicate,
+                            None,
+                            format!("bus appended a publish twice for {service}"),
+                        );
+                    }
+                }
+                Response::Done
+            }
+            Request::Receive {
+                service,
+                consumer,
+                max,
+            } => Response::Deliveries(self.receive(service, &consumer, max)),
+            Request::Ack { service, id } => {
+                let acked = self.lock().streams.get_mut(&service).and_then(|s| s.remove(&id));
+                if let Some(entry) = acked {
+                    self.check_applied(service, id, &entry.payload);
+                }
+                Response::Done
+            }
+            Request::DeadLetter {
+                service,
+                id,
+                reason,
+                payload,
+            } => {
+                let mut state = self.lock();
+                if let Some(stream) = state.streams.get_mut(&service) {
+                    stream.remove(&id);
+                }
+                state.dead.push((service, reason.clone(), payload));
+                drop(state);
+                self.world.log(
+                    crate::world::EntryKind::Driver { at: Some(service) },
+                    format!("dead-letter {service} #{id}: {reason}"),
+                );
+                Response::Done
+            }
+        }
+    }
+
+    /// The delivery rule "ack only after commit", checked where the ack
+    /// lands: the acknowledged event must be in the service's inbox.
+    fn check_applied(&self, service: Service, id: u64, payload: &str) {
+        let Ok(event) = purchase_saga::domain::Event::decode(payload.as_bytes()) else {
+            return;
+        };
+        if !self.world.store.inbox_contains(service, event.event_id) {
+            self.world.found(Finding::new(
+                check::ACK_AFTER_COMMIT,
+                format!("{service} entry #{id}"),
+                format!("acknowledged {} before its service committed it", event.summary()),
+            ));
+        }
+    }
+
+    /// Idle pending entries first (taken over), then new ones, up to `max`;
+    /// sometimes also one entry another consumer still holds (a duplicate).
+    fn receive(&self, service: Service, consumer: &str, max: usize) -> Vec<(u64, u32, String)> {
+        let now = self.world.clock.elapsed_ms();
+        let plan = &self.world.plan;
+        let candidates: Vec<u64> = {
+            let state = self.lock();
+            let Some(stream) = state.streams.get(&service) else {
+                return Vec::new();
+            };
+            let idle = stream
+                .iter()
+                // Planted bug (mutants feature): at-most-once, like Pub/Sub.
+                .filter(|_| !purchase_saga::mutant!(AtMostOnceBus))
+                .filter(|(_, e)| e.delivered_at.is_some_and(|t| now - t >= VISIBILITY_MS));
+            let fresh = stream.iter().filter(|(_, e)| e.delivered_at.is_none());
+            idle.chain(fresh).map(|(id, _)| *id).take(max).collect()
+        };
+        let mut out = Vec::new();
+        for id in candidates {
+            let lost = self.world.strikes(plan.drop_delivery_per_mille);
+            let mut state = self.lock();
+            let entry = state
+                .streams
+                .get_mut(&service)
+                .and_then(|s| s.get_mut(&id))
+                .expect("a candidate is in its stream");
+            entry.deliveries += 1;
+            entry.delivered_at = Some(now);
+            let delivery = (id, entry.deliveries, entry.payload.clone());
+            drop(state);
+            if lost {
+                self.world.fault(
+                    FaultKind::DropDelivery,
+                    Some(service),
+                    format!("bus lost delivery #{id} to {consumer}"),
+                );
+            } else {
+                out.push(delivery);
+            }
+        }
+        if self.world.strikes(plan.duplicate_per_mille) {
+            let held = {
+                let state = self.lock();
+                state.streams.get(&service).and_then(|s| {
+                    s.iter()
+                        .find(|(id, e)| e.delivered_at.is_some() && !out.iter().any(|d| d.0 == **id))
+                        .map(|(id, e)| (*id, e.deliveries, e.payload.clone()))
+                })
+            };
+            if let Some(d) = held {
+                self.world.fault(
+                    FaultKind::Duplicate,
+                    Some(service),
+                    format!("bus delivered held #{} again to {consumer}", d.0),
+                );
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// Reads one length-prefixed frame; None at a clean end of stream.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(std::io::Error::other(format!("frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    assert!(bytes.len() <= FRAME_BYTES_MAX, "frame too large to send");
+    w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// The broker host's software: accepts connections and answers requests,
+/// one at a time per connection, until the host is crashed.
+pub async fn serve(broker: Broker) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let broker = broker.clone();
+        tokio::task::spawn_local(async move {
+            // Bounded: ends at EOF, on an error, or after an idle spell.
+            while let Ok(Ok(Some(frame))) = tokio::time::timeout(IDLE_CLOSE, read_frame(&mut socket)).await {
+                let Ok(request) = serde_json::from_slice::<Request>(&frame) else {
+                    return;
+                };
+                let response = serde_json::to_vec(&broker.handle(request)).expect("responses serialize");
+                if write_frame(&mut socket, &response).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,37 @@
+//! The runtime's [`Clock`] over turmoil's simulated time: every timestamp of
+//! a run is `Timestamp::SIM_EPOCH` plus simulated elapsed time, never the
+//! wall clock, so a replay stamps the same events with the same times.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use purchase_saga::domain::{DurationMs, Timestamp};
+use purchase_saga::runtime::Clock;
+
+/// Simulated time: the current host's view inside a host, the driver's last
+/// step outside (between steps, in the driver's own checks).
+#[derive(Debug, Clone, Default)]
+pub struct SimClock {
+    driver_ms: Arc<AtomicI64>,
+}
+
+impl SimClock {
+    /// Called by the driver before each step.
+    pub fn set_driver_ms(&self, ms: i64) {
+        self.driver_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Milliseconds since the start of the run.
+    pub fn elapsed_ms(&self) -> i64 {
+        match turmoil::sim_elapsed() {
+            Some(d) => i64::try_from(d.as_millis()).expect("simulated time fits i64 ms"),
+            None => self.driver_ms.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::SIM_EPOCH.plus(DurationMs(self.elapsed_ms()))
+    }
+}

@@ -1,0 +1,300 @@
+//! Fault kinds, profiles and the fault plan of one run.
+//!
+//! A [`FaultPlan`] is plain data: the rates of the probabilistic faults, the
+//! scheduled crashes and partitions, the saga deadline and the moment every
+//! fault heals. A seed and a [`Profile`] generate one; proptest builds and
+//! shrinks them directly.
+
+use std::fmt;
+
+use purchase_saga::domain::Service;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Every kind of fault the simulator injects; the summary counts how often
+/// each actually happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FaultKind {
+    /// Store operations and network messages delayed by a random extra.
+    Latency,
+    /// The broker delivers one entry twice (a copy, or a pending entry to a
+    /// second consumer while the first still works on it).
+    Duplicate,
+    /// The broker accepts a publish and loses it for a subscriber.
+    DropPublish,
+    /// The broker marks an entry delivered but the consumer never gets it.
+    DropDelivery,
+    /// A replica cannot reach the broker for a while.
+    Partition,
+    /// A replica crashes (at an arbitrary moment) and restarts later.
+    Crash,
+    /// A crash that discarded an open store transaction.
+    CrashMidTransaction,
+    /// A crash after the relay published and before it marked published.
+    CrashAfterPublish,
+    /// The store aborts a transaction (serialization failure).
+    StoreAbort,
+    /// An order's deadline passed before it was terminal.
+    Deadline,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Latency,
+        FaultKind::Duplicate,
+        FaultKind::DropPublish,
+        FaultKind::DropDelivery,
+        FaultKind::Partition,
+        FaultKind::Crash,
+        FaultKind::CrashMidTransaction,
+        FaultKind::CrashAfterPublish,
+        FaultKind::StoreAbort,
+        FaultKind::Deadline,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Latency => "latency",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::DropPublish => "drop-publish",
+            FaultKind::DropDelivery => "drop-delivery",
+            FaultKind::Partition => "partition",
+            FaultKind::Crash => "crash",
+            FaultKind::CrashMidTransaction => "crash-mid-tx",
+            FaultKind::CrashAfterPublish => "crash-after-publish",
+            FaultKind::StoreAbort => "store-abort",
+            FaultKind::Deadline => "deadline",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How hard a sweep hits the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    None,
+    Light,
+    Heavy,
+    /// Heavy rates, but each seed switches a random subset of kinds on.
+    Swarm,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::Light => "light",
+            Profile::Heavy => "heavy",
+            Profile::Swarm => "swarm",
+        }
+    }
+}
+
+/// One replica host of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Replica {
+    pub service: Service,
+    pub index: u8,
+}
+
+impl Replica {
+    /// The turmoil host name, e.g. `payment-r1` (`-r`, so that a replica
+    /// is never mistaken for an order id like `order-1`).
+    pub fn host(self) -> String {
+        format!("{}-r{}", self.service.slug(), self.index)
+    }
+}
+
+impl fmt::Display for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host())
+    }
+}
+
+/// Where a scheduled crash strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CrashPoint {
+    /// Whenever the schedule says, in whatever the replica is doing.
+    Anywhere,
+    /// The replica's next commit: the transaction is open, its writes lost.
+    BeforeCommit,
+    /// The replica's next relay pass, between publish and mark-published.
+    AfterPublish,
+}
+
+/// A fault at a moment of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheduled {
+    /// Crash `replica` at `point`, restart it `down_ms` later.
+    Crash {
+        replica: Replica,
+        point: CrashPoint,
+        down_ms: u64,
+    },
+    /// Cut `replica` off the broker for `len_ms`.
+    Partition { replica: Replica, len_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedFault {
+    pub at_ms: u64,
+    pub fault: Scheduled,
+}
+
+/// See the module docs. Rates are parts per thousand of the operations
+/// they apply to; all of them stop at `heal_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Extra latency of a store operation or network message, up to this.
+    pub jitter_ms_max: u64,
+    pub duplicate_per_mille: u32,
+    pub drop_publish_per_mille: u32,
+    pub drop_delivery_per_mille: u32,
+    pub abort_per_mille: u32,
+    /// The saga deadline of this run (short: deadlines race the saga).
+    pub saga_deadline_ms: i64,
+    /// Crashes and partitions, in time order.
+    pub timed: Vec<TimedFault>,
+    /// From here on no fault is injected; replicas are up, links repaired.
+    pub heal_at_ms: u64,
+}
+
+/// The saga deadline without the deadline fault.
+pub const DEADLINE_MS_DEFAULT: i64 = 10_000;
+
+impl FaultPlan {
+    /// No faults: the baseline.
+    pub fn none() -> FaultPlan {
+        FaultPlan {
+            jitter_ms_max: 0,
+            duplicate_per_mille: 0,
+            drop_publish_per_mille: 0,
+            drop_delivery_per_mille: 0,
+            abort_per_mille: 0,
+            saga_deadline_ms: DEADLINE_MS_DEFAULT,
+            timed: Vec::new(),
+            heal_at_ms: 0,
+        }
+    }
+
+    /// A plan for `profile` over `replicas`, drawn from `rng`. Input (order
+    /// arrivals, within `arrival_span_ms`) always stops before the faults
+    /// do, so recovery must not need new traffic.
+    pub fn generate(
+        rng: &mut impl Rng,
+        profile: Profile,
+        replicas: &[Replica],
+        arrival_span_ms: u64,
+    ) -> FaultPlan {
+        assert!(!replicas.is_empty(), "a plan needs replicas to hit");
+        let (scale, enabled): (u32, [bool; 8]) = match profile {
+            Profile::None => return FaultPlan::none(),
+            Profile::Light => (1, [true; 8]),
+            Profile::Heavy => (4, [true; 8]),
+            Profile::Swarm => {
+                let mut on = [false; 8];
+                for slot in &mut on {
+                    *slot = rng.random_bool(0.5);
+                }
+                (4, on)
+            }
+        };
+        let [latency, duplicate, drop_publish, drop_delivery, abort, deadline, crash, partition] = enabled;
+        let rate =
+            |on: bool, rng: &mut dyn rand::RngCore| if on { rng.random_range(5..=25) * scale } else { 0 };
+        let heal_at_ms = arrival_span_ms + rng.random_range(3_000..=10_000);
+        let mut timed = Vec::new();
+        if crash {
+            let crashes = if scale == 1 { 3 } else { rng.random_range(4..=9) };
+            for n in 0..crashes {
+                // Cycle the points so every kind of crash occurs.
+                let point = [
+                    CrashPoint::Anywhere,
+                    CrashPoint::BeforeCommit,
+                    CrashPoint::AfterPublish,
+                ][n % 3];
+                timed.push(TimedFault {
+                    at_ms: rng.random_range(0..heal_at_ms),
+                    fault: Scheduled::Crash {
+                        replica: replicas[rng.random_range(0..replicas.len())],
+                        point,
+                        down_ms: rng.random_range(100..=3_000),
+                    },
+                });
+            }
+        }
+        if partition {
+            for _ in 0..rng.random_range(1..=scale.max(2)) {
+                timed.push(TimedFault {
+                    at_ms: rng.random_range(0..heal_at_ms),
+                    fault: Scheduled::Partition {
+                        replica: replicas[rng.random_range(0..replicas.len())],
+                        len_ms: rng.random_range(200..=3_000),
+                    },
+                });
+            }
+        }
+        timed.sort_by_key(|t| t.at_ms);
+        FaultPlan {
+            jitter_ms_max: if latency {
+                rng.random_range(5..=10) * u64::from(scale)
+            } else {
+                0
+            },
+            duplicate_per_mille: rate(duplicate, rng),
+            drop_publish_per_mille: rate(drop_publish, rng),
+            drop_delivery_per_mille: rate(drop_delivery, rng),
+            abort_per_mille: rate(abort, rng),
+            saga_deadline_ms: if deadline {
+                rng.random_range(1_000..=4_000)
+            } else {
+                DEADLINE_MS_DEFAULT
+            },
+            timed,
+            heal_at_ms,
+        }
+    }
+}
+
+impl FaultPlan {
+    /// This plan with one fault kind taken out: for finding which planted
+    /// bugs need which faults to show. (Deadlines still pass on their own
+    /// when a saga is slow; without this kind they are not made short.)
+    pub fn without(mut self, kind: FaultKind) -> FaultPlan {
+        let keep = |t: &TimedFault| match (&t.fault, kind) {
+            (Scheduled::Partition { .. }, FaultKind::Partition) => false,
+            (Scheduled::Crash { .. }, FaultKind::Crash) => false,
+            (Scheduled::Crash { point, .. }, FaultKind::CrashMidTransaction) => {
+                *point != CrashPoint::BeforeCommit
+            }
+            (Scheduled::Crash { point, .. }, FaultKind::CrashAfterPublish) => {
+                *point != CrashPoint::AfterPublish
+            }
+            _ => true,
+        };
+        self.timed.retain(keep);
+        match kind {
+            FaultKind::Latency => self.jitter_ms_max = 0,
+            FaultKind::Duplicate => self.duplicate_per_mille = 0,
+            FaultKind::DropPublish => self.drop_publish_per_mille = 0,
+            FaultKind::DropDelivery => self.drop_delivery_per_mille = 0,
+            FaultKind::StoreAbort => self.abort_per_mille = 0,
+            FaultKind::Deadline => self.saga_deadline_ms = DEADLINE_MS_DEFAULT,
+            FaultKind::Partition
+            | FaultKind::Crash
+            | FaultKind::CrashMidTransaction
+            | FaultKind::CrashAfterPublish => {}
+        }
+        self
+    }
+
+    /// The kind named `name` (as in the summary), if any.
+    pub fn kind_named(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}

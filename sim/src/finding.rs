@@ -1,0 +1,55 @@
+//! What a run found wrong: a broken saga invariant from
+//! `domain::invariants`, or one of the simulator's own checks of the
+//! delivery rules and of liveness (DESIGN.md "Delivery and storage rules").
+
+use std::fmt;
+
+use purchase_saga::domain::invariants::Violation;
+
+/// The simulator's own checks, beside the domain's invariants.
+pub mod check {
+    /// Every order terminal and every queue drained within the bound after
+    /// healing.
+    pub const LIVENESS: &str = "liveness";
+    /// A consumer acknowledged an entry whose event its service had not
+    /// committed as processed: "ack only after the store transaction
+    /// commits".
+    pub const ACK_AFTER_COMMIT: &str = "ack-only-after-commit";
+    /// A host's software failed (a panic in the runtime).
+    pub const HOST_FAILED: &str = "host-failed";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    /// The invariant's or check's name.
+    pub check: String,
+    /// The entity, e.g. `order order-7`.
+    pub subject: String,
+    pub detail: String,
+}
+
+impl Finding {
+    pub fn new(check: &str, subject: impl Into<String>, detail: impl Into<String>) -> Finding {
+        Finding {
+            check: check.to_string(),
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<Violation> for Finding {
+    fn from(v: Violation) -> Finding {
+        Finding {
+            check: v.invariant.name().to_string(),
+            subject: v.subject,
+            detail: v.detail,
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}: {}", self.check, self.subject, self.detail)
+    }
+}

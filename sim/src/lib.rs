@@ -1,0 +1,40 @@
+//! purchase-saga-sim: the deterministic simulator of the purchase saga.
+//!
+//! It runs the library's own runtime loops (`consumer::run`, `relay::run`,
+//! `sweeper::run`) on turmoil hosts, one per service replica, over a
+//! simulated store (the in-memory store under a latency and fault layer) and
+//! a Redis-Streams-like broker host reached over turmoil's network. One seed
+//! fixes the scenario, the fault plan and every random choice.
+//!
+//! **Architecture Invariant:** the simulator holds no saga rule and names no
+//! saga event type. It learns outcomes from the domain's rows (`OrderStatus`,
+//! `FailedStep`), correctness from `domain::invariants`, routing from the
+//! domain's subscription table.
+//!
+//! # Layout
+//! - [`faults`]: fault kinds, profiles and the [`faults::FaultPlan`] (data).
+//! - [`world`]: state shared by hosts and driver: rng, counters, trace.
+//! - [`clock`]: the runtime's clock over turmoil's simulated time.
+//! - [`store`]: `SimStore`, latency, aborts and crash points over `MemoryStore`.
+//! - [`broker`]: the broker's streams and its turmoil host; [`bus`]: the
+//!   `SimBus` client and the wire protocol.
+//! - [`finding`]: violations of invariants and of the simulator's own checks.
+//! - [`observer`]: trace lines and safety checks after every commit.
+//! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
+//! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
+
+pub mod broker;
+pub mod bus;
+pub mod clock;
+pub mod faults;
+pub mod finding;
+pub mod mermaid;
+pub mod mutants;
+pub mod observer;
+pub mod run;
+pub mod store;
+pub mod summary;
+pub mod world;
+
+pub use faults::{FaultKind, FaultPlan, Profile};
+pub use run::{input_from_seed, run, SimInput, SimOutcome, SimSettings};

@@ -1,0 +1,478 @@
+//! `saga-sim`: seed sweeps, replays and planted-bug hunts of the
+//! deterministic simulator.
+//!
+//! - `saga-sim run --seeds A..B [--faults P] [--orders N] [--jobs J] [--mutant M]`
+//! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M]`
+//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J]` (`--features mutants`)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use purchase_saga_sim::summary::Summary;
+use purchase_saga_sim::{
+    input_from_seed, mermaid, mutants, run, FaultKind, FaultPlan, Profile, SimInput, SimOutcome, SimSettings,
+};
+
+#[derive(Parser)]
+#[command(name = "saga-sim", about = "Deterministic simulation of the purchase saga")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a range of seeds and prints a summary; exits 1 on any violation
+    /// or if a saga path or fault kind never happened.
+    Run {
+        /// A half-open range `A..B`.
+        #[arg(long)]
+        seeds: String,
+        #[arg(long, value_enum, default_value = "heavy")]
+        faults: Profile,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        /// OS threads, each running whole seeds on its own.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Do not fail when a path or fault kind never happened.
+        #[arg(long)]
+        no_coverage: bool,
+        /// Switch on a planted bug (needs `--features mutants`).
+        #[arg(long)]
+        mutant: Option<String>,
+        /// Take one fault kind out of every plan (e.g. `drop-publish`).
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
+    },
+    /// Runs one seed and prints its trace hash and violations.
+    Replay {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "heavy")]
+        faults: Profile,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        /// Print the plan and the trace, one line per delivery, publish,
+        /// fault and crash.
+        #[arg(long)]
+        trace: bool,
+        /// Write a Mermaid sequence diagram of the run to this file.
+        #[arg(long)]
+        mermaid: Option<PathBuf>,
+        /// Draw only this order's saga (with crashes, partitions, restarts).
+        #[arg(long)]
+        order: Option<String>,
+        #[arg(long)]
+        mutant: Option<String>,
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
+    },
+    /// For each planted bug, runs seeds until one violates an invariant;
+    /// exits 1 if any mutant survives (needs `--features mutants`).
+    Mutants {
+        /// Seeds tried per mutant at most.
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        #[arg(long, value_enum, default_value = "heavy")]
+        faults: Profile,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[arg(long, value_parser = parse_kind)]
+        without: Option<FaultKind>,
+    },
+}
+
+fn parse_kind(raw: &str) -> Result<FaultKind, String> {
+    FaultPlan::kind_named(raw).ok_or_else(|| {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown fault kind {raw:?}; known: {}", names.join(", "))
+    })
+}
+
+fn parse_range(raw: &str) -> Result<(u64, u64), String> {
+    let (a, b) = raw
+        .split_once("..")
+        .ok_or_else(|| format!("{raw:?} is not A..B"))?;
+    let a: u64 = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u64 = b.parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a >= b {
+        return Err(format!("empty range {raw}"));
+    }
+    Ok((a, b))
+}
+
+/// The commit the binary runs at, for replay commands (`-dirty` when the
+/// work tree has uncommitted changes; `unknown` outside git).
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What every seed of a command shares.
+#[derive(Clone)]
+struct Options {
+    faults: Profile,
+    orders: usize,
+    mutant: Option<String>,
+    without: Option<FaultKind>,
+}
+
+impl Options {
+    /// The command that replays `seed`.
+    fn replay_command(&self, seed: u64) -> String {
+        let features = if self.mutant.is_some() {
+            " --features mutants"
+        } else {
+            ""
+        };
+        let mut flags = String::new();
+        if let Some(m) = &self.mutant {
+            flags += &format!(" --mutant {m}");
+        }
+        if let Some(k) = self.without {
+            flags += &format!(" --without {k}");
+        }
+        format!(
+            "cargo run -p purchase-saga-sim --release{features} -- replay --seed {seed} --faults {} --orders {}{flags} --trace",
+            self.faults.name(),
+            self.orders
+        )
+    }
+
+    fn input(&self, seed: u64) -> SimInput {
+        let mut input = input_from_seed(seed, self.faults, self.orders, &SimSettings::default());
+        if let Some(kind) = self.without {
+            input.plan = input.plan.without(kind);
+        }
+        input
+    }
+
+    /// Runs one seed with the (validated) mutant.
+    fn run_seed(&self, seed: u64) -> SimOutcome {
+        let input = self.input(seed);
+        mutants::with(self.mutant.as_deref(), || run(&input, &SimSettings::default()))
+            .expect("the mutant name was validated")
+    }
+}
+
+/// Runs seeds `a..b` on `jobs` threads; outcomes in seed order.
+fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
+    let bar = ProgressBar::new(b - a);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta} {msg}")
+            .expect("valid template"),
+    );
+    let next = Arc::new(AtomicU64::new(a));
+    let (tx, rx) = mpsc::channel();
+    let workers: Vec<_> = (0..jobs.max(1))
+        .map(|_| {
+            let (next, tx, options) = (next.clone(), tx.clone(), options.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= b || tx.send(options.run_seed(seed)).is_err() {
+                    return;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut outcomes = Vec::new();
+    for o in rx {
+        if !o.violations.is_empty() {
+            bar.set_message(format!("seed {} FAILED", o.seed));
+        }
+        bar.inc(1);
+        outcomes.push(o);
+    }
+    for w in workers {
+        w.join().expect("a worker thread panicked");
+    }
+    bar.finish_and_clear();
+    outcomes.sort_by_key(|o| o.seed);
+    outcomes
+}
+
+fn check_mutant(mutant: Option<&str>) -> Result<(), ExitCode> {
+    match mutants::with(mutant, || ()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("--mutant: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run {
+            seeds,
+            faults,
+            orders,
+            jobs,
+            no_coverage,
+            mutant,
+            without,
+        } => {
+            let (a, b) = match parse_range(&seeds) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("--seeds: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(code) = check_mutant(mutant.as_deref()) {
+                return code;
+            }
+            let started = Instant::now();
+            let options = Options {
+                faults,
+                orders,
+                mutant: mutant.clone(),
+                without,
+            };
+            let outcomes = sweep(a, b, jobs, &options);
+            let mut summary = Summary::default();
+            for o in &outcomes {
+                summary.add(o);
+            }
+            let with = mutant
+                .as_deref()
+                .map_or(String::new(), |m| format!(" --mutant {m}"));
+            println!(
+                "saga-sim run --seeds {a}..{b} --faults {} --orders {orders}{with}",
+                faults.name()
+            );
+            print!("{}", summary.render(started.elapsed()));
+            let mut failed = false;
+            if !summary.failing.is_empty() {
+                failed = true;
+                println!("\nFAILING SEEDS (commit {}):", commit());
+                for (seed, violations) in &summary.failing {
+                    println!("  seed {seed}:");
+                    for v in violations.iter().take(5) {
+                        println!("    {v}");
+                    }
+                    println!("    replay: {}", options.replay_command(*seed));
+                }
+            }
+            let mut missing = summary.never_happened(faults);
+            if let Some(k) = without {
+                missing.retain(|m| *m != format!("fault {k}"));
+            }
+            if !missing.is_empty() && !no_coverage {
+                failed = true;
+                println!("\nNEVER HAPPENED (coverage): {}", missing.join(", "));
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Replay {
+            seed,
+            faults,
+            orders,
+            trace,
+            mermaid: diagram,
+            order,
+            mutant,
+            without,
+        } => {
+            if let Err(code) = check_mutant(mutant.as_deref()) {
+                return code;
+            }
+            let options = Options {
+                faults,
+                orders,
+                mutant: mutant.clone(),
+                without,
+            };
+            let input = options.input(seed);
+            let outcome = options.run_seed(seed);
+            if trace {
+                println!("plan: {:?}", input.plan);
+                for line in &outcome.lines {
+                    println!("{line}");
+                }
+            }
+            if let Some(path) = diagram {
+                if let Err(e) =
+                    std::fs::write(&path, mermaid::render_order(&outcome.entries, order.as_deref()))
+                {
+                    eprintln!("cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            let with = mutant
+                .as_deref()
+                .map_or(String::new(), |m| format!(" mutant {m}"));
+            println!(
+                "seed {seed} faults {} orders {orders}{with} (commit {})",
+                faults.name(),
+                commit()
+            );
+            println!("paths: {:?}", outcome.paths);
+            println!(
+                "faults: {:?}",
+                outcome
+                    .faults
+                    .iter()
+                    .map(|(k, n)| (k.name(), *n))
+                    .collect::<Vec<_>>()
+            );
+            println!(
+                "simulated {}ms, wall {:.3}s",
+                outcome.simulated_ms,
+                outcome.wall.as_secs_f64()
+            );
+            println!("trace-hash: {:016x}", outcome.hash);
+            println!("violations: {}", outcome.violations.len());
+            for v in &outcome.violations {
+                println!("  {v}");
+            }
+            if outcome.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Mutants {
+            seeds,
+            faults,
+            orders,
+            jobs,
+            without,
+        } => hunt_mutants(
+            seeds,
+            jobs,
+            &Options {
+                faults,
+                orders,
+                mutant: None,
+                without,
+            },
+        ),
+    }
+}
+
+/// One row of the mutants table.
+struct Hunt {
+    mutant: &'static str,
+    caught: Option<(u64, String)>,
+    tried: u64,
+}
+
+fn hunt_mutants(budget: u64, jobs: usize, options: &Options) -> ExitCode {
+    let names = mutants::names();
+    if names.is_empty() {
+        eprintln!("saga-sim was built without `--features mutants`: no planted bug to hunt");
+        return ExitCode::from(2);
+    }
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let names = Arc::new(names);
+    let (tx, rx) = mpsc::channel();
+    let workers: Vec<_> = (0..jobs.max(1))
+        .map(|_| {
+            let (next, names, tx) = (next.clone(), names.clone(), tx.clone());
+            let options = options.clone();
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&mutant) = names.get(i) else { return };
+                let mut hunt = Hunt {
+                    mutant,
+                    caught: None,
+                    tried: 0,
+                };
+                for seed in 0..budget {
+                    hunt.tried += 1;
+                    let o = Options {
+                        mutant: Some(mutant.to_string()),
+                        ..options.clone()
+                    }
+                    .run_seed(seed);
+                    if let Some(v) = o.violations.first() {
+                        hunt.caught = Some((seed, v.check.clone()));
+                        break;
+                    }
+                }
+                eprintln!(
+                    "{mutant}: {}",
+                    if hunt.caught.is_some() {
+                        "caught"
+                    } else {
+                        "SURVIVED"
+                    }
+                );
+                if tx.send((i, hunt)).is_err() {
+                    return;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut rows: Vec<(usize, Hunt)> = rx.into_iter().collect();
+    for w in workers {
+        w.join().expect("a worker thread panicked");
+    }
+    rows.sort_by_key(|(i, _)| *i);
+    let without = options
+        .without
+        .map_or(String::new(), |k| format!(" --without {k}"));
+    println!(
+        "saga-sim mutants --seeds {budget} --faults {} --orders {}{without} (commit {})",
+        options.faults.name(),
+        options.orders,
+        commit()
+    );
+    println!(
+        "{:<26} {:<7} {:>6} {:>6}  {:<26} replay",
+        "mutant", "caught", "seed", "tried", "invariant"
+    );
+    let mut survivors = 0;
+    for (_, h) in &rows {
+        match &h.caught {
+            Some((seed, invariant)) => println!(
+                "{:<26} {:<7} {:>6} {:>6}  {:<26} {}",
+                h.mutant,
+                "yes",
+                seed,
+                h.tried,
+                invariant,
+                Options {
+                    mutant: Some(h.mutant.to_string()),
+                    ..options.clone()
+                }
+                .replay_command(*seed)
+            ),
+            None => {
+                survivors += 1;
+                println!(
+                    "{:<26} {:<7} {:>6} {:>6}  {:<26} -",
+                    h.mutant, "NO", "-", h.tried, "-"
+                );
+            }
+        }
+    }
+    println!("wall time {:.1}s", started.elapsed().as_secs_f64());
+    if survivors > 0 {
+        println!("{survivors} mutant(s) survived");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

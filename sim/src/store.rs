@@ -1,0 +1,192 @@
+//! `SimStore`: the in-memory store (Postgres's locking and visibility) under
+//! a layer that makes every operation take simulated time, so transactions
+//! of racing replicas interleave, and that injects the store's faults:
+//! aborted transactions and the armed crash points (before a commit,
+//! between publish and mark-published).
+//!
+//! The store lives outside the turmoil hosts: a crash drops the host's
+//! tasks and with them every open transaction (rolled back by
+//! `MemoryTx`'s drop), and nothing committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use purchase_saga::runtime::store::{Pruned, StoreResult};
+use purchase_saga::runtime::{OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+
+use crate::faults::{CrashPoint, FaultKind, Replica};
+use crate::world::World;
+
+/// Base latency of one store operation (a round trip to Postgres).
+const BASE_LATENCY_MS_MAX: u64 = 3;
+
+/// See the module docs. One per host; `replica` is None for the client.
+#[derive(Clone)]
+pub struct SimStore {
+    world: Arc<World>,
+    replica: Option<Replica>,
+}
+
+impl SimStore {
+    pub fn new(world: Arc<World>, replica: Option<Replica>) -> SimStore {
+        SimStore { world, replica }
+    }
+
+    fn service(&self) -> Option<Service> {
+        self.replica.map(|r| r.service)
+    }
+
+    async fn delay(&self) {
+        let ms = 1 + self.world.up_to(BASE_LATENCY_MS_MAX - 1) + self.world.jitter_ms();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn maybe_abort(&self, op: &str) -> StoreResult<()> {
+        if self.world.strikes(self.world.plan.abort_per_mille) {
+            let who = self.replica.map_or("client".to_string(), |r| r.to_string());
+            self.world.fault(
+                FaultKind::StoreAbort,
+                self.service(),
+                format!("{who} transaction aborted at {op}"),
+            );
+            return Err(StoreError::Conflict(format!("injected abort at {op}")));
+        }
+        Ok(())
+    }
+
+    /// Waits forever if `point` is armed for this replica: the driver
+    /// crashes the host at its next step, so the code after never runs.
+    async fn crash_point(&self, point: CrashPoint) {
+        if let Some(r) = self.replica {
+            if self.world.fire(r, point) {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+struct SimTx {
+    inner: Box<dyn StoreTx>,
+    store: SimStore,
+}
+
+impl Drop for SimTx {
+    fn drop(&mut self) {
+        self.store.world.tx_closed(self.store.replica);
+    }
+}
+
+#[async_trait]
+impl StoreTx for SimTx {
+    async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
+        self.store.delay().await;
+        self.store.maybe_abort("inbox")?;
+        self.inner.record_processed(event_id, now).await
+    }
+
+    async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        self.store.delay().await;
+        self.store.maybe_abort("select for update")?;
+        self.inner.load_for_update(key).await
+    }
+
+    async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        self.store.delay().await;
+        self.inner.load(key).await
+    }
+
+    async fn save(&mut self, row: &Row) -> StoreResult<()> {
+        self.store.delay().await;
+        self.inner.save(row).await
+    }
+
+    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+        self.inner.enqueue(event, now).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.store.delay().await;
+        self.store.maybe_abort("commit")?;
+        self.store.crash_point(CrashPoint::BeforeCommit).await;
+        let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
+        inner.commit().await
+    }
+}
+
+/// Stands in for the inner transaction once it was handed to `commit`.
+struct Committed;
+
+#[async_trait]
+impl StoreTx for Committed {
+    async fn record_processed(&mut self, _: EventId, _: Timestamp) -> StoreResult<bool> {
+        unreachable!("used after commit")
+    }
+    async fn load_for_update(&mut self, _: &RowKey) -> StoreResult<Option<Row>> {
+        unreachable!("used after commit")
+    }
+    async fn load(&mut self, _: &RowKey) -> StoreResult<Option<Row>> {
+        unreachable!("used after commit")
+    }
+    async fn save(&mut self, _: &Row) -> StoreResult<()> {
+        unreachable!("used after commit")
+    }
+    async fn enqueue(&mut self, _: &Event, _: Timestamp) -> StoreResult<()> {
+        unreachable!("used after commit")
+    }
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        unreachable!("committed twice")
+    }
+}
+
+#[async_trait]
+impl Store for SimStore {
+    async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>> {
+        self.delay().await;
+        let inner = self.world.store.begin(service).await?;
+        self.world.tx_opened(self.replica);
+        Ok(Box::new(SimTx {
+            inner,
+            store: self.clone(),
+        }))
+    }
+
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        policy: RedrivePolicy,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        self.delay().await;
+        self.world.store.outbox_due(service, now, policy, limit).await
+    }
+
+    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
+        self.crash_point(CrashPoint::AfterPublish).await;
+        self.delay().await;
+        self.world.store.mark_published(service, seqs, now).await
+    }
+
+    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
+        self.delay().await;
+        self.world.store.orders_past_deadline(now, limit).await
+    }
+
+    async fn prune(
+        &self,
+        service: Service,
+        now: Timestamp,
+        retention: Retention,
+        policy: RedrivePolicy,
+    ) -> StoreResult<Pruned> {
+        self.delay().await;
+        self.world.store.prune(service, now, retention, policy).await
+    }
+
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        self.world.store.snapshot().await
+    }
+}

@@ -1,0 +1,242 @@
+//! What the hosts and the driver of one run share: the fault plan and its
+//! random source, the fault counters, the trace, the crash requests of
+//! armed crash points, and the safety violations seen so far.
+//!
+//! One run is one thread: every draw from [`World::rng`] happens in an
+//! order fixed by turmoil's host order and the seed, which is what makes a
+//! replay identical. Nothing here iterates a hash-ordered collection.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::Service;
+use purchase_saga::runtime::memory::MemoryStore;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::SimClock;
+use crate::faults::{CrashPoint, FaultKind, FaultPlan, Replica};
+use crate::finding::Finding;
+
+/// One line of the trace, with what the Mermaid diagram needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEntry {
+    pub at_ms: i64,
+    pub kind: EntryKind,
+    /// The rendered line (without the time).
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The client placed an order.
+    Place { order: String },
+    /// A service handed an event to the bus.
+    Publish {
+        from: Service,
+        type_name: String,
+        order: String,
+    },
+    /// A consumer handled a delivery; `note` says if it was not applied.
+    Delivery {
+        from: Option<Service>,
+        to: Service,
+        type_name: String,
+        order: String,
+        note: Option<String>,
+    },
+    /// A fault, at a service (a replica) or at the bus.
+    Fault { kind: FaultKind, at: Option<Service> },
+    /// The driver's own events: heal, restart, repair.
+    Driver { at: Option<Service> },
+}
+
+/// See the module docs.
+pub struct World {
+    pub plan: FaultPlan,
+    pub store: MemoryStore,
+    pub clock: SimClock,
+    rng: Mutex<ChaCha8Rng>,
+    healed: AtomicBool,
+    counts: Mutex<BTreeMap<FaultKind, u64>>,
+    trace: Mutex<Vec<TraceEntry>>,
+    armed: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
+    crash_requests: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
+    open_tx: Mutex<BTreeMap<Replica, u32>>,
+    violations: Mutex<Vec<(i64, Finding)>>,
+    last: Mutex<Snapshot>,
+    pub client_done: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().expect("world mutex: a host panicked while holding it")
+}
+
+impl World {
+    pub fn new(
+        plan: FaultPlan,
+        store: MemoryStore,
+        clock: SimClock,
+        rng: ChaCha8Rng,
+        opening: Snapshot,
+    ) -> World {
+        World {
+            plan,
+            store,
+            clock,
+            rng: Mutex::new(rng),
+            healed: AtomicBool::new(false),
+            counts: Mutex::default(),
+            trace: Mutex::default(),
+            armed: Mutex::default(),
+            crash_requests: Mutex::default(),
+            open_tx: Mutex::default(),
+            violations: Mutex::default(),
+            last: Mutex::new(opening),
+            client_done: AtomicBool::new(false),
+        }
+    }
+
+    pub fn healed(&self) -> bool {
+        self.healed.load(Ordering::SeqCst)
+    }
+
+    /// Ends every fault: no more draws, armed crash points disarmed.
+    pub fn heal(&self) {
+        self.healed.store(true, Ordering::SeqCst);
+        lock(&self.armed).clear();
+    }
+
+    /// Whether a fault with `per_mille` strikes now. Draws nothing when the
+    /// fault is off, so turning one kind off leaves the others' draws alone
+    /// only up to the first draw it skipped (plans are compared whole).
+    pub fn strikes(&self, per_mille: u32) -> bool {
+        per_mille > 0 && !self.healed() && lock(&self.rng).random_range(0..1000) < per_mille
+    }
+
+    /// A draw in `0..=max` (0 without drawing when `max` is 0).
+    pub fn up_to(&self, max: u64) -> u64 {
+        if max == 0 {
+            0
+        } else {
+            lock(&self.rng).random_range(0..=max)
+        }
+    }
+
+    /// Extra latency for one operation, counted as a latency fault.
+    pub fn jitter_ms(&self) -> u64 {
+        if self.healed() {
+            return 0;
+        }
+        let ms = self.up_to(self.plan.jitter_ms_max);
+        if ms > 0 {
+            self.count(FaultKind::Latency);
+        }
+        ms
+    }
+
+    pub fn count(&self, kind: FaultKind) {
+        *lock(&self.counts).entry(kind).or_insert(0) += 1;
+    }
+
+    pub fn counts(&self) -> BTreeMap<FaultKind, u64> {
+        lock(&self.counts).clone()
+    }
+
+    pub fn log(&self, kind: EntryKind, text: String) {
+        let at_ms = self.clock.elapsed_ms();
+        lock(&self.trace).push(TraceEntry { at_ms, kind, text });
+    }
+
+    /// A fault that happened: counted and traced.
+    pub fn fault(&self, kind: FaultKind, at: Option<Service>, detail: String) {
+        self.count(kind);
+        self.log(EntryKind::Fault { kind, at }, format!("!! {kind}: {detail}"));
+    }
+
+    pub fn trace(&self) -> Vec<TraceEntry> {
+        lock(&self.trace).clone()
+    }
+
+    pub fn arm(&self, replica: Replica, point: CrashPoint, down_ms: u64) {
+        lock(&self.armed).insert(replica, (point, down_ms));
+    }
+
+    /// If `replica` is armed at `point`, disarms it and records the crash
+    /// request; the caller then waits forever for the driver to crash it.
+    pub fn fire(&self, replica: Replica, point: CrashPoint) -> bool {
+        let mut armed = lock(&self.armed);
+        if armed.get(&replica).map(|a| a.0) != Some(point) || self.healed() {
+            return false;
+        }
+        let (point, down_ms) = armed.remove(&replica).expect("checked above");
+        lock(&self.crash_requests).insert(replica, (point, down_ms));
+        true
+    }
+
+    /// Crash requests since the last call: replica, point, downtime.
+    pub fn take_crash_requests(&self) -> Vec<(Replica, CrashPoint, u64)> {
+        std::mem::take(&mut *lock(&self.crash_requests))
+            .into_iter()
+            .map(|(r, (point, down_ms))| (r, point, down_ms))
+            .collect()
+    }
+
+    pub fn tx_opened(&self, replica: Option<Replica>) {
+        if let Some(r) = replica {
+            *lock(&self.open_tx).entry(r).or_insert(0) += 1;
+        }
+    }
+
+    pub fn tx_closed(&self, replica: Option<Replica>) {
+        if let Some(r) = replica {
+            let mut open = lock(&self.open_tx);
+            let n = open.get_mut(&r).expect("a closed transaction was opened");
+            assert!(*n > 0, "more transactions closed than opened on {r}");
+            *n -= 1;
+        }
+    }
+
+    pub fn open_tx(&self, replica: Replica) -> u32 {
+        lock(&self.open_tx).get(&replica).copied().unwrap_or(0)
+    }
+
+    /// Safety after a commit: the invariants over the committed state, and
+    /// the transition from the state after the previous commit. The first
+    /// violation per (invariant, subject) is kept.
+    pub fn check_commit(&self) {
+        let now = self.store.snapshot_now();
+        let mut found = purchase_saga::domain::invariants::check_safety(&now);
+        let mut last = lock(&self.last);
+        found.extend(purchase_saga::domain::invariants::check_transition(&last, &now));
+        *last = now;
+        drop(last);
+        if found.is_empty() {
+            return;
+        }
+        for v in found {
+            self.found(v.into());
+        }
+    }
+
+    /// Records a finding; the first per (check, subject) is kept.
+    pub fn found(&self, finding: Finding) {
+        let at = self.clock.elapsed_ms();
+        let mut seen = lock(&self.violations);
+        if seen
+            .iter()
+            .any(|(_, s)| s.check == finding.check && s.subject == finding.subject)
+        {
+            return;
+        }
+        seen.push((at, finding.clone()));
+        drop(seen);
+        self.log(EntryKind::Driver { at: None }, format!("VIOLATION {finding}"));
+    }
+
+    pub fn violations(&self) -> Vec<(i64, Finding)> {
+        lock(&self.violations).clone()
+    }
+}
