@@ -64,7 +64,61 @@ impl Default for ScenarioSize {
     }
 }
 
+/// One order as plain numbers, for generators (proptest strategies,
+/// fuzzers): a user index (one past the users is a buyer without an account),
+/// an item index (taken modulo the items), quantity, whether the payment
+/// method declines, arrival in ms.
+pub type OrderParts = (usize, usize, i64, bool, i64);
+
 impl Scenario {
+    /// A scenario from plain numbers: users as (balance, capacity), items as
+    /// (price, stock), orders as [`OrderParts`]. Ids are `user-N`, `item-N`,
+    /// `order-N`, `ghost-N`; orders are sorted by arrival.
+    pub fn from_parts(users: &[(i64, i64)], items: &[(i64, i64)], orders: &[OrderParts]) -> Scenario {
+        assert!(!items.is_empty(), "a scenario needs an item to order");
+        let users: Vec<UserSpec> = users
+            .iter()
+            .enumerate()
+            .map(|(n, &(balance, capacity))| UserSpec {
+                id: UserId::parse(format!("user-{n}")).expect("valid id"),
+                balance,
+                capacity,
+            })
+            .collect();
+        let items: Vec<ItemSpec> = items
+            .iter()
+            .enumerate()
+            .map(|(n, &(price, stock))| ItemSpec {
+                id: ItemId::parse(format!("item-{n}")).expect("valid id"),
+                name: ITEM_NAMES[n % ITEM_NAMES.len()].to_string(),
+                price,
+                stock,
+            })
+            .collect();
+        let mut orders: Vec<OrderSpec> = orders
+            .iter()
+            .enumerate()
+            .map(|(n, &(u, i, quantity, declines, at))| OrderSpec {
+                id: OrderId::parse(format!("order-{n}")).expect("valid id"),
+                user: users.get(u).map_or_else(
+                    || UserId::parse(format!("ghost-{n}")).expect("valid id"),
+                    |x| x.id.clone(),
+                ),
+                item: items[i % items.len()].id.clone(),
+                quantity,
+                method: if declines {
+                    DECLINING_METHOD
+                } else {
+                    DEFAULT_METHOD
+                }
+                .to_string(),
+                at: DurationMs(at),
+            })
+            .collect();
+        orders.sort_by_key(|o| o.at);
+        Scenario { users, items, orders }
+    }
+
     /// The opening rows of every service: Order's catalog, User's accounts,
     /// Inventory's capacities, Item's stock.
     pub fn opening_rows(&self) -> Vec<Row> {
@@ -226,47 +280,25 @@ impl FuzzCase {
         let mut r = ByteReader { bytes, at: 0 };
         let seed = r.u64();
         let duplicate_per_mille = r.range(0, 500) as u32;
-        let users: Vec<UserSpec> = (0..r.range(1, 4))
-            .map(|i| UserSpec {
-                id: UserId::parse(format!("user-{i}")).expect("valid id"),
-                balance: r.range(0, 600),
-                capacity: r.range(0, 8),
+        let users: Vec<(i64, i64)> = (0..r.range(1, 4))
+            .map(|_| (r.range(0, 600), r.range(0, 8)))
+            .collect();
+        let items: Vec<(i64, i64)> = (0..r.range(1, 3))
+            .map(|_| (r.range(1, 200), r.range(0, 8)))
+            .collect();
+        let orders: Vec<OrderParts> = (0..r.range(0, 16))
+            .map(|_| {
+                (
+                    r.range(0, users.len() as i64) as usize,
+                    r.range(0, items.len() as i64 - 1) as usize,
+                    r.range(1, 4),
+                    r.range(0, 9) == 0,
+                    r.range(0, 5_000),
+                )
             })
             .collect();
-        let items: Vec<ItemSpec> = (0..r.range(1, 3))
-            .map(|i| ItemSpec {
-                id: ItemId::parse(format!("item-{i}")).expect("valid id"),
-                name: ITEM_NAMES[i as usize % ITEM_NAMES.len()].to_string(),
-                price: r.range(1, 200),
-                stock: r.range(0, 8),
-            })
-            .collect();
-        let mut orders: Vec<OrderSpec> = (0..r.range(0, 16))
-            .map(|n| {
-                // Index `users.len()` is a buyer without an account.
-                let u = r.range(0, users.len() as i64) as usize;
-                let user = users
-                    .get(u)
-                    .map(|u| u.id.clone())
-                    .unwrap_or_else(|| UserId::parse("ghost").expect("valid id"));
-                OrderSpec {
-                    id: OrderId::parse(format!("order-{n}")).expect("valid id"),
-                    user,
-                    item: items[r.range(0, items.len() as i64 - 1) as usize].id.clone(),
-                    quantity: r.range(1, 4),
-                    method: if r.range(0, 9) == 0 {
-                        DECLINING_METHOD
-                    } else {
-                        DEFAULT_METHOD
-                    }
-                    .to_string(),
-                    at: DurationMs(r.range(0, 5_000)),
-                }
-            })
-            .collect();
-        orders.sort_by_key(|o| o.at);
         FuzzCase {
-            scenario: Scenario { users, items, orders },
+            scenario: Scenario::from_parts(&users, &items, &orders),
             seed,
             duplicate_per_mille,
         }

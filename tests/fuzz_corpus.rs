@@ -3,11 +3,9 @@
 //! without the nightly toolchain.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::Event;
-use purchase_saga::runtime::memory::{harness_config, Scheduler, SchedulerConfig};
+use purchase_saga::runtime::memory::Scheduler;
 use purchase_saga::workload::FuzzCase;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -51,17 +49,7 @@ fn decode_event_corpus() {
 fn scenario_runtime_corpus() {
     for (path, bytes) in corpus("scenario_runtime") {
         let case = FuzzCase::from_bytes(&bytes);
-        let config = SchedulerConfig {
-            seed: case.seed,
-            duplicate_per_mille: case.duplicate_per_mille,
-            ..SchedulerConfig::default()
-        };
-        let report = Scheduler::run_blocking(
-            &case.scenario,
-            &config,
-            harness_config(),
-            Arc::new(SimulatedGateway::default()),
-        );
+        let report = Scheduler::run_scenario(&case.scenario, case.seed, case.duplicate_per_mille);
         assert!(
             report.violations.is_empty(),
             "{}: {:#?}",

@@ -4,13 +4,10 @@
 //! commit and at quiescence.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use proptest::prelude::*;
-use purchase_saga::domain::gateway::{SimulatedGateway, DECLINING_METHOD, DEFAULT_METHOD};
-use purchase_saga::domain::{DurationMs, ItemId, OrderId, UserId};
-use purchase_saga::runtime::memory::{harness_config, Scheduler, SchedulerConfig, SchedulerReport};
-use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, ScenarioSize, UserSpec};
+use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
+use purchase_saga::workload::{Scenario, ScenarioSize};
 use rand::SeedableRng;
 
 /// Scenarios as data, so that a failure shrinks to fewer users, items and
@@ -19,70 +16,21 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
     let users = prop::collection::vec((0i64..=500, 0i64..=8), 1..=4);
     let items = prop::collection::vec((10i64..=100, 0i64..=6), 1..=3);
     (users, items).prop_flat_map(|(users, items)| {
-        let (user_count, item_count) = (users.len(), items.len());
-        // User index `user_count` stands for a buyer with no account.
+        let user_count = users.len();
         let order = (
             0..=user_count,
-            0..item_count,
+            0..items.len(),
             1i64..=3,
             prop::bool::weighted(0.1),
             0i64..=5_000,
         );
-        prop::collection::vec(order, 1..=14).prop_map(move |orders| {
-            let users: Vec<UserSpec> = users
-                .iter()
-                .enumerate()
-                .map(|(i, &(balance, capacity))| UserSpec {
-                    id: UserId::parse(format!("user-{i}")).unwrap(),
-                    balance,
-                    capacity,
-                })
-                .collect();
-            let items: Vec<ItemSpec> = items
-                .iter()
-                .enumerate()
-                .map(|(i, &(price, stock))| ItemSpec {
-                    id: ItemId::parse(format!("item-{i}")).unwrap(),
-                    name: format!("Item {i}"),
-                    price,
-                    stock,
-                })
-                .collect();
-            let mut orders: Vec<OrderSpec> = orders
-                .into_iter()
-                .enumerate()
-                .map(|(n, (u, i, quantity, declines, at))| OrderSpec {
-                    id: OrderId::parse(format!("order-{n}")).unwrap(),
-                    user: UserId::parse(format!("user-{u}")).unwrap(),
-                    item: items[i].id.clone(),
-                    quantity,
-                    method: if declines {
-                        DECLINING_METHOD
-                    } else {
-                        DEFAULT_METHOD
-                    }
-                    .to_string(),
-                    at: DurationMs(at),
-                })
-                .collect();
-            orders.sort_by_key(|o| o.at);
-            Scenario { users, items, orders }
-        })
+        prop::collection::vec(order, 1..=14)
+            .prop_map(move |orders| Scenario::from_parts(&users, &items, &orders))
     })
 }
 
 fn run(scenario: &Scenario, seed: u64, duplicate_per_mille: u32) -> SchedulerReport {
-    let config = SchedulerConfig {
-        seed,
-        duplicate_per_mille,
-        ..SchedulerConfig::default()
-    };
-    Scheduler::run_blocking(
-        scenario,
-        &config,
-        harness_config(),
-        Arc::new(SimulatedGateway::default()),
-    )
+    Scheduler::run_scenario(scenario, seed, duplicate_per_mille)
 }
 
 proptest! {

@@ -6,34 +6,29 @@
 //! Run: `cargo test --features mutants --test mutants_in_memory`.
 #![cfg(feature = "mutants")]
 
-use std::sync::Arc;
-
-use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::mutants::{self, Mutant};
-use purchase_saga::runtime::memory::{harness_config, Scheduler, SchedulerConfig};
+use purchase_saga::runtime::memory::{Scheduler, SchedulerConfig, SchedulerReport};
 use purchase_saga::workload::{Scenario, ScenarioSize};
 use rand::SeedableRng;
+
+/// The run of generated scenario `seed` under `mutant` (or none).
+fn run(seed: u64, mutant: Option<Mutant>) -> SchedulerReport {
+    let scenario = Scenario::generate(
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        ScenarioSize::default(),
+    );
+    mutants::with(mutant, || {
+        Scheduler::run_scenario(&scenario, seed, SchedulerConfig::default().duplicate_per_mille)
+    })
+}
 
 /// First seed in `0..budget` whose run violates an invariant under `mutant`.
 fn first_failing_seed(mutant: Mutant, budget: u64) -> Option<(u64, String)> {
     (0..budget).find_map(|seed| {
-        let scenario = Scenario::generate(
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            ScenarioSize::default(),
-        );
-        let config = SchedulerConfig {
-            seed,
-            ..SchedulerConfig::default()
-        };
-        let report = mutants::with(Some(mutant), || {
-            Scheduler::run_blocking(
-                &scenario,
-                &config,
-                harness_config(),
-                Arc::new(SimulatedGateway::default()),
-            )
-        });
-        report.violations.first().map(|v| (seed, v.to_string()))
+        run(seed, Some(mutant))
+            .violations
+            .first()
+            .map(|v| (seed, v.to_string()))
     })
 }
 
@@ -60,20 +55,7 @@ fn scheduler_catches_the_mutants_it_can_see() {
 #[test]
 fn without_a_mutant_the_same_seeds_are_clean() {
     for seed in 0..50 {
-        let scenario = Scenario::generate(
-            &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            ScenarioSize::default(),
-        );
-        let config = SchedulerConfig {
-            seed,
-            ..SchedulerConfig::default()
-        };
-        let report = Scheduler::run_blocking(
-            &scenario,
-            &config,
-            harness_config(),
-            Arc::new(SimulatedGateway::default()),
-        );
+        let report = run(seed, None);
         assert!(
             report.violations.is_empty(),
             "seed {seed}: {:?}",

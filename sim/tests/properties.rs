@@ -9,9 +9,8 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use purchase_saga::domain::gateway::{DECLINING_METHOD, DEFAULT_METHOD};
-use purchase_saga::domain::{DurationMs, ItemId, OrderId, Service, UserId};
-use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, UserSpec};
+use purchase_saga::domain::Service;
+use purchase_saga::workload::Scenario;
 use purchase_saga_sim::faults::{CrashPoint, FaultPlan, Replica, Scheduled, TimedFault};
 use purchase_saga_sim::{mutants, run, SimInput, SimSettings};
 
@@ -32,48 +31,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         ),
         1..=ORDERS_MAX,
     );
-    (users, items, orders).prop_map(|(users, items, orders)| {
-        let users: Vec<UserSpec> = users
-            .into_iter()
-            .enumerate()
-            .map(|(n, (balance, capacity))| UserSpec {
-                id: UserId::parse(format!("user-{n}")).unwrap(),
-                balance,
-                capacity,
-            })
-            .collect();
-        let items: Vec<ItemSpec> = items
-            .into_iter()
-            .enumerate()
-            .map(|(n, (price, stock))| ItemSpec {
-                id: ItemId::parse(format!("item-{n}")).unwrap(),
-                name: format!("Item {n}"),
-                price,
-                stock,
-            })
-            .collect();
-        let mut orders: Vec<OrderSpec> = orders
-            .into_iter()
-            .enumerate()
-            .map(|(n, (u, i, quantity, declining, at))| OrderSpec {
-                id: OrderId::parse(format!("order-{n}")).unwrap(),
-                user: users
-                    .get(u)
-                    .map_or_else(|| UserId::parse(format!("ghost-{n}")).unwrap(), |x| x.id.clone()),
-                item: items[i % items.len()].id.clone(),
-                quantity,
-                method: if declining {
-                    DECLINING_METHOD
-                } else {
-                    DEFAULT_METHOD
-                }
-                .to_string(),
-                at: DurationMs(at),
-            })
-            .collect();
-        orders.sort_by_key(|o| o.at);
-        Scenario { users, items, orders }
-    })
+    (users, items, orders).prop_map(|(users, items, orders)| Scenario::from_parts(&users, &items, &orders))
 }
 
 fn timed() -> impl Strategy<Value = TimedFault> {

@@ -115,19 +115,14 @@ fn start_redis_container() -> Result<String, String> {
 pub fn database_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return url;
-        }
-        if listening("127.0.0.1:5432") {
-            return DEFAULT_DATABASE_URL.to_string();
-        }
-        match container_url("postgres", start_postgres_container) {
-            Ok(url) => url,
-            Err(e) => panic!(
-                "no PostgreSQL for the tests: DATABASE_URL is unset, nothing listens on 127.0.0.1:5432, \
-                 and the testcontainers fallback failed ({e}). To fix: {START_POSTGRES}."
-            ),
-        }
+        service_url(
+            "PostgreSQL",
+            "DATABASE_URL",
+            "127.0.0.1:5432",
+            DEFAULT_DATABASE_URL,
+            || container_url("postgres", start_postgres_container),
+            START_POSTGRES,
+        )
     })
     .clone()
 }
@@ -136,21 +131,41 @@ pub fn database_url() -> String {
 pub fn redis_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return url;
-        }
-        if listening("127.0.0.1:6379") {
-            return DEFAULT_REDIS_URL.to_string();
-        }
-        match container_url("redis", start_redis_container) {
-            Ok(url) => url,
-            Err(e) => panic!(
-                "no Redis for the tests: REDIS_URL is unset, nothing listens on 127.0.0.1:6379, \
-                 and the testcontainers fallback failed ({e}). To fix: {START_REDIS}."
-            ),
-        }
+        service_url(
+            "Redis",
+            "REDIS_URL",
+            "127.0.0.1:6379",
+            DEFAULT_REDIS_URL,
+            || container_url("redis", start_redis_container),
+            START_REDIS,
+        )
     })
     .clone()
+}
+
+/// The env var if set; else the local default if something listens there;
+/// else a testcontainers container; else a panic that says what to start.
+fn service_url(
+    name: &str,
+    env_var: &str,
+    local: &str,
+    default_url: &str,
+    container: impl FnOnce() -> Result<String, String>,
+    how_to_start: &str,
+) -> String {
+    if let Ok(url) = std::env::var(env_var) {
+        return url;
+    }
+    if listening(local) {
+        return default_url.to_string();
+    }
+    match container() {
+        Ok(url) => url,
+        Err(e) => panic!(
+            "no {name} for the tests: {env_var} is unset, nothing listens on {local}, \
+             and the testcontainers fallback failed ({e}). To fix: {how_to_start}."
+        ),
+    }
 }
 
 /// `url` with its database (path) replaced by `database`.

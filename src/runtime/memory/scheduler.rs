@@ -72,6 +72,19 @@ pub fn harness_config() -> RuntimeConfig {
 pub struct Scheduler;
 
 impl Scheduler {
+    /// Runs `scenario` with the harness's settings, the default simulated
+    /// gateway and the default scheduler knobs but `seed` and
+    /// `duplicate_per_mille`: what the property tests and the fuzzers run.
+    pub fn run_scenario(scenario: &Scenario, seed: u64, duplicate_per_mille: u32) -> SchedulerReport {
+        let config = SchedulerConfig {
+            seed,
+            duplicate_per_mille,
+            ..SchedulerConfig::default()
+        };
+        let gateway = Arc::new(crate::domain::gateway::SimulatedGateway::default());
+        Scheduler::run_blocking(scenario, &config, harness_config(), gateway)
+    }
+
     /// Runs to quiescence (or `steps_max`) on a private deterministic runtime.
     pub fn run_blocking(
         scenario: &Scenario,
