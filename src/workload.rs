@@ -170,7 +170,7 @@ impl Scenario {
         let users: Vec<UserSpec> = (0..size.users)
             .map(|u| UserSpec {
                 id: UserId::parse(format!("user-{u}")).expect("valid id"),
-                balance: rng.random_range(0..=400),
+                balance: rng.random_range(0..=900),
                 capacity: rng.random_range(0..=8),
             })
             .collect();
