@@ -20,7 +20,9 @@ use super::error::ApiError;
 /// A request to buy, validated at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderBody {
-    pub user_id: UserId,
+    /// Optional: the buyer is the token's user (`orders.rs` checks that a
+    /// given `userId` names them); with an admin token it is required.
+    pub user_id: Option<UserId>,
     pub item_id: ItemId,
     pub quantity: i64,
     pub payment_method: String,
@@ -107,8 +109,13 @@ pub fn parse_order_body(raw: &[u8]) -> Result<OrderBody, ApiError> {
             format!("unknown field; accepted fields are {}", ORDER_FIELDS.join(", ")),
         ));
     }
-    let user_id = UserId::parse(string(required(object, "userId")?, "userId")?)
-        .map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?;
+    let user_id = match object.get("userId") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            UserId::parse(string(v, "userId")?)
+                .map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?,
+        ),
+    };
     let item_id = ItemId::parse(string(required(object, "itemId")?, "itemId")?)
         .map_err(|e| ApiError::bad_field("invalid_id", "itemId", e.to_string()))?;
     let quantity = parse_quantity(required(object, "quantity")?)?;
@@ -175,6 +182,9 @@ mod tests {
         let body = parse_order_body(br#"{"userId":"u1","itemId":"i1","quantity":2}"#).unwrap();
         assert_eq!(body.quantity, 2);
         assert_eq!(body.payment_method, DEFAULT_METHOD);
+        assert_eq!(body.user_id, Some(UserId::parse("u1").unwrap()));
+        let anonymous = parse_order_body(br#"{"itemId":"i1","quantity":2}"#).unwrap();
+        assert_eq!(anonymous.user_id, None, "the token names the buyer");
     }
 
     #[test]
@@ -183,10 +193,10 @@ mod tests {
             ("{", StatusCode::BAD_REQUEST, "malformed_json", None),
             ("[1]", StatusCode::BAD_REQUEST, "wrong_type", None),
             (
-                r#"{"itemId":"i","quantity":1}"#,
+                r#"{"userId":"u","quantity":1}"#,
                 StatusCode::BAD_REQUEST,
                 "missing_field",
-                Some("userId"),
+                Some("itemId"),
             ),
             (
                 r#"{"userId":7,"itemId":"i","quantity":1}"#,
