@@ -7,12 +7,14 @@
 //! - `seed-demo`: the demo's users and items (idempotent).
 //! - `audit`: the domain's invariants over the stores' state.
 //! - `token`: issue and revoke API tokens.
+//! - `dlq`: list and replay the Redis bus's dead letters.
 //! - `demo`: all of the above in one process, with orders over HTTP.
 
 pub mod audit;
 pub mod backend;
 pub mod client;
 pub mod demo;
+pub mod dlq;
 pub mod logging;
 pub mod seed;
 pub mod serve;
@@ -96,6 +98,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Issue or revoke API tokens.
     Token(token::TokenArgs),
+    /// List or replay dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -173,6 +177,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
             Command::Token(args) => token::run_token(&cli.global, &args).await,
+            Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
         }
     });
     match result {
