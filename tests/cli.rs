@@ -396,3 +396,20 @@ async fn token_issue_and_revoke() {
     let neither = with_db(&["token", "issue"]);
     assert!(!neither.status.success(), "issue needs --user or --admin");
 }
+
+/// `chaos` refuses any non-local address before it touches anything.
+#[test]
+fn chaos_refuses_non_local_addresses() {
+    let out = run(&[
+        "--database-url",
+        "postgres://postgres@db.example.com:5432/postgres",
+        "chaos",
+        "--no-restart-backends",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("chaos uses local addresses only"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -8,10 +8,13 @@
 //! - `audit`: the domain's invariants over the stores' state.
 //! - `token`: issue and revoke API tokens.
 //! - `dlq`: list and replay the Redis bus's dead letters.
+//! - `chaos`: one process per service replica under kill -9 and backend
+//!   restarts, then audit (not for CI; see `chaos.rs`).
 //! - `demo`: all of the above in one process, with orders over HTTP.
 
 pub mod audit;
 pub mod backend;
+pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod dlq;
@@ -100,6 +103,9 @@ pub enum Command {
     Token(token::TokenArgs),
     /// List or replay dead letters.
     Dlq(dlq::DlqArgs),
+    /// Services as child processes under kill -9 and Redis/PostgreSQL
+    /// restarts, orders over HTTP, then audit (local addresses only).
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -178,6 +184,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
             Command::Token(args) => token::run_token(&cli.global, &args).await,
             Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
+            Command::Chaos(args) => chaos::run_chaos(&cli.global, &args).await,
         }
     });
     match result {
