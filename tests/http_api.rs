@@ -52,6 +52,14 @@ async fn unauthenticated_and_unauthorized_requests_are_refused_and_write_nothing
     );
     assert_eq!(app.snapshot().await, before, "a refused request changed a row");
     http_support::check_rightful_tokens(&app, &whale_order).await;
+    let response = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        Request::get("/users/alice").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer", "RFC 6750");
 }
 
 #[tokio::test]
