@@ -2,7 +2,8 @@
 //! message for an unreachable database, `migrate`/`seed-demo` idempotent,
 //! `audit` clean on a seeded database and listing violations on a
 //! corrupted one, and `serve` answering over HTTP then stopping cleanly on
-//! SIGTERM.
+//! SIGTERM; `token issue`/`revoke`; `--in-memory serve` printing working
+//! tokens; `chaos` refusing non-local addresses.
 
 mod common;
 
@@ -412,4 +413,80 @@ fn chaos_refuses_non_local_addresses() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `--in-memory serve` issues the demo's tokens into its in-memory token
+/// store and prints them; they buy and read over HTTP, and the admin one
+/// reaches the admin endpoint where a user's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_serve_prints_tokens_that_work() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = bin()
+        .args(["--in-memory", "serve", "--http", &addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().unwrap();
+    // 41 lines (admin and 40 users), printed before serving.
+    let lines: Vec<String> = std::io::BufReader::new(stdout)
+        .lines()
+        .take(41)
+        .map(|l| l.unwrap())
+        .collect();
+    let token = |name: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("token {name} ")))
+            .unwrap_or_else(|| panic!("no token for {name}: {lines:?}"))
+            .to_string()
+    };
+    let user = format!("Bearer {}", token("demo-user-3"));
+    let admin = format!("Bearer {}", token("admin"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while client::request(addr, "GET", "/readyz", &[], b"", Duration::from_secs(5))
+        .await
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(Instant::now() < until, "serve never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timeout = Duration::from_secs(30);
+    let placed = client::request(
+        addr,
+        "POST",
+        "/orders?wait=20",
+        &[("Content-Type", "application/json"), ("Authorization", &user)],
+        br#"{"itemId":"demo-iron-sword","quantity":1}"#,
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (placed.status, placed.json().unwrap()["status"].as_str()),
+        (200, Some("COMPLETED")),
+        "{}",
+        placed.text()
+    );
+    let path = "/admin/dead-letters?service=order";
+    let as_user = client::request(addr, "GET", path, &[("Authorization", &user)], b"", timeout)
+        .await
+        .unwrap();
+    assert_eq!(as_user.status, 403, "{}", as_user.text());
+    let as_admin = client::request(addr, "GET", path, &[("Authorization", &admin)], b"", timeout)
+        .await
+        .unwrap();
+    assert_eq!((as_admin.status, as_admin.text().as_str()), (200, "[]"));
+    terminate(child.id());
+    let until = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "serve did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
