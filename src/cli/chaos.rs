@@ -88,6 +88,10 @@ pub struct ChaosArgs {
     /// on shared services).
     #[arg(long, alias = "no-restart-services")]
     pub no_restart_backends: bool,
+    /// Restart Redis but never PostgreSQL (e.g. with a private Redis on
+    /// another port and the shared PostgreSQL).
+    #[arg(long)]
+    pub no_restart_postgres: bool,
     /// Seed of the order mix and of the fault choices.
     #[arg(long, default_value_t = 11)]
     pub seed: u64,
@@ -350,10 +354,10 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
         args.orders,
         args.faults_max,
         args.fault_interval_ms,
-        if args.no_restart_backends {
-            " (service processes only)"
-        } else {
-            ""
+        match (args.no_restart_backends, args.no_restart_postgres) {
+            (true, _) => " (service processes only)",
+            (false, true) => " (service processes and Redis)",
+            (false, false) => " (service processes, Redis and PostgreSQL)",
         }
     );
 
@@ -371,7 +375,7 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
                 std::thread::sleep(Duration::from_millis(args.fault_interval_ms));
                 let fault = match rng.random_range(0..10) {
                     8 if !args.no_restart_backends => Fault::RestartRedis,
-                    9 if !args.no_restart_backends => Fault::RestartPostgres,
+                    9 if !args.no_restart_backends && !args.no_restart_postgres => Fault::RestartPostgres,
                     _ => Fault::KillService,
                 };
                 let outcome = match fault {
