@@ -2,7 +2,8 @@
 //! message for an unreachable database, `migrate`/`seed-demo` idempotent,
 //! `audit` clean on a seeded database and listing violations on a
 //! corrupted one, and `serve` answering over HTTP then stopping cleanly on
-//! SIGTERM.
+//! SIGTERM; `token issue`/`revoke`; `--in-memory serve` printing working
+//! tokens; `chaos` refusing non-local addresses.
 
 mod common;
 
@@ -174,6 +175,16 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     let redis = TestRedis::create("cli-serve");
     let seeded = run(&["--database-url", &db.url, "seed-demo"]);
     assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let seeded_out = text(&seeded.stdout);
+    let token = |name: &str| -> String {
+        seeded_out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("token {name} ")))
+            .unwrap_or_else(|| panic!("seed-demo printed no token for {name}:\n{seeded_out}"))
+            .to_string()
+    };
+    let user_token = format!("Bearer {}", token("demo-user-3"));
+    let other_token = format!("Bearer {}", token("demo-user-4"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -221,7 +232,10 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
         addr,
         "POST",
         "/orders?wait=20",
-        &[("Content-Type", "application/json")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &user_token),
+        ],
         body,
         Duration::from_secs(30),
     )
@@ -233,6 +247,34 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
         (200, Some("COMPLETED")),
         "{json}"
     );
+    let path = format!("/orders/{}", json["orderId"].as_str().unwrap());
+    let timeout = Duration::from_secs(5);
+    let anonymous = client::request(addr, "GET", &path, &[], b"", timeout)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let other = client::request(
+        addr,
+        "GET",
+        &path,
+        &[("Authorization", &other_token)],
+        b"",
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status, 403, "{}", other.text());
+    let own = client::request(
+        addr,
+        "GET",
+        &path,
+        &[("Authorization", &user_token)],
+        b"",
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.status, 200, "{}", own.text());
 
     terminate(child.id());
     let until = Instant::now() + Duration::from_secs(40);
@@ -275,7 +317,7 @@ fn assert_demo_summary(out: &Output) {
     }
     assert!(stdout.contains("unknown user"), "{stdout}");
     let edge_checks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("edge check:")).collect();
-    assert_eq!(edge_checks.len(), 5, "{stdout}");
+    assert_eq!(edge_checks.len(), 7, "{stdout}");
     assert!(
         edge_checks.iter().all(|l| l.ends_with(": ok")),
         "an edge check failed:\n{stdout}"
@@ -305,4 +347,146 @@ async fn demo_on_postgres_and_redis_covers_every_path_and_audits_clean() {
         "150",
     ]);
     assert_demo_summary(&out);
+}
+
+/// `token issue` prints a token that verifies against the stored digest;
+/// `token revoke` (by token or by user) makes it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_issue_and_revoke() {
+    use purchase_saga::adapters::tokens::{verify, Principal};
+    use purchase_saga::domain::UserId;
+    let db = TestDb::create().await;
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let issue = |args: &[&str]| {
+        let out = with_db(args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let user = issue(&["token", "issue", "--user", "u-1"]);
+    let second = issue(&["token", "issue", "--user", "u-1"]);
+    let admin = issue(&["token", "issue", "--admin"]);
+    let u1 = Principal::User(UserId::parse("u-1").unwrap());
+    assert_eq!(verify(&db.store, &user).await.unwrap(), Some(u1.clone()));
+    assert_eq!(verify(&db.store, &admin).await.unwrap(), Some(Principal::Admin));
+
+    let revoked = with_db(&["token", "revoke", "--id", &user]);
+    assert!(
+        text(&revoked.stdout).contains("revoked 1 token(s)"),
+        "{}",
+        text(&revoked.stdout)
+    );
+    assert_eq!(verify(&db.store, &user).await.unwrap(), None);
+    assert_eq!(
+        verify(&db.store, &second).await.unwrap(),
+        Some(u1),
+        "only that token"
+    );
+    let by_user = with_db(&["token", "revoke", "--user", "u-1"]);
+    assert!(
+        text(&by_user.stdout).contains("revoked 1 token(s)"),
+        "{}",
+        text(&by_user.stdout)
+    );
+    assert_eq!(verify(&db.store, &second).await.unwrap(), None);
+    assert_eq!(verify(&db.store, &admin).await.unwrap(), Some(Principal::Admin));
+
+    let neither = with_db(&["token", "issue"]);
+    assert!(!neither.status.success(), "issue needs --user or --admin");
+}
+
+/// `chaos` refuses any non-local address before it touches anything.
+#[test]
+fn chaos_refuses_non_local_addresses() {
+    let out = run(&[
+        "--database-url",
+        "postgres://postgres@db.example.com:5432/postgres",
+        "chaos",
+        "--no-restart-backends",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("chaos uses local addresses only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `--in-memory serve` issues the demo's tokens into its in-memory token
+/// store and prints them; they buy and read over HTTP, and the admin one
+/// reaches the admin endpoint where a user's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_serve_prints_tokens_that_work() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = bin()
+        .args(["--in-memory", "serve", "--http", &addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().unwrap();
+    // 41 lines (admin and 40 users), printed before serving.
+    let lines: Vec<String> = std::io::BufReader::new(stdout)
+        .lines()
+        .take(41)
+        .map(|l| l.unwrap())
+        .collect();
+    let token = |name: &str| -> String {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("token {name} ")))
+            .unwrap_or_else(|| panic!("no token for {name}: {lines:?}"))
+            .to_string()
+    };
+    let user = format!("Bearer {}", token("demo-user-3"));
+    let admin = format!("Bearer {}", token("admin"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while client::request(addr, "GET", "/readyz", &[], b"", Duration::from_secs(5))
+        .await
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(Instant::now() < until, "serve never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timeout = Duration::from_secs(30);
+    let placed = client::request(
+        addr,
+        "POST",
+        "/orders?wait=20",
+        &[("Content-Type", "application/json"), ("Authorization", &user)],
+        br#"{"itemId":"demo-iron-sword","quantity":1}"#,
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (placed.status, placed.json().unwrap()["status"].as_str()),
+        (200, Some("COMPLETED")),
+        "{}",
+        placed.text()
+    );
+    let path = "/admin/dead-letters?service=order";
+    let as_user = client::request(addr, "GET", path, &[("Authorization", &user)], b"", timeout)
+        .await
+        .unwrap();
+    assert_eq!(as_user.status, 403, "{}", as_user.text());
+    let as_admin = client::request(addr, "GET", path, &[("Authorization", &admin)], b"", timeout)
+        .await
+        .unwrap();
+    assert_eq!((as_admin.status, as_admin.text().as_str()), (200, "[]"));
+    terminate(child.id());
+    let until = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "serve did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

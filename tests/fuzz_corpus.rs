@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use purchase_saga::adapters::http::body::parse_order_body_checked;
 use purchase_saga::domain::Event;
 use purchase_saga::runtime::memory::Scheduler;
 use purchase_saga::workload::FuzzCase;
@@ -57,4 +58,23 @@ fn scenario_runtime_corpus() {
             report.violations
         );
     }
+}
+
+#[test]
+fn order_body_corpus() {
+    let mut accepted = 0;
+    for (path, bytes) in corpus("order_body") {
+        // Panics (with the input's path in the test output) on a violation.
+        let parsed = parse_order_body_checked(&bytes);
+        eprintln!(
+            "{}: {}",
+            path.display(),
+            parsed.as_ref().map_or_else(|e| e.error, |_| "accepted")
+        );
+        accepted += usize::from(parsed.is_ok());
+    }
+    assert!(
+        (3..=5).contains(&accepted),
+        "the corpus holds a few valid bodies among the refusals, {accepted} accepted"
+    );
 }

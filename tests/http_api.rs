@@ -1,7 +1,7 @@
 //! The HTTP API on the in-memory adapters: every validation error with its
 //! JSON body and nothing written, idempotency, the read endpoints, and
 //! every saga path placed through the API with the runtime loops running
-//! in-process.
+//! in-process; 401/403 on every protected route with nothing written.
 
 mod http_support;
 
@@ -30,6 +30,36 @@ async fn every_bad_request_names_its_problem_and_writes_nothing() {
     let (status, json) = app.post_order(&order("alice", "sword", 1), None, "").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{json}");
     assert_eq!(store.commits(), commits + 1);
+}
+
+/// 401 without or with a bad token and 403 with another user's, on every
+/// protected route; none of them writes anything.
+#[tokio::test]
+async fn unauthenticated_and_unauthorized_requests_are_refused_and_write_nothing() {
+    let (app, store) = TestApp::memory(false).await;
+    let whale_order = http_support::place_whale_order(&app).await;
+    let (before, commits, outbox) = (app.snapshot().await, store.commits(), store.outbox().len());
+    http_support::send_refused_requests(&app, &whale_order).await;
+    assert_eq!(
+        store.commits(),
+        commits,
+        "a refused request committed a transaction"
+    );
+    assert_eq!(
+        store.outbox().len(),
+        outbox,
+        "a refused request enqueued an event"
+    );
+    assert_eq!(app.snapshot().await, before, "a refused request changed a row");
+    http_support::check_rightful_tokens(&app, &whale_order).await;
+    let response = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        Request::get("/users/alice").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer", "RFC 6750");
 }
 
 #[tokio::test]
@@ -178,9 +208,11 @@ async fn concurrent_orders_on_scarce_stock_sell_exactly_the_stock() {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..12 {
         let router = app.router.clone();
+        let auth = http_support::bearer(app.token_for(Some("whale")));
         tasks.spawn(async move {
             let request = Request::post("/orders?wait=15")
                 .header("content-type", "application/json")
+                .header("authorization", auth)
                 .header("idempotency-key", format!("race-{n}"))
                 .body(Body::from(order("whale", "sword", 1).to_string()))
                 .unwrap();
@@ -219,6 +251,11 @@ async fn readyz_is_503_with_the_reason_when_a_dependency_is_down() {
         read: Arc::new(purchase_saga::runtime::memory::MemoryStore::new()),
         probes,
         limits: Default::default(),
+        tokens: up.tokens.clone(),
+        dead_letters: Arc::new(purchase_saga::runtime::memory::MemoryBus::new(
+            Arc::new(purchase_saga::runtime::SystemClock),
+            purchase_saga::domain::DurationMs(1_000),
+        )),
     };
     let router = purchase_saga::adapters::http::router(Arc::new(state));
     let response = tower::ServiceExt::oneshot(router, Request::get("/readyz").body(Body::empty()).unwrap())
@@ -258,6 +295,10 @@ async fn deadline_before_payment_through_the_api() {
         Arc::new(bus.clone()),
         Arc::new(store.clone()),
         probes,
+        http_support::Edge {
+            tokens: Arc::new(purchase_saga::adapters::tokens::MemoryTokens::new()),
+            dead_letters: Arc::new(bus.clone()),
+        },
         &http_support::scenario(),
         http_support::deadline_config(),
         &http_support::all_but_payment(),

@@ -1,7 +1,7 @@
 //! The HTTP API end to end on the real PostgreSQL and Redis (a fresh
 //! database and a unique Redis key prefix per test): every saga path with
-//! the runtime loops running in-process, bad input writing nothing to the
-//! database, idempotency, readiness, the deadline path, and 200 concurrent orders
+//! the runtime loops running in-process, bad input and refused tokens
+//! writing nothing to the database, idempotency, readiness, the deadline path, and 200 concurrent orders
 //! contending for scarce stock and balance.
 
 mod common;
@@ -66,11 +66,16 @@ async fn app_with(
         Arc::new(RedisProbe::new(&redis.url).unwrap()),
     ];
     let read = Arc::new(db.store.clone());
+    let edge = http_support::Edge {
+        tokens: Arc::new(db.store.clone()),
+        dead_letters: Arc::new(bus.clone()),
+    };
     let app = TestApp::build(
         store,
         Arc::new(bus),
         read,
         probes,
+        edge,
         &scenario(),
         runtime_config,
         services,
@@ -108,6 +113,38 @@ async fn bad_requests_write_nothing_to_the_database() {
     );
 }
 
+/// Authentication on Postgres (tokens in `api_auth.tokens`): 401 and 403
+/// on every protected route, nothing written by any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_write_nothing_to_the_database() {
+    let (app, db, _redis) = app("http-auth", false).await;
+    let whale_order = http_support::place_whale_order(&app).await;
+    let before = written(&db).await;
+    http_support::send_refused_requests(&app, &whale_order).await;
+    assert_eq!(
+        written(&db).await,
+        before,
+        "a refused request wrote to the database"
+    );
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT secret_sha256 FROM api_auth.tokens")
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        stored.len() > 4 && stored.iter().all(|h| h.len() == 32),
+        "tokens are stored as 32-byte digests"
+    );
+    let secret = app.admin.rsplit('_').next().unwrap().to_string();
+    let plain: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_auth.tokens WHERE encode(secret_sha256, 'hex') = $1")
+            .bind(&secret)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(plain, 0, "no secret is stored in plain");
+    http_support::check_rightful_tokens(&app, &whale_order).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_on_postgres() {
     let (app, db, _redis) = app("http-idem", false).await;
@@ -138,9 +175,11 @@ async fn two_hundred_concurrent_orders_contending_for_stock_and_balance() {
     for n in 0..200 {
         let router = app.router.clone();
         let user = ["whale", "alice", "cramped", "poor"][n % 4];
+        let auth = http_support::bearer(app.token_for(Some(user)));
         tasks.spawn(async move {
             let request = Request::post("/orders")
                 .header("content-type", "application/json")
+                .header("authorization", auth)
                 .header("idempotency-key", format!("race-{n}"))
                 .body(Body::from(order(user, "sword", 1).to_string()))
                 .unwrap();

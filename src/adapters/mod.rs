@@ -5,6 +5,7 @@
 //! - [`redis`]: the [`Bus`](crate::runtime::Bus) on Redis Streams, one
 //!   stream and one consumer group per subscribing service.
 //! - [`http`]: the HTTP API (axum) over the runtime's `Env` and a read model.
+//! - [`tokens`]: the API's bearer tokens (hashed; Postgres or memory).
 //!
 //! **Architecture Invariant:** no saga rule lives here. An adapter maps the
 //! ports' semantics (locks, dedupe, at-least-once delivery) onto a real
@@ -16,3 +17,4 @@
 pub mod http;
 pub mod postgres;
 pub mod redis;
+pub mod tokens;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::adapters::http::probe::{InProcess, RedisProbe, StoreProbe};
-use crate::adapters::http::{Probe, ReadModel};
+use crate::adapters::http::{DeadLetterSource, Probe, ReadModel};
 use crate::adapters::postgres::{self, PgConfig, PgStore};
+use crate::adapters::redis::DeadLetterEntry;
 use crate::adapters::redis::{RedisBus, RedisConfig};
+use crate::adapters::tokens::{MemoryTokens, TokenStore};
 use crate::domain::gateway::SimulatedGateway;
 use crate::domain::DurationMs;
 use crate::domain::Service;
@@ -48,6 +50,13 @@ impl Bus for NoBus {
     }
 }
 
+#[async_trait::async_trait]
+impl DeadLetterSource for NoBus {
+    async fn dead_letters(&self, _: Service, _: usize) -> Result<Vec<DeadLetterEntry>, BusError> {
+        Err(NoBus::refuse())
+    }
+}
+
 impl NoBus {
     fn refuse() -> BusError {
         BusError::Unavailable("this command runs without a bus".into())
@@ -60,6 +69,10 @@ pub struct Backend {
     pub bus: Arc<dyn Bus>,
     pub read: Arc<dyn ReadModel>,
     pub probes: Vec<Arc<dyn Probe>>,
+    /// The API tokens (Postgres `api_auth.tokens`, or memory).
+    pub tokens: Arc<dyn TokenStore>,
+    /// The dead letters the admin API lists.
+    pub dead_letters: Arc<dyn DeadLetterSource>,
     /// Where the data lives, for messages.
     pub describe: String,
     /// The Postgres store, for migrations (None in memory).
@@ -87,6 +100,7 @@ impl Backend {
         let store_arc: Arc<dyn Store> = Arc::new(store.clone());
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store_arc.clone()))];
         let mut redis = None;
+        let mut dead_letters: Arc<dyn DeadLetterSource> = Arc::new(NoBus);
         let (bus, describe): (Arc<dyn Bus>, String) = match needs {
             Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", store.target())),
             Needs::StoreAndBus => {
@@ -99,6 +113,7 @@ impl Backend {
                     .map_err(|e| e.to_string())?;
                 probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
                 redis = Some(bus.clone());
+                dead_letters = Arc::new(bus.clone());
                 let describe = format!(
                     "PostgreSQL {} and Redis {} (prefix {:?})",
                     store.target(),
@@ -114,6 +129,8 @@ impl Backend {
             store: store_arc,
             bus,
             read: Arc::new(store.clone()),
+            tokens: Arc::new(store.clone()),
+            dead_letters,
             pg: Some(store),
             redis,
         })
@@ -130,8 +147,10 @@ impl Backend {
                 Arc::new(InProcess("bus")),
             ],
             store: store_arc,
-            bus: Arc::new(bus),
+            bus: Arc::new(bus.clone()),
             read: Arc::new(store),
+            tokens: Arc::new(MemoryTokens::new()),
+            dead_letters: Arc::new(bus),
             describe: "in-memory store and bus".to_string(),
             pg: None,
             redis: None,

@@ -2,8 +2,9 @@
 //! a fresh set of users and items (ids unique to the run, so runs do not
 //! eat each other's stock), serves every service and the HTTP API on a
 //! local port, places orders through that API with a pool of concurrent
-//! clients (each waits for its order's outcome with `?wait=`), checks a few
-//! bad requests, waits for quiescence (bounded), audits, and prints the
+//! clients (each waits for its order's outcome with `?wait=`; each user
+//! with their own API token, orders for unknown users with an admin token),
+//! checks a few bad and unauthorized requests, waits for quiescence (bounded), audits, and prints the
 //! outcomes by failure point with throughput and latency.
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ const CLIENT_WAIT_S: u64 = 30;
 struct PlannedOrder {
     key: String,
     body: Value,
+    /// The buyer's token (an admin token for unknown users).
+    token: String,
 }
 
 /// What the API answered for one planned order.
@@ -74,7 +77,13 @@ struct Answer {
 /// The run's orders, from `seed`: mostly known users, one in fifteen
 /// unknown, one in ten paying with a declining method, a third of them on
 /// the two scarce items.
-fn plan(scenario: &Scenario, prefix: &str, count: u32, seed: u64) -> Vec<PlannedOrder> {
+fn plan(
+    scenario: &Scenario,
+    tokens: &BTreeMap<String, String>,
+    prefix: &str,
+    count: u32,
+    seed: u64,
+) -> Vec<PlannedOrder> {
     assert!(
         !scenario.users.is_empty() && scenario.items.len() >= 2,
         "the demo needs users and two scarce items"
@@ -99,17 +108,27 @@ fn plan(scenario: &Scenario, prefix: &str, count: u32, seed: u64) -> Vec<Planned
             if rng.random_ratio(1, 10) {
                 body["paymentMethod"] = json!(DECLINING_METHOD);
             }
+            let token = tokens
+                .get(&user)
+                .or_else(|| tokens.get("admin"))
+                .expect("the demo issued an admin token")
+                .clone();
             PlannedOrder {
                 key: format!("{prefix}order-{n}"),
                 body,
+                token,
             }
         })
         .collect()
 }
 
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
 async fn post_order(
     addr: SocketAddr,
-    key: &str,
+    order: &PlannedOrder,
     body: &Value,
     wait_s: u64,
 ) -> Result<client::Response, String> {
@@ -117,7 +136,11 @@ async fn post_order(
         addr,
         "POST",
         &format!("/orders?wait={wait_s}"),
-        &[("Content-Type", "application/json"), ("Idempotency-Key", key)],
+        &[
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", &order.key),
+            ("Authorization", &bearer(&order.token)),
+        ],
         body.to_string().as_bytes(),
         Duration::from_secs(wait_s + 10),
     )
@@ -131,7 +154,7 @@ async fn place_one(addr: SocketAddr, order: &PlannedOrder) -> Answer {
         latency,
         error,
     };
-    let response = match post_order(addr, &order.key, &order.body, CLIENT_WAIT_S).await {
+    let response = match post_order(addr, order, &order.body, CLIENT_WAIT_S).await {
         Ok(r) => r,
         Err(e) => return answer(None, None, Some(e)),
     };
@@ -179,14 +202,17 @@ async fn place_all(addr: SocketAddr, orders: Vec<PlannedOrder>, concurrency: usi
         .collect()
 }
 
-/// A few bad or repeated requests and the answers they must get.
+/// A few bad, repeated or unauthorized requests and the answers they must
+/// get. `other_user` is a token of a user other than `first`'s buyer.
 async fn edge_checks(
     addr: SocketAddr,
     first: &PlannedOrder,
     first_id: Option<&OrderId>,
+    admin: &str,
+    other_user: &str,
 ) -> Vec<(String, bool)> {
     let mut checks = Vec::new();
-    let replay = post_order(addr, &first.key, &first.body, 0).await;
+    let replay = post_order(addr, first, &first.body, 0).await;
     let same_id = replay
         .as_ref()
         .ok()
@@ -201,9 +227,13 @@ async fn edge_checks(
     let status = |r: Result<client::Response, String>| r.map(|r| r.status).unwrap_or(0);
     checks.push((
         "same Idempotency-Key, other body -> 409".to_string(),
-        status(post_order(addr, &first.key, &changed, 0).await) == 409,
+        status(post_order(addr, first, &changed, 0).await) == 409,
     ));
-    let json_header = [("Content-Type", "application/json")];
+    let admin = bearer(admin);
+    let json_header = [
+        ("Content-Type", "application/json"),
+        ("Authorization", admin.as_str()),
+    ];
     let timeout = Duration::from_secs(10);
     let malformed = client::request(addr, "POST", "/orders", &json_header, b"{\"userId\":", timeout).await;
     checks.push(("malformed JSON -> 400".to_string(), status(malformed) == 400));
@@ -223,12 +253,31 @@ async fn edge_checks(
         addr,
         "POST",
         "/orders",
-        &[("Content-Type", "text/plain")],
+        &[("Content-Type", "text/plain"), ("Authorization", admin.as_str())],
         b"hi",
         timeout,
     )
     .await;
     checks.push(("wrong content type -> 415".to_string(), status(text) == 415));
+    let anonymous = client::request(
+        addr,
+        "POST",
+        "/orders",
+        &[("Content-Type", "application/json")],
+        first.body.to_string().as_bytes(),
+        timeout,
+    )
+    .await;
+    checks.push(("no token -> 401".to_string(), status(anonymous) == 401));
+    let other = bearer(other_user);
+    let snooping = match first_id {
+        Some(id) => {
+            let path = format!("/orders/{id}");
+            status(client::request(addr, "GET", &path, &[("Authorization", &other)], b"", timeout).await)
+        }
+        None => 0,
+    };
+    checks.push(("another user's order -> 403".to_string(), snooping == 403));
     checks
 }
 
@@ -285,15 +334,23 @@ fn reason_kind(reason: &str) -> String {
 
 /// The slowest order's timeline from `GET /orders/{id}`, as one line of
 /// hops with the milliseconds each took: where the time went.
-async fn slowest_timeline(addr: SocketAddr, answers: &[Answer]) -> Option<String> {
+async fn slowest_timeline(addr: SocketAddr, answers: &[Answer], admin: &str) -> Option<String> {
     let (id, latency) = answers
         .iter()
         .filter_map(|a| Some((a.order_id.as_ref()?, a.latency?)))
         .max_by_key(|(_, latency)| *latency)?;
     let path = format!("/orders/{id}");
-    let response = client::request(addr, "GET", &path, &[], b"", Duration::from_secs(10))
-        .await
-        .ok()?;
+    let auth = bearer(admin);
+    let response = client::request(
+        addr,
+        "GET",
+        &path,
+        &[("Authorization", &auth)],
+        b"",
+        Duration::from_secs(10),
+    )
+    .await
+    .ok()?;
     let view = response.json().ok()?;
     let timeline = view["timeline"].as_array()?;
     let mut hops = Vec::new();
@@ -325,6 +382,12 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
     seed_rows(backend.store.as_ref(), &rows)
         .await
         .map_err(|e| format!("seeding failed: {e}"))?;
+    let tokens: BTreeMap<String, String> = super::seed::issue_demo_tokens(backend.tokens.as_ref(), &scenario)
+        .await
+        .map_err(|e| format!("issuing tokens failed: {e}"))?
+        .into_iter()
+        .collect();
+    let admin = tokens["admin"].clone();
     let env = backend.env(global);
     let mut running = Running::start(&env, &Service::ALL, args.replicas);
     running.spawn_bus_maintenance(&backend, &Service::ALL);
@@ -343,15 +406,23 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
         args.replicas
     );
 
-    let orders = plan(&scenario, &prefix, args.orders, args.seed);
+    let orders = plan(&scenario, &tokens, &prefix, args.orders, args.seed);
     let first = orders[0].clone();
+    // A user other than the first order's buyer: users 0 and 1 differ.
+    let other_user = scenario
+        .users
+        .iter()
+        .map(|u| u.id.to_string())
+        .find(|u| first.body["userId"].as_str() != Some(u))
+        .map(|u| tokens[&u].clone())
+        .expect("the demo has two users");
     let started = Instant::now();
     let answers = place_all(addr, orders, usize::from(args.concurrency)).await;
     let placing = started.elapsed();
-    let checks = edge_checks(addr, &first, answers[0].order_id.as_ref()).await;
+    let checks = edge_checks(addr, &first, answers[0].order_id.as_ref(), &admin, &other_user).await;
     let (snapshot, settle, clean) =
         await_quiescence(&backend, Duration::from_secs(u64::from(args.quiescence_timeout))).await?;
-    let slowest = slowest_timeline(addr, &answers).await;
+    let slowest = slowest_timeline(addr, &answers, &admin).await;
     let unfinished = running.stop(SHUTDOWN_GRACE).await;
 
     // ---- summary ----

@@ -6,15 +6,22 @@
 //!   optionally the HTTP API, until SIGTERM or Ctrl-C.
 //! - `seed-demo`: the demo's users and items (idempotent).
 //! - `audit`: the domain's invariants over the stores' state.
+//! - `token`: issue and revoke API tokens.
+//! - `dlq`: list and replay the Redis bus's dead letters.
+//! - `chaos`: one process per service replica under kill -9 and backend
+//!   restarts, then audit (not for CI; see `chaos.rs`).
 //! - `demo`: all of the above in one process, with orders over HTTP.
 
 pub mod audit;
 pub mod backend;
+pub mod chaos;
 pub mod client;
 pub mod demo;
+pub mod dlq;
 pub mod logging;
 pub mod seed;
 pub mod serve;
+pub mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -83,13 +90,22 @@ pub enum Command {
     Migrate,
     /// Run services until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
-    /// Insert the demo's users and items where absent (idempotent).
+    /// Insert the demo's users and items where absent (idempotent), and
+    /// issue fresh API tokens for them and an admin (printed as
+    /// `token <user-or-admin> <token>` lines).
     SeedDemo,
     /// Check the saga's invariants over every service's state.
     Audit(AuditArgs),
     /// Migrate, serve every service in-process, seed, place orders over
     /// HTTP, wait for quiescence, audit and summarize.
     Demo(demo::DemoArgs),
+    /// Issue or revoke API tokens.
+    Token(token::TokenArgs),
+    /// List or replay dead letters.
+    Dlq(dlq::DlqArgs),
+    /// Services as child processes under kill -9 and Redis/PostgreSQL
+    /// restarts, orders over HTTP, then audit (local addresses only).
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,6 +182,9 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::SeedDemo => seed::run_seed_demo(&cli.global).await,
             Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
+            Command::Token(args) => token::run_token(&cli.global, &args).await,
+            Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
+            Command::Chaos(args) => chaos::run_chaos(&cli.global, &args).await,
         }
     });
     match result {

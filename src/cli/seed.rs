@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use crate::adapters::tokens::{self, Principal, TokenStore};
 use crate::domain::{ItemId, Row, UserId};
 use crate::runtime::{Store, StoreError};
 use crate::workload::{ItemSpec, Scenario, UserSpec};
@@ -70,14 +71,41 @@ pub async fn seed_rows(store: &dyn Store, rows: &[Row]) -> Result<usize, StoreEr
     Ok(inserted)
 }
 
+/// Issues a fresh token for each user of `scenario` and one admin token;
+/// returns `(name, token)` pairs, `admin` first. Earlier tokens stay valid
+/// until revoked (`token revoke`).
+pub async fn issue_demo_tokens(
+    store: &dyn TokenStore,
+    scenario: &Scenario,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut issued = vec![("admin".to_string(), tokens::issue(store, Principal::Admin).await?)];
+    for user in &scenario.users {
+        let token = tokens::issue(store, Principal::User(user.id.clone())).await?;
+        issued.push((user.id.to_string(), token));
+    }
+    Ok(issued)
+}
+
+/// Prints tokens as `token <name> <token>` lines on stdout, for scripts.
+pub fn print_tokens(issued: &[(String, String)]) {
+    for (name, token) in issued {
+        println!("token {name} {token}");
+    }
+}
+
 /// `purchase-saga seed-demo`.
 pub async fn run_seed_demo(global: &GlobalArgs) -> Result<ExitCode, String> {
     let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
     backend.migrate().await?;
-    let rows = demo_scenario("demo-").opening_rows();
+    let scenario = demo_scenario("demo-");
+    let rows = scenario.opening_rows();
     let inserted = seed_rows(backend.store.as_ref(), &rows)
         .await
         .map_err(|e| format!("seeding failed: {e}"))?;
+    let issued = issue_demo_tokens(backend.tokens.as_ref(), &scenario)
+        .await
+        .map_err(|e| format!("issuing tokens failed: {e}"))?;
+    print_tokens(&issued);
     println!(
         "seed-demo: {inserted} rows inserted, {} already present ({})",
         rows.len() - inserted,

@@ -23,7 +23,7 @@ use crate::domain::Service;
 use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
 
 use super::backend::Backend;
-use super::seed::{demo_scenario, seed_rows};
+use super::seed::{demo_scenario, issue_demo_tokens, print_tokens, seed_rows};
 use super::{GlobalArgs, ServeArgs, SHUTDOWN_GRACE};
 
 /// The tasks of a running process and the switch that stops them.
@@ -165,6 +165,8 @@ pub fn app_state(backend: &Backend, env: &Env) -> Arc<AppState> {
         read: backend.read.clone(),
         probes: backend.probes.clone(),
         limits: Limits::default(),
+        tokens: backend.tokens.clone(),
+        dead_letters: backend.dead_letters.clone(),
     })
 }
 
@@ -212,11 +214,16 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     )
     .await?;
     if global.in_memory {
-        // Nothing outlives this process: give it something to sell.
-        let rows = demo_scenario("demo-").opening_rows();
-        seed_rows(backend.store.as_ref(), &rows)
+        // Nothing outlives this process: give it something to sell, and
+        // tokens to buy it with (printed, as `seed-demo` does).
+        let scenario = demo_scenario("demo-");
+        seed_rows(backend.store.as_ref(), &scenario.opening_rows())
             .await
             .map_err(|e| e.to_string())?;
+        let issued = issue_demo_tokens(backend.tokens.as_ref(), &scenario)
+            .await
+            .map_err(|e| e.to_string())?;
+        print_tokens(&issued);
     }
     let env = backend.env(global);
     let mut running = Running::start(&env, &services, args.replicas);

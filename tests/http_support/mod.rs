@@ -3,6 +3,7 @@
 //! without a socket (`tower::ServiceExt::oneshot`).
 #![allow(dead_code)] // Each test file uses a different part of this module.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use purchase_saga::adapters::http::probe::{InProcess, StoreProbe};
-use purchase_saga::adapters::http::{router, AppState, Limits, Probe, ReadModel};
+use purchase_saga::adapters::http::{router, AppState, DeadLetterSource, Limits, Probe, ReadModel};
+use purchase_saga::adapters::tokens::{self, MemoryTokens, Principal, TokenStore};
 use purchase_saga::cli::seed::seed_rows;
 use purchase_saga::cli::serve::Running;
 use purchase_saga::domain::gateway::{SimulatedGateway, DECLINING_METHOD};
@@ -73,6 +75,23 @@ pub struct TestApp {
     pub router: Router,
     pub env: Env,
     pub running: Option<Running>,
+    pub tokens: Arc<dyn TokenStore>,
+    /// An admin token.
+    pub admin: String,
+    /// A token per user of the scenario, by user id.
+    pub user_tokens: BTreeMap<String, String>,
+}
+
+/// Where the API keeps its tokens and finds its dead letters.
+#[derive(Clone)]
+pub struct Edge {
+    pub tokens: Arc<dyn TokenStore>,
+    pub dead_letters: Arc<dyn DeadLetterSource>,
+}
+
+/// `Authorization` header value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 impl TestApp {
@@ -83,19 +102,22 @@ impl TestApp {
         bus: Arc<dyn Bus>,
         read: Arc<dyn ReadModel>,
         probes: Vec<Arc<dyn Probe>>,
+        edge: Edge,
         scenario: &Scenario,
         loops: bool,
     ) -> TestApp {
         let services: &[Service] = if loops { &Service::ALL } else { &[] };
-        TestApp::build(store, bus, read, probes, scenario, fast_config(), services).await
+        TestApp::build(store, bus, read, probes, edge, scenario, fast_config(), services).await
     }
 
     /// As [`TestApp::new`], with `config` and only `services` running.
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         read: Arc<dyn ReadModel>,
         probes: Vec<Arc<dyn Probe>>,
+        edge: Edge,
         scenario: &Scenario,
         config: RuntimeConfig,
         services: &[Service],
@@ -103,6 +125,16 @@ impl TestApp {
         seed_rows(store.as_ref(), &scenario.opening_rows())
             .await
             .expect("seeding");
+        let admin = tokens::issue(edge.tokens.as_ref(), Principal::Admin)
+            .await
+            .expect("issuing the admin token");
+        let mut user_tokens = BTreeMap::new();
+        for user in &scenario.users {
+            let token = tokens::issue(edge.tokens.as_ref(), Principal::User(user.id.clone()))
+                .await
+                .expect("issuing a user token");
+            user_tokens.insert(user.id.to_string(), token);
+        }
         let env = Env {
             store,
             bus,
@@ -119,12 +151,17 @@ impl TestApp {
                 wait_poll: Duration::from_millis(5),
                 ..Limits::default()
             },
+            tokens: edge.tokens.clone(),
+            dead_letters: edge.dead_letters.clone(),
         });
         let running = (!services.is_empty()).then(|| Running::start(&env, services, 2));
         TestApp {
             router: router(state),
             env,
             running,
+            tokens: edge.tokens,
+            admin,
+            user_tokens,
         }
     }
 
@@ -137,11 +174,16 @@ impl TestApp {
             Arc::new(StoreProbe(store_dyn.clone())),
             Arc::new(InProcess("bus")),
         ];
+        let edge = Edge {
+            tokens: Arc::new(MemoryTokens::new()),
+            dead_letters: Arc::new(bus.clone()),
+        };
         let app = TestApp::new(
             store_dyn,
             Arc::new(bus),
             Arc::new(store.clone()),
             probes,
+            edge,
             &scenario(),
             loops,
         )
@@ -173,18 +215,51 @@ impl TestApp {
         (status, json)
     }
 
-    /// `POST /orders{query}` with a JSON body and an optional key.
+    /// The token a client of `user` sends: theirs for a scenario user, an
+    /// admin's (ordering on their behalf) for anyone else.
+    pub fn token_for(&self, user: Option<&str>) -> &str {
+        user.and_then(|u| self.user_tokens.get(u)).unwrap_or(&self.admin)
+    }
+
+    /// `POST /orders{query}` with a JSON body and an optional key, with
+    /// the token of the body's `userId` (see [`TestApp::token_for`]).
     pub async fn post_order(&self, body: &Value, key: Option<&str>, query: &str) -> (StatusCode, Value) {
+        let token = self.token_for(body["userId"].as_str()).to_string();
+        self.post_order_as(Some(&token), body, key, query).await
+    }
+
+    /// `POST /orders{query}` with `token` (None: no `Authorization`).
+    pub async fn post_order_as(
+        &self,
+        token: Option<&str>,
+        body: &Value,
+        key: Option<&str>,
+        query: &str,
+    ) -> (StatusCode, Value) {
         let mut request = Request::post(format!("/orders{query}")).header("content-type", "application/json");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
+        }
+        if let Some(token) = token {
+            request = request.header("authorization", bearer(token));
         }
         self.call(request.body(Body::from(body.to_string())).unwrap())
             .await
     }
 
+    /// `GET path` with the admin token.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Request::get(path).body(Body::empty()).unwrap()).await
+        let admin = self.admin.clone();
+        self.get_as(Some(&admin), path).await
+    }
+
+    /// `GET path` with `token` (None: no `Authorization`).
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> (StatusCode, Value) {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header("authorization", bearer(token));
+        }
+        self.call(request.body(Body::empty()).unwrap()).await
     }
 
     pub async fn snapshot(&self) -> Snapshot {
@@ -524,7 +599,10 @@ pub fn bad_requests() -> Vec<Case> {
 pub async fn send_bad_requests(app: &TestApp) {
     let cases = bad_requests();
     for c in &cases {
-        let mut request = Request::post(format!("/orders{}", c.query));
+        // The admin token: with it `userId` is required, so a body without
+        // one is still a bad request.
+        let mut request =
+            Request::post(format!("/orders{}", c.query)).header("authorization", bearer(&app.admin));
         if let Some(t) = c.content_type {
             request = request.header("content-type", t);
         }
@@ -743,4 +821,151 @@ pub async fn check_deadline_before_payment(app: &TestApp, payment_stream: impl F
     let (_, alice) = app.get("/users/alice").await;
     assert_eq!(alice["balance"], 1000, "refunded");
     assert!(payment.stop(Duration::from_secs(10)).await.is_empty());
+}
+
+/// One request that must be refused by authentication or authorization.
+pub struct Refused {
+    pub name: String,
+    pub method: &'static str,
+    pub path: String,
+    pub token: Option<String>,
+    pub body: Option<Value>,
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub field: &'static str,
+}
+
+/// Every protected route without a token, with bad tokens (401) and with
+/// another user's token (403). `whale_order` is an order of `whale`.
+pub async fn refused_requests(app: &TestApp, whale_order: &str) -> Vec<Refused> {
+    let alice = app.user_tokens["alice"].clone();
+    // Same id as alice's token, another secret: found, digest differs.
+    let mut forged = alice.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let revoked = tokens::issue(
+        app.tokens.as_ref(),
+        Principal::User(UserId::parse("alice").unwrap()),
+    )
+    .await
+    .unwrap();
+    let id = tokens::token_id_of(&revoked).unwrap();
+    assert!(app.tokens.revoke(&id).await.unwrap());
+    let routes: [(&str, String, Option<Value>); 4] = [
+        ("POST", "/orders".to_string(), Some(order("alice", "sword", 1))),
+        ("GET", format!("/orders/{whale_order}"), None),
+        ("GET", "/users/whale".to_string(), None),
+        ("GET", "/admin/dead-letters?service=payment".to_string(), None),
+    ];
+    let bad_tokens: [(&str, Option<String>); 6] = [
+        ("no token", None),
+        ("not a bearer token", Some(format!("Basic {alice}"))),
+        ("garbage token", Some("Bearer garbage".to_string())),
+        ("empty bearer", Some("Bearer ".to_string())),
+        ("forged secret", Some(bearer(&forged))),
+        ("revoked token", Some(bearer(&revoked))),
+    ];
+    let mut refused = Vec::new();
+    for (method, path, body) in &routes {
+        for (what, header) in &bad_tokens {
+            refused.push(Refused {
+                name: format!("{method} {path}: {what}"),
+                method,
+                path: path.clone(),
+                token: header.clone(),
+                body: body.clone(),
+                status: StatusCode::UNAUTHORIZED,
+                error: "unauthorized",
+                field: "Authorization",
+            });
+        }
+    }
+    // alice's valid token where it does not reach.
+    let forbidden = [
+        (
+            "POST",
+            "/orders".to_string(),
+            Some(order("whale", "sword", 1)),
+            "userId",
+        ),
+        ("GET", format!("/orders/{whale_order}"), None, "orderId"),
+        ("GET", "/users/whale".to_string(), None, "userId"),
+        (
+            "GET",
+            "/admin/dead-letters?service=payment".to_string(),
+            None,
+            "Authorization",
+        ),
+    ];
+    for (method, path, body, field) in forbidden {
+        refused.push(Refused {
+            name: format!("{method} {path}: another user's token"),
+            method,
+            path,
+            token: Some(bearer(&alice)),
+            body,
+            status: StatusCode::FORBIDDEN,
+            error: "forbidden",
+            field,
+        });
+    }
+    refused
+}
+
+/// Places an order of `whale` with whale's token; returns its id.
+pub async fn place_whale_order(app: &TestApp) -> String {
+    let (status, placed) = app.post_order(&order("whale", "sword", 1), None, "").await;
+    assert!(status.is_success(), "{placed}");
+    placed["orderId"].as_str().unwrap().to_string()
+}
+
+/// Sends every [`refused_requests`] request and checks each answer (the
+/// caller checks that nothing was written).
+pub async fn send_refused_requests(app: &TestApp, whale_order: &str) {
+    for r in refused_requests(app, whale_order).await {
+        let mut request = Request::builder().method(r.method).uri(&r.path);
+        if let Some(value) = &r.token {
+            request = request.header("authorization", value.as_str());
+        }
+        let body = match &r.body {
+            Some(b) => {
+                request = request.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let (status, json) = app.call(request.body(body).unwrap()).await;
+        assert_eq!(status, r.status, "{}: {json}", r.name);
+        assert_error(&json, r.error, Some(r.field), &r.name);
+    }
+}
+
+/// The rightful tokens pass where [`send_refused_requests`] was refused, so
+/// the refusals were about the token, not the request; and a user token
+/// places an order for its own user without naming them.
+pub async fn check_rightful_tokens(app: &TestApp, whale_order: &str) {
+    let whale = app.user_tokens["whale"].clone();
+    let (status, view) = app.get_as(Some(&whale), &format!("/orders/{whale_order}")).await;
+    assert_eq!(status, StatusCode::OK, "the owner reads their order: {view}");
+    let (status, _) = app.get_as(Some(&whale), "/users/whale").await;
+    assert_eq!(status, StatusCode::OK, "a user reads their account");
+    let (status, letters) = app.get("/admin/dead-letters?service=payment").await;
+    assert_eq!(status, StatusCode::OK, "an admin lists dead letters: {letters}");
+    assert!(letters.is_array(), "{letters}");
+    let (status, _) = app.get_as(None, "/items/sword").await;
+    assert_eq!(status, StatusCode::OK, "the catalog is public");
+    let anonymous_body = json!({ "itemId": "sword", "quantity": 1 });
+    let (status, placed) = app.post_order_as(Some(&whale), &anonymous_body, None, "").await;
+    assert!(status.is_success(), "{placed}");
+    let own = format!("/orders/{}", placed["orderId"].as_str().unwrap());
+    let (status, _) = app.get_as(Some(&whale), &own).await;
+    assert_eq!(status, StatusCode::OK, "the token named the buyer: whale owns it");
+    let alice = app.user_tokens["alice"].clone();
+    let (status, _) = app.get_as(Some(&alice), &own).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "and alice does not");
+    let (status, json) = app
+        .post_order_as(Some(&app.admin), &anonymous_body, None, "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert_error(&json, "missing_field", Some("userId"), "admin without userId");
 }

@@ -5,16 +5,21 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /orders[?wait=S]` | 202 `{orderId, status, ...}` while PENDING, 200 once terminal |
-//! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline |
-//! | `GET /users/{id}` | balance, inventory capacity/used/reserved, granted items |
+//! | `POST /orders[?wait=S]` | 202 `{orderId, status, ...}` while PENDING, 200 once terminal (token) |
+//! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline (owner or admin) |
+//! | `GET /users/{id}` | balance, inventory capacity/used/reserved, granted items (that user or admin) |
+//! | `GET /admin/dead-letters?service=S` | a service's dead letters (admin) |
 //! | `GET /items/{id}` | name, price, stock |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when store and bus answer, else 503 with the reason |
 //!
+//! Routes marked with a token need `Authorization: Bearer <token>` (401
+//! without or with a bad one, 403 for the wrong user); see [`auth`].
 //! Every error has the JSON body of [`error::ApiError`]; the status codes of
 //! bad input are listed in [`body`] and [`orders`].
 
+pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod orders;
@@ -29,8 +34,10 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::adapters::tokens::TokenStore;
 use crate::runtime::Env;
 
+pub use admin::DeadLetterSource;
 pub use probe::Probe;
 pub use read_model::ReadModel;
 
@@ -62,6 +69,10 @@ pub struct AppState {
     /// `/readyz` runs these, in order.
     pub probes: Vec<Arc<dyn Probe>>,
     pub limits: Limits,
+    /// The API tokens (see [`auth`]).
+    pub tokens: Arc<dyn TokenStore>,
+    /// What `GET /admin/dead-letters` lists.
+    pub dead_letters: Arc<dyn DeadLetterSource>,
 }
 
 /// The API's routes over `state`.
@@ -75,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/orders/{id}", get(orders::get))
         .route("/users/{id}", get(reads::user))
         .route("/items/{id}", get(reads::item))
+        .route("/admin/dead-letters", get(admin::dead_letters))
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
         .fallback(reads::no_route)

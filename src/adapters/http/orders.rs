@@ -9,6 +9,18 @@
 //! as in the founding document. Unknown items are refused with 422 (the
 //! catalog is Order's own).
 //!
+//! Authentication (see `auth.rs`): the buyer is the token's user. A body
+//! `userId` is optional and, if given, must name that same user (403
+//! otherwise: a client cannot spend another user's balance by naming them).
+//! An admin token places orders on behalf of the user its body names
+//! (`userId` then required): operators and the demo use it, including for
+//! users no service knows, which fail at USER_VALIDATION as designed.
+//! `GET /orders/{id}` answers its owner and admins; another user gets 403,
+//! an unknown id 404. 403 rather than 404 for someone else's order because
+//! order ids are unguessable (random, or derived from the owner's id and
+//! their own key), so existence is no secret worth hiding, while a 403
+//! tells a client with the wrong token what is wrong.
+//!
 //! Idempotency: with an `Idempotency-Key`, the order id is a UUID v5 of
 //! (user, key), so a retried request finds the order it created; the same
 //! body answers with that order, a different body is a 409.
@@ -28,6 +40,9 @@ use crate::domain::rows::Order;
 use crate::domain::{OrderId, UserId};
 use crate::runtime::commands::{place_order, PlaceError, Placed};
 
+use crate::adapters::tokens::Principal;
+
+use super::auth::{authenticate, forbidden, require_user};
 use super::body::{parse_order_body, require_json, OrderBody};
 use super::error::ApiError;
 use super::views::{OrderSummary, OrderView};
@@ -113,8 +128,25 @@ fn rejection(r: Rejection) -> ApiError {
     }
 }
 
-fn same_request(order: &Order, body: &OrderBody) -> bool {
-    order.user_id == body.user_id
+/// The buyer: the token's user, or for an admin the body's `userId`.
+fn buyer(principal: &Principal, body: &OrderBody) -> Result<UserId, ApiError> {
+    match (principal, &body.user_id) {
+        (Principal::User(u), Some(named)) if named != u => Err(forbidden(
+            "userId",
+            "userId must be the token's own user (or be left out)",
+        )),
+        (Principal::User(u), _) => Ok(u.clone()),
+        (Principal::Admin, Some(named)) => Ok(named.clone()),
+        (Principal::Admin, None) => Err(ApiError::bad_field(
+            "missing_field",
+            "userId",
+            "`userId` is required with an admin token",
+        )),
+    }
+}
+
+fn same_request(order: &Order, user: &UserId, body: &OrderBody) -> bool {
+    &order.user_id == user
         && order.item_id == body.item_id
         && order.quantity == body.quantity
         && order.payment_method == body.payment_method
@@ -146,18 +178,20 @@ pub async fn place(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers).await?;
     require_json(&headers)?;
     let wait = wait_param(query.as_deref(), state.limits.wait_max)?;
     let key = idempotency_key(&headers)?;
     let raw = read_body(body, state.limits.body_bytes_max).await?;
     let body = parse_order_body(&raw)?;
+    let user = buyer(&principal, &body)?;
     let order_id = match &key {
-        Some(key) => order_id_for_key(&body.user_id, key),
+        Some(key) => order_id_for_key(&user, key),
         None => OrderId::parse(Uuid::new_v4().to_string()).expect("a UUID is a valid order id"),
     };
     let cmd = PlaceOrder {
         order_id: order_id.clone(),
-        user_id: body.user_id.clone(),
+        user_id: user.clone(),
         item_id: body.item_id.clone(),
         quantity: body.quantity,
         payment_method: body.payment_method.clone(),
@@ -168,7 +202,7 @@ pub async fn place(
                 "created order not found".into(),
             ))
         })?,
-        Ok(Placed::Existing(order)) if same_request(&order, &body) => *order,
+        Ok(Placed::Existing(order)) if same_request(&order, &user, &body) => *order,
         Ok(Placed::Existing(order)) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -219,15 +253,19 @@ async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, Api
     Ok(state.read.order(id).await?)
 }
 
-/// `GET /orders/{id}`: the order and its timeline.
+/// `GET /orders/{id}`: the order and its timeline, for its owner or an
+/// admin.
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<OrderView>, ApiError> {
+    let principal = authenticate(&state, &headers).await?;
     let id = OrderId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
     let order = load_order(&state, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;
+    require_user(&principal, &order.user_id, "orderId")?;
     let events = state.read.order_events(&id).await?;
     Ok(Json(OrderView::new(&order, &events)))
 }

@@ -1,4 +1,5 @@
-//! `GET /users/{id}`, `GET /items/{id}`, `/healthz` and `/readyz`.
+//! `GET /users/{id}` (token), `GET /items/{id}`, `/healthz` and `/readyz`
+//! (public: the catalog and the probes reveal nothing about users).
 //!
 //! Reads go to each owning service's tables (committed state), so a user's
 //! balance comes from User and their inventory from Inventory; the API is
@@ -7,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -15,18 +16,23 @@ use serde_json::json;
 use crate::domain::{ItemId, Row, RowKey, UserId};
 use crate::runtime::commands::read_row;
 
+use super::auth::{authenticate, require_user};
 use super::error::ApiError;
 use super::probe::run_probe;
 use super::views::{GrantedItem, InventoryView, ItemView, UserView};
 use super::AppState;
 
-/// `GET /users/{id}`: balance, inventory and granted items. 404 when no
-/// service knows the user.
+/// `GET /users/{id}`: balance, inventory and granted items, for that user
+/// or an admin (403 for anyone else, before any read: whether the user
+/// exists is not told). 404 when no service knows the user.
 pub async fn user(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<UserView>, ApiError> {
+    let principal = authenticate(&state, &headers).await?;
     let id = UserId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "userId", e.to_string()))?;
+    require_user(&principal, &id, "userId")?;
     let balance = match read_row(&state.env, &RowKey::Account(id.clone())).await? {
         Some(Row::Account(a)) => Some(a.balance),
         _ => None,
