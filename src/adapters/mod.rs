@@ -5,6 +5,7 @@
 //! - [`redis`]: the [`Bus`](crate::runtime::Bus) on Redis Streams, one
 //!   stream and one consumer group per subscribing service.
 //! - [`http`]: the HTTP API (axum) over the runtime's `Env` and a read model.
+//! - [`metrics`]: Prometheus metrics (an observer, scrape-time gauges, `/metrics`).
 //!
 //! **Architecture Invariant:** no saga rule lives here. An adapter maps the
 //! ports' semantics (locks, dedupe, at-least-once delivery) onto a real
@@ -14,5 +15,6 @@
 //! itself.
 
 pub mod http;
+pub mod metrics;
 pub mod postgres;
 pub mod redis;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::http::{router, AppState, Limits};
+use crate::adapters::metrics::{self, Metrics};
 use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
 use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
@@ -87,8 +88,23 @@ impl Running {
 
     /// Serves the API on `listener` until shutdown.
     pub fn spawn_http(&mut self, listener: TcpListener, state: Arc<AppState>) {
+        self.spawn_http_app(listener, router(state));
+    }
+
+    /// Serves the API of `state` and `GET /metrics` on `listener` until
+    /// shutdown.
+    pub fn spawn_http_with_metrics(
+        &mut self,
+        listener: TcpListener,
+        state: Arc<AppState>,
+        metrics: Arc<Metrics>,
+    ) {
+        self.spawn_http_app(listener, router(state).merge(metrics::router(metrics)));
+    }
+
+    /// Serves `app` on `listener` until shutdown.
+    pub fn spawn_http_app(&mut self, listener: TcpListener, app: axum::Router) {
         let mut shutdown = self.shutdown();
-        let app = router(state);
         let handle = tokio::spawn(async move {
             let stopped = async move {
                 // Err means the sender is gone: stop as well.
@@ -218,7 +234,7 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .await
             .map_err(|e| e.to_string())?;
     }
-    let env = backend.env(global);
+    let (env, metrics) = backend.observed_env(global);
     let mut running = Running::start(&env, &services, args.replicas);
     running.spawn_bus_maintenance(&backend, &services);
     if let Some(addr) = args.http {
@@ -226,7 +242,7 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "HTTP API listening");
-        running.spawn_http(listener, app_state(&backend, &env));
+        running.spawn_http_with_metrics(listener, app_state(&backend, &env), metrics);
     }
     let names: Vec<&str> = services.iter().map(|s| s.slug()).collect();
     tracing::info!(services = %names.join(","), replicas = args.replicas, backend = %backend.describe, "serving");
