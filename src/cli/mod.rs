@@ -7,9 +7,11 @@
 //! - `seed-demo`: the demo's users and items (idempotent).
 //! - `audit`: the domain's invariants over the stores' state.
 //! - `demo`: all of the above in one process, with orders over HTTP.
+//! - `bench`: throughput and latency against the database's own ceiling.
 
 pub mod audit;
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod logging;
@@ -90,6 +92,10 @@ pub enum Command {
     /// Migrate, serve every service in-process, seed, place orders over
     /// HTTP, wait for quiescence, audit and summarize.
     Demo(demo::DemoArgs),
+    /// Saga throughput and latency on PostgreSQL and Redis next to the
+    /// database's own single-row transaction ceiling (fresh database and
+    /// Redis prefix per run).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,6 +172,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::SeedDemo => seed::run_seed_demo(&cli.global).await,
             Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
+            Command::Bench(args) => bench::run_bench(&cli.global, &args).await,
         }
     });
     match result {
