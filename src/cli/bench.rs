@@ -461,7 +461,7 @@ async fn run_scale(
     };
     let running = Running::start(&env, &Service::ALL, args.replicas);
     let rig = Rig {
-        env,
+        env: running.env().clone(),
         observer: observer.clone(),
         scenario: scenario.clone(),
         seed: args.seed,

@@ -332,7 +332,8 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    running.spawn_http_with_metrics(listener, app_state(&backend, &env), metrics);
+    let state = app_state(&backend, running.env());
+    running.spawn_http_with_metrics(listener, state, metrics);
     println!(
         "demo on {} with API at http://{addr}: {} users, {} items, {} orders, {} clients, {} consumers per service",
         backend.describe,

@@ -21,7 +21,8 @@ use crate::adapters::http::{router, AppState, Limits};
 use crate::adapters::metrics::{self, Metrics};
 use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
-use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
+use crate::runtime::relay::RelayWake;
+use crate::runtime::{consumer, relay, sweeper, Env, Fanout, Shutdown};
 
 use super::backend::Backend;
 use super::seed::{demo_scenario, seed_rows};
@@ -29,6 +30,9 @@ use super::{GlobalArgs, ServeArgs, SHUTDOWN_GRACE};
 
 /// The tasks of a running process and the switch that stops them.
 pub struct Running {
+    /// The environment the loops run with: the caller's, with the relays'
+    /// wake-up added to its observer.
+    env: Env,
     stop: watch::Sender<bool>,
     tasks: Vec<(String, JoinHandle<()>)>,
 }
@@ -39,6 +43,11 @@ impl Running {
         assert!(replicas >= 1, "a service runs at least one consumer");
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
+        let wake = Arc::new(RelayWake::default());
+        let env = &Env {
+            observer: Arc::new(Fanout(vec![env.observer.clone(), wake.clone()])),
+            ..env.clone()
+        };
         let pid = std::process::id();
         for &service in services {
             for replica in 0..replicas {
@@ -51,7 +60,8 @@ impl Running {
                 ));
                 tasks.push((format!("consumer {name}"), handle));
             }
-            let handle = tokio::spawn(relay::run(env.clone(), service, shutdown.clone()));
+            let relay = relay::run_woken(env.clone(), service, shutdown.clone(), Some(wake.clone()));
+            let handle = tokio::spawn(relay);
             tasks.push((format!("relay {}", service.slug()), handle));
         }
         if services.contains(&Service::Order) {
@@ -64,7 +74,17 @@ impl Running {
             let pruner = sweeper::run_pruner(env.clone(), services.to_vec(), shutdown.clone());
             tasks.push(("pruner".into(), tokio::spawn(pruner)));
         }
-        Running { stop, tasks }
+        Running {
+            env: env.clone(),
+            stop,
+            tasks,
+        }
+    }
+
+    /// The environment of the loops: transactions run with it (e.g. the
+    /// API's) wake the relays at once.
+    pub fn env(&self) -> &Env {
+        &self.env
     }
 
     /// Runs `task` until it ends; [`Running::stop`] waits for it too. The
@@ -242,7 +262,8 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "HTTP API listening");
-        running.spawn_http_with_metrics(listener, app_state(&backend, &env), metrics);
+        let state = app_state(&backend, running.env());
+        running.spawn_http_with_metrics(listener, state, metrics);
     }
     let names: Vec<&str> = services.iter().map(|s| s.slug()).collect();
     tracing::info!(services = %names.join(","), replicas = args.replicas, backend = %backend.describe, "serving");
