@@ -11,12 +11,14 @@
 //! | `GET /items/{id}` | name, price, stock |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when store and bus answer, else 503 with the reason |
+//! | `GET /openapi.json` | this API's OpenAPI document ([`openapi`]) |
 //!
 //! Every error has the JSON body of [`error::ApiError`]; the status codes of
 //! bad input are listed in [`body`] and [`orders`].
 
 pub mod body;
 pub mod error;
+pub mod openapi;
 pub mod orders;
 pub mod probe;
 pub mod read_model;
@@ -77,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/{id}", get(reads::item))
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(reads::no_route)
         .method_not_allowed_fallback(reads::wrong_method)
         .with_state(state)

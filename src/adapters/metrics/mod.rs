@@ -297,7 +297,14 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new().route("/metrics", get(scrape)).with_state(metrics)
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text"))
+)]
+pub async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
     let body = metrics.render().await;
     (StatusCode::OK, [(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], body).into_response()
 }
