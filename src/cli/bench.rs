@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Idle poll of the runtime loops (relay, sweeper) in milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub idle_poll_ms: u32,
+    /// Relays only poll (every idle poll) instead of also waking on their
+    /// service's commits: the behaviour before the wake-up, for comparison.
+    #[arg(long)]
+    pub no_relay_wake: bool,
     /// Keep the bench databases (their names are printed).
     #[arg(long)]
     pub keep: bool,
@@ -459,7 +463,7 @@ async fn run_scale(
         observer: observer.clone(),
         config,
     };
-    let running = Running::start(&env, &Service::ALL, args.replicas);
+    let running = Running::start_with(&env, &Service::ALL, args.replicas, !args.no_relay_wake);
     let rig = Rig {
         env: running.env().clone(),
         observer: observer.clone(),
@@ -533,8 +537,12 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
     let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let load_before = load_average();
     println!(
-        "bench {tag}: levels {:?}, {} orders per level, {} consumers per service, idle poll {} ms, load average {load_before}",
-        args.levels, args.orders, args.replicas, args.idle_poll_ms
+        "bench {tag}: levels {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
+        args.levels,
+        args.orders,
+        args.replicas,
+        args.idle_poll_ms,
+        if args.no_relay_wake { "off" } else { "on" }
     );
     let mut results = Vec::new();
     for &scale in &args.scales {

@@ -40,6 +40,12 @@ pub struct Running {
 impl Running {
     /// Spawns the loops of `services`: see the module docs.
     pub fn start(env: &Env, services: &[Service], replicas: u16) -> Running {
+        Running::start_with(env, services, replicas, true)
+    }
+
+    /// As [`Running::start`]; without `relay_wake` the relays only poll
+    /// (what `bench --no-relay-wake` compares against).
+    pub fn start_with(env: &Env, services: &[Service], replicas: u16, relay_wake: bool) -> Running {
         assert!(replicas >= 1, "a service runs at least one consumer");
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -60,7 +66,8 @@ impl Running {
                 ));
                 tasks.push((format!("consumer {name}"), handle));
             }
-            let relay = relay::run_woken(env.clone(), service, shutdown.clone(), Some(wake.clone()));
+            let wake = relay_wake.then(|| wake.clone());
+            let relay = relay::run_woken(env.clone(), service, shutdown.clone(), wake);
             let handle = tokio::spawn(relay);
             tasks.push((format!("relay {}", service.slug()), handle));
         }
