@@ -97,6 +97,10 @@ async fn the_document_lists_every_route_with_its_status_codes() {
     for field in ["orderId", "status", "failedStep", "failureReason", "totalAmount"] {
         assert!(summary.get(field).is_some(), "OrderSummary.{field}: {summary}");
     }
+    assert_eq!(
+        schemas["OrderRequest"]["additionalProperties"], false,
+        "POST /orders refuses unknown fields"
+    );
     let place = &doc["paths"]["/orders"]["post"];
     assert_eq!(
         place["requestBody"]["content"]["application/json"]["schema"]["$ref"],

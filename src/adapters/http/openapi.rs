@@ -14,19 +14,21 @@ use super::{orders, reads};
 /// The body of `POST /orders` (validated by hand in `body.rs`; this type
 /// only documents it).
 #[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)] // additionalProperties: false
 #[allow(dead_code)] // Documentation only.
 pub struct OrderRequest {
-    /// The buyer: 1 to 64 characters of `[A-Za-z0-9._:-]`.
-    #[schema(example = "alice")]
+    /// The buyer: 1 to 64 characters of `[A-Za-z0-9._:-]`. An unknown user
+    /// is accepted and fails the saga at USER_VALIDATION.
+    #[schema(example = "demo-user-3", pattern = r"^[A-Za-z0-9._:-]{1,64}$")]
     user_id: String,
     /// An item of the catalog; an unknown item is a 422.
-    #[schema(example = "iron-sword")]
+    #[schema(example = "demo-iron-sword", pattern = r"^[A-Za-z0-9._:-]{1,64}$")]
     item_id: String,
     /// 1 to 1000.
     #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,
-    /// Defaults to `CARD`.
+    /// 1 to 32 ASCII letters, digits or `_`; defaults to `CARD`.
+    #[schema(pattern = r"^[A-Za-z0-9_]{1,32}$")]
     payment_method: Option<String>,
 }
 

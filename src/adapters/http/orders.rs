@@ -147,7 +147,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     request_body(content = super::openapi::OrderRequest, content_type = "application/json"),
     params(
         ("wait" = Option<u64>, Query, description = "Seconds to wait for the order to be terminal (at most 30)", maximum = 30),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request find the order it created (1 to 128 visible ASCII bytes)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request find the order it created (1 to 128 visible ASCII bytes)", pattern = r"^[!-~]{1,128}$"),
     ),
     responses(
         (status = 200, description = "The order is terminal (COMPLETED or FAILED)", body = OrderSummary),
@@ -245,7 +245,7 @@ async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, Api
     get,
     path = "/orders/{id}",
     tag = "orders",
-    params(("id" = String, Path, description = "The order id")),
+    params(("id" = String, Path, description = "The order id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
     responses(
         (status = 200, description = "The order with its event timeline", body = OrderView),
         (status = 400, description = "Invalid order id", body = super::openapi::ErrorBody),

@@ -26,7 +26,7 @@ use super::AppState;
     get,
     path = "/users/{id}",
     tag = "reads",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = String, Path, description = "The user id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
     responses(
         (status = 200, description = "Balance (User), inventory (Inventory) and granted items", body = UserView),
         (status = 400, description = "Invalid user id", body = super::openapi::ErrorBody),
@@ -81,7 +81,7 @@ pub async fn user(
     get,
     path = "/items/{id}",
     tag = "reads",
-    params(("id" = String, Path, description = "The item id")),
+    params(("id" = String, Path, description = "The item id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
     responses(
         (status = 200, description = "Name and price (Order's catalog), stock (Item)", body = ItemView),
         (status = 400, description = "Invalid item id", body = super::openapi::ErrorBody),
