@@ -18,6 +18,13 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 /// Lines of code (comments stripped) in `dir` that contain any of `banned`.
 fn offenders(dir: &str, banned: &[&str]) -> Vec<String> {
+    offenders_allowing(dir, banned, &[])
+}
+
+/// As [`offenders`], with the phrases `allowed` removed from each line
+/// first (e.g. `tokio::time::Instant::now`, which turmoil simulates, where
+/// `Instant::now` is banned for `std`'s, which it does not).
+fn offenders_allowing(dir: &str, banned: &[&str], allowed: &[&str]) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
     assert!(
@@ -28,7 +35,10 @@ fn offenders(dir: &str, banned: &[&str]) -> Vec<String> {
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
+            let mut code = line.split("//").next().unwrap_or("").to_string();
+            for phrase in allowed {
+                code = code.replace(phrase, "");
+            }
             for word in banned {
                 if code.contains(word) {
                     found.push(format!(
@@ -76,7 +86,7 @@ fn domain_is_pure() {
 
 #[test]
 fn runtime_knows_no_adapter() {
-    let found = offenders(
+    let found = offenders_allowing(
         "src/runtime",
         &[
             "sqlx",
@@ -88,6 +98,7 @@ fn runtime_knows_no_adapter() {
             "thread_rng",
             "Instant::now",
         ],
+        &["tokio::time::Instant::now"],
     );
     assert!(
         found.is_empty(),

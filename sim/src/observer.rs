@@ -21,6 +21,7 @@ impl Observer for SimObserver {
                 event: decoded,
                 disposition,
                 attempt,
+                ..
             } => {
                 let line = delivery_line(&event).expect("a handled delivery has a line");
                 let note = match disposition {

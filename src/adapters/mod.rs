@@ -6,6 +6,7 @@
 //!   stream and one consumer group per subscribing service.
 //! - [`http`]: the HTTP API (axum) over the runtime's `Env` and a read model.
 //! - [`tokens`]: the API's bearer tokens (hashed; Postgres or memory).
+//! - [`metrics`]: Prometheus metrics (an observer, scrape-time gauges, `/metrics`).
 //!
 //! **Architecture Invariant:** no saga rule lives here. An adapter maps the
 //! ports' semantics (locks, dedupe, at-least-once delivery) onto a real
@@ -15,6 +16,7 @@
 //! itself.
 
 pub mod http;
+pub mod metrics;
 pub mod postgres;
 pub mod redis;
 pub mod tokens;

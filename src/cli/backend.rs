@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::adapters::http::probe::{InProcess, RedisProbe, StoreProbe};
 use crate::adapters::http::{DeadLetterSource, Probe, ReadModel};
+use crate::adapters::metrics::{GaugeSources, Metrics, MetricsObserver};
 use crate::adapters::postgres::{self, PgConfig, PgStore};
 use crate::adapters::redis::DeadLetterEntry;
 use crate::adapters::redis::{RedisBus, RedisConfig};
@@ -14,7 +15,7 @@ use crate::domain::gateway::SimulatedGateway;
 use crate::domain::DurationMs;
 use crate::domain::Service;
 use crate::runtime::memory::{MemoryBus, MemoryStore};
-use crate::runtime::{Bus, BusError, Delivery, Env, Store, SystemClock};
+use crate::runtime::{Bus, BusError, Delivery, Env, Fanout, Observer, Store, SystemClock};
 
 use super::logging::TracingObserver;
 use super::GlobalArgs;
@@ -163,6 +164,29 @@ impl Backend {
             Some(pg) => postgres::migrate(pg.pool()).await.map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+
+    /// Where the `/metrics` gauges of this backend come from.
+    pub fn gauge_sources(&self) -> GaugeSources {
+        GaugeSources {
+            postgres: self.pg.clone(),
+            redis: self.redis.clone(),
+        }
+    }
+
+    /// The runtime's environment over this backend, observed by logs and
+    /// by the returned metrics.
+    pub fn observed_env(&self, global: &GlobalArgs) -> (Env, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(self.gauge_sources()));
+        let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
+            Arc::new(TracingObserver),
+            Arc::new(MetricsObserver(metrics.clone())),
+        ]));
+        let env = Env {
+            observer,
+            ..self.env(global)
+        };
+        (env, metrics)
     }
 
     /// The runtime's environment over this backend.

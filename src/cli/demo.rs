@@ -388,14 +388,15 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
         .into_iter()
         .collect();
     let admin = tokens["admin"].clone();
-    let env = backend.env(global);
+    let (env, metrics) = backend.observed_env(global);
     let mut running = Running::start(&env, &Service::ALL, args.replicas);
     running.spawn_bus_maintenance(&backend, &Service::ALL);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    running.spawn_http(listener, app_state(&backend, &env));
+    let state = app_state(&backend, running.env());
+    running.spawn_http_with_metrics(listener, state, metrics);
     println!(
         "demo on {} with API at http://{addr}: {} users, {} items, {} orders, {} clients, {} consumers per service",
         backend.describe,

@@ -33,7 +33,9 @@ impl Observer for TracingObserver {
                 event,
                 attempt,
                 disposition,
+                duration,
             } => {
+                let duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
                 let event_type = event.map(|e| e.event_type().as_str()).unwrap_or("<undecodable>");
                 let order = event.map(|e| e.order_id.to_string()).unwrap_or_default();
                 match disposition {
@@ -44,7 +46,7 @@ impl Observer for TracingObserver {
                         tracing::debug!(%service, consumer, event_type, order, attempt, reason, "left for retry")
                     }
                     other => {
-                        tracing::trace!(%service, consumer, event_type, order, ?other, "handled")
+                        tracing::trace!(%service, consumer, event_type, order, ?other, duration_us, "handled")
                     }
                 }
             }

@@ -11,9 +11,11 @@
 //! - `chaos`: one process per service replica under kill -9 and backend
 //!   restarts, then audit (not for CI; see `chaos.rs`).
 //! - `demo`: all of the above in one process, with orders over HTTP.
+//! - `bench`: throughput and latency against the database's own ceiling.
 
 pub mod audit;
 pub mod backend;
+pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod demo;
@@ -106,6 +108,10 @@ pub enum Command {
     /// Services as child processes under kill -9 and Redis/PostgreSQL
     /// restarts, orders over HTTP, then audit (local addresses only).
     Chaos(chaos::ChaosArgs),
+    /// Saga throughput and latency on PostgreSQL and Redis next to the
+    /// database's own single-row transaction ceiling (fresh database and
+    /// Redis prefix per run).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -185,6 +191,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Token(args) => token::run_token(&cli.global, &args).await,
             Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
             Command::Chaos(args) => chaos::run_chaos(&cli.global, &args).await,
+            Command::Bench(args) => bench::run_bench(&cli.global, &args).await,
         }
     });
     match result {

@@ -18,9 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::http::{router, AppState, Limits};
+use crate::adapters::metrics::{self, Metrics};
 use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
-use crate::runtime::{consumer, relay, sweeper, Env, Shutdown};
+use crate::runtime::relay::RelayWake;
+use crate::runtime::{consumer, relay, sweeper, Env, Fanout, Shutdown};
 
 use super::backend::Backend;
 use super::seed::{demo_scenario, issue_demo_tokens, print_tokens, seed_rows};
@@ -28,6 +30,9 @@ use super::{GlobalArgs, ServeArgs, SHUTDOWN_GRACE};
 
 /// The tasks of a running process and the switch that stops them.
 pub struct Running {
+    /// The environment the loops run with: the caller's, with the relays'
+    /// wake-up added to its observer.
+    env: Env,
     stop: watch::Sender<bool>,
     tasks: Vec<(String, JoinHandle<()>)>,
 }
@@ -35,9 +40,20 @@ pub struct Running {
 impl Running {
     /// Spawns the loops of `services`: see the module docs.
     pub fn start(env: &Env, services: &[Service], replicas: u16) -> Running {
+        Running::start_with(env, services, replicas, true)
+    }
+
+    /// As [`Running::start`]; without `relay_wake` the relays only poll
+    /// (what `bench --no-relay-wake` compares against).
+    pub fn start_with(env: &Env, services: &[Service], replicas: u16, relay_wake: bool) -> Running {
         assert!(replicas >= 1, "a service runs at least one consumer");
         let (stop, shutdown) = watch::channel(false);
         let mut tasks = Vec::new();
+        let wake = Arc::new(RelayWake::default());
+        let env = &Env {
+            observer: Arc::new(Fanout(vec![env.observer.clone(), wake.clone()])),
+            ..env.clone()
+        };
         let pid = std::process::id();
         for &service in services {
             for replica in 0..replicas {
@@ -50,7 +66,9 @@ impl Running {
                 ));
                 tasks.push((format!("consumer {name}"), handle));
             }
-            let handle = tokio::spawn(relay::run(env.clone(), service, shutdown.clone()));
+            let wake = relay_wake.then(|| wake.clone());
+            let relay = relay::run_woken(env.clone(), service, shutdown.clone(), wake);
+            let handle = tokio::spawn(relay);
             tasks.push((format!("relay {}", service.slug()), handle));
         }
         if services.contains(&Service::Order) {
@@ -63,7 +81,17 @@ impl Running {
             let pruner = sweeper::run_pruner(env.clone(), services.to_vec(), shutdown.clone());
             tasks.push(("pruner".into(), tokio::spawn(pruner)));
         }
-        Running { stop, tasks }
+        Running {
+            env: env.clone(),
+            stop,
+            tasks,
+        }
+    }
+
+    /// The environment of the loops: transactions run with it (e.g. the
+    /// API's) wake the relays at once.
+    pub fn env(&self) -> &Env {
+        &self.env
     }
 
     /// Runs `task` until it ends; [`Running::stop`] waits for it too. The
@@ -87,8 +115,23 @@ impl Running {
 
     /// Serves the API on `listener` until shutdown.
     pub fn spawn_http(&mut self, listener: TcpListener, state: Arc<AppState>) {
+        self.spawn_http_app(listener, router(state));
+    }
+
+    /// Serves the API of `state` and `GET /metrics` on `listener` until
+    /// shutdown.
+    pub fn spawn_http_with_metrics(
+        &mut self,
+        listener: TcpListener,
+        state: Arc<AppState>,
+        metrics: Arc<Metrics>,
+    ) {
+        self.spawn_http_app(listener, router(state).merge(metrics::router(metrics)));
+    }
+
+    /// Serves `app` on `listener` until shutdown.
+    pub fn spawn_http_app(&mut self, listener: TcpListener, app: axum::Router) {
         let mut shutdown = self.shutdown();
-        let app = router(state);
         let handle = tokio::spawn(async move {
             let stopped = async move {
                 // Err means the sender is gone: stop as well.
@@ -225,7 +268,7 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .map_err(|e| e.to_string())?;
         print_tokens(&issued);
     }
-    let env = backend.env(global);
+    let (env, metrics) = backend.observed_env(global);
     let mut running = Running::start(&env, &services, args.replicas);
     running.spawn_bus_maintenance(&backend, &services);
     if let Some(addr) = args.http {
@@ -233,7 +276,8 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "HTTP API listening");
-        running.spawn_http(listener, app_state(&backend, &env));
+        let state = app_state(&backend, running.env());
+        running.spawn_http_with_metrics(listener, state, metrics);
     }
     let names: Vec<&str> = services.iter().map(|s| s.slug()).collect();
     tracing::info!(services = %names.join(","), replicas = args.replicas, backend = %backend.describe, "serving");

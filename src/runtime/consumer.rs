@@ -24,6 +24,7 @@ pub async fn handle_delivery(
     consumer: &str,
     delivery: &Delivery,
 ) -> Disposition {
+    let started = tokio::time::Instant::now();
     let decoded = Event::decode(&delivery.payload);
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
@@ -71,6 +72,7 @@ pub async fn handle_delivery(
         event: decoded.as_ref().ok(),
         attempt: delivery.attempt,
         disposition: &disposition,
+        duration: started.elapsed(),
     });
     let settled = match &disposition {
         Disposition::DeadLettered { reason } => env.bus.dead_letter(service, delivery, reason).await,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bus::{Bus, BusError, DeadLetter, Delivery};
-pub use observer::{Disposition, NoObserver, Observer, RuntimeEvent};
+pub use observer::{Disposition, Fanout, NoObserver, Observer, RuntimeEvent};
 pub use store::{OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::domain::gateway::PaymentGateway;

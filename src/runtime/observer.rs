@@ -36,6 +36,10 @@ pub enum RuntimeEvent<'a> {
         event: Option<&'a Event>,
         attempt: u32,
         disposition: &'a Disposition,
+        /// From taking up the delivery to its disposition (decode, the
+        /// transaction with its conflict retries), before settling it on the
+        /// bus. `tokio::time`, so simulated under turmoil.
+        duration: std::time::Duration,
     },
     /// A transaction of `service` committed (after a delivery, a command or a
     /// deadline signal).
@@ -65,4 +69,16 @@ pub struct NoObserver;
 
 impl Observer for NoObserver {
     fn observe(&self, _: RuntimeEvent<'_>) {}
+}
+
+/// Passes every event to each of its observers, in order: e.g. logs and
+/// metrics.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Fanout {
+    fn observe(&self, event: RuntimeEvent<'_>) {
+        for observer in &self.0 {
+            observer.observe(event.clone());
+        }
+    }
 }

@@ -120,6 +120,23 @@ fn query(raw: Option<&str>) -> Result<(Service, usize), ApiError> {
 }
 
 /// `GET /admin/dead-letters`; see the module docs.
+#[utoipa::path(
+    get,
+    path = "/admin/dead-letters",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("service" = String, Query, description = "The service whose dead letters to list: order, user, inventory, item, payment or notification"),
+        ("count" = Option<usize>, Query, description = "At most this many, newest first"),
+    ),
+    responses(
+        (status = 200, description = "The dead letters: entry id, reason and payload"),
+        (status = 400, description = "A missing, unknown or invalid query parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not an admin token", body = super::openapi::ErrorBody),
+        (status = 503, description = "The bus is unavailable; retry", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn dead_letters(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,

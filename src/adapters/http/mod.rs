@@ -12,6 +12,7 @@
 //! | `GET /items/{id}` | name, price, stock |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when store and bus answer, else 503 with the reason |
+//! | `GET /openapi.json` | this API's OpenAPI document ([`openapi`]) |
 //!
 //! Routes marked with a token need `Authorization: Bearer <token>` (401
 //! without or with a bad one, 403 for the wrong user); see [`auth`].
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod openapi;
 pub mod orders;
 pub mod probe;
 pub mod read_model;
@@ -89,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/dead-letters", get(admin::dead_letters))
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(reads::no_route)
         .method_not_allowed_fallback(reads::wrong_method)
         .with_state(state)

@@ -172,6 +172,30 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// `POST /orders`; see the module docs.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    request_body(content = super::openapi::OrderRequest, content_type = "application/json"),
+    params(
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for the order to be terminal (at most 30)", maximum = 30),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request find the order it created (1 to 128 visible ASCII bytes)", pattern = r"^[!-~]{1,128}$"),
+    ),
+    responses(
+        (status = 200, description = "The order is terminal (COMPLETED or FAILED)", body = OrderSummary),
+        (status = 202, description = "The order is placed and still PENDING", body = OrderSummary),
+        (status = 400, description = "Malformed JSON, a missing, unknown or mistyped field, an invalid id, header or query parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "A user token buying for another user", body = super::openapi::ErrorBody),
+        (status = 409, description = "The Idempotency-Key already placed another order", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "The Content-Type is not application/json", body = super::openapi::ErrorBody),
+        (status = 422, description = "Quantity out of range, unknown item, total overflow or invalid payment method", body = super::openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn place(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -255,6 +279,22 @@ async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, Api
 
 /// `GET /orders/{id}`: the order and its timeline, for its owner or an
 /// admin.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    responses(
+        (status = 200, description = "The order with its event timeline", body = OrderView),
+        (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token's user is not allowed here", body = super::openapi::ErrorBody),
+        (status = 400, description = "Invalid order id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such order", body = super::openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -25,6 +25,22 @@ use super::AppState;
 /// `GET /users/{id}`: balance, inventory and granted items, for that user
 /// or an admin (403 for anyone else, before any read: whether the user
 /// exists is not told). 404 when no service knows the user.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "reads",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Balance (User), inventory (Inventory) and granted items", body = UserView),
+        (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
+        (status = 403, description = "The token's user is not allowed here", body = super::openapi::ErrorBody),
+        (status = 400, description = "Invalid user id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No service knows the user", body = super::openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn user(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -70,6 +86,19 @@ pub async fn user(
 
 /// `GET /items/{id}`: name and price (Order's catalog), stock (Item). 404
 /// when neither knows the item.
+#[utoipa::path(
+    get,
+    path = "/items/{id}",
+    tag = "reads",
+    params(("id" = String, Path, description = "The item id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
+    responses(
+        (status = 200, description = "Name and price (Order's catalog), stock (Item)", body = ItemView),
+        (status = 400, description = "Invalid item id", body = super::openapi::ErrorBody),
+        (status = 404, description = "Neither service knows the item", body = super::openapi::ErrorBody),
+        (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn item(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -95,11 +124,26 @@ pub async fn item(
 }
 
 /// `/healthz`: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs: `{\"status\": \"ok\"}`", body = Object))
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `/readyz`: every probe answers; 503 naming the first that does not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Store and bus answer: `{\"status\": \"ready\", \"checks\": {...}}`", body = Object),
+        (status = 503, description = "A dependency is down: the error body with `checks`", body = Object),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut failure: Option<String> = None;

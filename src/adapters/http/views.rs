@@ -2,17 +2,23 @@
 //! RFC 3339 UTC).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::rows::{Order, OrderStatus};
 use crate::domain::{EventId, EventType, FailedStep, OrderId, Service, Timestamp};
 use crate::runtime::OutboxEntry;
 
 /// The answer of `POST /orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSummary {
+    #[schema(value_type = String)]
     pub order_id: OrderId,
+    /// PENDING, COMPLETED or FAILED.
+    #[schema(value_type = String, example = "COMPLETED")]
     pub status: OrderStatus,
+    /// USER_VALIDATION, INVENTORY_RESERVATION, ITEM_RESERVATION or PAYMENT.
+    #[schema(value_type = Option<String>)]
     pub failed_step: Option<FailedStep>,
     pub failure_reason: Option<String>,
     pub total_amount: i64,
@@ -31,15 +37,19 @@ impl From<&Order> for OrderSummary {
 }
 
 /// One event of an order's timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntry {
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "ORDER_CREATED")]
     pub event_type: EventType,
     /// The service that emitted it.
+    #[schema(value_type = String)]
     pub service: Service,
+    #[schema(value_type = String, format = "uuid")]
     pub event_id: EventId,
     /// When the emitting step ran.
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     /// Times the relay handed it to the bus (more than 1: re-driven).
     pub published_count: u32,
@@ -58,9 +68,10 @@ impl From<&OutboxEntry> for TimelineEntry {
 }
 
 /// The answer of `GET /orders/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
+    #[schema(value_type = String)]
     pub order_id: OrderId,
     pub user_id: String,
     pub item_id: String,
@@ -69,11 +80,18 @@ pub struct OrderView {
     pub unit_price: i64,
     pub total_amount: i64,
     pub payment_method: String,
+    /// PENDING, COMPLETED or FAILED.
+    #[schema(value_type = String, example = "COMPLETED")]
     pub status: OrderStatus,
+    /// USER_VALIDATION, INVENTORY_RESERVATION, ITEM_RESERVATION or PAYMENT.
+    #[schema(value_type = Option<String>)]
     pub failed_step: Option<FailedStep>,
     pub failure_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub deadline_at: Timestamp,
     pub timeline: Vec<TimelineEntry>,
 }
@@ -102,7 +120,7 @@ impl OrderView {
 }
 
 /// A user's inventory, from the Inventory service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryView {
     pub capacity: i64,
@@ -112,9 +130,10 @@ pub struct InventoryView {
 }
 
 /// One granted item (one per completed order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantedItem {
+    #[schema(value_type = String)]
     pub order_id: OrderId,
     pub item_id: String,
     pub quantity: i64,
@@ -122,7 +141,7 @@ pub struct GrantedItem {
 
 /// The answer of `GET /users/{id}`; a part is null when its service has no
 /// row for the user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub user_id: String,
@@ -132,7 +151,7 @@ pub struct UserView {
 }
 
 /// The answer of `GET /items/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemView {
     pub item_id: String,

@@ -19,6 +19,16 @@ pub struct DeadLetterEntry {
     pub attempt: u32,
 }
 
+/// One consumer group's numbers (XINFO GROUPS), for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Delivered and not acknowledged.
+    pub pending: u64,
+    /// In the stream and not yet delivered to the group (None when Redis
+    /// cannot tell, e.g. after entries were deleted out of order).
+    pub lag: Option<u64>,
+}
+
 /// Stream ids compare as (milliseconds, sequence).
 fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -277,6 +287,30 @@ impl RedisBus {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    /// `service`'s consumer group numbers, or None while the stream or the
+    /// group does not exist.
+    pub async fn group_stats(&self, service: Service) -> Result<Option<GroupStats>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<StreamInfoGroupsReply, RedisError> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.stream_key(service))
+            .query_async(&mut conn)
+            .await;
+        let groups = match reply {
+            Ok(g) => g,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == Self::group(service))
+            .map(|g| GroupStats {
+                pending: g.pending as u64,
+                lag: g.lag.map(|l| l as u64),
+            }))
     }
 
     /// Entries in `service`'s dead-letter stream.

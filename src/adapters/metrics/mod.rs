@@ -1,0 +1,310 @@
+//! Prometheus metrics: a [`MetricsObserver`] that counts what the runtime
+//! loops report (sagas, deliveries, handle latency, re-drives, dead
+//! letters, conflict retries), gauges read from Postgres and Redis at
+//! scrape time ([`GaugeSources`]), and the `GET /metrics` route that
+//! renders both in the OpenMetrics text format.
+//!
+//! | metric | kind | labels | from |
+//! |---|---|---|---|
+//! | `saga_started_total` | counter | | first publish of ORDER_CREATED |
+//! | `saga_completed_total` | counter | | first publish of ORDER_COMPLETED |
+//! | `saga_failed_total` | counter | `step` | first publish of ORDER_FAILED |
+//! | `saga_handle_duration_seconds` | histogram | `service` | `Handled::duration` |
+//! | `saga_deliveries_total` | counter | `service`, `disposition` | `Handled` |
+//! | `saga_redrives_total` | counter | `service` | `Published` with `republish > 0` |
+//! | `saga_dead_letters_total` | counter | `service` | `Handled` dead-lettered |
+//! | `saga_conflict_retries_total` | counter | `service` | `ConflictRetried` |
+//! | `saga_consumer_pending` | gauge | `service` | XINFO GROUPS `pending` |
+//! | `saga_consumer_lag` | gauge | `service` | XINFO GROUPS `lag` (entries not yet delivered) |
+//! | `saga_outbox_backlog` | gauge | `service` | outbox rows never published |
+//! | `saga_dead_letter_stream_size` | gauge | `service` | XLEN of the dead-letter stream |
+//! | `saga_metrics_scrape_errors_total` | counter | `source` | a gauge read that failed |
+//!
+//! The counters are per process (each replica process counts what its own
+//! loops did; Prometheus sums them). A saga's terminal event is counted at
+//! its first publish; a crash between publishing and recording it can
+//! count it twice, as the outbox publishes it twice. The gauges describe
+//! shared state: every process reports the same values.
+
+mod gauges;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::domain::{EventType, Payload, Service};
+use crate::runtime::{Disposition, Observer, RuntimeEvent};
+
+pub use gauges::GaugeSources;
+
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    service: &'static str,
+    disposition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
+
+/// Handle latencies from 0.25 ms to about 4 s, doubling.
+fn handle_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// The label of a disposition.
+pub fn disposition_label(d: &Disposition) -> &'static str {
+    match d {
+        Disposition::Applied { .. } => "applied",
+        Disposition::Duplicate => "duplicate",
+        Disposition::Ignored => "ignored",
+        Disposition::Retry { .. } => "retry",
+        Disposition::DeadLettered { .. } => "dead_lettered",
+    }
+}
+
+/// Every metric of the process and where its gauges come from.
+pub struct Metrics {
+    registry: Registry,
+    sagas_started: Counter,
+    sagas_completed: Counter,
+    sagas_failed: Family<StepLabel, Counter>,
+    handle_seconds: HistogramFamily,
+    deliveries: Family<DeliveryLabels, Counter>,
+    redrives: Family<ServiceLabel, Counter>,
+    dead_letters: Family<ServiceLabel, Counter>,
+    conflict_retries: Family<ServiceLabel, Counter>,
+    consumer_pending: Family<ServiceLabel, Gauge>,
+    consumer_lag: Family<ServiceLabel, Gauge>,
+    outbox_backlog: Family<ServiceLabel, Gauge>,
+    dead_letter_stream: Family<ServiceLabel, Gauge>,
+    scrape_errors: Family<SourceLabel, Counter>,
+    sources: GaugeSources,
+    /// One scrape at a time sets the gauges and renders them, so a render
+    /// never mixes two scrapes' values.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Metrics {
+    /// A registry with every metric at zero; `sources` feeds the gauges.
+    pub fn new(sources: GaugeSources) -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            sagas_started: Counter::default(),
+            sagas_completed: Counter::default(),
+            sagas_failed: Family::default(),
+            handle_seconds: HistogramFamily::new_with_constructor(handle_histogram),
+            deliveries: Family::default(),
+            redrives: Family::default(),
+            dead_letters: Family::default(),
+            conflict_retries: Family::default(),
+            consumer_pending: Family::default(),
+            consumer_lag: Family::default(),
+            outbox_backlog: Family::default(),
+            dead_letter_stream: Family::default(),
+            scrape_errors: Family::default(),
+            sources,
+            scrape: tokio::sync::Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "saga_started",
+            "Sagas started (first publish of ORDER_CREATED)",
+            m.sagas_started.clone(),
+        );
+        registry.register(
+            "saga_completed",
+            "Sagas completed (first publish of ORDER_COMPLETED)",
+            m.sagas_completed.clone(),
+        );
+        registry.register(
+            "saga_failed",
+            "Sagas failed, by failure step (first publish of ORDER_FAILED)",
+            m.sagas_failed.clone(),
+        );
+        registry.register(
+            "saga_handle_duration_seconds",
+            "Time from taking up a delivery to its disposition, per consuming service",
+            m.handle_seconds.clone(),
+        );
+        registry.register(
+            "saga_deliveries",
+            "Deliveries handled, by consuming service and disposition",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "saga_redrives",
+            "Outbox entries published again (re-drive), by emitting service",
+            m.redrives.clone(),
+        );
+        registry.register(
+            "saga_dead_letters",
+            "Deliveries moved to the dead-letter stream, by consuming service",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "saga_conflict_retries",
+            "Store transactions retried after a conflict, by service",
+            m.conflict_retries.clone(),
+        );
+        registry.register(
+            "saga_consumer_pending",
+            "Entries delivered to the service's consumer group and not acknowledged (read at scrape)",
+            m.consumer_pending.clone(),
+        );
+        registry.register(
+            "saga_consumer_lag",
+            "Entries of the service's stream not yet delivered to its group (read at scrape)",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "saga_outbox_backlog",
+            "Outbox entries never published, by emitting service (read at scrape)",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "saga_dead_letter_stream_size",
+            "Entries in the service's dead-letter stream (read at scrape)",
+            m.dead_letter_stream.clone(),
+        );
+        registry.register(
+            "saga_metrics_scrape_errors",
+            "Gauge reads that failed at scrape time, by source",
+            m.scrape_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Reads the gauges from their sources and renders every metric.
+    pub async fn render(&self) -> String {
+        let _one_at_a_time = self.scrape.lock().await;
+        self.sources.refresh(self).await;
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        debug_assert!(out.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+        out
+    }
+
+    fn service(service: Service) -> ServiceLabel {
+        ServiceLabel {
+            service: service.slug(),
+        }
+    }
+
+    fn record(&self, event: &RuntimeEvent<'_>) {
+        match event {
+            RuntimeEvent::Handled {
+                service,
+                disposition,
+                duration,
+                ..
+            } => {
+                let label = Self::service(*service);
+                self.handle_seconds
+                    .get_or_create(&label)
+                    .observe(duration.as_secs_f64());
+                self.deliveries
+                    .get_or_create(&DeliveryLabels {
+                        service: label.service,
+                        disposition: disposition_label(disposition),
+                    })
+                    .inc();
+                if matches!(disposition, Disposition::DeadLettered { .. }) {
+                    self.dead_letters.get_or_create(&label).inc();
+                }
+            }
+            RuntimeEvent::Published {
+                service,
+                event,
+                republish,
+            } => {
+                if *republish > 0 {
+                    self.redrives.get_or_create(&Self::service(*service)).inc();
+                    return;
+                }
+                match &event.payload {
+                    Payload::OrderCreated(_) => {
+                        self.sagas_started.inc();
+                    }
+                    Payload::OrderCompleted(_) => {
+                        self.sagas_completed.inc();
+                    }
+                    Payload::OrderFailed(f) => {
+                        let step = StepLabel {
+                            step: f.failed_step.as_str(),
+                        };
+                        self.sagas_failed.get_or_create(&step).inc();
+                    }
+                    _ => debug_assert!(
+                        !matches!(
+                            event.event_type(),
+                            EventType::OrderCreated | EventType::OrderCompleted | EventType::OrderFailed
+                        ),
+                        "every saga boundary event is counted above"
+                    ),
+                }
+            }
+            RuntimeEvent::ConflictRetried { service, .. } => {
+                self.conflict_retries
+                    .get_or_create(&Self::service(*service))
+                    .inc();
+            }
+            RuntimeEvent::Committed { .. } => {}
+        }
+    }
+}
+
+/// The [`Observer`] that feeds [`Metrics`]. Never blocks: counters are
+/// atomics, label lookups a short read lock.
+pub struct MetricsObserver(pub Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn observe(&self, event: RuntimeEvent<'_>) {
+        self.0.record(&event);
+    }
+}
+
+/// `GET /metrics` over `metrics`, to merge into the API's router.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(metrics)
+}
+
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text"))
+)]
+pub async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    let body = metrics.render().await;
+    (StatusCode::OK, [(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], body).into_response()
+}

@@ -1,0 +1,593 @@
+//! `purchase-saga bench`: saga throughput and order-to-terminal latency on
+//! the local PostgreSQL and Redis, next to the machine's own ceiling
+//! measured in the same run on the same database.
+//!
+//! Per scale (users and items multiplied by each `--scales` factor): a
+//! fresh database (`ps_bench_<tag>_x<scale>`, dropped at the end unless
+//! `--keep`) and a fresh Redis prefix (its streams deleted at the end).
+//! 1. Ceiling: `BEGIN; UPDATE one row; COMMIT` from as many concurrent
+//!    clients as the concurrency level, through the same pool, for
+//!    `--ceiling-seconds`; the best level's rate is the ceiling in
+//!    transactions/s.
+//! 2. Every service's loops run in-process (`--replicas` consumers each).
+//!    For each concurrency level, that many closed-loop clients place
+//!    `--orders` orders in total (through `runtime::commands`, not HTTP),
+//!    each waiting for its order's terminal event to be published: the
+//!    latency is from placing to that publish.
+//! 3. Commits per saga: every committed transaction (observer `Committed`)
+//!    over every saga, counted once the run is quiet. The ceiling in sagas/s
+//!    is the ceiling in transactions/s divided by it.
+//!
+//! Every user is rich and roomy and every item plentiful, so every saga
+//! completes: the full path, the most transactions per saga.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+
+use crate::adapters::postgres::{self, PgConfig, PgStore};
+use crate::adapters::redis::{RedisBus, RedisConfig};
+use crate::domain::gateway::{SimulatedGateway, DEFAULT_METHOD};
+use crate::domain::participants::order::PlaceOrder;
+use crate::domain::{ItemId, OrderId, Payload, Service, UserId};
+use crate::runtime::commands::{place_order, Placed};
+use crate::runtime::{Env, Observer, RuntimeEvent, Store, SystemClock};
+use crate::workload::{ItemSpec, Scenario, UserSpec};
+
+use super::serve::Running;
+use super::{GlobalArgs, SHUTDOWN_GRACE};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Concurrency levels (closed-loop clients), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,48")]
+    pub levels: Vec<u16>,
+    /// Orders per concurrency level.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub orders: u32,
+    /// Users and items multipliers, comma-separated: 1 = 100 users and 20
+    /// items, 10 = 1000 and 200.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    pub scales: Vec<u16>,
+    /// Consumers per service.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub replicas: u16,
+    /// Seconds of the ceiling measurement per concurrency level.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub ceiling_seconds: u32,
+    /// Idle poll of the runtime loops (relay, sweeper) in milliseconds.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub idle_poll_ms: u32,
+    /// Relays only poll (every idle poll) instead of also waking on their
+    /// service's commits: the behaviour before the wake-up, for comparison.
+    #[arg(long)]
+    pub no_relay_wake: bool,
+    /// Keep the bench databases (their names are printed).
+    #[arg(long)]
+    pub keep: bool,
+    /// Seed of who buys what.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Longest a client waits for its order's terminal event.
+const TERMINAL_WAIT: Duration = Duration::from_secs(60);
+/// Rows the ceiling's updates spread over.
+const CEILING_ROWS: i32 = 1_000;
+/// Base users and items at scale 1.
+const BASE_USERS: usize = 100;
+const BASE_ITEMS: usize = 20;
+
+/// Observes the run: counts commits and hands each terminal publish to the
+/// client waiting for it.
+#[derive(Default)]
+struct BenchObserver {
+    commits: AtomicU64,
+    terminal: AtomicU64,
+    waiters: Mutex<BTreeMap<OrderId, oneshot::Sender<Instant>>>,
+}
+
+impl Observer for BenchObserver {
+    fn observe(&self, event: RuntimeEvent<'_>) {
+        match event {
+            RuntimeEvent::Committed { .. } => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            RuntimeEvent::Published {
+                event, republish: 0, ..
+            } if matches!(
+                event.payload,
+                Payload::OrderCompleted(_) | Payload::OrderFailed(_)
+            ) =>
+            {
+                self.terminal.fetch_add(1, Ordering::Relaxed);
+                let waiter = self
+                    .waiters
+                    .lock()
+                    .expect("waiters mutex")
+                    .remove(&event.order_id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What one concurrency level measured.
+#[derive(Debug, Clone)]
+struct LevelResult {
+    concurrency: u16,
+    sagas: usize,
+    failed: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    ceiling_tps: f64,
+}
+
+impl LevelResult {
+    fn sagas_per_s(&self) -> f64 {
+        self.sagas as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    assert!(p <= 100, "a percentile is at most 100");
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn scenario(scale: u16) -> Scenario {
+    let users = BASE_USERS * usize::from(scale);
+    let items = BASE_ITEMS * usize::from(scale);
+    Scenario {
+        users: (0..users)
+            .map(|i| UserSpec {
+                id: UserId::parse(format!("bench-user-{i}")).expect("valid id"),
+                balance: 1_000_000_000_000,
+                capacity: 1_000_000,
+            })
+            .collect(),
+        items: (0..items)
+            .map(|i| ItemSpec {
+                id: ItemId::parse(format!("bench-item-{i}")).expect("valid id"),
+                name: format!("Item {i}"),
+                price: 10 + i as i64 % 90,
+                stock: 1_000_000,
+            })
+            .collect(),
+        orders: Vec::new(),
+    }
+}
+
+/// A fresh database and Redis prefix for one scale, dropped by [`Fresh::drop_all`].
+struct Fresh {
+    admin_url: String,
+    name: String,
+    store: PgStore,
+    bus: RedisBus,
+    redis_url: String,
+}
+
+impl Fresh {
+    async fn create(global: &GlobalArgs, tag: &str, scale: u16, pool: u32) -> Result<Fresh, String> {
+        let name = format!("ps_bench_{tag}_x{scale}");
+        let mut admin = sqlx::PgConnection::connect(&global.database_url)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    postgres::redact_url(&global.database_url)
+                )
+            })?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
+        let _ = admin.close().await;
+        let config = PgConfig {
+            connections_max: pool,
+            ..PgConfig::default()
+        };
+        let pg = postgres::connect(&with_database(&global.database_url, &name), &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        postgres::migrate(&pg).await.map_err(|e| e.to_string())?;
+        let bus = RedisBus::connect(
+            &global.redis_url,
+            RedisConfig {
+                prefix: format!("ps-bench:{tag}:x{scale}"),
+                ..RedisConfig::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Fresh {
+            admin_url: global.database_url.clone(),
+            name,
+            store: PgStore::new(pg),
+            bus,
+            redis_url: global.redis_url.clone(),
+        })
+    }
+
+    async fn drop_all(self, keep: bool) {
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = Service::ALL
+                    .iter()
+                    .flat_map(|&s| [self.bus.stream_key(s), self.bus.dead_key(s)])
+                    .collect();
+                let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+            }
+        }
+        self.store.pool().close().await;
+        if keep {
+            println!("kept database {}", self.name);
+            return;
+        }
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Single-row update transactions per second from `clients` concurrent
+/// clients over `pool` for `span`.
+async fn ceiling(pool: &sqlx::PgPool, clients: u16, span: Duration) -> Result<f64, String> {
+    let until = Instant::now() + span;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(u64::from(client));
+            let mut done = 0u64;
+            while Instant::now() < until {
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE public.bench_ceiling SET n = n + 1 WHERE id = $1")
+                    .bind(rng.random_range(0..CEILING_ROWS))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                done += 1;
+            }
+            Ok::<u64, sqlx::Error>(done)
+        });
+    }
+    let started = Instant::now();
+    let mut total = 0;
+    while let Some(joined) = tasks.join_next().await {
+        total += joined.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What every client of a scale shares.
+struct Rig {
+    env: Env,
+    observer: Arc<BenchObserver>,
+    scenario: Arc<Scenario>,
+    seed: u64,
+    tag: String,
+}
+
+/// Places `orders` orders with `clients` closed-loop clients, each waiting
+/// for its order's terminal publish; returns latencies and failures.
+async fn run_level(
+    rig: &Rig,
+    clients: u16,
+    orders: u32,
+    bar: &ProgressBar,
+) -> (Vec<Duration>, usize, Duration) {
+    let Rig {
+        env,
+        observer,
+        scenario,
+        seed,
+        tag,
+    } = rig;
+    let seed = *seed;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let (env, observer, scenario, next, bar) = (
+            env.clone(),
+            observer.clone(),
+            scenario.clone(),
+            next.clone(),
+            bar.clone(),
+        );
+        let tag = format!("{tag}-c{clients}");
+        tasks.spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(clients) << 32) ^ u64::from(client));
+            let mut latencies = Vec::new();
+            let mut failed = 0;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= u64::from(orders) {
+                    return (latencies, failed);
+                }
+                let user = &scenario.users[rng.random_range(0..scenario.users.len())];
+                let item = &scenario.items[rng.random_range(0..scenario.items.len())];
+                let cmd = PlaceOrder {
+                    order_id: OrderId::parse(format!("{tag}-{n}")).expect("valid id"),
+                    user_id: user.id.clone(),
+                    item_id: item.id.clone(),
+                    quantity: 1,
+                    payment_method: DEFAULT_METHOD.to_string(),
+                };
+                let (tx, rx) = oneshot::channel();
+                observer
+                    .waiters
+                    .lock()
+                    .expect("waiters mutex")
+                    .insert(cmd.order_id.clone(), tx);
+                let placed_at = Instant::now();
+                match place_order(&env, &cmd).await {
+                    Ok(Placed::Created) => {}
+                    Ok(Placed::Existing(_)) | Err(_) => {
+                        observer
+                            .waiters
+                            .lock()
+                            .expect("waiters mutex")
+                            .remove(&cmd.order_id);
+                        failed += 1;
+                        bar.inc(1);
+                        continue;
+                    }
+                }
+                match tokio::time::timeout(TERMINAL_WAIT, rx).await {
+                    Ok(Ok(at)) => latencies.push(at.saturating_duration_since(placed_at)),
+                    _ => failed += 1,
+                }
+                bar.inc(1);
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (l, f) = joined.expect("a bench client does not panic");
+        latencies.extend(l);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    (latencies, failed, elapsed)
+}
+
+/// Waits until no transaction has committed for `quiet`, at most `bound`.
+async fn await_quiet(observer: &BenchObserver, quiet: Duration, bound: Duration) {
+    let until = Instant::now() + bound;
+    let mut last = observer.commits.load(Ordering::Relaxed);
+    while Instant::now() < until {
+        tokio::time::sleep(quiet).await;
+        let now = observer.commits.load(Ordering::Relaxed);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// What one scale measured.
+struct ScaleResult {
+    scale: u16,
+    users: usize,
+    items: usize,
+    levels: Vec<LevelResult>,
+    commits_per_saga: f64,
+}
+
+async fn run_scale(
+    global: &GlobalArgs,
+    args: &BenchArgs,
+    tag: &str,
+    scale: u16,
+) -> Result<ScaleResult, String> {
+    let level_max = args.levels.iter().copied().max().unwrap_or(1);
+    let loops = Service::ALL.len() * (usize::from(args.replicas) + 1) + 2;
+    let pool = u32::try_from(loops).unwrap_or(64) + u32::from(level_max);
+    let fresh = Fresh::create(global, tag, scale, pool).await?;
+    let scenario = Arc::new(scenario(scale));
+    fresh
+        .store
+        .seed_rows(&scenario.opening_rows())
+        .await
+        .map_err(|e| format!("seeding: {e}"))?;
+
+    // 1. The ceiling, before any loop runs.
+    let pg = fresh.store.pool().clone();
+    sqlx::query("CREATE TABLE public.bench_ceiling (id int PRIMARY KEY, n bigint NOT NULL)")
+        .execute(&pg)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("INSERT INTO public.bench_ceiling SELECT g, 0 FROM generate_series(0, $1) g")
+        .bind(CEILING_ROWS - 1)
+        .execute(&pg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ceilings = BTreeMap::new();
+    for &level in &args.levels {
+        let tps = ceiling(&pg, level, Duration::from_secs(u64::from(args.ceiling_seconds))).await?;
+        println!("  x{scale}: ceiling at {level} clients: {tps:.0} single-row update tx/s");
+        ceilings.insert(level, tps);
+    }
+
+    // 2. The saga at each level.
+    let observer = Arc::new(BenchObserver::default());
+    let mut config = global.runtime_config();
+    config.idle_poll = Duration::from_millis(u64::from(args.idle_poll_ms));
+    let env = Env {
+        store: Arc::new(fresh.store.clone()) as Arc<dyn Store>,
+        bus: Arc::new(fresh.bus.clone()),
+        clock: Arc::new(SystemClock),
+        gateway: Arc::new(SimulatedGateway::default()),
+        observer: observer.clone(),
+        config,
+    };
+    let running = Running::start_with(&env, &Service::ALL, args.replicas, !args.no_relay_wake);
+    let rig = Rig {
+        env: running.env().clone(),
+        observer: observer.clone(),
+        scenario: scenario.clone(),
+        seed: args.seed,
+        tag: tag.to_string(),
+    };
+    let mut levels = Vec::new();
+    for &level in &args.levels {
+        let bar = ProgressBar::new(u64::from(args.orders));
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "  x{scale} {level:>3} clients {{bar:40}} {{pos}}/{{len}} [{{elapsed}}] {{per_sec}}"
+            ))
+            .expect("a valid template"),
+        );
+        let (latencies, failed, elapsed) = run_level(&rig, level, args.orders, &bar).await;
+        bar.finish_and_clear();
+        let result = LevelResult {
+            concurrency: level,
+            sagas: latencies.len(),
+            failed,
+            elapsed,
+            p50: percentile(&latencies, 50),
+            p99: percentile(&latencies, 99),
+            ceiling_tps: ceilings[&level],
+        };
+        println!(
+            "  x{scale}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
+            result.sagas_per_s(),
+            result.p50.as_secs_f64() * 1e3,
+            result.p99.as_secs_f64() * 1e3,
+            if failed > 0 {
+                format!(", {failed} not terminal")
+            } else {
+                String::new()
+            }
+        );
+        levels.push(result);
+        // The tail of this level (notifications) settles before the next.
+        await_quiet(&observer, Duration::from_millis(300), Duration::from_secs(30)).await;
+    }
+    let unfinished = running.stop(SHUTDOWN_GRACE).await;
+    if !unfinished.is_empty() {
+        return Err(format!("tasks did not stop: {}", unfinished.join(", ")));
+    }
+    let terminal = observer.terminal.load(Ordering::Relaxed);
+    let commits = observer.commits.load(Ordering::Relaxed);
+    fresh.drop_all(args.keep).await;
+    Ok(ScaleResult {
+        scale,
+        users: scenario.users.len(),
+        items: scenario.items.len(),
+        levels,
+        commits_per_saga: commits as f64 / terminal.max(1) as f64,
+    })
+}
+
+/// `purchase-saga bench`.
+pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode, String> {
+    if global.in_memory {
+        return Err("bench measures PostgreSQL and Redis; it has no --in-memory mode".into());
+    }
+    assert!(
+        !args.levels.is_empty() && !args.scales.is_empty(),
+        "clap gives defaults"
+    );
+    if args.levels.contains(&0) || args.scales.contains(&0) {
+        return Err("levels and scales must be at least 1".into());
+    }
+    let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let load_before = load_average();
+    println!(
+        "bench {tag}: levels {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
+        args.levels,
+        args.orders,
+        args.replicas,
+        args.idle_poll_ms,
+        if args.no_relay_wake { "off" } else { "on" }
+    );
+    let mut results = Vec::new();
+    for &scale in &args.scales {
+        results.push(run_scale(global, args, &tag, scale).await?);
+    }
+    let load_after = load_average();
+
+    println!();
+    println!(
+        "{:>5} {:>6} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>10} {:>8}",
+        "scale",
+        "users",
+        "items",
+        "clients",
+        "sagas/s",
+        "p50 ms",
+        "p99 ms",
+        "ceil tx/s",
+        "tx/saga",
+        "ceil sg/s",
+        "ratio"
+    );
+    let mut ok = true;
+    for r in &results {
+        let best_ceiling = r.levels.iter().map(|l| l.ceiling_tps).fold(0.0, f64::max);
+        for l in &r.levels {
+            let ceiling_sagas = best_ceiling / r.commits_per_saga.max(1e-9);
+            println!(
+                "{:>5} {:>6} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.2} {:>10.1} {:>7.1}%",
+                format!("x{}", r.scale),
+                r.users,
+                r.items,
+                l.concurrency,
+                l.sagas_per_s(),
+                l.p50.as_secs_f64() * 1e3,
+                l.p99.as_secs_f64() * 1e3,
+                l.ceiling_tps,
+                r.commits_per_saga,
+                ceiling_sagas,
+                100.0 * l.sagas_per_s() / ceiling_sagas.max(1e-9)
+            );
+            ok &= l.failed == 0;
+        }
+    }
+    println!("ceiling sagas/s = best single-row update tx/s of the scale / transactions per saga");
+    println!("load average: {load_before} before, {load_after} after");
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,170 @@
+//! `GET /openapi.json`: the document lists every route of the API with its
+//! status codes, and every documented route is one the router serves (a
+//! route the document names but the router lacks would answer the
+//! `no_route` fallback).
+
+mod http_support;
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use http_support::TestApp;
+
+/// Every route and the status codes it documents.
+fn expected() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
+    let store = vec!["500", "503"];
+    let with = |codes: &[&'static str]| {
+        let mut v: Vec<&'static str> = codes.to_vec();
+        v.extend(&store);
+        v.sort();
+        v
+    };
+    BTreeMap::from([
+        (
+            ("post", "/orders"),
+            with(&["200", "202", "400", "401", "403", "409", "413", "415", "422"]),
+        ),
+        (
+            ("get", "/orders/{id}"),
+            with(&["200", "400", "401", "403", "404"]),
+        ),
+        (("get", "/users/{id}"), with(&["200", "400", "401", "403", "404"])),
+        (
+            ("get", "/admin/dead-letters"),
+            vec!["200", "400", "401", "403", "503"],
+        ),
+        (("get", "/items/{id}"), with(&["200", "400", "404"])),
+        (("get", "/healthz"), vec!["200"]),
+        (("get", "/readyz"), vec!["200", "503"]),
+        (("get", "/metrics"), vec!["200"]),
+    ])
+}
+
+async fn document(app: &TestApp) -> Value {
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    doc
+}
+
+#[tokio::test]
+async fn the_document_lists_every_route_with_its_status_codes() {
+    let (app, _) = TestApp::memory(false).await;
+    let doc = document(&app).await;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "an OpenAPI 3 document: {}",
+        doc["openapi"]
+    );
+    let mut found: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            let mut codes: Vec<String> = op["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} has no responses"))
+                .keys()
+                .cloned()
+                .collect();
+            codes.sort();
+            found.insert((method.clone(), path.clone()), codes);
+        }
+    }
+    let expected: BTreeMap<(String, String), Vec<String>> = expected()
+        .into_iter()
+        .map(|((m, p), codes)| {
+            (
+                (m.to_string(), p.to_string()),
+                codes.into_iter().map(String::from).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
+
+    // The views are schemas the operations reference.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for name in [
+        "OrderRequest",
+        "OrderSummary",
+        "OrderView",
+        "TimelineEntry",
+        "UserView",
+        "ItemView",
+        "ErrorBody",
+    ] {
+        assert!(
+            schemas.contains_key(name),
+            "schema {name} missing: {:?}",
+            schemas.keys()
+        );
+    }
+    let summary = &schemas["OrderSummary"]["properties"];
+    for field in ["orderId", "status", "failedStep", "failureReason", "totalAmount"] {
+        assert!(summary.get(field).is_some(), "OrderSummary.{field}: {summary}");
+    }
+    assert_eq!(
+        schemas["OrderRequest"]["additionalProperties"], false,
+        "POST /orders refuses unknown fields"
+    );
+    let place = &doc["paths"]["/orders"]["post"];
+    assert_eq!(
+        place["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/OrderRequest"
+    );
+    let params: Vec<&str> = place["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["wait", "Idempotency-Key"]);
+    // The protected operations name the bearer scheme the document declares.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, method) in [
+        ("/orders", "post"),
+        ("/orders/{id}", "get"),
+        ("/users/{id}", "get"),
+        ("/admin/dead-letters", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["security"][0].get("bearer").is_some(),
+            "{method} {path} does not require the bearer token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let (app, _) = TestApp::memory(false).await;
+    let doc = document(&app).await;
+    let metrics = purchase_saga::adapters::metrics::router(std::sync::Arc::new(
+        purchase_saga::adapters::metrics::Metrics::new(Default::default()),
+    ));
+    let served = app.router.clone().merge(metrics);
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("a path item").keys() {
+            let uri = path.replace("{id}", "no-such-id");
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let response = served.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let body = String::from_utf8_lossy(&bytes);
+            assert!(
+                !body.contains("\"no_route\"") && !body.contains("\"method_not_allowed\""),
+                "{method} {uri}: documented but not served ({status}: {body})"
+            );
+            let documented: Vec<&String> = item[method]["responses"].as_object().unwrap().keys().collect();
+            assert!(
+                documented.iter().any(|c| *c == status.as_str()),
+                "{method} {uri} answered {status}, which it does not document ({documented:?})"
+            );
+        }
+    }
+}
