@@ -32,6 +32,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sqlx::Connection;
+
+use crate::adapters::postgres::with_database;
 use tokio::sync::oneshot;
 
 use crate::adapters::postgres::{self, PgConfig, PgStore};
@@ -148,21 +150,6 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() - 1) * p).div_ceil(100)]
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{database}", &base[..authority_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 fn load_average() -> String {

@@ -168,23 +168,7 @@ fn service_url(
     }
 }
 
-/// `url` with its database (path) replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{database}", &base[..authority_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+pub use purchase_saga::adapters::postgres::with_database;
 
 /// A random lower-case suffix for database names and key prefixes.
 pub fn random_suffix() -> String {

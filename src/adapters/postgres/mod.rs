@@ -28,7 +28,7 @@ use crate::domain::{DurationMs, Event, EventType, OrderId, Service, Timestamp};
 use crate::runtime::store::{OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
-pub use connect::{connect, migrate, redact_url, ConnectError, PgConfig, MIGRATOR};
+pub use connect::{connect, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR};
 pub use errors::classify;
 pub use reads::TimelineEntry;
 
