@@ -41,8 +41,14 @@
 //! completed; 1,490 failed at PAYMENT: the 20 s saga deadline cancelled the
 //! orders whose events the restarts lost, through the pivot as designed).
 //! With service kills only (`--no-restart-backends`): 1,000 orders, 10 kills,
-//! quiescent after 29.6 s, clean. PostgreSQL restarts were not run here
-//! (shared service).
+//! quiescent after 29.6 s, clean. The full run, with the machine's own
+//! PostgreSQL and Redis restarted (`--database-url …/chaos_final
+//! --redis-prefix chaos-final chaos --orders 1000 --faults-max 12
+//! --duration-max 45 --saga-deadline 20 --seed 5`): 1,000 orders placed in
+//! 2.1 s, 12 faults (9 kill -9, 2 PostgreSQL restarts, 1 Redis restart),
+//! quiescent 43.3 s after the last fault, audit clean (225 completed, 516
+//! failed at PAYMENT: deadline cancels of sagas whose events the Redis
+//! restart lost).
 //!
 //! Re-drive (60 s, then 120 s, 240 s) and the saga deadline bound how long
 //! an order whose events Redis lost takes to finish, so give the quiescence
