@@ -4,6 +4,7 @@
 //! - `saga-sim run --seeds A..B [--faults P] [--orders N] [--jobs J] [--mutant M]`
 //! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M]`
 //! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J]` (`--features mutants`)
+//! - `saga-sim bench [--seeds N] [--faults P] [--orders N] [--jobs J]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
 use purchase_saga_sim::summary::Summary;
 use purchase_saga_sim::{
     input_from_seed, mermaid, mutants, run, FaultKind, FaultPlan, Profile, SimInput, SimOutcome, SimSettings,
@@ -72,6 +74,19 @@ enum Command {
         mutant: Option<String>,
         #[arg(long, value_parser = parse_kind)]
         without: Option<FaultKind>,
+    },
+    /// Seeds/s and simulated/wall time of the simulator next to the same
+    /// scenarios on the in-memory runtime, in one run.
+    Bench {
+        /// Seeds `0..N` on each engine.
+        #[arg(long, default_value_t = 500)]
+        seeds: u64,
+        #[arg(long, value_enum, default_value = "heavy")]
+        faults: Profile,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
     },
     /// For each planted bug, runs seeds until one violates an invariant;
     /// exits 1 if any mutant survives (needs `--features mutants`).
@@ -168,8 +183,15 @@ impl Options {
     }
 }
 
-/// Runs seeds `a..b` on `jobs` threads; outcomes in seed order.
-fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
+/// Runs `f` on seeds `a..b` on `jobs` threads with a progress bar; results
+/// in seed order. `failed` marks a result in the bar's message.
+fn par_seeds<T: Send + 'static>(
+    a: u64,
+    b: u64,
+    jobs: usize,
+    f: Arc<dyn Fn(u64) -> T + Send + Sync>,
+    failed: impl Fn(&T) -> bool,
+) -> Vec<(u64, T)> {
     let bar = ProgressBar::new(b - a);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta} {msg}")
@@ -179,30 +201,122 @@ fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..jobs.max(1))
         .map(|_| {
-            let (next, tx, options) = (next.clone(), tx.clone(), options.clone());
+            let (next, tx, f) = (next.clone(), tx.clone(), f.clone());
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= b || tx.send(options.run_seed(seed)).is_err() {
+                if seed >= b || tx.send((seed, f(seed))).is_err() {
                     return;
                 }
             })
         })
         .collect();
     drop(tx);
-    let mut outcomes = Vec::new();
-    for o in rx {
-        if !o.violations.is_empty() {
-            bar.set_message(format!("seed {} FAILED", o.seed));
+    let mut results = Vec::new();
+    for (seed, r) in rx {
+        if failed(&r) {
+            bar.set_message(format!("seed {seed} FAILED"));
         }
         bar.inc(1);
-        outcomes.push(o);
+        results.push((seed, r));
     }
     for w in workers {
         w.join().expect("a worker thread panicked");
     }
     bar.finish_and_clear();
-    outcomes.sort_by_key(|o| o.seed);
-    outcomes
+    results.sort_by_key(|(seed, _)| *seed);
+    results
+}
+
+/// Runs seeds `a..b` on `jobs` threads; outcomes in seed order.
+fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
+    let options = options.clone();
+    par_seeds(
+        a,
+        b,
+        jobs,
+        Arc::new(move |seed| options.run_seed(seed)),
+        |o: &SimOutcome| !o.violations.is_empty(),
+    )
+    .into_iter()
+    .map(|(_, o)| o)
+    .collect()
+}
+
+/// `saga-sim bench`: the same scenarios on the simulator and on the
+/// in-memory runtime (seeded scheduler: random order and duplicates, no
+/// network, no hosts), in one run, so their ratio is the simulator's
+/// overhead on this machine now. Returns 1 on any violation.
+fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
+    let started = Instant::now();
+    let sim = sweep(0, seeds, jobs, options);
+    let sim_wall = started.elapsed();
+    let inputs = {
+        let options = options.clone();
+        Arc::new(move |seed| options.input(seed).scenario)
+    };
+    let started = Instant::now();
+    let memory = par_seeds(
+        0,
+        seeds,
+        jobs,
+        Arc::new(move |seed| Scheduler::run_scenario(&inputs(seed), seed, 150)),
+        |r: &SchedulerReport| !r.violations.is_empty(),
+    );
+    let memory_wall = started.elapsed();
+    let sim_simulated: u64 = sim.iter().map(|o| o.simulated_ms).sum();
+    let memory_simulated: i64 = memory.iter().map(|(_, r)| r.simulated.0).sum();
+    let violations = sim.iter().filter(|o| !o.violations.is_empty()).count()
+        + memory.iter().filter(|(_, r)| !r.violations.is_empty()).count();
+    let rate = |n: u64, wall: std::time::Duration| n as f64 / wall.as_secs_f64().max(1e-9);
+    let (sim_rate, memory_rate) = (rate(seeds, sim_wall), rate(seeds, memory_wall));
+    println!(
+        "saga-sim bench --seeds {seeds} --faults {} --orders {} --jobs {jobs}",
+        options.faults.name(),
+        options.orders
+    );
+    println!(
+        "{:<34} {:>8} {:>10} {:>10} {:>16}",
+        "engine", "seeds", "wall s", "seeds/s", "simulated/wall"
+    );
+    let row = |name: &str, wall: std::time::Duration, rate: f64, simulated_ms: f64| {
+        println!(
+            "{name:<34} {seeds:>8} {:>10.2} {rate:>10.1} {:>15.1}x",
+            wall.as_secs_f64(),
+            simulated_ms / 1000.0 / wall.as_secs_f64().max(1e-9)
+        )
+    };
+    row(
+        "turmoil simulator (2 replicas/svc)",
+        sim_wall,
+        sim_rate,
+        sim_simulated as f64,
+    );
+    row(
+        "in-memory runtime (seeded order)",
+        memory_wall,
+        memory_rate,
+        memory_simulated as f64,
+    );
+    println!(
+        "simulator overhead: {:.1}x the in-memory runtime's wall time per seed",
+        memory_rate / sim_rate
+    );
+    println!(
+        "10,000 seeds on the simulator at this rate: {:.0} s",
+        10_000.0 / sim_rate
+    );
+    println!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
+    println!("violations: {violations}");
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn check_mutant(mutant: Option<&str>) -> Result<(), ExitCode> {
@@ -349,6 +463,24 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+        Command::Bench {
+            seeds,
+            faults,
+            orders,
+            jobs,
+        } => {
+            if seeds == 0 {
+                eprintln!("--seeds: must be at least 1");
+                return ExitCode::from(2);
+            }
+            let options = Options {
+                faults,
+                orders,
+                mutant: None,
+                without: None,
+            };
+            bench(seeds, jobs, &options)
         }
         Command::Mutants {
             seeds,
