@@ -249,31 +249,20 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     );
     let path = format!("/orders/{}", json["orderId"].as_str().unwrap());
     let timeout = Duration::from_secs(5);
-    let anonymous = client::request(addr, "GET", &path, &[], b"", timeout)
-        .await
-        .unwrap();
+    let get_as = |headers: Vec<(&'static str, String)>| {
+        let path = path.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client::request(addr, "GET", &path, &headers, b"", timeout)
+                .await
+                .unwrap()
+        }
+    };
+    let anonymous = get_as(vec![]).await;
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
-    let other = client::request(
-        addr,
-        "GET",
-        &path,
-        &[("Authorization", &other_token)],
-        b"",
-        timeout,
-    )
-    .await
-    .unwrap();
+    let other = get_as(vec![("Authorization", other_token.clone())]).await;
     assert_eq!(other.status, 403, "{}", other.text());
-    let own = client::request(
-        addr,
-        "GET",
-        &path,
-        &[("Authorization", &user_token)],
-        b"",
-        timeout,
-    )
-    .await
-    .unwrap();
+    let own = get_as(vec![("Authorization", user_token.clone())]).await;
     assert_eq!(own.status, 200, "{}", own.text());
 
     terminate(child.id());
