@@ -105,9 +105,10 @@ async fn reads_return_committed_rows_and_the_timeline() {
         republish_max: 1,
         horizon: DurationMs(60_000),
     };
-    let due = store.outbox_due(Service::Order, t0, policy, 10).await.unwrap();
+    let due = store.outbox_due(Service::Order, t0, 10).await.unwrap();
+    let published = t0.plus(DurationMs(5));
     store
-        .mark_published(Service::Order, &[due[0].seq], t0.plus(DurationMs(5)))
+        .mark_published(Service::Order, &[policy.mark(&due[0], published)], published)
         .await
         .unwrap();
     assert_eq!(store.outbox_backlog(Service::Order).await.unwrap(), 0);

@@ -23,7 +23,7 @@ use purchase_saga::domain::{
     Timestamp, UserId,
 };
 use purchase_saga::runtime::memory::MemoryStore;
-use purchase_saga::runtime::store::{Pruned, RedrivePolicy, Retention, Store, StoreError};
+use purchase_saga::runtime::store::{Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreError};
 use tokio::sync::oneshot;
 
 /// A store under test, with what it needs to stay alive.
@@ -244,17 +244,8 @@ async fn dropped_transaction_leaves_nothing(f: Fixture) {
         Some(account(100)),
         "the dropped write is gone and the lock was released"
     );
-    let policy = RedrivePolicy {
-        after: DurationMs(1000),
-        republish_max: 3,
-        horizon: DurationMs(60_000),
-    };
     assert!(
-        store
-            .outbox_due(Service::Order, T0, policy, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        store.outbox_due(Service::Order, T0, 10).await.unwrap().is_empty(),
         "no outbox entry"
     );
 }
@@ -382,12 +373,12 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
         let store = store.clone();
         async move {
             let now = T0.plus(DurationMs(at));
-            let entries = store.outbox_due(Service::Order, now, policy, 100).await.unwrap();
+            let entries = store.outbox_due(Service::Order, now, 100).await.unwrap();
             assert!(
                 entries.iter().all(|e| policy.is_due(e, now)),
                 "every returned entry is due"
             );
-            let order = |e: &purchase_saga::runtime::OutboxEntry| (e.last_published_at.is_some(), e.seq);
+            let order = |e: &OutboxEntry| (e.last_published_at.is_some(), e.seq);
             assert!(
                 entries.windows(2).all(|w| order(&w[0]) < order(&w[1])),
                 "never-published first, then republishes, each oldest first"
@@ -395,8 +386,17 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
             entries
         }
     };
-    let orders = |entries: &[purchase_saga::runtime::OutboxEntry]| -> Vec<String> {
+    let orders = |entries: &[OutboxEntry]| -> Vec<String> {
         entries.iter().map(|e| e.event.order_id.to_string()).collect()
+    };
+    // Publishes `entries` at `at` as the relay does under `policy`.
+    let publish = |entries: Vec<OutboxEntry>, at: i64, policy: RedrivePolicy| {
+        let store = store.clone();
+        async move {
+            let now = T0.plus(DurationMs(at));
+            let marks: Vec<Mark> = entries.iter().map(|e| policy.mark(e, now)).collect();
+            store.mark_published(Service::Order, &marks, now).await.unwrap();
+        }
     };
 
     let all = due(0).await;
@@ -406,12 +406,19 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
         "never published: due at once"
     );
     assert_eq!(all[0].event, order_created("o-a"), "the event round-trips");
-    assert_eq!((all[0].published_count, all[0].last_published_at), (0, None));
-    let limited = store.outbox_due(Service::Order, T0, policy, 2).await.unwrap();
+    assert_eq!(
+        (
+            all[0].published_count,
+            all[0].last_published_at,
+            all[0].next_publish_at
+        ),
+        (0, None, None)
+    );
+    let limited = store.outbox_due(Service::Order, T0, 2).await.unwrap();
     assert_eq!(orders(&limited), ["o-a", "o-b"], "limit bounds the batch");
 
-    let (a, b, c) = (all[0].seq, all[1].seq, all[2].seq);
-    store.mark_published(Service::Order, &[a, b], T0).await.unwrap();
+    let (a, b, c) = (all[0].clone(), all[1].clone(), all[2].clone());
+    publish(vec![a.clone(), b.clone()], 0, policy).await;
     assert_eq!(orders(&due(0).await), ["o-c"]);
     assert_eq!(orders(&due(999).await), ["o-c"], "republish waits `after`");
     let again = due(1000).await;
@@ -421,27 +428,23 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
         "a new event goes before re-drives"
     );
     assert_eq!(
-        (again[1].published_count, again[1].last_published_at),
-        (1, Some(T0))
+        (
+            again[1].published_count,
+            again[1].last_published_at,
+            again[1].next_publish_at
+        ),
+        (1, Some(T0), Some(T0.plus(DurationMs(1000)))),
+        "round 1 starts at +1000"
     );
 
     // Rounds start at +1000 (k=1) and +3000 (k=2); all three were last
     // published at +1000, so the next round for each is +3000.
-    store
-        .mark_published(Service::Order, &[a, b, c], T0.plus(DurationMs(1000)))
-        .await
-        .unwrap();
+    publish(vec![a.clone(), b.clone(), c.clone()], 1000, policy).await;
     assert_eq!(orders(&due(2999).await), Vec::<String>::new());
     // A second relay publishing `a` within the same round spends no round.
-    store
-        .mark_published(Service::Order, &[a], T0.plus(DurationMs(1500)))
-        .await
-        .unwrap();
+    publish(vec![a.clone()], 1500, policy).await;
     assert_eq!(orders(&due(3000).await), ["o-a", "o-b", "o-c"]);
-    store
-        .mark_published(Service::Order, &[a, b, c], T0.plus(DurationMs(3000)))
-        .await
-        .unwrap();
+    publish(vec![a.clone(), b.clone(), c.clone()], 3000, policy).await;
     // Both rounds spent: never again.
     assert_eq!(orders(&due(9_999).await), Vec::<String>::new());
     // With more rounds, none that starts at or past the horizon: rounds at
@@ -451,24 +454,29 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
         republish_max: 5,
         horizon: DurationMs(5000),
     };
-    let at = T0.plus(DurationMs(20_000));
-    assert!(
-        store
-            .outbox_due(Service::Order, at, short, 100)
-            .await
-            .unwrap()
-            .is_empty(),
-        "past the horizon: never again"
-    );
+    // (`due` checks against `policy`; these entries now follow another.)
+    let due_raw = |at: i64| {
+        let store = store.clone();
+        async move {
+            let now = T0.plus(DurationMs(at));
+            store.outbox_due(Service::Order, now, 100).await.unwrap()
+        }
+    };
+    publish(vec![a.clone(), b.clone(), c.clone()], 3000, short).await;
+    assert!(due_raw(20_000).await.is_empty(), "past the horizon: never again");
     let long = RedrivePolicy {
         horizon: DurationMs(8000),
         ..short
     };
+    publish(vec![a, b, c], 3000, long).await;
+    assert_eq!(orders(&due_raw(6_999).await), Vec::<String>::new());
+    let last = due_raw(7_000).await;
     assert_eq!(
-        orders(&store.outbox_due(Service::Order, at, long, 100).await.unwrap()),
+        orders(&last),
         ["o-a", "o-b", "o-c"],
         "the +7000 round is within an 8000 horizon"
     );
+    assert_eq!(last[0].next_publish_at, Some(T0.plus(DurationMs(7000))));
     store.mark_published(Service::Order, &[], T0).await.unwrap();
 }
 
@@ -524,11 +532,11 @@ async fn prune_is_bounded_by_the_batch(f: Fixture) {
         tx.enqueue(&order_created(order), T0).await.unwrap();
     }
     tx.commit().await.unwrap();
-    let entries = store.outbox_due(Service::Order, T0, policy, 100).await.unwrap();
-    let published: Vec<i64> = entries
+    let entries = store.outbox_due(Service::Order, T0, 100).await.unwrap();
+    let published: Vec<Mark> = entries
         .iter()
         .filter(|e| e.event.order_id != oid("o-unpublished"))
-        .map(|e| e.seq)
+        .map(|e| policy.mark(e, T0))
         .collect();
     store
         .mark_published(Service::Order, &published, T0)
@@ -562,7 +570,7 @@ async fn prune_is_bounded_by_the_batch(f: Fixture) {
         "a young id is kept"
     );
     drop(tx);
-    let left = store.outbox_due(Service::Order, now, policy, 100).await.unwrap();
+    let left = store.outbox_due(Service::Order, now, 100).await.unwrap();
     assert_eq!(
         left.iter()
             .map(|e| e.event.order_id.to_string())
@@ -778,12 +786,12 @@ async fn an_event_nobody_consumes_is_published_once(f: Fixture) {
     tx.enqueue(&validated, T0).await.unwrap();
     tx.enqueue(&reserved, T0).await.unwrap();
     tx.commit().await.unwrap();
-    let first = store.outbox_due(Service::User, T0, policy, 10).await.unwrap();
+    let first = store.outbox_due(Service::User, T0, 10).await.unwrap();
     assert_eq!(first.len(), 2, "both are published once");
-    let seqs: Vec<i64> = first.iter().map(|e| e.seq).collect();
-    store.mark_published(Service::User, &seqs, T0).await.unwrap();
+    let marks: Vec<Mark> = first.iter().map(|e| policy.mark(e, T0)).collect();
+    store.mark_published(Service::User, &marks, T0).await.unwrap();
     let later = store
-        .outbox_due(Service::User, T0.plus(DurationMs(5_000)), policy, 10)
+        .outbox_due(Service::User, T0.plus(DurationMs(5_000)), 10)
         .await
         .unwrap();
     let types: Vec<_> = later.iter().map(|e| e.event.event_type()).collect();
@@ -798,7 +806,6 @@ async fn an_event_nobody_consumes_is_published_once(f: Fixture) {
 /// every entry, over a seeded random history of enqueues, relay passes that
 /// publish a random part of what is due, and time jumps.
 async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
-    use purchase_saga::runtime::OutboxEntry;
     use rand::{Rng, SeedableRng};
     let store = f.store();
     let policy = RedrivePolicy {
@@ -817,7 +824,7 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
             let event = order_created(&format!("o-{step}"));
             tx.enqueue(&event, now).await.unwrap();
             tx.commit().await.unwrap();
-            let due = store.outbox_due(Service::Order, now, policy, 100).await.unwrap();
+            let due = store.outbox_due(Service::Order, now, 100).await.unwrap();
             let entry = due
                 .iter()
                 .find(|e| e.event == event)
@@ -829,11 +836,16 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
         let mut expected: Vec<&OutboxEntry> = model.iter().filter(|e| policy.is_due(e, now)).collect();
         expected.sort_by_key(|e| (e.last_published_at.is_some(), e.seq));
         let expected: Vec<i64> = expected.into_iter().map(|e| e.seq).collect();
-        let due = store.outbox_due(Service::Order, now, policy, 100).await.unwrap();
+        let due = store.outbox_due(Service::Order, now, 100).await.unwrap();
         let got: Vec<i64> = due.iter().map(|e| e.seq).collect();
         assert_eq!(got, expected, "step {step} at +{}ms", now.since(T0).0);
-        let publish: Vec<i64> = got.into_iter().filter(|_| rng.random_ratio(2, 3)).collect();
-        store.mark_published(Service::Order, &publish, now).await.unwrap();
+        let marks: Vec<Mark> = due
+            .iter()
+            .filter(|_| rng.random_ratio(2, 3))
+            .map(|e| policy.mark(e, now))
+            .collect();
+        let publish: Vec<i64> = marks.iter().map(|m| m.seq).collect();
+        store.mark_published(Service::Order, &marks, now).await.unwrap();
         for entry in model.iter_mut().filter(|e| publish.contains(&e.seq)) {
             entry.published_count += 1;
             entry.last_published_at = Some(now);

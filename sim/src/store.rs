@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
 use purchase_saga::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use purchase_saga::runtime::store::{Pruned, StoreResult};
-use purchase_saga::runtime::{OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+use purchase_saga::runtime::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
 use crate::world::World;
@@ -157,17 +157,16 @@ impl Store for SimStore {
         &self,
         service: Service,
         now: Timestamp,
-        policy: RedrivePolicy,
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
         self.delay().await;
-        self.world.store.outbox_due(service, now, policy, limit).await
+        self.world.store.outbox_due(service, now, limit).await
     }
 
-    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
+    async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.crash_point(CrashPoint::AfterPublish).await;
         self.delay().await;
-        self.world.store.mark_published(service, seqs, now).await
+        self.world.store.mark_published(service, marks, now).await
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use bus::{Bus, BusError, DeadLetter, Delivery};
 pub use observer::{Disposition, Fanout, NoObserver, Observer, RuntimeEvent};
-pub use store::{OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+pub use store::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::domain::gateway::PaymentGateway;
 use crate::domain::{DurationMs, Timestamp};
@@ -76,6 +76,9 @@ impl Clock for ManualClock {
 pub struct RuntimeConfig {
     /// Entries a consumer takes per receive.
     pub batch_size: usize,
+    /// Orders of one batch a consumer handles at once (each in its own
+    /// transaction, so each holds a store connection meanwhile).
+    pub handle_concurrency: usize,
     /// Deliveries of one entry before it is dead-lettered.
     pub deliveries_max: u32,
     /// Immediate retries of a transaction that hit a conflict.
@@ -100,6 +103,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             batch_size: 32,
+            handle_concurrency: 8,
             deliveries_max: 10,
             conflict_retries_max: 8,
             conflict_backoff: Duration::from_millis(5),

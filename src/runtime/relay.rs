@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use crate::domain::Service;
 
 use super::observer::{Observer, RuntimeEvent};
+use super::store::Mark;
 use super::{sleep_or_stop, Env, Shutdown, StoreError};
 
 /// Why a relay pass stopped early.
@@ -23,10 +24,7 @@ pub enum RelayError {
 /// Publishes up to one batch of due entries of `service`; returns how many.
 pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError> {
     let now = env.clock.now();
-    let due = env
-        .store
-        .outbox_due(service, now, env.config.redrive, env.config.batch_size)
-        .await?;
+    let due = env.store.outbox_due(service, now, env.config.batch_size).await?;
     let mut published = Vec::with_capacity(due.len());
     let mut failure = None;
     for entry in &due {
@@ -44,12 +42,15 @@ pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError
             event: &entry.event,
             republish: entry.published_count,
         });
-        published.push(entry.seq);
+        published.push(entry);
     }
     if !published.is_empty() {
-        env.store
-            .mark_published(service, &published, env.clock.now())
-            .await?;
+        let now = env.clock.now();
+        let marks: Vec<Mark> = published
+            .iter()
+            .map(|entry| env.config.redrive.mark(entry, now))
+            .collect();
+        env.store.mark_published(service, &marks, now).await?;
     }
     match failure {
         Some(cause) => Err(RelayError::Bus {

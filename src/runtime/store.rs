@@ -75,6 +75,18 @@ pub struct OutboxEntry {
     pub created_at: Timestamp,
     pub published_count: u32,
     pub last_published_at: Option<Timestamp>,
+    /// When the entry is due for its next re-drive round, as the relay
+    /// recorded at its last publish (see [`RedrivePolicy::mark`]); None when
+    /// never published or never again.
+    pub next_publish_at: Option<Timestamp>,
+}
+
+/// What the relay records of an entry it has just published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: i64,
+    /// Start of the next re-drive round, or None for never again.
+    pub next_publish_at: Option<Timestamp>,
 }
 
 /// When the relay publishes an outbox entry again (DESIGN.md "Re-drive").
@@ -120,6 +132,21 @@ impl RedrivePolicy {
             .find(|start| *start > last)
     }
 
+    /// What to record of `entry` once it has been published at `now`: the
+    /// start of the first round after `now`, so that the store finds the
+    /// entry due again with an index lookup (`next_publish_at <= now`)
+    /// instead of evaluating the rounds of every entry it holds.
+    pub fn mark(&self, entry: &OutboxEntry, now: Timestamp) -> Mark {
+        let published = OutboxEntry {
+            last_published_at: Some(now),
+            ..entry.clone()
+        };
+        Mark {
+            seq: entry.seq,
+            next_publish_at: self.next_republish(&published),
+        }
+    }
+
     /// Start of round `k` of an entry created at `created`.
     pub fn round_start(&self, created: Timestamp, k: u32) -> Timestamp {
         assert!((1..=Self::ROUNDS_MAX).contains(&k), "round {k} out of range");
@@ -157,19 +184,19 @@ pub struct Pruned {
 pub trait Store: Send + Sync + 'static {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>>;
 
-    /// Outbox entries of `service` that `policy` says are due: every
-    /// never-published entry first, then republishes, each oldest first, so a
-    /// backlog of re-drives never delays a new event.
+    /// Outbox entries of `service` that are due: every never-published entry
+    /// first, then those whose `next_publish_at` has come, each oldest first,
+    /// so a backlog of re-drives never delays a new event.
     async fn outbox_due(
         &self,
         service: Service,
         now: Timestamp,
-        policy: RedrivePolicy,
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>>;
 
-    /// Records that the entries were handed to the bus at `now`.
-    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()>;
+    /// Records that the entries were handed to the bus at `now`, with when
+    /// each is due again.
+    async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()>;
 
     /// PENDING orders past their deadline whose deadline was not signalled.
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;

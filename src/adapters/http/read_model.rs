@@ -94,6 +94,7 @@ impl ReadModel for PgStore {
                     created_at: t.created_at,
                     published_count: t.published_count,
                     last_published_at: t.last_published_at,
+                    next_publish_at: None,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;

@@ -24,8 +24,10 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
 use crate::domain::invariants::Snapshot;
-use crate::domain::{DurationMs, Event, EventType, OrderId, Service, Timestamp};
-use crate::runtime::store::{OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
+use crate::domain::{DurationMs, Event, OrderId, Service, Timestamp};
+use crate::runtime::store::{
+    Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx,
+};
 use crate::runtime::StoreError;
 
 pub use connect::{connect, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR};
@@ -75,11 +77,8 @@ impl PgStore {
     }
 }
 
-/// Milliseconds since the epoch of a `timestamptz` column, exactly
-/// (`extract` returns numeric since PostgreSQL 14).
-fn millis(column: &str) -> String {
-    format!("floor(extract(epoch from {column}) * 1000)")
-}
+/// The outbox columns an [`OutboxEntry`] is read from.
+const OUTBOX_COLUMNS: &str = "seq, payload, created_at, published_count, last_published_at, next_publish_at";
 
 fn outbox_entry(service: Service, r: &PgRow) -> StoreResult<OutboxEntry> {
     let column = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
@@ -105,6 +104,10 @@ fn outbox_entry(service: Service, r: &PgRow) -> StoreResult<OutboxEntry> {
             .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
             .map_err(column)?
             .map(Timestamp::from_datetime),
+        next_publish_at: r
+            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("next_publish_at")
+            .map_err(column)?
+            .map(Timestamp::from_datetime),
     })
 }
 
@@ -125,39 +128,27 @@ impl Store for PgStore {
         }))
     }
 
-    /// [`RedrivePolicy::is_due`] in SQL: never published; or of a consumed
-    /// type with a re-drive round (`created + after * (2^k - 1)`, k in
-    /// 1..=republish_max, starting before `horizon`) that began after the
-    /// last publish and by `now`. Never-published entries come first.
+    /// Two index-bound halves: never-published entries (partial index on
+    /// `seq`), then entries whose next re-drive round has come (partial
+    /// index on `next_publish_at`).
     async fn outbox_due(
         &self,
         service: Service,
         now: Timestamp,
-        policy: RedrivePolicy,
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
         let sql = format!(
-            "SELECT seq, payload, created_at, published_count, last_published_at FROM {schema}.outbox
-             WHERE last_published_at IS NULL
-                OR (event_type = ANY($6)
-                    AND EXISTS (
-                        SELECT 1 FROM generate_series(1, $2::int) AS round(k)
-                        WHERE $4::numeric * (power(2::numeric, k) - 1) < $3::numeric
-                          AND {created} + $4::numeric * (power(2::numeric, k) - 1) > {last}
-                          AND {created} + $4::numeric * (power(2::numeric, k) - 1) <= $1::numeric))
-             ORDER BY last_published_at IS NOT NULL, seq
-             LIMIT $5",
+            "SELECT * FROM (
+                (SELECT {columns} FROM {schema}.outbox WHERE last_published_at IS NULL ORDER BY seq LIMIT $2)
+                UNION ALL
+                (SELECT {columns} FROM {schema}.outbox WHERE next_publish_at <= $1 ORDER BY seq LIMIT $2)
+             ) AS due ORDER BY last_published_at IS NOT NULL, seq LIMIT $2",
+            columns = OUTBOX_COLUMNS,
             schema = schema(service),
-            created = millis("created_at"),
-            last = millis("last_published_at"),
         );
         let rows = sqlx::query(&sql)
-            .bind(now.0)
-            .bind(policy.republish_max.min(RedrivePolicy::ROUNDS_MAX) as i32)
-            .bind(policy.horizon.0)
-            .bind(policy.after.0)
+            .bind(now.to_datetime())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(republishable_types())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -167,24 +158,35 @@ impl Store for PgStore {
             .collect::<StoreResult<Vec<_>>>()?;
         debug_assert!(entries.len() <= limit, "LIMIT bounds the batch");
         debug_assert!(
-            entries.iter().all(|e| policy.is_due(e, now)),
-            "SQL and RedrivePolicy::is_due agree"
+            entries.windows(2).all(|w| {
+                let key = |e: &OutboxEntry| (e.last_published_at.is_some(), e.seq);
+                key(&w[0]) < key(&w[1])
+            }),
+            "never-published first, then re-drives, each oldest first"
         );
         Ok(entries)
     }
 
-    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
-        if seqs.is_empty() {
+    async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
+        if marks.is_empty() {
             return Ok(());
         }
+        let seqs: Vec<i64> = marks.iter().map(|m| m.seq).collect();
+        let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = marks
+            .iter()
+            .map(|m| m.next_publish_at.map(Timestamp::to_datetime))
+            .collect();
         let sql = format!(
-            "UPDATE {}.outbox SET published_count = published_count + 1, last_published_at = $1
-             WHERE seq = ANY($2)",
+            "UPDATE {}.outbox AS o
+             SET published_count = o.published_count + 1, last_published_at = $1, next_publish_at = m.next
+             FROM unnest($2::bigint[], $3::timestamptz[]) AS m(seq, next)
+             WHERE o.seq = m.seq",
             schema(service)
         );
         sqlx::query(&sql)
             .bind(now.to_datetime())
             .bind(seqs)
+            .bind(next)
             .execute(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -272,14 +274,4 @@ impl Store for PgStore {
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(snapshot)
     }
-}
-
-/// Wire names of the event types worth republishing (see
-/// [`RedrivePolicy::worth_republishing`]).
-fn republishable_types() -> Vec<&'static str> {
-    EventType::ALL
-        .into_iter()
-        .filter(|t| RedrivePolicy::worth_republishing(*t))
-        .map(EventType::as_str)
-        .collect()
 }

@@ -184,7 +184,7 @@ impl Harness {
         let now = self.clock.now_ts();
         !self
             .store
-            .outbox_due(service, now, self.env.config.redrive, 1)
+            .outbox_due(service, now, 1)
             .await
             .expect("the memory store does not fail")
             .is_empty()

@@ -24,7 +24,7 @@ use crate::domain::invariants::Snapshot;
 use crate::domain::rows::OrderStatus;
 use crate::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{
-    OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreError, StoreResult, StoreTx,
+    Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreError, StoreResult, StoreTx,
 };
 
 /// What a transaction can lock.
@@ -306,6 +306,7 @@ impl StoreTx for MemoryTx {
                     created_at: now,
                     published_count: 0,
                     last_published_at: None,
+                    next_publish_at: None,
                 },
             );
         }
@@ -341,7 +342,6 @@ impl Store for MemoryStore {
         &self,
         service: Service,
         now: Timestamp,
-        policy: RedrivePolicy,
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
         let state = self.shared.state.lock().expect("store mutex");
@@ -352,16 +352,17 @@ impl Store for MemoryStore {
                 .map(|(_, e)| e)
         };
         let fresh = entries().filter(|e| e.last_published_at.is_none());
-        let redrive = entries().filter(|e| e.last_published_at.is_some() && policy.is_due(e, now));
+        let redrive = entries().filter(|e| e.next_publish_at.is_some_and(|at| at <= now));
         Ok(fresh.chain(redrive).take(limit).cloned().collect())
     }
 
-    async fn mark_published(&self, service: Service, seqs: &[i64], now: Timestamp) -> StoreResult<()> {
+    async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         let mut state = self.shared.state.lock().expect("store mutex");
-        for seq in seqs {
-            if let Some(entry) = state.outbox.get_mut(&(service, *seq)) {
+        for mark in marks {
+            if let Some(entry) = state.outbox.get_mut(&(service, mark.seq)) {
                 entry.published_count += 1;
                 entry.last_published_at = Some(now);
+                entry.next_publish_at = mark.next_publish_at;
             }
         }
         Ok(())
