@@ -410,8 +410,12 @@ async fn run_scale(
     scale: u16,
 ) -> Result<ScaleResult, String> {
     let level_max = args.levels.iter().copied().max().unwrap_or(1);
-    let loops = Service::ALL.len() * (usize::from(args.replicas) + 1) + 2;
-    let pool = u32::try_from(loops).unwrap_or(64) + u32::from(level_max);
+    let pool = super::serve::pool_size(
+        Service::ALL.len(),
+        args.replicas,
+        usize::from(global.handle_concurrency),
+        usize::from(level_max),
+    );
     let fresh = Fresh::create(global, tag, scale, pool).await?;
     let scenario = Arc::new(scenario(scale));
     fresh

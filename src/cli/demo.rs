@@ -372,7 +372,12 @@ async fn slowest_timeline(addr: SocketAddr, answers: &[Answer], admin: &str) -> 
 
 /// `purchase-saga demo`.
 pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, String> {
-    let pool = super::serve::pool_size(Service::ALL.len(), args.replicas, true);
+    let pool = super::serve::pool_size(
+        Service::ALL.len(),
+        args.replicas,
+        usize::from(global.handle_concurrency),
+        16,
+    );
     let backend = Backend::open(global, pool, super::backend::Needs::StoreAndBus).await?;
     backend.migrate().await?;
     let tag = chrono::Utc::now().timestamp_millis() % 1_000_000_000;

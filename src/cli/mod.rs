@@ -66,11 +66,16 @@ pub struct GlobalArgs {
           value_parser = clap::value_parser!(u32).range(1..=86_400), global = true)]
     pub saga_deadline: u32,
     /// Entries a consumer takes from the bus per receive (and outbox rows a
-    /// relay publishes per pass). A consumer handles its batch in order, so
-    /// a smaller batch spreads a burst over the replicas sooner.
+    /// relay publishes per pass). A smaller batch spreads a burst over the
+    /// replicas sooner.
     #[arg(long, default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1_000), global = true)]
     pub batch_size: u16,
+    /// Orders of one batch a consumer handles at once (one order's events
+    /// stay in order); each holds a database connection meanwhile.
+    #[arg(long, default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256), global = true)]
+    pub handle_concurrency: u16,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
@@ -162,6 +167,7 @@ impl GlobalArgs {
         RuntimeConfig {
             saga_deadline: DurationMs::from_secs(i64::from(self.saga_deadline)),
             batch_size: usize::from(self.batch_size),
+            handle_concurrency: usize::from(self.handle_concurrency),
             ..RuntimeConfig::default()
         }
     }

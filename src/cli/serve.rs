@@ -213,12 +213,20 @@ pub fn app_state(backend: &Backend, env: &Env) -> Arc<AppState> {
     })
 }
 
-/// Postgres connections a process needs: one per consumer, relay, sweeper
-/// and pruner, plus headroom for the API's reads.
-pub fn pool_size(services: usize, replicas: u16, http: bool) -> u32 {
-    let loops = services * (usize::from(replicas) + 1) + 2;
-    u32::try_from(loops + if http { 16 } else { 0 }).unwrap_or(u32::MAX)
+/// Postgres connections a process needs: one per transaction a consumer may
+/// have in flight (`handle_concurrency` each), one per relay, the sweeper and
+/// the pruner, plus `extra` (the API's reads, bench clients). Capped at
+/// [`POOL_MAX`]: past it, handlers queue for a connection (for at most the
+/// acquire timeout) instead of the server refusing connections.
+pub fn pool_size(services: usize, replicas: u16, handle_concurrency: usize, extra: usize) -> u32 {
+    let consumers = services * usize::from(replicas) * handle_concurrency.max(1);
+    let loops = consumers + services + 2;
+    u32::try_from(loops + extra).unwrap_or(u32::MAX).min(POOL_MAX)
 }
+
+/// Most connections one process opens: PostgreSQL's default
+/// `max_connections` is 100, and the tests and tools need some too.
+pub const POOL_MAX: u32 = 80;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn termination_signal() {
@@ -252,7 +260,12 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     let services = args.services();
     let backend = Backend::open(
         global,
-        pool_size(services.len(), args.replicas, args.http.is_some()),
+        pool_size(
+            services.len(),
+            args.replicas,
+            usize::from(global.handle_concurrency),
+            if args.http.is_some() { 16 } else { 0 },
+        ),
         super::backend::Needs::StoreAndBus,
     )
     .await?;

@@ -6,10 +6,13 @@
 //! leaves the entry pending, the bus redelivers it, and after
 //! `deliveries_max` deliveries it is dead-lettered, not dropped.
 
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::domain::participants::StepError;
-use crate::domain::{Event, Service};
+use crate::domain::{DecodeError, Event, OrderId, Service};
 
 use super::bus::Delivery;
 use super::observer::{Disposition, RuntimeEvent};
@@ -24,8 +27,19 @@ pub async fn handle_delivery(
     consumer: &str,
     delivery: &Delivery,
 ) -> Disposition {
-    let started = tokio::time::Instant::now();
     let decoded = Event::decode(&delivery.payload);
+    handle_decoded(env, service, consumer, delivery, decoded).await
+}
+
+/// [`handle_delivery`] for a payload already decoded.
+async fn handle_decoded(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    delivery: &Delivery,
+    decoded: Result<Event, DecodeError>,
+) -> Disposition {
+    let started = tokio::time::Instant::now();
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
             reason: format!("undecodable: {e}"),
@@ -129,8 +143,49 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
             }
             continue;
         }
-        for delivery in &batch {
-            handle_delivery(&env, service, &consumer, delivery).await;
+        handle_batch(&env, service, &consumer, &batch).await;
+    }
+}
+
+/// Handles a batch: the deliveries of one order one after another, in the
+/// order the bus gave them, and up to `handle_concurrency` orders at once.
+///
+/// Order matters within an order (a compensation should not overtake the
+/// step it undoes, though the participants tolerate it), and across orders
+/// nothing is shared but the rows that the transactions lock, so handling
+/// orders concurrently is what the replicas of a service already do. The
+/// handlers are polled by this task (no spawn), so the simulator's runtime
+/// stays deterministic.
+pub async fn handle_batch(env: &Env, service: Service, consumer: &str, batch: &[Delivery]) {
+    let lanes = lanes_by_order(batch);
+    let concurrency = env.config.handle_concurrency.max(1);
+    futures::stream::iter(lanes)
+        .for_each_concurrent(concurrency, |lane| async move {
+            for (delivery, decoded) in lane {
+                handle_decoded(env, service, consumer, delivery, decoded).await;
+            }
+        })
+        .await;
+}
+
+/// One lane per order id, in order of first appearance, each keeping the
+/// batch's order; an undecodable delivery gets a lane of its own.
+fn lanes_by_order(batch: &[Delivery]) -> Vec<Vec<(&Delivery, Result<Event, DecodeError>)>> {
+    let mut lanes: Vec<Vec<(&Delivery, Result<Event, DecodeError>)>> = Vec::new();
+    let mut lane_of: BTreeMap<OrderId, usize> = BTreeMap::new();
+    for delivery in batch {
+        let decoded = Event::decode(&delivery.payload);
+        let order = decoded.as_ref().ok().map(|e| e.order_id.clone());
+        match order.as_ref().and_then(|o| lane_of.get(o)) {
+            Some(&lane) => lanes[lane].push((delivery, decoded)),
+            None => {
+                if let Some(order) = order {
+                    lane_of.insert(order, lanes.len());
+                }
+                lanes.push(vec![(delivery, decoded)]);
+            }
         }
     }
+    debug_assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), batch.len());
+    lanes
 }
