@@ -189,3 +189,57 @@ fn lanes_by_order(batch: &[Delivery]) -> Vec<Vec<(&Delivery, Result<Event, Decod
     debug_assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), batch.len());
     lanes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{OrderCreated, Payload};
+    use crate::domain::{ItemId, Timestamp, UserId};
+
+    fn delivery(entry: &str, payload: Vec<u8>) -> Delivery {
+        Delivery {
+            entry_id: entry.into(),
+            attempt: 1,
+            payload,
+        }
+    }
+
+    fn created(order: &str, quantity: i64) -> Vec<u8> {
+        Event::new(
+            OrderId::parse(order).unwrap(),
+            UserId::parse("alice").unwrap(),
+            Timestamp::SIM_EPOCH,
+            Payload::OrderCreated(OrderCreated {
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity,
+                total_amount: 100 * quantity,
+                payment_method: "WALLET".into(),
+            }),
+        )
+        .encode()
+        .into_bytes()
+    }
+
+    #[test]
+    fn lanes_group_by_order_and_keep_the_bus_order() {
+        let batch = [
+            delivery("1", created("o-a", 1)),
+            delivery("2", created("o-b", 1)),
+            delivery("3", b"{not json".to_vec()),
+            delivery("4", created("o-a", 2)),
+            delivery("5", b"{not json either".to_vec()),
+            delivery("6", created("o-b", 2)),
+            delivery("7", created("o-a", 3)),
+        ];
+        let lanes: Vec<Vec<&str>> = lanes_by_order(&batch)
+            .iter()
+            .map(|lane| lane.iter().map(|(d, _)| d.entry_id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            lanes,
+            [vec!["1", "4", "7"], vec!["2", "6"], vec!["3"], vec!["5"]],
+            "one lane per order in order of first appearance, each in bus order; \
+             an undecodable entry alone"
+        );
+    }
+}

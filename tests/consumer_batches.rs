@@ -1,0 +1,203 @@
+//! How a consumer handles one batch (`consumer::handle_batch`): the orders of
+//! a batch concurrently, so one order stuck behind a row lock does not hold
+//! up the others, and the events of one order one after another, in the
+//! bus's order.
+//!
+//! Both are shown with a blocking transaction that holds a row lock of one
+//! order while the batch runs; every wait is bounded, none is a sleep.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use purchase_saga::domain::event::{InventoryReservationFailed, Payload};
+use purchase_saga::domain::gateway::SimulatedGateway;
+use purchase_saga::domain::{Event, EventType, ItemId, OrderId, RowKey, Service, UserId};
+use purchase_saga::runtime::consumer::handle_batch;
+use purchase_saga::runtime::memory::{harness_config, Harness};
+use purchase_saga::runtime::{Delivery, Disposition, Env, Observer, RuntimeEvent, Store};
+use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, UserSpec};
+use tokio::sync::mpsc;
+
+/// (order id, event type, disposition) of every handled delivery, in the
+/// order they were handled.
+type Handled = (String, EventType, Disposition);
+
+struct Recorder(Mutex<mpsc::UnboundedSender<Handled>>);
+
+impl Observer for Recorder {
+    fn observe(&self, event: RuntimeEvent<'_>) {
+        if let RuntimeEvent::Handled {
+            event: Some(event),
+            disposition,
+            ..
+        } = event
+        {
+            let sender = self.0.lock().expect("recorder mutex");
+            let _ = sender.send((
+                event.order_id.to_string(),
+                event.event_type(),
+                disposition.clone(),
+            ));
+        }
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn scenario() -> Scenario {
+    let item = ItemId::parse("sword").unwrap();
+    let order = |id: &str, user: &str| OrderSpec {
+        id: OrderId::parse(id).unwrap(),
+        user: uid(user),
+        item: item.clone(),
+        quantity: 1,
+        method: "WALLET".into(),
+        at: Default::default(),
+    };
+    Scenario {
+        users: ["alice", "bob"]
+            .into_iter()
+            .map(|u| UserSpec {
+                id: uid(u),
+                balance: 1_000,
+                capacity: 10,
+            })
+            .collect(),
+        items: vec![ItemSpec {
+            id: item.clone(),
+            name: "Sword".into(),
+            price: 100,
+            stock: 10,
+        }],
+        orders: vec![order("o-alice", "alice"), order("o-bob", "bob")],
+    }
+}
+
+/// A harness whose two orders are placed and whose ORDER_CREATED events
+/// wait in User's stream; the env reports handled deliveries on a channel.
+async fn placed(concurrency: usize) -> (Harness, Env, mpsc::UnboundedReceiver<Handled>) {
+    let s = scenario();
+    let mut config = harness_config();
+    config.handle_concurrency = concurrency;
+    let mut h = Harness::new(&s, config, Arc::new(SimulatedGateway::default()));
+    for order in &s.orders {
+        h.place(order).await.expect("order accepted");
+    }
+    assert_eq!(h.relay(Service::Order).await, 2, "both ORDER_CREATED published");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let env = Env {
+        observer: Arc::new(Recorder(Mutex::new(tx))),
+        ..h.env.clone()
+    };
+    (h, env, rx)
+}
+
+fn deliveries(h: &Harness, service: Service) -> Vec<Delivery> {
+    h.bus
+        .deliverable(service)
+        .into_iter()
+        .map(|id| h.bus.deliver(service, id).expect("deliverable"))
+        .collect()
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Handled>) -> Handled {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a delivery is handled within 5 s")
+        .expect("the recorder lives")
+}
+
+#[tokio::test]
+async fn an_order_behind_a_lock_does_not_hold_up_the_others() {
+    let (h, env, mut rx) = placed(8).await;
+    let batch = deliveries(&h, Service::User);
+    assert_eq!(batch.len(), 2);
+    // Alice's account is locked by another transaction; her order is first
+    // in the batch.
+    let mut blocker = h.store.begin(Service::User).await.unwrap();
+    blocker
+        .load_for_update(&RowKey::Account(uid("alice")))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move { handle_batch(&env, Service::User, "c1", &batch).await });
+
+    let first = next(&mut rx).await;
+    assert_eq!(
+        (first.0.as_str(), &first.2),
+        ("o-bob", &Disposition::Applied { emitted: 2 }),
+        "bob's order is handled while alice's waits for the lock"
+    );
+    drop(blocker);
+    let second = next(&mut rx).await;
+    assert_eq!(
+        (second.0.as_str(), &second.2),
+        ("o-alice", &Disposition::Applied { emitted: 2 }),
+        "alice's order goes on once the lock is free"
+    );
+    running.await.unwrap();
+    assert_eq!(h.bus.unacknowledged(), 0, "both deliveries are acknowledged");
+}
+
+/// The grouping itself is unit-tested in `runtime::consumer`; this shows a
+/// compensation and the step it undoes, of one order, in one batch behind a
+/// lock, both applied in the bus's order.
+#[tokio::test]
+async fn one_orders_events_are_handled_in_the_bus_order() {
+    let (h, env, mut rx) = placed(8).await;
+    let mut batch = deliveries(&h, Service::User);
+    // A compensation for alice's order, after her ORDER_CREATED in the
+    // batch: handled before it, it would find nothing to release.
+    let created = Event::decode(&batch[0].payload).unwrap();
+    assert_eq!(created.order_id.as_str(), "o-alice");
+    let compensation = Event::new(
+        created.order_id.clone(),
+        created.user_id.clone(),
+        created.timestamp,
+        Payload::InventoryReservationFailed(InventoryReservationFailed {
+            reason: "no slot".into(),
+            item_id: ItemId::parse("sword").unwrap(),
+            requested_slots: 1,
+            available_slots: 0,
+        }),
+    );
+    let id = h.bus.inject(Service::User, compensation.encode().as_bytes());
+    batch.push(h.bus.deliver(Service::User, id).expect("injected"));
+    let mut blocker = h.store.begin(Service::User).await.unwrap();
+    blocker
+        .load_for_update(&RowKey::Account(uid("alice")))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move { handle_batch(&env, Service::User, "c1", &batch).await });
+    assert_eq!(next(&mut rx).await.0, "o-bob");
+    drop(blocker);
+    let handled = [next(&mut rx).await, next(&mut rx).await];
+    assert_eq!(
+        handled.map(|(order, t, d)| (order, t, d)),
+        [
+            (
+                "o-alice".to_string(),
+                EventType::OrderCreated,
+                Disposition::Applied { emitted: 2 }
+            ),
+            (
+                "o-alice".to_string(),
+                EventType::InventoryReservationFailed,
+                Disposition::Applied { emitted: 1 }
+            ),
+        ],
+        "the compensation follows the step it undoes"
+    );
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn with_concurrency_one_the_batch_is_handled_in_order() {
+    let (h, env, mut rx) = placed(1).await;
+    let batch = deliveries(&h, Service::User);
+    let running = tokio::spawn(async move { handle_batch(&env, Service::User, "c1", &batch).await });
+    let order: Vec<String> = vec![next(&mut rx).await.0, next(&mut rx).await.0];
+    assert_eq!(order, ["o-alice", "o-bob"]);
+    running.await.unwrap();
+}
