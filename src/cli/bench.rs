@@ -8,7 +8,10 @@
 //! 1. Ceiling: `BEGIN; UPDATE one row; COMMIT` from as many concurrent
 //!    clients as the concurrency level, through the same pool, for
 //!    `--ceiling-seconds`; the best level's rate is the ceiling in
-//!    transactions/s.
+//!    transactions/s. Beside it, the same for a step-shaped transaction
+//!    (the statements of a two-row saga step on bench tables), which shows
+//!    how much of the gap is the saga's database work and how much the
+//!    runtime's (bus, relay, consumers).
 //! 2. Every service's loops run in-process (`--replicas` consumers each).
 //!    For each concurrency level, that many closed-loop clients place
 //!    `--orders` orders in total (through `runtime::commands`, not HTTP),
@@ -136,6 +139,7 @@ struct LevelResult {
     p50: Duration,
     p99: Duration,
     ceiling_tps: f64,
+    step_ceiling_tps: f64,
 }
 
 impl LevelResult {
@@ -255,9 +259,21 @@ impl Fresh {
     }
 }
 
-/// Single-row update transactions per second from `clients` concurrent
-/// clients over `pool` for `span`.
-async fn ceiling(pool: &sqlx::PgPool, clients: u16, span: Duration) -> Result<f64, String> {
+/// The transaction a ceiling client repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `BEGIN; UPDATE one row; COMMIT`: the issue's yardstick.
+    SingleRow,
+    /// The statements of a two-row saga step, on bench tables: inbox
+    /// insert, two `SELECT ... FOR UPDATE`, two updates, one outbox insert
+    /// of a saga-sized payload. What the database alone can do of the
+    /// saga's work, without bus, relay or runtime.
+    Step,
+}
+
+/// Transactions of `shape` per second from `clients` concurrent clients
+/// over `pool` for `span`.
+async fn ceiling(pool: &sqlx::PgPool, clients: u16, span: Duration, shape: Shape) -> Result<f64, String> {
     let until = Instant::now() + span;
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
@@ -267,10 +283,15 @@ async fn ceiling(pool: &sqlx::PgPool, clients: u16, span: Duration) -> Result<f6
             let mut done = 0u64;
             while Instant::now() < until {
                 let mut tx = pool.begin().await?;
-                sqlx::query("UPDATE public.bench_ceiling SET n = n + 1 WHERE id = $1")
-                    .bind(rng.random_range(0..CEILING_ROWS))
-                    .execute(&mut *tx)
-                    .await?;
+                match shape {
+                    Shape::SingleRow => {
+                        sqlx::query("UPDATE public.bench_ceiling SET n = n + 1 WHERE id = $1")
+                            .bind(rng.random_range(0..CEILING_ROWS))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Shape::Step => step_shaped(&mut tx, &mut rng).await?,
+                }
                 tx.commit().await?;
                 done += 1;
             }
@@ -284,6 +305,44 @@ async fn ceiling(pool: &sqlx::PgPool, clients: u16, span: Duration) -> Result<f6
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
+
+/// The body of a [`Shape::Step`] transaction (rows locked in key order, as
+/// the runtime does).
+async fn step_shaped(tx: &mut sqlx::PgConnection, rng: &mut ChaCha8Rng) -> Result<(), sqlx::Error> {
+    let a = rng.random_range(0..CEILING_ROWS - 1);
+    let b = rng.random_range(a + 1..CEILING_ROWS);
+    sqlx::query(
+        "INSERT INTO public.bench_inbox (event_id, processed_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
+    )
+    .bind(uuid::Uuid::from_u128(rng.random()))
+    .execute(&mut *tx)
+    .await?;
+    for id in [a, b] {
+        sqlx::query("SELECT n FROM public.bench_ceiling WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
+    for id in [a, b] {
+        sqlx::query("UPDATE public.bench_ceiling SET n = n + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO public.bench_outbox (payload, created_at) VALUES ($1, now())")
+        .bind(STEP_PAYLOAD)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// An encoded event's size (USER_VALIDATED is about 330 bytes).
+const STEP_PAYLOAD: &str = concat!(
+    r#"{"type":"BENCH","schemaVersion":1,"eventId":"00000000-0000-0000-0000-000000000000","#,
+    r#""orderId":"bench-order-0000000000","userId":"bench-user-0000","timestamp":0,"#,
+    r#""itemId":"bench-item-0000","quantity":1,"totalAmount":100,"paymentMethod":"WALLET","#,
+    r#""reservedAmount":100,"remainingBalance":900,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
+);
 
 /// What every client of a scale shares.
 struct Rig {
@@ -435,11 +494,22 @@ async fn run_scale(
         .execute(&pg)
         .await
         .map_err(|e| e.to_string())?;
+    for table in [
+        "CREATE TABLE public.bench_inbox (event_id uuid PRIMARY KEY, processed_at timestamptz NOT NULL)",
+        "CREATE TABLE public.bench_outbox (seq bigserial PRIMARY KEY, payload text NOT NULL,
+                                           created_at timestamptz NOT NULL)",
+    ] {
+        sqlx::query(table).execute(&pg).await.map_err(|e| e.to_string())?;
+    }
+    let span = Duration::from_secs(u64::from(args.ceiling_seconds));
     let mut ceilings = BTreeMap::new();
     for &level in &args.levels {
-        let tps = ceiling(&pg, level, Duration::from_secs(u64::from(args.ceiling_seconds))).await?;
-        println!("  x{scale}: ceiling at {level} clients: {tps:.0} single-row update tx/s");
-        ceilings.insert(level, tps);
+        let single = ceiling(&pg, level, span, Shape::SingleRow).await?;
+        let step = ceiling(&pg, level, span, Shape::Step).await?;
+        println!(
+            "  x{scale}: ceiling at {level} clients: {single:.0} single-row update tx/s, {step:.0} step-shaped tx/s"
+        );
+        ceilings.insert(level, (single, step));
     }
 
     // 2. The saga at each level.
@@ -480,7 +550,8 @@ async fn run_scale(
             elapsed,
             p50: percentile(&latencies, 50),
             p99: percentile(&latencies, 99),
-            ceiling_tps: ceilings[&level],
+            ceiling_tps: ceilings[&level].0,
+            step_ceiling_tps: ceilings[&level].1,
         };
         println!(
             "  x{scale}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
@@ -543,7 +614,7 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
 
     println!();
     println!(
-        "{:>5} {:>6} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>10} {:>8}",
+        "{:>5} {:>6} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10}",
         "scale",
         "users",
         "items",
@@ -552,17 +623,21 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
         "p50 ms",
         "p99 ms",
         "ceil tx/s",
+        "step tx/s",
         "tx/saga",
         "ceil sg/s",
-        "ratio"
+        "ratio",
+        "step ratio"
     );
     let mut ok = true;
     for r in &results {
-        let best_ceiling = r.levels.iter().map(|l| l.ceiling_tps).fold(0.0, f64::max);
+        let best = |f: fn(&LevelResult) -> f64| r.levels.iter().map(f).fold(0.0, f64::max);
+        let per_saga = r.commits_per_saga.max(1e-9);
+        let ceiling_sagas = best(|l| l.ceiling_tps) / per_saga;
+        let step_sagas = best(|l| l.step_ceiling_tps) / per_saga;
         for l in &r.levels {
-            let ceiling_sagas = best_ceiling / r.commits_per_saga.max(1e-9);
             println!(
-                "{:>5} {:>6} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.2} {:>10.1} {:>7.1}%",
+                "{:>5} {:>6} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>9.1}%",
                 format!("x{}", r.scale),
                 r.users,
                 r.items,
@@ -571,14 +646,17 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
                 l.p50.as_secs_f64() * 1e3,
                 l.p99.as_secs_f64() * 1e3,
                 l.ceiling_tps,
+                l.step_ceiling_tps,
                 r.commits_per_saga,
                 ceiling_sagas,
-                100.0 * l.sagas_per_s() / ceiling_sagas.max(1e-9)
+                100.0 * l.sagas_per_s() / ceiling_sagas.max(1e-9),
+                100.0 * l.sagas_per_s() / step_sagas.max(1e-9)
             );
             ok &= l.failed == 0;
         }
     }
     println!("ceiling sagas/s = best single-row update tx/s of the scale / transactions per saga");
+    println!("step ratio = sagas/s / (best step-shaped tx/s / transactions per saga)");
     println!("load average: {load_before} before, {load_after} after");
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
