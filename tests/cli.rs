@@ -479,3 +479,57 @@ async fn in_memory_serve_prints_tokens_that_work() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `bench` on the real PostgreSQL and Redis, briefly: both ceilings, every
+/// saga on the full success path (9 commits: the order and 8 participant
+/// steps), a row per level, and its databases dropped afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_both_ceilings_and_cleans_up() {
+    let admin = common::database_url();
+    let out = run(&[
+        "--database-url",
+        &admin,
+        "--redis-url",
+        &common::redis_url(),
+        "bench",
+        "--levels",
+        "1,3",
+        "--orders",
+        "12",
+        "--scales",
+        "1",
+        "--ceiling-seconds",
+        "1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    let tag = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.strip_suffix(':'))
+        .expect("the first line names the run");
+    assert!(stdout.contains("single-row update tx/s") && stdout.contains("step-shaped tx/s"));
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("x1 "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per level: {stdout}");
+    for (row, clients) in rows.iter().zip(["1", "3"]) {
+        assert_eq!(row[3], clients, "{stdout}");
+        assert_eq!(row[9], "9.00", "commits per saga on the success path: {stdout}");
+        let sagas_per_s: f64 = row[4].parse().expect("sagas/s is a number");
+        assert!(sagas_per_s > 0.0, "{stdout}");
+    }
+    let pool = sqlx::PgPool::connect(&admin).await.expect("admin database");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("ps_bench_{tag}_%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the bench databases are dropped");
+}
