@@ -135,6 +135,42 @@ async fn the_document_lists_every_route_with_its_status_codes() {
     }
 }
 
+/// The dead-letter listing's parameters carry the bounds the handler
+/// enforces, so generated requests (schemathesis) are the valid ones.
+#[tokio::test]
+async fn the_dead_letter_parameters_state_the_handlers_bounds() {
+    use purchase_saga::adapters::http::admin::DEAD_LETTERS_MAX;
+    use purchase_saga::domain::Service;
+    let (app, _) = TestApp::memory(false).await;
+    let doc = document(&app).await;
+    let params = doc["paths"]["/admin/dead-letters"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .clone();
+    let schema = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("parameter {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(schema("count")["minimum"], 1);
+    assert_eq!(schema("count")["maximum"], DEAD_LETTERS_MAX);
+    let pattern = schema("service")["pattern"]
+        .as_str()
+        .expect("a pattern")
+        .to_string();
+    for service in Service::ALL {
+        assert!(
+            pattern.contains(&format!("|{}|", service.slug()))
+                || pattern.contains(&format!("({}|", service.slug()))
+                || pattern.contains(&format!("|{})", service.slug())),
+            "{pattern} lists {}",
+            service.slug()
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_documented_route_is_served() {
     let (app, _) = TestApp::memory(false).await;

@@ -126,8 +126,9 @@ fn query(raw: Option<&str>) -> Result<(Service, usize), ApiError> {
     tag = "admin",
     security(("bearer" = [])),
     params(
-        ("service" = String, Query, description = "The service whose dead letters to list: order, user, inventory, item, payment or notification"),
-        ("count" = Option<usize>, Query, description = "At most this many, newest first"),
+        ("service" = String, Query, pattern = "^(order|user|inventory|item|payment|notification)$",
+         description = "The service whose dead letters to list: order, user, inventory, item, payment or notification"),
+        ("count" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many, newest first (1 to 1000)"),
     ),
     responses(
         (status = 200, description = "The dead letters: entry id, reason and payload"),
