@@ -32,10 +32,10 @@ impl SimBus {
                 *conn = Some(TcpStream::connect((HOST, PORT)).await?);
             }
             let socket = conn.as_mut().expect("connected above");
-            let bytes = serde_json::to_vec(request).expect("requests serialize");
-            write_frame(socket, &bytes).await?;
+            write_frame(socket, &request.encode()).await?;
             match read_frame(socket).await? {
-                Some(frame) => serde_json::from_slice::<Response>(&frame).map_err(std::io::Error::other),
+                Some(frame) => Response::decode(&frame)
+                    .ok_or_else(|| std::io::Error::other("malformed response from the broker")),
                 None => Err(std::io::Error::other("broker closed the connection")),
             }
         })

@@ -17,6 +17,10 @@ pub mod check {
     pub const ACK_AFTER_COMMIT: &str = "ack-only-after-commit";
     /// A host's software failed (a panic in the runtime).
     pub const HOST_FAILED: &str = "host-failed";
+    /// The state the safety checks kept up to date from each commit's rows
+    /// differs from the store's at the end of the run: some row changed
+    /// outside a `SimStore` transaction, so the checks saw a wrong state.
+    pub const CHECKED_STATE: &str = "checked-state";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -406,6 +406,13 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     if let Some(e) = failure {
         violations.push(Finding::new(check::HOST_FAILED, "simulation", e));
     }
+    if world.checked_state() != snapshot {
+        violations.push(Finding::new(
+            check::CHECKED_STATE,
+            "run",
+            "the safety checks' copy of the committed state differs from the store's",
+        ));
+    }
     if !quiescent {
         let why = pending_work(&world, &broker).unwrap_or_else(|| "client still placing orders".into());
         violations.push(Finding::new(

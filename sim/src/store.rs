@@ -71,6 +71,8 @@ impl SimStore {
 struct SimTx {
     inner: Box<dyn StoreTx>,
     store: SimStore,
+    /// Rows saved, handed to the safety check if the transaction commits.
+    written: Vec<Row>,
 }
 
 impl Drop for SimTx {
@@ -100,7 +102,9 @@ impl StoreTx for SimTx {
 
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
         self.store.delay().await;
-        self.inner.save(row).await
+        self.inner.save(row).await?;
+        self.written.push(row.clone());
+        Ok(())
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
@@ -112,7 +116,9 @@ impl StoreTx for SimTx {
         self.store.maybe_abort("commit")?;
         self.store.crash_point(CrashPoint::BeforeCommit).await;
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
-        inner.commit().await
+        inner.commit().await?;
+        self.store.world.rows_committed(std::mem::take(&mut self.written));
+        Ok(())
     }
 }
 
@@ -150,6 +156,7 @@ impl Store for SimStore {
         Ok(Box::new(SimTx {
             inner,
             store: self.clone(),
+            written: Vec::new(),
         }))
     }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use purchase_saga::domain::invariants::Snapshot;
-use purchase_saga::domain::Service;
+use purchase_saga::domain::invariants::{check_safety, check_transition, Snapshot};
+use purchase_saga::domain::{Row, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -66,7 +66,12 @@ pub struct World {
     crash_requests: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
     open_tx: Mutex<BTreeMap<Replica, u32>>,
     violations: Mutex<Vec<(i64, Finding)>>,
+    /// The committed state as of the last safety check, kept up to date
+    /// from the rows each commit wrote (see [`World::check_commit`]).
     last: Mutex<Snapshot>,
+    /// Rows written by transactions that committed since the last check,
+    /// in commit order.
+    committed: Mutex<Vec<Row>>,
     pub client_done: AtomicBool,
 }
 
@@ -95,6 +100,7 @@ impl World {
             open_tx: Mutex::default(),
             violations: Mutex::default(),
             last: Mutex::new(opening),
+            committed: Mutex::default(),
             client_done: AtomicBool::new(false),
         }
     }
@@ -203,22 +209,68 @@ impl World {
         lock(&self.open_tx).get(&replica).copied().unwrap_or(0)
     }
 
+    /// Called by `SimStore` when a transaction committed: the rows it wrote
+    /// (in write order; the store keeps the last write of a key).
+    pub fn rows_committed(&self, rows: Vec<Row>) {
+        lock(&self.committed).extend(rows);
+    }
+
     /// Safety after a commit: the invariants over the committed state, and
     /// the transition from the state after the previous commit. The first
     /// violation per (invariant, subject) is kept.
+    ///
+    /// The committed state is not copied out of the store: the snapshot of
+    /// the previous check is brought up to date with the rows committed
+    /// since (every row write goes through a `SimStore` transaction; `run`
+    /// compares the result with the store's own state at the end of the
+    /// run). `check_safety` runs over the whole of it, as before;
+    /// `check_transition` over the rows that changed, the only ones whose
+    /// before and after can differ (rows are never deleted).
     pub fn check_commit(&self) {
-        let now = self.store.snapshot_now();
-        let mut found = purchase_saga::domain::invariants::check_safety(&now);
+        let rows = std::mem::take(&mut *lock(&self.committed));
         let mut last = lock(&self.last);
-        found.extend(purchase_saga::domain::invariants::check_transition(&last, &now));
-        *last = now;
-        drop(last);
-        if found.is_empty() {
-            return;
+        let (mut before, mut after) = (Snapshot::default(), Snapshot::default());
+        for row in rows {
+            match &row {
+                Row::Order(o) => {
+                    if let Some(old) = last.orders.get(&o.order_id) {
+                        before
+                            .orders
+                            .entry(o.order_id.clone())
+                            .or_insert_with(|| old.clone());
+                    }
+                    after.orders.insert(o.order_id.clone(), o.clone());
+                }
+                Row::Payment(p) => {
+                    if let Some(old) = last.payments.get(&p.order_id) {
+                        before
+                            .payments
+                            .entry(p.order_id.clone())
+                            .or_insert_with(|| old.clone());
+                    }
+                    after.payments.insert(p.order_id.clone(), p.clone());
+                }
+                _ => {}
+            }
+            last.insert(row);
         }
+        let mut found = check_safety(&last);
+        drop(last);
+        found.extend(check_transition(&before, &after));
         for v in found {
             self.found(v.into());
         }
+    }
+
+    /// The committed state as the safety checks saw it, with any rows
+    /// committed since the last check applied.
+    pub fn checked_state(&self) -> Snapshot {
+        let rows = std::mem::take(&mut *lock(&self.committed));
+        let mut last = lock(&self.last);
+        for row in rows {
+            last.insert(row);
+        }
+        last.clone()
     }
 
     /// Records a finding; the first per (check, subject) is kept.
