@@ -127,6 +127,7 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
         if *shutdown.borrow() {
             return;
         }
+        let asked = tokio::time::Instant::now();
         let batch = match env.bus.receive(service, &consumer, env.config.batch_size).await {
             Ok(batch) => batch,
             Err(e) => {
@@ -138,7 +139,13 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
             }
         };
         if batch.is_empty() {
-            if sleep_or_stop(&mut shutdown, env.config.idle_poll).await {
+            // An idle consumer asks at most once per idle poll. A bus whose
+            // receive blocks (Redis: XREADGROUP BLOCK) has already waited
+            // that long, so it asks again at once: sleeping on top of the
+            // block left every replica of a service deaf for a moment,
+            // and a saga crossing eight hops often met one such moment.
+            let pause = env.config.idle_poll.saturating_sub(asked.elapsed());
+            if !pause.is_zero() && sleep_or_stop(&mut shutdown, pause).await {
                 return;
             }
             continue;
