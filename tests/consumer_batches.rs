@@ -14,7 +14,7 @@ use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::{Event, EventType, ItemId, OrderId, RowKey, Service, UserId};
 use purchase_saga::runtime::consumer::handle_batch;
 use purchase_saga::runtime::memory::{harness_config, Harness};
-use purchase_saga::runtime::{Delivery, Disposition, Env, Observer, RuntimeEvent, Store};
+use purchase_saga::runtime::{Delivery, Disposition, Env, Observer, RuntimeEvent, Store, StoreTx};
 use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, UserSpec};
 use tokio::sync::mpsc;
 
@@ -102,6 +102,16 @@ fn deliveries(h: &Harness, service: Service) -> Vec<Delivery> {
         .collect()
 }
 
+/// Another transaction holding `user`'s account row lock until dropped.
+async fn lock_account(h: &Harness, user: &str) -> Box<dyn StoreTx> {
+    let mut blocker = h.store.begin(Service::User).await.unwrap();
+    blocker
+        .load_for_update(&RowKey::Account(uid(user)))
+        .await
+        .unwrap();
+    blocker
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<Handled>) -> Handled {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -116,11 +126,7 @@ async fn an_order_behind_a_lock_does_not_hold_up_the_others() {
     assert_eq!(batch.len(), 2);
     // Alice's account is locked by another transaction; her order is first
     // in the batch.
-    let mut blocker = h.store.begin(Service::User).await.unwrap();
-    blocker
-        .load_for_update(&RowKey::Account(uid("alice")))
-        .await
-        .unwrap();
+    let blocker = lock_account(&h, "alice").await;
     let running = tokio::spawn(async move { handle_batch(&env, Service::User, "c1", &batch).await });
 
     let first = next(&mut rx).await;
@@ -164,11 +170,7 @@ async fn one_orders_events_are_handled_in_the_bus_order() {
     );
     let id = h.bus.inject(Service::User, compensation.encode().as_bytes());
     batch.push(h.bus.deliver(Service::User, id).expect("injected"));
-    let mut blocker = h.store.begin(Service::User).await.unwrap();
-    blocker
-        .load_for_update(&RowKey::Account(uid("alice")))
-        .await
-        .unwrap();
+    let blocker = lock_account(&h, "alice").await;
     let running = tokio::spawn(async move { handle_batch(&env, Service::User, "c1", &batch).await });
     assert_eq!(next(&mut rx).await.0, "o-bob");
     drop(blocker);
