@@ -123,13 +123,7 @@ impl RedrivePolicy {
     /// when nobody consumes its type (no consumer waits for a lost copy).
     pub fn next_republish(&self, entry: &OutboxEntry) -> Option<Timestamp> {
         let last = entry.last_published_at?;
-        if !Self::worth_republishing(entry.event.event_type()) {
-            return None;
-        }
-        (1..=self.republish_max.min(Self::ROUNDS_MAX))
-            .map(|k| self.round_start(entry.created_at, k))
-            .take_while(|start| start.since(entry.created_at) < self.horizon)
-            .find(|start| *start > last)
+        self.next_round_after(entry, last)
     }
 
     /// What to record of `entry` once it has been published at `now`: the
@@ -137,14 +131,22 @@ impl RedrivePolicy {
     /// entry due again with an index lookup (`next_publish_at <= now`)
     /// instead of evaluating the rounds of every entry it holds.
     pub fn mark(&self, entry: &OutboxEntry, now: Timestamp) -> Mark {
-        let published = OutboxEntry {
-            last_published_at: Some(now),
-            ..entry.clone()
-        };
         Mark {
             seq: entry.seq,
-            next_publish_at: self.next_republish(&published),
+            next_publish_at: self.next_round_after(entry, now),
         }
+    }
+
+    /// Start of the first round of `entry` after `last`; None when no round
+    /// is left or nobody consumes its type.
+    fn next_round_after(&self, entry: &OutboxEntry, last: Timestamp) -> Option<Timestamp> {
+        if !Self::worth_republishing(entry.event.event_type()) {
+            return None;
+        }
+        (1..=self.republish_max.min(Self::ROUNDS_MAX))
+            .map(|k| self.round_start(entry.created_at, k))
+            .take_while(|start| start.since(entry.created_at) < self.horizon)
+            .find(|start| *start > last)
     }
 
     /// Start of round `k` of an entry created at `created`.
