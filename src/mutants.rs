@@ -6,8 +6,14 @@
 //! does not exist, so the production binary contains none of this code.
 //! With it, a mutant is switched on per thread (each simulated or scheduled
 //! run is single-threaded), so parallel runs can carry different mutants.
+//! Code that runs on several threads (a multi-threaded tokio runtime, the
+//! production adapters under `saga-sim torture`) uses the process-wide
+//! switch instead: [`activate_process`], or the environment variable
+//! `PURCHASE_SAGA_MUTANT=<name>` read once. A thread's own switch wins.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// A named planted bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,10 +39,26 @@ pub enum Mutant {
     GrantWithoutReservation,
     /// Item reads stock without the row lock (lost update under races).
     UnlockedStockCheck,
+    /// PgStore reads a row without `FOR UPDATE` (adapter).
+    PgNoRowLock,
+    /// RedisBus's claim asks XPENDING for as many entries as it claimed, in
+    /// the claimed id range, for this consumer: an entry the consumer already
+    /// held in that range fills the reply and a claimed one is dropped
+    /// (adapter; the claim as it was before the fix).
+    ClaimDropsEntries,
+    /// RedisBus::trim trims by MINID past the oldest pending entry (adapter).
+    TrimBelowPending,
+    /// The relay marks entries published before it publishes them.
+    RelayMarkBeforePublish,
+    /// Re-drive stops after its first round.
+    RedriveStopsEarly,
+    /// Pruning deletes outbox entries inside the re-drive horizon and inbox
+    /// ids inside their retention (adapter: PgStore's prune).
+    PruneInsideHorizon,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 15] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -46,7 +68,31 @@ impl Mutant {
         Mutant::DoubleRefund,
         Mutant::GrantWithoutReservation,
         Mutant::UnlockedStockCheck,
+        Mutant::PgNoRowLock,
+        Mutant::ClaimDropsEntries,
+        Mutant::TrimBelowPending,
+        Mutant::RelayMarkBeforePublish,
+        Mutant::RedriveStopsEarly,
+        Mutant::PruneInsideHorizon,
     ];
+
+    /// Whether the bug lives in a production adapter (PostgreSQL or Redis
+    /// code), which the simulator does not run: torture and the
+    /// differential tests are the engines that can see it.
+    pub fn in_adapter(self) -> bool {
+        matches!(
+            self,
+            Mutant::PgNoRowLock | Mutant::ClaimDropsEntries | Mutant::TrimBelowPending | Mutant::PruneInsideHorizon
+        )
+    }
+
+    /// Whether the simulator's hunt includes it: planted in code the
+    /// simulator runs. (Planted bugs not yet wired into a check are left
+    /// out until they are; see issue 12.)
+    pub fn simulated(self) -> bool {
+        !self.in_adapter()
+            && !matches!(self, Mutant::RelayMarkBeforePublish | Mutant::RedriveStopsEarly)
+    }
 
     /// The switch's name on the command line.
     pub fn name(self) -> &'static str {
@@ -60,6 +106,12 @@ impl Mutant {
             Mutant::DoubleRefund => "double-refund",
             Mutant::GrantWithoutReservation => "grant-without-reservation",
             Mutant::UnlockedStockCheck => "unlocked-stock-check",
+            Mutant::PgNoRowLock => "pg-no-row-lock",
+            Mutant::ClaimDropsEntries => "claim-drops-entries",
+            Mutant::TrimBelowPending => "trim-below-pending",
+            Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
+            Mutant::RedriveStopsEarly => "redrive-stops-early",
+            Mutant::PruneInsideHorizon => "prune-inside-horizon",
         }
     }
 
@@ -77,9 +129,38 @@ pub fn activate(mutant: Option<Mutant>) {
     ACTIVE.with(|a| a.set(mutant));
 }
 
-/// The mutant active on the current thread.
+/// The process-wide mutant: 0 for none, else its index in [`Mutant::ALL`] + 1.
+static PROCESS: AtomicUsize = AtomicUsize::new(0);
+
+/// `PURCHASE_SAGA_MUTANT`, read once; an unknown name is a panic, not a
+/// silently clean run.
+fn from_environment() -> Option<Mutant> {
+    static FROM_ENV: OnceLock<Option<Mutant>> = OnceLock::new();
+    *FROM_ENV.get_or_init(|| {
+        let name = std::env::var("PURCHASE_SAGA_MUTANT").ok()?;
+        let known: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+        Some(Mutant::from_name(&name).unwrap_or_else(|| {
+            panic!("PURCHASE_SAGA_MUTANT={name:?} names no mutant; known: {}", known.join(", "))
+        }))
+    })
+}
+
+/// Switches `mutant` on (or all off) for every thread of the process that
+/// has no switch of its own.
+pub fn activate_process(mutant: Option<Mutant>) {
+    let index = mutant.map_or(0, |m| {
+        Mutant::ALL.iter().position(|x| *x == m).expect("every mutant is in ALL") + 1
+    });
+    PROCESS.store(index, Ordering::SeqCst);
+}
+
+/// The mutant active on the current thread: its own switch, else the
+/// process's, else the environment's.
 pub fn active() -> Option<Mutant> {
-    ACTIVE.with(Cell::get)
+    ACTIVE.with(Cell::get).or_else(|| match PROCESS.load(Ordering::SeqCst) {
+        0 => from_environment(),
+        i => Some(Mutant::ALL[i - 1]),
+    })
 }
 
 /// Whether `mutant` is active on the current thread.

@@ -8,6 +8,7 @@ pub fn names() -> Vec<&'static str> {
     {
         purchase_saga::mutants::Mutant::ALL
             .iter()
+            .filter(|m| m.simulated())
             .map(|m| m.name())
             .collect()
     }
