@@ -74,6 +74,7 @@ pub enum Invariant {
     GrantOnlyWhenPaid,
     CompletedOnlyWhenPaid,
     NotificationAtMostOnce,
+    AmountsAgree,
     TerminalNeverChanges,
     PivotDecidesOnce,
     EveryOrderTerminal,
@@ -82,6 +83,7 @@ pub enum Invariant {
     GrantExactlyOnce,
     NoOpenReservation,
     OneOutcomeNotification,
+    PaidIffCompleted,
 }
 
 impl Invariant {
@@ -96,6 +98,7 @@ impl Invariant {
             Invariant::GrantOnlyWhenPaid => "grant-only-when-paid",
             Invariant::CompletedOnlyWhenPaid => "completed-only-when-paid",
             Invariant::NotificationAtMostOnce => "notification-at-most-once",
+            Invariant::AmountsAgree => "amounts-agree",
             Invariant::TerminalNeverChanges => "terminal-never-changes",
             Invariant::PivotDecidesOnce => "pivot-decides-once",
             Invariant::EveryOrderTerminal => "every-order-terminal",
@@ -104,6 +107,7 @@ impl Invariant {
             Invariant::GrantExactlyOnce => "grant-exactly-once",
             Invariant::NoOpenReservation => "no-open-reservation",
             Invariant::OneOutcomeNotification => "one-outcome-notification",
+            Invariant::PaidIffCompleted => "paid-iff-completed",
         }
     }
 }
@@ -252,6 +256,7 @@ pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
             );
         }
     }
+    check_amounts(s, &mut r);
     for ((order, kind), log) in &s.notifications {
         r.check(
             log.sent_count <= 1,
@@ -261,6 +266,62 @@ pub fn check_safety(s: &Snapshot) -> Vec<Violation> {
         );
     }
     r.0
+}
+
+/// Every service that took something for an order took what the order
+/// says: the balance hold and the payment its total, the stock and the
+/// slots its quantity of its item, for its user. A reservation that held
+/// nothing (REJECTED, TOMBSTONE) carries no amount and is not compared.
+fn check_amounts(s: &Snapshot, r: &mut Report) {
+    let took = |state: ReservationState| {
+        matches!(
+            state,
+            ReservationState::Held | ReservationState::Granted | ReservationState::Released
+        )
+    };
+    for (id, order) in &s.orders {
+        let mut agree = |holds: bool, what: &str, found: String| {
+            r.check(
+                holds,
+                Invariant::AmountsAgree,
+                || format!("order {id}"),
+                || {
+                    format!(
+                        "{what} is {found}; the order is {} x {} for {} by {}",
+                        order.quantity, order.item_id, order.total_amount, order.user_id
+                    )
+                },
+            )
+        };
+        if let Some(h) = s.balance_holds.get(id).filter(|h| took(h.state)) {
+            agree(
+                h.amount == order.total_amount && h.user_id == order.user_id,
+                "the balance hold",
+                format!("{} of {}", h.amount, h.user_id),
+            );
+        }
+        if let Some(x) = s.slot_reservations.get(id).filter(|x| took(x.state)) {
+            agree(
+                x.slots == order.quantity && x.item_id == order.item_id && x.user_id == order.user_id,
+                "the slot reservation",
+                format!("{} slots for {} of {}", x.slots, x.item_id, x.user_id),
+            );
+        }
+        if let Some(x) = s.stock_reservations.get(id).filter(|x| took(x.state)) {
+            agree(
+                x.quantity == order.quantity && x.item_id == order.item_id,
+                "the stock reservation",
+                format!("{} x {}", x.quantity, x.item_id),
+            );
+        }
+        if let Some(p) = s.payments.get(id).filter(|p| p.state == PaymentState::Processed) {
+            agree(
+                p.amount == order.total_amount && p.user_id == order.user_id,
+                "the processed payment",
+                format!("{} from {}", p.amount, p.user_id),
+            );
+        }
+    }
 }
 
 /// Invariants between two moments: what was decided stays decided.
@@ -348,6 +409,15 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
             s.sent(id, NotificationKind::PaymentCompleted),
             s.sent(id, NotificationKind::PaymentFailed),
         );
+        // The pivot: once Payment processed an order the saga only goes
+        // forward, so a settled system has it COMPLETED (the reverse,
+        // COMPLETED only when paid, is a safety invariant).
+        r.check(
+            payment != Some(PaymentState::Processed) || completed,
+            Invariant::PaidIffCompleted,
+            subject,
+            || format!("payment PROCESSED but the order is {}", order.status.as_str()),
+        );
         let payment_failed = matches!(payment, Some(PaymentState::Declined | PaymentState::Cancelled));
         let expected = if completed {
             (1, 0, 1, 0)
@@ -395,4 +465,104 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
         );
     }
     r.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Timestamp;
+
+    fn order(status: OrderStatus) -> Order {
+        Order {
+            order_id: OrderId::parse("o1").unwrap(),
+            user_id: UserId::parse("alice").unwrap(),
+            item_id: ItemId::parse("sword").unwrap(),
+            item_name: "Sword".into(),
+            quantity: 2,
+            total_amount: 300,
+            payment_method: "WALLET".into(),
+            status,
+            failed_step: None,
+            failure_reason: None,
+            created_at: Timestamp::SIM_EPOCH,
+            deadline_at: Timestamp::SIM_EPOCH,
+            deadline_signalled: false,
+            updated_at: Timestamp::SIM_EPOCH,
+        }
+    }
+
+    fn hold(amount: i64, state: ReservationState) -> BalanceHold {
+        BalanceHold {
+            order_id: OrderId::parse("o1").unwrap(),
+            user_id: UserId::parse("alice").unwrap(),
+            amount,
+            state,
+            updated_at: Timestamp::SIM_EPOCH,
+        }
+    }
+
+    fn payment(amount: i64, state: PaymentState) -> Payment {
+        Payment {
+            order_id: OrderId::parse("o1").unwrap(),
+            user_id: UserId::parse("alice").unwrap(),
+            amount,
+            method: "WALLET".into(),
+            state,
+            reason: None,
+            updated_at: Timestamp::SIM_EPOCH,
+        }
+    }
+
+    fn named(violations: &[Violation], invariant: Invariant) -> usize {
+        violations.iter().filter(|v| v.invariant == invariant).count()
+    }
+
+    #[test]
+    fn a_hold_or_payment_of_another_amount_breaks_amounts_agree() {
+        let agreeing = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Pending)),
+            Row::BalanceHold(hold(300, ReservationState::Released)),
+            Row::Payment(payment(300, PaymentState::Processed)),
+        ]);
+        assert_eq!(named(&check_safety(&agreeing), Invariant::AmountsAgree), 0);
+
+        let wrong_hold = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Pending)),
+            Row::BalanceHold(hold(299, ReservationState::Released)),
+        ]);
+        assert_eq!(named(&check_safety(&wrong_hold), Invariant::AmountsAgree), 1);
+
+        let wrong_payment = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Pending)),
+            Row::Payment(payment(30, PaymentState::Processed)),
+        ]);
+        assert_eq!(named(&check_safety(&wrong_payment), Invariant::AmountsAgree), 1);
+    }
+
+    #[test]
+    fn a_reservation_that_took_nothing_carries_no_amount() {
+        let rejected = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Failed)),
+            Row::BalanceHold(hold(0, ReservationState::Rejected)),
+            Row::Payment(payment(0, PaymentState::Declined)),
+        ]);
+        assert_eq!(named(&check_safety(&rejected), Invariant::AmountsAgree), 0);
+    }
+
+    #[test]
+    fn a_processed_payment_of_a_failed_order_breaks_paid_iff_completed() {
+        let failed = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Failed)),
+            Row::Payment(payment(300, PaymentState::Processed)),
+        ]);
+        assert_eq!(named(&check_quiescent(&failed), Invariant::PaidIffCompleted), 1);
+        let completed = Snapshot::from_rows([
+            Row::Order(order(OrderStatus::Completed)),
+            Row::Payment(payment(300, PaymentState::Processed)),
+        ]);
+        assert_eq!(
+            named(&check_quiescent(&completed), Invariant::PaidIffCompleted),
+            0
+        );
+    }
 }
