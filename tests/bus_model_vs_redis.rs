@@ -49,20 +49,36 @@ const PENDING_MAX: usize = 10_000;
 #[derive(Debug, Clone)]
 enum Op {
     Publish,
-    Receive { consumer: usize, max: usize },
+    Receive {
+        consumer: usize,
+        max: usize,
+    },
     /// Acknowledges the `nth` delivery the consumer holds.
-    Ack { consumer: usize, nth: usize },
-    DeadLetter { consumer: usize, nth: usize },
+    Ack {
+        consumer: usize,
+        nth: usize,
+    },
+    DeadLetter {
+        consumer: usize,
+        nth: usize,
+    },
     /// Waits until the server's idle time of every pending entry reached
     /// the visibility timeout; the model's clock moves by it.
     PassVisibility,
     /// XCLAIM (min-idle 0) of the `nth` pending entry still in the stream.
-    Claim { consumer: usize, nth: usize },
+    Claim {
+        consumer: usize,
+        nth: usize,
+    },
     Trim,
     /// The consumer never acts again.
-    Stop { consumer: usize },
+    Stop {
+        consumer: usize,
+    },
     /// XDEL of the `nth` entry of the stream.
-    Delete { nth: usize },
+    Delete {
+        nth: usize,
+    },
     /// `SET <dead key> x`.
     BreakDeadKey,
     /// `DEL <dead key>`.
@@ -277,14 +293,19 @@ impl Case {
         self.check_idle_classification(step).await?;
         let name = CONSUMERS[consumer];
         let got = self.bus.receive(SERVICE, name, max).await.unwrap();
-        let want = self
-            .model
-            .receive(SERVICE, name, max, VISIBILITY.as_millis() as i64, self.now_ms, Vec::new);
-        let seen_model: Vec<Seen> = want
+        let want = self.model.receive(
+            SERVICE,
+            name,
+            max,
+            VISIBILITY.as_millis() as i64,
+            self.now_ms,
+            Vec::new,
+        );
+        let seen_model: Vec<Seen> = want.iter().map(|d| (d.id, d.attempt, text(&d.payload))).collect();
+        let seen_redis = got
             .iter()
-            .map(|d| (d.id, d.attempt, text(&d.payload)))
-            .collect();
-        let seen_redis = got.iter().map(|d| self.seen_redis(d)).collect::<Result<Vec<_>, _>>()?;
+            .map(|d| self.seen_redis(d))
+            .collect::<Result<Vec<_>, _>>()?;
         agree!(step, "deliveries", seen_model, seen_redis);
         self.held[consumer].extend(want.into_iter().zip(got));
         Ok(())
@@ -441,7 +462,12 @@ impl Case {
             .iter()
             .map(|e| self.model_id(&e.id))
             .collect::<Result<Vec<_>, _>>()?;
-        agree!(step, "stream entries", self.model.entry_ids(SERVICE), redis_entries);
+        agree!(
+            step,
+            "stream entries",
+            self.model.entry_ids(SERVICE),
+            redis_entries
+        );
 
         let model_dead = self.model.dead_letters(SERVICE).map(|d| {
             d.iter()
@@ -593,7 +619,13 @@ fn a_dead_letter_into_a_wrong_type_key_and_an_entry_deleted_while_pending_agree(
 fn with_idle_entries() -> impl Strategy<Value = Vec<Op>> {
     (3..8usize, history()).prop_map(|(published, rest)| {
         let mut ops = vec![Op::Publish; published];
-        ops.extend([Op::Receive { consumer: 1, max: published }, Op::PassVisibility]);
+        ops.extend([
+            Op::Receive {
+                consumer: 1,
+                max: published,
+            },
+            Op::PassVisibility,
+        ]);
         ops.extend(rest);
         ops
     })
@@ -625,7 +657,10 @@ fn assert_seen(mutant: purchase_saga::mutants::Mutant, named: Vec<Op>) {
 #[cfg(feature = "mutants")]
 #[test]
 fn the_differential_check_sees_claim_drops_entries() {
-    assert_seen(purchase_saga::mutants::Mutant::ClaimDropsEntries, claim_reproduction());
+    assert_seen(
+        purchase_saga::mutants::Mutant::ClaimDropsEntries,
+        claim_reproduction(),
+    );
 }
 
 #[cfg(feature = "mutants")]

@@ -296,7 +296,8 @@ impl RedisBus {
             "the claim script reads one count per claimed entry"
         );
         let counts: Vec<Option<u64>> = if crate::mutant!(ClaimDropsEntries) {
-            self.counts_by_range(service, consumer, &reply.claimed.ids).await?
+            self.counts_by_range(service, consumer, &reply.claimed.ids)
+                .await?
         } else {
             reply.counts.iter().copied().map(Some).collect()
         };

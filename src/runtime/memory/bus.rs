@@ -153,7 +153,9 @@ impl Bus for MemoryBus {
         } else {
             state
                 .streams
-                .receive(service, consumer, max, self.visibility.0, now, || Arc::from(&[][..]))
+                .receive(service, consumer, max, self.visibility.0, now, || {
+                    Arc::from(&[][..])
+                })
         };
         Ok(batch.into_iter().map(delivery).collect())
     }

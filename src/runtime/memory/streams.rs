@@ -40,6 +40,8 @@
 //! | the XAUTOCLAIM cursor lives in each `RedisBus` (per process) | one cursor per group | it only decides which idle entries a claim examines first; every idle entry is reached once the cursor wraps |
 //! | dead-letter stream capped by `MAXLEN ~` (the drop counted) | not capped | the runtime never reads dead letters back; the cap is an operator's bound |
 //! | the dead letter of an entry deleted while pending has attempt 0 (Redis forgets the count with the entry) | the same | — |
+//! | XCLAIM of an entry deleted while pending drops it from the pending list | the [`Streams::deliver`] lever leaves it (only XAUTOCLAIM reports it) | the runtime never XCLAIMs; only the lever hands out chosen entries |
+//! | an entry the lever handed out of order is below no last-delivered id | `read_new` skips it | Redis has no such lever; without it both read in id order |
 //!
 //! Besides Redis's commands it offers the levers of the in-memory scheduler
 //! ([`Streams::deliver`]: hand over a chosen entry, out of order if it is
@@ -145,6 +147,22 @@ impl<P> Stream<P> {
         self.group.get_or_insert_with(Group::default)
     }
 
+    /// Moves the last-delivered id over the entries the lever already
+    /// handed out, so that `delivered_ahead` stays small and trims can
+    /// reach the entries below it.
+    fn settle_ahead(&mut self) {
+        let Stream { entries, group, .. } = self;
+        let Some(group) = group.as_mut() else {
+            return;
+        };
+        while let Some((&next, _)) = entries.range(group.last_delivered + 1..).next() {
+            if !group.delivered_ahead.remove(&next) {
+                break;
+            }
+            group.last_delivered = next;
+        }
+    }
+
     /// Entries above the last-delivered id not yet handed out, in order.
     fn undelivered(&self) -> impl Iterator<Item = EntryId> + '_ {
         let (last, ahead) = match &self.group {
@@ -216,7 +234,13 @@ impl<P: Clone> Streams<P> {
     }
 
     /// XREADGROUP `>`: up to `max` new entries for `consumer`.
-    pub fn read_new(&mut self, service: Service, consumer: &str, max: usize, now_ms: i64) -> Vec<Delivered<P>> {
+    pub fn read_new(
+        &mut self,
+        service: Service,
+        consumer: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Vec<Delivered<P>> {
         let stream = self.stream(service);
         let ids: Vec<EntryId> = stream.undelivered().take(max).collect();
         let mut out = Vec::with_capacity(ids.len());
@@ -239,7 +263,10 @@ impl<P: Clone> Streams<P> {
                 payload,
             });
         }
-        debug_assert!(out.windows(2).all(|w| w[0].id < w[1].id), "new entries come in id order");
+        debug_assert!(
+            out.windows(2).all(|w| w[0].id < w[1].id),
+            "new entries come in id order"
+        );
         out
     }
 
@@ -293,8 +320,15 @@ impl<P: Clone> Streams<P> {
             Some(last) => group.pending.range(last + 1..).next().map_or(0, |(id, _)| *id),
             None => 0,
         };
-        debug_assert!(claimed.len() + deleted.len() <= count, "XAUTOCLAIM answers at most COUNT entries");
-        AutoClaim { claimed, deleted, next }
+        debug_assert!(
+            claimed.len() + deleted.len() <= count,
+            "XAUTOCLAIM answers at most COUNT entries"
+        );
+        AutoClaim {
+            claimed,
+            deleted,
+            next,
+        }
     }
 
     /// `RedisBus::receive` (see the module docs): claims of entries idle for
@@ -426,7 +460,13 @@ impl<P: Clone> Streams<P> {
     /// Lever: hands entry `id` to `consumer` now, whether it is pending (a
     /// claim, count + 1) or new (out of order, count 1). None if it is in
     /// neither state.
-    pub fn deliver(&mut self, service: Service, consumer: &str, id: EntryId, now_ms: i64) -> Option<Delivered<P>> {
+    pub fn deliver(
+        &mut self,
+        service: Service,
+        consumer: &str,
+        id: EntryId,
+        now_ms: i64,
+    ) -> Option<Delivered<P>> {
         let stream = self.streams.get_mut(&service)?;
         let payload = stream.entries.get(&id)?.clone();
         let is_new = stream.undelivered().any(|u| u == id);
@@ -446,6 +486,7 @@ impl<P: Clone> Streams<P> {
                     delivered_at_ms: now_ms,
                 },
             );
+            stream.settle_ahead();
             1
         } else {
             return None;
@@ -456,7 +497,13 @@ impl<P: Clone> Streams<P> {
     /// Entries of `service` a consumer could be handed now: new ones, and
     /// pending ones idle for `min_idle_ms` (unless `redeliver` is false), in
     /// id order.
-    pub fn deliverable(&self, service: Service, min_idle_ms: i64, now_ms: i64, redeliver: bool) -> Vec<EntryId> {
+    pub fn deliverable(
+        &self,
+        service: Service,
+        min_idle_ms: i64,
+        now_ms: i64,
+        redeliver: bool,
+    ) -> Vec<EntryId> {
         let Some(stream) = self.streams.get(&service) else {
             return Vec::new();
         };
@@ -468,7 +515,8 @@ impl<P: Clone> Streams<P> {
                         .pending
                         .iter()
                         .filter(|(id, p)| {
-                            stream.entries.contains_key(id) && now_ms.saturating_sub(p.delivered_at_ms) >= min_idle_ms
+                            stream.entries.contains_key(id)
+                                && now_ms.saturating_sub(p.delivered_at_ms) >= min_idle_ms
                         })
                         .map(|(id, _)| *id),
                 );
@@ -488,7 +536,9 @@ impl<P: Clone> Streams<P> {
             group.pending.remove(&id);
             group.delivered_ahead.remove(&id);
         }
-        stream.entries.remove(&id).is_some()
+        let forgotten = stream.entries.remove(&id).is_some();
+        stream.settle_ahead();
+        forgotten
     }
 
     /// Entries not yet acknowledged: new ones and pending ones, over every
@@ -527,9 +577,19 @@ mod tests {
         let mut m = five();
         let got = m.read_new(S, "b", 4, 0);
         assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
-        assert!(m.autoclaim(S, "a", 200, 0, 10, 199).claimed.is_empty(), "not idle yet");
+        assert!(
+            m.autoclaim(S, "a", 200, 0, 10, 199).claimed.is_empty(),
+            "not idle yet"
+        );
         let claim = m.autoclaim(S, "a", 200, 0, 3, 200);
-        assert_eq!(claim.claimed.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(), [(1, 2), (2, 2), (3, 2)]);
+        assert_eq!(
+            claim
+                .claimed
+                .iter()
+                .map(|d| (d.id, d.attempt))
+                .collect::<Vec<_>>(),
+            [(1, 2), (2, 2), (3, 2)]
+        );
         assert_eq!(claim.next, 4, "the cursor is the entry after the last examined");
         assert_eq!(m.pending(S)[0].1.owner, "a");
         let rest = m.autoclaim(S, "a", 200, claim.next, 3, 200);
@@ -543,11 +603,21 @@ mod tests {
         m.read_new(S, "b", 2, 0);
         assert!(m.delete(S, 1));
         let got = m.receive(S, "a", 5, 1_000, 10, || 0);
-        assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), [3, 4, 5], "only new entries");
+        assert_eq!(
+            got.iter().map(|d| d.id).collect::<Vec<_>>(),
+            [3, 4, 5],
+            "only new entries"
+        );
         let dead = m.dead_letters(S).unwrap();
         assert_eq!(dead.len(), 1);
-        assert_eq!((dead[0].entry_id, dead[0].reason.as_str()), (1, DELETED_WHILE_PENDING));
-        assert!(m.pending(S).iter().all(|(id, _)| *id != 1), "left the pending list");
+        assert_eq!(
+            (dead[0].entry_id, dead[0].reason.as_str()),
+            (1, DELETED_WHILE_PENDING)
+        );
+        assert!(
+            m.pending(S).iter().all(|(id, _)| *id != 1),
+            "left the pending list"
+        );
     }
 
     #[test]
@@ -596,5 +666,19 @@ mod tests {
         assert_eq!(m.deliver(S, "x", 3, 5).map(|d| d.attempt), Some(2));
         assert_eq!(m.deliverable(S, 10, 10, true), [1, 2, 4, 5]);
         assert_eq!(m.deliverable(S, 10, 10, false), Vec::<EntryId>::new());
+    }
+
+    #[test]
+    fn entries_the_lever_delivered_in_order_can_be_trimmed_once_acked() {
+        let mut m = five();
+        for id in [2, 1, 3] {
+            m.deliver(S, "x", id, 0);
+        }
+        for id in [1, 2, 3] {
+            m.ack(S, id);
+        }
+        assert_eq!(m.trim(S), 2, "up to the last delivered entry, 3");
+        assert_eq!(m.entry_ids(S), [3, 4, 5]);
+        assert_eq!(m.unacknowledged(), 2);
     }
 }
