@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::bus::{Bus, Delivery};
@@ -648,7 +648,9 @@ fn assert_seen(mutant: purchase_saga::mutants::Mutant, named: Vec<Op>) {
             "{mutant:?}: the named case passed with the mutant on"
         );
         match generated {
-            Err(TestError::Fail(why, ops)) => eprintln!("{mutant:?} seen: {why}\n  case: {ops:?}"),
+            Err(proptest::test_runner::TestError::Fail(why, ops)) => {
+                eprintln!("{mutant:?} seen: {why}\n  case: {ops:?}")
+            }
             other => panic!("{mutant:?}: no generated case disagreed ({other:?})"),
         }
     });
