@@ -329,3 +329,142 @@ async fn only_consumers_with_nothing_pending_are_removed() {
         "no group"
     );
 }
+
+/// A raw connection to the test's Redis, for what the bus never does
+/// itself (SET on a dead-letter key, XDEL, reading counters).
+async fn raw(r: &common::TestRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(r.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to Redis at {}: {e}", r.url))
+}
+
+/// Issue 17, defect 7: with MULTI/EXEC the XACK ran although the XADD of
+/// the dead letter failed (WRONGTYPE), so the entry left the pending list
+/// and was in no dead-letter stream: gone.
+#[tokio::test]
+async fn defect7_a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
+    let r = common::TestRedis::create("bus-dead-wrongtype");
+    let bus = bus(&r).await;
+    let mut conn = raw(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 1).await;
+    assert_eq!(got.len(), 1);
+    let _: () = redis::cmd("SET")
+        .arg(bus.dead_key(Service::User))
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let failed = bus.dead_letter(Service::User, &got[0], "poison").await;
+    assert_eq!(
+        bus.pending_count(Service::User).await.unwrap(),
+        1,
+        "the entry stays pending when its dead letter cannot be written ({failed:?})"
+    );
+    let err = failed.expect_err("the dead letter fails");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+
+    // Once the key is repaired the same dead letter goes through.
+    let _: i64 = redis::cmd("DEL")
+        .arg(bus.dead_key(Service::User))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bus.dead_letter(Service::User, &got[0], "poison").await.unwrap();
+    assert_eq!(bus.pending_count(Service::User).await.unwrap(), 0);
+    let dead = bus.dead_letters(Service::User, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].letter.entry_id, got[0].entry_id);
+}
+
+/// Issue 17, defect 7: `MAXLEN ~` dropped the oldest dead letters without a
+/// word. What the cap drops is now counted (and logged).
+#[tokio::test]
+async fn defect7_dead_letters_dropped_by_the_cap_are_counted() {
+    const LETTERS: usize = 250;
+    let r = common::TestRedis::create("bus-dead-cap");
+    let bus = RedisBus::connect(
+        &r.url,
+        RedisConfig {
+            prefix: r.prefix.clone(),
+            visibility_timeout: VISIBILITY,
+            block: Duration::from_millis(50),
+            dead_letters_max: 10,
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..LETTERS {
+        bus.publish(&order_created(n)).await.unwrap();
+    }
+    let got = receive_until(&bus, Service::User, "u-1", LETTERS).await;
+    assert_eq!(got.len(), LETTERS);
+    for d in &got {
+        bus.dead_letter(Service::User, d, "poison").await.unwrap();
+    }
+    let mut conn = raw(&r).await;
+    let counted: Option<u64> = redis::cmd("GET")
+        .arg(format!("{}:dead-trimmed:user", r.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let kept = bus.dead_letter_count(Service::User).await.unwrap();
+    assert!(
+        kept < LETTERS as u64,
+        "the cap dropped some (MAXLEN ~ trims whole nodes of 100)"
+    );
+    assert_eq!(
+        counted.unwrap_or(0) + kept,
+        LETTERS as u64,
+        "every dead letter is either kept or counted as dropped"
+    );
+    assert_eq!(
+        bus.dead_letters_trimmed(Service::User).await.unwrap(),
+        LETTERS as u64 - kept
+    );
+}
+
+/// Issue 17, defect 8: XAUTOCLAIM's third reply element (entries deleted
+/// while pending) was ignored, so such an entry was neither handled, nor
+/// logged, nor dead-lettered. Now it is dead-lettered with its id.
+#[tokio::test]
+async fn defect8_an_entry_deleted_while_pending_is_dead_lettered() {
+    let r = common::TestRedis::create("bus-deleted-pending");
+    let bus = bus(&r).await;
+    let mut conn = raw(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    bus.publish(&order_created(2)).await.unwrap();
+    let held = receive_until(&bus, Service::User, "crashed", 2).await;
+    assert_eq!(held.len(), 2);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(bus.stream_key(Service::User))
+        .arg(&held[0].entry_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The survivor is taken over once idle; by then the claim has met the
+    // deleted entry too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        let got = bus.receive(Service::User, "live", 10).await.unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "nothing was taken over");
+    };
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].entry_id, held[1].entry_id);
+    let dead = bus.dead_letters(Service::User, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "the deleted entry is dead-lettered: {dead:?}");
+    assert_eq!(dead[0].letter.entry_id, held[0].entry_id);
+    assert_eq!(dead[0].letter.reason, "deleted from the stream while pending");
+    assert!(dead[0].letter.payload.is_empty());
+    assert_eq!(
+        bus.pending_count(Service::User).await.unwrap(),
+        1,
+        "only the taken-over entry is pending"
+    );
+}

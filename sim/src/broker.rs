@@ -1,8 +1,11 @@
-//! The broker: Redis-Streams-like consumer groups, one stream per
-//! subscribing service. Entries stay pending until acknowledged; an entry
-//! whose delivery was not acknowledged within the visibility timeout is
-//! delivered again (to any consumer, XAUTOCLAIM-style) with its delivery
-//! counter raised; dead-lettered entries move to a list with the reason.
+//! The broker: Redis Streams consumer groups, one stream per subscribing
+//! service, kept in the one model of them
+//! (`purchase_saga::runtime::memory::streams`, shared with `MemoryBus` and
+//! checked against the real Redis). A receive is `RedisBus::receive` on the
+//! model: entries whose delivery was not acknowledged within the visibility
+//! timeout are claimed (XAUTOCLAIM) with their delivery counter raised, then
+//! new entries are read; dead-lettered entries move to a list with the
+//! reason; acknowledged entries are trimmed as `RedisBus::trim` would.
 //!
 //! Its faults: a publish lost for a subscriber, a delivery marked but never
 //! handed over, an entry appended twice or handed to a second consumer while
@@ -11,11 +14,11 @@
 //! The state lives outside the broker host (the host serves it over
 //! turmoil TCP, see [`serve`]), so the driver can tell when queues drained.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use purchase_saga::domain::{EventId, Service};
+use purchase_saga::runtime::memory::streams::Streams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::faults::FaultKind;
@@ -233,25 +236,13 @@ impl Response {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    payload: String,
-    deliveries: u32,
-    /// When it was last delivered, while unacknowledged.
-    delivered_at: Option<i64>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    streams: BTreeMap<Service, BTreeMap<u64, Entry>>,
-    next_id: u64,
-    dead: Vec<(Service, String, String)>,
-}
+/// The broker's state: the one consumer-group model, payloads as text.
+type Model = Streams<Arc<str>>;
 
 /// See the module docs.
 #[derive(Clone)]
 pub struct Broker {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Model>>,
     world: Arc<World>,
 }
 
@@ -263,45 +254,37 @@ impl Broker {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Model> {
         self.state.lock().expect("broker mutex")
     }
 
     /// Entries not yet acknowledged, over every stream.
     pub fn unacknowledged(&self) -> usize {
-        self.lock().streams.values().map(BTreeMap::len).sum()
+        self.lock().unacknowledged()
     }
 
     /// Whether `service` dead-lettered the event `id`.
     pub fn dead_lettered(&self, service: Service, id: EventId) -> bool {
-        self.lock().dead.iter().any(|(s, _, payload)| {
-            *s == service
-                && purchase_saga::domain::Event::decode(payload.as_bytes()).is_ok_and(|e| e.event_id == id)
+        self.lock().dead_letters(service).is_some_and(|dead| {
+            dead.iter().any(|r| {
+                purchase_saga::domain::Event::decode(r.payload.as_bytes()).is_ok_and(|e| e.event_id == id)
+            })
         })
     }
 
     /// Dead letters: (service, reason).
     pub fn dead_letters(&self) -> Vec<(Service, String)> {
-        self.lock().dead.iter().map(|(s, r, _)| (*s, r.clone())).collect()
-    }
-
-    fn append(state: &mut State, service: Service, payload: &str) {
-        state.next_id += 1;
-        let id = state.next_id;
-        state.streams.entry(service).or_default().insert(
-            id,
-            Entry {
-                payload: payload.to_string(),
-                deliveries: 0,
-                delivered_at: None,
-            },
-        );
+        self.lock()
+            .all_dead_letters()
+            .map(|(s, r)| (s, r.reason.clone()))
+            .collect()
     }
 
     pub fn handle(&self, request: Request) -> Response {
         let plan = &self.world.plan;
         match request {
             Request::Publish { streams, payload } => {
+                let payload: Arc<str> = payload.into();
                 for service in streams {
                     if self.world.strikes(plan.drop_publish_per_mille) {
                         self.world.fault(
@@ -313,9 +296,9 @@ impl Broker {
                     }
                     let twice = self.world.strikes(plan.duplicate_per_mille);
                     let mut state = self.lock();
-                    Self::append(&mut state, service, &payload);
+                    state.append(service, payload.clone());
                     if twice {
-                        Self::append(&mut state, service, &payload);
+                        state.append(service, payload.clone());
                         drop(state);
                         self.world.fault(
                             FaultKind::Duplicate,
@@ -332,9 +315,14 @@ impl Broker {
                 max,
             } => Response::Deliveries(self.receive(service, &consumer, max)),
             Request::Ack { service, id } => {
-                let acked = self.lock().streams.get_mut(&service).and_then(|s| s.remove(&id));
-                if let Some(entry) = acked {
-                    self.check_applied(service, id, &entry.payload);
+                let acked = {
+                    let mut state = self.lock();
+                    let acked = state.ack(service, id);
+                    state.trim(service);
+                    acked
+                };
+                if let Some(payload) = acked {
+                    self.check_applied(service, id, &payload);
                 }
                 Response::Done
             }
@@ -345,10 +333,15 @@ impl Broker {
                 payload,
             } => {
                 let mut state = self.lock();
-                if let Some(stream) = state.streams.get_mut(&service) {
-                    stream.remove(&id);
-                }
-                state.dead.push((service, reason.clone(), payload));
+                let attempt = state
+                    .pending(service)
+                    .iter()
+                    .find(|(p, _)| *p == id)
+                    .map_or(0, |(_, p)| p.count);
+                state
+                    .dead_letter(service, id, &reason, payload.into(), attempt)
+                    .expect("the broker's dead-letter lists are never of the wrong type");
+                state.trim(service);
                 drop(state);
                 self.world.log(
                     crate::world::EntryKind::Driver { at: Some(service) },
@@ -374,55 +367,42 @@ impl Broker {
         }
     }
 
-    /// Idle pending entries first (taken over), then new ones, up to `max`;
-    /// sometimes also one entry another consumer still holds (a duplicate).
+    /// `RedisBus::receive` on the model (idle pending entries claimed, then
+    /// new ones, up to `max`), with the faults: a delivery lost after the
+    /// broker marked it, and sometimes one entry another consumer still
+    /// holds handed out again (a duplicate).
     fn receive(&self, service: Service, consumer: &str, max: usize) -> Vec<(u64, u32, String)> {
         let now = self.world.clock.elapsed_ms();
         let plan = &self.world.plan;
-        let candidates: Vec<u64> = {
-            let state = self.lock();
-            let Some(stream) = state.streams.get(&service) else {
-                return Vec::new();
-            };
-            let idle = stream
-                .iter()
-                // Planted bug (mutants feature): at-most-once, like Pub/Sub.
-                .filter(|_| !purchase_saga::mutant!(AtMostOnceBus))
-                .filter(|(_, e)| e.delivered_at.is_some_and(|t| now - t >= VISIBILITY_MS));
-            let fresh = stream.iter().filter(|(_, e)| e.delivered_at.is_none());
-            idle.chain(fresh).map(|(id, _)| *id).take(max).collect()
-        };
-        let mut out = Vec::new();
-        for id in candidates {
-            let lost = self.world.strikes(plan.drop_delivery_per_mille);
+        let batch = {
             let mut state = self.lock();
-            let entry = state
-                .streams
-                .get_mut(&service)
-                .and_then(|s| s.get_mut(&id))
-                .expect("a candidate is in its stream");
-            entry.deliveries += 1;
-            entry.delivered_at = Some(now);
-            let delivery = (id, entry.deliveries, entry.payload.clone());
-            drop(state);
-            if lost {
+            // Planted bug (mutants feature): at-most-once, like Pub/Sub.
+            if purchase_saga::mutant!(AtMostOnceBus) {
+                state.read_new(service, consumer, max, now)
+            } else {
+                state.receive(service, consumer, max, VISIBILITY_MS, now, || Arc::from(""))
+            }
+        };
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            if self.world.strikes(plan.drop_delivery_per_mille) {
                 self.world.fault(
                     FaultKind::DropDelivery,
                     Some(service),
-                    format!("bus lost delivery #{id} to {consumer}"),
+                    format!("bus lost delivery #{} to {consumer}", d.id),
                 );
             } else {
-                out.push(delivery);
+                out.push((d.id, d.attempt, d.payload.to_string()));
             }
         }
         if self.world.strikes(plan.duplicate_per_mille) {
             let held = {
                 let state = self.lock();
-                state.streams.get(&service).and_then(|s| {
-                    s.iter()
-                        .find(|(id, e)| e.delivered_at.is_some() && !out.iter().any(|d| d.0 == **id))
-                        .map(|(id, e)| (*id, e.deliveries, e.payload.clone()))
-                })
+                state
+                    .pending(service)
+                    .into_iter()
+                    .find(|(id, _)| !out.iter().any(|d| d.0 == *id))
+                    .and_then(|(id, p)| Some((id, p.count, state.payload(service, id)?.to_string())))
             };
             if let Some(d) = held {
                 self.world.fault(

@@ -4,7 +4,8 @@
 //!
 //! `list` prints one line per dead letter: service, dead-letter id, the
 //! original entry id, the delivery count, the reason and the payload (lossy
-//! UTF-8, cut at [`PAYLOAD_SHOWN_MAX`] bytes). `replay` puts the entry back
+//! UTF-8, cut at [`PAYLOAD_SHOWN_MAX`] bytes); on stderr, per service,
+//! how many older dead letters the dead-letter stream's cap dropped. `replay` puts the entry back
 //! on the service's stream as a new entry and removes it from the
 //! dead-letter stream in one MULTI/EXEC; run it once the cause is fixed
 //! (the order now exists, the code now reads that schema version), or the
@@ -90,6 +91,13 @@ pub async fn run_dlq(global: &GlobalArgs, args: &DlqArgs) -> Result<ExitCode, St
                     .dead_letters(s, *count as usize)
                     .await
                     .map_err(|e| e.to_string())?;
+                let trimmed = bus.dead_letters_trimmed(s).await.map_err(|e| e.to_string())?;
+                if trimmed > 0 {
+                    eprintln!(
+                        "{}: {trimmed} older dead letter(s) were dropped by the dead-letter stream's cap",
+                        s.slug()
+                    );
+                }
                 for d in letters {
                     listed += 1;
                     println!(

@@ -7,17 +7,31 @@
 //!   approximate MAXLEN could drop entries the group has not acknowledged.
 //!   [`RedisBus::trim`] removes only acknowledged entries instead (see
 //!   `ops.rs`); whoever runs the bus calls it periodically.
-//! - `receive` first XAUTOCLAIMs entries whose delivery has been idle longer
+//! - `receive` first claims entries whose delivery has been idle longer
 //!   than the visibility timeout (a crashed or stuck replica's work, or an
-//!   entry left for retry), with their delivery count from XPENDING as
-//!   `Delivery::attempt`; then reads new entries with XREADGROUP `>` and a
-//!   short BLOCK. The group is created (MKSTREAM, from id 0) on first use and
-//!   again whenever Redis answers NOGROUP (it restarted with nothing on disk).
+//!   entry left for retry) with one Lua script: XAUTOCLAIM, then each
+//!   claimed entry's delivery count (`Delivery::attempt`) from an XPENDING
+//!   of exactly that entry, and a dead letter (reason "deleted from the
+//!   stream while pending", empty payload, the entry id) for each entry
+//!   XAUTOCLAIM reports deleted while pending (Redis >= 7.0), which would
+//!   otherwise vanish. While the dead-letter key holds the wrong type
+//!   nothing is claimed (those dead letters could not be written). Then it
+//!   reads new entries with XREADGROUP `>` and a short BLOCK. The group is
+//!   created (MKSTREAM, from id 0) on first use and again whenever Redis
+//!   answers NOGROUP (it restarted with nothing on disk).
 //! - `ack` is XACK without XDEL: the entry stays in the stream until `trim`
 //!   removes it (XTRIM MINID frees whole radix-tree nodes where per-entry
 //!   XDEL fragments them, and recent entries stay inspectable).
 //! - `dead_letter` XADDs payload, reason, entry id, service and attempt to
-//!   `{prefix}:dead:{service}` and XACKs the entry, in one MULTI/EXEC.
+//!   `{prefix}:dead:{service}` and only then XACKs the entry, in one Lua
+//!   script: if the XADD fails (the key holds the wrong type) nothing
+//!   changes and the entry stays pending. The dead-letter stream is capped
+//!   (`MAXLEN ~`); what the cap drops is counted in
+//!   `{prefix}:dead-trimmed:{service}` and logged.
+//!
+//! The model of all this is `runtime::memory::streams` (what `MemoryBus`
+//! and the simulator run on); `tests/bus_model_vs_redis.rs` holds the two
+//! together.
 //! - Consumers are never deleted by the port's operations (XGROUP
 //!   DELCONSUMER drops a consumer's pending entries from the group, losing
 //!   them). [`RedisBus::remove_idle_consumers`] deletes only consumers with
@@ -29,6 +43,7 @@
 //! themselves after Redis restarts.
 
 mod ops;
+mod scripts;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -36,12 +51,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{Client, RedisError};
 
 use crate::domain::service::subscribers;
 use crate::domain::{Event, Service};
 use crate::runtime::bus::{Bus, BusError, Delivery};
+use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use ops::{DeadLetterEntry, GroupStats};
 
@@ -162,6 +178,12 @@ impl RedisBus {
         format!("{}:dead:{}", self.config.prefix, service.slug())
     }
 
+    /// How many dead letters of a service the dead-letter stream's MAXLEN
+    /// cap has dropped (a counter, absent while none).
+    pub fn dead_trimmed_key(&self, service: Service) -> String {
+        format!("{}:dead-trimmed:{}", self.config.prefix, service.slug())
+    }
+
     /// The consumer group of a service.
     pub fn group(service: Service) -> &'static str {
         service.slug()
@@ -228,7 +250,12 @@ impl RedisBus {
     }
 
     /// Entries of the group idle for longer than the visibility timeout,
-    /// claimed for `consumer`, with their delivery counts.
+    /// claimed for `consumer`, with their delivery counts: the claim
+    /// script (see [`scripts`]) runs XAUTOCLAIM from this bus's cursor and
+    /// reads each claimed entry's count with an XPENDING of exactly that
+    /// entry, atomically, and dead-letters the entries deleted from the
+    /// stream while pending. Fails with code `DEADKEY`, having changed
+    /// nothing, while the dead-letter key holds the wrong type.
     async fn claim(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, RedisError> {
         let key = self.stream_key(service);
         let start = self
@@ -239,29 +266,78 @@ impl RedisBus {
             .cloned()
             .unwrap_or_else(|| "0-0".to_string());
         let mut conn = self.conn.clone();
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&key)
+        let reply: scripts::ClaimReply = scripts::claim()
+            .key(&key)
+            .key(self.dead_key(service))
+            .key(self.dead_trimmed_key(service))
             .arg(Self::group(service))
             .arg(consumer)
             .arg(self.config.visibility_timeout.as_millis() as u64)
             .arg(&start)
-            .arg("COUNT")
             .arg(max)
-            .query_async(&mut conn)
+            .arg(self.config.dead_letters_max)
+            .arg(service.slug())
+            .arg(DELETED_WHILE_PENDING)
+            .invoke_async(&mut conn)
             .await?;
         self.claim_cursor
             .lock()
             .expect("cursor mutex")
-            .insert(service, reply.next_stream_id.clone());
-        let (Some(first), Some(last)) = (reply.claimed.first(), reply.claimed.last()) else {
+            .insert(service, reply.next.clone());
+        for id in &reply.deleted {
+            tracing::warn!(%service, entry_id = %id, "entry deleted from the stream while pending; dead-lettered");
+        }
+        if reply.dead_trimmed > 0 {
+            Self::warn_dead_trimmed(service, reply.dead_trimmed);
+        }
+        assert_eq!(
+            reply.claimed.ids.len(),
+            reply.counts.len(),
+            "the claim script reads one count per claimed entry"
+        );
+        let counts: Vec<Option<u64>> = if crate::mutant!(ClaimDropsEntries) {
+            self.counts_by_range(service, consumer, &reply.claimed.ids)
+                .await?
+        } else {
+            reply.counts.iter().copied().map(Some).collect()
+        };
+        Ok(reply
+            .claimed
+            .ids
+            .iter()
+            .zip(counts)
+            // Only the planted bug loses a count (and with it the entry).
+            .filter_map(|(entry, count)| {
+                Some(Delivery {
+                    entry_id: entry.id.clone(),
+                    attempt: u32::try_from(count?).unwrap_or(u32::MAX),
+                    payload: Self::payload(entry),
+                })
+            })
+            .collect())
+    }
+
+    /// The claim's counts as they were read before the fix (the planted
+    /// bug `ClaimDropsEntries`): one XPENDING over the claimed id range for
+    /// this consumer, as many rows as were claimed. An entry the consumer
+    /// already held in that range fills a row, and a claimed entry gets no
+    /// count.
+    async fn counts_by_range(
+        &self,
+        service: Service,
+        consumer: &str,
+        claimed: &[StreamId],
+    ) -> Result<Vec<Option<u64>>, RedisError> {
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
             return Ok(Vec::new());
         };
+        let mut conn = self.conn.clone();
         let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&key)
+            .arg(self.stream_key(service))
             .arg(Self::group(service))
             .arg(&first.id)
             .arg(&last.id)
-            .arg(reply.claimed.len())
+            .arg(claimed.len())
             .arg(consumer)
             .query_async(&mut conn)
             .await?;
@@ -270,20 +346,18 @@ impl RedisBus {
             .iter()
             .map(|p| (p.id.as_str(), p.times_delivered))
             .collect();
-        Ok(reply
-            .claimed
+        Ok(claimed
             .iter()
-            // An entry no longer pending for this consumer was settled or
-            // claimed by another meanwhile: not ours to deliver.
-            .filter_map(|entry| {
-                let attempt = *counts.get(entry.id.as_str())?;
-                Some(Delivery {
-                    entry_id: entry.id.clone(),
-                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX).max(2),
-                    payload: Self::payload(entry),
-                })
-            })
+            .map(|e| counts.get(e.id.as_str()).map(|c| *c as u64))
             .collect())
+    }
+
+    fn warn_dead_trimmed(service: Service, dropped: u64) {
+        tracing::warn!(
+            %service,
+            dropped,
+            "the dead-letter stream's MAXLEN cap dropped its oldest dead letters (counted in the dead-trimmed key)"
+        );
     }
 
     /// New entries for `consumer`, waiting up to the block time if `block`.
@@ -326,7 +400,17 @@ impl RedisBus {
         consumer: &str,
         max: usize,
     ) -> Result<Vec<Delivery>, RedisError> {
-        let mut batch = self.claim(service, consumer, max).await?;
+        let mut batch = match self.claim(service, consumer, max).await {
+            Ok(claimed) => claimed,
+            // Claiming now could lose the entries deleted while pending
+            // (they leave the pending list and cannot be dead-lettered):
+            // leave the idle ones pending and read new entries only.
+            Err(e) if e.code() == Some(scripts::DEAD_KEY_ERROR) => {
+                tracing::error!(%service, error = %e, "not claiming idle entries until the dead-letter key is a stream again");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         if batch.len() < max {
             let fresh = self
                 .read_new(service, consumer, max - batch.len(), batch.is_empty())
@@ -396,31 +480,24 @@ impl Bus for RedisBus {
     }
 
     async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XADD")
-            .arg(self.dead_key(service))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.config.dead_letters_max)
-            .arg("*")
-            .arg("payload")
-            .arg(delivery.payload.as_slice())
-            .arg("reason")
-            .arg(reason)
-            .arg("entry_id")
-            .arg(&delivery.entry_id)
-            .arg("service")
-            .arg(service.slug())
-            .arg("attempt")
-            .arg(delivery.attempt)
-            .ignore()
-            .cmd("XACK")
-            .arg(self.stream_key(service))
-            .arg(Self::group(service))
-            .arg(&delivery.entry_id)
-            .ignore();
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+        let dropped: u64 = scripts::dead_letter()
+            .key(self.dead_key(service))
+            .key(self.stream_key(service))
+            .key(self.dead_trimmed_key(service))
+            .arg(self.config.dead_letters_max)
+            .arg(delivery.payload.as_slice())
+            .arg(reason)
+            .arg(&delivery.entry_id)
+            .arg(service.slug())
+            .arg(delivery.attempt)
+            .arg(Self::group(service))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        if dropped > 0 {
+            Self::warn_dead_trimmed(service, dropped);
+        }
+        Ok(())
     }
 }

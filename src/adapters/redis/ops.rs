@@ -66,7 +66,8 @@ impl RedisBus {
         let mut floor: Option<(u64, u64)> = None;
         let mut floor_id = String::new();
         for group in &groups.groups {
-            let bound = if group.pending > 0 {
+            // Planted bug: the floor ignores what is still pending.
+            let bound = if group.pending > 0 && !crate::mutant!(TrimBelowPending) {
                 let summary: StreamPendingReply = redis::cmd("XPENDING")
                     .arg(&key)
                     .arg(&group.name)
@@ -311,6 +312,18 @@ impl RedisBus {
                 pending: g.pending as u64,
                 lag: g.lag.map(|l| l as u64),
             }))
+    }
+
+    /// How many of `service`'s dead letters the dead-letter stream's cap
+    /// (`RedisConfig::dead_letters_max`, MAXLEN ~) has dropped.
+    pub async fn dead_letters_trimmed(&self, service: Service) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        let count: Option<u64> = redis::cmd("GET")
+            .arg(self.dead_trimmed_key(service))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(count.unwrap_or(0))
     }
 
     /// Entries in `service`'s dead-letter stream.

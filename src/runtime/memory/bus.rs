@@ -1,33 +1,30 @@
-//! An in-memory bus with Redis Streams' consumer-group semantics: one stream
-//! per subscribing service, entries pending until acknowledged, redelivery
-//! after a visibility timeout with a delivery counter, a dead-letter list.
+//! An in-memory bus with Redis Streams' consumer-group semantics, kept in
+//! the one model of them ([`Streams`]): one stream per subscribing service,
+//! entries pending until acknowledged, takeover after a visibility timeout
+//! with a delivery counter, a dead-letter list. `receive` is
+//! [`Streams::receive`], the model of `RedisBus::receive`; acknowledged
+//! entries are trimmed as `RedisBus::trim` would.
 //!
 //! Besides the [`Bus`] port it offers the scheduler's levers: deliver a chosen
-//! entry, duplicate one, lose one.
+//! entry, duplicate one, lose one, lose everything.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use crate::domain::service::subscribers;
-use crate::domain::{DurationMs, Event, Service, Timestamp};
+use crate::domain::{DurationMs, Event, Service};
 use crate::runtime::bus::{Bus, BusError, DeadLetter, Delivery};
 use crate::runtime::Clock;
 
-#[derive(Debug, Clone)]
-struct Entry {
-    payload: Arc<[u8]>,
-    deliveries: u32,
-    /// Consumer and time of the last delivery, while unacknowledged.
-    pending_since: Option<Timestamp>,
-}
+use super::streams::{Delivered, Streams};
+
+/// The consumer name the levers deliver to.
+const LEVER: &str = "scheduler";
 
 #[derive(Debug, Default)]
 struct State {
-    streams: BTreeMap<Service, BTreeMap<u64, Entry>>,
-    next_id: u64,
-    dead: Vec<DeadLetter>,
+    streams: Streams<Arc<[u8]>>,
     published: u64,
 }
 
@@ -37,6 +34,14 @@ pub struct MemoryBus {
     state: Arc<Mutex<State>>,
     clock: Arc<dyn Clock>,
     visibility: DurationMs,
+}
+
+fn delivery(d: Delivered<Arc<[u8]>>) -> Delivery {
+    Delivery {
+        entry_id: d.id.to_string(),
+        attempt: d.attempt,
+        payload: d.payload.to_vec(),
+    }
 }
 
 impl MemoryBus {
@@ -53,87 +58,67 @@ impl MemoryBus {
         self.state.lock().expect("bus mutex")
     }
 
+    fn now_ms(&self) -> i64 {
+        self.clock.now().0
+    }
+
     /// Appends raw bytes to `service`'s stream (also: how tests inject
     /// malformed entries). Returns the entry id.
     pub fn inject(&self, service: Service, payload: &[u8]) -> u64 {
-        let mut state = self.lock();
-        state.next_id += 1;
-        let id = state.next_id;
-        state.streams.entry(service).or_default().insert(
-            id,
-            Entry {
-                payload: payload.into(),
-                deliveries: 0,
-                pending_since: None,
-            },
-        );
-        id
+        self.lock().streams.append(service, payload.into())
     }
 
     /// Entries of `service` that a consumer could receive now: never
     /// delivered, or delivered and not acknowledged within the visibility
     /// timeout. In id order.
     pub fn deliverable(&self, service: Service) -> Vec<u64> {
-        let now = self.clock.now();
-        let state = self.lock();
-        state
+        // Planted bug: at-most-once, like Redis Pub/Sub.
+        let redeliver = !crate::mutant!(AtMostOnceBus);
+        self.lock()
             .streams
-            .get(&service)
-            .map(|s| {
-                s.iter()
-                    .filter(|(_, e)| match e.pending_since {
-                        None => true,
-                        // Planted bug: at-most-once, like Redis Pub/Sub.
-                        Some(_) if crate::mutant!(AtMostOnceBus) => false,
-                        Some(t) => now.since(t) >= self.visibility,
-                    })
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default()
+            .deliverable(service, self.visibility.0, self.now_ms(), redeliver)
     }
 
     /// Every (service, entry) that is not yet acknowledged.
     pub fn unacknowledged(&self) -> usize {
-        self.lock().streams.values().map(BTreeMap::len).sum()
+        self.lock().streams.unacknowledged()
     }
 
     /// Delivers entry `id` of `service`, as `receive` would.
     pub fn deliver(&self, service: Service, id: u64) -> Option<Delivery> {
-        let now = self.clock.now();
-        let mut state = self.lock();
-        let entry = state.streams.get_mut(&service)?.get_mut(&id)?;
-        entry.deliveries += 1;
-        entry.pending_since = Some(now);
-        Some(Delivery {
-            entry_id: id.to_string(),
-            attempt: entry.deliveries,
-            payload: entry.payload.to_vec(),
-        })
+        let now = self.now_ms();
+        self.lock().streams.deliver(service, LEVER, id, now).map(delivery)
     }
 
     /// Appends a copy of entry `id` as a new entry: the broker delivering
     /// one message twice.
     pub fn duplicate(&self, service: Service, id: u64) -> Option<u64> {
-        let payload = self.lock().streams.get(&service)?.get(&id)?.payload.clone();
-        Some(self.inject(service, &payload))
+        let mut state = self.lock();
+        let payload = state.streams.payload(service, id)?.clone();
+        Some(state.streams.append(service, payload))
     }
 
     /// Loses entry `id`: the broker dropping a message.
     pub fn lose(&self, service: Service, id: u64) -> bool {
-        self.lock()
-            .streams
-            .get_mut(&service)
-            .is_some_and(|s| s.remove(&id).is_some())
+        self.lock().streams.forget(service, id)
     }
 
     /// Loses everything: a broker restarted with nothing on disk.
     pub fn flush(&self) {
-        self.lock().streams.clear();
+        self.lock().streams.lose_everything();
     }
 
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.lock().dead.clone()
+        self.lock()
+            .streams
+            .all_dead_letters()
+            .map(|(service, r)| DeadLetter {
+                service,
+                entry_id: r.entry_id.to_string(),
+                reason: r.reason.clone(),
+                payload: r.payload.to_vec(),
+            })
+            .collect()
     }
 
     /// Publishes so far (one per subscriber stream appended to).
@@ -151,48 +136,52 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let payload = event.encode();
+        let payload: Arc<[u8]> = event.encode().into_bytes().into();
+        let mut state = self.lock();
         for service in subscribers(event.event_type()) {
-            self.inject(service, payload.as_bytes());
-            self.lock().published += 1;
+            state.streams.append(service, payload.clone());
+            state.published += 1;
         }
         Ok(())
     }
 
-    async fn receive(
-        &self,
-        service: Service,
-        _consumer: &str,
-        max: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        let ids = self.deliverable(service);
-        Ok(ids
-            .into_iter()
-            .take(max)
-            .filter_map(|id| self.deliver(service, id))
-            .collect())
+    async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let batch = if crate::mutant!(AtMostOnceBus) {
+            state.streams.read_new(service, consumer, max, now)
+        } else {
+            state
+                .streams
+                .receive(service, consumer, max, self.visibility.0, now, || {
+                    Arc::from(&[][..])
+                })
+        };
+        Ok(batch.into_iter().map(delivery).collect())
     }
 
     async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {
         let id = Self::parse_id(entry_id);
-        if let Some(stream) = self.lock().streams.get_mut(&service) {
-            stream.remove(&id);
-        }
+        let mut state = self.lock();
+        state.streams.ack(service, id);
+        state.streams.trim(service);
         Ok(())
     }
 
     async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
         let id = Self::parse_id(&delivery.entry_id);
         let mut state = self.lock();
-        if let Some(stream) = state.streams.get_mut(&service) {
-            stream.remove(&id);
-        }
-        state.dead.push(DeadLetter {
-            service,
-            entry_id: delivery.entry_id.clone(),
-            reason: reason.to_string(),
-            payload: delivery.payload.clone(),
-        });
+        state
+            .streams
+            .dead_letter(
+                service,
+                id,
+                reason,
+                delivery.payload.as_slice().into(),
+                delivery.attempt,
+            )
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        state.streams.trim(service);
         Ok(())
     }
 }
