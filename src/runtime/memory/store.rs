@@ -4,8 +4,10 @@
 //! - `load_for_update` takes a row lock (also on an absent key, like a
 //!   unique index does for a concurrent insert) held until commit or drop;
 //!   others wait, up to a lock timeout, then conflict.
-//! - `record_processed` locks the inbox key the same way, so two replicas
-//!   handling the same event serialize and the second sees a duplicate.
+//! - `record_processed` of an id not committed yet locks the inbox key the
+//!   same way, so two replicas handling the same event serialize and the
+//!   second sees a duplicate; an id already committed is a duplicate at
+//!   once, with no lock.
 //! - Writes are buffered and become visible at commit, all at once. A
 //!   dropped transaction (abort, crashed task) leaves no trace.
 //! - A write of a key this transaction did not lock, inserted by another
@@ -182,6 +184,15 @@ impl MemoryTx {
         }
     }
 
+    /// Releases one lock before the transaction ends.
+    fn unlock(&mut self, key: &LockKey) {
+        let held = self.held.remove(key);
+        debug_assert!(held, "unlocked a lock this transaction did not hold");
+        let owner = self.shared.state.lock().expect("store mutex").locks.remove(key);
+        debug_assert_eq!(owner, Some(self.id), "the lock was this transaction's");
+        self.shared.unlocked.notify_waiters();
+    }
+
     fn release(&mut self, state: &mut State) {
         for key in std::mem::take(&mut self.held) {
             let owner = state.locks.remove(&key);
@@ -224,15 +235,27 @@ impl Drop for MemoryTx {
 #[async_trait]
 impl StoreTx for MemoryTx {
     async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
-        self.lock(LockKey::Inbox(self.service, event_id)).await?;
-        let seen = self
-            .shared
-            .state
-            .lock()
-            .expect("store mutex")
-            .inbox
-            .contains_key(&(self.service, event_id));
-        if seen || self.inbox.iter().any(|(id, _)| *id == event_id) {
+        let committed = |tx: &Self| {
+            tx.shared
+                .state
+                .lock()
+                .expect("store mutex")
+                .inbox
+                .contains_key(&(tx.service, event_id))
+        };
+        // A committed id is a duplicate at once, and locks nothing: Postgres's
+        // `INSERT .. ON CONFLICT DO NOTHING` waits only for an uncommitted
+        // insert of the id.
+        if self.inbox.iter().any(|(id, _)| *id == event_id) || committed(self) {
+            return Ok(false);
+        }
+        let key = LockKey::Inbox(self.service, event_id);
+        self.lock(key.clone()).await?;
+        // The holder we waited for committed it: a duplicate, and the lock
+        // goes at once, as other waiters on Postgres all see the committed
+        // id together.
+        if committed(self) {
+            self.unlock(&key);
             return Ok(false);
         }
         self.inbox.push((event_id, now));
