@@ -48,7 +48,9 @@ use tokio::sync::{mpsc, oneshot};
 use purchase_saga::adapters::postgres::{schema, PgStore};
 use purchase_saga::domain::event::{ItemReserved, Payload, UserValidated};
 use purchase_saga::domain::rows::{Account, BalanceHold, ItemStock, ReservationState, StockReservation};
-use purchase_saga::domain::{DurationMs, Event, EventId, ItemId, OrderId, Row, RowKey, Service, Timestamp, UserId};
+use purchase_saga::domain::{
+    DurationMs, Event, EventId, ItemId, OrderId, Row, RowKey, Service, Timestamp, UserId,
+};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::store::{
     OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreResult, StoreTx,
@@ -100,13 +102,19 @@ enum Op {
     /// Plain `load` of key `n`.
     Load(u8),
     /// `save` of the `n`-th key this transaction has locked, with a value
-    /// (skipped when it has locked none: the runtime writes only rows it
-    /// locked, see `runtime::transaction`).
+    /// (skipped when it has locked none).
+    ///
+    /// NAMED DIFFERENCE D2 (unlocked write): the model buffers a write of a
+    /// key it did not lock and fails the commit if another transaction holds
+    /// the key; PostgreSQL's UPDATE / INSERT waits for the holder. The
+    /// runtime writes only rows it locked (`runtime::transaction`), so the
+    /// schedules do too.
     Save(u8, i64),
     /// `enqueue` of event `n` of the slot's service.
     Enqueue(u8),
     Commit,
-    /// Drop without commit.
+    /// Drop without commit (never while a call is in flight: NAMED
+    /// DIFFERENCE D9, a dropped waiting call, is not exercised).
     Rollback,
 }
 
@@ -374,8 +382,15 @@ impl Model {
     }
 
     async fn begin(&mut self, slot: usize, service: Service) -> Result<(), String> {
-        assert!(matches!(self.slots[slot], ModelSlot::Idle), "begin on a busy slot");
-        let tx = self.store.begin(service).await.map_err(|e| format!("model begin: {e}"))?;
+        assert!(
+            matches!(self.slots[slot], ModelSlot::Idle),
+            "begin on a busy slot"
+        );
+        let tx = self
+            .store
+            .begin(service)
+            .await
+            .map_err(|e| format!("model begin: {e}"))?;
         self.slots[slot] = ModelSlot::Ready(tx);
         Ok(())
     }
@@ -516,7 +531,9 @@ impl Postgres {
             }
             slot.ending = false;
         }
-        self.settle().await.expect("every transaction ends once cancelled and dropped");
+        self.settle()
+            .await
+            .expect("every transaction ends once cancelled and dropped");
         sqlx::query(&self.truncate_sql)
             .execute(&self.control)
             .await
@@ -540,7 +557,11 @@ impl Postgres {
             .fetch_one(&s.pool)
             .await
             .map_err(|e| format!("pg_backend_pid: {e}"))?;
-        let mut tx = s.store.begin(service).await.map_err(|e| format!("pg begin: {e}"))?;
+        let mut tx = s
+            .store
+            .begin(service)
+            .await
+            .map_err(|e| format!("pg begin: {e}"))?;
         // The pool's only connection runs the transaction: its backend is
         // now inside it.
         let state: Option<String> = sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
@@ -593,7 +614,9 @@ impl Postgres {
         let mut returned = Vec::new();
         loop {
             for (i, s) in self.slots.iter_mut().enumerate() {
-                let Some(reply) = s.in_flight.as_mut() else { continue };
+                let Some(reply) = s.in_flight.as_mut() else {
+                    continue;
+                };
                 match reply.try_recv() {
                     Ok(outcome) => {
                         s.in_flight = None;
@@ -634,8 +657,13 @@ impl Postgres {
             for s in &mut self.slots {
                 let row = activity.iter().find(|r| r.get::<i32, _>("pid") == s.pid);
                 if s.rolling_back {
-                    // Gone (connection closed) or idle: the rollback ran.
-                    let idle = row.is_none_or(|r| r.get::<Option<String>, _>("state").as_deref() == Some("idle"));
+                    // NAMED DIFFERENCE D8 (rollback on drop): the model frees
+                    // a dropped transaction's locks at once, sqlx sends the
+                    // ROLLBACK from a spawned task when the connection goes
+                    // back to its pool. Waited for: gone (connection closed)
+                    // or idle, the rollback ran.
+                    let idle =
+                        row.is_none_or(|r| r.get::<Option<String>, _>("state").as_deref() == Some("idle"));
                     if idle {
                         s.rolling_back = false;
                     } else {
@@ -672,10 +700,11 @@ impl Postgres {
     }
 
     async fn inbox(&self, service: Service) -> StoreResult<BTreeSet<EventId>> {
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(&format!("SELECT event_id FROM {}.inbox", schema(service)))
-            .fetch_all(&self.control)
-            .await
-            .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let ids: Vec<uuid::Uuid> =
+            sqlx::query_scalar(&format!("SELECT event_id FROM {}.inbox", schema(service)))
+                .fetch_all(&self.control)
+                .await
+                .map_err(|e| StoreError::Fatal(e.to_string()))?;
         Ok(ids.into_iter().map(EventId).collect())
     }
 
@@ -692,7 +721,9 @@ impl Postgres {
             .iter()
             .map(|r| Entry {
                 service,
-                fresh: r.get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at").is_none(),
+                fresh: r
+                    .get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
+                    .is_none(),
                 payload: r.get("payload"),
                 created_at: time(r.get("created_at")),
                 published_count: r.get::<i32, _>("published_count") as u32,
@@ -706,11 +737,15 @@ impl Postgres {
 /// Whether the waits-for graph has a cycle (a deadlock).
 fn has_cycle(waits: &BTreeMap<i32, Vec<i32>>) -> bool {
     fn reaches(waits: &BTreeMap<i32, Vec<i32>>, from: i32, target: i32, seen: &mut BTreeSet<i32>) -> bool {
-        waits.get(&from).into_iter().flatten().any(|&next| {
-            next == target || (seen.insert(next) && reaches(waits, next, target, seen))
-        })
+        waits
+            .get(&from)
+            .into_iter()
+            .flatten()
+            .any(|&next| next == target || (seen.insert(next) && reaches(waits, next, target, seen)))
     }
-    waits.keys().any(|&pid| reaches(waits, pid, pid, &mut BTreeSet::new()))
+    waits
+        .keys()
+        .any(|&pid| reaches(waits, pid, pid, &mut BTreeSet::new()))
 }
 
 /// An outbox entry without its `seq`.
@@ -889,12 +924,16 @@ impl Case<'_> {
                     // sees a Conflict and retries the loser as a new
                     // transaction: the test aborts this one on both stores.
                     (Some(Outcome::Read(None)), None) if matches!(call, Some(Call::Lock(_))) => {
-                        self.log.push(format!("  slot {s}: {what} -> None on PostgreSQL, waits on the model"));
+                        self.log.push(format!(
+                            "  slot {s}: {what} -> None on PostgreSQL, waits on the model"
+                        ));
                         *self.tally.entry("D1 absent key").or_default() += 1;
                         actions.push(Action::Abort(s, "D1: a second locker of an absent key"));
                     }
                     (pg, model) => {
-                        let show = |o: Option<&Outcome>| o.map_or("waits".to_string(), |o| format!("returned {o:?}"));
+                        let show = |o: Option<&Outcome>| {
+                            o.map_or("waits".to_string(), |o| format!("returned {o:?}"))
+                        };
                         return Err(self.fail(format!(
                             "slot {s}: {what}: PostgreSQL {}, the model {}",
                             show(pg),
@@ -916,8 +955,13 @@ impl Case<'_> {
                 self.in_flight[*slot] = Some(call.clone());
             }
             Action::Abort(slot, why) => {
-                self.log.push(format!("  slot {slot}: aborted on both stores ({why})"));
-                assert_eq!(self.pg.status(*slot), Status::Ready, "aborted where PostgreSQL is ready");
+                self.log
+                    .push(format!("  slot {slot}: aborted on both stores ({why})"));
+                assert_eq!(
+                    self.pg.status(*slot),
+                    Status::Ready,
+                    "aborted where PostgreSQL is ready"
+                );
                 self.pg.issue(*slot, Call::Drop);
                 self.in_flight[*slot] = None;
             }
@@ -957,7 +1001,9 @@ impl Case<'_> {
                 self.model.abort(*slot);
                 returned.insert(
                     *slot,
-                    Outcome::Failed(StoreError::Conflict("lock timeout (PostgreSQL's deadlock victim)".into())),
+                    Outcome::Failed(StoreError::Conflict(
+                        "lock timeout (PostgreSQL's deadlock victim)".into(),
+                    )),
                 );
             } else if let Some(outcome) = self.model.poll(*slot) {
                 returned.insert(*slot, outcome);
@@ -983,7 +1029,9 @@ impl Case<'_> {
         for slot in 0..self.services.len() {
             let (pg, model) = (self.pg.status(slot), self.model.status(slot));
             if pg != model {
-                return Err(self.fail(format!("slot {slot}: {pg:?} on PostgreSQL, {model:?} on the model")));
+                return Err(self.fail(format!(
+                    "slot {slot}: {pg:?} on PostgreSQL, {model:?} on the model"
+                )));
             }
         }
         Ok(())
@@ -1010,7 +1058,8 @@ impl Case<'_> {
         // interchangeable, so both stores mark the first `marks` of the
         // same order.
         let sorted = |due: &[OutboxEntry]| {
-            let mut v: Vec<(Entry, OutboxEntry)> = due.iter().map(|e| (Entry::of(service, e), e.clone())).collect();
+            let mut v: Vec<(Entry, OutboxEntry)> =
+                due.iter().map(|e| (Entry::of(service, e), e.clone())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
@@ -1030,11 +1079,19 @@ impl Case<'_> {
                 .collect::<Vec<_>>()
         };
         let pg_marked = self.pg.store.mark_published(service, &mark(&pg_due), now).await;
-        let model_marked = self.model.store.mark_published(service, &mark(&model_due), now).await;
+        let model_marked = self
+            .model
+            .store
+            .mark_published(service, &mark(&model_due), now)
+            .await;
         if pg_marked.is_err() || model_marked.is_err() {
             return Err(self.fail(format!("mark_published: {pg_marked:?} / {model_marked:?}")));
         }
-        self.log.push(format!("  {} due, {} marked", pg_due.len(), marks.min(pg_due.len())));
+        self.log.push(format!(
+            "  {} due, {} marked",
+            pg_due.len(),
+            marks.min(pg_due.len())
+        ));
         self.compare_committed().await
     }
 
@@ -1079,7 +1136,12 @@ impl Case<'_> {
 
     /// Committed rows, inbox and outbox of both stores.
     async fn compare_committed(&self) -> Result<(), String> {
-        let pg_rows = self.pg.store.snapshot().await.map_err(|e| self.fail(format!("snapshot: {e}")))?;
+        let pg_rows = self
+            .pg
+            .store
+            .snapshot()
+            .await
+            .map_err(|e| self.fail(format!("snapshot: {e}")))?;
         let model_rows = self.model.store.snapshot_now();
         if pg_rows != model_rows {
             return Err(self.fail(format!(
@@ -1088,7 +1150,11 @@ impl Case<'_> {
         }
         let mut pg_outbox = Vec::new();
         for service in [Service::User, Service::Item] {
-            let pg_inbox = self.pg.inbox(service).await.map_err(|e| self.fail(format!("inbox: {e}")))?;
+            let pg_inbox = self
+                .pg
+                .inbox(service)
+                .await
+                .map_err(|e| self.fail(format!("inbox: {e}")))?;
             // The model's inbox, read through its accessors: every id of the
             // pool, and no other (its size).
             let model_inbox: BTreeSet<EventId> = (0..3)
@@ -1102,7 +1168,12 @@ impl Case<'_> {
                      ({model_size} ids)"
                 )));
             }
-            pg_outbox.extend(self.pg.outbox(service).await.map_err(|e| self.fail(format!("outbox: {e}")))?);
+            pg_outbox.extend(
+                self.pg
+                    .outbox(service)
+                    .await
+                    .map_err(|e| self.fail(format!("outbox: {e}")))?,
+            );
         }
         let mut model_outbox: Vec<Entry> = self
             .model
@@ -1249,7 +1320,10 @@ mod planted {
         let (result, _, elapsed) = differential(CASES_MAX, false);
         match result {
             Err(TestError::Fail(reason, schedule)) => {
-                eprintln!("{mutant:?} found in {elapsed:.1?}: {schedule:?}\n{}", reason.message());
+                eprintln!(
+                    "{mutant:?} found in {elapsed:.1?}: {schedule:?}\n{}",
+                    reason.message()
+                );
                 assert!(
                     reason.message().contains(symptom),
                     "{mutant:?} was found, but not as {symptom:?}: {}",
