@@ -4,7 +4,7 @@
 //! or an absent key, plain load, save, enqueue, commit, roll back), with the
 //! relay's and the sweeper's store calls (`outbox_due` + `mark_published`,
 //! `prune`) between them, and runs each schedule on a fresh `MemoryStore`
-//! and on a `PgStore` (one database per test, truncated and reseeded per
+//! and on a `PgStore` (one database per test, emptied and reseeded per
 //! case). After every step the two must agree on which transactions wait,
 //! which steps returned what (Ok value, conflict), and what is committed:
 //! rows, inbox, outbox. A disagreement fails the case and proptest shrinks
@@ -57,7 +57,7 @@ use purchase_saga::runtime::store::{
 };
 
 /// Cases per run unless `STORE_DIFF_CASES` says otherwise.
-const CASES_DEFAULT: u32 = 64;
+const CASES_DEFAULT: u32 = 256;
 /// Most transaction slots a schedule uses (one PostgreSQL connection each).
 const SLOTS_MAX: usize = 4;
 /// Longest schedule.
@@ -401,7 +401,9 @@ impl Model {
         let ModelSlot::Ready(tx) = std::mem::replace(&mut self.slots[slot], ModelSlot::Idle) else {
             panic!("model slot {slot} issued a call while not ready");
         };
-        self.slots[slot] = ModelSlot::Waiting(Box::pin(run_call(tx, call)));
+        // Unconstrained: tokio's cooperative budget would otherwise make a
+        // ready lock look pending once the driver's budget is spent.
+        self.slots[slot] = ModelSlot::Waiting(Box::pin(tokio::task::unconstrained(run_call(tx, call))));
         self.poll(slot)
     }
 
@@ -453,7 +455,8 @@ struct Postgres {
     control: PgPool,
     store: PgStore,
     slots: Vec<PgSlot>,
-    truncate_sql: String,
+    /// Empties every service table.
+    empty_sql: String,
 }
 
 /// A pool of `connections` on `url` whose lock waits never time out within
@@ -495,8 +498,11 @@ impl Postgres {
                 rolling_back: false,
             });
         }
-        let tables: String = sqlx::query_scalar(
-            "SELECT string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY schemaname, tablename)
+        // DELETE, not TRUNCATE: on these few rows it takes ~25 ms where
+        // TRUNCATE (new files for 22 tables) takes ~150-300 ms and a fresh
+        // database with its migrations ~200-700 ms (measured with psql).
+        let empty_sql: String = sqlx::query_scalar(
+            "SELECT string_agg(format('DELETE FROM %I.%I', schemaname, tablename), '; ')
              FROM pg_tables WHERE schemaname LIKE '%\\_svc'",
         )
         .fetch_one(&control)
@@ -507,7 +513,7 @@ impl Postgres {
             _db: db,
             control,
             slots,
-            truncate_sql: format!("TRUNCATE {tables} RESTART IDENTITY"),
+            empty_sql,
         }
     }
 
@@ -534,10 +540,10 @@ impl Postgres {
         self.settle()
             .await
             .expect("every transaction ends once cancelled and dropped");
-        sqlx::query(&self.truncate_sql)
+        sqlx::raw_sql(&self.empty_sql)
             .execute(&self.control)
             .await
-            .expect("truncate the service tables");
+            .expect("empty the service tables");
         self.store.seed_rows(&seed_rows()).await.expect("seed");
     }
 
