@@ -231,11 +231,19 @@ impl Store for PgStore {
         assert!(retention.batch > 0, "a prune batch deletes at least one row");
         let batch = i64::try_from(retention.batch).unwrap_or(i64::MAX);
         let s = schema(service);
+        let (outbox_age, inbox_age) = (policy.horizon.max(retention.outbox), retention.inbox);
+        // Planted bug (mutant PruneInsideHorizon): half the ages, so entries
+        // still inside the re-drive horizon and ids inside their retention go.
+        let (outbox_age, inbox_age) = if crate::mutant!(PruneInsideHorizon) {
+            (DurationMs(outbox_age.0 / 2), DurationMs(inbox_age.0 / 2))
+        } else {
+            (outbox_age, inbox_age)
+        };
         let outbox = sqlx::query(&format!(
             "DELETE FROM {s}.outbox WHERE ctid IN (
                 SELECT ctid FROM {s}.outbox WHERE published_count > 0 AND created_at <= $1 LIMIT $2)"
         ))
-        .bind(before(now, policy.horizon.max(retention.outbox)))
+        .bind(before(now, outbox_age))
         .bind(batch)
         .execute(&self.pool)
         .await
@@ -244,7 +252,7 @@ impl Store for PgStore {
         let inbox = sqlx::query(&format!(
             "DELETE FROM {s}.inbox WHERE ctid IN (SELECT ctid FROM {s}.inbox WHERE processed_at <= $1 LIMIT $2)"
         ))
-        .bind(before(now, retention.inbox))
+        .bind(before(now, inbox_age))
         .bind(batch)
         .execute(&self.pool)
         .await

@@ -48,7 +48,8 @@ impl PgTx {
 
     async fn read(&mut self, key: &RowKey, lock: bool) -> StoreResult<Option<Row>> {
         let kind = Kind::of_key(key);
-        let sql = kind.select_sql(lock);
+        // Planted bug (mutant PgNoRowLock): the row is read without its lock.
+        let sql = kind.select_sql(lock && !crate::mutant!(PgNoRowLock));
         let found = rows::bind_key(sqlx::query(&sql), key)
             .fetch_optional(&mut *self.tx)
             .await

@@ -4,14 +4,64 @@
 //! - `load_for_update` takes a row lock (also on an absent key, like a
 //!   unique index does for a concurrent insert) held until commit or drop;
 //!   others wait, up to a lock timeout, then conflict.
-//! - `record_processed` locks the inbox key the same way, so two replicas
-//!   handling the same event serialize and the second sees a duplicate.
+//! - `record_processed` of an id not committed yet locks the inbox key the
+//!   same way, so two replicas handling the same event serialize and the
+//!   second sees a duplicate; an id already committed is a duplicate at
+//!   once, with no lock.
 //! - Writes are buffered and become visible at commit, all at once. A
 //!   dropped transaction (abort, crashed task) leaves no trace.
 //! - A write of a key this transaction did not lock, inserted by another
 //!   transaction meanwhile, conflicts at commit (a unique violation).
 //!
 //! The simulator wraps it with latency and faults; its semantics stay these.
+//!
+//! # Where this model differs from PostgreSQL, and why the runtime cannot tell
+//!
+//! `tests/store_model_vs_postgres.rs` runs generated concurrent schedules on
+//! this store and on `PgStore` and requires the same waits, the same results
+//! and the same committed rows, inbox and outbox, up to these differences
+//! (each normalised there under its name):
+//!
+//! - **D1 absent key.** `load_for_update` of an absent key locks it here;
+//!   Postgres has no row to lock, so a second locker reads `None` at once and
+//!   one of the two INSERTs later fails with a unique violation (23505, a
+//!   Conflict). The runtime sees a wait then the other's row here, a
+//!   Conflict then a retry that reads the other's row there: the same end.
+//! - **D2 unlocked write.** A `save` of a key this transaction did not lock
+//!   is buffered here and fails the commit if another open transaction holds
+//!   the key; Postgres's UPDATE or INSERT waits for the holder instead. The
+//!   runtime never writes a row it did not lock (`transact` locks
+//!   `participants::rows_needed` first; commands only read), so the schedules
+//!   do not either.
+//! - **D3 wake-up order.** Which waiter gets a released lock: first come for
+//!   a Postgres row lock, any of them for an inbox id re-inserted after a
+//!   rollback; here whichever waiting task runs first. Every order is a
+//!   legal serialisation.
+//! - **D4 deadlock.** Postgres's detector fails one waiter of a cycle after
+//!   `deadlock_timeout` (40P01); this store has no detector and the waiters
+//!   fail at the lock timeout. A Conflict either way, retried; the runtime
+//!   locks in key order, so it deadlocks only with foreign writers.
+//! - **D5 after an error.** Postgres aborts the transaction at its first
+//!   error (later statements fail with 25P02); this store's stays usable.
+//!   The runtime drops a transaction at its first error.
+//! - **D6 outbox seq.** Postgres numbers entries per service (`bigserial`)
+//!   when they are enqueued, with gaps after rollbacks; this store numbers
+//!   them with one counter at commit. A seq is only a handle for
+//!   `mark_published` and an order; both keep each transaction's events in
+//!   order, and concurrent transactions' events have no order to keep.
+//! - **D7 prune batch.** When more rows are expired than a batch, this store
+//!   deletes the lowest seq / event id first, Postgres any `batch` of them.
+//!   Every pruned row is past its retention, and the sweeper prunes again.
+//! - **D8 rollback on drop.** Here a dropped transaction's locks go at once;
+//!   sqlx sends the ROLLBACK when the connection returns to its pool, on a
+//!   spawned task, so Postgres frees them a round trip later: a latency, not
+//!   an outcome.
+//! - **D9 a call dropped while it waits** (a cancelled task): here the wait
+//!   and the transaction end at once; the Postgres server is not told, so
+//!   its backend keeps waiting, holding the transaction's other locks, until
+//!   sqlx gets the statement's reply and rolls back or closes the
+//!   connection. Only a crash or a shutdown drops a call in flight; the
+//!   schedules do not (not exercised).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -182,6 +232,15 @@ impl MemoryTx {
         }
     }
 
+    /// Releases one lock before the transaction ends.
+    fn unlock(&mut self, key: &LockKey) {
+        let held = self.held.remove(key);
+        debug_assert!(held, "unlocked a lock this transaction did not hold");
+        let owner = self.shared.state.lock().expect("store mutex").locks.remove(key);
+        debug_assert_eq!(owner, Some(self.id), "the lock was this transaction's");
+        self.shared.unlocked.notify_waiters();
+    }
+
     fn release(&mut self, state: &mut State) {
         for key in std::mem::take(&mut self.held) {
             let owner = state.locks.remove(&key);
@@ -224,15 +283,27 @@ impl Drop for MemoryTx {
 #[async_trait]
 impl StoreTx for MemoryTx {
     async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
-        self.lock(LockKey::Inbox(self.service, event_id)).await?;
-        let seen = self
-            .shared
-            .state
-            .lock()
-            .expect("store mutex")
-            .inbox
-            .contains_key(&(self.service, event_id));
-        if seen || self.inbox.iter().any(|(id, _)| *id == event_id) {
+        let committed = |tx: &Self| {
+            tx.shared
+                .state
+                .lock()
+                .expect("store mutex")
+                .inbox
+                .contains_key(&(tx.service, event_id))
+        };
+        // A committed id is a duplicate at once, and locks nothing: Postgres's
+        // `INSERT .. ON CONFLICT DO NOTHING` waits only for an uncommitted
+        // insert of the id.
+        if self.inbox.iter().any(|(id, _)| *id == event_id) || committed(self) {
+            return Ok(false);
+        }
+        let key = LockKey::Inbox(self.service, event_id);
+        self.lock(key.clone()).await?;
+        // The holder we waited for committed it: a duplicate, and the lock
+        // goes at once, as other waiters on Postgres all see the committed
+        // id together.
+        if committed(self) {
+            self.unlock(&key);
             return Ok(false);
         }
         self.inbox.push((event_id, now));
