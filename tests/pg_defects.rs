@@ -26,7 +26,9 @@ use purchase_saga::domain::rows::Account;
 use purchase_saga::domain::{DurationMs, Event, ItemId, OrderId, Row, RowKey, Service, Timestamp, UserId};
 use purchase_saga::runtime::observer::{Disposition, Observer, RuntimeEvent};
 use purchase_saga::runtime::store::{RedrivePolicy, Store};
-use purchase_saga::runtime::{consumer, relay, sweeper, Bus, Clock, Delivery, Env, RuntimeConfig, SystemClock};
+use purchase_saga::runtime::{
+    consumer, relay, sweeper, Bus, Clock, Delivery, Env, RuntimeConfig, SystemClock,
+};
 use sqlx::Connection;
 
 use common::{TestDb, TestRedis};
@@ -127,7 +129,10 @@ where
 {
     let started = Instant::now();
     while !done().await {
-        assert!(started.elapsed() < WAIT_MAX, "gave up waiting after {WAIT_MAX:?}: {what}");
+        assert!(
+            started.elapsed() < WAIT_MAX,
+            "gave up waiting after {WAIT_MAX:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -166,7 +171,10 @@ async fn set_read_only(db: &TestDb, read_only: bool) {
 }
 
 /// Runs `f` with a spawned relay of Order until the returned stop is sent.
-fn spawn_relays(env: &Env, count: usize) -> (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
+fn spawn_relays(
+    env: &Env,
+    count: usize,
+) -> (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handles = (0..count)
         .map(|_| tokio::spawn(relay::run(env.clone(), Service::Order, shutdown.clone())))
@@ -211,7 +219,11 @@ async fn relay_publishes_past_an_undecodable_outbox_row() {
     assert_eq!(published, Ok(2), "both decodable rows are published in one pass");
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), 2);
     assert_eq!(
-        scalar_i64(&db.store, "SELECT count(*) FROM order_svc.outbox WHERE published_count = 1").await,
+        scalar_i64(
+            &db.store,
+            "SELECT count(*) FROM order_svc.outbox WHERE published_count = 1"
+        )
+        .await,
         2,
         "both decodable rows are marked"
     );
@@ -231,10 +243,20 @@ async fn relay_publishes_past_an_undecodable_outbox_row() {
     .fetch_optional(db.store.pool())
     .await
     .expect("read the quarantine");
-    assert!(reason.is_some_and(|r| r.contains("schema version 2")), "the row keeps its reason");
+    assert!(
+        reason.is_some_and(|r| r.contains("schema version 2")),
+        "the row keeps its reason"
+    );
     // Later passes neither publish it nor report it again.
     assert_eq!(relay::relay_once(&env, Service::Order).await, Ok(0));
-    assert_eq!(recorder.lines().iter().filter(|l| l.starts_with("quarantined")).count(), 1);
+    assert_eq!(
+        recorder
+            .lines()
+            .iter()
+            .filter(|l| l.starts_with("quarantined"))
+            .count(),
+        1
+    );
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), 2);
 }
 
@@ -263,7 +285,11 @@ async fn a_corrupt_order_does_not_stop_the_deadline_sweep() {
         .expect("insert order");
     }
     let swept = sweeper::sweep_once(&env).await;
-    assert_eq!(swept, Ok(1), "the good order is signalled despite the corrupt one");
+    assert_eq!(
+        swept,
+        Ok(1),
+        "the good order is signalled despite the corrupt one"
+    );
     assert_eq!(
         scalar_i64(
             &db.store,
@@ -302,12 +328,16 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
         Ok::<_, purchase_saga::runtime::StoreError>((locked, plain, committed, snapshot))
     };
     let before = read().await.expect("the read before the migration");
-    let mut other = sqlx::PgConnection::connect(&db.url).await.expect("second connection");
+    let mut other = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("second connection");
     sqlx::query("ALTER TABLE user_svc.accounts ADD COLUMN note text")
         .execute(&mut other)
         .await
         .expect("additive migration");
-    let after = read().await.expect("the same read after ADD COLUMN, on the same pooled connection");
+    let after = read()
+        .await
+        .expect("the same read after ADD COLUMN, on the same pooled connection");
     assert_eq!(before, after, "an added column changes nothing the store reads");
     assert!(after.0.is_some());
 }
@@ -332,7 +362,10 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
     // does in it must not reach the bus.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = bus.stream_len(Service::User).await.unwrap();
-    assert_eq!(during, 0, "nothing is published while the marks cannot be written");
+    assert_eq!(
+        during, 0,
+        "nothing is published while the marks cannot be written"
+    );
 
     set_read_only(&db, false).await;
     wait_until("every row marked once writes are back", || async {
@@ -372,7 +405,11 @@ async fn two_relays_publish_each_row_exactly_once() {
         "each row published exactly once"
     );
     assert_eq!(
-        scalar_i64(&db.store, "SELECT sum(published_count)::bigint FROM order_svc.outbox").await,
+        scalar_i64(
+            &db.store,
+            "SELECT sum(published_count)::bigint FROM order_svc.outbox"
+        )
+        .await,
         rows as i64,
         "each row marked exactly once"
     );
@@ -386,7 +423,11 @@ fn plan_indexes(plan: &serde_json::Value, found: &mut Vec<String>) {
         serde_json::Value::Object(node) => {
             if let Some(serde_json::Value::String(index)) = node.get("Index Name") {
                 let cond = node.get("Index Cond").and_then(|c| c.as_str()).unwrap_or("");
-                let filtered = if node.contains_key("Filter") { " filtered" } else { "" };
+                let filtered = if node.contains_key("Filter") {
+                    " filtered"
+                } else {
+                    ""
+                };
                 found.push(format!("{index} [cond: {cond}]{filtered}"));
             }
             node.values().for_each(|v| plan_indexes(v, found));
@@ -440,7 +481,9 @@ async fn the_redrive_query_stays_on_its_index() {
     // The UPDATE finds the claimed rows by key (`seq = due.seq`); what must
     // not appear is a walk of the key that filters rows.
     assert!(
-        !indexes.iter().any(|i| i.starts_with("outbox_pkey") && i.ends_with("filtered")),
+        !indexes
+            .iter()
+            .any(|i| i.starts_with("outbox_pkey") && i.ends_with("filtered")),
         "no walk of the primary key filtering rows: {indexes:?}\n{plan:#}"
     );
 }
@@ -517,7 +560,10 @@ async fn a_read_only_spell_dead_letters_nothing() {
     })
     .await;
     stop.send(true).expect("consumer listens");
-    tokio::time::timeout(WAIT_MAX, running).await.expect("stops").expect("no panic");
+    tokio::time::timeout(WAIT_MAX, running)
+        .await
+        .expect("stops")
+        .expect("no panic");
     assert_eq!(bus.dead_letter_count(Service::User).await.unwrap(), 0);
 }
 
@@ -548,7 +594,10 @@ async fn a_dead_letter_names_the_last_error() {
     })
     .await;
     stop.send(true).expect("consumer listens");
-    tokio::time::timeout(WAIT_MAX, running).await.expect("stops").expect("no panic");
+    tokio::time::timeout(WAIT_MAX, running)
+        .await
+        .expect("stops")
+        .expect("no panic");
     let letters = bus.dead_letters(Service::User, 10).await.unwrap();
     let reason = &letters[0].letter.reason;
     assert!(

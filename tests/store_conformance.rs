@@ -910,7 +910,11 @@ async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
         .claim_due(Service::Order, T0, DurationMs(0), 10)
         .await
         .unwrap();
-    let orders: Vec<String> = claimed.entries.iter().map(|e| e.event.order_id.to_string()).collect();
+    let orders: Vec<String> = claimed
+        .entries
+        .iter()
+        .map(|e| e.event.order_id.to_string())
+        .collect();
     assert_eq!(orders, ["o-a", "o-c"], "the rows around it are claimed");
     assert_eq!(
         claimed.quarantined,
@@ -960,7 +964,10 @@ async fn claims_share_the_outbox_and_end_with_mark_release_or_lease(f: Fixture) 
     let b = claim(0, 10).await;
     assert_eq!(orders(&a), ["o-1", "o-2", "o-3"]);
     assert_eq!(orders(&b), ["o-4", "o-5"], "the second relay takes the rest");
-    assert!(claim(999, 10).await.is_empty(), "everything is held within the lease");
+    assert!(
+        claim(999, 10).await.is_empty(),
+        "everything is held within the lease"
+    );
 
     // Relay A publishes o-1 and o-2 (mark), B fails to publish o-4 (release).
     let marks: Vec<Mark> = a[..2].iter().map(|e| policy.mark(e, T0)).collect();
@@ -972,11 +979,18 @@ async fn claims_share_the_outbox_and_end_with_mark_release_or_lease(f: Fixture) 
     let expired = claim(1000, 10).await;
     assert_eq!(orders(&expired), ["o-3", "o-5"]);
     let now = T0.plus(DurationMs(1000));
-    let marks: Vec<Mark> = retried.iter().chain(&expired).map(|e| policy.mark(e, now)).collect();
+    let marks: Vec<Mark> = retried
+        .iter()
+        .chain(&expired)
+        .map(|e| policy.mark(e, now))
+        .collect();
     store.mark_published(Service::Order, &marks, now).await.unwrap();
     // Every one comes back in its re-drive round (+60 s), not before.
     assert!(claim(59_999, 10).await.is_empty());
-    assert_eq!(orders(&claim(60_000, 10).await), ["o-1", "o-2", "o-3", "o-4", "o-5"]);
+    assert_eq!(
+        orders(&claim(60_000, 10).await),
+        ["o-1", "o-2", "o-3", "o-4", "o-5"]
+    );
 }
 
 async fn processed_reports_the_inbox(f: Fixture) {
@@ -994,5 +1008,8 @@ async fn processed_reports_the_inbox(f: Fixture) {
         !store.processed(Service::Order, eid(7)).await.unwrap(),
         "per service"
     );
-    store.writable(Service::User).await.expect("a healthy store is writable");
+    store
+        .writable(Service::User)
+        .await
+        .expect("a healthy store is writable");
 }

@@ -54,7 +54,9 @@ impl Observer for TracingObserver {
                 tracing::debug!(%service, attempt, "transaction conflict retried")
             }
             // The relay logs it (warn) where it happens.
-            RuntimeEvent::Committed { .. } | RuntimeEvent::Published { .. } | RuntimeEvent::Quarantined { .. } => {}
+            RuntimeEvent::Committed { .. }
+            | RuntimeEvent::Published { .. }
+            | RuntimeEvent::Quarantined { .. } => {}
         }
     }
 }

@@ -25,6 +25,10 @@ mod tests {
         let ms = Duration::from_millis;
         let pauses: Vec<Duration> = (1..=6).map(|n| after_failures(ms(100), ms(1000), n)).collect();
         assert_eq!(pauses, [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]);
-        assert_eq!(after_failures(ms(100), ms(1000), u32::MAX), ms(1000), "no overflow");
+        assert_eq!(
+            after_failures(ms(100), ms(1000), u32::MAX),
+            ms(1000),
+            "no overflow"
+        );
     }
 }

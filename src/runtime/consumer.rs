@@ -43,7 +43,11 @@ pub struct LastErrors {
 
 impl LastErrors {
     fn remember(&mut self, entry_id: &str, error: &str) {
-        if self.by_entry.insert(entry_id.to_string(), error.to_string()).is_none() {
+        if self
+            .by_entry
+            .insert(entry_id.to_string(), error.to_string())
+            .is_none()
+        {
             self.order.push_back(entry_id.to_string());
         }
         while self.order.len() > LAST_ERRORS_MAX {
@@ -219,7 +223,8 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
     // Failures in a row of the store (then of the bus), for the backoff.
     let mut store_failures: u32 = 0;
     let mut bus_failures: u32 = 0;
-    let pause = |failures| backoff::after_failures(env.config.error_backoff, env.config.error_backoff_max, failures);
+    let pause =
+        |failures| backoff::after_failures(env.config.error_backoff, env.config.error_backoff_max, failures);
     loop {
         if *shutdown.borrow() {
             return;
@@ -309,7 +314,8 @@ async fn handle_batch_remembering(
                     if unavailable.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
-                    let handled = handle_decoded(env, service, consumer, delivery, decoded, last_errors).await;
+                    let handled =
+                        handle_decoded(env, service, consumer, delivery, decoded, last_errors).await;
                     if handled.store_unavailable {
                         unavailable.store(true, std::sync::atomic::Ordering::Relaxed);
                     }

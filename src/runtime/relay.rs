@@ -110,7 +110,10 @@ async fn mark(env: &Env, service: Service, entries: &[OutboxEntry]) -> Result<()
         return Ok(());
     }
     let now = env.clock.now();
-    let marks: Vec<Mark> = entries.iter().map(|entry| env.config.redrive.mark(entry, now)).collect();
+    let marks: Vec<Mark> = entries
+        .iter()
+        .map(|entry| env.config.redrive.mark(entry, now))
+        .collect();
     env.store.mark_published(service, &marks, now).await
 }
 

@@ -86,7 +86,10 @@ mod tests {
         assert!(is_unavailable_code("53300"));
         assert!(is_unavailable_code("53100"), "disk full");
         assert!(is_unavailable_code("25006"), "read-only");
-        assert!(CONFLICT_CODES.contains(&"0A000"), "cached plan must not change result type");
+        assert!(
+            CONFLICT_CODES.contains(&"0A000"),
+            "cached plan must not change result type"
+        );
         assert!(!is_unavailable_code("23505"));
         assert!(!is_unavailable_code("57014"));
     }

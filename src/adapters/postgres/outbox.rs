@@ -130,7 +130,12 @@ pub(super) async fn claim(
 }
 
 /// Sets `rows` aside for good: never due again, kept with the reason.
-async fn quarantine(store: &PgStore, service: Service, now: Timestamp, rows: &[Quarantined]) -> StoreResult<()> {
+async fn quarantine(
+    store: &PgStore,
+    service: Service,
+    now: Timestamp,
+    rows: &[Quarantined],
+) -> StoreResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -153,7 +158,12 @@ async fn quarantine(store: &PgStore, service: Service, now: Timestamp, rows: &[Q
 }
 
 /// Records the publish of `marks` at `now` and ends their claims.
-pub(super) async fn mark(store: &PgStore, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
+pub(super) async fn mark(
+    store: &PgStore,
+    service: Service,
+    marks: &[Mark],
+    now: Timestamp,
+) -> StoreResult<()> {
     if marks.is_empty() {
         return Ok(());
     }

@@ -131,8 +131,23 @@ impl Kind {
             Kind::SlotReservation => &["order_id", "user_id", "item_id", "slots", "state", "updated_at"],
             Kind::ItemStock => &["item_id", "stock", "opening_stock"],
             Kind::StockReservation => &["order_id", "item_id", "quantity", "state", "updated_at"],
-            Kind::Payment => &["order_id", "user_id", "amount", "method", "state", "reason", "updated_at"],
-            Kind::NotificationLog => &["order_id", "user_id", "kind", "message", "sent_count", "last_sent_at"],
+            Kind::Payment => &[
+                "order_id",
+                "user_id",
+                "amount",
+                "method",
+                "state",
+                "reason",
+                "updated_at",
+            ],
+            Kind::NotificationLog => &[
+                "order_id",
+                "user_id",
+                "kind",
+                "message",
+                "sent_count",
+                "last_sent_at",
+            ],
         }
     }
 
@@ -153,7 +168,11 @@ impl Kind {
 
     /// Every row of the table, in key order (snapshots).
     pub fn select_all_sql(self) -> String {
-        format!("{} ORDER BY {}", self.select_from(), self.primary_key().join(", "))
+        format!(
+            "{} ORDER BY {}",
+            self.select_from(),
+            self.primary_key().join(", ")
+        )
     }
 }
 
@@ -297,7 +316,11 @@ pub fn write_sql(row: &Row, mode: WriteMode) -> (String, Vec<Value>) {
     let kind = Kind::of_key(&row.key());
     let cols = columns(row);
     let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
-    debug_assert_eq!(names, kind.column_names(), "reads and writes name the same columns");
+    debug_assert_eq!(
+        names,
+        kind.column_names(),
+        "reads and writes name the same columns"
+    );
     let pk = kind.primary_key();
     match mode {
         WriteMode::Insert | WriteMode::Upsert => {

@@ -24,8 +24,8 @@ use crate::domain::invariants::Snapshot;
 use crate::domain::rows::OrderStatus;
 use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{
-    Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy, Retention, Store, StoreError, StoreResult,
-    StoreTx,
+    Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy, Retention, Store, StoreError,
+    StoreResult, StoreTx,
 };
 
 /// What a transaction can lock.
@@ -386,7 +386,9 @@ impl StoreTx for MemoryTx {
         for (event, now) in std::mem::take(&mut self.outbox) {
             state.next_seq += 1;
             let seq = state.next_seq;
-            state.outbox.insert((self.service, seq), Slot::new(seq, Ok(event), now));
+            state
+                .outbox
+                .insert((self.service, seq), Slot::new(seq, Ok(event), now));
         }
         state.commits += 1;
         self.release(&mut state);
@@ -431,7 +433,11 @@ impl Store for MemoryStore {
                 .range((service, i64::MIN)..=(service, i64::MAX))
                 .map(|(_, slot)| slot)
         };
-        let fresh: Vec<i64> = slots().filter(|s| s.fresh(now)).map(|s| s.seq).take(limit).collect();
+        let fresh: Vec<i64> = slots()
+            .filter(|s| s.fresh(now))
+            .map(|s| s.seq)
+            .take(limit)
+            .collect();
         let mut redrive: Vec<(Timestamp, i64)> = slots()
             .filter(|s| s.redrive_due(now))
             .map(|s| (s.next_publish_at.expect("due re-drives have a time"), s.seq))
@@ -444,7 +450,10 @@ impl Store for MemoryStore {
             .collect();
         let mut claimed = Claimed::default();
         for seq in due {
-            let slot = state.outbox.get_mut(&(service, seq)).expect("a due seq is in the outbox");
+            let slot = state
+                .outbox
+                .get_mut(&(service, seq))
+                .expect("a due seq is in the outbox");
             match &slot.event {
                 Ok(_) => {
                     slot.claimed_until = Some(now.plus(lease));
