@@ -27,7 +27,7 @@ use purchase_saga::domain::{DurationMs, Event, ItemId, OrderId, Row, RowKey, Ser
 use purchase_saga::runtime::observer::{Disposition, Observer, RuntimeEvent};
 use purchase_saga::runtime::store::{RedrivePolicy, Store};
 use purchase_saga::runtime::{
-    consumer, relay, sweeper, Bus, Clock, Delivery, Env, RuntimeConfig, SystemClock,
+    consumer, relay, sweeper, Bus, Clock, Delivery, Env, RuntimeConfig, Shutdown, SystemClock,
 };
 use sqlx::Connection;
 
@@ -57,20 +57,6 @@ async fn enqueue(store: &PgStore, events: &[Event]) {
         tx.enqueue(event, SystemClock.now()).await.expect("enqueue");
         tx.commit().await.expect("commit");
     }
-}
-
-async fn redis_bus(redis: &TestRedis, visibility_timeout: Duration) -> RedisBus {
-    RedisBus::connect(
-        &redis.url,
-        RedisConfig {
-            prefix: redis.prefix.clone(),
-            visibility_timeout,
-            block: Duration::from_millis(50),
-            ..RedisConfig::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Quick loops; re-drive an hour away, so every publish seen is a first one.
@@ -110,14 +96,93 @@ impl Observer for Recorder {
     }
 }
 
-fn env(store: &PgStore, bus: &RedisBus, config: RuntimeConfig, observer: Arc<Recorder>) -> Env {
-    Env {
-        store: Arc::new(store.clone()),
-        bus: Arc::new(bus.clone()),
-        clock: Arc::new(SystemClock),
-        gateway: Arc::new(SimulatedGateway::default()),
-        observer,
-        config,
+/// A fresh database and Redis prefix, the bus on them (deliveries not
+/// acknowledged within `visibility_timeout` are taken over) and the
+/// runtime's environment with a [`Recorder`].
+struct Stack {
+    db: TestDb,
+    /// Keeps the test's Redis keys until the end (deleted on drop).
+    _redis: TestRedis,
+    bus: RedisBus,
+    env: Env,
+    recorder: Arc<Recorder>,
+}
+
+impl Stack {
+    /// `label` names the Redis key prefix.
+    async fn new(label: &str, config: RuntimeConfig, visibility_timeout: Duration) -> Stack {
+        let db = TestDb::create().await;
+        let redis = TestRedis::create(label);
+        let bus = RedisBus::connect(
+            &redis.url,
+            RedisConfig {
+                prefix: redis.prefix.clone(),
+                visibility_timeout,
+                block: Duration::from_millis(50),
+                ..RedisConfig::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let recorder = Arc::new(Recorder::default());
+        let env = Env {
+            store: Arc::new(db.store.clone()),
+            bus: Arc::new(bus.clone()),
+            clock: Arc::new(SystemClock),
+            gateway: Arc::new(SimulatedGateway::default()),
+            observer: recorder.clone(),
+            config,
+        };
+        Stack {
+            db,
+            _redis: redis,
+            bus,
+            env,
+            recorder,
+        }
+    }
+}
+
+/// Loops spawned with one shutdown signal.
+struct Loops {
+    stop: tokio::sync::watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Loops {
+    /// `count` relays of Order.
+    fn relays(env: &Env, count: usize) -> Loops {
+        Loops::spawn(count, |shutdown| {
+            relay::run(env.clone(), Service::Order, shutdown)
+        })
+    }
+
+    /// One consumer of User.
+    fn consumer(env: &Env) -> Loops {
+        Loops::spawn(1, |shutdown| {
+            consumer::run(env.clone(), Service::User, "c1".into(), shutdown)
+        })
+    }
+
+    fn spawn<F>(count: usize, start: impl Fn(Shutdown) -> F) -> Loops
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let handles = (0..count)
+            .map(|_| tokio::spawn(start(shutdown.clone())))
+            .collect();
+        Loops { stop, handles }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).expect("loops listen");
+        for handle in self.handles {
+            tokio::time::timeout(WAIT_MAX, handle)
+                .await
+                .expect("a loop stops at shutdown")
+                .expect("a loop does not panic");
+        }
     }
 }
 
@@ -170,39 +235,14 @@ async fn set_read_only(db: &TestDb, read_only: bool) {
         .expect("terminate the test database's sessions");
 }
 
-/// Runs `f` with a spawned relay of Order until the returned stop is sent.
-fn spawn_relays(
-    env: &Env,
-    count: usize,
-) -> (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>) {
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let handles = (0..count)
-        .map(|_| tokio::spawn(relay::run(env.clone(), Service::Order, shutdown.clone())))
-        .collect();
-    (stop, handles)
-}
-
-async fn stop_all(stop: tokio::sync::watch::Sender<bool>, handles: Vec<tokio::task::JoinHandle<()>>) {
-    stop.send(true).expect("loops listen");
-    for handle in handles {
-        tokio::time::timeout(WAIT_MAX, handle)
-            .await
-            .expect("a loop stops at shutdown")
-            .expect("a loop does not panic");
-    }
-}
-
 // ------------------------------------------------------------- defect 1
 
 /// A rolling deploy bumps `schemaVersion`: this binary cannot decode the
 /// new row. The row before it and after it must still go out.
 #[tokio::test]
 async fn relay_publishes_past_an_undecodable_outbox_row() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect1");
-    let bus = redis_bus(&redis, Duration::from_secs(10)).await;
-    let recorder = Arc::new(Recorder::default());
-    let env = env(&db.store, &bus, config(), recorder.clone());
+    let stack = Stack::new("defect1", config(), Duration::from_secs(10)).await;
+    let (db, bus, env, recorder) = (&stack.db, &stack.bus, &stack.env, &stack.recorder);
     enqueue(&db.store, &[order_created(1)]).await;
     sqlx::query(
         "INSERT INTO order_svc.outbox (event_id, event_type, order_id, payload, created_at)
@@ -215,7 +255,7 @@ async fn relay_publishes_past_an_undecodable_outbox_row() {
     .expect("insert the v2 copy");
     enqueue(&db.store, &[order_created(2)]).await;
 
-    let published = relay::relay_once(&env, Service::Order).await;
+    let published = relay::relay_once(env, Service::Order).await;
     assert_eq!(published, Ok(2), "both decodable rows are published in one pass");
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), 2);
     assert_eq!(
@@ -248,7 +288,7 @@ async fn relay_publishes_past_an_undecodable_outbox_row() {
         "the row keeps its reason"
     );
     // Later passes neither publish it nor report it again.
-    assert_eq!(relay::relay_once(&env, Service::Order).await, Ok(0));
+    assert_eq!(relay::relay_once(env, Service::Order).await, Ok(0));
     assert_eq!(
         recorder
             .lines()
@@ -264,10 +304,8 @@ async fn relay_publishes_past_an_undecodable_outbox_row() {
 /// deadline of the others.
 #[tokio::test]
 async fn a_corrupt_order_does_not_stop_the_deadline_sweep() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect1s");
-    let bus = redis_bus(&redis, Duration::from_secs(10)).await;
-    let env = env(&db.store, &bus, config(), Arc::default());
+    let stack = Stack::new("defect1s", config(), Duration::from_secs(10)).await;
+    let (db, env) = (&stack.db, &stack.env);
     // Both past their deadline; the corrupt one (an empty user id, which no
     // UserId parses) comes first.
     for (order, user, deadline) in [("o-corrupt", "", "1 hour"), ("o-good", "alice", "30 minutes")] {
@@ -284,7 +322,7 @@ async fn a_corrupt_order_does_not_stop_the_deadline_sweep() {
         .await
         .expect("insert order");
     }
-    let swept = sweeper::sweep_once(&env).await;
+    let swept = sweeper::sweep_once(env).await;
     assert_eq!(
         swept,
         Ok(1),
@@ -348,16 +386,14 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
 /// cannot mark, and once writes are back every row goes out once.
 #[tokio::test]
 async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect3");
-    let bus = redis_bus(&redis, Duration::from_secs(10)).await;
-    let env = env(&db.store, &bus, config(), Arc::default());
+    let stack = Stack::new("defect3", config(), Duration::from_secs(10)).await;
+    let (db, bus, env) = (&stack.db, &stack.bus, &stack.env);
     let rows = 20;
     let events: Vec<Event> = (0..rows).map(order_created).collect();
     enqueue(&db.store, &events).await;
     set_read_only(&db, true).await;
 
-    let (stop, handles) = spawn_relays(&env, 1);
+    let relays = Loops::relays(env, 1);
     // An observation window, not a synchronisation: whatever the relay
     // does in it must not reach the bus.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -375,22 +411,20 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
             .is_ok_and(|n| n == 0)
     })
     .await;
-    stop_all(stop, handles).await;
+    relays.stop().await;
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), rows as u64);
 }
 
 /// Two relays of one service share the work: each row once.
 #[tokio::test]
 async fn two_relays_publish_each_row_exactly_once() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect5");
-    let bus = redis_bus(&redis, Duration::from_secs(10)).await;
-    let env = env(&db.store, &bus, config(), Arc::default());
+    let stack = Stack::new("defect5", config(), Duration::from_secs(10)).await;
+    let (db, bus, env) = (&stack.db, &stack.bus, &stack.env);
     let rows = 200;
     let events: Vec<Event> = (0..rows).map(order_created).collect();
     enqueue(&db.store, &events).await;
 
-    let (stop, handles) = spawn_relays(&env, 2);
+    let relays = Loops::relays(env, 2);
     wait_until("every row marked", || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_svc.outbox WHERE published_count = 0")
             .fetch_one(db.store.pool())
@@ -398,7 +432,7 @@ async fn two_relays_publish_each_row_exactly_once() {
             .is_ok_and(|n| n == 0)
     })
     .await;
-    stop_all(stop, handles).await;
+    relays.stop().await;
     assert_eq!(
         bus.stream_len(Service::User).await.unwrap(),
         rows as u64,
@@ -494,10 +528,8 @@ async fn the_redrive_query_stays_on_its_index() {
 /// acknowledged, not dead-lettered.
 #[tokio::test]
 async fn an_applied_event_past_the_delivery_limit_is_acked() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect6a");
-    let bus = redis_bus(&redis, Duration::from_secs(10)).await;
-    let env = env(&db.store, &bus, config(), Arc::default());
+    let stack = Stack::new("defect6a", config(), Duration::from_secs(10)).await;
+    let (db, bus, env) = (&stack.db, &stack.bus, &stack.env);
     let event = order_created(1);
     sqlx::query("INSERT INTO user_svc.inbox (event_id, processed_at) VALUES ($1, now())")
         .bind(event.event_id.0)
@@ -509,7 +541,7 @@ async fn an_applied_event_past_the_delivery_limit_is_acked() {
         attempt: env.config.deliveries_max + 1,
         payload: event.encode().into_bytes(),
     };
-    let disposition = consumer::handle_delivery(&env, Service::User, "c1", &delivery).await;
+    let disposition = consumer::handle_delivery(env, Service::User, "c1", &delivery).await;
     assert_eq!(disposition, Disposition::Duplicate);
     assert_eq!(bus.dead_letter_count(Service::User).await.unwrap(), 0);
 }
@@ -526,11 +558,8 @@ fn consumer_config() -> RuntimeConfig {
 /// once writes are back the event is handled, not dead-lettered.
 #[tokio::test]
 async fn a_read_only_spell_dead_letters_nothing() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect6b");
-    let bus = redis_bus(&redis, Duration::from_millis(200)).await;
-    let recorder = Arc::new(Recorder::default());
-    let env = env(&db.store, &bus, consumer_config(), recorder.clone());
+    let stack = Stack::new("defect6b", consumer_config(), Duration::from_millis(200)).await;
+    let (db, bus, env, recorder) = (&stack.db, &stack.bus, &stack.env, &stack.recorder);
     let event = order_created(1);
     // Applied once already: the redelivery is a duplicate.
     sqlx::query("INSERT INTO user_svc.inbox (event_id, processed_at) VALUES ($1, now())")
@@ -543,8 +572,7 @@ async fn a_read_only_spell_dead_letters_nothing() {
     bus.publish(&fresh).await.expect("publish");
     set_read_only(&db, true).await;
 
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(consumer::run(env.clone(), Service::User, "c1".into(), shutdown));
+    let consumer = Loops::consumer(env);
     // Many visibility timeouts long: the bug spent the budget of 3 in
     // well under a second.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -559,21 +587,15 @@ async fn a_read_only_spell_dead_letters_nothing() {
             && recorder.lines().iter().filter(|l| !l.contains("Retry")).count() >= 2
     })
     .await;
-    stop.send(true).expect("consumer listens");
-    tokio::time::timeout(WAIT_MAX, running)
-        .await
-        .expect("stops")
-        .expect("no panic");
+    consumer.stop().await;
     assert_eq!(bus.dead_letter_count(Service::User).await.unwrap(), 0);
 }
 
 /// A delivery that keeps failing is dead-lettered with its last error.
 #[tokio::test]
 async fn a_dead_letter_names_the_last_error() {
-    let db = TestDb::create().await;
-    let redis = TestRedis::create("defect6c");
-    let bus = redis_bus(&redis, Duration::from_millis(200)).await;
-    let env = env(&db.store, &bus, consumer_config(), Arc::default());
+    let stack = Stack::new("defect6c", consumer_config(), Duration::from_millis(200)).await;
+    let (db, bus, env) = (&stack.db, &stack.bus, &stack.env);
     sqlx::query(
         "CREATE FUNCTION user_svc.refuse() RETURNS trigger LANGUAGE plpgsql AS
          $$ BEGIN RAISE EXCEPTION 'inbox refused by test trigger'; END $$",
@@ -587,17 +609,12 @@ async fn a_dead_letter_names_the_last_error() {
         .expect("trigger");
     bus.publish(&order_created(1)).await.expect("publish");
 
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(consumer::run(env.clone(), Service::User, "c1".into(), shutdown));
+    let consumer = Loops::consumer(env);
     wait_until("the entry dead-lettered", || async {
         bus.dead_letter_count(Service::User).await.is_ok_and(|n| n == 1)
     })
     .await;
-    stop.send(true).expect("consumer listens");
-    tokio::time::timeout(WAIT_MAX, running)
-        .await
-        .expect("stops")
-        .expect("no panic");
+    consumer.stop().await;
     let letters = bus.dead_letters(Service::User, 10).await.unwrap();
     let reason = &letters[0].letter.reason;
     assert!(
