@@ -202,6 +202,17 @@ where
     }
 }
 
+/// Waits until every row of Order's outbox has been marked published.
+async fn wait_until_all_marked(db: &TestDb) {
+    wait_until("every outbox row marked", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_svc.outbox WHERE published_count = 0")
+            .fetch_one(db.store.pool())
+            .await
+            .is_ok_and(|n| n == 0)
+    })
+    .await;
+}
+
 async fn scalar_i64(store: &PgStore, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(store.pool())
@@ -404,15 +415,47 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
     );
 
     set_read_only(&db, false).await;
-    wait_until("every row marked once writes are back", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_svc.outbox WHERE published_count = 0")
-            .fetch_one(db.store.pool())
-            .await
-            .is_ok_and(|n| n == 0)
-    })
-    .await;
+    wait_until_all_marked(db).await;
     relays.stop().await;
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), rows as u64);
+}
+
+/// A mark that fails after the publish (the claim got through): the batch
+/// is held by its claim for the lease, not published again on every pass.
+#[tokio::test]
+async fn a_failing_mark_does_not_publish_the_batch_again_every_pass() {
+    let stack = Stack::new("defect3m", config(), Duration::from_secs(10)).await;
+    let (db, bus, env) = (&stack.db, &stack.bus, &stack.env);
+    let rows = 20;
+    let events: Vec<Event> = (0..rows).map(order_created).collect();
+    enqueue(&db.store, &events).await;
+    for sql in [
+        "CREATE FUNCTION order_svc.refuse_mark() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN
+              IF NEW.published_count > OLD.published_count THEN RAISE EXCEPTION 'mark refused by test trigger'; END IF;
+              RETURN NEW;
+            END $$",
+        "CREATE TRIGGER refuse_mark BEFORE UPDATE ON order_svc.outbox FOR EACH ROW
+         EXECUTE FUNCTION order_svc.refuse_mark()",
+    ] {
+        sqlx::query(sql).execute(db.store.pool()).await.expect(sql);
+    }
+    let relays = Loops::relays(env, 1);
+    wait_until("the batch published once", || async {
+        bus.stream_len(Service::User)
+            .await
+            .is_ok_and(|n| n >= rows as u64)
+    })
+    .await;
+    // Many idle polls and error backoffs long: the bug published the
+    // batch again every 500 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    relays.stop().await;
+    assert_eq!(
+        bus.stream_len(Service::User).await.unwrap(),
+        rows as u64,
+        "published once, then held by the claim while the marks fail"
+    );
 }
 
 /// Two relays of one service share the work: each row once.
@@ -425,13 +468,7 @@ async fn two_relays_publish_each_row_exactly_once() {
     enqueue(&db.store, &events).await;
 
     let relays = Loops::relays(env, 2);
-    wait_until("every row marked", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_svc.outbox WHERE published_count = 0")
-            .fetch_one(db.store.pool())
-            .await
-            .is_ok_and(|n| n == 0)
-    })
-    .await;
+    wait_until_all_marked(db).await;
     relays.stop().await;
     assert_eq!(
         bus.stream_len(Service::User).await.unwrap(),

@@ -379,6 +379,23 @@ mod tests {
     }
 
     #[test]
+    fn last_errors_keep_the_latest_per_entry_and_forget_the_oldest_past_the_bound() {
+        let mut last = LastErrors::default();
+        last.remember("1-0", "first");
+        last.remember("1-0", "second");
+        assert_eq!(last.order.len(), 1, "one slot per entry");
+        for n in 0..LAST_ERRORS_MAX {
+            last.remember(&format!("2-{n}"), "other");
+        }
+        assert_eq!(last.by_entry.len(), LAST_ERRORS_MAX, "bounded");
+        assert_eq!(last.forget("1-0"), None, "the oldest entry went first");
+        assert_eq!(last.forget("2-0"), Some("other".to_string()));
+        assert_eq!(last.forget("2-0"), None, "forgotten once settled");
+        last.remember("3-0", "latest");
+        assert_eq!(last.forget("3-0"), Some("latest".to_string()));
+    }
+
+    #[test]
     fn lanes_group_by_order_and_keep_the_bus_order() {
         let batch = [
             delivery("1", created("o-a", 1)),
