@@ -391,6 +391,48 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
     assert!(after.0.is_some());
 }
 
+/// A migration that does change a column the store reads (its type): the
+/// first read on the connection that cached the statement is a conflict
+/// (retried, not fatal), and the connection's cache is dropped so that the
+/// retry succeeds.
+#[tokio::test]
+async fn a_changed_result_type_is_a_conflict_and_the_retry_prepares_again() {
+    let db = TestDb::create_with(common::test_pg_config(1)).await;
+    let alice = UserId::parse("alice").unwrap();
+    db.store
+        .seed_rows(&[Row::Account(Account {
+            user_id: alice.clone(),
+            balance: 100,
+            opening_balance: 100,
+        })])
+        .await
+        .expect("seed");
+    let key = RowKey::Account(alice);
+    let read = || async {
+        let mut tx = db.store.begin(Service::User).await?;
+        let row = tx.load_for_update(&key).await?;
+        tx.commit().await?;
+        Ok::<_, purchase_saga::runtime::StoreError>(row)
+    };
+    let before = read().await.expect("the read before the migration");
+    let mut other = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("second connection");
+    sqlx::query("ALTER TABLE user_svc.accounts ALTER COLUMN user_id TYPE varchar(200)")
+        .execute(&mut other)
+        .await
+        .expect("type-changing migration");
+    let first = read().await;
+    assert!(
+        matches!(&first, Err(purchase_saga::runtime::StoreError::Conflict(m)) if m.contains("0A000")),
+        "{first:?}"
+    );
+    assert_eq!(
+        read().await.expect("the retry prepares the statement again"),
+        before
+    );
+}
+
 // ------------------------------------------------------- defects 3 and 5
 
 /// A database that refuses writes: the relay must not publish what it
