@@ -23,7 +23,9 @@ use purchase_saga::domain::{
     Timestamp, UserId,
 };
 use purchase_saga::runtime::memory::MemoryStore;
-use purchase_saga::runtime::store::{Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreError};
+use purchase_saga::runtime::store::{
+    Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy, Retention, Store, StoreError,
+};
 use tokio::sync::oneshot;
 
 /// A store under test, with what it needs to stay alive.
@@ -52,6 +54,24 @@ impl Fixture {
         match self {
             Fixture::Memory(m) => m.seed(rows),
             Fixture::Postgres(db) => db.store.seed_rows(&rows).await.expect("seed rows"),
+        }
+    }
+
+    /// Adds `payload` to `service`'s outbox as if committed by another
+    /// build; returns its seq.
+    async fn enqueue_raw(&self, service: Service, payload: &str, now: Timestamp) -> i64 {
+        match self {
+            Fixture::Memory(m) => m.enqueue_raw(service, payload.as_bytes(), now),
+            Fixture::Postgres(db) => sqlx::query_scalar(&format!(
+                "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at)
+                 VALUES (gen_random_uuid(), 'ORDER_CREATED', 'o-raw', $1, $2) RETURNING seq",
+                purchase_saga::adapters::postgres::schema(service)
+            ))
+            .bind(payload)
+            .bind(now.to_datetime())
+            .fetch_one(db.store.pool())
+            .await
+            .expect("insert a raw outbox row"),
         }
     }
 
@@ -90,6 +110,9 @@ conformance!(
     concurrent_inserts_of_one_key_never_both_land,
     outbox_due_follows_the_redrive_policy,
     outbox_due_agrees_with_is_due_on_random_histories,
+    undecodable_outbox_rows_are_quarantined_and_skipped,
+    claims_share_the_outbox_and_end_with_mark_release_or_lease,
+    processed_reports_the_inbox,
     an_event_nobody_consumes_is_published_once,
     orders_past_deadline_finds_only_due_pending_orders,
     prune_is_bounded_by_the_batch,
@@ -378,10 +401,10 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
                 entries.iter().all(|e| policy.is_due(e, now)),
                 "every returned entry is due"
             );
-            let order = |e: &OutboxEntry| (e.last_published_at.is_some(), e.seq);
+            let order = |e: &OutboxEntry| (e.last_published_at.is_some(), e.next_publish_at, e.seq);
             assert!(
                 entries.windows(2).all(|w| order(&w[0]) < order(&w[1])),
-                "never-published first, then republishes, each oldest first"
+                "never-published first by seq, then republishes by due time"
             );
             entries
         }
@@ -834,7 +857,7 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
             model.push(entry);
         }
         let mut expected: Vec<&OutboxEntry> = model.iter().filter(|e| policy.is_due(e, now)).collect();
-        expected.sort_by_key(|e| (e.last_published_at.is_some(), e.seq));
+        expected.sort_by_key(|e| (e.last_published_at.is_some(), policy.next_republish(e), e.seq));
         let expected: Vec<i64> = expected.into_iter().map(|e| e.seq).collect();
         let due = store.outbox_due(Service::Order, now, 100).await.unwrap();
         let got: Vec<i64> = due.iter().map(|e| e.seq).collect();
@@ -861,4 +884,132 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
         .filter(|e| e.published_count == policy.republish_max + 1)
         .count();
     assert!(exhausted > 0, "some entry reached republish_max");
+}
+
+/// A row this build cannot decode (a newer `schemaVersion`) between two it
+/// can: the claim sets it aside once, with the reason, and returns the
+/// others; it is never due again.
+async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
+    let store = f.store();
+    let enqueue = |order: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin(Service::Order).await.unwrap();
+            tx.enqueue(&order_created(order), T0).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    enqueue("o-a").await;
+    let newer = order_created("o-b")
+        .encode()
+        .replace("\"schemaVersion\":1", "\"schemaVersion\":2");
+    let bad = f.enqueue_raw(Service::Order, &newer, T0).await;
+    enqueue("o-c").await;
+
+    let claimed = store
+        .claim_due(Service::Order, T0, DurationMs(0), 10)
+        .await
+        .unwrap();
+    let orders: Vec<String> = claimed
+        .entries
+        .iter()
+        .map(|e| e.event.order_id.to_string())
+        .collect();
+    assert_eq!(orders, ["o-a", "o-c"], "the rows around it are claimed");
+    assert_eq!(
+        claimed.quarantined,
+        [Quarantined {
+            seq: bad,
+            reason: "undecodable event: unsupported schema version 2 (this build reads 1)".into()
+        }]
+    );
+    let again = store
+        .claim_due(Service::Order, T0.plus(DurationMs(60_000)), DurationMs(0), 10)
+        .await
+        .unwrap();
+    assert!(again.quarantined.is_empty(), "reported once");
+    assert_eq!(again.entries.len(), 2);
+}
+
+/// Two relays claiming at once take different entries; a claim ends with
+/// the mark, with a release, or when its lease runs out.
+async fn claims_share_the_outbox_and_end_with_mark_release_or_lease(f: Fixture) {
+    let store = f.store();
+    let policy = RedrivePolicy {
+        after: DurationMs(60_000),
+        republish_max: 1,
+        horizon: DurationMs(600_000),
+    };
+    let mut tx = store.begin(Service::Order).await.unwrap();
+    for order in ["o-1", "o-2", "o-3", "o-4", "o-5"] {
+        tx.enqueue(&order_created(order), T0).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let lease = DurationMs(1000);
+    let claim = |at: i64, limit: usize| {
+        let store = store.clone();
+        async move {
+            let claimed = store
+                .claim_due(Service::Order, T0.plus(DurationMs(at)), lease, limit)
+                .await
+                .unwrap();
+            assert!(claimed.quarantined.is_empty());
+            claimed.entries
+        }
+    };
+    let orders = |entries: &[OutboxEntry]| -> Vec<String> {
+        entries.iter().map(|e| e.event.order_id.to_string()).collect()
+    };
+    let a = claim(0, 3).await;
+    let b = claim(0, 10).await;
+    assert_eq!(orders(&a), ["o-1", "o-2", "o-3"]);
+    assert_eq!(orders(&b), ["o-4", "o-5"], "the second relay takes the rest");
+    assert!(
+        claim(999, 10).await.is_empty(),
+        "everything is held within the lease"
+    );
+
+    // Relay A publishes o-1 and o-2 (mark), B fails to publish o-4 (release).
+    let marks: Vec<Mark> = a[..2].iter().map(|e| policy.mark(e, T0)).collect();
+    store.mark_published(Service::Order, &marks, T0).await.unwrap();
+    store.release(Service::Order, &[b[0].seq]).await.unwrap();
+    let retried = claim(500, 10).await;
+    assert_eq!(orders(&retried), ["o-4"], "released: due at once");
+    // o-3 (A) and o-5 (B) were never marked: due again when the lease ends.
+    let expired = claim(1000, 10).await;
+    assert_eq!(orders(&expired), ["o-3", "o-5"]);
+    let now = T0.plus(DurationMs(1000));
+    let marks: Vec<Mark> = retried
+        .iter()
+        .chain(&expired)
+        .map(|e| policy.mark(e, now))
+        .collect();
+    store.mark_published(Service::Order, &marks, now).await.unwrap();
+    // Every one comes back in its re-drive round (+60 s), not before.
+    assert!(claim(59_999, 10).await.is_empty());
+    assert_eq!(
+        orders(&claim(60_000, 10).await),
+        ["o-1", "o-2", "o-3", "o-4", "o-5"]
+    );
+}
+
+async fn processed_reports_the_inbox(f: Fixture) {
+    let store = f.store();
+    assert!(!store.processed(Service::User, eid(7)).await.unwrap());
+    let mut tx = store.begin(Service::User).await.unwrap();
+    assert!(tx.record_processed(eid(7), T0).await.unwrap());
+    assert!(
+        !store.processed(Service::User, eid(7)).await.unwrap(),
+        "not before the commit"
+    );
+    tx.commit().await.unwrap();
+    assert!(store.processed(Service::User, eid(7)).await.unwrap());
+    assert!(
+        !store.processed(Service::Order, eid(7)).await.unwrap(),
+        "per service"
+    );
+    store
+        .writable(Service::User)
+        .await
+        .expect("a healthy store is writable");
 }

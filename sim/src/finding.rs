@@ -15,6 +15,10 @@ pub mod check {
     /// committed as processed: "ack only after the store transaction
     /// commits".
     pub const ACK_AFTER_COMMIT: &str = "ack-only-after-commit";
+    /// A relay recorded an outbox entry as published more times than it
+    /// had handed it to the bus: "mark only after publish" (a crash between
+    /// the two would lose the event).
+    pub const MARK_AFTER_PUBLISH: &str = "mark-only-after-publish";
     /// A host's software failed (a panic in the runtime).
     pub const HOST_FAILED: &str = "host-failed";
     /// The state the safety checks kept up to date from each commit's rows

@@ -1,5 +1,6 @@
 //! The runtime's [`Observer`] in the simulator: one trace line per delivery
-//! and per publish, and the safety invariants after every commit.
+//! and per publish, the safety invariants after every commit, and the
+//! publishes the "mark after publish" check counts.
 
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ impl Observer for SimObserver {
                 event: e,
                 republish,
             } => {
+                self.world.published(*service, e.event_id);
                 let again = if *republish > 0 {
                     format!(" [republish {republish}]")
                 } else {
@@ -62,7 +64,7 @@ impl Observer for SimObserver {
                 );
             }
             RuntimeEvent::Committed { .. } => self.world.check_commit(),
-            RuntimeEvent::ConflictRetried { .. } => {}
+            RuntimeEvent::ConflictRetried { .. } | RuntimeEvent::Quarantined { .. } => {}
         }
     }
 }

@@ -2,7 +2,8 @@
 //! a layer that makes every operation take simulated time, so transactions
 //! of racing replicas interleave, and that injects the store's faults:
 //! aborted transactions and the armed crash points (before a commit,
-//! between publish and mark-published).
+//! between publish and mark-published). It also checks the relay's rule
+//! "mark only after publish" where a mark lands.
 //!
 //! The store lives outside the turmoil hosts: a crash drops the host's
 //! tasks and with them every open transaction (rolled back by
@@ -13,11 +14,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
-use purchase_saga::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
-use purchase_saga::runtime::store::{Pruned, StoreResult};
-use purchase_saga::runtime::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use purchase_saga::runtime::store::{Claimed, Pruned, StoreResult};
+use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
+use crate::finding::{check, Finding};
 use crate::world::World;
 
 /// Base latency of one store operation (a round trip to Postgres).
@@ -63,6 +65,33 @@ impl SimStore {
         if let Some(r) = self.replica {
             if self.world.fire(r, point) {
                 std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl SimStore {
+    /// The delivery rule "mark only after publish", checked where the mark
+    /// lands: every publish the mark records (the entry's count after it)
+    /// must have reached the bus. Correct relays publish, then mark; two
+    /// relays may both publish an entry whose claim expired, which only
+    /// adds publishes.
+    fn check_marked_after_publish(&self, service: Service, marks: &[Mark]) {
+        for mark in marks {
+            let Some(entry) = self.world.store.outbox_entry(service, mark.seq) else {
+                continue;
+            };
+            let handed = self.world.publishes(service, entry.event.event_id);
+            if handed <= entry.published_count {
+                self.world.found(Finding::new(
+                    check::MARK_AFTER_PUBLISH,
+                    format!("{service} outbox #{}", mark.seq),
+                    format!(
+                        "marked published for the {} time after {handed} publishes of {}",
+                        entry.published_count + 1,
+                        entry.event.summary()
+                    ),
+                ));
             }
         }
     }
@@ -160,20 +189,37 @@ impl Store for SimStore {
         }))
     }
 
-    async fn outbox_due(
+    async fn claim_due(
         &self,
         service: Service,
         now: Timestamp,
+        lease: DurationMs,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>> {
+    ) -> StoreResult<Claimed> {
         self.delay().await;
-        self.world.store.outbox_due(service, now, limit).await
+        self.world.store.claim_due(service, now, lease, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.crash_point(CrashPoint::AfterPublish).await;
         self.delay().await;
+        self.check_marked_after_publish(service, marks);
         self.world.store.mark_published(service, marks, now).await
+    }
+
+    async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
+        self.delay().await;
+        self.world.store.release(service, seqs).await
+    }
+
+    async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
+        self.delay().await;
+        self.world.store.processed(service, event_id).await
+    }
+
+    async fn writable(&self, service: Service) -> StoreResult<()> {
+        self.delay().await;
+        self.world.store.writable(service).await
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {

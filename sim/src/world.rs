@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use purchase_saga::domain::invariants::{check_safety, check_transition, Snapshot};
-use purchase_saga::domain::{Row, Service};
+use purchase_saga::domain::{EventId, Row, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -72,6 +72,9 @@ pub struct World {
     /// Rows written by transactions that committed since the last check,
     /// in commit order.
     committed: Mutex<Vec<Row>>,
+    /// Times a relay of each service handed each event to the bus, for the
+    /// "mark after publish" check.
+    published: Mutex<BTreeMap<(Service, EventId), u32>>,
     pub client_done: AtomicBool,
 }
 
@@ -101,6 +104,7 @@ impl World {
             violations: Mutex::default(),
             last: Mutex::new(opening),
             committed: Mutex::default(),
+            published: Mutex::default(),
             client_done: AtomicBool::new(false),
         }
     }
@@ -286,6 +290,16 @@ impl World {
         seen.push((at, finding.clone()));
         drop(seen);
         self.log(EntryKind::Driver { at: None }, format!("VIOLATION {finding}"));
+    }
+
+    /// A relay of `service` handed `event` to the bus.
+    pub fn published(&self, service: Service, event: EventId) {
+        *lock(&self.published).entry((service, event)).or_default() += 1;
+    }
+
+    /// Times relays of `service` handed `event` to the bus.
+    pub fn publishes(&self, service: Service, event: EventId) -> u32 {
+        lock(&self.published).get(&(service, event)).copied().unwrap_or(0)
     }
 
     pub fn violations(&self) -> Vec<(i64, Finding)> {

@@ -53,7 +53,10 @@ impl Observer for TracingObserver {
             RuntimeEvent::ConflictRetried { service, attempt } => {
                 tracing::debug!(%service, attempt, "transaction conflict retried")
             }
-            RuntimeEvent::Committed { .. } | RuntimeEvent::Published { .. } => {}
+            // The relay logs it (warn) where it happens.
+            RuntimeEvent::Committed { .. }
+            | RuntimeEvent::Published { .. }
+            | RuntimeEvent::Quarantined { .. } => {}
         }
     }
 }

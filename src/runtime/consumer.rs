@@ -4,9 +4,16 @@
 //!
 //! Never acknowledge an event that could not be applied: a transient failure
 //! leaves the entry pending, the bus redelivers it, and after
-//! `deliveries_max` deliveries it is dead-lettered, not dropped.
+//! `deliveries_max` deliveries it is dead-lettered, not dropped, with the
+//! last error it met. Before that, the inbox is asked: an entry whose event
+//! was applied (a crash between commit and ack, then store trouble) is
+//! acknowledged, not dead-lettered. While the store is unavailable (down,
+//! read-only, full) the consumer takes no deliveries at all and backs off,
+//! so a few minutes of database trouble do not spend the delivery budget
+//! of what is in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 
 use futures::StreamExt;
 use tracing::Instrument;
@@ -14,10 +21,55 @@ use tracing::Instrument;
 use crate::domain::participants::StepError;
 use crate::domain::{DecodeError, Event, OrderId, Service};
 
+use super::backoff;
 use super::bus::Delivery;
 use super::observer::{Disposition, RuntimeEvent};
 use super::transaction::{apply_event, Committed, TransactError};
 use super::{sleep_or_stop, Env, Shutdown};
+
+/// Entries whose last error a consumer remembers: more than a few batches
+/// of deliveries left pending at once.
+const LAST_ERRORS_MAX: usize = 1024;
+
+/// The last error of each entry left for redelivery, so its dead letter can
+/// say why it was never applied. Bounded: the oldest entry is forgotten
+/// first (its dead letter then just lacks the cause).
+#[derive(Debug, Default)]
+pub struct LastErrors {
+    by_entry: BTreeMap<String, String>,
+    /// Entry ids in the order first remembered.
+    order: VecDeque<String>,
+}
+
+impl LastErrors {
+    fn remember(&mut self, entry_id: &str, error: &str) {
+        if self
+            .by_entry
+            .insert(entry_id.to_string(), error.to_string())
+            .is_none()
+        {
+            self.order.push_back(entry_id.to_string());
+        }
+        while self.order.len() > LAST_ERRORS_MAX {
+            let oldest = self.order.pop_front().expect("longer than the bound");
+            self.by_entry.remove(&oldest);
+        }
+        debug_assert_eq!(self.order.len(), self.by_entry.len());
+    }
+
+    fn forget(&mut self, entry_id: &str) -> Option<String> {
+        let error = self.by_entry.remove(entry_id)?;
+        self.order.retain(|id| id != entry_id);
+        Some(error)
+    }
+}
+
+/// What one delivery came to.
+struct Handled {
+    disposition: Disposition,
+    /// The store was unavailable: every other delivery would fail alike.
+    store_unavailable: bool,
+}
 
 /// Handles one delivery to `service` and settles it on the bus (ack, or
 /// dead-letter, or leave pending). Returns what happened.
@@ -28,7 +80,10 @@ pub async fn handle_delivery(
     delivery: &Delivery,
 ) -> Disposition {
     let decoded = Event::decode(&delivery.payload);
-    handle_decoded(env, service, consumer, delivery, decoded).await
+    let last_errors = Mutex::default();
+    handle_decoded(env, service, consumer, delivery, decoded, &last_errors)
+        .await
+        .disposition
 }
 
 /// [`handle_delivery`] for a payload already decoded.
@@ -38,8 +93,10 @@ async fn handle_decoded(
     consumer: &str,
     delivery: &Delivery,
     decoded: Result<Event, DecodeError>,
-) -> Disposition {
+    last_errors: &Mutex<LastErrors>,
+) -> Handled {
     let started = tokio::time::Instant::now();
+    let mut store_unavailable = false;
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
             reason: format!("undecodable: {e}"),
@@ -47,12 +104,28 @@ async fn handle_decoded(
         Ok(event) if !service.subscribes_to(event.event_type()) => Disposition::DeadLettered {
             reason: format!("{service} does not subscribe to {}", event.event_type()),
         },
-        Ok(_) if delivery.attempt > env.config.deliveries_max => Disposition::DeadLettered {
-            reason: format!(
-                "not applied after {} deliveries",
-                delivery.attempt.saturating_sub(1)
-            ),
-        },
+        Ok(event) if delivery.attempt > env.config.deliveries_max => {
+            // Applied already (its ack was lost)? Then it is done.
+            match env.store.processed(service, event.event_id).await {
+                Ok(true) => Disposition::Duplicate,
+                Ok(false) => {
+                    let last = lock(last_errors).forget(&delivery.entry_id);
+                    Disposition::DeadLettered {
+                        reason: format!(
+                            "not applied after {} deliveries{}",
+                            delivery.attempt.saturating_sub(1),
+                            last.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                        ),
+                    }
+                }
+                Err(e) => {
+                    store_unavailable = e.is_unavailable();
+                    Disposition::Retry {
+                        reason: format!("inbox not readable past the deliveries limit: {e}"),
+                    }
+                }
+            }
+        }
         Ok(event) => {
             if crate::mutant!(AckBeforeCommit) {
                 // Planted bug: the entry is gone from the bus before the
@@ -68,7 +141,9 @@ async fn handle_decoded(
                 event_type = event.event_type().as_str(),
                 attempt = delivery.attempt,
             );
-            apply(env, service, event).instrument(span).await
+            let (disposition, unavailable) = apply(env, service, event).instrument(span).await;
+            store_unavailable = unavailable;
+            disposition
         }
     };
     match &disposition {
@@ -76,6 +151,7 @@ async fn handle_decoded(
             tracing::warn!(%service, entry = %delivery.entry_id, %reason, "dead-lettered")
         }
         Disposition::Retry { reason } => {
+            lock(last_errors).remember(&delivery.entry_id, reason);
             tracing::debug!(%service, entry = %delivery.entry_id, %reason, "left for redelivery")
         }
         _ => {}
@@ -93,17 +169,28 @@ async fn handle_decoded(
         Disposition::Retry { .. } => Ok(()),
         _ => env.bus.ack(service, &delivery.entry_id).await,
     };
+    if disposition.acknowledges() {
+        lock(last_errors).forget(&delivery.entry_id);
+    }
     if let Err(e) = settled {
         // The entry stays pending and comes back; the inbox makes the second
         // application a no-op.
         tracing::warn!(%service, entry = %delivery.entry_id, error = %e, "could not settle delivery");
     }
-    disposition
+    Handled {
+        disposition,
+        store_unavailable,
+    }
 }
 
-/// Applies a decoded event and says what to do with its delivery.
-async fn apply(env: &Env, service: Service, event: &Event) -> Disposition {
-    match apply_event(env, service, event).await {
+fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors> {
+    last_errors.lock().expect("last-errors mutex")
+}
+
+/// Applies a decoded event and says what to do with its delivery, and
+/// whether the store was unavailable.
+async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool) {
+    let disposition = match apply_event(env, service, event).await {
         Ok(Committed::Duplicate) => Disposition::Duplicate,
         Ok(Committed::Applied {
             writes: 0,
@@ -114,25 +201,54 @@ async fn apply(env: &Env, service: Service, event: &Event) -> Disposition {
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
             reason: e.to_string(),
         },
-        Err(TransactError::Store(e)) => Disposition::Retry {
-            reason: e.to_string(),
-        },
-    }
+        Err(TransactError::Store(e)) => {
+            return (
+                Disposition::Retry {
+                    reason: e.to_string(),
+                },
+                e.is_unavailable(),
+            )
+        }
+    };
+    (disposition, false)
 }
 
 /// Receives and handles deliveries until shutdown. Finishes the batch in
-/// hand before it stops.
+/// hand before it stops. After a batch met an unavailable store, it takes
+/// no more deliveries until the store says it can commit again
+/// ([`Store::writable`](super::Store::writable)), backing off longer with
+/// each refusal.
 pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shutdown) {
+    let last_errors = Mutex::default();
+    // Failures in a row of the store (then of the bus), for the backoff.
+    let mut store_failures: u32 = 0;
+    let mut bus_failures: u32 = 0;
+    let pause =
+        |failures| backoff::after_failures(env.config.error_backoff, env.config.error_backoff_max, failures);
     loop {
         if *shutdown.borrow() {
             return;
         }
+        if store_failures > 0 {
+            if let Err(e) = env.store.writable(service).await {
+                store_failures = store_failures.saturating_add(1);
+                tracing::warn!(%service, error = %e, failures = store_failures, "store unavailable; not receiving");
+                if sleep_or_stop(&mut shutdown, pause(store_failures)).await {
+                    return;
+                }
+                continue;
+            }
+        }
         let asked = tokio::time::Instant::now();
         let batch = match env.bus.receive(service, &consumer, env.config.batch_size).await {
-            Ok(batch) => batch,
+            Ok(batch) => {
+                bus_failures = 0;
+                batch
+            }
             Err(e) => {
-                tracing::warn!(%service, error = %e, "receive failed");
-                if sleep_or_stop(&mut shutdown, env.config.error_backoff).await {
+                bus_failures = bus_failures.saturating_add(1);
+                tracing::warn!(%service, error = %e, failures = bus_failures, "receive failed");
+                if sleep_or_stop(&mut shutdown, pause(bus_failures)).await {
                     return;
                 }
                 continue;
@@ -150,7 +266,15 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
             }
             continue;
         }
-        handle_batch(&env, service, &consumer, &batch).await;
+        if handle_batch_remembering(&env, service, &consumer, &batch, &last_errors).await {
+            store_failures = store_failures.saturating_add(1);
+            tracing::warn!(%service, failures = store_failures, "store unavailable; backing off before receiving again");
+            if sleep_or_stop(&mut shutdown, pause(store_failures)).await {
+                return;
+            }
+        } else {
+            store_failures = 0;
+        }
     }
 }
 
@@ -164,15 +288,42 @@ pub async fn run(env: Env, service: Service, consumer: String, mut shutdown: Shu
 /// handlers are polled by this task (no spawn), so the simulator's runtime
 /// stays deterministic.
 pub async fn handle_batch(env: &Env, service: Service, consumer: &str, batch: &[Delivery]) {
+    handle_batch_remembering(env, service, consumer, batch, &Mutex::default()).await;
+}
+
+/// [`handle_batch`], remembering each retried entry's last error in
+/// `last_errors`; returns whether the store was unavailable to any
+/// delivery. A lane stops at the first such delivery: the rest of its
+/// deliveries are not tried against a store that would fail them alike;
+/// they stay pending and come back after the visibility timeout.
+async fn handle_batch_remembering(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    batch: &[Delivery],
+    last_errors: &Mutex<LastErrors>,
+) -> bool {
     let lanes = lanes_by_order(batch);
     let concurrency = env.config.handle_concurrency.max(1);
+    let unavailable = std::sync::atomic::AtomicBool::new(false);
     futures::stream::iter(lanes)
-        .for_each_concurrent(concurrency, |lane| async move {
-            for (delivery, decoded) in lane {
-                handle_decoded(env, service, consumer, delivery, decoded).await;
+        .for_each_concurrent(concurrency, |lane| {
+            let unavailable = &unavailable;
+            async move {
+                for (delivery, decoded) in lane {
+                    if unavailable.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let handled =
+                        handle_decoded(env, service, consumer, delivery, decoded, last_errors).await;
+                    if handled.store_unavailable {
+                        unavailable.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
             }
         })
         .await;
+    unavailable.into_inner()
 }
 
 /// One lane per order id, in order of first appearance, each keeping the
@@ -225,6 +376,23 @@ mod tests {
         )
         .encode()
         .into_bytes()
+    }
+
+    #[test]
+    fn last_errors_keep_the_latest_per_entry_and_forget_the_oldest_past_the_bound() {
+        let mut last = LastErrors::default();
+        last.remember("1-0", "first");
+        last.remember("1-0", "second");
+        assert_eq!(last.order.len(), 1, "one slot per entry");
+        for n in 0..LAST_ERRORS_MAX {
+            last.remember(&format!("2-{n}"), "other");
+        }
+        assert_eq!(last.by_entry.len(), LAST_ERRORS_MAX, "bounded");
+        assert_eq!(last.forget("1-0"), None, "the oldest entry went first");
+        assert_eq!(last.forget("2-0"), Some("other".to_string()));
+        assert_eq!(last.forget("2-0"), None, "forgotten once settled");
+        last.remember("3-0", "latest");
+        assert_eq!(last.forget("3-0"), Some("latest".to_string()));
     }
 
     #[test]

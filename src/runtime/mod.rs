@@ -7,6 +7,7 @@
 //! simulates. Every loop is bounded by a shutdown signal and sleeps between
 //! empty polls.
 
+pub mod backoff;
 pub mod bus;
 pub mod commands;
 pub mod consumer;
@@ -87,8 +88,14 @@ pub struct RuntimeConfig {
     pub conflict_backoff: Duration,
     /// Sleep of a loop that found no work.
     pub idle_poll: Duration,
-    /// Sleep after the store or bus was unavailable.
+    /// Sleep after the store or bus was unavailable; doubles with each
+    /// failure in a row, up to `error_backoff_max`.
     pub error_backoff: Duration,
+    pub error_backoff_max: Duration,
+    /// How long a relay holds the outbox entries it claimed: longer than a
+    /// pass takes to publish and mark them. A crashed relay's entries are
+    /// due again after it.
+    pub relay_lease: Duration,
     /// Time from order creation to SAGA_DEADLINE_PASSED.
     pub saga_deadline: DurationMs,
     pub redrive: RedrivePolicy,
@@ -109,6 +116,8 @@ impl Default for RuntimeConfig {
             conflict_backoff: Duration::from_millis(5),
             idle_poll: Duration::from_millis(50),
             error_backoff: Duration::from_millis(500),
+            error_backoff_max: Duration::from_secs(10),
+            relay_lease: Duration::from_secs(30),
             saga_deadline: DurationMs::from_secs(300),
             // Republish rounds start 1, 3, 7, 15 and 31 minutes after an
             // event was committed (the 63-minute round is past the horizon):

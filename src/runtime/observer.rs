@@ -56,6 +56,14 @@ pub enum RuntimeEvent<'a> {
     },
     /// A store conflict was retried.
     ConflictRetried { service: Service, attempt: u32 },
+    /// The relay of `service` found outbox entry `seq` undecodable and the
+    /// store set it aside for good: its event is never published, and an
+    /// operator has to look (it stays in the outbox with the reason).
+    Quarantined {
+        service: Service,
+        seq: i64,
+        reason: &'a str,
+    },
 }
 
 /// Receives [`RuntimeEvent`]s. Must not block: it runs inside the runtime's

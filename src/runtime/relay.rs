@@ -1,15 +1,24 @@
-//! The outbox relay: publishes committed outbox entries, then records that
-//! it did. A crash between the two publishes the entry again (a duplicate
-//! the inbox absorbs), never loses it. The same pass re-publishes entries
-//! that [`RedrivePolicy`](super::RedrivePolicy) says are due, so a bus that
-//! lost its data delays a saga but cannot strand it.
+//! The outbox relay: claims due outbox entries, publishes them, then
+//! records that it did. A crash between publish and mark publishes the
+//! entry again once the claim's lease ends (a duplicate the inbox absorbs),
+//! never loses it. The same pass re-publishes entries that
+//! [`RedrivePolicy`](super::RedrivePolicy) says are due, so a bus that lost
+//! its data delays a saga but cannot strand it.
+//!
+//! The claim comes first and is a write: the relays of one service share
+//! the work (each entry is held by one of them for the lease), and a store
+//! that cannot record anything (read-only, full) fails the claim before
+//! anything is published, instead of letting the same batch out again on
+//! every pass. An entry that no longer decodes is quarantined by the claim
+//! and reported ([`RuntimeEvent::Quarantined`]); the rest keep flowing.
 
 use tokio::sync::Notify;
 
-use crate::domain::Service;
+use crate::domain::{DurationMs, Service};
 
+use super::backoff;
 use super::observer::{Observer, RuntimeEvent};
-use super::store::Mark;
+use super::store::{Mark, OutboxEntry};
 use super::{sleep_or_stop, Env, Shutdown, StoreError};
 
 /// Why a relay pass stopped early.
@@ -21,13 +30,47 @@ pub enum RelayError {
     Bus { published: usize, cause: String },
 }
 
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pass {
+    /// Rows the claim took (published or quarantined): a full batch means
+    /// more may be due.
+    taken: usize,
+    published: usize,
+}
+
 /// Publishes up to one batch of due entries of `service`; returns how many.
 pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError> {
-    let now = env.clock.now();
-    let due = env.store.outbox_due(service, now, env.config.batch_size).await?;
-    let mut published = Vec::with_capacity(due.len());
+    relay_pass(env, service).await.map(|pass| pass.published)
+}
+
+async fn relay_pass(env: &Env, service: Service) -> Result<Pass, RelayError> {
+    let lease = DurationMs(i64::try_from(env.config.relay_lease.as_millis()).unwrap_or(i64::MAX));
+    let claimed = env
+        .store
+        .claim_due(service, env.clock.now(), lease, env.config.batch_size)
+        .await?;
+    for bad in &claimed.quarantined {
+        tracing::warn!(%service, seq = bad.seq, reason = %bad.reason, "outbox entry quarantined: it is never published");
+        env.observer.observe(RuntimeEvent::Quarantined {
+            service,
+            seq: bad.seq,
+            reason: &bad.reason,
+        });
+    }
+    let due = &claimed.entries;
+    let taken = due.len() + claimed.quarantined.len();
+    debug_assert!(taken <= env.config.batch_size, "a claim is bounded by the batch");
+    let mark_first = crate::mutant!(RelayMarkBeforePublish);
+    if mark_first {
+        // Planted bug: the entries are recorded as published before they
+        // are; a crash or a bus failure in between loses them until their
+        // next re-drive round, if they have one.
+        mark(env, service, due).await?;
+    }
+    let mut published = 0;
     let mut failure = None;
-    for entry in &due {
+    for entry in due {
         debug_assert_eq!(
             entry.event.emitter(),
             service,
@@ -42,23 +85,36 @@ pub async fn relay_once(env: &Env, service: Service) -> Result<usize, RelayError
             event: &entry.event,
             republish: entry.published_count,
         });
-        published.push(entry);
+        published += 1;
     }
-    if !published.is_empty() {
-        let now = env.clock.now();
-        let marks: Vec<Mark> = published
-            .iter()
-            .map(|entry| env.config.redrive.mark(entry, now))
-            .collect();
-        env.store.mark_published(service, &marks, now).await?;
+    if !mark_first {
+        mark(env, service, &due[..published]).await?;
     }
     match failure {
-        Some(cause) => Err(RelayError::Bus {
-            published: published.len(),
-            cause,
-        }),
-        None => Ok(published.len()),
+        Some(cause) => {
+            // Due again at once, not after the lease: the next pass (after
+            // the backoff) tries them first.
+            let unpublished: Vec<i64> = due[published..].iter().map(|e| e.seq).collect();
+            if let Err(e) = env.store.release(service, &unpublished).await {
+                tracing::warn!(%service, error = %e, "could not release unpublished claims; due after the lease");
+            }
+            Err(RelayError::Bus { published, cause })
+        }
+        None => Ok(Pass { taken, published }),
     }
+}
+
+/// Records `entries` as published now, each with its next re-drive round.
+async fn mark(env: &Env, service: Service, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let now = env.clock.now();
+    let marks: Vec<Mark> = entries
+        .iter()
+        .map(|entry| env.config.redrive.mark(entry, now))
+        .collect();
+    env.store.mark_published(service, &marks, now).await
 }
 
 /// Wakes a service's relay when a transaction of that service commits, so
@@ -104,18 +160,28 @@ pub async fn run_woken(
     mut shutdown: Shutdown,
     wake: Option<std::sync::Arc<RelayWake>>,
 ) {
+    let mut failures: u32 = 0;
     loop {
-        let pause = match relay_once(&env, service).await {
-            Ok(n) if n == env.config.batch_size => continue,
-            Ok(_) => env.config.idle_poll,
+        let pause = match relay_pass(&env, service).await {
+            Ok(pass) if pass.taken == env.config.batch_size => {
+                failures = 0;
+                continue;
+            }
+            Ok(_) => {
+                failures = 0;
+                env.config.idle_poll
+            }
             Err(e) => {
-                tracing::warn!(%service, error = %e, "relay pass failed");
-                env.config.error_backoff
+                // Growing, bounded: a store that refuses the claim or the
+                // mark for minutes is asked a few times a minute.
+                failures = failures.saturating_add(1);
+                tracing::warn!(%service, error = %e, failures, "relay pass failed");
+                backoff::after_failures(env.config.error_backoff, env.config.error_backoff_max, failures)
             }
         };
         // After a failure, back off in full: waking on every commit would
         // hammer a bus that is down.
-        let woken = wake.as_ref().filter(|_| pause == env.config.idle_poll);
+        let woken = wake.as_ref().filter(|_| failures == 0);
         let stop = match woken {
             None => sleep_or_stop(&mut shutdown, pause).await,
             Some(wake) => {

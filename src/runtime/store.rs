@@ -32,6 +32,13 @@ impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict(_))
     }
+
+    /// Whether the store as a whole is out of service (down, read-only,
+    /// full): every transaction would fail alike, so loops back off instead
+    /// of trying the next item.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -79,6 +86,24 @@ pub struct OutboxEntry {
     /// recorded at its last publish (see [`RedrivePolicy::mark`]); None when
     /// never published or never again.
     pub next_publish_at: Option<Timestamp>,
+}
+
+/// An outbox row that no longer decodes (e.g. written by a newer build with
+/// a higher `schemaVersion`), set aside by [`Store::claim_due`] so that it
+/// is never due again and the rows after it keep flowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub seq: i64,
+    /// Why it does not decode.
+    pub reason: String,
+}
+
+/// What one claim took: the entries now held by the claiming relay, and the
+/// rows it found undecodable and quarantined instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub entries: Vec<OutboxEntry>,
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// What the relay records of an entry it has just published.
@@ -143,7 +168,13 @@ impl RedrivePolicy {
         if !Self::worth_republishing(entry.event.event_type()) {
             return None;
         }
-        (1..=self.republish_max.min(Self::ROUNDS_MAX))
+        let rounds_max = if crate::mutant!(RedriveStopsEarly) {
+            // Planted bug: only the first round is ever scheduled.
+            1
+        } else {
+            self.republish_max.min(Self::ROUNDS_MAX)
+        };
+        (1..=rounds_max)
             .map(|k| self.round_start(entry.created_at, k))
             .take_while(|start| start.since(entry.created_at) < self.horizon)
             .find(|start| *start > last)
@@ -186,19 +217,55 @@ pub struct Pruned {
 pub trait Store: Send + Sync + 'static {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>>;
 
-    /// Outbox entries of `service` that are due: every never-published entry
-    /// first, then those whose `next_publish_at` has come, each oldest first,
-    /// so a backlog of re-drives never delays a new event.
+    /// Claims up to `limit` outbox entries of `service` that are due and
+    /// not claimed by another relay (or whose claim expired), holding each
+    /// until `now + lease`, so the relays of a service share the work and a
+    /// crashed relay's entries are due again after the lease. Due: every
+    /// never-published entry first, in `seq` order, then those whose
+    /// `next_publish_at` has come, in `(next_publish_at, seq)` order, so a
+    /// backlog of re-drives never delays a new event. A claimed row that
+    /// does not decode is quarantined (never due again, kept for an
+    /// operator) and reported, not returned; it counts against `limit`.
+    /// A claim is a write: a store that cannot record it fails here,
+    /// before anything is published.
+    async fn claim_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        lease: DurationMs,
+        limit: usize,
+    ) -> StoreResult<Claimed>;
+
+    /// What a relay would claim now, without holding it (a claim with a
+    /// zero lease): tests and tools; the relay uses [`Store::claim_due`].
     async fn outbox_due(
         &self,
         service: Service,
         now: Timestamp,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>>;
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        Ok(self.claim_due(service, now, DurationMs(0), limit).await?.entries)
+    }
 
     /// Records that the entries were handed to the bus at `now`, with when
-    /// each is due again.
+    /// each is due again, and ends their claims; in one statement.
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()>;
+
+    /// Ends the claims of entries a relay claimed and did not publish (the
+    /// bus failed), so they are due again at once instead of after the lease.
+    async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()>;
+
+    /// Whether `service` has recorded `event_id` as processed (a read; locks
+    /// nothing). The consumer asks it before dead-lettering an entry past
+    /// its deliveries limit: an applied event is acknowledged instead.
+    async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool>;
+
+    /// Ok if a transaction of `service` could commit now, else the error a
+    /// write would meet (Unavailable when the store is down or read-only).
+    /// Writes nothing: the consumer asks it, after the store was
+    /// unavailable, before it takes more deliveries whose budget a failing
+    /// store would spend.
+    async fn writable(&self, service: Service) -> StoreResult<()>;
 
     /// PENDING orders past their deadline whose deadline was not signalled.
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;

@@ -8,11 +8,15 @@ use std::time::Duration;
 use crate::domain::participants::order;
 use crate::domain::Service;
 
-use super::transaction::{transact, Committed};
+use super::backoff;
+use super::transaction::{transact, Committed, TransactError};
 use super::{sleep_or_stop, Env, Shutdown, StoreError};
 
 /// Signals every order found past its deadline (up to one batch); returns
-/// how many were signalled.
+/// how many were signalled. An order whose transaction fails for a reason
+/// of its own (a row that does not decode) is logged and skipped, so it
+/// cannot hold back the deadlines of the orders after it; a store that is
+/// unavailable ends the pass with the error.
 pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
     let now = env.clock.now();
     let due = env.store.orders_past_deadline(now, env.config.batch_size).await?;
@@ -26,8 +30,11 @@ pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
         match result {
             Ok(Committed::Applied { emitted, .. }) => signalled += emitted,
             Ok(Committed::Duplicate) => unreachable!("the sweeper does not dedupe"),
-            Err(super::transaction::TransactError::Store(e)) => return Err(e),
-            Err(super::transaction::TransactError::Step(never)) => match never {},
+            Err(TransactError::Store(e)) if e.is_unavailable() => return Err(e),
+            Err(TransactError::Store(e)) => {
+                tracing::warn!(%order_id, error = %e, "deadline of this order not signalled; sweeping the others");
+            }
+            Err(TransactError::Step(never)) => match never {},
         }
     }
     Ok(signalled)
@@ -35,13 +42,21 @@ pub async fn sweep_once(env: &Env) -> Result<usize, StoreError> {
 
 /// Sweeps deadlines until shutdown.
 pub async fn run(env: Env, mut shutdown: Shutdown) {
+    let mut failures: u32 = 0;
     loop {
         let pause = match sweep_once(&env).await {
-            Ok(n) if n == env.config.batch_size => Duration::ZERO,
-            Ok(_) => env.config.idle_poll,
+            Ok(n) if n == env.config.batch_size => {
+                failures = 0;
+                Duration::ZERO
+            }
+            Ok(_) => {
+                failures = 0;
+                env.config.idle_poll
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "deadline sweep failed");
-                env.config.error_backoff
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, failures, "deadline sweep failed");
+                backoff::after_failures(env.config.error_backoff, env.config.error_backoff_max, failures)
             }
         };
         if sleep_or_stop(&mut shutdown, pause).await {

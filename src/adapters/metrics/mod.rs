@@ -14,6 +14,7 @@
 //! | `saga_redrives_total` | counter | `service` | `Published` with `republish > 0` |
 //! | `saga_dead_letters_total` | counter | `service` | `Handled` dead-lettered |
 //! | `saga_conflict_retries_total` | counter | `service` | `ConflictRetried` |
+//! | `saga_outbox_quarantined_total` | counter | `service` | `Quarantined` (an undecodable outbox row set aside) |
 //! | `saga_consumer_pending` | gauge | `service` | XINFO GROUPS `pending` |
 //! | `saga_consumer_lag` | gauge | `service` | XINFO GROUPS `lag` (entries not yet delivered) |
 //! | `saga_outbox_backlog` | gauge | `service` | outbox rows never published |
@@ -101,6 +102,7 @@ pub struct Metrics {
     redrives: Family<ServiceLabel, Counter>,
     dead_letters: Family<ServiceLabel, Counter>,
     conflict_retries: Family<ServiceLabel, Counter>,
+    outbox_quarantined: Family<ServiceLabel, Counter>,
     consumer_pending: Family<ServiceLabel, Gauge>,
     consumer_lag: Family<ServiceLabel, Gauge>,
     outbox_backlog: Family<ServiceLabel, Gauge>,
@@ -125,6 +127,7 @@ impl Metrics {
             redrives: Family::default(),
             dead_letters: Family::default(),
             conflict_retries: Family::default(),
+            outbox_quarantined: Family::default(),
             consumer_pending: Family::default(),
             consumer_lag: Family::default(),
             outbox_backlog: Family::default(),
@@ -173,6 +176,12 @@ impl Metrics {
             "saga_conflict_retries",
             "Store transactions retried after a conflict, by service",
             m.conflict_retries.clone(),
+        );
+        registry.register(
+            "saga_outbox_quarantined",
+            "Outbox rows set aside because they no longer decode (never published; an operator must look), \
+             by emitting service",
+            m.outbox_quarantined.clone(),
         );
         registry.register(
             "saga_consumer_pending",
@@ -274,6 +283,11 @@ impl Metrics {
             }
             RuntimeEvent::ConflictRetried { service, .. } => {
                 self.conflict_retries
+                    .get_or_create(&Self::service(*service))
+                    .inc();
+            }
+            RuntimeEvent::Quarantined { service, .. } => {
+                self.outbox_quarantined
                     .get_or_create(&Self::service(*service))
                     .inc();
             }

@@ -4,21 +4,26 @@
 //! - Conflict (retry the transaction at once): serialization failure
 //!   (40001), deadlock (40P01), unique violation (23505: two transactions
 //!   inserted the same new key), lock not available (55P03: `lock_timeout`),
-//!   query cancelled (57014: `statement_timeout`).
+//!   query cancelled (57014: `statement_timeout`), a cached plan whose result
+//!   type a migration changed (0A000: the statement is prepared again on the
+//!   retry's connection once sqlx drops it; the store's own statements name
+//!   their columns, so an additive migration does not cause it).
 //! - Unavailable (retry later): the pool timed out, the connection broke or
-//!   was refused, the server is shutting down or out of connections.
+//!   was refused, the server is shutting down, out of connections or disk
+//!   (class 53), or read-only (25006: a standby, or
+//!   `default_transaction_read_only`).
 //! - Fatal: anything else (a CHECK constraint, a bug, corrupt data).
 
 use crate::runtime::StoreError;
 
 /// SQLSTATEs after which the same transaction, run again, may succeed.
-const CONFLICT_CODES: [&str; 5] = ["40001", "40P01", "23505", "55P03", "57014"];
+const CONFLICT_CODES: [&str; 6] = ["40001", "40P01", "23505", "55P03", "57014", "0A000"];
 
 /// SQLSTATE classes and codes that mean the server is not reachable or not
 /// serving: connection exceptions (08), operator intervention (57P01..57P03),
-/// insufficient resources (53).
+/// insufficient resources (53), read-only transaction (25006).
 fn is_unavailable_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
 }
 
 /// Classifies `error`; `target` (host, port and database, no password) names
@@ -79,6 +84,12 @@ mod tests {
         assert!(is_unavailable_code("08006"));
         assert!(is_unavailable_code("57P01"));
         assert!(is_unavailable_code("53300"));
+        assert!(is_unavailable_code("53100"), "disk full");
+        assert!(is_unavailable_code("25006"), "read-only");
+        assert!(
+            CONFLICT_CODES.contains(&"0A000"),
+            "cached plan must not change result type"
+        );
         assert!(!is_unavailable_code("23505"));
         assert!(!is_unavailable_code("57014"));
     }

@@ -3,9 +3,11 @@
 //!
 //! Files: `connect.rs` (pool, session timeouts, migrations, URL
 //! redaction), `tx.rs` (one transaction), `rows.rs` (Row <-> SQL),
-//! `errors.rs` (sqlx errors -> conflict / unavailable / fatal), `reads.rs`
-//! (seeding and the read side of the HTTP API and the CLI). This file holds
-//! the store-wide queries: the relay's, the sweeper's, pruning and snapshots.
+//! `errors.rs` (sqlx errors -> conflict / unavailable / fatal), `outbox.rs`
+//! (the relay's claim, quarantine, mark and release), `reads.rs` (seeding
+//! and the read side of the HTTP API and the CLI). This file holds the
+//! other store-wide queries: the sweeper's, the consumer's, pruning and
+//! snapshots.
 //!
 //! Semantics are the in-memory store's (`runtime::memory::store`); the
 //! conformance suite in `tests/store_conformance.rs` runs the same tests
@@ -13,6 +15,7 @@
 
 mod connect;
 mod errors;
+mod outbox;
 mod reads;
 mod rows;
 mod tx;
@@ -20,18 +23,16 @@ mod tx;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row as _};
+use sqlx::PgPool;
 
 use crate::domain::invariants::Snapshot;
-use crate::domain::{DurationMs, Event, OrderId, Service, Timestamp};
-use crate::runtime::store::{
-    Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx,
-};
+use crate::domain::{DurationMs, EventId, OrderId, Service, Timestamp};
+use crate::runtime::store::{Claimed, Mark, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
 pub use connect::{connect, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR};
 pub use errors::classify;
+pub use outbox::claim_sql;
 pub use reads::TimelineEntry;
 
 /// The schema that holds `service`'s tables. Suffixed so that none needs
@@ -77,40 +78,6 @@ impl PgStore {
     }
 }
 
-/// The outbox columns an [`OutboxEntry`] is read from.
-const OUTBOX_COLUMNS: &str = "seq, payload, created_at, published_count, last_published_at, next_publish_at";
-
-fn outbox_entry(service: Service, r: &PgRow) -> StoreResult<OutboxEntry> {
-    let column = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
-    let seq: i64 = r.try_get("seq").map_err(column)?;
-    let payload: String = r.try_get("payload").map_err(column)?;
-    let event = Event::decode(payload.as_bytes()).map_err(|e| {
-        StoreError::Fatal(format!(
-            "{} outbox seq {seq} holds an undecodable event: {e}",
-            schema(service)
-        ))
-    })?;
-    let published_count: i32 = r.try_get("published_count").map_err(column)?;
-    Ok(OutboxEntry {
-        seq,
-        event,
-        created_at: Timestamp::from_datetime(r.try_get("created_at").map_err(column)?),
-        published_count: u32::try_from(published_count).map_err(|_| {
-            StoreError::Fatal(format!(
-                "outbox seq {seq}: negative published_count {published_count}"
-            ))
-        })?,
-        last_published_at: r
-            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
-            .map_err(column)?
-            .map(Timestamp::from_datetime),
-        next_publish_at: r
-            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("next_publish_at")
-            .map_err(column)?
-            .map(Timestamp::from_datetime),
-    })
-}
-
 /// `now - d` as a timestamp bound (saturating).
 fn before(now: Timestamp, d: DurationMs) -> chrono::DateTime<chrono::Utc> {
     Timestamp(now.0.saturating_sub(d.0)).to_datetime()
@@ -128,75 +95,51 @@ impl Store for PgStore {
         }))
     }
 
-    /// Two index-bound halves: never-published entries (partial index on
-    /// `seq`), then entries whose next re-drive round has come (partial
-    /// index on `next_publish_at`).
-    async fn outbox_due(
+    /// See [`outbox::claim_sql`].
+    async fn claim_due(
         &self,
         service: Service,
         now: Timestamp,
+        lease: DurationMs,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>> {
-        let sql = format!(
-            "SELECT * FROM (
-                (SELECT {columns} FROM {schema}.outbox WHERE last_published_at IS NULL ORDER BY seq LIMIT $2)
-                UNION ALL
-                (SELECT {columns} FROM {schema}.outbox WHERE next_publish_at <= $1 ORDER BY seq LIMIT $2)
-             ) AS due ORDER BY last_published_at IS NOT NULL, seq LIMIT $2",
-            columns = OUTBOX_COLUMNS,
-            schema = schema(service),
-        );
-        let rows = sqlx::query(&sql)
-            .bind(now.to_datetime())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        let entries = rows
-            .iter()
-            .map(|r| outbox_entry(service, r))
-            .collect::<StoreResult<Vec<_>>>()?;
-        debug_assert!(entries.len() <= limit, "LIMIT bounds the batch");
-        debug_assert!(
-            entries.windows(2).all(|w| {
-                let key = |e: &OutboxEntry| (e.last_published_at.is_some(), e.seq);
-                key(&w[0]) < key(&w[1])
-            }),
-            "never-published first, then re-drives, each oldest first"
-        );
-        Ok(entries)
+    ) -> StoreResult<Claimed> {
+        outbox::claim(self, service, now, lease, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
-        if marks.is_empty() {
-            return Ok(());
-        }
-        let seqs: Vec<i64> = marks.iter().map(|m| m.seq).collect();
-        let next: Vec<Option<chrono::DateTime<chrono::Utc>>> = marks
-            .iter()
-            .map(|m| m.next_publish_at.map(Timestamp::to_datetime))
-            .collect();
-        // `set_config(.., true)` is SET LOCAL for this statement's own
-        // transaction: its commit does not wait for the WAL flush. A mark
-        // lost in a server crash only makes the relay publish the entry
-        // again, which the consumers' inboxes absorb, so the relay does not
-        // pay an fsync per pass the way a state change must.
-        let sql = format!(
-            "UPDATE {}.outbox AS o
-             SET published_count = o.published_count + 1, last_published_at = $1, next_publish_at = m.next
-             FROM unnest($2::bigint[], $3::timestamptz[]) AS m(seq, next),
-                  (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-             WHERE o.seq = m.seq",
+        outbox::mark(self, service, marks, now).await
+    }
+
+    async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
+        outbox::release(self, service, seqs).await
+    }
+
+    async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
+        sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.inbox WHERE event_id = $1)",
             schema(service)
-        );
-        sqlx::query(&sql)
-            .bind(now.to_datetime())
-            .bind(seqs)
-            .bind(next)
-            .execute(&self.pool)
+        ))
+        .bind(event_id.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    /// A new transaction's `transaction_read_only`: on for a database set
+    /// `default_transaction_read_only` and for a hot standby, where every
+    /// write fails with SQLSTATE 25006.
+    async fn writable(&self, _: Service) -> StoreResult<()> {
+        let read_only: String = sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
+            .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(())
+        match read_only.as_str() {
+            "off" => Ok(()),
+            _ => Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {}: read-only (transaction_read_only = {read_only}); writes fail with SQLSTATE 25006",
+                self.target
+            ))),
+        }
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
@@ -211,12 +154,18 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        ids.into_iter()
-            .map(|id| {
-                OrderId::parse(&id)
-                    .map_err(|e| StoreError::Fatal(format!("order id {id:?} in the store: {e}")))
+        // An id that does not parse is that row's problem: the others are
+        // still signalled (the sweep of the row itself fails and is logged).
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| match OrderId::parse(&id) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(order_id = id, error = %e, "order_svc.orders holds an unparseable order id");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// One bounded batch per table: `DELETE ... WHERE ctid IN (SELECT ...

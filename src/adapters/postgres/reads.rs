@@ -86,10 +86,10 @@ impl PgStore {
     /// The items granted to `user` (one slot reservation per COMPLETED
     /// order), oldest first, at most `limit`.
     pub async fn granted_items(&self, user: &UserId, limit: usize) -> StoreResult<Vec<SlotReservation>> {
-        let found = sqlx::query(
-            "SELECT * FROM inventory_svc.slot_reservations WHERE user_id = $1 AND state = 'GRANTED'
-             ORDER BY updated_at, order_id LIMIT $2",
-        )
+        let found = sqlx::query(&format!(
+            "{} WHERE user_id = $1 AND state = 'GRANTED' ORDER BY updated_at, order_id LIMIT $2",
+            Kind::SlotReservation.select_from()
+        ))
         .bind(user.as_str())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)

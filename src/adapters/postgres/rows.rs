@@ -101,11 +101,66 @@ impl Kind {
             .join(" AND ")
     }
 
-    /// `SELECT * ... WHERE <key>` (with `FOR UPDATE` when `lock`).
+    /// The columns a row of this kind is read from and written to, key
+    /// columns included, in [`columns`] order. Statements name them instead
+    /// of `*`: a prepared `SELECT *` that sqlx caches per connection fails
+    /// with SQLSTATE 0A000 ("cached plan must not change result type") on
+    /// every pooled connection once a migration adds a column.
+    pub fn column_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Order => &[
+                "order_id",
+                "user_id",
+                "item_id",
+                "item_name",
+                "quantity",
+                "total_amount",
+                "payment_method",
+                "status",
+                "failed_step",
+                "failure_reason",
+                "created_at",
+                "deadline_at",
+                "deadline_signalled",
+                "updated_at",
+            ],
+            Kind::Catalog => &["item_id", "name", "unit_price"],
+            Kind::Account => &["user_id", "balance", "opening_balance"],
+            Kind::BalanceHold => &["order_id", "user_id", "amount", "state", "updated_at"],
+            Kind::InventoryAccount => &["user_id", "capacity", "used_slots", "reserved_slots"],
+            Kind::SlotReservation => &["order_id", "user_id", "item_id", "slots", "state", "updated_at"],
+            Kind::ItemStock => &["item_id", "stock", "opening_stock"],
+            Kind::StockReservation => &["order_id", "item_id", "quantity", "state", "updated_at"],
+            Kind::Payment => &[
+                "order_id",
+                "user_id",
+                "amount",
+                "method",
+                "state",
+                "reason",
+                "updated_at",
+            ],
+            Kind::NotificationLog => &[
+                "order_id",
+                "user_id",
+                "kind",
+                "message",
+                "sent_count",
+                "last_sent_at",
+            ],
+        }
+    }
+
+    /// `SELECT <columns> FROM <table>`: the start of every read of this kind.
+    pub fn select_from(self) -> String {
+        format!("SELECT {} FROM {}", self.column_names().join(", "), self.table())
+    }
+
+    /// `SELECT <columns> ... WHERE <key>` (with `FOR UPDATE` when `lock`).
     pub fn select_sql(self, lock: bool) -> String {
         format!(
-            "SELECT * FROM {} WHERE {}{}",
-            self.table(),
+            "{} WHERE {}{}",
+            self.select_from(),
             self.key_predicate(1),
             if lock { " FOR UPDATE" } else { "" }
         )
@@ -114,8 +169,8 @@ impl Kind {
     /// Every row of the table, in key order (snapshots).
     pub fn select_all_sql(self) -> String {
         format!(
-            "SELECT * FROM {} ORDER BY {}",
-            self.table(),
+            "{} ORDER BY {}",
+            self.select_from(),
             self.primary_key().join(", ")
         )
     }
@@ -261,6 +316,11 @@ pub fn write_sql(row: &Row, mode: WriteMode) -> (String, Vec<Value>) {
     let kind = Kind::of_key(&row.key());
     let cols = columns(row);
     let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+    debug_assert_eq!(
+        names,
+        kind.column_names(),
+        "reads and writes name the same columns"
+    );
     let pk = kind.primary_key();
     match mode {
         WriteMode::Insert | WriteMode::Upsert => {

@@ -46,14 +46,32 @@ impl PgTx {
         classify(e, &self.target)
     }
 
+    /// As [`err`](Self::err); after SQLSTATE 0A000 ("cached plan must not
+    /// change result type": a migration changed a column this connection's
+    /// cached statements return) it also drops the connection's statement
+    /// cache, so the retry prepares them again instead of failing the same
+    /// way on this connection forever.
+    async fn err_uncached(&mut self, e: sqlx::Error) -> StoreError {
+        let stale_plan = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"));
+        if stale_plan {
+            if let Err(close) = sqlx::Connection::clear_cached_statements(&mut *self.tx).await {
+                tracing::warn!(error = %close, "could not clear the statement cache after SQLSTATE 0A000");
+            }
+        }
+        self.err(e)
+    }
+
     async fn read(&mut self, key: &RowKey, lock: bool) -> StoreResult<Option<Row>> {
         let kind = Kind::of_key(key);
         // Planted bug (mutant PgNoRowLock): the row is read without its lock.
         let sql = kind.select_sql(lock && !crate::mutant!(PgNoRowLock));
-        let found = rows::bind_key(sqlx::query(&sql), key)
+        let found = match rows::bind_key(sqlx::query(&sql), key)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(|e| classify(e, &self.target))?;
+        {
+            Ok(found) => found,
+            Err(e) => return Err(self.err_uncached(e).await),
+        };
         let row = match found {
             None => None,
             Some(r) => Some(
@@ -114,10 +132,13 @@ impl StoreTx for PgTx {
             None => WriteMode::Upsert,
         };
         let (sql, values) = rows::write_sql(row, mode);
-        let done = rows::bind_values(sqlx::query(&sql), values)
+        let done = match rows::bind_values(sqlx::query(&sql), values)
             .execute(&mut *self.tx)
             .await
-            .map_err(|e| self.err(e))?;
+        {
+            Ok(done) => done,
+            Err(e) => return Err(self.err_uncached(e).await),
+        };
         if done.rows_affected() != 1 {
             return Err(StoreError::Fatal(format!(
                 "{mode:?} of {key:?} wrote {} rows, expected 1",

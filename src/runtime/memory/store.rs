@@ -72,9 +72,10 @@ use tokio::sync::Notify;
 
 use crate::domain::invariants::Snapshot;
 use crate::domain::rows::OrderStatus;
-use crate::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{
-    Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreError, StoreResult, StoreTx,
+    Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy, Retention, Store, StoreError,
+    StoreResult, StoreTx,
 };
 
 /// What a transaction can lock.
@@ -88,11 +89,69 @@ enum LockKey {
 struct State {
     rows: BTreeMap<RowKey, Row>,
     inbox: BTreeMap<(Service, EventId), Timestamp>,
-    outbox: BTreeMap<(Service, i64), OutboxEntry>,
+    outbox: BTreeMap<(Service, i64), Slot>,
     next_seq: i64,
     locks: BTreeMap<LockKey, u64>,
     next_tx: u64,
     commits: u64,
+}
+
+/// An outbox row as the store holds it: like a row of the Postgres outbox,
+/// its payload may not decode (a newer build wrote it), and it carries the
+/// relay's claim and the quarantine of an undecodable payload.
+#[derive(Debug, Clone)]
+struct Slot {
+    seq: i64,
+    /// The decoded payload, or why it does not decode.
+    event: Result<Event, String>,
+    created_at: Timestamp,
+    published_count: u32,
+    last_published_at: Option<Timestamp>,
+    next_publish_at: Option<Timestamp>,
+    /// Held by a relay until then.
+    claimed_until: Option<Timestamp>,
+    /// Set aside for good, with the reason.
+    quarantined: Option<String>,
+}
+
+impl Slot {
+    fn new(seq: i64, event: Result<Event, String>, created_at: Timestamp) -> Slot {
+        Slot {
+            seq,
+            event,
+            created_at,
+            published_count: 0,
+            last_published_at: None,
+            next_publish_at: None,
+            claimed_until: None,
+            quarantined: None,
+        }
+    }
+
+    /// The entry, if its payload decodes.
+    fn entry(&self) -> Option<OutboxEntry> {
+        Some(OutboxEntry {
+            seq: self.seq,
+            event: self.event.as_ref().ok()?.clone(),
+            created_at: self.created_at,
+            published_count: self.published_count,
+            last_published_at: self.last_published_at,
+            next_publish_at: self.next_publish_at,
+        })
+    }
+
+    /// Due at `now` and free to claim (Postgres: the claim's WHERE).
+    fn fresh(&self, now: Timestamp) -> bool {
+        self.last_published_at.is_none() && self.claimable(now)
+    }
+
+    fn redrive_due(&self, now: Timestamp) -> bool {
+        self.next_publish_at.is_some_and(|at| at <= now) && self.claimable(now)
+    }
+
+    fn claimable(&self, now: Timestamp) -> bool {
+        self.quarantined.is_none() && self.claimed_until.is_none_or(|until| until <= now)
+    }
 }
 
 /// The shared state behind a [`MemoryStore`] and its transactions.
@@ -156,7 +215,8 @@ impl MemoryStore {
         (outbox, inbox)
     }
 
-    /// Every outbox entry of every service, in (service, seq) order.
+    /// Every outbox entry of every service, in (service, seq) order (rows
+    /// that do not decode left out).
     pub fn outbox(&self) -> Vec<OutboxEntry> {
         self.shared
             .state
@@ -164,7 +224,35 @@ impl MemoryStore {
             .expect("store mutex")
             .outbox
             .values()
-            .cloned()
+            .filter_map(Slot::entry)
+            .collect()
+    }
+
+    /// `service`'s outbox entry `seq`, if it is there and decodes.
+    pub fn outbox_entry(&self, service: Service, seq: i64) -> Option<OutboxEntry> {
+        let state = self.shared.state.lock().expect("store mutex");
+        state.outbox.get(&(service, seq)).and_then(Slot::entry)
+    }
+
+    /// Adds a raw payload to `service`'s outbox as committed, outside any
+    /// transaction: what a build with another event schema may have written
+    /// (the Postgres tests INSERT such a row). Returns its seq.
+    pub fn enqueue_raw(&self, service: Service, payload: &[u8], now: Timestamp) -> i64 {
+        let event = Event::decode(payload).map_err(|e| e.to_string());
+        let mut state = self.shared.state.lock().expect("store mutex");
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        state.outbox.insert((service, seq), Slot::new(seq, event, now));
+        seq
+    }
+
+    /// The reasons of `service`'s quarantined outbox rows, by seq.
+    pub fn quarantined(&self, service: Service) -> Vec<(i64, String)> {
+        let state = self.shared.state.lock().expect("store mutex");
+        state
+            .outbox
+            .range((service, i64::MIN)..=(service, i64::MAX))
+            .filter_map(|(_, slot)| Some((slot.seq, slot.quarantined.clone()?)))
             .collect()
     }
 
@@ -369,17 +457,9 @@ impl StoreTx for MemoryTx {
         for (event, now) in std::mem::take(&mut self.outbox) {
             state.next_seq += 1;
             let seq = state.next_seq;
-            state.outbox.insert(
-                (self.service, seq),
-                OutboxEntry {
-                    seq,
-                    event,
-                    created_at: now,
-                    published_count: 0,
-                    last_published_at: None,
-                    next_publish_at: None,
-                },
-            );
+            state
+                .outbox
+                .insert((self.service, seq), Slot::new(seq, Ok(event), now));
         }
         state.commits += 1;
         self.release(&mut state);
@@ -409,33 +489,88 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn outbox_due(
+    async fn claim_due(
         &self,
         service: Service,
         now: Timestamp,
+        lease: DurationMs,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>> {
-        let state = self.shared.state.lock().expect("store mutex");
-        let entries = || {
+    ) -> StoreResult<Claimed> {
+        assert!(lease.0 >= 0, "a lease is not negative");
+        let mut state = self.shared.state.lock().expect("store mutex");
+        let slots = || {
             state
                 .outbox
                 .range((service, i64::MIN)..=(service, i64::MAX))
-                .map(|(_, e)| e)
+                .map(|(_, slot)| slot)
         };
-        let fresh = entries().filter(|e| e.last_published_at.is_none());
-        let redrive = entries().filter(|e| e.next_publish_at.is_some_and(|at| at <= now));
-        Ok(fresh.chain(redrive).take(limit).cloned().collect())
+        let fresh: Vec<i64> = slots()
+            .filter(|s| s.fresh(now))
+            .map(|s| s.seq)
+            .take(limit)
+            .collect();
+        let mut redrive: Vec<(Timestamp, i64)> = slots()
+            .filter(|s| s.redrive_due(now))
+            .map(|s| (s.next_publish_at.expect("due re-drives have a time"), s.seq))
+            .collect();
+        redrive.sort_unstable();
+        let due: Vec<i64> = fresh
+            .into_iter()
+            .chain(redrive.into_iter().map(|(_, seq)| seq))
+            .take(limit)
+            .collect();
+        let mut claimed = Claimed::default();
+        for seq in due {
+            let slot = state
+                .outbox
+                .get_mut(&(service, seq))
+                .expect("a due seq is in the outbox");
+            match &slot.event {
+                Ok(_) => {
+                    slot.claimed_until = Some(now.plus(lease));
+                    claimed.entries.push(slot.entry().expect("decodes"));
+                }
+                Err(reason) => {
+                    let reason = format!("undecodable event: {reason}");
+                    slot.quarantined = Some(reason.clone());
+                    slot.next_publish_at = None;
+                    slot.claimed_until = None;
+                    claimed.quarantined.push(Quarantined { seq, reason });
+                }
+            }
+        }
+        debug_assert!(claimed.entries.len() + claimed.quarantined.len() <= limit);
+        Ok(claimed)
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         let mut state = self.shared.state.lock().expect("store mutex");
         for mark in marks {
-            if let Some(entry) = state.outbox.get_mut(&(service, mark.seq)) {
-                entry.published_count += 1;
-                entry.last_published_at = Some(now);
-                entry.next_publish_at = mark.next_publish_at;
+            if let Some(slot) = state.outbox.get_mut(&(service, mark.seq)) {
+                slot.published_count += 1;
+                slot.last_published_at = Some(now);
+                slot.next_publish_at = mark.next_publish_at;
+                slot.claimed_until = None;
             }
         }
+        Ok(())
+    }
+
+    async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
+        let mut state = self.shared.state.lock().expect("store mutex");
+        for seq in seqs {
+            if let Some(slot) = state.outbox.get_mut(&(service, *seq)) {
+                slot.claimed_until = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
+        Ok(self.inbox_contains(service, event_id))
+    }
+
+    async fn writable(&self, _: Service) -> StoreResult<()> {
         Ok(())
     }
 
@@ -467,8 +602,8 @@ impl Store for MemoryStore {
         let expired_outbox: Vec<(Service, i64)> = state
             .outbox
             .range((service, i64::MIN)..=(service, i64::MAX))
-            .filter(|(_, e)| {
-                e.published_count > 0 && now.since(e.created_at) >= policy.horizon.max(retention.outbox)
+            .filter(|(_, slot)| {
+                slot.published_count > 0 && now.since(slot.created_at) >= policy.horizon.max(retention.outbox)
             })
             .map(|(k, _)| *k)
             .take(retention.batch)
