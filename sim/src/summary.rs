@@ -23,6 +23,8 @@ pub struct Summary {
     pub simulated_ms: u64,
     /// Sum of each seed's own wall time (all threads).
     pub busy: Duration,
+    /// Faults of kinds the simulator does not have, by name (torture's).
+    pub other_faults: BTreeMap<&'static str, u64>,
 }
 
 /// The saga paths every sweep must see: success and each failed step.
@@ -48,6 +50,14 @@ impl Summary {
         self.dead_letters += o.dead_letters;
         self.simulated_ms += o.simulated_ms;
         self.busy += o.wall;
+    }
+
+    /// Counts faults of kinds the simulator does not have (e.g. torture's),
+    /// listed after the simulator's in the table.
+    pub fn add_other_faults(&mut self, counts: impl IntoIterator<Item = (&'static str, u64)>) {
+        for (name, n) in counts {
+            *self.other_faults.entry(name).or_insert(0) += n;
+        }
     }
 
     /// What should have happened at least once and never did.
@@ -92,6 +102,9 @@ impl Summary {
                 k.name(),
                 self.faults.get(&k).copied().unwrap_or(0)
             );
+        }
+        for (name, n) in &self.other_faults {
+            let _ = writeln!(s, "  {name:<24} {n}");
         }
         let _ = writeln!(s, "dead letters     {}", self.dead_letters);
         let _ = writeln!(s, "violations       {} seed(s)", self.failing.len());
