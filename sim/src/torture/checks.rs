@@ -207,6 +207,21 @@ impl Checker {
         Ok(None)
     }
 
+    /// [`Checker::dead_lettered`], tried again while the connection
+    /// recovers from a fault (a restarted Redis, killed connections).
+    pub async fn dead_lettered_retrying(&self, service: Service) -> Result<BTreeSet<String>, String> {
+        let mut tries = 0;
+        loop {
+            match self.dead_lettered(service).await {
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Entry ids in `service`'s dead-letter stream.
     pub async fn dead_lettered(&self, service: Service) -> Result<BTreeSet<String>, String> {
         Ok(self
@@ -285,7 +300,7 @@ pub async fn check_dead_letters(
         if last_loss_ms.is_some_and(|lost| lost >= e.at_ms) {
             continue;
         }
-        match checker.dead_lettered(e.service).await {
+        match checker.dead_lettered_retrying(e.service).await {
             Ok(ids) if ids.contains(&e.entry_id) => {}
             Ok(_) => shared.found(Finding::new(
                 e.check,
