@@ -463,7 +463,7 @@ impl Run {
 
 /// The seed's outcome from what the shared state gathered.
 fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutcome {
-    let last = shared.final_snapshot().unwrap_or_else(Snapshot::default);
+    let last = shared.final_snapshot().unwrap_or_default();
     let mut paths: BTreeMap<String, u64> = BTreeMap::new();
     for order in last.orders.values() {
         let path = match (order.status, order.failed_step) {
