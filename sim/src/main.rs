@@ -585,7 +585,10 @@ fn main() -> ExitCode {
                     engines,
                     torture_seeds,
                     torture,
-                    torture_without: vec![torture_without].into_iter().filter(|w| !w.is_empty()).collect(),
+                    torture_without: vec![torture_without]
+                        .into_iter()
+                        .filter(|w| !w.is_empty())
+                        .collect(),
                 },
                 &Options {
                     faults,
@@ -636,7 +639,13 @@ fn main() -> ExitCode {
 }
 
 /// The command line that runs `a..b` again.
-fn torture_command(a: u64, b: u64, settings: &TortureSettings, without: &[String], mutant: Option<&str>) -> String {
+fn torture_command(
+    a: u64,
+    b: u64,
+    settings: &TortureSettings,
+    without: &[String],
+    mutant: Option<&str>,
+) -> String {
     let mut flags = String::new();
     for w in without {
         flags += &format!(" --without {w}");
@@ -677,7 +686,8 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
     let mut summary = Summary::default();
     for o in &outcomes {
         summary.add(&o.as_sim_outcome());
-        summary.add_other_faults(torture::Kind::ALL.map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))));
+        summary
+            .add_other_faults(torture::Kind::ALL.map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))));
     }
     println!("{command} --jobs {jobs} (commit {})", commit());
     print!("{}", summary.render(started.elapsed()));
@@ -697,7 +707,11 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
         }
         println!(
             "    again: {}",
-            command.replacen(&format!("--seeds {a}..{b}"), &format!("--seeds {}..{}", o.seed(), o.seed() + 1), 1)
+            command.replacen(
+                &format!("--seeds {a}..{b}"),
+                &format!("--seeds {}..{}", o.seed(), o.seed() + 1),
+                1
+            )
         );
     }
     ExitCode::from(1)
@@ -840,7 +854,11 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
         eprintln!(
             "{}: {}",
             hunt.mutant,
-            if hunt.caught.is_some() { "caught" } else { "SURVIVED" }
+            if hunt.caught.is_some() {
+                "caught"
+            } else {
+                "SURVIVED"
+            }
         );
     }
     let without = options

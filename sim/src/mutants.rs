@@ -43,7 +43,10 @@ pub fn with<T>(name: Option<&str>, f: impl FnOnce() -> T) -> Result<T, String> {
 pub fn all_names() -> Vec<&'static str> {
     #[cfg(feature = "mutants")]
     {
-        purchase_saga::mutants::Mutant::ALL.iter().map(|m| m.name()).collect()
+        purchase_saga::mutants::Mutant::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect()
     }
     #[cfg(not(feature = "mutants"))]
     {
@@ -115,7 +118,12 @@ mod tests {
 
     #[test]
     fn every_differential_test_names_an_adapter_mutant() {
-        for name in ["claim-drops-entries", "trim-below-pending", "pg-no-row-lock", "prune-inside-horizon"] {
+        for name in [
+            "claim-drops-entries",
+            "trim-below-pending",
+            "pg-no-row-lock",
+            "prune-inside-horizon",
+        ] {
             assert!(differential_test(name).is_some(), "{name}");
         }
         assert_eq!(differential_test("double-refund"), None);

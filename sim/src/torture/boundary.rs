@@ -133,7 +133,9 @@ struct FaultyTx {
 
 impl FaultyTx {
     fn tx(&mut self) -> &mut Box<dyn StoreTx> {
-        self.inner.as_mut().expect("a transaction is used only before commit")
+        self.inner
+            .as_mut()
+            .expect("a transaction is used only before commit")
     }
 }
 

@@ -98,8 +98,11 @@ impl Observer for TortureObserver {
                 } else {
                     String::new()
                 };
-                self.shared
-                    .log(format!("{service} -> Bus: {} {}{again}", e.event_type(), e.order_id));
+                self.shared.log(format!(
+                    "{service} -> Bus: {} {}{again}",
+                    e.event_type(),
+                    e.order_id
+                ));
                 let n = self.shared.published(e.event_id.to_string());
                 if n > self.publishes_max {
                     self.shared.found(Finding::new(
@@ -139,7 +142,11 @@ impl Checker {
     /// Why the seed is not quiescent yet, if it is not.
     pub async fn not_quiescent(&self) -> Result<Option<String>, String> {
         let snapshot = self.snapshot().await?;
-        let open = snapshot.orders.values().filter(|o| !o.status.is_terminal()).count();
+        let open = snapshot
+            .orders
+            .values()
+            .filter(|o| !o.status.is_terminal())
+            .count();
         if open > 0 {
             return Ok(Some(format!("{open} orders not terminal")));
         }
@@ -167,13 +174,11 @@ impl Checker {
     async fn undelivered(&self, store: &PgStore) -> Result<Option<String>, String> {
         let mut inboxes: BTreeMap<Service, BTreeSet<String>> = BTreeMap::new();
         for service in Service::ALL {
-            let ids: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT event_id::text FROM {}.inbox",
-                schema(service)
-            ))
-            .fetch_all(store.pool())
-            .await
-            .map_err(|e| e.to_string())?;
+            let ids: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT event_id::text FROM {}.inbox", schema(service)))
+                    .fetch_all(store.pool())
+                    .await
+                    .map_err(|e| e.to_string())?;
             inboxes.insert(service, ids.into_iter().collect());
         }
         for service in Service::ALL {
@@ -305,13 +310,12 @@ pub async fn check_dead_letters(
             Ok(_) => shared.found(Finding::new(
                 e.check,
                 format!("entry {} of {}", e.entry_id, e.service),
-                format!("{} is not in the dead-letter stream: lost without a trace", e.what),
+                format!(
+                    "{} is not in the dead-letter stream: lost without a trace",
+                    e.what
+                ),
             )),
-            Err(err) => shared.found(Finding::new(
-                SETUP,
-                format!("dead letters of {}", e.service),
-                err,
-            )),
+            Err(err) => shared.found(Finding::new(SETUP, format!("dead letters of {}", e.service), err)),
         }
     }
 }

@@ -78,8 +78,17 @@ struct Run {
     migrations: u64,
 }
 
-async fn run_async(settings: &TortureSettings, input: &TortureInput, shared: Arc<Shared>) -> Result<(), String> {
-    let prefix = format!("torture:{}:{}:{}", input.seed, std::process::id(), shared.now_ms());
+async fn run_async(
+    settings: &TortureSettings,
+    input: &TortureInput,
+    shared: Arc<Shared>,
+) -> Result<(), String> {
+    let prefix = format!(
+        "torture:{}:{}:{}",
+        input.seed,
+        std::process::id(),
+        shared.now_ms()
+    );
     let redis = match &settings.redis_url {
         Some(url) => RedisTarget::Shared {
             url: url.clone(),
@@ -253,7 +262,10 @@ impl Run {
     async fn heal(&mut self, t: u64) {
         self.shared.heal();
         // Everything down comes back; windows close now.
-        let pending: Vec<Action> = std::mem::take(&mut self.actions).into_values().flatten().collect();
+        let pending: Vec<Action> = std::mem::take(&mut self.actions)
+            .into_values()
+            .flatten()
+            .collect();
         for action in pending {
             match action {
                 Action::Torture(_) => {}
@@ -286,7 +298,9 @@ impl Run {
     /// Aborts `replica`'s tasks now (if it is up) and restarts it after
     /// `down_ms` (at the heal at the latest).
     fn crash(&mut self, replica: Replica, t: u64, down_ms: u64) {
-        let Some(handle) = self.up.remove(&replica) else { return };
+        let Some(handle) = self.up.remove(&replica) else {
+            return;
+        };
         handle.abort();
         let open = self.shared.take_open_tx(replica);
         self.shared.fault(FaultKind::Crash, format!("{replica} crashed"));
@@ -323,9 +337,7 @@ impl Run {
                 Ok(n) => self
                     .shared
                     .log(format!("== database writable again ({n} backends terminated) ==")),
-                Err(e) => self
-                    .shared
-                    .found(Finding::new(checks::SETUP, "read-only off", e)),
+                Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
             },
             Action::FreeDeadKey(service) => {
                 let key = self.checker.bus.dead_key(service);
@@ -367,7 +379,12 @@ impl Run {
                 if done.is_ok() {
                     self.schedule(t + scaled(len_ms), Action::ReadOnlyOff);
                 }
-                done.map(|n| format!("database read-only for {}ms ({n} backends terminated)", scaled(len_ms)))
+                done.map(|n| {
+                    format!(
+                        "database read-only for {}ms ({n} backends terminated)",
+                        scaled(len_ms)
+                    )
+                })
             }
             Fault::Migration { service } => {
                 self.migrations += 1;
@@ -395,7 +412,8 @@ impl Run {
                 // The next delivery of the service is taken and left
                 // pending; `xdel_swallowed` deletes it from the stream.
                 self.shared.request_swallow(service);
-                self.shared.log(format!("== xdel: next delivery of {service} swallowed =="));
+                self.shared
+                    .log(format!("== xdel: next delivery of {service} swallowed =="));
                 return;
             }
             Fault::WrongTypeDeadKey { service, len_ms } => {

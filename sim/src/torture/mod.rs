@@ -45,8 +45,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use purchase_saga::domain::DurationMs;
-use purchase_saga::runtime::{Retention, RuntimeConfig};
 use purchase_saga::runtime::trace::trace_hash;
+use purchase_saga::runtime::{Retention, RuntimeConfig};
 
 use crate::faults::{FaultKind, FaultPlan, Profile};
 use crate::finding::Finding;

@@ -118,13 +118,25 @@ pub enum Fault {
     PgKill,
     RedisKill,
     RedisLoss,
-    ReadOnly { len_ms: u64 },
-    Migration { service: Service },
+    ReadOnly {
+        len_ms: u64,
+    },
+    Migration {
+        service: Service,
+    },
     /// `garbage`: a payload that is not JSON, else a copy of the newest
     /// real row with `"schemaVersion":2`.
-    BadOutboxRow { service: Service, garbage: bool },
-    Xdel { service: Service },
-    WrongTypeDeadKey { service: Service, len_ms: u64 },
+    BadOutboxRow {
+        service: Service,
+        garbage: bool,
+    },
+    Xdel {
+        service: Service,
+    },
+    WrongTypeDeadKey {
+        service: Service,
+        len_ms: u64,
+    },
 }
 
 impl Fault {
@@ -213,12 +225,16 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                 Kind::ReadOnly => Fault::ReadOnly {
                     len_ms: rng.random_range(window / 2..window),
                 },
-                Kind::Migration => Fault::Migration { service: service(rng) },
+                Kind::Migration => Fault::Migration {
+                    service: service(rng),
+                },
                 Kind::BadOutboxRow => Fault::BadOutboxRow {
                     service: service(rng),
                     garbage: rng.random_bool(0.5),
                 },
-                Kind::Xdel => Fault::Xdel { service: service(rng) },
+                Kind::Xdel => Fault::Xdel {
+                    service: service(rng),
+                },
                 Kind::WrongTypeDeadKey => Fault::WrongTypeDeadKey {
                     service: service(rng),
                     len_ms: rng.random_range(window / 4..window / 2),
@@ -251,18 +267,31 @@ mod tests {
                     Fault::ReadOnly { len_ms } | Fault::WrongTypeDeadKey { len_ms, .. } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
-                assert!(end < input.plan.heal_at_ms, "seed {seed}: {t:?} ends after the heal");
+                assert!(
+                    end < input.plan.heal_at_ms,
+                    "seed {seed}: {t:?} ends after the heal"
+                );
             }
             for kind in Kind::ALL {
-                assert!(input.timed.iter().any(|t| t.fault.kind() == kind), "heavy has every kind");
+                assert!(
+                    input.timed.iter().any(|t| t.fault.kind() == kind),
+                    "heavy has every kind"
+                );
             }
             let without = parse_kinds("issue-17,crash").expect("known kinds");
             let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &without);
-            assert!(input.timed.iter().all(|t| !Kind::ISSUE_17.contains(&t.fault.kind())));
-            assert!(input.plan.timed.is_empty() || input.plan.timed.iter().all(|t| !matches!(
-                t.fault,
-                crate::faults::Scheduled::Crash { .. }
-            )));
+            assert!(input
+                .timed
+                .iter()
+                .all(|t| !Kind::ISSUE_17.contains(&t.fault.kind())));
+            assert!(
+                input.plan.timed.is_empty()
+                    || input
+                        .plan
+                        .timed
+                        .iter()
+                        .all(|t| !matches!(t.fault, crate::faults::Scheduled::Crash { .. }))
+            );
         }
     }
 

@@ -103,8 +103,18 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
         let (_keep_running, shutdown) = tokio::sync::watch::channel(false);
         let service = replica.service;
         let mut loops = tokio::task::JoinSet::new();
-        loops.spawn(consumer::run(env.clone(), service, replica.host(), shutdown.clone()));
-        loops.spawn(relay::run_woken(env.clone(), service, shutdown.clone(), Some(wake)));
+        loops.spawn(consumer::run(
+            env.clone(),
+            service,
+            replica.host(),
+            shutdown.clone(),
+        ));
+        loops.spawn(relay::run_woken(
+            env.clone(),
+            service,
+            shutdown.clone(),
+            Some(wake),
+        ));
         loops.spawn(sweeper::run_pruner(env.clone(), vec![service], shutdown.clone()));
         if service == Service::Order {
             loops.spawn(sweeper::run(env.clone(), shutdown.clone()));
@@ -124,7 +134,12 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
 
 /// The client: places each order at its arrival time (plan ms scaled),
 /// retrying store errors until `give_up`. Sets `done` when finished.
-pub fn client(wiring: &Wiring, orders: Vec<OrderSpec>, give_up: Instant, done: Arc<AtomicBool>) -> JoinHandle<()> {
+pub fn client(
+    wiring: &Wiring,
+    orders: Vec<OrderSpec>,
+    give_up: Instant,
+    done: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     let wiring = wiring.clone();
     tokio::spawn(async move {
         let (store, bus) = match wiring.connect(give_up).await {
@@ -166,7 +181,9 @@ pub fn client(wiring: &Wiring, orders: Vec<OrderSpec>, give_up: Instant, done: A
                 match place_order(&env, &cmd).await {
                     Ok(_) => break,
                     Err(PlaceError::Rejected(r)) => {
-                        wiring.shared.log(format!("Order -> Client: rejected {}: {r}", o.id));
+                        wiring
+                            .shared
+                            .log(format!("Order -> Client: rejected {}: {r}", o.id));
                         break;
                     }
                     Err(PlaceError::Store(e)) if Instant::now() < give_up => {

@@ -140,7 +140,11 @@ impl SeedDb {
     /// its newest row with `"schemaVersion":2` (when it has one and not
     /// `garbage`), else a payload that is not JSON. Returns its seq and
     /// what it is.
-    pub async fn insert_bad_outbox_row(&self, service: Service, garbage: bool) -> Result<(i64, String), String> {
+    pub async fn insert_bad_outbox_row(
+        &self,
+        service: Service,
+        garbage: bool,
+    ) -> Result<(i64, String), String> {
         let s = postgres::schema(service);
         let mut conn = self.writer().await?;
         let copied: Option<i64> = if garbage {
@@ -181,7 +185,10 @@ fn tables(service: Service) -> &'static [&'static str] {
     match service {
         Service::Order => &["order_svc.orders", "order_svc.catalog"],
         Service::User => &["user_svc.accounts", "user_svc.balance_holds"],
-        Service::Inventory => &["inventory_svc.inventory_accounts", "inventory_svc.slot_reservations"],
+        Service::Inventory => &[
+            "inventory_svc.inventory_accounts",
+            "inventory_svc.slot_reservations",
+        ],
         Service::Item => &["item_svc.item_stocks", "item_svc.stock_reservations"],
         Service::Payment => &["payment_svc.payments"],
         Service::Notification => &["notification_svc.notification_logs"],
@@ -254,7 +261,10 @@ impl PrivateRedis {
             match answered {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("private redis-server on port {} never answered: {e}", self.port))
+                    return Err(format!(
+                        "private redis-server on port {} never answered: {e}",
+                        self.port
+                    ))
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
