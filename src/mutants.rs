@@ -82,10 +82,7 @@ impl Mutant {
     pub fn in_adapter(self) -> bool {
         matches!(
             self,
-            Mutant::PgNoRowLock
-                | Mutant::ClaimDropsEntries
-                | Mutant::TrimBelowPending
-                | Mutant::PruneInsideHorizon
+            Mutant::PgNoRowLock | Mutant::ClaimDropsEntries | Mutant::TrimBelowPending | Mutant::PruneInsideHorizon
         )
     }
 
@@ -93,7 +90,8 @@ impl Mutant {
     /// simulator runs. (Planted bugs not yet wired into a check are left
     /// out until they are; see issue 12.)
     pub fn simulated(self) -> bool {
-        !self.in_adapter() && !matches!(self, Mutant::RelayMarkBeforePublish | Mutant::RedriveStopsEarly)
+        !self.in_adapter()
+            && !matches!(self, Mutant::RelayMarkBeforePublish | Mutant::RedriveStopsEarly)
     }
 
     /// The switch's name on the command line.
@@ -142,10 +140,7 @@ fn from_environment() -> Option<Mutant> {
         let name = std::env::var("PURCHASE_SAGA_MUTANT").ok()?;
         let known: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
         Some(Mutant::from_name(&name).unwrap_or_else(|| {
-            panic!(
-                "PURCHASE_SAGA_MUTANT={name:?} names no mutant; known: {}",
-                known.join(", ")
-            )
+            panic!("PURCHASE_SAGA_MUTANT={name:?} names no mutant; known: {}", known.join(", "))
         }))
     })
 }
@@ -154,11 +149,7 @@ fn from_environment() -> Option<Mutant> {
 /// has no switch of its own.
 pub fn activate_process(mutant: Option<Mutant>) {
     let index = mutant.map_or(0, |m| {
-        Mutant::ALL
-            .iter()
-            .position(|x| *x == m)
-            .expect("every mutant is in ALL")
-            + 1
+        Mutant::ALL.iter().position(|x| *x == m).expect("every mutant is in ALL") + 1
     });
     PROCESS.store(index, Ordering::SeqCst);
 }
@@ -166,12 +157,10 @@ pub fn activate_process(mutant: Option<Mutant>) {
 /// The mutant active on the current thread: its own switch, else the
 /// process's, else the environment's.
 pub fn active() -> Option<Mutant> {
-    ACTIVE
-        .with(Cell::get)
-        .or_else(|| match PROCESS.load(Ordering::SeqCst) {
-            0 => from_environment(),
-            i => Some(Mutant::ALL[i - 1]),
-        })
+    ACTIVE.with(Cell::get).or_else(|| match PROCESS.load(Ordering::SeqCst) {
+        0 => from_environment(),
+        i => Some(Mutant::ALL[i - 1]),
+    })
 }
 
 /// Whether `mutant` is active on the current thread.
