@@ -237,7 +237,7 @@ async fn run_async(
         dead_letters += run.checker.bus.dead_letter_count(service).await.unwrap_or(0);
     }
     shared.set_dead_letters(dead_letters);
-    Ok(())
+    run.redis.clean_up().await
 }
 
 /// Takes a snapshot every `SNAPSHOT_EVERY` and checks it, and the step

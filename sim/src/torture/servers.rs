@@ -328,20 +328,42 @@ impl RedisTarget {
             RedisTarget::Shared { prefix, .. } => {
                 let pattern = format!("{prefix}:*");
                 let mut conn = self.conn().await?;
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(&pattern)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !keys.is_empty() {
-                    let _: i64 = redis::cmd("DEL")
-                        .arg(&keys)
+                let mut deleted = 0;
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
                         .query_async(&mut conn)
                         .await
                         .map_err(|e| e.to_string())?;
+                    if !keys.is_empty() {
+                        let n: i64 = redis::cmd("DEL")
+                            .arg(&keys)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        deleted += n;
+                    }
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
                 }
-                Ok(format!("{} keys of prefix {pattern} deleted", keys.len()))
+                Ok(format!("{deleted} keys of prefix {pattern} deleted"))
             }
+        }
+    }
+
+    /// Leaves nothing of the seed behind on a shared Redis (a private one
+    /// stops with its guard).
+    pub async fn clean_up(&mut self) -> Result<(), String> {
+        match self {
+            RedisTarget::Private(_) => Ok(()),
+            RedisTarget::Shared { .. } => self.lose_everything().await.map(drop),
         }
     }
 
