@@ -343,7 +343,7 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
         options.orders
     );
     println!(
-        "{:<34} {:>8} {:>10} {:>10} {:>16}",
+        "{:<48} {:>8} {:>10} {:>10} {:>16}",
         "engine", "seeds", "wall s", "seeds/s", "simulated/wall"
     );
     let row = |name: &str, wall: std::time::Duration, rate: f64, simulated_ms: f64| {
@@ -873,14 +873,14 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
         commit()
     );
     println!(
-        "{:<26} {:<34} {:>6} {:<28} {:>6}  again",
+        "{:<26} {:<48} {:>6} {:<28} {:>6}  again",
         "mutant", "engine", "seed", "check", "tried"
     );
     let mut survivors = 0;
     for (_, h) in &rows {
         match &h.caught {
             Some((Engine::Sim, seed, check)) => println!(
-                "{:<26} {:<34} {:>6} {:<28} {:>6}  {}",
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  {}",
                 h.mutant,
                 "simulator",
                 seed,
@@ -893,7 +893,7 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
                 .replay_command(*seed)
             ),
             Some((Engine::Torture, seed, check)) => println!(
-                "{:<26} {:<34} {:>6} {:<28} {:>6}  cargo run -p purchase-saga-sim --release --features mutants -- {}",
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  cargo run -p purchase-saga-sim --release --features mutants -- {}",
                 h.mutant,
                 "torture",
                 seed,
@@ -902,7 +902,7 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
                 torture_command(*seed, seed + 1, &hunting.torture, &hunting.torture_without, Some(h.mutant))
             ),
             Some((Engine::Differential(test), _, _)) => println!(
-                "{:<26} {:<34} {:>6} {:<28} {:>6}  PURCHASE_SAGA_MUTANT={} cargo test --features mutants --test {}",
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  PURCHASE_SAGA_MUTANT={} cargo test --features mutants --test {}",
                 h.mutant,
                 format!("differential ({test})"),
                 "-",
@@ -914,7 +914,7 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
             None => {
                 survivors += 1;
                 println!(
-                    "{:<26} {:<34} {:>6} {:<28} {:>6}  -",
+                    "{:<26} {:<48} {:>6} {:<28} {:>6}  -",
                     h.mutant, "NONE (survived)", "-", "-", h.tried
                 );
             }

@@ -3,7 +3,7 @@
 //! until the heal, then quiescence within the bound, then the checks; the
 //! database dropped and the private Redis stopped whatever happened.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::invariants::Snapshot;
-use purchase_saga::domain::rows::OrderStatus;
 use purchase_saga::domain::Service;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -482,30 +481,9 @@ impl Run {
 /// The seed's outcome from what the shared state gathered.
 fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutcome {
     let last = shared.final_snapshot().unwrap_or_default();
-    let mut paths: BTreeMap<String, u64> = BTreeMap::new();
-    for order in last.orders.values() {
-        let path = match (order.status, order.failed_step) {
-            (OrderStatus::Completed, _) => "COMPLETED".to_string(),
-            (OrderStatus::Failed, Some(step)) => step.as_str().to_string(),
-            (status, _) => status.as_str().to_string(),
-        };
-        *paths.entry(path).or_insert(0) += 1;
-    }
-    let placed: BTreeSet<_> = last.orders.keys().collect();
-    let rejected = input
-        .scenario
-        .orders
-        .iter()
-        .filter(|o| !placed.contains(&o.id))
-        .count() as u64;
-    if rejected > 0 {
-        paths.insert("REJECTED".into(), rejected);
-    }
+    let paths = crate::summary::paths(&last, input.scenario.orders.len());
     let mut sim_faults = shared.sim_counts();
-    let deadlines = last.orders.values().filter(|o| o.deadline_signalled).count() as u64;
-    if deadlines > 0 {
-        *sim_faults.entry(FaultKind::Deadline).or_insert(0) += deadlines;
-    }
+    crate::summary::count_deadlines(&last, &mut sim_faults);
     TortureOutcome {
         input: input.clone(),
         lines: shared.lines(),

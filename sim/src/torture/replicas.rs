@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::gateway::SimulatedGateway;
-use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::commands::{place_order, PlaceError};
 use purchase_saga::runtime::relay::RelayWake;
@@ -27,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::faults::Replica;
 use crate::finding::{check, Finding};
+use crate::run::{place_command, request_line};
 
 use super::boundary::{FaultyBus, FaultyStore};
 use super::state::Shared;
@@ -166,17 +166,8 @@ pub fn client(
         for o in orders {
             let at = Duration::from_millis(o.at.0.max(0) as u64 / TIME_DIVISOR);
             tokio::time::sleep_until(start + at).await;
-            wiring.shared.log(format!(
-                "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
-                o.id, o.user, o.item, o.quantity, o.method
-            ));
-            let cmd = PlaceOrder {
-                order_id: o.id.clone(),
-                user_id: o.user.clone(),
-                item_id: o.item.clone(),
-                quantity: o.quantity,
-                payment_method: o.method.clone(),
-            };
+            wiring.shared.log(request_line(&o));
+            let cmd = place_command(&o);
             loop {
                 match place_order(&env, &cmd).await {
                     Ok(_) => break,
