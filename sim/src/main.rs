@@ -571,6 +571,12 @@ fn main() -> ExitCode {
             };
             let mut torture = TortureSettings::new(database_url, redis_url, faults);
             torture.orders = orders;
+            if engines.torture && !mutants::all_names().is_empty() {
+                if let Err(e) = preflight(&torture) {
+                    eprintln!("saga-sim mutants: {e} (or pass --engines sim)");
+                    return ExitCode::from(2);
+                }
+            }
             torture.without = match torture::parse_kinds(&torture_without) {
                 Ok(kinds) => kinds,
                 Err(e) => {
@@ -632,10 +638,26 @@ fn main() -> ExitCode {
                 eprintln!("--mutant: {e}");
                 return ExitCode::from(2);
             }
+            if let Err(e) = preflight(&settings) {
+                eprintln!("saga-sim torture: {e}");
+                return ExitCode::from(2);
+            }
             let command = torture_command(a, b, &settings, &without, mutant.as_deref());
             run_torture(a, b, jobs, &settings, &command)
         }
     }
+}
+
+/// Whether torture's servers are there (`torture::servers::preflight`).
+fn preflight(settings: &TortureSettings) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(torture::servers::preflight(
+            &settings.database_url,
+            settings.redis_url.as_deref(),
+        ))
 }
 
 /// The command line that runs `a..b` again.
