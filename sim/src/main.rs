@@ -571,6 +571,7 @@ fn main() -> ExitCode {
             };
             let mut torture = TortureSettings::new(database_url, redis_url, faults);
             torture.orders = orders;
+            torture.stop_at_first_finding = true;
             if engines.torture && !mutants::all_names().is_empty() {
                 if let Err(e) = preflight(&torture) {
                     eprintln!("saga-sim mutants: {e} (or pass --engines sim)");

@@ -15,7 +15,8 @@ use torture_support::{light, require_services};
 #[test]
 fn a_planted_bug_is_reported_through_the_production_adapters() {
     require_services();
-    let settings = light();
+    let mut settings = light();
+    settings.stop_at_first_finding = true;
     purchase_saga_sim::mutants::activate_process(Some("grant-without-reservation")).expect("a known mutant");
     let mut outcomes: Vec<TortureOutcome> = Vec::new();
     for seed in 0..3 {

@@ -207,6 +207,9 @@ async fn run_async(
                 _ => {}
             }
         }
+        if settings.stop_at_first_finding && shared.has_findings() {
+            break;
+        }
         if !client_done.load(Ordering::SeqCst) && Instant::now() >= give_up + Duration::from_secs(1) {
             shared.found(checks::liveness(bound, "client still placing orders"));
             break;

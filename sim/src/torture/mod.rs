@@ -70,6 +70,9 @@ pub struct TortureSettings {
     pub without: Vec<AnyKind>,
     /// After the heal, quiescence must come within this.
     pub quiescence_bound: Duration,
+    /// Stop a seed at its first finding (a mutant hunt needs one finding,
+    /// not the whole run).
+    pub stop_at_first_finding: bool,
 }
 
 impl TortureSettings {
@@ -81,6 +84,7 @@ impl TortureSettings {
             orders: 20,
             without: Vec::new(),
             quiescence_bound: Duration::from_secs(45),
+            stop_at_first_finding: false,
         }
     }
 }

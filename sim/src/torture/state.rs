@@ -129,6 +129,10 @@ impl Shared {
         self.log(format!("VIOLATION {finding}"));
     }
 
+    pub fn has_findings(&self) -> bool {
+        !lock(&self.findings).is_empty()
+    }
+
     /// Findings with the ms they were found at, in that order.
     pub fn findings(&self) -> Vec<(u64, Finding)> {
         let mut all = lock(&self.findings).clone();
