@@ -184,8 +184,8 @@ async fn run_async(
             run.apply_sim_fault(&input.plan.timed[next_sim_fault].fault, t);
             next_sim_fault += 1;
         }
-        for r in shared.take_crash_requests() {
-            run.crash(r, t, 0);
+        for (r, down_ms) in shared.take_crash_requests() {
+            run.crash(r, t, scaled(down_ms));
         }
         run.due_actions(t).await;
         run.xdel_swallowed(t).await;
@@ -283,7 +283,11 @@ impl Run {
                 point: CrashPoint::Anywhere,
                 down_ms,
             } => self.crash(*replica, t, scaled(*down_ms)),
-            Scheduled::Crash { replica, point, .. } => self.shared.arm(*replica, *point),
+            Scheduled::Crash {
+                replica,
+                point,
+                down_ms,
+            } => self.shared.arm(*replica, *point, *down_ms),
             Scheduled::Partition { replica, len_ms } => {
                 if !self.shared.is_cut(*replica) {
                     self.shared.set_cut(*replica, true);

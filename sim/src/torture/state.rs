@@ -35,10 +35,11 @@ pub struct Shared {
     findings: Mutex<Vec<(u64, Finding)>>,
     sim_counts: Mutex<BTreeMap<FaultKind, u64>>,
     kind_counts: Mutex<BTreeMap<Kind, u64>>,
-    /// Crash points armed by the plan, per replica.
-    armed: Mutex<BTreeMap<Replica, CrashPoint>>,
-    /// Replicas that reached their armed point and wait to be crashed.
-    crash_requests: Mutex<Vec<Replica>>,
+    /// Crash points armed by the plan, per replica, with the downtime.
+    armed: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
+    /// Replicas that reached their armed point and wait to be crashed, with
+    /// their downtime (plan ms).
+    crash_requests: Mutex<Vec<(Replica, u64)>>,
     /// Replicas cut off the bus.
     cut: Mutex<BTreeSet<Replica>>,
     /// Services whose next delivery is to be swallowed (left pending, never
@@ -168,9 +169,9 @@ impl Shared {
         lock(&self.kind_counts).clone()
     }
 
-    pub fn arm(&self, replica: Replica, point: CrashPoint) {
+    pub fn arm(&self, replica: Replica, point: CrashPoint, down_ms: u64) {
         if !self.healed() {
-            lock(&self.armed).insert(replica, point);
+            lock(&self.armed).insert(replica, (point, down_ms));
         }
     }
 
@@ -178,15 +179,18 @@ impl Shared {
     /// and asks the driver to crash it.
     pub fn fire(&self, replica: Replica, point: CrashPoint) -> bool {
         let mut armed = lock(&self.armed);
-        if armed.get(&replica) != Some(&point) {
+        let Some(&(armed_at, down_ms)) = armed.get(&replica) else {
+            return false;
+        };
+        if armed_at != point {
             return false;
         }
         armed.remove(&replica);
-        lock(&self.crash_requests).push(replica);
+        lock(&self.crash_requests).push((replica, down_ms));
         true
     }
 
-    pub fn take_crash_requests(&self) -> Vec<Replica> {
+    pub fn take_crash_requests(&self) -> Vec<(Replica, u64)> {
         std::mem::take(&mut *lock(&self.crash_requests))
     }
 
