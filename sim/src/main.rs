@@ -718,13 +718,24 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
     if failing.is_empty() {
         return ExitCode::SUCCESS;
     }
-    for o in &failing {
-        println!("\n==== FAILING SEED {} ====", o.seed());
-        print!("{}", o.failure_report());
-    }
+    // The first failing seed's plan and trace here; every failing seed's in
+    // a file (a trace is thousands of lines).
+    let dir = std::env::temp_dir().join(format!("saga-sim-torture-{}", std::process::id()));
+    let saved = std::fs::create_dir_all(&dir);
+    println!("\n==== FAILING SEED {} ====", failing[0].seed());
+    print!("{}", failing[0].failure_report());
     println!("\nFAILING SEEDS (commit {}):", commit());
     for o in &failing {
         println!("  seed {}:", o.seed());
+        let file = dir.join(format!("seed-{}.txt", o.seed()));
+        match saved
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::write(&file, o.failure_report()).map_err(|e| e.to_string()))
+        {
+            Ok(()) => println!("    plan, findings and trace: {}", file.display()),
+            Err(e) => println!("    (could not save the trace to {}: {e})", file.display()),
+        }
         for v in o.violations().iter().take(5) {
             println!("    {v}");
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use purchase_saga::adapters::postgres::{self, schema, PgConfig, PgStore};
-use purchase_saga::adapters::redis::RedisBus;
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::invariants::{check_quiescent, check_safety, check_transition, Snapshot};
 use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{Event, Service};
@@ -120,7 +120,10 @@ impl Observer for TortureObserver {
 /// The checker's view of a seed's servers, on connections of its own.
 pub struct Checker {
     pub db_url: String,
+    /// For key names; each check connects afresh ([`Checker::fresh_bus`]).
     pub bus: RedisBus,
+    pub redis_url: String,
+    pub redis: RedisConfig,
     /// Outbox rows torture inserted, per service (exempt from "published").
     pub injected_rows: std::sync::Mutex<BTreeMap<Service, BTreeSet<i64>>>,
 }
@@ -128,6 +131,15 @@ pub struct Checker {
 impl Checker {
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
         snapshot_of(&self.db_url).await
+    }
+
+    /// A bus on new connections: one made before a restart or a
+    /// `CLIENT KILL` may still be reconnecting, and the checker must see
+    /// the server, not its own connection's trouble.
+    pub async fn fresh_bus(&self) -> Result<RedisBus, String> {
+        RedisBus::connect(&self.redis_url, self.redis.clone())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn injected(&self, service: Service) -> BTreeSet<i64> {
@@ -156,8 +168,9 @@ impl Checker {
         if let Some(why) = outcome? {
             return Ok(Some(why));
         }
+        let bus = self.fresh_bus().await?;
         for service in Service::ALL {
-            if let Some(stats) = self.bus.group_stats(service).await.map_err(|e| e.to_string())? {
+            if let Some(stats) = bus.group_stats(service).await.map_err(|e| e.to_string())? {
                 if stats.pending > 0 || stats.lag.unwrap_or(0) > 0 {
                     return Ok(Some(format!(
                         "{service}'s group: {} pending, lag {:?}",
@@ -230,7 +243,8 @@ impl Checker {
     /// Entry ids in `service`'s dead-letter stream.
     pub async fn dead_lettered(&self, service: Service) -> Result<BTreeSet<String>, String> {
         Ok(self
-            .bus
+            .fresh_bus()
+            .await?
             .dead_letters(service, 100_000)
             .await
             .map_err(|e| e.to_string())?

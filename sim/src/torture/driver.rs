@@ -118,6 +118,8 @@ async fn run_async(
         bus: RedisBus::connect(&redis.url(), redis_config.clone())
             .await
             .map_err(|e| e.to_string())?,
+        redis_url: redis.url(),
+        redis: redis_config.clone(),
         injected_rows: Default::default(),
     };
     let observer = Arc::new(TortureObserver::new(
@@ -235,8 +237,10 @@ async fn run_async(
     }
     checks::check_dead_letters(&shared, &run.checker, &run.expected, run.last_loss_ms).await;
     let mut dead_letters = 0;
-    for service in Service::ALL {
-        dead_letters += run.checker.bus.dead_letter_count(service).await.unwrap_or(0);
+    if let Ok(bus) = run.checker.fresh_bus().await {
+        for service in Service::ALL {
+            dead_letters += bus.dead_letter_count(service).await.unwrap_or(0);
+        }
     }
     shared.set_dead_letters(dead_letters);
     run.redis.clean_up().await
