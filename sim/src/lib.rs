@@ -22,6 +22,8 @@
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
 //! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
+//! - [`torture`]: the same workloads and plans against the production
+//!   adapters on real PostgreSQL and Redis (`saga-sim torture`).
 
 pub mod broker;
 pub mod bus;
@@ -34,6 +36,7 @@ pub mod observer;
 pub mod run;
 pub mod store;
 pub mod summary;
+pub mod torture;
 pub mod world;
 
 pub use faults::{FaultKind, FaultPlan, Profile};

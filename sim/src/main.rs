@@ -3,8 +3,10 @@
 //!
 //! - `saga-sim run --seeds A..B [--faults P] [--orders N] [--jobs J] [--mutant M]`
 //! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M]`
-//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J]` (`--features mutants`)
+//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture]` (`--features mutants`)
 //! - `saga-sim bench [--seeds N] [--faults P] [--orders N] [--jobs J]`
+//! - `saga-sim torture --seeds A..B [--faults P] [--jobs J] [--without KIND,..] [--redis-url URL]`:
+//!   the same scenarios and plans on PostgreSQL and Redis (`torture` module)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,9 +18,13 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
 use purchase_saga_sim::summary::Summary;
+use purchase_saga_sim::torture::{self, TortureOutcome, TortureSettings};
 use purchase_saga_sim::{
     input_from_seed, mermaid, mutants, run, FaultKind, FaultPlan, Profile, SimInput, SimOutcome, SimSettings,
 };
+
+/// Where torture creates its databases when DATABASE_URL is unset.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A seed allocates and frees many small objects (turmoil's messages and
 /// tasks, trace lines, rows); mimalloc serves them faster than the system
@@ -109,6 +115,61 @@ enum Command {
         jobs: usize,
         #[arg(long, value_parser = parse_kind)]
         without: Option<FaultKind>,
+        /// The engines to run, in this order: `sim`, `torture` (comma
+        /// separated); a mutant both miss is named with its differential
+        /// test.
+        #[arg(long, default_value = "sim,torture")]
+        engines: String,
+        /// Torture seeds tried per mutant the simulator missed.
+        #[arg(long, default_value_t = 3)]
+        torture_seeds: u64,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        /// Torture's Redis; default: a private redis-server per seed.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Fault kinds torture leaves out while hunting (as `torture
+        /// --without`): a plan the adapters do not survive without the
+        /// mutant would "catch" every mutant. Default: the kinds of issue
+        /// 17; `--torture-without ''` once their fixes are in.
+        #[arg(long, default_value = "issue-17")]
+        torture_without: String,
+    },
+    /// The simulator's scenarios and fault plans against the production
+    /// adapters (PostgreSQL via DATABASE_URL, a private redis-server per
+    /// seed unless --redis-url), plus faults only real servers have;
+    /// exits 1 on any violation.
+    Torture {
+        /// A half-open range `A..B`.
+        #[arg(long)]
+        seeds: String,
+        #[arg(long, value_enum, default_value = "heavy")]
+        faults: Profile,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        /// Seeds run at once, each with its own database and Redis.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Fault kinds taken out of every plan (the simulator's or
+        /// torture's, comma separated or repeated; `issue-17` for the five
+        /// kinds of issue 17).
+        #[arg(long)]
+        without: Vec<String>,
+        /// The admin URL of the PostgreSQL server (each seed creates and
+        /// drops its own database there).
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        /// Use this Redis (a key prefix per seed) instead of a private
+        /// redis-server; Redis connection kills are then not injected and
+        /// "all data lost" deletes the seed's keys.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Longest wait for quiescence after the heal, in seconds.
+        #[arg(long, default_value_t = 45)]
+        quiescence_secs: u64,
+        /// Switch on a planted bug process-wide (needs `--features mutants`).
+        #[arg(long)]
+        mutant: Option<String>,
     },
 }
 
@@ -282,7 +343,7 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
         options.orders
     );
     println!(
-        "{:<34} {:>8} {:>10} {:>10} {:>16}",
+        "{:<48} {:>8} {:>10} {:>10} {:>16}",
         "engine", "seeds", "wall s", "seeds/s", "simulated/wall"
     );
     let row = |name: &str, wall: std::time::Duration, rate: f64, simulated_ms: f64| {
@@ -495,40 +556,301 @@ fn main() -> ExitCode {
             orders,
             jobs,
             without,
-        } => hunt_mutants(
+            engines,
+            torture_seeds,
+            database_url,
+            redis_url,
+            torture_without,
+        } => {
+            let engines = match parse_engines(&engines) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("--engines: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut torture = TortureSettings::new(database_url, redis_url, faults);
+            torture.orders = orders;
+            torture.stop_at_first_finding = true;
+            if engines.torture && !mutants::all_names().is_empty() {
+                if let Err(e) = preflight(&torture) {
+                    eprintln!("saga-sim mutants: {e} (or pass --engines sim)");
+                    return ExitCode::from(2);
+                }
+            }
+            torture.without = match torture::parse_kinds(&torture_without) {
+                Ok(kinds) => kinds,
+                Err(e) => {
+                    eprintln!("--torture-without: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            hunt_mutants(
+                &Hunting {
+                    budget: seeds,
+                    jobs,
+                    engines,
+                    torture_seeds,
+                    torture,
+                    torture_without: vec![torture_without]
+                        .into_iter()
+                        .filter(|w| !w.is_empty())
+                        .collect(),
+                },
+                &Options {
+                    faults,
+                    orders,
+                    mutant: None,
+                    without,
+                },
+            )
+        }
+        Command::Torture {
             seeds,
+            faults,
+            orders,
             jobs,
-            &Options {
-                faults,
-                orders,
-                mutant: None,
-                without,
-            },
-        ),
+            without,
+            database_url,
+            redis_url,
+            quiescence_secs,
+            mutant,
+        } => {
+            let (a, b) = match parse_range(&seeds) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("--seeds: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut settings = TortureSettings::new(database_url, redis_url, faults);
+            settings.orders = orders;
+            settings.quiescence_bound = std::time::Duration::from_secs(quiescence_secs);
+            for raw in &without {
+                match torture::parse_kinds(raw) {
+                    Ok(kinds) => settings.without.extend(kinds),
+                    Err(e) => {
+                        eprintln!("--without: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            if let Err(e) = mutants::activate_process(mutant.as_deref()) {
+                eprintln!("--mutant: {e}");
+                return ExitCode::from(2);
+            }
+            if let Err(e) = preflight(&settings) {
+                eprintln!("saga-sim torture: {e}");
+                return ExitCode::from(2);
+            }
+            let command = torture_command(a, b, &settings, &without, mutant.as_deref());
+            run_torture(a, b, jobs, &settings, &command)
+        }
     }
+}
+
+/// Whether torture's servers are there (`torture::servers::preflight`).
+fn preflight(settings: &TortureSettings) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(torture::servers::preflight(
+            &settings.database_url,
+            settings.redis_url.as_deref(),
+        ))
+}
+
+/// The command line that runs `a..b` again.
+fn torture_command(
+    a: u64,
+    b: u64,
+    settings: &TortureSettings,
+    without: &[String],
+    mutant: Option<&str>,
+) -> String {
+    let mut flags = String::new();
+    for w in without {
+        flags += &format!(" --without {w}");
+    }
+    if let Some(m) = mutant {
+        flags += &format!(" --mutant {m}");
+    }
+    if let Some(url) = &settings.redis_url {
+        flags += &format!(" --redis-url {url}");
+    }
+    format!(
+        "saga-sim torture --seeds {a}..{b} --faults {} --orders {}{flags}",
+        settings.profile.name(),
+        settings.orders
+    )
+}
+
+/// Torture seeds `a..b` on `jobs` threads with a progress bar.
+fn torture_sweep(a: u64, b: u64, jobs: usize, settings: &TortureSettings) -> Vec<TortureOutcome> {
+    let settings = settings.clone();
+    par_seeds(
+        a,
+        b,
+        jobs,
+        Arc::new(move |seed| torture::run_seed(&settings, seed)),
+        |o: &TortureOutcome| !o.findings.is_empty(),
+    )
+    .into_iter()
+    .map(|(_, o)| o)
+    .collect()
+}
+
+/// `saga-sim torture`: the summary table, then each failing seed's plan,
+/// findings and trace. Returns 1 on any finding.
+fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command: &str) -> ExitCode {
+    let started = Instant::now();
+    let outcomes = torture_sweep(a, b, jobs, settings);
+    let mut summary = Summary::default();
+    for o in &outcomes {
+        summary.add(&o.as_sim_outcome());
+        summary
+            .add_other_faults(torture::Kind::ALL.map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))));
+    }
+    println!("{command} --jobs {jobs} (commit {})", commit());
+    print!("{}", summary.render(started.elapsed()));
+    let failing: Vec<&TortureOutcome> = outcomes.iter().filter(|o| !o.findings.is_empty()).collect();
+    if failing.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    // The first failing seed's plan and trace here; every failing seed's in
+    // a file (a trace is thousands of lines).
+    let dir = std::env::temp_dir().join(format!("saga-sim-torture-{}", std::process::id()));
+    let saved = std::fs::create_dir_all(&dir);
+    println!("\n==== FAILING SEED {} ====", failing[0].seed());
+    print!("{}", failing[0].failure_report());
+    println!("\nFAILING SEEDS (commit {}):", commit());
+    for o in &failing {
+        println!("  seed {}:", o.seed());
+        let file = dir.join(format!("seed-{}.txt", o.seed()));
+        match saved
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::write(&file, o.failure_report()).map_err(|e| e.to_string()))
+        {
+            Ok(()) => println!("    plan, findings and trace: {}", file.display()),
+            Err(e) => println!("    (could not save the trace to {}: {e})", file.display()),
+        }
+        for v in o.violations().iter().take(5) {
+            println!("    {v}");
+        }
+        println!(
+            "    again: {}",
+            command.replacen(
+                &format!("--seeds {a}..{b}"),
+                &format!("--seeds {}..{}", o.seed(), o.seed() + 1),
+                1
+            )
+        );
+    }
+    ExitCode::from(1)
+}
+
+/// The engines `saga-sim mutants` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Engines {
+    sim: bool,
+    torture: bool,
+}
+
+fn parse_engines(raw: &str) -> Result<Engines, String> {
+    let mut engines = Engines {
+        sim: false,
+        torture: false,
+    };
+    for name in raw.split(',').map(str::trim) {
+        match name {
+            "sim" => engines.sim = true,
+            "torture" => engines.torture = true,
+            other => return Err(format!("unknown engine {other:?}; known: sim, torture")),
+        }
+    }
+    Ok(engines)
+}
+
+/// How `saga-sim mutants` hunts.
+struct Hunting {
+    /// Simulator seeds tried per mutant at most.
+    budget: u64,
+    jobs: usize,
+    engines: Engines,
+    /// Torture seeds tried per mutant the simulator missed.
+    torture_seeds: u64,
+    torture: TortureSettings,
+    /// `--torture-without` as given, for the command that repeats a seed.
+    torture_without: Vec<String>,
+}
+
+/// Who caught a mutant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Engine {
+    Sim,
+    Torture,
+    /// Neither: the differential test that catches it (not a failure).
+    Differential(&'static str),
 }
 
 /// One row of the mutants table.
 struct Hunt {
     mutant: &'static str,
-    caught: Option<(u64, String)>,
+    /// The engine, the seed and the check found first in time.
+    caught: Option<(Engine, u64, String)>,
     tried: u64,
 }
 
-fn hunt_mutants(budget: u64, jobs: usize, options: &Options) -> ExitCode {
-    let names = mutants::names();
+/// Simulator seeds until one finds a violation.
+fn hunt_in_sim(mutant: &'static str, budget: u64, options: &Options, hunt: &mut Hunt) {
+    let options = Options {
+        mutant: Some(mutant.to_string()),
+        ..options.clone()
+    };
+    for seed in 0..budget {
+        hunt.tried += 1;
+        let o = options.run_seed(seed);
+        if let Some(check) = mutants::first_in_time(&o) {
+            hunt.caught = Some((Engine::Sim, seed, check));
+            return;
+        }
+    }
+}
+
+/// Torture seeds with the mutant on process-wide until one finds a
+/// violation. Runs alone: the switch is the process's.
+fn hunt_in_torture(mutant: &'static str, hunting: &Hunting, hunt: &mut Hunt) {
+    mutants::activate_process(Some(mutant)).expect("the mutant names come from the build");
+    for seed in 0..hunting.torture_seeds {
+        hunt.tried += 1;
+        let o = torture::run_seed(&hunting.torture, seed);
+        if let Some(first) = o.first() {
+            hunt.caught = Some((Engine::Torture, seed, first.check.clone()));
+            break;
+        }
+    }
+    mutants::activate_process(None).expect("switching off always works");
+}
+
+fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
+    let names = mutants::all_names();
     if names.is_empty() {
         eprintln!("saga-sim was built without `--features mutants`: no planted bug to hunt");
         return ExitCode::from(2);
     }
     let started = Instant::now();
+    // The simulator first, in parallel (a mutant per thread: its switch is
+    // the thread's).
     let next = Arc::new(AtomicUsize::new(0));
     let names = Arc::new(names);
     let (tx, rx) = mpsc::channel();
-    let workers: Vec<_> = (0..jobs.max(1))
+    let workers: Vec<_> = (0..hunting.jobs.max(1))
         .map(|_| {
             let (next, names, tx) = (next.clone(), names.clone(), tx.clone());
             let options = options.clone();
+            let (budget, sim) = (hunting.budget, hunting.engines.sim);
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&mutant) = names.get(i) else { return };
@@ -537,26 +859,9 @@ fn hunt_mutants(budget: u64, jobs: usize, options: &Options) -> ExitCode {
                     caught: None,
                     tried: 0,
                 };
-                for seed in 0..budget {
-                    hunt.tried += 1;
-                    let o = Options {
-                        mutant: Some(mutant.to_string()),
-                        ..options.clone()
-                    }
-                    .run_seed(seed);
-                    if let Some(v) = o.violations.first() {
-                        hunt.caught = Some((seed, v.check.clone()));
-                        break;
-                    }
+                if sim && mutants::simulated(mutant) {
+                    hunt_in_sim(mutant, budget, &options, &mut hunt);
                 }
-                eprintln!(
-                    "{mutant}: {}",
-                    if hunt.caught.is_some() {
-                        "caught"
-                    } else {
-                        "SURVIVED"
-                    }
-                );
                 if tx.send((i, hunt)).is_err() {
                     return;
                 }
@@ -569,40 +874,82 @@ fn hunt_mutants(budget: u64, jobs: usize, options: &Options) -> ExitCode {
         w.join().expect("a worker thread panicked");
     }
     rows.sort_by_key(|(i, _)| *i);
+    // Then torture, one mutant at a time, for what the simulator missed;
+    // then the differential tests' names.
+    for (_, hunt) in &mut rows {
+        if hunt.caught.is_none() && hunting.engines.torture {
+            hunt_in_torture(hunt.mutant, hunting, hunt);
+        }
+        if hunt.caught.is_none() {
+            if let Some(test) = mutants::differential_test(hunt.mutant) {
+                hunt.caught = Some((Engine::Differential(test), 0, "differential".into()));
+            }
+        }
+        eprintln!(
+            "{}: {}",
+            hunt.mutant,
+            if hunt.caught.is_some() {
+                "caught"
+            } else {
+                "SURVIVED"
+            }
+        );
+    }
     let without = options
         .without
         .map_or(String::new(), |k| format!(" --without {k}"));
     println!(
-        "saga-sim mutants --seeds {budget} --faults {} --orders {}{without} (commit {})",
+        "saga-sim mutants --seeds {} --torture-seeds {} --faults {} --orders {}{without} (commit {})",
+        hunting.budget,
+        hunting.torture_seeds,
         options.faults.name(),
         options.orders,
         commit()
     );
     println!(
-        "{:<26} {:<7} {:>6} {:>6}  {:<26} replay",
-        "mutant", "caught", "seed", "tried", "invariant"
+        "{:<26} {:<48} {:>6} {:<28} {:>6}  again",
+        "mutant", "engine", "seed", "check", "tried"
     );
     let mut survivors = 0;
     for (_, h) in &rows {
         match &h.caught {
-            Some((seed, invariant)) => println!(
-                "{:<26} {:<7} {:>6} {:>6}  {:<26} {}",
+            Some((Engine::Sim, seed, check)) => println!(
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  {}",
                 h.mutant,
-                "yes",
+                "simulator",
                 seed,
+                check,
                 h.tried,
-                invariant,
                 Options {
                     mutant: Some(h.mutant.to_string()),
                     ..options.clone()
                 }
                 .replay_command(*seed)
             ),
+            Some((Engine::Torture, seed, check)) => println!(
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  cargo run -p purchase-saga-sim --release --features mutants -- {}",
+                h.mutant,
+                "torture",
+                seed,
+                check,
+                h.tried,
+                torture_command(*seed, seed + 1, &hunting.torture, &hunting.torture_without, Some(h.mutant))
+            ),
+            Some((Engine::Differential(test), _, _)) => println!(
+                "{:<26} {:<48} {:>6} {:<28} {:>6}  PURCHASE_SAGA_MUTANT={} cargo test --features mutants --test {}",
+                h.mutant,
+                format!("differential ({test})"),
+                "-",
+                "model-vs-server",
+                h.tried,
+                h.mutant,
+                test.trim_start_matches("tests/").trim_end_matches(".rs")
+            ),
             None => {
                 survivors += 1;
                 println!(
-                    "{:<26} {:<7} {:>6} {:>6}  {:<26} -",
-                    h.mutant, "NO", "-", h.tried, "-"
+                    "{:<26} {:<48} {:>6} {:<28} {:>6}  -",
+                    h.mutant, "NONE (survived)", "-", "-", h.tried
                 );
             }
         }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::invariants::{check_quiescent, Snapshot};
 use purchase_saga::domain::participants::order::PlaceOrder;
-use purchase_saga::domain::rows::OrderStatus;
 use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::commands::{place_order, PlaceError};
@@ -159,6 +158,25 @@ async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeCo
     Ok(())
 }
 
+/// The trace line of the client's request for `o`.
+pub fn request_line(o: &OrderSpec) -> String {
+    format!(
+        "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
+        o.id, o.user, o.item, o.quantity, o.method
+    )
+}
+
+/// The command that places `o`.
+pub fn place_command(o: &OrderSpec) -> PlaceOrder {
+    PlaceOrder {
+        order_id: o.id.clone(),
+        user_id: o.user.clone(),
+        item_id: o.item.clone(),
+        quantity: o.quantity,
+        payment_method: o.method.clone(),
+    }
+}
+
 /// The client: places each order at its arrival time, retrying store faults.
 async fn client_software(
     world: Arc<World>,
@@ -173,18 +191,9 @@ async fn client_software(
             EntryKind::Place {
                 order: o.id.to_string(),
             },
-            format!(
-                "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
-                o.id, o.user, o.item, o.quantity, o.method
-            ),
+            request_line(&o),
         );
-        let cmd = PlaceOrder {
-            order_id: o.id.clone(),
-            user_id: o.user.clone(),
-            item_id: o.item.clone(),
-            quantity: o.quantity,
-            payment_method: o.method.clone(),
-        };
+        let cmd = place_command(&o);
         for attempt in 1..=PLACE_ATTEMPTS_MAX {
             match place_order(&env, &cmd).await {
                 Ok(_) => break,
@@ -429,23 +438,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     }
 
     let mut faults = world.counts();
-    let deadlines = snapshot.orders.values().filter(|o| o.deadline_signalled).count() as u64;
-    if deadlines > 0 {
-        *faults.entry(FaultKind::Deadline).or_insert(0) += deadlines;
-    }
-    let mut paths: BTreeMap<String, u64> = BTreeMap::new();
-    for order in snapshot.orders.values() {
-        let path = match (order.status, order.failed_step) {
-            (OrderStatus::Completed, _) => "COMPLETED".to_string(),
-            (OrderStatus::Failed, Some(step)) => step.as_str().to_string(),
-            (status, _) => status.as_str().to_string(),
-        };
-        *paths.entry(path).or_insert(0) += 1;
-    }
-    let rejected = input.scenario.orders.len() as u64 - snapshot.orders.len() as u64;
-    if rejected > 0 {
-        paths.insert("REJECTED".into(), rejected);
-    }
+    crate::summary::count_deadlines(&snapshot, &mut faults);
+    let paths = crate::summary::paths(&snapshot, input.scenario.orders.len());
     let entries = world.trace();
     let lines: Vec<String> = entries
         .iter()

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::rows::OrderStatus;
 use purchase_saga::domain::FailedStep;
 
 use crate::faults::{FaultKind, Profile};
@@ -23,6 +25,8 @@ pub struct Summary {
     pub simulated_ms: u64,
     /// Sum of each seed's own wall time (all threads).
     pub busy: Duration,
+    /// Faults of kinds the simulator does not have, by name (torture's).
+    pub other_faults: BTreeMap<&'static str, u64>,
 }
 
 /// The saga paths every sweep must see: success and each failed step.
@@ -30,6 +34,34 @@ pub fn required_paths() -> Vec<String> {
     std::iter::once("COMPLETED".to_string())
         .chain(FailedStep::ALL.iter().map(|s| s.as_str().to_string()))
         .collect()
+}
+
+/// A run's orders by outcome: `COMPLETED`, the failed step, or the status
+/// (`PENDING`); `REJECTED` for the scenario's `ordered` orders never placed.
+pub fn paths(snapshot: &Snapshot, ordered: usize) -> BTreeMap<String, u64> {
+    let mut paths: BTreeMap<String, u64> = BTreeMap::new();
+    for order in snapshot.orders.values() {
+        let path = match (order.status, order.failed_step) {
+            (OrderStatus::Completed, _) => "COMPLETED".to_string(),
+            (OrderStatus::Failed, Some(step)) => step.as_str().to_string(),
+            (status, _) => status.as_str().to_string(),
+        };
+        *paths.entry(path).or_insert(0) += 1;
+    }
+    let rejected = (ordered as u64).saturating_sub(snapshot.orders.len() as u64);
+    if rejected > 0 {
+        paths.insert("REJECTED".into(), rejected);
+    }
+    paths
+}
+
+/// Adds the orders whose deadline was signalled to `faults` (the `deadline`
+/// kind is counted from the state, not injected).
+pub fn count_deadlines(snapshot: &Snapshot, faults: &mut BTreeMap<FaultKind, u64>) {
+    let deadlines = snapshot.orders.values().filter(|o| o.deadline_signalled).count() as u64;
+    if deadlines > 0 {
+        *faults.entry(FaultKind::Deadline).or_insert(0) += deadlines;
+    }
 }
 
 impl Summary {
@@ -48,6 +80,14 @@ impl Summary {
         self.dead_letters += o.dead_letters;
         self.simulated_ms += o.simulated_ms;
         self.busy += o.wall;
+    }
+
+    /// Counts faults of kinds the simulator does not have (e.g. torture's),
+    /// listed after the simulator's in the table.
+    pub fn add_other_faults(&mut self, counts: impl IntoIterator<Item = (&'static str, u64)>) {
+        for (name, n) in counts {
+            *self.other_faults.entry(name).or_insert(0) += n;
+        }
     }
 
     /// What should have happened at least once and never did.
@@ -92,6 +132,9 @@ impl Summary {
                 k.name(),
                 self.faults.get(&k).copied().unwrap_or(0)
             );
+        }
+        for (name, n) in &self.other_faults {
+            let _ = writeln!(s, "  {name:<24} {n}");
         }
         let _ = writeln!(s, "dead letters     {}", self.dead_letters);
         let _ = writeln!(s, "violations       {} seed(s)", self.failing.len());

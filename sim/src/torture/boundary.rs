@@ -1,0 +1,260 @@
+//! Faults at the adapter boundary: [`FaultyStore`] and [`FaultyBus`] wrap
+//! the production `PgStore` and `RedisBus` of one replica and inject what
+//! the plan's rates say, until the heal:
+//!
+//! - store: delays (`latency`), transactions that fail to begin or commit
+//!   with a conflict or "unavailable" (`store-abort`), relay and sweeper
+//!   reads and marks that fail (`store-abort`); an armed `BeforeCommit`
+//!   crash point stops the replica inside its next commit;
+//! - bus: publishes delayed, dropped (`drop-publish`) or made twice
+//!   (`duplicate`), deliveries taken and never handled (`drop-delivery`:
+//!   Redis keeps them pending until another consumer claims them), a
+//!   replica cut off the bus (`partition`: every call fails); an armed
+//!   `AfterPublish` crash point stops the relay between its publish and its
+//!   mark. A service asked to swallow a delivery (for an XDEL) takes one
+//!   out of the next batch and reports its entry id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use purchase_saga::runtime::bus::{Bus, BusError, Delivery};
+use purchase_saga::runtime::store::{Pruned, StoreResult};
+use purchase_saga::runtime::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+
+use crate::faults::{CrashPoint, FaultKind, Replica};
+
+use super::state::Shared;
+use super::TIME_DIVISOR;
+
+/// Sleeps a random part of the plan's jitter (scaled), counting it.
+async fn jitter(shared: &Shared) {
+    let max = shared.plan.jitter_ms_max / TIME_DIVISOR;
+    if max == 0 || shared.healed() {
+        return;
+    }
+    let ms = shared.below(max + 1);
+    if ms > 0 {
+        shared.count(FaultKind::Latency);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Waits to be crashed: the driver aborts the replica's tasks.
+async fn hang_until_crashed() -> ! {
+    std::future::pending::<()>().await;
+    unreachable!("a pending future never completes")
+}
+
+/// A store error as the plan draws it: half conflicts, half outages.
+fn store_fault(shared: &Shared, what: &str) -> StoreError {
+    shared.count(FaultKind::StoreAbort);
+    if shared.below(2) == 0 {
+        StoreError::Conflict(format!("torture: injected conflict at {what}"))
+    } else {
+        StoreError::Unavailable(format!("torture: injected outage at {what}"))
+    }
+}
+
+/// One replica's (or the client's) store.
+pub struct FaultyStore {
+    pub inner: Arc<dyn Store>,
+    pub shared: Arc<Shared>,
+    pub replica: Option<Replica>,
+}
+
+impl FaultyStore {
+    fn strike(&self, what: &str) -> StoreResult<()> {
+        if self.shared.strikes(self.shared.plan.abort_per_mille) {
+            return Err(store_fault(&self.shared, what));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>> {
+        jitter(&self.shared).await;
+        self.strike("begin")?;
+        let inner = self.inner.begin(service).await?;
+        self.shared.tx_opened(self.replica);
+        Ok(Box::new(FaultyTx {
+            inner: Some(inner),
+            shared: self.shared.clone(),
+            replica: self.replica,
+        }))
+    }
+
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        self.strike("outbox_due")?;
+        self.inner.outbox_due(service, now, limit).await
+    }
+
+    async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
+        self.strike("mark_published")?;
+        self.inner.mark_published(service, marks, now).await
+    }
+
+    async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
+        self.strike("orders_past_deadline")?;
+        self.inner.orders_past_deadline(now, limit).await
+    }
+
+    async fn prune(
+        &self,
+        service: Service,
+        now: Timestamp,
+        retention: Retention,
+        policy: RedrivePolicy,
+    ) -> StoreResult<Pruned> {
+        self.inner.prune(service, now, retention, policy).await
+    }
+
+    async fn snapshot(&self) -> StoreResult<Snapshot> {
+        self.inner.snapshot().await
+    }
+}
+
+/// A transaction that may abort at commit or hang there for a crash.
+struct FaultyTx {
+    /// None once committed.
+    inner: Option<Box<dyn StoreTx>>,
+    shared: Arc<Shared>,
+    replica: Option<Replica>,
+}
+
+impl FaultyTx {
+    fn tx(&mut self) -> &mut Box<dyn StoreTx> {
+        self.inner
+            .as_mut()
+            .expect("a transaction is used only before commit")
+    }
+}
+
+impl Drop for FaultyTx {
+    fn drop(&mut self) {
+        self.shared.tx_closed(self.replica);
+    }
+}
+
+#[async_trait]
+impl StoreTx for FaultyTx {
+    async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
+        self.tx().record_processed(event_id, now).await
+    }
+
+    async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        self.tx().load_for_update(key).await
+    }
+
+    async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        self.tx().load(key).await
+    }
+
+    async fn save(&mut self, row: &Row) -> StoreResult<()> {
+        self.tx().save(row).await
+    }
+
+    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+        self.tx().enqueue(event, now).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if let Some(r) = self.replica {
+            if self.shared.fire(r, CrashPoint::BeforeCommit) {
+                hang_until_crashed().await;
+            }
+        }
+        if self.shared.strikes(self.shared.plan.abort_per_mille) {
+            // Dropping the transaction rolls it back.
+            self.inner = None;
+            return Err(store_fault(&self.shared, "commit"));
+        }
+        let inner = self.inner.take().expect("committed once");
+        inner.commit().await
+    }
+}
+
+/// One replica's (or the client's) bus.
+pub struct FaultyBus {
+    pub inner: Arc<dyn Bus>,
+    pub shared: Arc<Shared>,
+    pub replica: Replica,
+}
+
+impl FaultyBus {
+    fn reachable(&self) -> Result<(), BusError> {
+        if self.shared.is_cut(self.replica) {
+            return Err(BusError::Unavailable(format!(
+                "torture: {} cut off the bus",
+                self.replica
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for FaultyBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        jitter(&self.shared).await;
+        self.reachable()?;
+        let plan = &self.shared.plan;
+        if self.shared.strikes(plan.drop_publish_per_mille) {
+            self.shared.fault(
+                FaultKind::DropPublish,
+                format!("{} publish of {} lost", self.replica, event.summary()),
+            );
+        } else {
+            self.inner.publish(event).await?;
+            if self.shared.strikes(plan.duplicate_per_mille) {
+                self.shared.count(FaultKind::Duplicate);
+                self.inner.publish(event).await?;
+            }
+        }
+        if self.shared.fire(self.replica, CrashPoint::AfterPublish) {
+            self.shared.count(FaultKind::CrashAfterPublish);
+            hang_until_crashed().await;
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        self.reachable()?;
+        let mut batch = self.inner.receive(service, consumer, max).await?;
+        if !batch.is_empty() && self.shared.take_swallow(service) {
+            let taken = batch.remove(0);
+            self.shared.swallowed(service, taken.entry_id);
+        }
+        let plan = &self.shared.plan;
+        batch.retain(|d| {
+            let dropped = self.shared.strikes(plan.drop_delivery_per_mille);
+            if dropped {
+                self.shared.fault(
+                    FaultKind::DropDelivery,
+                    format!("{consumer} never got entry {}", d.entry_id),
+                );
+            }
+            !dropped
+        });
+        Ok(batch)
+    }
+
+    async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {
+        self.reachable()?;
+        self.inner.ack(service, entry_id).await
+    }
+
+    async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
+        self.reachable()?;
+        self.inner.dead_letter(service, delivery, reason).await
+    }
+}

@@ -1,0 +1,344 @@
+//! What torture checks, with the simulator's invariants
+//! (`domain::invariants`) and these additions:
+//!
+//! - during the run: `check_safety` and `check_transition` on
+//!   `Store::snapshot()` every [`SNAPSHOT_EVERY`]; from the runtime's
+//!   observer events, [`REAL_EVENT_DEAD_LETTERED`] (a decodable event, which
+//!   only torture's injected entries and rows are not, dead-lettered) and
+//!   [`REPUBLISH_BOUNDED`] (a relay publishing one event more often than the
+//!   re-drive schedule allows: an endless republish);
+//! - at the end: quiescence ([`not_quiescent`]: every order terminal, every
+//!   outbox row published and in each subscriber's inbox, every group
+//!   drained) within the bound, else `liveness`; `check_quiescent`; and
+//!   that what had to be dead-lettered was: an entry XDELed while pending
+//!   ([`DELETED_ENTRY_DEAD_LETTERED`]) and an undecodable entry sent while
+//!   the dead-letter key had the wrong type ([`DEAD_LETTER_KEPT`]), unless
+//!   Redis lost its data after them.
+//!
+//! Injected outbox rows (bad-outbox-row) are exempt from "published": a
+//! relay may quarantine them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use purchase_saga::adapters::postgres::{self, schema, PgConfig, PgStore};
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::domain::invariants::{check_quiescent, check_safety, check_transition, Snapshot};
+use purchase_saga::domain::service::subscribers;
+use purchase_saga::domain::{Event, Service};
+use purchase_saga::runtime::observer::{Disposition, Observer, RuntimeEvent};
+use purchase_saga::runtime::trace::delivery_line;
+use purchase_saga::runtime::{RedrivePolicy, Store};
+use sqlx::Row as _;
+
+use crate::finding::{check, Finding};
+
+use super::state::Shared;
+
+pub const REAL_EVENT_DEAD_LETTERED: &str = "real-event-dead-lettered";
+pub const REPUBLISH_BOUNDED: &str = "republish-bounded";
+pub const DELETED_ENTRY_DEAD_LETTERED: &str = "deleted-entry-dead-lettered";
+pub const DEAD_LETTER_KEPT: &str = "dead-letter-kept";
+/// Torture could not set a seed up or inject a fault it must (not a
+/// finding about the saga, but a seed that proves nothing).
+pub const SETUP: &str = "torture-setup";
+
+/// Period of the safety snapshots.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+
+/// The runtime's observer in torture: trace lines, and the checks that
+/// need the runtime's own view (see the module docs).
+pub struct TortureObserver {
+    pub shared: Arc<Shared>,
+    /// Publishes of one event allowed to the relays of its service: every
+    /// round of the schedule plus the first, by each replica, twice over
+    /// (a failed mark is a legitimate republish).
+    pub publishes_max: u32,
+}
+
+impl TortureObserver {
+    pub fn new(shared: Arc<Shared>, policy: RedrivePolicy, replicas: u8) -> TortureObserver {
+        let rounds = policy.republish_max.min(RedrivePolicy::ROUNDS_MAX) + 1;
+        TortureObserver {
+            shared,
+            publishes_max: 2 * rounds * u32::from(replicas),
+        }
+    }
+}
+
+impl Observer for TortureObserver {
+    fn observe(&self, event: RuntimeEvent<'_>) {
+        match &event {
+            RuntimeEvent::Handled {
+                consumer,
+                event: decoded,
+                disposition,
+                attempt,
+                service,
+                ..
+            } => {
+                let line = delivery_line(&event).expect("a handled delivery has a line");
+                self.shared.log(format!("{consumer} #{attempt} | {line}"));
+                if let (Disposition::DeadLettered { reason }, Some(e)) = (disposition, decoded) {
+                    self.shared.found(Finding::new(
+                        REAL_EVENT_DEAD_LETTERED,
+                        format!("{} at {service}", e.summary()),
+                        format!("dead-lettered: {reason}"),
+                    ));
+                }
+            }
+            RuntimeEvent::Published {
+                service,
+                event: e,
+                republish,
+            } => {
+                let again = if *republish > 0 {
+                    format!(" [republish {republish}]")
+                } else {
+                    String::new()
+                };
+                self.shared.log(format!(
+                    "{service} -> Bus: {} {}{again}",
+                    e.event_type(),
+                    e.order_id
+                ));
+                let n = self.shared.published(e.event_id.to_string());
+                if n > self.publishes_max {
+                    self.shared.found(Finding::new(
+                        REPUBLISH_BOUNDED,
+                        format!("{} from {service}", e.summary()),
+                        format!("published {n} times (the schedule allows {})", self.publishes_max),
+                    ));
+                }
+            }
+            RuntimeEvent::Committed { .. } | RuntimeEvent::ConflictRetried { .. } => {}
+        }
+    }
+}
+
+/// The checker's view of a seed's servers, on connections of its own.
+pub struct Checker {
+    pub db_url: String,
+    /// For key names; each check connects afresh ([`Checker::fresh_bus`]).
+    pub bus: RedisBus,
+    pub redis_url: String,
+    pub redis: RedisConfig,
+    /// Outbox rows torture inserted, per service (exempt from "published").
+    pub injected_rows: std::sync::Mutex<BTreeMap<Service, BTreeSet<i64>>>,
+}
+
+impl Checker {
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+        snapshot_of(&self.db_url).await
+    }
+
+    /// A bus on new connections: one made before a restart or a
+    /// `CLIENT KILL` may still be reconnecting, and the checker must see
+    /// the server, not its own connection's trouble.
+    pub async fn fresh_bus(&self) -> Result<RedisBus, String> {
+        RedisBus::connect(&self.redis_url, self.redis.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn injected(&self, service: Service) -> BTreeSet<i64> {
+        self.injected_rows
+            .lock()
+            .expect("injected rows mutex")
+            .get(&service)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Why the seed is not quiescent yet, if it is not.
+    pub async fn not_quiescent(&self) -> Result<Option<String>, String> {
+        let snapshot = self.snapshot().await?;
+        let open = snapshot
+            .orders
+            .values()
+            .filter(|o| !o.status.is_terminal())
+            .count();
+        if open > 0 {
+            return Ok(Some(format!("{open} orders not terminal")));
+        }
+        let store = fresh_store(&self.db_url).await?;
+        let outcome = self.undelivered(&store).await;
+        store.pool().close().await;
+        if let Some(why) = outcome? {
+            return Ok(Some(why));
+        }
+        let bus = self.fresh_bus().await?;
+        for service in Service::ALL {
+            if let Some(stats) = bus.group_stats(service).await.map_err(|e| e.to_string())? {
+                if stats.pending > 0 || stats.lag.unwrap_or(0) > 0 {
+                    return Ok(Some(format!(
+                        "{service}'s group: {} pending, lag {:?}",
+                        stats.pending, stats.lag
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// An outbox row (not injected) never published or not yet in a
+    /// subscriber's inbox.
+    async fn undelivered(&self, store: &PgStore) -> Result<Option<String>, String> {
+        let mut inboxes: BTreeMap<Service, BTreeSet<String>> = BTreeMap::new();
+        for service in Service::ALL {
+            let ids: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT event_id::text FROM {}.inbox", schema(service)))
+                    .fetch_all(store.pool())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            inboxes.insert(service, ids.into_iter().collect());
+        }
+        for service in Service::ALL {
+            let injected = self.injected(service);
+            let rows = sqlx::query(&format!(
+                "SELECT seq, payload, published_count FROM {}.outbox ORDER BY seq",
+                schema(service)
+            ))
+            .fetch_all(store.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+            for r in rows {
+                let seq: i64 = r.try_get("seq").map_err(|e| e.to_string())?;
+                if injected.contains(&seq) {
+                    continue;
+                }
+                let published: i32 = r.try_get("published_count").map_err(|e| e.to_string())?;
+                if published == 0 {
+                    return Ok(Some(format!("{service} outbox seq {seq} never published")));
+                }
+                let payload: String = r.try_get("payload").map_err(|e| e.to_string())?;
+                let event = Event::decode(payload.as_bytes())
+                    .map_err(|e| format!("{service} outbox seq {seq} does not decode: {e}"))?;
+                for s in subscribers(event.event_type()) {
+                    if !inboxes[&s].contains(&event.event_id.to_string()) {
+                        return Ok(Some(format!("{} never reached {s}", event.summary())));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Checker::dead_lettered`], tried again while the connection
+    /// recovers from a fault (a restarted Redis, killed connections).
+    pub async fn dead_lettered_retrying(&self, service: Service) -> Result<BTreeSet<String>, String> {
+        let mut tries = 0;
+        loop {
+            match self.dead_lettered(service).await {
+                Err(_) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Entry ids in `service`'s dead-letter stream.
+    pub async fn dead_lettered(&self, service: Service) -> Result<BTreeSet<String>, String> {
+        Ok(self
+            .fresh_bus()
+            .await?
+            .dead_letters(service, 100_000)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|d| d.letter.entry_id)
+            .collect())
+    }
+}
+
+/// A store on a fresh one-connection pool: a pooled connection would keep
+/// statements prepared before an additive migration, and the checker must
+/// see the database, not that defect.
+pub async fn fresh_store(db_url: &str) -> Result<PgStore, String> {
+    let config = PgConfig {
+        connections_max: 1,
+        acquire_timeout: Duration::from_secs(5),
+        ..PgConfig::default()
+    };
+    let pool = postgres::connect(db_url, &config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(PgStore::new(pool))
+}
+
+/// Every row of the seed's database, on a fresh connection.
+pub async fn snapshot_of(db_url: &str) -> Result<Snapshot, String> {
+    let store = fresh_store(db_url).await?;
+    let snapshot = store.snapshot().await.map_err(|e| e.to_string());
+    store.pool().close().await;
+    snapshot
+}
+
+/// The safety checks of one snapshot, and of the step from the last one.
+pub fn check_snapshot(shared: &Shared, before: Option<&Snapshot>, now: &Snapshot) {
+    for v in check_safety(now) {
+        shared.found(Finding::from(v));
+    }
+    if let Some(before) = before {
+        for v in check_transition(before, now) {
+            shared.found(Finding::from(v));
+        }
+    }
+}
+
+/// The end-of-run invariants on the final snapshot.
+pub fn check_final(shared: &Shared, last: &Snapshot) {
+    for v in check_quiescent(last) {
+        shared.found(Finding::from(v));
+    }
+}
+
+/// An entry torture expects in a dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub service: Service,
+    pub entry_id: String,
+    /// The check that fails without it.
+    pub check: &'static str,
+    pub what: String,
+    pub at_ms: u64,
+}
+
+/// Checks that each expected dead letter is there (unless Redis lost its
+/// data after it was expected).
+pub async fn check_dead_letters(
+    shared: &Shared,
+    checker: &Checker,
+    expected: &[Expected],
+    last_loss_ms: Option<u64>,
+) {
+    for e in expected {
+        if last_loss_ms.is_some_and(|lost| lost >= e.at_ms) {
+            continue;
+        }
+        match checker.dead_lettered_retrying(e.service).await {
+            Ok(ids) if ids.contains(&e.entry_id) => {}
+            Ok(_) => shared.found(Finding::new(
+                e.check,
+                format!("entry {} of {}", e.entry_id, e.service),
+                format!(
+                    "{} is not in the dead-letter stream: lost without a trace",
+                    e.what
+                ),
+            )),
+            Err(err) => shared.found(Finding::new(SETUP, format!("dead letters of {}", e.service), err)),
+        }
+    }
+}
+
+/// A finding of the liveness check.
+pub fn liveness(bound: Duration, why: &str) -> Finding {
+    Finding::new(
+        check::LIVENESS,
+        "run",
+        format!("not quiescent {}ms after healing: {why}", bound.as_millis()),
+    )
+}

@@ -1,0 +1,508 @@
+//! One torture seed from start to verdict: servers up, opening rows seeded,
+//! replicas and client started, the plan applied on the (scaled) clock
+//! until the heal, then quiescence within the bound, then the checks; the
+//! database dropped and the private Redis stopped whatever happened.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::Service;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::task::JoinHandle;
+
+use crate::faults::{CrashPoint, FaultKind, Replica, Scheduled};
+use crate::finding::Finding;
+use crate::run::{replicas, SimSettings};
+
+use super::checks::{self, Checker, Expected, TortureObserver};
+use super::plan::{Fault, TortureInput};
+use super::replicas::{self as replica, Wiring};
+use super::servers::{PrivateRedis, RedisTarget, SeedDb};
+use super::state::Shared;
+use super::{runtime_config, TortureOutcome, TortureSettings, TIME_DIVISOR};
+
+/// Runs one seed on a runtime of its own (two worker threads).
+pub fn run_seed(settings: &TortureSettings, seed: u64) -> TortureOutcome {
+    let input = TortureInput::from_seed(seed, settings.profile, settings.orders, &settings.without);
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let shared = Arc::new(Shared::new(
+        input.plan.clone(),
+        ChaCha8Rng::seed_from_u64(seed ^ 0x7e57_7e57_7e57_7e57),
+    ));
+    let result = rt.block_on(run_async(settings, &input, shared.clone()));
+    if let Err(e) = result {
+        shared.found(Finding::new(checks::SETUP, format!("seed {seed}"), e));
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    outcome(&input, &shared, started.elapsed())
+}
+
+/// The scaled plan's moments, in ms since the seed started.
+fn scaled(plan_ms: u64) -> u64 {
+    plan_ms / TIME_DIVISOR
+}
+
+/// What a scheduled action does when its time comes.
+enum Action {
+    Torture(Fault),
+    Restart(Replica),
+    Reconnect(Replica),
+    ReadOnlyOff,
+    FreeDeadKey(Service),
+}
+
+/// The running seed: servers, replicas, the schedule, what to check.
+struct Run {
+    shared: Arc<Shared>,
+    db: SeedDb,
+    redis: RedisTarget,
+    checker: Checker,
+    wiring: Wiring,
+    up: BTreeMap<Replica, JoinHandle<()>>,
+    /// Actions by due time (ms since start), in insertion order per time.
+    actions: BTreeMap<u64, Vec<Action>>,
+    expected: Vec<Expected>,
+    last_loss_ms: Option<u64>,
+    migrations: u64,
+}
+
+async fn run_async(
+    settings: &TortureSettings,
+    input: &TortureInput,
+    shared: Arc<Shared>,
+) -> Result<(), String> {
+    let prefix = format!(
+        "torture:{}:{}:{}",
+        input.seed,
+        std::process::id(),
+        shared.now_ms()
+    );
+    let redis = match &settings.redis_url {
+        Some(url) => RedisTarget::Shared {
+            url: url.clone(),
+            prefix: prefix.clone(),
+        },
+        None => RedisTarget::Private(tokio::task::block_in_place(PrivateRedis::start)?),
+    };
+    let db = SeedDb::create(&settings.database_url, input.seed).await?;
+    let seeding = postgres::connect(&db.url, &PgConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    PgStore::new(seeding.clone())
+        .seed_rows(&input.scenario.opening_rows())
+        .await
+        .map_err(|e| format!("seeding the opening rows: {e}"))?;
+    seeding.close().await;
+
+    let config = runtime_config(&input.plan);
+    let redis_config = RedisConfig {
+        prefix,
+        visibility_timeout: Duration::from_millis(500),
+        block: Duration::from_millis(50),
+        command_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let checker = Checker {
+        db_url: db.url.clone(),
+        bus: RedisBus::connect(&redis.url(), redis_config.clone())
+            .await
+            .map_err(|e| e.to_string())?,
+        redis_url: redis.url(),
+        redis: redis_config.clone(),
+        injected_rows: Default::default(),
+    };
+    let observer = Arc::new(TortureObserver::new(
+        shared.clone(),
+        config.redrive,
+        SimSettings::default().replicas,
+    ));
+    let wiring = Wiring {
+        shared: shared.clone(),
+        observer,
+        db_url: db.url.clone(),
+        redis_url: redis.url(),
+        redis: redis_config,
+        pg: PgConfig {
+            connections_max: 2,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(2),
+            lock_timeout: Duration::from_millis(300),
+        },
+        config,
+    };
+    let mut run = Run {
+        shared: shared.clone(),
+        db,
+        redis,
+        checker,
+        wiring,
+        up: BTreeMap::new(),
+        actions: BTreeMap::new(),
+        expected: Vec::new(),
+        last_loss_ms: None,
+        migrations: 0,
+    };
+    for r in replicas(&SimSettings::default()) {
+        run.up.insert(r, replica::start(&run.wiring, r));
+    }
+    for t in &input.timed {
+        run.schedule(scaled(t.at_ms), Action::Torture(t.fault.clone()));
+    }
+    let heal_at = scaled(input.plan.heal_at_ms);
+    let bound = settings.quiescence_bound;
+    let give_up = Instant::now() + Duration::from_millis(heal_at) + bound;
+    let client_done = Arc::new(AtomicBool::new(false));
+    let client = replica::client(
+        &run.wiring,
+        input.scenario.orders.clone(),
+        give_up,
+        client_done.clone(),
+    );
+    let snapshots = tokio::spawn(watch_safety(shared.clone(), run.checker.db_url.clone()));
+
+    let mut next_sim_fault = 0;
+    let mut quiescent = false;
+    let mut last_check = 0;
+    loop {
+        let t = shared.now_ms();
+        if !shared.healed() && t >= heal_at {
+            run.heal(t).await;
+        }
+        while !shared.healed()
+            && next_sim_fault < input.plan.timed.len()
+            && scaled(input.plan.timed[next_sim_fault].at_ms) <= t
+        {
+            run.apply_sim_fault(&input.plan.timed[next_sim_fault].fault, t);
+            next_sim_fault += 1;
+        }
+        for (r, down_ms) in shared.take_crash_requests() {
+            run.crash(r, t, scaled(down_ms));
+        }
+        run.due_actions(t).await;
+        run.xdel_swallowed(t).await;
+        if shared.healed() && client_done.load(Ordering::SeqCst) && t >= last_check + 250 {
+            last_check = t;
+            match run.checker.not_quiescent().await {
+                Ok(None) => {
+                    quiescent = true;
+                    break;
+                }
+                Ok(Some(why)) if t >= heal_at + bound.as_millis() as u64 => {
+                    shared.found(checks::liveness(bound, &why));
+                    break;
+                }
+                Err(e) if t >= heal_at + bound.as_millis() as u64 => {
+                    shared.found(checks::liveness(bound, &format!("cannot tell: {e}")));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if settings.stop_at_first_finding && shared.has_findings() {
+            break;
+        }
+        if !client_done.load(Ordering::SeqCst) && Instant::now() >= give_up + Duration::from_secs(1) {
+            shared.found(checks::liveness(bound, "client still placing orders"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.abort();
+    snapshots.abort();
+    for (_, handle) in std::mem::take(&mut run.up) {
+        handle.abort();
+    }
+    shared.log(format!(
+        "== stopped ({}) ==",
+        if quiescent { "quiescent" } else { "NOT quiescent" }
+    ));
+    match run.checker.snapshot().await {
+        Ok(last) => {
+            checks::check_snapshot(&shared, None, &last);
+            checks::check_final(&shared, &last);
+            shared.set_final(last);
+        }
+        Err(e) => shared.found(Finding::new(checks::SETUP, "final snapshot", e)),
+    }
+    checks::check_dead_letters(&shared, &run.checker, &run.expected, run.last_loss_ms).await;
+    let mut dead_letters = 0;
+    if let Ok(bus) = run.checker.fresh_bus().await {
+        for service in Service::ALL {
+            dead_letters += bus.dead_letter_count(service).await.unwrap_or(0);
+        }
+    }
+    shared.set_dead_letters(dead_letters);
+    run.redis.clean_up().await
+}
+
+/// Takes a snapshot every `SNAPSHOT_EVERY` and checks it, and the step
+/// from the previous one, until aborted. A snapshot that fails (a fault hit
+/// the checker's connection) is skipped.
+async fn watch_safety(shared: Arc<Shared>, db_url: String) {
+    let mut before: Option<Snapshot> = None;
+    loop {
+        tokio::time::sleep(checks::SNAPSHOT_EVERY).await;
+        if let Ok(now) = checks::snapshot_of(&db_url).await {
+            checks::check_snapshot(&shared, before.as_ref(), &now);
+            before = Some(now);
+        }
+    }
+}
+
+impl Run {
+    fn schedule(&mut self, at: u64, action: Action) {
+        self.actions.entry(at).or_default().push(action);
+    }
+
+    async fn heal(&mut self, t: u64) {
+        self.shared.heal();
+        // Everything down comes back; windows close now.
+        let pending: Vec<Action> = std::mem::take(&mut self.actions)
+            .into_values()
+            .flatten()
+            .collect();
+        for action in pending {
+            match action {
+                Action::Torture(_) => {}
+                other => self.act(other, t).await,
+            }
+        }
+    }
+
+    fn apply_sim_fault(&mut self, fault: &Scheduled, t: u64) {
+        match fault {
+            Scheduled::Crash {
+                replica,
+                point: CrashPoint::Anywhere,
+                down_ms,
+            } => self.crash(*replica, t, scaled(*down_ms)),
+            Scheduled::Crash {
+                replica,
+                point,
+                down_ms,
+            } => self.shared.arm(*replica, *point, *down_ms),
+            Scheduled::Partition { replica, len_ms } => {
+                if !self.shared.is_cut(*replica) {
+                    self.shared.set_cut(*replica, true);
+                    self.shared.fault(
+                        FaultKind::Partition,
+                        format!("{replica} cut off the bus for {}ms", scaled(*len_ms)),
+                    );
+                    self.schedule(t + scaled(*len_ms), Action::Reconnect(*replica));
+                }
+            }
+        }
+    }
+
+    /// Aborts `replica`'s tasks now (if it is up) and restarts it after
+    /// `down_ms` (at the heal at the latest).
+    fn crash(&mut self, replica: Replica, t: u64, down_ms: u64) {
+        let Some(handle) = self.up.remove(&replica) else {
+            return;
+        };
+        handle.abort();
+        let open = self.shared.take_open_tx(replica);
+        self.shared.fault(FaultKind::Crash, format!("{replica} crashed"));
+        if open > 0 {
+            self.shared.fault(
+                FaultKind::CrashMidTransaction,
+                format!("{replica} lost {open} open transaction(s)"),
+            );
+        }
+        self.schedule(t + down_ms.max(1), Action::Restart(replica));
+    }
+
+    async fn due_actions(&mut self, t: u64) {
+        let later = self.actions.split_off(&(t + 1));
+        let due = std::mem::replace(&mut self.actions, later);
+        for action in due.into_values().flatten() {
+            self.act(action, t).await;
+        }
+    }
+
+    async fn act(&mut self, action: Action, t: u64) {
+        match action {
+            Action::Restart(r) => {
+                if !self.up.contains_key(&r) {
+                    self.up.insert(r, replica::start(&self.wiring, r));
+                    self.shared.log(format!("== {r} restarted =="));
+                }
+            }
+            Action::Reconnect(r) => {
+                self.shared.set_cut(r, false);
+                self.shared.log(format!("== {r} reconnected =="));
+            }
+            Action::ReadOnlyOff => match self.db.set_read_only(false).await {
+                Ok(n) => self
+                    .shared
+                    .log(format!("== database writable again ({n} backends terminated) ==")),
+                Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
+            },
+            Action::FreeDeadKey(service) => {
+                let key = self.checker.bus.dead_key(service);
+                match self.redis.free_dead_key(&key).await {
+                    Ok(()) => self.shared.log(format!("== {key} freed ==")),
+                    Err(e) => self.shared.found(Finding::new(checks::SETUP, key, e)),
+                }
+            }
+            Action::Torture(fault) if !self.shared.healed() => self.inject(fault, t).await,
+            Action::Torture(_) => {}
+        }
+    }
+
+    /// Injects one of torture's own faults; one that cannot be injected
+    /// now (e.g. a migration while the database is read-only) is traced
+    /// and not counted.
+    async fn inject(&mut self, fault: Fault, t: u64) {
+        let kind = fault.kind();
+        let done: Result<String, String> = match fault {
+            Fault::PgKill => self
+                .db
+                .terminate_backends()
+                .await
+                .map(|n| format!("{n} backends of {} terminated", self.db.name)),
+            Fault::RedisKill => match self.redis.kill_clients().await {
+                Ok(Some(n)) => Ok(format!("{n} Redis connections killed")),
+                Ok(None) => Err("not injected on a shared Redis (--redis-url)".into()),
+                Err(e) => Err(e),
+            },
+            Fault::RedisLoss => {
+                let lost = self.redis.lose_everything().await;
+                if lost.is_ok() {
+                    self.last_loss_ms = Some(t);
+                }
+                lost
+            }
+            Fault::ReadOnly { len_ms } => {
+                let done = self.db.set_read_only(true).await;
+                if done.is_ok() {
+                    self.schedule(t + scaled(len_ms), Action::ReadOnlyOff);
+                }
+                done.map(|n| {
+                    format!(
+                        "database read-only for {}ms ({n} backends terminated)",
+                        scaled(len_ms)
+                    )
+                })
+            }
+            Fault::Migration { service } => {
+                self.migrations += 1;
+                self.db
+                    .add_columns(service, self.migrations)
+                    .await
+                    .map(|sql| sql.join("; "))
+            }
+            Fault::BadOutboxRow { service, garbage } => {
+                match self.db.insert_bad_outbox_row(service, garbage).await {
+                    Ok((seq, what)) => {
+                        self.checker
+                            .injected_rows
+                            .lock()
+                            .expect("injected rows mutex")
+                            .entry(service)
+                            .or_default()
+                            .insert(seq);
+                        Ok(format!("{service} outbox seq {seq}: {what}"))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Fault::Xdel { service } => {
+                // The next delivery of the service is taken and left
+                // pending; `xdel_swallowed` deletes it from the stream.
+                self.shared.request_swallow(service);
+                self.shared
+                    .log(format!("== xdel: next delivery of {service} swallowed =="));
+                return;
+            }
+            Fault::WrongTypeDeadKey { service, len_ms } => {
+                let key = self.checker.bus.dead_key(service);
+                match self.redis.occupy_dead_key(&key).await {
+                    Ok(true) => {
+                        self.schedule(t + scaled(len_ms), Action::FreeDeadKey(service));
+                        let stream = self.checker.bus.stream_key(service);
+                        match self.redis.add_poison(&stream).await {
+                            Ok(id) => {
+                                self.expected.push(Expected {
+                                    service,
+                                    entry_id: id.clone(),
+                                    check: checks::DEAD_LETTER_KEPT,
+                                    what: "an undecodable entry sent while the dead-letter key had the wrong type"
+                                        .into(),
+                                    at_ms: t,
+                                });
+                                Ok(format!(
+                                    "SET {key} (a string) for {}ms; undecodable entry {id} on {stream}",
+                                    scaled(len_ms)
+                                ))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(false) => Err(format!("{key} exists; left alone")),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match done {
+            Ok(detail) => self.shared.fault_kind(kind, detail),
+            Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+        }
+    }
+
+    /// Deletes each swallowed (pending, never to be acknowledged) entry
+    /// from its stream, and expects it dead-lettered.
+    async fn xdel_swallowed(&mut self, t: u64) {
+        for (service, id) in self.shared.take_swallowed() {
+            let stream = self.checker.bus.stream_key(service);
+            match self.redis.xdel(&stream, &id).await {
+                Ok(1) => {
+                    self.shared.fault_kind(
+                        super::plan::Kind::Xdel,
+                        format!("entry {id} of {stream} deleted while pending"),
+                    );
+                    self.expected.push(Expected {
+                        service,
+                        entry_id: id,
+                        check: checks::DELETED_ENTRY_DEAD_LETTERED,
+                        what: "an entry deleted from the stream while pending".into(),
+                        at_ms: t,
+                    });
+                }
+                Ok(_) => self
+                    .shared
+                    .log(format!("FAULT xdel not injected: entry {id} already gone")),
+                Err(e) => self.shared.log(format!("FAULT xdel not injected: {e}")),
+            }
+        }
+    }
+}
+
+/// The seed's outcome from what the shared state gathered.
+fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutcome {
+    let last = shared.final_snapshot().unwrap_or_default();
+    let paths = crate::summary::paths(&last, input.scenario.orders.len());
+    let mut sim_faults = shared.sim_counts();
+    crate::summary::count_deadlines(&last, &mut sim_faults);
+    TortureOutcome {
+        input: input.clone(),
+        lines: shared.lines(),
+        findings: shared.findings(),
+        paths,
+        sim_faults,
+        kinds: shared.kind_counts(),
+        dead_letters: shared.dead_letters(),
+        wall,
+    }
+}

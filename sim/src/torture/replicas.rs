@@ -1,0 +1,197 @@
+//! Replicas and the client of one torture seed.
+//!
+//! A replica is one "process" of a service: its own PostgreSQL pool and
+//! Redis connections, behind the fault layer of `boundary.rs`, running the
+//! library's own loops as tokio tasks: `consumer::run`, `relay::run_woken`
+//! (woken by its own commits), `sweeper::run_pruner` for its service, and
+//! on Order replicas `sweeper::run`. A crash aborts the replica's task
+//! (`JoinHandle::abort`), which drops its loops wherever they are, open
+//! transactions included; a restart starts it afresh with new
+//! connections. The client places the scenario's orders with
+//! `commands::place_order` at their (scaled) arrival times.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::domain::gateway::SimulatedGateway;
+use purchase_saga::domain::Service;
+use purchase_saga::runtime::commands::{place_order, PlaceError};
+use purchase_saga::runtime::relay::RelayWake;
+use purchase_saga::runtime::{consumer, relay, sweeper, Env, Fanout, Observer, RuntimeConfig, SystemClock};
+use purchase_saga::workload::OrderSpec;
+use tokio::task::JoinHandle;
+
+use crate::faults::Replica;
+use crate::finding::{check, Finding};
+use crate::run::{place_command, request_line};
+
+use super::boundary::{FaultyBus, FaultyStore};
+use super::state::Shared;
+use super::TIME_DIVISOR;
+
+/// What every replica of a seed connects to, and how.
+#[derive(Clone)]
+pub struct Wiring {
+    pub shared: Arc<Shared>,
+    pub observer: Arc<dyn Observer>,
+    pub db_url: String,
+    pub redis_url: String,
+    pub redis: RedisConfig,
+    pub pg: PgConfig,
+    pub config: RuntimeConfig,
+}
+
+impl Wiring {
+    /// Connects a store and a bus, retrying while a fault keeps the servers
+    /// away (a restarting Redis, terminated backends), until `give_up`.
+    async fn connect(&self, give_up: Instant) -> Result<(PgStore, RedisBus), String> {
+        loop {
+            let pool = postgres::connect(&self.db_url, &self.pg).await;
+            let bus = RedisBus::connect(&self.redis_url, self.redis.clone()).await;
+            match (pool, bus) {
+                (Ok(pool), Ok(bus)) => return Ok((PgStore::new(pool), bus)),
+                (pool, bus) => {
+                    if Instant::now() >= give_up {
+                        return Err(format!(
+                            "could not connect: {:?} {:?}",
+                            pool.err().map(|e| e.to_string()),
+                            bus.err().map(|e| e.to_string())
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Starts `replica`; abort the handle to crash it.
+pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
+    let wiring = wiring.clone();
+    tokio::spawn(async move {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let (store, bus) = match wiring.connect(give_up).await {
+            Ok(c) => c,
+            Err(e) => {
+                wiring
+                    .shared
+                    .found(Finding::new(check::HOST_FAILED, replica.host(), e));
+                return;
+            }
+        };
+        let wake = Arc::new(RelayWake::default());
+        let env = Env {
+            store: Arc::new(FaultyStore {
+                inner: Arc::new(store),
+                shared: wiring.shared.clone(),
+                replica: Some(replica),
+            }),
+            bus: Arc::new(FaultyBus {
+                inner: Arc::new(bus),
+                shared: wiring.shared.clone(),
+                replica,
+            }),
+            clock: Arc::new(SystemClock),
+            gateway: Arc::new(SimulatedGateway::default()),
+            observer: Arc::new(Fanout(vec![wiring.observer.clone(), wake.clone()])),
+            config: wiring.config.clone(),
+        };
+        // Never signalled: a replica ends by being aborted.
+        let (_keep_running, shutdown) = tokio::sync::watch::channel(false);
+        let service = replica.service;
+        let mut loops = tokio::task::JoinSet::new();
+        loops.spawn(consumer::run(
+            env.clone(),
+            service,
+            replica.host(),
+            shutdown.clone(),
+        ));
+        loops.spawn(relay::run_woken(
+            env.clone(),
+            service,
+            shutdown.clone(),
+            Some(wake),
+        ));
+        loops.spawn(sweeper::run_pruner(env.clone(), vec![service], shutdown.clone()));
+        if service == Service::Order {
+            loops.spawn(sweeper::run(env.clone(), shutdown.clone()));
+        }
+        // Dropping the set (when this task is aborted) aborts the loops.
+        while let Some(ended) = loops.join_next().await {
+            let why = match ended {
+                Err(e) if e.is_panic() => format!("a loop panicked: {e}"),
+                _ => "a loop ended without shutdown".to_string(),
+            };
+            wiring
+                .shared
+                .found(Finding::new(check::HOST_FAILED, replica.host(), why));
+        }
+    })
+}
+
+/// The client: places each order at its arrival time (plan ms scaled),
+/// retrying store errors until `give_up`. Sets `done` when finished.
+pub fn client(
+    wiring: &Wiring,
+    orders: Vec<OrderSpec>,
+    give_up: Instant,
+    done: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let wiring = wiring.clone();
+    tokio::spawn(async move {
+        let (store, bus) = match wiring.connect(give_up).await {
+            Ok(c) => c,
+            Err(e) => {
+                wiring.shared.found(Finding::new(check::HOST_FAILED, "client", e));
+                done.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let env = Env {
+            store: Arc::new(FaultyStore {
+                inner: Arc::new(store),
+                shared: wiring.shared.clone(),
+                replica: None,
+            }),
+            bus: Arc::new(bus),
+            clock: Arc::new(SystemClock),
+            gateway: Arc::new(SimulatedGateway::default()),
+            observer: wiring.observer.clone(),
+            config: wiring.config.clone(),
+        };
+        let start = tokio::time::Instant::now();
+        for o in orders {
+            let at = Duration::from_millis(o.at.0.max(0) as u64 / TIME_DIVISOR);
+            tokio::time::sleep_until(start + at).await;
+            wiring.shared.log(request_line(&o));
+            let cmd = place_command(&o);
+            loop {
+                match place_order(&env, &cmd).await {
+                    Ok(_) => break,
+                    Err(PlaceError::Rejected(r)) => {
+                        wiring
+                            .shared
+                            .log(format!("Order -> Client: rejected {}: {r}", o.id));
+                        break;
+                    }
+                    Err(PlaceError::Store(e)) if Instant::now() < give_up => {
+                        tracing::debug!(order = %o.id, error = %e, "placing again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(PlaceError::Store(e)) => {
+                        wiring.shared.found(Finding::new(
+                            check::LIVENESS,
+                            format!("order {}", o.id),
+                            format!("could not be placed before the bound: {e}"),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+    })
+}

@@ -1,0 +1,44 @@
+//! `saga-sim torture` against the real services: a few seeds with the light
+//! profile must come out clean (`torture_mutant.rs` shows that a planted
+//! bug does not).
+//!
+//! Needs PostgreSQL (`DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, a user that may CREATE
+//! DATABASE) and the `redis-server` binary (each seed starts a private one
+//! on a free port); fails, saying what to start, when either is missing.
+//!
+//! The five fault kinds of issue 17 are left out here: today's adapters do
+//! not survive them (see the torture module docs and the integration
+//! notes); once their fixes are merged, drop that line in
+//! `torture_support::light`.
+
+mod torture_support;
+
+use purchase_saga_sim::torture::{self, Kind};
+use torture_support::{light, require_services};
+
+#[test]
+fn light_faults_on_the_real_services_leave_every_invariant_holding() {
+    require_services();
+    let settings = light();
+    for seed in 0..2 {
+        let o = torture::run_seed(&settings, seed);
+        assert!(
+            o.findings.is_empty(),
+            "seed {seed} failed:\n{}",
+            o.failure_report()
+        );
+        let placed: u64 = o.paths.values().sum();
+        assert_eq!(
+            placed,
+            o.input.scenario.orders.len() as u64,
+            "every order ends on a path (placed and terminal, or rejected)"
+        );
+        let injected: u64 = o.kinds.values().sum::<u64>() + o.sim_faults.values().sum::<u64>();
+        assert!(injected > 0, "seed {seed}: a light plan injects faults");
+        assert!(
+            o.kinds.get(&Kind::RedisLoss).copied().unwrap_or(0) > 0,
+            "seed {seed}: the light profile loses Redis's data once"
+        );
+    }
+}
