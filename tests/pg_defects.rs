@@ -444,7 +444,7 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
     let rows = 20;
     let events: Vec<Event> = (0..rows).map(order_created).collect();
     enqueue(&db.store, &events).await;
-    set_read_only(&db, true).await;
+    set_read_only(db, true).await;
 
     let relays = Loops::relays(env, 1);
     // An observation window, not a synchronisation: whatever the relay
@@ -456,7 +456,7 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
         "nothing is published while the marks cannot be written"
     );
 
-    set_read_only(&db, false).await;
+    set_read_only(db, false).await;
     wait_until_all_marked(db).await;
     relays.stop().await;
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), rows as u64);
@@ -649,7 +649,7 @@ async fn a_read_only_spell_dead_letters_nothing() {
     let fresh = order_created(2);
     bus.publish(&event).await.expect("publish");
     bus.publish(&fresh).await.expect("publish");
-    set_read_only(&db, true).await;
+    set_read_only(db, true).await;
 
     let consumer = Loops::consumer(env);
     // Many visibility timeouts long: the bug spent the budget of 3 in
@@ -660,7 +660,7 @@ async fn a_read_only_spell_dead_letters_nothing() {
         Vec::new(),
         "nothing is dead-lettered while the store is read-only"
     );
-    set_read_only(&db, false).await;
+    set_read_only(db, false).await;
     wait_until("both entries settled", || async {
         bus.pending_count(Service::User).await.is_ok_and(|n| n == 0)
             && recorder.lines().iter().filter(|l| !l.contains("Retry")).count() >= 2
