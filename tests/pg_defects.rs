@@ -351,11 +351,9 @@ async fn a_corrupt_order_does_not_stop_the_deadline_sweep() {
 
 // ------------------------------------------------------------- defect 2
 
-/// `ALTER TABLE ... ADD COLUMN` on a running system: the connection that
-/// prepared the step's read keeps serving it.
-#[tokio::test]
-async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
-    // One connection, so the second read runs where the first was prepared.
+/// A database with a pool of one connection, so every read runs where the
+/// previous one was prepared, holding alice's account; its key.
+async fn alice_on_one_connection() -> (TestDb, RowKey) {
     let db = TestDb::create_with(common::test_pg_config(1)).await;
     let alice = UserId::parse("alice").unwrap();
     db.store
@@ -366,7 +364,23 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
         })])
         .await
         .expect("seed");
-    let key = RowKey::Account(alice.clone());
+    (db, RowKey::Account(alice))
+}
+
+/// Runs a migration from a connection outside the store's pool, as a
+/// deploy does on a running system.
+async fn migrate(db: &TestDb, sql: &str) {
+    let mut other = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("second connection");
+    sqlx::query(sql).execute(&mut other).await.expect(sql);
+}
+
+/// `ALTER TABLE ... ADD COLUMN` on a running system: the connection that
+/// prepared the step's read keeps serving it.
+#[tokio::test]
+async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
+    let (db, key) = alice_on_one_connection().await;
     let read = || async {
         let mut tx = db.store.begin(Service::User).await?;
         let locked = tx.load_for_update(&key).await?;
@@ -377,13 +391,7 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
         Ok::<_, purchase_saga::runtime::StoreError>((locked, plain, committed, snapshot))
     };
     let before = read().await.expect("the read before the migration");
-    let mut other = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("second connection");
-    sqlx::query("ALTER TABLE user_svc.accounts ADD COLUMN note text")
-        .execute(&mut other)
-        .await
-        .expect("additive migration");
+    migrate(&db, "ALTER TABLE user_svc.accounts ADD COLUMN note text").await;
     let after = read()
         .await
         .expect("the same read after ADD COLUMN, on the same pooled connection");
@@ -397,17 +405,7 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
 /// retry succeeds.
 #[tokio::test]
 async fn a_changed_result_type_is_a_conflict_and_the_retry_prepares_again() {
-    let db = TestDb::create_with(common::test_pg_config(1)).await;
-    let alice = UserId::parse("alice").unwrap();
-    db.store
-        .seed_rows(&[Row::Account(Account {
-            user_id: alice.clone(),
-            balance: 100,
-            opening_balance: 100,
-        })])
-        .await
-        .expect("seed");
-    let key = RowKey::Account(alice);
+    let (db, key) = alice_on_one_connection().await;
     let read = || async {
         let mut tx = db.store.begin(Service::User).await?;
         let row = tx.load_for_update(&key).await?;
@@ -415,13 +413,11 @@ async fn a_changed_result_type_is_a_conflict_and_the_retry_prepares_again() {
         Ok::<_, purchase_saga::runtime::StoreError>(row)
     };
     let before = read().await.expect("the read before the migration");
-    let mut other = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("second connection");
-    sqlx::query("ALTER TABLE user_svc.accounts ALTER COLUMN user_id TYPE varchar(200)")
-        .execute(&mut other)
-        .await
-        .expect("type-changing migration");
+    migrate(
+        &db,
+        "ALTER TABLE user_svc.accounts ALTER COLUMN user_id TYPE varchar(200)",
+    )
+    .await;
     let first = read().await;
     assert!(
         matches!(&first, Err(purchase_saga::runtime::StoreError::Conflict(m)) if m.contains("0A000")),
