@@ -351,11 +351,9 @@ async fn a_corrupt_order_does_not_stop_the_deadline_sweep() {
 
 // ------------------------------------------------------------- defect 2
 
-/// `ALTER TABLE ... ADD COLUMN` on a running system: the connection that
-/// prepared the step's read keeps serving it.
-#[tokio::test]
-async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
-    // One connection, so the second read runs where the first was prepared.
+/// A database with a pool of one connection, so every read runs where the
+/// previous one was prepared, holding alice's account; its key.
+async fn alice_on_one_connection() -> (TestDb, RowKey) {
     let db = TestDb::create_with(common::test_pg_config(1)).await;
     let alice = UserId::parse("alice").unwrap();
     db.store
@@ -366,7 +364,23 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
         })])
         .await
         .expect("seed");
-    let key = RowKey::Account(alice.clone());
+    (db, RowKey::Account(alice))
+}
+
+/// Runs a migration from a connection outside the store's pool, as a
+/// deploy does on a running system.
+async fn migrate(db: &TestDb, sql: &str) {
+    let mut other = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("second connection");
+    sqlx::query(sql).execute(&mut other).await.expect(sql);
+}
+
+/// `ALTER TABLE ... ADD COLUMN` on a running system: the connection that
+/// prepared the step's read keeps serving it.
+#[tokio::test]
+async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
+    let (db, key) = alice_on_one_connection().await;
     let read = || async {
         let mut tx = db.store.begin(Service::User).await?;
         let locked = tx.load_for_update(&key).await?;
@@ -377,13 +391,7 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
         Ok::<_, purchase_saga::runtime::StoreError>((locked, plain, committed, snapshot))
     };
     let before = read().await.expect("the read before the migration");
-    let mut other = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("second connection");
-    sqlx::query("ALTER TABLE user_svc.accounts ADD COLUMN note text")
-        .execute(&mut other)
-        .await
-        .expect("additive migration");
+    migrate(&db, "ALTER TABLE user_svc.accounts ADD COLUMN note text").await;
     let after = read()
         .await
         .expect("the same read after ADD COLUMN, on the same pooled connection");
@@ -397,17 +405,7 @@ async fn a_step_read_survives_an_additive_migration_on_a_pooled_connection() {
 /// retry succeeds.
 #[tokio::test]
 async fn a_changed_result_type_is_a_conflict_and_the_retry_prepares_again() {
-    let db = TestDb::create_with(common::test_pg_config(1)).await;
-    let alice = UserId::parse("alice").unwrap();
-    db.store
-        .seed_rows(&[Row::Account(Account {
-            user_id: alice.clone(),
-            balance: 100,
-            opening_balance: 100,
-        })])
-        .await
-        .expect("seed");
-    let key = RowKey::Account(alice);
+    let (db, key) = alice_on_one_connection().await;
     let read = || async {
         let mut tx = db.store.begin(Service::User).await?;
         let row = tx.load_for_update(&key).await?;
@@ -415,13 +413,11 @@ async fn a_changed_result_type_is_a_conflict_and_the_retry_prepares_again() {
         Ok::<_, purchase_saga::runtime::StoreError>(row)
     };
     let before = read().await.expect("the read before the migration");
-    let mut other = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("second connection");
-    sqlx::query("ALTER TABLE user_svc.accounts ALTER COLUMN user_id TYPE varchar(200)")
-        .execute(&mut other)
-        .await
-        .expect("type-changing migration");
+    migrate(
+        &db,
+        "ALTER TABLE user_svc.accounts ALTER COLUMN user_id TYPE varchar(200)",
+    )
+    .await;
     let first = read().await;
     assert!(
         matches!(&first, Err(purchase_saga::runtime::StoreError::Conflict(m)) if m.contains("0A000")),
@@ -444,7 +440,7 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
     let rows = 20;
     let events: Vec<Event> = (0..rows).map(order_created).collect();
     enqueue(&db.store, &events).await;
-    set_read_only(&db, true).await;
+    set_read_only(db, true).await;
 
     let relays = Loops::relays(env, 1);
     // An observation window, not a synchronisation: whatever the relay
@@ -456,7 +452,7 @@ async fn a_read_only_database_publishes_nothing_until_marks_can_land() {
         "nothing is published while the marks cannot be written"
     );
 
-    set_read_only(&db, false).await;
+    set_read_only(db, false).await;
     wait_until_all_marked(db).await;
     relays.stop().await;
     assert_eq!(bus.stream_len(Service::User).await.unwrap(), rows as u64);
@@ -649,7 +645,7 @@ async fn a_read_only_spell_dead_letters_nothing() {
     let fresh = order_created(2);
     bus.publish(&event).await.expect("publish");
     bus.publish(&fresh).await.expect("publish");
-    set_read_only(&db, true).await;
+    set_read_only(db, true).await;
 
     let consumer = Loops::consumer(env);
     // Many visibility timeouts long: the bug spent the budget of 3 in
@@ -660,7 +656,7 @@ async fn a_read_only_spell_dead_letters_nothing() {
         Vec::new(),
         "nothing is dead-lettered while the store is read-only"
     );
-    set_read_only(&db, false).await;
+    set_read_only(db, false).await;
     wait_until("both entries settled", || async {
         bus.pending_count(Service::User).await.is_ok_and(|n| n == 0)
             && recorder.lines().iter().filter(|l| !l.contains("Retry")).count() >= 2
