@@ -1,7 +1,10 @@
 //! The Redis Streams bus against the real Redis: delivery, acknowledgement,
 //! takeover of an unacknowledged entry after the visibility timeout,
-//! dead letters, trimming, and recovery from a flushed Redis. Each test uses
-//! its own key prefix.
+//! dead letters, trimming, and recovery from a flushed Redis; and the Redis
+//! defects of issue 17 (`defect7_*`: a dead letter that cannot be written
+//! must leave its entry pending, and what the dead-letter cap drops is
+//! counted; `defect8_*`: an entry deleted while pending is dead-lettered,
+//! not lost). Each test uses its own key prefix.
 
 mod common;
 

@@ -105,10 +105,6 @@ pub struct DeadKeyWrongType;
 struct Group {
     last_delivered: EntryId,
     pending: BTreeMap<EntryId, Pending>,
-    /// New entries (above `last_delivered`) already handed out by the
-    /// [`Streams::deliver`] lever; `read_new` skips them. Empty unless the
-    /// lever delivered out of order.
-    delivered_ahead: BTreeSet<EntryId>,
     /// The XAUTOCLAIM cursor of [`Streams::receive`].
     cursor: EntryId,
 }
@@ -128,6 +124,11 @@ impl<P> Default for DeadList<P> {
 #[derive(Debug, Clone)]
 struct Stream<P> {
     entries: BTreeMap<EntryId, P>,
+    /// Entries never delivered to the group, all above its last-delivered
+    /// id: what `XREADGROUP >` reads, in order. (A set rather than "above
+    /// the last-delivered id" because the [`Streams::deliver`] lever hands
+    /// out new entries out of order.)
+    fresh: BTreeSet<EntryId>,
     group: Option<Group>,
     dead: DeadList<P>,
 }
@@ -136,6 +137,7 @@ impl<P> Default for Stream<P> {
     fn default() -> Self {
         Stream {
             entries: BTreeMap::new(),
+            fresh: BTreeSet::new(),
             group: None,
             dead: DeadList::default(),
         }
@@ -147,32 +149,30 @@ impl<P> Stream<P> {
         self.group.get_or_insert_with(Group::default)
     }
 
-    /// Moves the last-delivered id over the entries the lever already
-    /// handed out, so that `delivered_ahead` stays small and trims can
-    /// reach the entries below it.
-    fn settle_ahead(&mut self) {
-        let Stream { entries, group, .. } = self;
+    /// Moves the last-delivered id up to just below the oldest fresh
+    /// entry (or the newest entry), over the entries the lever handed out
+    /// out of order, so that trims can reach them once acknowledged.
+    fn settle_last_delivered(&mut self) {
+        let Stream {
+            entries,
+            fresh,
+            group,
+            ..
+        } = self;
         let Some(group) = group.as_mut() else {
             return;
         };
-        while let Some((&next, _)) = entries.range(group.last_delivered + 1..).next() {
-            if !group.delivered_ahead.remove(&next) {
-                break;
-            }
-            group.last_delivered = next;
-        }
-    }
-
-    /// Entries above the last-delivered id not yet handed out, in order.
-    fn undelivered(&self) -> impl Iterator<Item = EntryId> + '_ {
-        let (last, ahead) = match &self.group {
-            Some(g) => (g.last_delivered, Some(&g.delivered_ahead)),
-            None => (0, None),
+        let below = match fresh.first() {
+            Some(first) => entries.range(..*first).next_back(),
+            None => entries.last_key_value(),
         };
-        self.entries
-            .range(last + 1..)
-            .map(|(id, _)| *id)
-            .filter(move |id| ahead.is_none_or(|a| !a.contains(id)))
+        if let Some((&id, _)) = below {
+            group.last_delivered = group.last_delivered.max(id);
+        }
+        debug_assert!(
+            fresh.first().is_none_or(|f| *f > group.last_delivered),
+            "every fresh entry is above the last-delivered id"
+        );
     }
 }
 
@@ -206,8 +206,10 @@ impl<P: Clone> Streams<P> {
     pub fn append(&mut self, service: Service, payload: P) -> EntryId {
         self.next_id += 1;
         let id = self.next_id;
-        let previous = self.stream(service).entries.insert(id, payload);
+        let stream = self.stream(service);
+        let previous = stream.entries.insert(id, payload);
         assert!(previous.is_none(), "entry ids are never reused");
+        stream.fresh.insert(id);
         id
     }
 
@@ -242,13 +244,13 @@ impl<P: Clone> Streams<P> {
         now_ms: i64,
     ) -> Vec<Delivered<P>> {
         let stream = self.stream(service);
-        let ids: Vec<EntryId> = stream.undelivered().take(max).collect();
+        let ids: Vec<EntryId> = stream.fresh.iter().take(max).copied().collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let payload = stream.entries[&id].clone();
+            stream.fresh.remove(&id);
             let group = stream.group();
             group.last_delivered = group.last_delivered.max(id);
-            group.delivered_ahead.retain(|a| *a > id);
             group.pending.insert(
                 id,
                 Pending {
@@ -425,9 +427,10 @@ impl<P: Clone> Streams<P> {
     /// XDEL: `id` leaves the stream; if it was pending it stays in the
     /// pending list until a claim reports it deleted.
     pub fn delete(&mut self, service: Service, id: EntryId) -> bool {
-        self.streams
-            .get_mut(&service)
-            .is_some_and(|s| s.entries.remove(&id).is_some())
+        self.streams.get_mut(&service).is_some_and(|s| {
+            s.fresh.remove(&id);
+            s.entries.remove(&id).is_some()
+        })
     }
 
     /// `RedisBus::trim` (see the module docs). Returns how many entries
@@ -448,8 +451,17 @@ impl<P: Clone> Streams<P> {
         if floor == 0 {
             return 0;
         }
-        let kept = stream.entries.split_off(&floor);
-        let trimmed = std::mem::replace(&mut stream.entries, kept).len();
+        // One entry at a time: the usual trim removes few entries from a
+        // long stream (split_off would move the long rest).
+        let mut trimmed = 0;
+        while stream
+            .entries
+            .first_key_value()
+            .is_some_and(|(id, _)| *id < floor)
+        {
+            stream.entries.pop_first();
+            trimmed += 1;
+        }
         debug_assert!(
             stream.entries.keys().next().is_none_or(|first| *first >= floor),
             "a trim keeps every entry at or above the floor"
@@ -469,7 +481,7 @@ impl<P: Clone> Streams<P> {
     ) -> Option<Delivered<P>> {
         let stream = self.streams.get_mut(&service)?;
         let payload = stream.entries.get(&id)?.clone();
-        let is_new = stream.undelivered().any(|u| u == id);
+        let is_new = stream.fresh.remove(&id);
         let group = stream.group();
         let attempt = if let Some(p) = group.pending.get_mut(&id) {
             p.count += 1;
@@ -477,7 +489,6 @@ impl<P: Clone> Streams<P> {
             p.delivered_at_ms = now_ms;
             p.count
         } else if is_new {
-            group.delivered_ahead.insert(id);
             group.pending.insert(
                 id,
                 Pending {
@@ -486,7 +497,7 @@ impl<P: Clone> Streams<P> {
                     delivered_at_ms: now_ms,
                 },
             );
-            stream.settle_ahead();
+            stream.settle_last_delivered();
             1
         } else {
             return None;
@@ -507,7 +518,7 @@ impl<P: Clone> Streams<P> {
         let Some(stream) = self.streams.get(&service) else {
             return Vec::new();
         };
-        let mut ids: Vec<EntryId> = stream.undelivered().collect();
+        let mut ids: Vec<EntryId> = stream.fresh.iter().copied().collect();
         if redeliver {
             if let Some(group) = &stream.group {
                 ids.extend(
@@ -534,11 +545,9 @@ impl<P: Clone> Streams<P> {
         };
         if let Some(group) = stream.group.as_mut() {
             group.pending.remove(&id);
-            group.delivered_ahead.remove(&id);
         }
-        let forgotten = stream.entries.remove(&id).is_some();
-        stream.settle_ahead();
-        forgotten
+        stream.fresh.remove(&id);
+        stream.entries.remove(&id).is_some()
     }
 
     /// Entries not yet acknowledged: new ones and pending ones, over every
@@ -546,7 +555,7 @@ impl<P: Clone> Streams<P> {
     pub fn unacknowledged(&self) -> usize {
         self.streams
             .values()
-            .map(|s| s.undelivered().count() + s.group.as_ref().map_or(0, |g| g.pending.len()))
+            .map(|s| s.fresh.len() + s.group.as_ref().map_or(0, |g| g.pending.len()))
             .sum()
     }
 
