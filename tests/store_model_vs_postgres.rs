@@ -714,6 +714,17 @@ impl Postgres {
         Ok(ids.into_iter().map(EventId).collect())
     }
 
+    /// The encoded events of `service`'s outbox, in seq order.
+    async fn outbox_in_seq_order(&self, service: Service) -> StoreResult<Vec<String>> {
+        sqlx::query_scalar(&format!(
+            "SELECT payload FROM {}.outbox ORDER BY seq",
+            schema(service)
+        ))
+        .fetch_all(&self.control)
+        .await
+        .map_err(|e| StoreError::Fatal(e.to_string()))
+    }
+
     async fn outbox(&self, service: Service) -> StoreResult<Vec<Entry>> {
         let found = sqlx::query(&format!(
             "SELECT payload, created_at, published_count, last_published_at, next_publish_at FROM {}.outbox",
@@ -800,6 +811,10 @@ struct Case<'a> {
     in_flight: Vec<Option<Call>>,
     /// Keys each slot's transaction has locked.
     locked: Vec<Vec<RowKey>>,
+    /// Events each slot's transaction has enqueued, encoded, in order.
+    enqueued: Vec<Vec<String>>,
+    /// The events of the transaction that has just committed.
+    committed_batch: Option<(Service, Vec<String>)>,
     log: Vec<String>,
     tally: &'a mut Tally,
 }
@@ -852,6 +867,7 @@ impl Case<'_> {
                 self.pg.begin(slot, service).await.map_err(|e| self.fail(e))?;
                 self.model.begin(slot, service).await.map_err(|e| self.fail(e))?;
                 self.locked[slot].clear();
+                self.enqueued[slot].clear();
             }
             Status::Ready => {}
         }
@@ -875,6 +891,9 @@ impl Case<'_> {
         self.act(slot, call).await?;
         if matches!(op, Op::Commit) {
             self.compare_committed().await?;
+            if let Some((service, batch)) = self.committed_batch.take() {
+                self.compare_batch_order(service, &batch).await?;
+            }
         }
         Ok(())
     }
@@ -905,10 +924,18 @@ impl Case<'_> {
                 match (pg_returned.get(&s), model_returned.remove(&s)) {
                     (Some(pg), Some(model)) if pg.same(&model) => {
                         self.log.push(format!("  slot {s}: {what} -> {pg:?}"));
-                        if let (Some(Call::Lock(key)), Outcome::Read(_)) = (&call, pg) {
-                            if !self.locked[s].contains(key) {
-                                self.locked[s].push(key.clone());
+                        match (&call, pg) {
+                            (Some(Call::Lock(key)), Outcome::Read(_)) if !self.locked[s].contains(key) => {
+                                self.locked[s].push(key.clone())
                             }
+                            (Some(Call::Enqueue(event, _)), Outcome::Done) => {
+                                self.enqueued[s].push(event.encode())
+                            }
+                            (Some(Call::Commit), Outcome::Done) => {
+                                self.committed_batch =
+                                    Some((self.services[s], std::mem::take(&mut self.enqueued[s])))
+                            }
+                            _ => {}
                         }
                         // NAMED DIFFERENCE D5 (after an error): PostgreSQL
                         // has aborted the transaction (every later statement
@@ -1140,6 +1167,37 @@ impl Case<'_> {
         self.compare_committed().await
     }
 
+    /// D6 aside, both stores keep a transaction's events in the order it
+    /// enqueued them: `batch` is a subsequence of each outbox in seq order.
+    /// (Identical events of other transactions can only make it pass, never
+    /// fail, wrongly: the check is sound, not complete.)
+    async fn compare_batch_order(&self, service: Service, batch: &[String]) -> Result<(), String> {
+        let pg = self
+            .pg
+            .outbox_in_seq_order(service)
+            .await
+            .map_err(|e| self.fail(format!("outbox: {e}")))?;
+        let model: Vec<String> = self
+            .model
+            .store
+            .outbox()
+            .iter()
+            .filter(|e| e.event.emitter() == service)
+            .map(|e| e.event.encode())
+            .collect();
+        for (store, outbox) in [("PostgreSQL", &pg), ("the model", &model)] {
+            let mut rest = outbox.iter();
+            if !batch.iter().all(|p| rest.any(|q| q == p)) {
+                return Err(self.fail(format!(
+                    "{store}'s {service:?} outbox does not hold the committed transaction's {} events in \
+                     the order they were enqueued",
+                    batch.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Committed rows, inbox and outbox of both stores.
     async fn compare_committed(&self) -> Result<(), String> {
         let pg_rows = self
@@ -1239,6 +1297,8 @@ impl Harness {
             now: T0,
             in_flight: vec![None; slots],
             locked: vec![Vec::new(); slots],
+            enqueued: vec![Vec::new(); slots],
+            committed_batch: None,
             log: Vec::new(),
             tally: &mut self.tally,
         };
