@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
-use purchase_saga::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use purchase_saga::runtime::bus::{Bus, BusError, Delivery};
-use purchase_saga::runtime::store::{Pruned, StoreResult};
-use purchase_saga::runtime::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
+use purchase_saga::runtime::store::{Claimed, Pruned, StoreResult};
+use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
 
@@ -88,19 +88,34 @@ impl Store for FaultyStore {
         }))
     }
 
-    async fn outbox_due(
+    async fn claim_due(
         &self,
         service: Service,
         now: Timestamp,
+        lease: DurationMs,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>> {
-        self.strike("outbox_due")?;
-        self.inner.outbox_due(service, now, limit).await
+    ) -> StoreResult<Claimed> {
+        self.strike("claim_due")?;
+        self.inner.claim_due(service, now, lease, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.strike("mark_published")?;
         self.inner.mark_published(service, marks, now).await
+    }
+
+    async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
+        self.strike("release")?;
+        self.inner.release(service, seqs).await
+    }
+
+    async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
+        self.strike("processed")?;
+        self.inner.processed(service, event_id).await
+    }
+
+    async fn writable(&self, service: Service) -> StoreResult<()> {
+        self.inner.writable(service).await
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
