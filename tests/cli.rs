@@ -533,3 +533,29 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         .unwrap();
     assert_eq!(left, 0, "the bench databases are dropped");
 }
+
+/// Issue 16: logs written to a pipe carry no terminal colour codes (the
+/// human format colours only a terminal), and `--log-format json` stays
+/// one JSON object per line.
+#[test]
+fn logs_on_a_pipe_carry_no_colour_codes() {
+    let human = run(&["--in-memory", "migrate"]);
+    let stderr = text(&human.stderr);
+    assert!(human.status.success(), "{stderr}");
+    assert!(stderr.contains("migrations applied"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes on a pipe: {:?}",
+        stderr
+    );
+    let json = run(&["--in-memory", "--log-format", "json", "migrate"]);
+    let stderr = text(&json.stderr);
+    assert!(json.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("migrations applied"))
+        .unwrap_or_else(|| panic!("no log line: {stderr}"));
+    let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(parsed["level"], "INFO", "{line}");
+    assert!(!line.contains('\u{1b}'), "{line}");
+}
