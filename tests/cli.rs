@@ -92,8 +92,16 @@ fn an_unreachable_database_is_named_in_the_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_is_clean_on_a_seeded_database_and_lists_corruption() {
     let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-audit");
     let with_db = |args: &[&str]| {
-        let mut all = vec!["--database-url", db.url.as_str()];
+        let mut all = vec![
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis.url.as_str(),
+            "--redis-prefix",
+            redis.prefix.as_str(),
+        ];
         all.extend_from_slice(args);
         run(&all)
     };
@@ -103,14 +111,16 @@ async fn audit_is_clean_on_a_seeded_database_and_lists_corruption() {
         "migrate twice is fine: {}",
         text(&migrated.stderr)
     );
-    let first = with_db(&["seed-demo"]);
+    let tokens = scratch_file("audit-tokens");
+    let tokens = tokens.to_str().unwrap();
+    let first = with_db(&["seed-demo", "--tokens-file", tokens]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(
         text(&first.stdout).contains("seed-demo: 90 rows inserted, 0 already present"),
         "{}",
         text(&first.stdout)
     );
-    let second = with_db(&["seed-demo"]);
+    let second = with_db(&["seed-demo", "--tokens-file", tokens]);
     assert!(
         text(&second.stdout).contains("seed-demo: 0 rows inserted, 90 already present"),
         "{}",
@@ -173,16 +183,18 @@ fn terminate(pid: u32) {
 async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-serve");
-    let seeded = run(&["--database-url", &db.url, "seed-demo"]);
+    let tokens = scratch_file("serve-tokens");
+    let seeded = run(&[
+        "--database-url",
+        &db.url,
+        "seed-demo",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
     assert!(seeded.status.success(), "{}", text(&seeded.stderr));
     let seeded_out = text(&seeded.stdout);
-    let token = |name: &str| -> String {
-        seeded_out
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("token {name} ")))
-            .unwrap_or_else(|| panic!("seed-demo printed no token for {name}:\n{seeded_out}"))
-            .to_string()
-    };
+    let _ = std::fs::remove_file(&tokens);
+    let token = |name: &str| seeded_token(&seeded_out, name);
     let user_token = format!("Bearer {}", token("demo-user-3"));
     let other_token = format!("Bearer {}", token("demo-user-4"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -558,4 +570,238 @@ fn logs_on_a_pipe_carry_no_colour_codes() {
     let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(parsed["level"], "INFO", "{line}");
     assert!(!line.contains('\u{1b}'), "{line}");
+}
+
+/// A path in the system's temporary directory that no other test uses
+/// (nothing is created).
+fn scratch_file(label: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ps_test_{label}_{}", common::random_suffix()))
+}
+
+/// A `serve` child process with the HTTP API, SIGTERMed on drop.
+struct Serving {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Serving {
+    /// Starts `serve --services <services>` on a free port and waits (30 s
+    /// at most) until `/readyz` answers 200.
+    async fn start(db: &TestDb, redis: &TestRedis, services: &str) -> Serving {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = bin()
+            .args(["--database-url", &db.url, "--redis-url", &redis.url])
+            .args(["--redis-prefix", &redis.prefix])
+            .args(["serve", "--services", services, "--http", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve starts");
+        let serving = Serving { child, addr };
+        let until = Instant::now() + Duration::from_secs(30);
+        while client::request(addr, "GET", "/readyz", &[], b"", Duration::from_secs(5))
+            .await
+            .map_or(true, |r| r.status != 200)
+        {
+            assert!(Instant::now() < until, "serve --services {services} never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        serving
+    }
+
+    /// SIGTERM, then wait (40 s at most) for the exit.
+    async fn stop(mut self) {
+        terminate(self.child.id());
+        let until = Instant::now() + Duration::from_secs(40);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < until, "serve did not stop within 40 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The token `seed-demo` printed for `name` (`token <name> <token>`).
+fn seeded_token(seed_stdout: &str, name: &str) -> String {
+    seed_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("token {name} ")))
+        .unwrap_or_else(|| panic!("seed-demo printed no token for {name}:\n{seed_stdout}"))
+        .to_string()
+}
+
+/// Issue 16: an audit of a system with sagas in flight says so and exits 2
+/// (safety checked, the quiescent invariants not), and `audit --wait`
+/// exits 0 once the services have finished them. Orders are placed while
+/// only the Order service runs, so their ORDER_CREATED events wait on the
+/// bus undelivered; Redis unreachable is "cannot tell", also 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tells_not_quiescent_from_broken() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-quiescence");
+    let tokens = scratch_file("quiescence-tokens");
+    let with = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str(), "--redis-url", redis.url.as_str()];
+        all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+
+    let order_only = Serving::start(&db, &redis, "order").await;
+    for user in ["demo-user-3", "demo-user-4", "demo-user-5"] {
+        let body = format!(r#"{{"userId":"{user}","itemId":"demo-iron-sword","quantity":1}}"#);
+        let placed = client::request(
+            order_only.addr,
+            "POST",
+            "/orders",
+            &[("Content-Type", "application/json"), ("Authorization", &admin)],
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(placed.status, 202, "{}", placed.text());
+    }
+    // The Order relay publishes ORDER_CREATED; no User consumer takes it.
+    let until = Instant::now() + Duration::from_secs(30);
+    let busy = loop {
+        let out = with(&["audit"]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{stdout}{}", text(&out.stderr));
+        if stdout.contains("3 bus entries undelivered") {
+            break stdout;
+        }
+        assert!(Instant::now() < until, "ORDER_CREATED never reached the bus: {stdout}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(busy.contains("audit: not quiescent: "), "{busy}");
+    assert!(busy.contains("3 orders not terminal"), "{busy}");
+    assert!(busy.contains("  user: 0 pending, 3 undelivered, 0 unpublished"), "{busy}");
+    assert!(
+        busy.contains("audit: clean (safety invariants; the quiescent ones need a quiescent system"),
+        "{busy}"
+    );
+    assert!(!busy.contains("one-outcome-notification"), "no quiescent check: {busy}");
+    let no_bus = run(&[
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "audit",
+    ]);
+    assert_eq!(no_bus.status.code(), Some(2), "{}", text(&no_bus.stdout));
+    assert!(
+        text(&no_bus.stdout).contains("audit: not quiescent: the bus cannot be read"),
+        "{}",
+        text(&no_bus.stdout)
+    );
+    order_only.stop().await;
+
+    let all = Serving::start(&db, &redis, "all").await;
+    let waited = with(&["audit", "--wait", "30"]);
+    let stdout = text(&waited.stdout);
+    assert_eq!(waited.status.code(), Some(0), "{stdout}{}", text(&waited.stderr));
+    assert!(stdout.contains("audit: quiescent"), "{stdout}");
+    assert!(
+        stdout.contains("audit: clean (all invariants; 3 orders, 40 users, 5 items)"),
+        "{stdout}"
+    );
+    all.stop().await;
+    let _ = std::fs::remove_file(&tokens);
+}
+
+/// Issue 16: `seed-demo` keeps its tokens and reuses the ones still valid
+/// (a second run issues none), replacing only expired or revoked ones;
+/// `token issue --ttl` sets an expiry that `token list` shows and that
+/// `verify` honours; a bad `--ttl` is a clap error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_demo_reuses_valid_tokens_and_tokens_expire() {
+    use purchase_saga::adapters::tokens::{verify, Principal};
+    let db = TestDb::create().await;
+    let file = scratch_file("seed-tokens");
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str()];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let seed = || with_db(&["seed-demo", "--tokens-file", file.to_str().unwrap()]);
+    let first = seed();
+    assert!(first.contains("seed-demo: 0 tokens reused, 41 issued"), "{first}");
+    let second = seed();
+    assert!(second.contains("seed-demo: 41 tokens reused, 0 issued"), "{second}");
+    for name in ["admin", "demo-user-3", "demo-user-4"] {
+        assert_eq!(seeded_token(&first, name), seeded_token(&second, name), "{name}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM api_auth.tokens")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 41, "the second run issued nothing");
+
+    // One token expired (as if its week had passed), one revoked: only
+    // those two are replaced.
+    let expired = sqlx::query(
+        "UPDATE api_auth.tokens SET created_at = now() - interval '8 days', \
+                expires_at = now() - interval '1 day' WHERE user_id = 'demo-user-3'",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(expired.rows_affected(), 1);
+    with_db(&["token", "revoke", "--user", "demo-user-4"]);
+    let third = seed();
+    assert!(third.contains("seed-demo: 39 tokens reused, 2 issued"), "{third}");
+    for (name, replaced) in [("admin", false), ("demo-user-3", true), ("demo-user-4", true)] {
+        let same = seeded_token(&second, name) == seeded_token(&third, name);
+        assert_eq!(same, !replaced, "{name}");
+    }
+    let user3 = Principal::User(purchase_saga::domain::UserId::parse("demo-user-3").unwrap());
+    assert_eq!(verify(&db.store, &seeded_token(&second, "demo-user-3")).await.unwrap(), None);
+    assert_eq!(
+        verify(&db.store, &seeded_token(&third, "demo-user-3")).await.unwrap(),
+        Some(user3)
+    );
+
+    let listed = with_db(&["token", "list", "--user", "demo-user-3"]);
+    let states: Vec<&str> = listed.lines().skip(1).filter_map(|l| l.split_whitespace().last()).collect();
+    assert_eq!(states, ["expired", "active"], "{listed}");
+
+    let short = with_db(&["token", "issue", "--user", "u-1", "--ttl", "1s"]);
+    let short = short.trim();
+    let u1 = Principal::User(purchase_saga::domain::UserId::parse("u-1").unwrap());
+    assert_eq!(verify(&db.store, short).await.unwrap(), Some(u1), "valid at first");
+    let until = Instant::now() + Duration::from_secs(10);
+    while verify(&db.store, short).await.unwrap().is_some() {
+        assert!(Instant::now() < until, "a 1 s token still works after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = with_db(&["token", "list", "--user", "u-1"]);
+    assert!(listed.lines().nth(1).is_some_and(|l| l.ends_with("expired")), "{listed}");
+
+    let bad = run(&["--database-url", &db.url, "token", "issue", "--user", "u-1", "--ttl", "0s"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("invalid value '0s' for '--ttl <DURATION>': must be from 1s to 365d"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
 }

@@ -166,6 +166,11 @@ impl Backend {
         }
     }
 
+    /// The PostgreSQL store (None in memory).
+    pub fn postgres(&self) -> Option<&PgStore> {
+        self.pg.as_ref()
+    }
+
     /// Where the `/metrics` gauges of this backend come from.
     pub fn gauge_sources(&self) -> GaugeSources {
         GaugeSources {

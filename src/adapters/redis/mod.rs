@@ -43,7 +43,7 @@ use crate::domain::service::subscribers;
 use crate::domain::{Event, Service};
 use crate::runtime::bus::{Bus, BusError, Delivery};
 
-pub use ops::{DeadLetterEntry, GroupStats};
+pub use ops::{DeadLetterEntry, GroupStats, OldestPending};
 
 /// Consumer names a bus keeps a blocking connection for; more is a bug
 /// (consumer names are per replica task, a handful per process).
