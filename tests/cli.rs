@@ -805,3 +805,131 @@ async fn seed_demo_reuses_valid_tokens_and_tokens_expire() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// Issue 16: `status` on PostgreSQL and Redis while only the Order service
+/// runs: the User group's undelivered entries (lag), an entry a stuck
+/// consumer holds (pending, its age and deliveries), a dead letter, the
+/// sagas by state and the oldest saga in flight with its last event; as
+/// JSON and as a table; Redis unreachable is named and exits 1 with the
+/// PostgreSQL part still shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_health_of_a_running_deployment() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-status");
+    let tokens = scratch_file("status-tokens");
+    let with = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str(), "--redis-url", redis.url.as_str()];
+        all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let status_json = || {
+        let out = with(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status --json is JSON")
+    };
+    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let _ = std::fs::remove_file(&tokens);
+    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let quiet = status_json();
+    assert_eq!(quiet["sagas"], serde_json::json!({}), "{quiet}");
+    assert_eq!(quiet["oldestInFlight"], serde_json::Value::Null, "{quiet}");
+
+    let order_only = Serving::start(&db, &redis, "order").await;
+    let mut placed = Vec::new();
+    for user in ["demo-user-5", "demo-user-6"] {
+        let body = format!(r#"{{"userId":"{user}","itemId":"demo-iron-sword","quantity":1}}"#);
+        let answer = client::request(
+            order_only.addr,
+            "POST",
+            "/orders",
+            &[("Content-Type", "application/json"), ("Authorization", &admin)],
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 202, "{}", answer.text());
+        placed.push(answer.json().unwrap()["orderId"].as_str().unwrap().to_string());
+    }
+    let user_row = |s: &serde_json::Value| s["services"].as_array().unwrap()[1].clone();
+    let until = Instant::now() + Duration::from_secs(30);
+    let busy = loop {
+        let s = status_json();
+        if user_row(&s)["consumerLag"] == 2 {
+            break s;
+        }
+        assert!(Instant::now() < until, "ORDER_CREATED never reached the bus: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(user_row(&busy)["service"], "user");
+    assert_eq!(user_row(&busy)["pending"], 0, "{busy}");
+    assert_eq!(busy["sagas"], serde_json::json!({ "PENDING": 2 }), "{busy}");
+    let oldest = &busy["oldestInFlight"];
+    assert_eq!(oldest["orderId"], placed[0].as_str(), "{busy}");
+    assert_eq!(oldest["userId"], "demo-user-5", "{busy}");
+    assert_eq!(
+        (oldest["lastEvent"]["type"].as_str(), oldest["lastEvent"]["service"].as_str()),
+        (Some("ORDER_CREATED"), Some("order")),
+        "{busy}"
+    );
+    assert_eq!(busy["errors"], serde_json::json!([]), "{busy}");
+
+    // A consumer that takes one entry and never acknowledges it, and a
+    // dead letter.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let stream = format!("{}:stream:user", redis.prefix);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("user")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("user")
+        .arg("stuck-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:dead:user", redis.prefix))
+        .arg("*")
+        .arg("reason")
+        .arg("test")
+        .query(&mut conn)
+        .unwrap();
+    let stuck = status_json();
+    let row = user_row(&stuck);
+    assert_eq!(
+        (&row["consumerLag"], &row["pending"], &row["oldestPendingDeliveries"], &row["deadLetters"]),
+        (&serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1)),
+        "{stuck}"
+    );
+    assert!(row["oldestPendingAgeMs"].as_u64().is_some(), "{stuck}");
+
+    let table = with(&["status"]);
+    let stdout = text(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("service"), "{stdout}");
+    assert!(stdout.contains("sagas: 2 PENDING, 0 COMPLETED, 0 FAILED"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("oldest in flight: order {} of demo-user-5", placed[0])),
+        "{stdout}"
+    );
+    assert!(stdout.contains("last event ORDER_CREATED from order"), "{stdout}");
+
+    let no_bus = run(&["--database-url", db.url.as_str(), "--redis-url", "redis://127.0.0.1:1", "status"]);
+    let stdout = text(&no_bus.stdout);
+    assert_eq!(no_bus.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("error: redis: ") && stdout.contains("cannot connect to Redis"), "{stdout}");
+    assert!(stdout.contains("sagas: 2 PENDING"), "{stdout}");
+    order_only.stop().await;
+}

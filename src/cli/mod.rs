@@ -5,7 +5,10 @@
 //! - `serve`: run services' consumers, relays, the sweeper, the pruner and
 //!   optionally the HTTP API, until SIGTERM or Ctrl-C.
 //! - `seed-demo`: the demo's users and items (idempotent).
-//! - `audit`: the domain's invariants over the stores' state.
+//! - `audit`: the domain's invariants over the stores' state (exit 2 while
+//!   sagas are in flight; see `audit.rs`).
+//! - `status`: consumer lag and pending entries, outbox backlog and dead
+//!   letters per service, sagas by state, the oldest saga in flight.
 //! - `token`: issue and revoke API tokens.
 //! - `dlq`: list and replay the Redis bus's dead letters.
 //! - `chaos`: one process per service replica under kill -9 and backend
@@ -24,6 +27,7 @@ pub mod inflight;
 pub mod logging;
 pub mod seed;
 pub mod serve;
+pub mod status;
 pub mod token;
 
 use std::process::ExitCode;
@@ -115,6 +119,11 @@ pub enum Command {
     /// (the safety invariants held, the others were not checked).
     #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
+    /// The health of a running deployment: per service the consumer
+    /// group's lag and pending entries (and the oldest's age), outbox
+    /// backlog and dead letters; sagas by state; the oldest saga in flight
+    /// with its last event. Exit 1 if a source could not be read.
+    Status(status::StatusArgs),
     /// Migrate, serve every service in-process, seed, place orders over
     /// HTTP, wait for quiescence, audit and summarize.
     Demo(demo::DemoArgs),
@@ -210,6 +219,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Serve(args) => serve::run_serve(&cli.global, &args).await,
             Command::SeedDemo(args) => seed::run_seed_demo(&cli.global, &args).await,
             Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
+            Command::Status(args) => status::run_status(&cli.global, &args).await,
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
             Command::Token(args) => token::run_token(&cli.global, &args).await,
             Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
