@@ -13,8 +13,13 @@ use std::time::{Duration, Instant};
 use common::{TestDb, TestRedis};
 use purchase_saga::cli::client;
 
+/// The binary under test: cargo's build of it, or `PURCHASE_SAGA_BIN` when
+/// set (a release build, or a copy that a concurrent build in a shared
+/// target directory cannot replace mid-run).
 fn bin() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_purchase-saga"));
+    let path = std::env::var_os("PURCHASE_SAGA_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_purchase-saga").into());
+    let mut command = Command::new(path);
     command.env_remove("RUST_LOG");
     command
 }
