@@ -938,3 +938,27 @@ async fn status_shows_the_health_of_a_running_deployment() {
     assert!(stdout.contains("sagas: 2 PENDING"), "{stdout}");
     order_only.stop().await;
 }
+
+/// Issue 16: the new flags refuse bad values with clap's message and exit 2.
+#[test]
+fn the_operator_flags_refuse_bad_values() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["audit", "--wait", "soon"], "invalid value 'soon' for '--wait <SECONDS>'"),
+        (&["audit", "--wait", "3601"], "invalid value '3601' for '--wait <SECONDS>'"),
+        (
+            &["audit", "--safety-only", "--wait", "5"],
+            "the argument '--safety-only' cannot be used with '--wait <SECONDS>'",
+        ),
+        (&["status", "--verbose"], "unexpected argument '--verbose'"),
+        (&["seed-demo", "--token-ttl", "1w"], "invalid value '1w' for '--token-ttl <DURATION>'"),
+    ];
+    for (args, message) in cases {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    }
+    let out = run(&["--in-memory", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("status reads a running deployment"), "{}", text(&out.stderr));
+}
