@@ -17,8 +17,8 @@ use purchase_saga::cli::client;
 /// set (a release build, or a copy that a concurrent build in a shared
 /// target directory cannot replace mid-run).
 fn bin() -> Command {
-    let path = std::env::var_os("PURCHASE_SAGA_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_purchase-saga").into());
+    let path =
+        std::env::var_os("PURCHASE_SAGA_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_purchase-saga").into());
     let mut command = Command::new(path);
     command.env_remove("RUST_LOG");
     command
@@ -560,11 +560,7 @@ fn logs_on_a_pipe_carry_no_colour_codes() {
     let stderr = text(&human.stderr);
     assert!(human.status.success(), "{stderr}");
     assert!(stderr.contains("migrations applied"), "{stderr}");
-    assert!(
-        !stderr.contains('\u{1b}'),
-        "escape codes on a pipe: {:?}",
-        stderr
-    );
+    assert!(!stderr.contains('\u{1b}'), "escape codes on a pipe: {:?}", stderr);
     let json = run(&["--in-memory", "--log-format", "json", "migrate"]);
     let stderr = text(&json.stderr);
     assert!(json.status.success(), "{stderr}");
@@ -613,7 +609,10 @@ impl Serving {
             .await
             .map_or(true, |r| r.status != 200)
         {
-            assert!(Instant::now() < until, "serve --services {services} never became ready");
+            assert!(
+                Instant::now() < until,
+                "serve --services {services} never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         serving
@@ -624,7 +623,10 @@ impl Serving {
         terminate(self.child.id());
         let until = Instant::now() + Duration::from_secs(40);
         while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < until, "serve did not stop within 40 s of SIGTERM");
+            assert!(
+                Instant::now() < until,
+                "serve did not stop within 40 s of SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -659,7 +661,12 @@ async fn audit_tells_not_quiescent_from_broken() {
     let redis = TestRedis::create("cli-quiescence");
     let tokens = scratch_file("quiescence-tokens");
     let with = |args: &[&str]| {
-        let mut all = vec!["--database-url", db.url.as_str(), "--redis-url", redis.url.as_str()];
+        let mut all = vec![
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis.url.as_str(),
+        ];
         all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
         all.extend_from_slice(args);
         run(&all)
@@ -692,17 +699,26 @@ async fn audit_tells_not_quiescent_from_broken() {
         if stdout.contains("3 bus entries undelivered") {
             break stdout;
         }
-        assert!(Instant::now() < until, "ORDER_CREATED never reached the bus: {stdout}");
+        assert!(
+            Instant::now() < until,
+            "ORDER_CREATED never reached the bus: {stdout}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(busy.contains("audit: not quiescent: "), "{busy}");
     assert!(busy.contains("3 orders not terminal"), "{busy}");
-    assert!(busy.contains("  user: 0 pending, 3 undelivered, 0 unpublished"), "{busy}");
+    assert!(
+        busy.contains("  user: 0 pending, 3 undelivered, 0 unpublished"),
+        "{busy}"
+    );
     assert!(
         busy.contains("audit: clean (safety invariants; the quiescent ones need a quiescent system"),
         "{busy}"
     );
-    assert!(!busy.contains("one-outcome-notification"), "no quiescent check: {busy}");
+    assert!(
+        !busy.contains("one-outcome-notification"),
+        "no quiescent check: {busy}"
+    );
     let no_bus = run(&[
         "--database-url",
         db.url.as_str(),
@@ -751,7 +767,10 @@ async fn seed_demo_reuses_valid_tokens_and_tokens_expire() {
     let first = seed();
     assert!(first.contains("seed-demo: 0 tokens reused, 41 issued"), "{first}");
     let second = seed();
-    assert!(second.contains("seed-demo: 41 tokens reused, 0 issued"), "{second}");
+    assert!(
+        second.contains("seed-demo: 41 tokens reused, 0 issued"),
+        "{second}"
+    );
     for name in ["admin", "demo-user-3", "demo-user-4"] {
         assert_eq!(seeded_token(&first, name), seeded_token(&second, name), "{name}");
     }
@@ -779,29 +798,56 @@ async fn seed_demo_reuses_valid_tokens_and_tokens_expire() {
         assert_eq!(same, !replaced, "{name}");
     }
     let user3 = Principal::User(purchase_saga::domain::UserId::parse("demo-user-3").unwrap());
-    assert_eq!(verify(&db.store, &seeded_token(&second, "demo-user-3")).await.unwrap(), None);
     assert_eq!(
-        verify(&db.store, &seeded_token(&third, "demo-user-3")).await.unwrap(),
+        verify(&db.store, &seeded_token(&second, "demo-user-3"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        verify(&db.store, &seeded_token(&third, "demo-user-3"))
+            .await
+            .unwrap(),
         Some(user3)
     );
 
     let listed = with_db(&["token", "list", "--user", "demo-user-3"]);
-    let states: Vec<&str> = listed.lines().skip(1).filter_map(|l| l.split_whitespace().last()).collect();
+    let states: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
     assert_eq!(states, ["expired", "active"], "{listed}");
 
     let short = with_db(&["token", "issue", "--user", "u-1", "--ttl", "1s"]);
     let short = short.trim();
     let u1 = Principal::User(purchase_saga::domain::UserId::parse("u-1").unwrap());
-    assert_eq!(verify(&db.store, short).await.unwrap(), Some(u1), "valid at first");
+    assert_eq!(
+        verify(&db.store, short).await.unwrap(),
+        Some(u1),
+        "valid at first"
+    );
     let until = Instant::now() + Duration::from_secs(10);
     while verify(&db.store, short).await.unwrap().is_some() {
         assert!(Instant::now() < until, "a 1 s token still works after 10 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let listed = with_db(&["token", "list", "--user", "u-1"]);
-    assert!(listed.lines().nth(1).is_some_and(|l| l.ends_with("expired")), "{listed}");
+    assert!(
+        listed.lines().nth(1).is_some_and(|l| l.ends_with("expired")),
+        "{listed}"
+    );
 
-    let bad = run(&["--database-url", &db.url, "token", "issue", "--user", "u-1", "--ttl", "0s"]);
+    let bad = run(&[
+        "--database-url",
+        &db.url,
+        "token",
+        "issue",
+        "--user",
+        "u-1",
+        "--ttl",
+        "0s",
+    ]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
     assert!(
         text(&bad.stderr).contains("invalid value '0s' for '--ttl <DURATION>': must be from 1s to 365d"),
@@ -823,14 +869,25 @@ async fn status_shows_the_health_of_a_running_deployment() {
     let redis = TestRedis::create("cli-status");
     let tokens = scratch_file("status-tokens");
     let with = |args: &[&str]| {
-        let mut all = vec!["--database-url", db.url.as_str(), "--redis-url", redis.url.as_str()];
+        let mut all = vec![
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis.url.as_str(),
+        ];
         all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
         all.extend_from_slice(args);
         run(&all)
     };
     let status_json = || {
         let out = with(&["status", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status --json is JSON")
     };
     let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
@@ -875,7 +932,10 @@ async fn status_shows_the_health_of_a_running_deployment() {
     assert_eq!(oldest["orderId"], placed[0].as_str(), "{busy}");
     assert_eq!(oldest["userId"], "demo-user-5", "{busy}");
     assert_eq!(
-        (oldest["lastEvent"]["type"].as_str(), oldest["lastEvent"]["service"].as_str()),
+        (
+            oldest["lastEvent"]["type"].as_str(),
+            oldest["lastEvent"]["service"].as_str()
+        ),
         (Some("ORDER_CREATED"), Some("order")),
         "{busy}"
     );
@@ -914,8 +974,18 @@ async fn status_shows_the_health_of_a_running_deployment() {
     let stuck = status_json();
     let row = user_row(&stuck);
     assert_eq!(
-        (&row["consumerLag"], &row["pending"], &row["oldestPendingDeliveries"], &row["deadLetters"]),
-        (&serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1)),
+        (
+            &row["consumerLag"],
+            &row["pending"],
+            &row["oldestPendingDeliveries"],
+            &row["deadLetters"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
         "{stuck}"
     );
     assert!(row["oldestPendingAgeMs"].as_u64().is_some(), "{stuck}");
@@ -924,17 +994,29 @@ async fn status_shows_the_health_of_a_running_deployment() {
     let stdout = text(&table.stdout);
     assert_eq!(table.status.code(), Some(0), "{stdout}");
     assert!(stdout.starts_with("service"), "{stdout}");
-    assert!(stdout.contains("sagas: 2 PENDING, 0 COMPLETED, 0 FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("sagas: 2 PENDING, 0 COMPLETED, 0 FAILED"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!("oldest in flight: order {} of demo-user-5", placed[0])),
         "{stdout}"
     );
     assert!(stdout.contains("last event ORDER_CREATED from order"), "{stdout}");
 
-    let no_bus = run(&["--database-url", db.url.as_str(), "--redis-url", "redis://127.0.0.1:1", "status"]);
+    let no_bus = run(&[
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "status",
+    ]);
     let stdout = text(&no_bus.stdout);
     assert_eq!(no_bus.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("error: redis: ") && stdout.contains("cannot connect to Redis"), "{stdout}");
+    assert!(
+        stdout.contains("error: redis: ") && stdout.contains("cannot connect to Redis"),
+        "{stdout}"
+    );
     assert!(stdout.contains("sagas: 2 PENDING"), "{stdout}");
     order_only.stop().await;
 }
@@ -943,22 +1025,38 @@ async fn status_shows_the_health_of_a_running_deployment() {
 #[test]
 fn the_operator_flags_refuse_bad_values() {
     let cases: [(&[&str], &str); 5] = [
-        (&["audit", "--wait", "soon"], "invalid value 'soon' for '--wait <SECONDS>'"),
-        (&["audit", "--wait", "3601"], "invalid value '3601' for '--wait <SECONDS>'"),
+        (
+            &["audit", "--wait", "soon"],
+            "invalid value 'soon' for '--wait <SECONDS>'",
+        ),
+        (
+            &["audit", "--wait", "3601"],
+            "invalid value '3601' for '--wait <SECONDS>'",
+        ),
         (
             &["audit", "--safety-only", "--wait", "5"],
             "the argument '--safety-only' cannot be used with '--wait <SECONDS>'",
         ),
         (&["status", "--verbose"], "unexpected argument '--verbose'"),
-        (&["seed-demo", "--token-ttl", "1w"], "invalid value '1w' for '--token-ttl <DURATION>'"),
+        (
+            &["seed-demo", "--token-ttl", "1w"],
+            "invalid value '1w' for '--token-ttl <DURATION>'",
+        ),
     ];
     for (args, message) in cases {
         let out = run(args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
     }
     let out = run(&["--in-memory", "status"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("status reads a running deployment"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("status reads a running deployment"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -330,7 +330,9 @@ async fn an_order_is_drawn_as_a_mermaid_sequence_diagram() {
     let (status, placed) = idle.post_order(&order("alice", "sword", 1), None, "").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
     let id = placed["orderId"].as_str().unwrap();
-    let (status, _, diagram) = idle.get_text_as(Some(&idle.admin), &format!("/orders/{id}/diagram")).await;
+    let (status, _, diagram) = idle
+        .get_text_as(Some(&idle.admin), &format!("/orders/{id}/diagram"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{diagram}");
     let tail: Vec<&str> = diagram.lines().skip(9).collect();
     assert_eq!(

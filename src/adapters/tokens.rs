@@ -415,7 +415,10 @@ mod tests {
             check(&store, &token, t0.plus(DurationMs(59_999))).await.unwrap(),
             Verdict::Valid(alice)
         );
-        assert_eq!(check(&store, &token, expiry).await.unwrap(), Verdict::Expired(expiry));
+        assert_eq!(
+            check(&store, &token, expiry).await.unwrap(),
+            Verdict::Expired(expiry)
+        );
         let mut altered = token.clone();
         let last = altered.pop().unwrap();
         altered.push(if last == '0' { '1' } else { '0' });
@@ -426,10 +429,7 @@ mod tests {
         );
         let (id, _) = split_token(&token).unwrap();
         let record = store.find(id).await.unwrap().unwrap();
-        assert_eq!(
-            (record.state(t0), record.state(expiry)),
-            ("active", "expired")
-        );
+        assert_eq!((record.state(t0), record.state(expiry)), ("active", "expired"));
         assert!(store.revoke(id).await.unwrap());
         assert_eq!(check(&store, &token, t0).await.unwrap(), Verdict::Invalid);
         assert_eq!(store.find(id).await.unwrap().unwrap().state(expiry), "revoked");

@@ -114,7 +114,11 @@ impl fmt::Display for InFlight {
 
 /// Orders of `snapshot` that are not terminal.
 pub fn orders_in_flight(snapshot: &Snapshot) -> usize {
-    snapshot.orders.values().filter(|o| !o.status.is_terminal()).count()
+    snapshot
+        .orders
+        .values()
+        .filter(|o| !o.status.is_terminal())
+        .count()
 }
 
 /// Whether the system was quiescent around `snapshot`: empty when it was,
@@ -207,7 +211,10 @@ mod tests {
             ]
         );
         let pending = snapshot_with(OrderStatus::Pending);
-        assert_eq!(busy_reasons(&quiet(), &pending, &quiet()), ["1 orders not terminal"]);
+        assert_eq!(
+            busy_reasons(&quiet(), &pending, &quiet()),
+            ["1 orders not terminal"]
+        );
         assert_eq!(orders_in_flight(&pending), 1);
     }
 

@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
         assert!(colour_allowed(true, None));
-        assert!(colour_allowed(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(
+            colour_allowed(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
         assert!(!colour_allowed(true, Some(OsStr::new("1"))));
         assert!(!colour_allowed(false, None));
     }

@@ -107,7 +107,12 @@ pub struct BusExtras {
 const UNDELIVERED_COUNT_MAX: usize = 100_000;
 
 /// One service's row from its gauge reading and the extras.
-fn service_status(service: Service, reading: ServiceReading, extras: BusExtras, errors: &mut Vec<String>) -> ServiceStatus {
+fn service_status(
+    service: Service,
+    reading: ServiceReading,
+    extras: BusExtras,
+    errors: &mut Vec<String>,
+) -> ServiceStatus {
     let what = |source: &str| format!("{} {source}", service.slug());
     let group = keep(errors, &what("consumer group"), reading.group);
     let oldest = keep(errors, &what("oldest pending entry"), extras.oldest).flatten();
@@ -229,7 +234,13 @@ pub fn render(status: &Status) -> String {
         Some(counts) => {
             let by_state: Vec<String> = [OrderStatus::Pending, OrderStatus::Completed, OrderStatus::Failed]
                 .iter()
-                .map(|st| format!("{} {}", counts.get(st.as_str()).copied().unwrap_or(0), st.as_str()))
+                .map(|st| {
+                    format!(
+                        "{} {}",
+                        counts.get(st.as_str()).copied().unwrap_or(0),
+                        st.as_str()
+                    )
+                })
                 .collect();
             let _ = writeln!(s, "sagas: {}", by_state.join(", "));
         }
@@ -312,16 +323,28 @@ mod tests {
         };
         let row = service_status(Service::User, reading, extras, &mut errors);
         assert_eq!(
-            (row.consumer_lag, row.pending, row.outbox_backlog, row.dead_letters),
+            (
+                row.consumer_lag,
+                row.pending,
+                row.outbox_backlog,
+                row.dead_letters
+            ),
             (Some(3), Some(0), Some(4), None)
         );
         assert_eq!(errors, ["user dead letters: down"]);
         let reading = ServiceReading {
             outbox_backlog: Some(Ok(0)),
-            group: Some(Ok(Some(GroupStats { pending: 2, lag: Some(7) }))),
+            group: Some(Ok(Some(GroupStats {
+                pending: 2,
+                lag: Some(7),
+            }))),
             dead_letters: Some(Ok(1)),
         };
         let row = service_status(Service::User, reading, BusExtras::default(), &mut errors);
-        assert_eq!((row.consumer_lag, row.pending), (Some(7), Some(2)), "the group's own lag");
+        assert_eq!(
+            (row.consumer_lag, row.pending),
+            (Some(7), Some(2)),
+            "the group's own lag"
+        );
     }
 }

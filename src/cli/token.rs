@@ -127,13 +127,19 @@ pub async fn run_token(global: &GlobalArgs, args: &TokenArgs) -> Result<ExitCode
             let user = user.as_deref().map(user_id).transpose()?;
             let records = store.list(user.as_ref()).await.map_err(|e| e.to_string())?;
             let now = SystemClock.now();
-            println!("{:<16}  {:<24}  {:<24}  {:<24}  state", "id", "for", "created", "expires");
+            println!(
+                "{:<16}  {:<24}  {:<24}  {:<24}  state",
+                "id", "for", "created", "expires"
+            );
             for r in &records {
                 let expires = r.expires_at.map_or("never".to_string(), |t| t.to_string());
                 let owner = r.principal.to_string();
                 let created = r.created_at.to_string();
                 let state = r.state(now);
-                println!("{:<16}  {owner:<24}  {created:<24}  {expires:<24}  {state}", r.token_id);
+                println!(
+                    "{:<16}  {owner:<24}  {created:<24}  {expires:<24}  {state}",
+                    r.token_id
+                );
             }
             eprintln!("{} token(s)", records.len());
         }
@@ -163,7 +169,17 @@ mod tests {
         assert_eq!(parse_ttl("12h"), Ok(Ttl(Some(DurationMs(43_200_000)))));
         assert_eq!(parse_ttl("365d"), Ok(Ttl(Some(DurationMs(365 * 86_400_000)))));
         assert_eq!(parse_ttl("never"), Ok(Ttl(None)));
-        for bad in ["", "30", "d", "0s", "366d", "-1d", "1w", "1.5h", "99999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "0s",
+            "366d",
+            "-1d",
+            "1w",
+            "1.5h",
+            "99999999999999999d",
+        ] {
             assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
         }
     }

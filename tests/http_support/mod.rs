@@ -1061,7 +1061,9 @@ pub async fn check_user_orders(app: &TestApp) {
         ("?cursor=12.a%20b", "invalid_parameter", "cursor"),
         ("?page=2", "unknown_parameter", "page"),
     ] {
-        let (status, json) = app.get_as(Some(&alice), &format!("/users/alice/orders{query}")).await;
+        let (status, json) = app
+            .get_as(Some(&alice), &format!("/users/alice/orders{query}"))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {json}");
         assert_error(&json, error, Some(field), query);
     }
@@ -1084,7 +1086,9 @@ pub async fn check_user_orders(app: &TestApp) {
 /// subscriber (by the domain's publisher/subscriber table), and the
 /// order's outcome; same access rules as the order.
 pub async fn check_settled_diagram(app: &TestApp) {
-    let (status, placed) = app.post_order(&order("alice", "sword", 1), None, "?wait=10").await;
+    let (status, placed) = app
+        .post_order(&order("alice", "sword", 1), None, "?wait=10")
+        .await;
     assert_eq!(status, StatusCode::OK, "{placed}");
     assert!(app.settle().await.is_empty(), "the saga settles");
     let id = placed["orderId"].as_str().unwrap();
@@ -1093,24 +1097,39 @@ pub async fn check_settled_diagram(app: &TestApp) {
     let (status, content_type, diagram) = app.get_text_as(Some(&alice), &path).await;
     assert_eq!(status, StatusCode::OK, "{diagram}");
     assert_eq!(content_type, "text/plain; charset=utf-8");
-    assert!(diagram.starts_with("sequenceDiagram\n    participant Client\n    participant Order\n"), "{diagram}");
-    assert!(diagram.contains(&format!("    Client->>Order: create-order request ({id})\n")), "{diagram}");
+    assert!(
+        diagram.starts_with("sequenceDiagram\n    participant Client\n    participant Order\n"),
+        "{diagram}"
+    );
+    assert!(
+        diagram.contains(&format!("    Client->>Order: create-order request ({id})\n")),
+        "{diagram}"
+    );
     let (_, view) = app.get_as(Some(&alice), &format!("/orders/{id}")).await;
     let timeline = view["timeline"].as_array().expect("a timeline");
     assert!(timeline.len() >= 5, "{view}");
     for event in timeline {
-        let (t, emitter) = (event["type"].as_str().unwrap(), event["service"].as_str().unwrap());
+        let (t, emitter) = (
+            event["type"].as_str().unwrap(),
+            event["service"].as_str().unwrap(),
+        );
         let emitter = Service::from_slug(&emitter.to_ascii_lowercase())
             .unwrap_or_else(|| panic!("service {emitter}"))
             .name();
-        assert!(diagram.contains(&format!("    {emitter}->>Bus: {t} ({id})\n")), "{t}: {diagram}");
+        assert!(
+            diagram.contains(&format!("    {emitter}->>Bus: {t} ({id})\n")),
+            "{t}: {diagram}"
+        );
         let event_type = purchase_saga::domain::EventType::from_wire(t).unwrap();
         for subscriber in purchase_saga::domain::service::subscribers(event_type) {
             let line = format!("    Bus->>{}: {t} ({id})\n", subscriber.name());
             assert!(diagram.contains(&line), "{line:?} missing: {diagram}");
         }
     }
-    assert!(!diagram.contains("not processed yet") && !diagram.contains("not published yet"), "{diagram}");
+    assert!(
+        !diagram.contains("not processed yet") && !diagram.contains("not published yet"),
+        "{diagram}"
+    );
     // The outcome the order has (COMPLETED, or FAILED when an earlier check
     // of the same app sold the stock out).
     let outcome = match (view["status"].as_str(), view["failedStep"].as_str()) {
@@ -1118,7 +1137,10 @@ pub async fn check_settled_diagram(app: &TestApp) {
         (Some(status), _) => format!(" ms {status}\n"),
         other => panic!("no status: {other:?}"),
     };
-    assert!(diagram.contains("    Note over Order: ") && diagram.contains(&outcome), "{outcome:?}: {diagram}");
+    assert!(
+        diagram.contains("    Note over Order: ") && diagram.contains(&outcome),
+        "{outcome:?}: {diagram}"
+    );
 
     let whale = app.token_for(Some("whale")).to_string();
     let (status, _, body) = app.get_text_as(Some(&whale), &path).await;
@@ -1142,7 +1164,9 @@ pub async fn check_expired_tokens(app: &TestApp) {
     let expired = issue_at(app.tokens.as_ref(), alice.clone(), two_hours_ago, Some(hour))
         .await
         .unwrap();
-    let valid = issue_at(app.tokens.as_ref(), alice, now, Some(hour)).await.unwrap();
+    let valid = issue_at(app.tokens.as_ref(), alice, now, Some(hour))
+        .await
+        .unwrap();
     let (status, json) = app.get_as(Some(&expired), "/users/alice").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
     assert_error(&json, "unauthorized", Some("Authorization"), "expired token");

@@ -55,7 +55,12 @@ pub fn saga_entries(
         0,
         DiagramEntry {
             at_ms: 0,
-            step: message(Lane::Client, Lane::Service(Service::Order), "create-order request", None),
+            step: message(
+                Lane::Client,
+                Lane::Service(Service::Order),
+                "create-order request",
+                None,
+            ),
         },
     )];
     for e in events {
@@ -67,7 +72,13 @@ pub fn saga_entries(
         };
         let at = ms(e.event.timestamp);
         let from = Lane::Service(e.event.emitter());
-        keyed.push((at, DiagramEntry { at_ms: at, step: message(from, Lane::Bus, event_type.as_str(), published) }));
+        keyed.push((
+            at,
+            DiagramEntry {
+                at_ms: at,
+                step: message(from, Lane::Bus, event_type.as_str(), published),
+            },
+        ));
         for subscriber in subscribers(event_type) {
             let to = Lane::Service(subscriber);
             let (key, at_ms, note) = match processed.get(&(subscriber, e.event.event_id)) {
@@ -80,7 +91,9 @@ pub fn saga_entries(
     }
     if order.status.is_terminal() {
         let outcome = match (order.status, order.failed_step, &order.failure_reason) {
-            (OrderStatus::Failed, Some(step), Some(reason)) => format!("FAILED at {}: {reason}", step.as_str()),
+            (OrderStatus::Failed, Some(step), Some(reason)) => {
+                format!("FAILED at {}: {reason}", step.as_str())
+            }
             (OrderStatus::Failed, Some(step), None) => format!("FAILED at {}", step.as_str()),
             (status, _, _) => status.as_str().to_string(),
         };
@@ -89,7 +102,10 @@ pub fn saga_entries(
             at,
             DiagramEntry {
                 at_ms: at,
-                step: Step::Note { over: Lane::Service(Service::Order), text: outcome },
+                step: Step::Note {
+                    over: Lane::Service(Service::Order),
+                    text: outcome,
+                },
             },
         ));
     }

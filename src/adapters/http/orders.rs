@@ -310,7 +310,8 @@ pub async fn get(
 /// someone else's.
 pub async fn owned_order(state: &AppState, headers: &HeaderMap, raw_id: String) -> Result<Order, ApiError> {
     let principal = authenticate(state, headers).await?;
-    let id = OrderId::parse(raw_id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
+    let id =
+        OrderId::parse(raw_id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
     let order = load_order(state, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;

@@ -45,7 +45,11 @@ pub trait ReadModel: Send + Sync + 'static {
     ) -> StoreResult<Vec<Order>>;
 
     /// When `service` processed each of `events` that it has processed.
-    async fn processed_at(&self, service: Service, events: &[EventId]) -> StoreResult<Vec<(EventId, Timestamp)>>;
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>>;
 }
 
 /// The newest-first key of an order (see [`ReadModel::user_orders`]).
@@ -107,7 +111,11 @@ impl ReadModel for MemoryStore {
         Ok(orders)
     }
 
-    async fn processed_at(&self, service: Service, events: &[EventId]) -> StoreResult<Vec<(EventId, Timestamp)>> {
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         Ok(events
             .iter()
             .filter_map(|id| MemoryStore::processed_at(self, service, *id).map(|at| (*id, at)))
@@ -157,7 +165,11 @@ impl ReadModel for PgStore {
         PgStore::user_orders(self, user, after, limit).await
     }
 
-    async fn processed_at(&self, service: Service, events: &[EventId]) -> StoreResult<Vec<(EventId, Timestamp)>> {
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         PgStore::processed_at(self, service, events).await
     }
 }
@@ -181,7 +193,11 @@ impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
     ) -> StoreResult<Vec<Order>> {
         (**self).user_orders(user, after, limit).await
     }
-    async fn processed_at(&self, service: Service, events: &[EventId]) -> StoreResult<Vec<(EventId, Timestamp)>> {
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         (**self).processed_at(service, events).await
     }
 }

@@ -49,7 +49,12 @@ pub fn cursor_of(key: &(Timestamp, OrderId)) -> String {
 
 /// Parses a cursor made by [`cursor_of`].
 pub fn parse_cursor(raw: &str) -> Result<(Timestamp, OrderId), ApiError> {
-    let malformed = || bad("cursor", format!("expected a `nextCursor` of an earlier page, got {raw:?}"));
+    let malformed = || {
+        bad(
+            "cursor",
+            format!("expected a `nextCursor` of an earlier page, got {raw:?}"),
+        )
+    };
     let (ms, id) = raw.split_once('.').ok_or_else(malformed)?;
     if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed());
@@ -123,14 +128,19 @@ pub async fn list(
     let Query(pairs) = query.map_err(|e| ApiError::bad_field("invalid_query", "query", e.body_text()))?;
     let page = page_request(&pairs)?;
     // One more than the page: whether there is a next page.
-    let mut orders = state.read.user_orders(&id, page.after.as_ref(), page.limit + 1).await?;
+    let mut orders = state
+        .read
+        .user_orders(&id, page.after.as_ref(), page.limit + 1)
+        .await?;
     let more = orders.len() > page.limit;
     orders.truncate(page.limit);
     debug_assert!(
         orders.windows(2).all(|w| order_key(&w[0]) > order_key(&w[1])),
         "newest first, no key twice"
     );
-    let next_cursor = more.then(|| orders.last().map(|o| cursor_of(&order_key(o)))).flatten();
+    let next_cursor = more
+        .then(|| orders.last().map(|o| cursor_of(&order_key(o))))
+        .flatten();
     Ok(Json(UserOrders {
         user_id: id.to_string(),
         orders: orders.iter().map(UserOrder::from).collect(),
@@ -150,9 +160,22 @@ mod tests {
     fn cursors_round_trip_and_bad_ones_name_the_parameter() {
         let key = (Timestamp(1_767_225_600_123), OrderId::parse("a.b:c-1").unwrap());
         assert_eq!(parse_cursor(&cursor_of(&key)).unwrap(), key);
-        for raw in ["", ".", "12", "x.o-1", "-5.o-1", "1.", "1.bad id", "99999999999999999999.o"] {
+        for raw in [
+            "",
+            ".",
+            "12",
+            "x.o-1",
+            "-5.o-1",
+            "1.",
+            "1.bad id",
+            "99999999999999999999.o",
+        ] {
             let e = parse_cursor(raw).unwrap_err();
-            assert_eq!((e.error, e.field.as_deref()), ("invalid_parameter", Some("cursor")), "{raw:?}");
+            assert_eq!(
+                (e.error, e.field.as_deref()),
+                ("invalid_parameter", Some("cursor")),
+                "{raw:?}"
+            );
         }
     }
 
@@ -167,6 +190,9 @@ mod tests {
         let e = page_request(&pairs(&[("limit", "1"), ("limit", "2")])).unwrap_err();
         assert_eq!(e.reason, "given more than once");
         let e = page_request(&pairs(&[("offset", "1")])).unwrap_err();
-        assert_eq!((e.error, e.field.as_deref()), ("unknown_parameter", Some("offset")));
+        assert_eq!(
+            (e.error, e.field.as_deref()),
+            ("unknown_parameter", Some("offset"))
+        );
     }
 }

@@ -292,7 +292,11 @@ impl PgStore {
 
     /// When `service` processed each of `events` it has processed (its
     /// inbox), in no particular order; pruned inbox rows are gone.
-    pub async fn processed_at(&self, service: Service, events: &[EventId]) -> StoreResult<Vec<(EventId, Timestamp)>> {
+    pub async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
