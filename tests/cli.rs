@@ -641,6 +641,37 @@ impl Drop for Serving {
     }
 }
 
+/// Runs the binary with `args` on `db` and `redis` (URL and prefix).
+fn run_on(db: &TestDb, redis: &TestRedis, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        redis.url.as_str(),
+    ];
+    all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// `POST /orders` of one demo-iron-sword for `user`, with `admin`'s token
+/// and no wait: 202.
+async fn place_for(addr: std::net::SocketAddr, admin: &str, user: &str) -> client::Response {
+    let body = format!(r#"{{"userId":"{user}","itemId":"demo-iron-sword","quantity":1}}"#);
+    let placed = client::request(
+        addr,
+        "POST",
+        "/orders",
+        &[("Content-Type", "application/json"), ("Authorization", admin)],
+        body.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(placed.status, 202, "{}", placed.text());
+    placed
+}
+
 /// The token `seed-demo` printed for `name` (`token <name> <token>`).
 fn seeded_token(seed_stdout: &str, name: &str) -> String {
     seed_stdout
@@ -660,35 +691,14 @@ async fn audit_tells_not_quiescent_from_broken() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-quiescence");
     let tokens = scratch_file("quiescence-tokens");
-    let with = |args: &[&str]| {
-        let mut all = vec![
-            "--database-url",
-            db.url.as_str(),
-            "--redis-url",
-            redis.url.as_str(),
-        ];
-        all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
-        all.extend_from_slice(args);
-        run(&all)
-    };
+    let with = |args: &[&str]| run_on(&db, &redis, args);
     let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
     assert!(seeded.status.success(), "{}", text(&seeded.stderr));
     let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
 
     let order_only = Serving::start(&db, &redis, "order").await;
     for user in ["demo-user-3", "demo-user-4", "demo-user-5"] {
-        let body = format!(r#"{{"userId":"{user}","itemId":"demo-iron-sword","quantity":1}}"#);
-        let placed = client::request(
-            order_only.addr,
-            "POST",
-            "/orders",
-            &[("Content-Type", "application/json"), ("Authorization", &admin)],
-            body.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        assert_eq!(placed.status, 202, "{}", placed.text());
+        place_for(order_only.addr, &admin, user).await;
     }
     // The Order relay publishes ORDER_CREATED; no User consumer takes it.
     let until = Instant::now() + Duration::from_secs(30);
@@ -868,17 +878,7 @@ async fn status_shows_the_health_of_a_running_deployment() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-status");
     let tokens = scratch_file("status-tokens");
-    let with = |args: &[&str]| {
-        let mut all = vec![
-            "--database-url",
-            db.url.as_str(),
-            "--redis-url",
-            redis.url.as_str(),
-        ];
-        all.extend_from_slice(&["--redis-prefix", redis.prefix.as_str()]);
-        all.extend_from_slice(args);
-        run(&all)
-    };
+    let with = |args: &[&str]| run_on(&db, &redis, args);
     let status_json = || {
         let out = with(&["status", "--json"]);
         assert_eq!(
@@ -901,18 +901,7 @@ async fn status_shows_the_health_of_a_running_deployment() {
     let order_only = Serving::start(&db, &redis, "order").await;
     let mut placed = Vec::new();
     for user in ["demo-user-5", "demo-user-6"] {
-        let body = format!(r#"{{"userId":"{user}","itemId":"demo-iron-sword","quantity":1}}"#);
-        let answer = client::request(
-            order_only.addr,
-            "POST",
-            "/orders",
-            &[("Content-Type", "application/json"), ("Authorization", &admin)],
-            body.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-        assert_eq!(answer.status, 202, "{}", answer.text());
+        let answer = place_for(order_only.addr, &admin, user).await;
         placed.push(answer.json().unwrap()["orderId"].as_str().unwrap().to_string());
     }
     let user_row = |s: &serde_json::Value| s["services"].as_array().unwrap()[1].clone();

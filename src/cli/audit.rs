@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::adapters::postgres::PgStore;
-use crate::adapters::redis::{RedisBus, RedisConfig};
+use crate::adapters::redis::RedisBus;
 use crate::domain::invariants::{self, Snapshot, Violation};
 
 use super::backend::Backend;
@@ -103,15 +103,7 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
     }
     // Redis down is no reason not to check safety: it only means quiescence
     // cannot be told.
-    let bus = RedisBus::connect(
-        &global.redis_url,
-        RedisConfig {
-            prefix: global.redis_prefix.clone(),
-            ..RedisConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string());
+    let bus = super::backend::connect_redis(global).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(args.wait));
     let look = loop {
         let look = look(&backend, &pg, &bus).await?;

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::adapters::metrics::{GaugeSources, ServiceReading};
 use crate::adapters::postgres::PgStore;
-use crate::adapters::redis::{OldestPending, RedisBus, RedisConfig};
+use crate::adapters::redis::{OldestPending, RedisBus};
 use crate::domain::rows::OrderStatus;
 use crate::domain::{Service, Timestamp};
 use crate::runtime::{Clock, SystemClock};
@@ -281,15 +281,7 @@ pub async fn run_status(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCo
     }
     let backend = Backend::open(global, 2, Needs::StoreOnly).await?;
     let pg = backend.postgres().ok_or("status needs PostgreSQL")?.clone();
-    let redis = RedisBus::connect(
-        &global.redis_url,
-        RedisConfig {
-            prefix: global.redis_prefix.clone(),
-            ..RedisConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string());
+    let redis = super::backend::connect_redis(global).await;
     let status = read(&pg, redis, SystemClock.now()).await;
     if args.json {
         let json = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
