@@ -32,6 +32,21 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `args` exit 2 with clap's `message` and a pointer to the usage.
+fn assert_clap_refuses(args: &[&str], message: &str) {
+    let out = run(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "{args:?}: expected {message:?} in {stderr}"
+    );
+    assert!(
+        stderr.contains("Usage:") || stderr.contains("--help"),
+        "{args:?}: {stderr}"
+    );
+}
+
 #[test]
 fn bad_flags_give_clap_messages_and_a_nonzero_exit() {
     let cases: [(&[&str], &str); 5] = [
@@ -51,17 +66,7 @@ fn bad_flags_give_clap_messages_and_a_nonzero_exit() {
         ),
     ];
     for (args, message) in cases {
-        let out = run(args);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(message),
-            "{args:?}: expected {message:?} in {stderr}"
-        );
-        assert!(
-            stderr.contains("Usage:") || stderr.contains("--help"),
-            "{args:?}: {stderr}"
-        );
+        assert_clap_refuses(args, message);
     }
     let out = run(&[]);
     assert_ne!(out.status.code(), Some(0), "no subcommand is an error");
@@ -1033,13 +1038,7 @@ fn the_operator_flags_refuse_bad_values() {
         ),
     ];
     for (args, message) in cases {
-        let out = run(args);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(message),
-            "{args:?}: expected {message:?} in {stderr}"
-        );
+        assert_clap_refuses(args, message);
     }
     let out = run(&["--in-memory", "status"]);
     assert_eq!(out.status.code(), Some(1));
