@@ -313,3 +313,45 @@ async fn deadline_before_payment_through_the_api() {
     };
     http_support::check_deadline_before_payment(&app, stream).await;
 }
+
+/// Issue 16: `GET /users/{id}/orders` on the in-memory read side.
+#[tokio::test]
+async fn a_user_lists_their_own_orders_newest_first_by_page() {
+    let (app, _store) = TestApp::memory(false).await;
+    http_support::check_user_orders(&app).await;
+}
+
+/// Issue 16: the diagram of a settled saga, and of one whose events
+/// nothing has published or processed yet (no loops run): dashed arrows
+/// saying so, no outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_drawn_as_a_mermaid_sequence_diagram() {
+    let (idle, _store) = TestApp::memory(false).await;
+    let (status, placed) = idle.post_order(&order("alice", "sword", 1), None, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let id = placed["orderId"].as_str().unwrap();
+    let (status, _, diagram) = idle
+        .get_text_as(Some(&idle.admin), &format!("/orders/{id}/diagram"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{diagram}");
+    let tail: Vec<&str> = diagram.lines().skip(9).collect();
+    assert_eq!(
+        tail,
+        [
+            format!("    Client->>Order: create-order request ({id})"),
+            format!("    Order-->>Bus: ORDER_CREATED ({id}) [not published yet]"),
+            format!("    Bus-->>User: ORDER_CREATED ({id}) [not processed yet]"),
+        ],
+        "{diagram}"
+    );
+    let (app, _store) = TestApp::memory(true).await;
+    http_support::check_settled_diagram(&app).await;
+    app.stop().await;
+}
+
+/// Issue 16: an expired token is refused with the reason.
+#[tokio::test]
+async fn an_expired_token_gets_401_with_the_reason() {
+    let (app, _store) = TestApp::memory(false).await;
+    http_support::check_expired_tokens(&app).await;
+}

@@ -254,3 +254,15 @@ async fn deadline_before_payment_on_postgres_and_redis() {
     http_support::check_deadline_before_payment(&app, |lose| (stream.lock().unwrap())(lose)).await;
     app.stop().await;
 }
+
+/// Issue 16 on PostgreSQL and Redis: a user's orders by page (the
+/// `orders_by_user` index), an order's saga diagram from the outboxes and
+/// inboxes, and token expiry on `api_auth.tokens.expires_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_orders_diagram_and_token_expiry_on_postgres_and_redis() {
+    let (app, _db, _redis) = app("operator-view", true).await;
+    http_support::check_user_orders(&app).await;
+    http_support::check_settled_diagram(&app).await;
+    http_support::check_expired_tokens(&app).await;
+    app.stop().await;
+}

@@ -34,6 +34,11 @@ fn expected() -> BTreeMap<(&'static str, &'static str), Vec<&'static str>> {
         ),
         (("get", "/users/{id}"), with(&["200", "400", "401", "403", "404"])),
         (
+            ("get", "/orders/{id}/diagram"),
+            with(&["200", "400", "401", "403", "404"]),
+        ),
+        (("get", "/users/{id}/orders"), with(&["200", "400", "401", "403"])),
+        (
             ("get", "/admin/dead-letters"),
             vec!["200", "400", "401", "403", "503"],
         ),

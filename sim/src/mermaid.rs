@@ -1,17 +1,14 @@
 //! A run as a Mermaid sequence diagram in the founding document's style:
 //! `Emitter -> Bus: EVENT`, `Bus -> Subscriber: EVENT`; faults, crashes and
-//! restarts as notes over the service (or the bus) they hit.
-
-use std::fmt::Write;
+//! restarts as notes over the service (or the bus) they hit. This file only
+//! picks the trace entries and maps them to the library's diagram entries;
+//! the drawing is `purchase_saga::runtime::mermaid`.
 
 use purchase_saga::domain::Service;
+use purchase_saga::runtime::mermaid::{self, DiagramEntry, Lane, Step};
 
 use crate::faults::FaultKind;
 use crate::world::{EntryKind, TraceEntry};
-
-fn escape(text: &str) -> String {
-    text.replace(';', ",").replace('#', "no.").replace(['{', '}'], "")
-}
 
 /// Whether `text` names `order` as a whole word (`order-1`, not `order-10`).
 fn mentions(text: &str, order: &str) -> bool {
@@ -46,36 +43,46 @@ pub fn render_order(entries: &[TraceEntry], order: Option<&str>) -> String {
     render(&picked)
 }
 
+/// The library's diagram entry of one trace entry.
+fn diagram_entry(e: &TraceEntry) -> DiagramEntry {
+    let message = |from: Lane, to: Lane, what: &str, order: &str, note: Option<&String>| Step::Message {
+        from,
+        to,
+        what: what.to_string(),
+        order: order.to_string(),
+        note: note.cloned(),
+    };
+    let step = match &e.kind {
+        EntryKind::Place { order } => message(
+            Lane::Client,
+            Lane::Service(Service::Order),
+            "create-order request",
+            order,
+            None,
+        ),
+        EntryKind::Publish {
+            from,
+            type_name,
+            order,
+        } => message(Lane::Service(*from), Lane::Bus, type_name, order, None),
+        EntryKind::Delivery {
+            to,
+            type_name,
+            order,
+            note,
+            ..
+        } => message(Lane::Bus, Lane::Service(*to), type_name, order, note.as_ref()),
+        EntryKind::Fault { at, .. } | EntryKind::Driver { at } => Step::Note {
+            over: at.map_or(Lane::Bus, Lane::Service),
+            text: e.text.clone(),
+        },
+    };
+    DiagramEntry { at_ms: e.at_ms, step }
+}
+
+/// The diagram of `entries`, drawn by the library's renderer
+/// (`purchase_saga::runtime::mermaid`, shared with the HTTP API).
 pub fn render(entries: &[TraceEntry]) -> String {
-    let mut s = String::from("sequenceDiagram\n    participant Client\n");
-    for service in Service::ALL {
-        let _ = writeln!(s, "    participant {}", service.name());
-    }
-    s.push_str("    participant Bus\n");
-    for e in entries {
-        let line = match &e.kind {
-            EntryKind::Place { order } => format!("Client->>Order: create-order request ({order})"),
-            EntryKind::Publish {
-                from,
-                type_name,
-                order,
-            } => format!("{}->>Bus: {type_name} ({order})", from.name()),
-            EntryKind::Delivery {
-                to,
-                type_name,
-                order,
-                note,
-                ..
-            } => match note {
-                None => format!("Bus->>{}: {type_name} ({order})", to.name()),
-                Some(n) => format!("Bus-->>{}: {type_name} ({order}) [{n}]", to.name()),
-            },
-            EntryKind::Fault { at, .. } | EntryKind::Driver { at } => {
-                let over = at.map_or("Bus", |s| s.name());
-                format!("Note over {over}: {} ms {}", e.at_ms, escape(&e.text))
-            }
-        };
-        let _ = writeln!(s, "    {line}");
-    }
-    s
+    let drawn: Vec<DiagramEntry> = entries.iter().map(diagram_entry).collect();
+    mermaid::render(&drawn)
 }

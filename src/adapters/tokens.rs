@@ -9,6 +9,10 @@
 //! stored one in constant time (`subtle`), so neither the database index nor
 //! the comparison leaks how much of a secret was right.
 //!
+//! A token may expire (`expires_at`, from `token issue --ttl`): [`check`]
+//! compares it with the caller's clock on every request. Only a token whose
+//! secret matched is told apart as expired; every other refusal looks alike.
+//!
 //! **Architecture Invariant:** tokens are an edge concern. No saga
 //! participant reads them and no runtime loop needs them; they are checked by
 //! the HTTP API before a request reaches `runtime::commands`.
@@ -23,9 +27,9 @@ use sqlx::Row as _;
 use subtle::ConstantTimeEq;
 
 use crate::adapters::postgres::{classify, PgStore};
-use crate::domain::UserId;
+use crate::domain::{DurationMs, Timestamp, UserId};
 use crate::runtime::store::StoreResult;
-use crate::runtime::StoreError;
+use crate::runtime::{Clock, StoreError, SystemClock};
 
 /// Every token starts with this, so a leaked one is recognizable (secret
 /// scanners) and a mistyped header is refused before any lookup.
@@ -61,6 +65,37 @@ pub struct TokenRecord {
     pub principal: Principal,
     pub secret_sha256: [u8; 32],
     pub revoked: bool,
+    pub created_at: Timestamp,
+    /// When it stops working; None: never.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl TokenRecord {
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// `active`, `revoked` or `expired` at `now` (revoked wins).
+    pub fn state(&self, now: Timestamp) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if self.expired(now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// What [`check`] makes of a presented token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Valid(Principal),
+    /// The secret matched, but the token expired at this moment.
+    Expired(Timestamp),
+    /// Malformed, unknown, revoked or a wrong secret: all alike.
+    Invalid,
 }
 
 /// Where token records live.
@@ -74,6 +109,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revoke(&self, token_id: &str) -> StoreResult<bool>;
     /// Revokes every active token of `user`; how many.
     async fn revoke_user(&self, user: &UserId) -> StoreResult<u64>;
+    /// Every record (of `user` only, when given), oldest first.
+    async fn list(&self, user: Option<&UserId>) -> StoreResult<Vec<TokenRecord>>;
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -103,9 +140,22 @@ pub fn split_token(token: &str) -> Option<(&str, Vec<u8>)> {
     id_ok.then_some((id, secret))
 }
 
-/// Issues a fresh token for `principal`: stores its record and returns the
-/// token, the only time the secret exists outside the caller.
+/// Issues a fresh token for `principal` that never expires; see
+/// [`issue_at`].
 pub async fn issue(store: &dyn TokenStore, principal: Principal) -> StoreResult<String> {
+    issue_at(store, principal, SystemClock.now(), None).await
+}
+
+/// Issues a fresh token for `principal`, created at `now` and valid for
+/// `ttl` (None: forever): stores its record and returns the token, the only
+/// time the secret exists outside the caller.
+pub async fn issue_at(
+    store: &dyn TokenStore,
+    principal: Principal,
+    now: Timestamp,
+    ttl: Option<DurationMs>,
+) -> StoreResult<String> {
+    assert!(ttl.is_none_or(|t| t.0 > 0), "a token lives for a positive time");
     let mut id = [0u8; TOKEN_ID_BYTES];
     let mut secret = [0u8; SECRET_BYTES];
     let mut rng = rand::rng();
@@ -116,6 +166,8 @@ pub async fn issue(store: &dyn TokenStore, principal: Principal) -> StoreResult<
         principal,
         secret_sha256: digest(&secret),
         revoked: false,
+        created_at: now,
+        expires_at: ttl.map(|t| now.plus(t)),
     };
     store.insert(&record).await?;
     let token = format!("{TOKEN_PREFIX}{}_{}", record.token_id, hex(&secret));
@@ -123,17 +175,29 @@ pub async fn issue(store: &dyn TokenStore, principal: Principal) -> StoreResult<
     Ok(token)
 }
 
-/// Whom `token` speaks for: None when it is malformed, unknown, revoked or
-/// its secret is wrong (the caller answers all of them alike).
-pub async fn verify(store: &dyn TokenStore, token: &str) -> StoreResult<Option<Principal>> {
+/// Whom `token` speaks for at `now`, or why not (see [`Verdict`]).
+pub async fn check(store: &dyn TokenStore, token: &str, now: Timestamp) -> StoreResult<Verdict> {
     let Some((id, secret)) = split_token(token) else {
-        return Ok(None);
+        return Ok(Verdict::Invalid);
     };
     let Some(record) = store.find(id).await? else {
-        return Ok(None);
+        return Ok(Verdict::Invalid);
     };
     let matches: bool = digest(&secret).ct_eq(&record.secret_sha256).into();
-    Ok((matches && !record.revoked).then_some(record.principal))
+    Ok(match record.expires_at {
+        _ if !matches || record.revoked => Verdict::Invalid,
+        Some(at) if now >= at => Verdict::Expired(at),
+        _ => Verdict::Valid(record.principal),
+    })
+}
+
+/// Whom `token` speaks for now (wall clock): None when it is malformed,
+/// unknown, revoked, expired or its secret is wrong.
+pub async fn verify(store: &dyn TokenStore, token: &str) -> StoreResult<Option<Principal>> {
+    Ok(match check(store, token, SystemClock.now()).await? {
+        Verdict::Valid(p) => Some(p),
+        Verdict::Expired(_) | Verdict::Invalid => None,
+    })
 }
 
 /// The token id of `token_or_id`: a whole token or just its id.
@@ -197,6 +261,51 @@ impl TokenStore for MemoryTokens {
         }
         Ok(revoked)
     }
+
+    async fn list(&self, user: Option<&UserId>) -> StoreResult<Vec<TokenRecord>> {
+        let mut found: Vec<TokenRecord> = self
+            .lock()
+            .values()
+            .filter(|r| user.is_none_or(|u| r.principal == Principal::User(u.clone())))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (a.created_at, &a.token_id).cmp(&(b.created_at, &b.token_id)));
+        Ok(found)
+    }
+}
+
+/// The columns [`decode_record`] reads.
+const RECORD_COLUMNS: &str =
+    "token_id, user_id, is_admin, secret_sha256, revoked_at IS NOT NULL AS revoked, created_at, expires_at";
+
+fn decode_record(row: &sqlx::postgres::PgRow) -> StoreResult<TokenRecord> {
+    let token_id: String = row
+        .try_get("token_id")
+        .map_err(|e| StoreError::Fatal(format!("api_auth.tokens: {e}")))?;
+    let bad = |e: String| StoreError::Fatal(format!("api_auth.tokens {token_id}: {e}"));
+    let user: Option<String> = row.try_get("user_id").map_err(|e| bad(e.to_string()))?;
+    let is_admin: bool = row.try_get("is_admin").map_err(|e| bad(e.to_string()))?;
+    let hash: Vec<u8> = row.try_get("secret_sha256").map_err(|e| bad(e.to_string()))?;
+    let revoked: bool = row.try_get("revoked").map_err(|e| bad(e.to_string()))?;
+    let created_at: chrono::DateTime<chrono::Utc> =
+        row.try_get("created_at").map_err(|e| bad(e.to_string()))?;
+    let expires_at: Option<chrono::DateTime<chrono::Utc>> =
+        row.try_get("expires_at").map_err(|e| bad(e.to_string()))?;
+    let principal = match (is_admin, user) {
+        (true, None) => Principal::Admin,
+        (false, Some(u)) => Principal::User(UserId::parse(u).map_err(|e| bad(e.to_string()))?),
+        _ => return Err(bad("neither an admin nor a user token".into())),
+    };
+    Ok(TokenRecord {
+        principal,
+        secret_sha256: hash
+            .try_into()
+            .map_err(|_| bad("digest is not 32 bytes".into()))?,
+        revoked,
+        created_at: Timestamp::from_datetime(created_at),
+        expires_at: expires_at.map(Timestamp::from_datetime),
+        token_id,
+    })
 }
 
 #[async_trait]
@@ -207,14 +316,17 @@ impl TokenStore for PgStore {
             Principal::Admin => None,
         };
         sqlx::query(
-            "INSERT INTO api_auth.tokens (token_id, user_id, is_admin, secret_sha256, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN now() END)",
+            "INSERT INTO api_auth.tokens \
+               (token_id, user_id, is_admin, secret_sha256, created_at, revoked_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $6, CASE WHEN $5 THEN now() END, $7)",
         )
         .bind(&record.token_id)
         .bind(user)
         .bind(record.principal == Principal::Admin)
         .bind(record.secret_sha256.as_slice())
         .bind(record.revoked)
+        .bind(record.created_at.to_datetime())
+        .bind(record.expires_at.map(Timestamp::to_datetime))
         .execute(self.pool())
         .await
         .map_err(|e| classify(e, self.target()))?;
@@ -222,33 +334,26 @@ impl TokenStore for PgStore {
     }
 
     async fn find(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT user_id, is_admin, secret_sha256, revoked_at IS NOT NULL AS revoked \
-             FROM api_auth.tokens WHERE token_id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} FROM api_auth.tokens WHERE token_id = $1"
+        ))
         .bind(token_id)
         .fetch_optional(self.pool())
         .await
         .map_err(|e| classify(e, self.target()))?;
-        let Some(row) = row else { return Ok(None) };
-        let bad = |e: String| StoreError::Fatal(format!("api_auth.tokens {token_id}: {e}"));
-        let user: Option<String> = row.try_get("user_id").map_err(|e| bad(e.to_string()))?;
-        let is_admin: bool = row.try_get("is_admin").map_err(|e| bad(e.to_string()))?;
-        let hash: Vec<u8> = row.try_get("secret_sha256").map_err(|e| bad(e.to_string()))?;
-        let revoked: bool = row.try_get("revoked").map_err(|e| bad(e.to_string()))?;
-        let principal = match (is_admin, user) {
-            (true, None) => Principal::Admin,
-            (false, Some(u)) => Principal::User(UserId::parse(u).map_err(|e| bad(e.to_string()))?),
-            _ => return Err(bad("neither an admin nor a user token".into())),
-        };
-        Ok(Some(TokenRecord {
-            token_id: token_id.to_string(),
-            principal,
-            secret_sha256: hash
-                .try_into()
-                .map_err(|_| bad("digest is not 32 bytes".into()))?,
-            revoked,
-        }))
+        row.as_ref().map(decode_record).transpose()
+    }
+
+    async fn list(&self, user: Option<&UserId>) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORD_COLUMNS} FROM api_auth.tokens \
+             WHERE $1::text IS NULL OR user_id = $1 ORDER BY created_at, token_id"
+        ))
+        .bind(user.map(UserId::as_str))
+        .fetch_all(self.pool())
+        .await
+        .map_err(|e| classify(e, self.target()))?;
+        rows.iter().map(decode_record).collect()
     }
 
     async fn revoke(&self, token_id: &str) -> StoreResult<bool> {
@@ -295,6 +400,39 @@ mod tests {
         assert!(store.revoke(&id).await.unwrap());
         assert!(!store.revoke(&id).await.unwrap(), "already revoked");
         assert_eq!(verify(&store, &token).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_token_expires_at_its_ttl_and_only_a_matching_one_says_so() {
+        let store = MemoryTokens::new();
+        let alice = Principal::User(UserId::parse("alice").unwrap());
+        let t0 = Timestamp::SIM_EPOCH;
+        let token = issue_at(&store, alice.clone(), t0, Some(DurationMs(60_000)))
+            .await
+            .unwrap();
+        let expiry = t0.plus(DurationMs(60_000));
+        assert_eq!(
+            check(&store, &token, t0.plus(DurationMs(59_999))).await.unwrap(),
+            Verdict::Valid(alice)
+        );
+        assert_eq!(
+            check(&store, &token, expiry).await.unwrap(),
+            Verdict::Expired(expiry)
+        );
+        let mut altered = token.clone();
+        let last = altered.pop().unwrap();
+        altered.push(if last == '0' { '1' } else { '0' });
+        assert_eq!(
+            check(&store, &altered, expiry).await.unwrap(),
+            Verdict::Invalid,
+            "a wrong secret learns nothing about expiry"
+        );
+        let (id, _) = split_token(&token).unwrap();
+        let record = store.find(id).await.unwrap().unwrap();
+        assert_eq!((record.state(t0), record.state(expiry)), ("active", "expired"));
+        assert!(store.revoke(id).await.unwrap());
+        assert_eq!(check(&store, &token, t0).await.unwrap(), Verdict::Invalid);
+        assert_eq!(store.find(id).await.unwrap().unwrap().state(expiry), "revoked");
     }
 
     #[tokio::test]

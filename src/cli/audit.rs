@@ -1,13 +1,34 @@
 //! `purchase-saga audit`: loads every service's state and runs the
 //! domain's invariants, the same functions the simulator and the property
-//! tests use. Exit 0 when clean; 1 with each violation listed.
+//! tests use, and says whether the system was quiescent (see
+//! [`inflight`](super::inflight)) when it did.
+//!
+//! The safety invariants hold at every moment and are always checked. The
+//! quiescent ones (every order terminal, conservation, one notification per
+//! order) hold only once nothing is in flight: they are checked when the
+//! system is quiescent, or once it becomes so within `--wait SECONDS`.
+//! Otherwise the audit says what is in flight and that it checked safety
+//! only, so "not finished yet" never reads as "broken".
+//!
+//! Exit codes: 0 clean, 1 a violation (or an error), 2 not quiescent (the
+//! safety invariants held; the others were not checked).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use crate::adapters::postgres::PgStore;
+use crate::adapters::redis::RedisBus;
 use crate::domain::invariants::{self, Snapshot, Violation};
 
 use super::backend::Backend;
+use super::inflight::{busy_reasons, InFlight};
 use super::{AuditArgs, GlobalArgs};
+
+/// The exit code of an audit that found the system not quiescent.
+pub const EXIT_NOT_QUIESCENT: u8 = 2;
+
+/// How often `--wait` looks again.
+const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// The violations of `snapshot`: all of them, or only the safety ones.
 pub fn violations(snapshot: &Snapshot, safety_only: bool) -> Vec<Violation> {
@@ -18,6 +39,45 @@ pub fn violations(snapshot: &Snapshot, safety_only: bool) -> Vec<Violation> {
     };
     found.sort();
     found
+}
+
+/// What one look at the system found.
+struct Look {
+    snapshot: Snapshot,
+    /// Empty when quiescent; else what was in flight (or why it could not
+    /// be told).
+    busy: Vec<String>,
+    /// The in-flight reading taken after the snapshot, for the report.
+    in_flight: Option<InFlight>,
+}
+
+/// Reads the work in flight, a snapshot, and the work in flight again.
+async fn look(backend: &Backend, pg: &PgStore, bus: &Result<RedisBus, String>) -> Result<Look, String> {
+    let load = || async {
+        backend
+            .store
+            .snapshot()
+            .await
+            .map_err(|e| format!("cannot load the services' state: {e}"))
+    };
+    let bus = match bus {
+        Ok(bus) => bus,
+        Err(e) => {
+            return Ok(Look {
+                snapshot: load().await?,
+                busy: vec![format!("the bus cannot be read ({e})")],
+                in_flight: None,
+            })
+        }
+    };
+    let before = InFlight::read(pg, bus).await?;
+    let snapshot = load().await?;
+    let after = InFlight::read(pg, bus).await?;
+    Ok(Look {
+        busy: busy_reasons(&before, &snapshot, &after),
+        snapshot,
+        in_flight: Some(after),
+    })
 }
 
 /// `purchase-saga audit`.
@@ -32,17 +92,50 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
         );
     }
     let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
-    let snapshot = backend
-        .store
-        .snapshot()
-        .await
-        .map_err(|e| format!("cannot load the services' state: {e}"))?;
-    let found = violations(&snapshot, args.safety_only);
-    let scope = if args.safety_only {
-        "safety invariants"
-    } else {
-        "all invariants"
+    let pg = backend.postgres().ok_or("audit needs PostgreSQL")?.clone();
+    if args.safety_only {
+        let snapshot = backend
+            .store
+            .snapshot()
+            .await
+            .map_err(|e| format!("cannot load the services' state: {e}"))?;
+        return Ok(report(&snapshot, true, "safety invariants (--safety-only)"));
+    }
+    // Redis down is no reason not to check safety: it only means quiescence
+    // cannot be told.
+    let bus = super::backend::connect_redis(global).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(args.wait));
+    let look = loop {
+        let look = look(&backend, &pg, &bus).await?;
+        if look.busy.is_empty() || tokio::time::Instant::now() + WAIT_POLL > until {
+            break look;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
     };
+    if look.busy.is_empty() {
+        println!("audit: quiescent: nothing in flight, every order terminal");
+        return Ok(report(&look.snapshot, false, "all invariants"));
+    }
+    println!("audit: not quiescent: {}", look.busy.join(", "));
+    if let Some(in_flight) = &look.in_flight {
+        print!("{in_flight}");
+    }
+    let code = report(
+        &look.snapshot,
+        true,
+        "safety invariants; the quiescent ones need a quiescent system, see --wait",
+    );
+    Ok(if code == ExitCode::SUCCESS {
+        ExitCode::from(EXIT_NOT_QUIESCENT)
+    } else {
+        code
+    })
+}
+
+/// Prints the violations of `snapshot` (safety only, or all) under `scope`;
+/// success when there are none.
+fn report(snapshot: &Snapshot, safety_only: bool, scope: &str) -> ExitCode {
+    let found = violations(snapshot, safety_only);
     let counts = format!(
         "{} orders, {} users, {} items",
         snapshot.orders.len(),
@@ -51,11 +144,11 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
     );
     if found.is_empty() {
         println!("audit: clean ({scope}; {counts})");
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     println!("audit: {} violation(s) of {scope} ({counts}):", found.len());
     for v in &found {
         println!("  {v}");
     }
-    Ok(ExitCode::FAILURE)
+    ExitCode::FAILURE
 }

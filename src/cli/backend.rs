@@ -105,13 +105,7 @@ impl Backend {
         let (bus, describe): (Arc<dyn Bus>, String) = match needs {
             Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", store.target())),
             Needs::StoreAndBus => {
-                let bus_config = RedisConfig {
-                    prefix: global.redis_prefix.clone(),
-                    ..RedisConfig::default()
-                };
-                let bus = RedisBus::connect(&global.redis_url, bus_config)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let bus = connect_redis(global).await?;
                 probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
                 redis = Some(bus.clone());
                 dead_letters = Arc::new(bus.clone());
@@ -166,6 +160,11 @@ impl Backend {
         }
     }
 
+    /// The PostgreSQL store (None in memory).
+    pub fn postgres(&self) -> Option<&PgStore> {
+        self.pg.as_ref()
+    }
+
     /// Where the `/metrics` gauges of this backend come from.
     pub fn gauge_sources(&self) -> GaugeSources {
         GaugeSources {
@@ -200,6 +199,18 @@ impl Backend {
             config: global.runtime_config(),
         }
     }
+}
+
+/// The Redis bus the flags name (URL, prefix), with the default settings;
+/// the error says what was tried and why it failed.
+pub async fn connect_redis(global: &GlobalArgs) -> Result<RedisBus, String> {
+    let config = RedisConfig {
+        prefix: global.redis_prefix.clone(),
+        ..RedisConfig::default()
+    };
+    RedisBus::connect(&global.redis_url, config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `purchase-saga migrate`.

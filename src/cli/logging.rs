@@ -1,6 +1,12 @@
 //! Logs on stderr (human or JSON, filtered by `RUST_LOG`, `info,sqlx=warn` by
 //! default) and the runtime [`Observer`] that turns what the loops do into
 //! log lines.
+//!
+//! The human format is coloured only when stderr is a terminal and
+//! `NO_COLOR` is unset (<https://no-color.org>): a log piped to a file or
+//! another program carries no escape codes. JSON is never coloured.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,11 +14,23 @@ use crate::runtime::{Disposition, Observer, RuntimeEvent};
 
 use super::LogFormat;
 
+/// Whether the human format may colour its output: stderr is a terminal
+/// and `NO_COLOR` is unset or empty.
+pub fn colour_allowed(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let ansi = format == LogFormat::Human
+        && colour_allowed(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -58,5 +76,22 @@ impl Observer for TracingObserver {
             | RuntimeEvent::Published { .. }
             | RuntimeEvent::Quarantined { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_allowed;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_allowed(true, None));
+        assert!(
+            colour_allowed(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour_allowed(true, Some(OsStr::new("1"))));
+        assert!(!colour_allowed(false, None));
     }
 }

@@ -5,7 +5,10 @@
 //! - `serve`: run services' consumers, relays, the sweeper, the pruner and
 //!   optionally the HTTP API, until SIGTERM or Ctrl-C.
 //! - `seed-demo`: the demo's users and items (idempotent).
-//! - `audit`: the domain's invariants over the stores' state.
+//! - `audit`: the domain's invariants over the stores' state (exit 2 while
+//!   sagas are in flight; see `audit.rs`).
+//! - `status`: consumer lag and pending entries, outbox backlog and dead
+//!   letters per service, sagas by state, the oldest saga in flight.
 //! - `token`: issue and revoke API tokens.
 //! - `dlq`: list and replay the Redis bus's dead letters.
 //! - `chaos`: one process per service replica under kill -9 and backend
@@ -20,9 +23,11 @@ pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod dlq;
+pub mod inflight;
 pub mod logging;
 pub mod seed;
 pub mod serve;
+pub mod status;
 pub mod token;
 
 use std::process::ExitCode;
@@ -98,11 +103,27 @@ pub enum Command {
     /// Run services until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
     /// Insert the demo's users and items where absent (idempotent), and
-    /// issue fresh API tokens for them and an admin (printed as
-    /// `token <user-or-admin> <token>` lines).
-    SeedDemo,
+    /// print API tokens for them and an admin (`token <user-or-admin>
+    /// <token>` lines): the ones kept from the last run while they are
+    /// valid, fresh ones otherwise.
+    SeedDemo(seed::SeedArgs),
     /// Check the saga's invariants over every service's state.
+    ///
+    /// Reports the work in flight (bus entries pending or undelivered,
+    /// outbox rows unpublished, orders not terminal). The safety invariants
+    /// are always checked; the ones that hold only at quiescence (every
+    /// order terminal, conservation, one notification per order) only when
+    /// nothing is in flight, or once it is with `--wait`.
+    ///
+    /// Exit codes: 0 clean; 1 a violation (or an error); 2 not quiescent
+    /// (the safety invariants held, the others were not checked).
+    #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
+    /// The health of a running deployment: per service the consumer
+    /// group's lag and pending entries (and the oldest's age), outbox
+    /// backlog and dead letters; sagas by state; the oldest saga in flight
+    /// with its last event. Exit 1 if a source could not be read.
+    Status(status::StatusArgs),
     /// Migrate, serve every service in-process, seed, place orders over
     /// HTTP, wait for quiescence, audit and summarize.
     Demo(demo::DemoArgs),
@@ -156,9 +177,14 @@ fn parse_services(raw: &str) -> Result<Vec<Service>, String> {
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
     /// Check only the invariants that hold at every moment (use while
-    /// traffic is running).
-    #[arg(long)]
+    /// traffic is running); needs no Redis.
+    #[arg(long, conflicts_with = "wait")]
     pub safety_only: bool,
+    /// Wait up to this many seconds for the system to become quiescent
+    /// before checking (0: judge it as it is now).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=3_600))]
+    pub wait: u32,
 }
 
 impl GlobalArgs {
@@ -191,8 +217,9 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Migrate => backend::run_migrate(&cli.global).await,
             Command::Serve(args) => serve::run_serve(&cli.global, &args).await,
-            Command::SeedDemo => seed::run_seed_demo(&cli.global).await,
+            Command::SeedDemo(args) => seed::run_seed_demo(&cli.global, &args).await,
             Command::Audit(args) => audit::run_audit(&cli.global, &args).await,
+            Command::Status(args) => status::run_status(&cli.global, &args).await,
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
             Command::Token(args) => token::run_token(&cli.global, &args).await,
             Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,

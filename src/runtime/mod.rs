@@ -12,6 +12,7 @@ pub mod bus;
 pub mod commands;
 pub mod consumer;
 pub mod memory;
+pub mod mermaid;
 pub mod observer;
 pub mod relay;
 pub mod store;

@@ -969,3 +969,209 @@ pub async fn check_rightful_tokens(app: &TestApp, whale_order: &str) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
     assert_error(&json, "missing_field", Some("userId"), "admin without userId");
 }
+
+impl TestApp {
+    /// `GET path` with `token`: status, `Content-Type` and the body as text
+    /// (for answers that are not JSON).
+    pub async fn get_text_as(&self, token: Option<&str>, path: &str) -> (StatusCode, String, String) {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header("authorization", bearer(token));
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a readable body");
+        (status, content_type, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// Issue 16, `GET /users/{id}/orders`: alice's orders page by page, newest
+/// first by (creation time, order id) as the store has them, nobody
+/// else's; another user's token 403, none 401; bad parameters 400 naming
+/// the parameter; a user without orders an empty last page.
+pub async fn check_user_orders(app: &TestApp) {
+    for _ in 0..5 {
+        let (status, json) = app.post_order(&order("alice", "sword", 1), None, "").await;
+        assert!(status.is_success(), "{json}");
+    }
+    let (status, json) = app.post_order(&order("whale", "sword", 1), None, "").await;
+    assert!(status.is_success(), "{json}");
+    let mut expected: Vec<_> = app
+        .snapshot()
+        .await
+        .orders
+        .into_values()
+        .filter(|o| o.user_id.as_str() == "alice")
+        .map(|o| (o.created_at, o.order_id.to_string()))
+        .collect();
+    expected.sort();
+    expected.reverse();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(expected.len(), 5);
+
+    let alice = app.token_for(Some("alice")).to_string();
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut path = "/users/alice/orders?limit=2".to_string();
+    for _ in 0..10 {
+        let (status, page) = app.get_as(Some(&alice), &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        assert_eq!(page["userId"], "alice");
+        let orders = page["orders"].as_array().expect("orders");
+        sizes.push(orders.len());
+        for o in orders {
+            assert_eq!(o["itemId"], "sword", "{o}");
+            seen.push(o["orderId"].as_str().unwrap().to_string());
+        }
+        match page["nextCursor"].as_str() {
+            Some(cursor) => path = format!("/users/alice/orders?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(seen, expected, "newest first, every order once");
+    let (status, all) = app.get("/users/alice/orders").await;
+    assert_eq!(status, StatusCode::OK, "admin: {all}");
+    assert_eq!(all["orders"].as_array().unwrap().len(), 5);
+    assert_eq!(all["nextCursor"], Value::Null);
+
+    let whale = app.token_for(Some("whale")).to_string();
+    let (status, json) = app.get_as(Some(&whale), "/users/alice/orders").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{json}");
+    assert_error(&json, "forbidden", Some("userId"), "another user's orders");
+    let (status, json) = app.get_as(None, "/users/alice/orders").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    for (query, error, field) in [
+        ("?limit=0", "invalid_parameter", "limit"),
+        ("?limit=101", "invalid_parameter", "limit"),
+        ("?cursor=bogus", "invalid_parameter", "cursor"),
+        ("?cursor=12.a%20b", "invalid_parameter", "cursor"),
+        ("?page=2", "unknown_parameter", "page"),
+    ] {
+        let (status, json) = app
+            .get_as(Some(&alice), &format!("/users/alice/orders{query}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {json}");
+        assert_error(&json, error, Some(field), query);
+    }
+    let (status, json) = app.get("/users/a%20b/orders").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert_error(&json, "invalid_id", Some("userId"), "bad user id");
+    let (status, json) = app.get("/users/nobody/orders").await;
+    assert_eq!(
+        (status, json),
+        (
+            StatusCode::OK,
+            json!({ "userId": "nobody", "orders": [], "nextCursor": null })
+        )
+    );
+}
+
+/// Issue 16, `GET /orders/{id}/diagram` of a settled saga: the Mermaid
+/// diagram has the create-order request, every event of the order's
+/// timeline (from `GET /orders/{id}`) published once and processed by every
+/// subscriber (by the domain's publisher/subscriber table), and the
+/// order's outcome; same access rules as the order.
+pub async fn check_settled_diagram(app: &TestApp) {
+    let (status, placed) = app
+        .post_order(&order("alice", "sword", 1), None, "?wait=10")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{placed}");
+    assert!(app.settle().await.is_empty(), "the saga settles");
+    let id = placed["orderId"].as_str().unwrap();
+    let alice = app.token_for(Some("alice")).to_string();
+    let path = format!("/orders/{id}/diagram");
+    let (status, content_type, diagram) = app.get_text_as(Some(&alice), &path).await;
+    assert_eq!(status, StatusCode::OK, "{diagram}");
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    assert!(
+        diagram.starts_with("sequenceDiagram\n    participant Client\n    participant Order\n"),
+        "{diagram}"
+    );
+    assert!(
+        diagram.contains(&format!("    Client->>Order: create-order request ({id})\n")),
+        "{diagram}"
+    );
+    let (_, view) = app.get_as(Some(&alice), &format!("/orders/{id}")).await;
+    let timeline = view["timeline"].as_array().expect("a timeline");
+    assert!(timeline.len() >= 5, "{view}");
+    for event in timeline {
+        let (t, emitter) = (
+            event["type"].as_str().unwrap(),
+            event["service"].as_str().unwrap(),
+        );
+        let emitter = Service::from_slug(&emitter.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("service {emitter}"))
+            .name();
+        assert!(
+            diagram.contains(&format!("    {emitter}->>Bus: {t} ({id})\n")),
+            "{t}: {diagram}"
+        );
+        let event_type = purchase_saga::domain::EventType::from_wire(t).unwrap();
+        for subscriber in purchase_saga::domain::service::subscribers(event_type) {
+            let line = format!("    Bus->>{}: {t} ({id})\n", subscriber.name());
+            assert!(diagram.contains(&line), "{line:?} missing: {diagram}");
+        }
+    }
+    assert!(
+        !diagram.contains("not processed yet") && !diagram.contains("not published yet"),
+        "{diagram}"
+    );
+    // The outcome the order has (COMPLETED, or FAILED when an earlier check
+    // of the same app sold the stock out).
+    let outcome = match (view["status"].as_str(), view["failedStep"].as_str()) {
+        (Some("FAILED"), Some(step)) => format!(" ms FAILED at {step}: "),
+        (Some(status), _) => format!(" ms {status}\n"),
+        other => panic!("no status: {other:?}"),
+    };
+    assert!(
+        diagram.contains("    Note over Order: ") && diagram.contains(&outcome),
+        "{outcome:?}: {diagram}"
+    );
+
+    let whale = app.token_for(Some("whale")).to_string();
+    let (status, _, body) = app.get_text_as(Some(&whale), &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, body) = app.get_text_as(None, &path).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, json) = app.get("/orders/no-such-order/diagram").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&json, "not_found", Some("orderId"), "unknown order");
+}
+
+/// Issue 16, token expiry: a token past its `expires_at` gets 401 with the
+/// reason "token expired at ..."; one still valid works.
+pub async fn check_expired_tokens(app: &TestApp) {
+    use purchase_saga::adapters::tokens::issue_at;
+    use purchase_saga::runtime::Clock;
+    let alice = Principal::User(UserId::parse("alice").unwrap());
+    let now = SystemClock.now();
+    let hour = DurationMs(3_600_000);
+    let two_hours_ago = purchase_saga::domain::Timestamp(now.0 - 2 * hour.0);
+    let expired = issue_at(app.tokens.as_ref(), alice.clone(), two_hours_ago, Some(hour))
+        .await
+        .unwrap();
+    let valid = issue_at(app.tokens.as_ref(), alice, now, Some(hour))
+        .await
+        .unwrap();
+    let (status, json) = app.get_as(Some(&expired), "/users/alice").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    assert_error(&json, "unauthorized", Some("Authorization"), "expired token");
+    let expected = format!("token expired at {}", two_hours_ago.plus(hour));
+    assert!(json["reason"].as_str().unwrap().starts_with(&expected), "{json}");
+    let (status, json) = app.get_as(Some(&valid), "/users/alice").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}

@@ -4,7 +4,10 @@
 //!
 //! - 401 `unauthorized` (field `Authorization`): no header, not a bearer
 //!   token, or a token that is malformed, unknown, revoked or wrong. All
-//!   alike, so the answer tells an attacker nothing about which.
+//!   alike, so the answer tells an attacker nothing about which. A token
+//!   whose secret matched but whose `expires_at` has passed (by the API's
+//!   clock, checked on every request) gets the reason `token expired at
+//!   <time>`: only its holder can see that.
 //! - 403 `forbidden`: a valid token that may not do this (another user's
 //!   order or account, an admin endpoint with a user token).
 //!
@@ -14,7 +17,7 @@
 
 use axum::http::{header, HeaderMap, StatusCode};
 
-use crate::adapters::tokens::{verify, Principal};
+use crate::adapters::tokens::{check, Principal, Verdict};
 use crate::domain::UserId;
 
 use super::error::ApiError;
@@ -43,9 +46,12 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
         _ => return Err(unauthorized("expected `Bearer <token>`")),
     };
-    match verify(state.tokens.as_ref(), token).await? {
-        Some(principal) => Ok(principal),
-        None => Err(unauthorized("invalid or revoked token")),
+    match check(state.tokens.as_ref(), token, state.env.clock.now()).await? {
+        Verdict::Valid(principal) => Ok(principal),
+        Verdict::Expired(at) => Err(unauthorized(&format!(
+            "token expired at {at}; issue a new one (`purchase-saga token issue`)"
+        ))),
+        Verdict::Invalid => Err(unauthorized("invalid or revoked token")),
     }
 }
 

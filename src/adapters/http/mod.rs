@@ -7,7 +7,9 @@
 //! |---|---|
 //! | `POST /orders[?wait=S]` | 202 `{orderId, status, ...}` while PENDING, 200 once terminal (token) |
 //! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline (owner or admin) |
+//! | `GET /orders/{id}/diagram` | the order's saga as a Mermaid sequence diagram (owner or admin; [`diagram`]) |
 //! | `GET /users/{id}` | balance, inventory capacity/used/reserved, granted items (that user or admin) |
+//! | `GET /users/{id}/orders?limit=&cursor=` | that user's orders, newest first, by page (that user or admin; [`user_orders`]) |
 //! | `GET /admin/dead-letters?service=S` | a service's dead letters (admin) |
 //! | `GET /items/{id}` | name, price, stock |
 //! | `GET /healthz` | 200 while the process runs |
@@ -15,19 +17,22 @@
 //! | `GET /openapi.json` | this API's OpenAPI document ([`openapi`]) |
 //!
 //! Routes marked with a token need `Authorization: Bearer <token>` (401
-//! without or with a bad one, 403 for the wrong user); see [`auth`].
+//! without or with a bad or expired one, 403 for the wrong user); see
+//! [`auth`].
 //! Every error has the JSON body of [`error::ApiError`]; the status codes of
 //! bad input are listed in [`body`] and [`orders`].
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod diagram;
 pub mod error;
 pub mod openapi;
 pub mod orders;
 pub mod probe;
 pub mod read_model;
 pub mod reads;
+pub mod user_orders;
 pub mod views;
 
 use std::sync::Arc;
@@ -86,7 +91,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/orders", post(orders::place))
         .route("/orders/{id}", get(orders::get))
+        .route("/orders/{id}/diagram", get(diagram::get))
         .route("/users/{id}", get(reads::user))
+        .route("/users/{id}/orders", get(user_orders::list))
         .route("/items/{id}", get(reads::item))
         .route("/admin/dead-letters", get(admin::dead_letters))
         .route("/healthz", get(reads::healthz))

@@ -56,7 +56,9 @@ pub struct ErrorBody {
     paths(
         orders::place,
         orders::get,
+        super::diagram::get,
         reads::user,
+        super::user_orders::list,
         reads::item,
         reads::healthz,
         reads::readyz,

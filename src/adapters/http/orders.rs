@@ -300,14 +300,23 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<OrderView>, ApiError> {
-    let principal = authenticate(&state, &headers).await?;
-    let id = OrderId::parse(id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
-    let order = load_order(&state, &id)
+    let order = owned_order(&state, &headers, id).await?;
+    let events = state.read.order_events(&order.order_id).await?;
+    Ok(Json(OrderView::new(&order, &events)))
+}
+
+/// The order `raw_id` names, for its owner or an admin: 401 without a
+/// valid token, 400 for a malformed id, 404 for no such order, 403 for
+/// someone else's.
+pub async fn owned_order(state: &AppState, headers: &HeaderMap, raw_id: String) -> Result<Order, ApiError> {
+    let principal = authenticate(state, headers).await?;
+    let id =
+        OrderId::parse(raw_id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
+    let order = load_order(state, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;
     require_user(&principal, &order.user_id, "orderId")?;
-    let events = state.read.order_events(&id).await?;
-    Ok(Json(OrderView::new(&order, &events)))
+    Ok(order)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The read side of the API that the [`Store`](crate::runtime::Store) port
 //! does not offer: an order's events across every service's outbox (its
-//! timeline) and the items a user was granted. The runtime never needs these,
+//! timeline), when each subscriber processed them (its inbox), a user's
+//! orders newest first, and the items a user was granted. The runtime never needs these,
 //! so they live here, behind a trait of their own, implemented by each store.
 //!
 //! A timeline lists what the outboxes still hold: entries are pruned after
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::adapters::postgres::PgStore;
 use crate::domain::rows::{Order, ReservationState, SlotReservation};
-use crate::domain::{Event, OrderId, Row, RowKey, Service, UserId};
+use crate::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp, UserId};
 use crate::runtime::memory::MemoryStore;
 use crate::runtime::store::StoreResult;
 use crate::runtime::{OutboxEntry, Store, StoreError};
@@ -33,6 +34,27 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// The slot reservations of `user` that became granted items.
     async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>>;
+
+    /// Up to `limit` orders of `user`, newest first by (creation time,
+    /// order id), strictly after the key `after` in that order.
+    async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>>;
+
+    /// When `service` processed each of `events` that it has processed.
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>>;
+}
+
+/// The newest-first key of an order (see [`ReadModel::user_orders`]).
+pub fn order_key(o: &Order) -> (Timestamp, OrderId) {
+    (o.created_at, o.order_id.clone())
 }
 
 /// Oldest first: by the event's own timestamp, then by outbox position.
@@ -71,6 +93,34 @@ impl ReadModel for MemoryStore {
             .filter(|r| &r.user_id == user && r.state == ReservationState::Granted)
             .collect())
     }
+
+    async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>> {
+        let snapshot = Store::snapshot(self).await?;
+        let mut orders: Vec<Order> = snapshot
+            .orders
+            .into_values()
+            .filter(|o| &o.user_id == user && after.is_none_or(|a| &order_key(o) < a))
+            .collect();
+        orders.sort_by_key(|o| std::cmp::Reverse(order_key(o)));
+        orders.truncate(limit);
+        Ok(orders)
+    }
+
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
+        Ok(events
+            .iter()
+            .filter_map(|id| MemoryStore::processed_at(self, service, *id).map(|at| (*id, at)))
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -105,6 +155,23 @@ impl ReadModel for PgStore {
     async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
         PgStore::granted_items(self, user, GRANTED_ITEMS_MAX).await
     }
+
+    async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>> {
+        PgStore::user_orders(self, user, after, limit).await
+    }
+
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
+        PgStore::processed_at(self, service, events).await
+    }
 }
 
 #[async_trait]
@@ -117,5 +184,20 @@ impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
     }
     async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
         (**self).granted_items(user).await
+    }
+    async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>> {
+        (**self).user_orders(user, after, limit).await
+    }
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
+        (**self).processed_at(service, events).await
     }
 }

@@ -159,3 +159,53 @@ pub struct ItemView {
     pub price: Option<i64>,
     pub stock: Option<i64>,
 }
+
+/// One order of `GET /users/{id}/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserOrder {
+    #[schema(value_type = String)]
+    pub order_id: OrderId,
+    pub item_id: String,
+    pub item_name: String,
+    pub quantity: i64,
+    pub total_amount: i64,
+    /// PENDING, COMPLETED or FAILED.
+    #[schema(value_type = String, example = "COMPLETED")]
+    pub status: OrderStatus,
+    /// USER_VALIDATION, INVENTORY_RESERVATION, ITEM_RESERVATION or PAYMENT.
+    #[schema(value_type = Option<String>)]
+    pub failed_step: Option<FailedStep>,
+    pub failure_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+impl From<&Order> for UserOrder {
+    fn from(o: &Order) -> UserOrder {
+        UserOrder {
+            order_id: o.order_id.clone(),
+            item_id: o.item_id.to_string(),
+            item_name: o.item_name.clone(),
+            quantity: o.quantity,
+            total_amount: o.total_amount,
+            status: o.status,
+            failed_step: o.failed_step,
+            failure_reason: o.failure_reason.clone(),
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+/// The answer of `GET /users/{id}/orders`: one page, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserOrders {
+    pub user_id: String,
+    pub orders: Vec<UserOrder>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}

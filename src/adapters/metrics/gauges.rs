@@ -5,7 +5,7 @@
 //! last value; the scrape itself still answers.
 
 use crate::adapters::postgres::PgStore;
-use crate::adapters::redis::RedisBus;
+use crate::adapters::redis::{GroupStats, RedisBus};
 use crate::domain::Service;
 
 use super::{Metrics, SourceLabel};
@@ -18,7 +18,37 @@ pub struct GaugeSources {
     pub redis: Option<RedisBus>,
 }
 
+/// One service's numbers as the gauges read them (and `purchase-saga
+/// status` prints them): `None` where the backend has no such source,
+/// `Err` with the reason where reading failed.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceReading {
+    pub outbox_backlog: Option<Result<i64, String>>,
+    /// The consumer group; `Ok(None)` while it does not exist yet. `None`
+    /// without Redis or for a service that subscribes to nothing (no
+    /// stream, no group, no dead letters).
+    pub group: Option<Result<Option<GroupStats>, String>>,
+    pub dead_letters: Option<Result<u64, String>>,
+}
+
 impl GaugeSources {
+    /// Reads `service`'s numbers from every source there is.
+    pub async fn read(&self, service: Service) -> ServiceReading {
+        let mut reading = ServiceReading::default();
+        if let Some(pg) = &self.postgres {
+            reading.outbox_backlog = Some(pg.outbox_backlog(service).await.map_err(|e| e.to_string()));
+        }
+        let Some(redis) = &self.redis else {
+            return reading;
+        };
+        if service.subscriptions().is_empty() {
+            return reading;
+        }
+        reading.group = Some(redis.group_stats(service).await.map_err(|e| e.to_string()));
+        reading.dead_letters = Some(redis.dead_letter_count(service).await.map_err(|e| e.to_string()));
+        reading
+    }
+
     /// Sets every gauge from its source.
     pub(super) async fn refresh(&self, m: &Metrics) {
         let failed = |source: &'static str, error: String| {
@@ -27,21 +57,16 @@ impl GaugeSources {
         };
         for service in Service::ALL {
             let label = Metrics::service(service);
-            if let Some(pg) = &self.postgres {
-                match pg.outbox_backlog(service).await {
-                    Ok(n) => {
-                        m.outbox_backlog.get_or_create(&label).set(n);
-                    }
-                    Err(e) => failed("postgres", e.to_string()),
+            let reading = self.read(service).await;
+            match reading.outbox_backlog {
+                Some(Ok(n)) => {
+                    m.outbox_backlog.get_or_create(&label).set(n);
                 }
+                Some(Err(e)) => failed("postgres", e),
+                None => {}
             }
-            let Some(redis) = &self.redis else { continue };
-            if service.subscriptions().is_empty() {
-                // No stream, no group, no dead letters.
-                continue;
-            }
-            match redis.group_stats(service).await {
-                Ok(Some(g)) => {
+            match reading.group {
+                Some(Ok(Some(g))) => {
                     m.consumer_pending
                         .get_or_create(&label)
                         .set(i64::try_from(g.pending).unwrap_or(i64::MAX));
@@ -52,18 +77,20 @@ impl GaugeSources {
                     }
                 }
                 // The group does not exist yet: nothing was read or pending.
-                Ok(None) => {
+                Some(Ok(None)) => {
                     m.consumer_pending.get_or_create(&label).set(0);
                 }
-                Err(e) => failed("redis", e.to_string()),
+                Some(Err(e)) => failed("redis", e),
+                None => {}
             }
-            match redis.dead_letter_count(service).await {
-                Ok(n) => {
+            match reading.dead_letters {
+                Some(Ok(n)) => {
                     m.dead_letter_stream
                         .get_or_create(&label)
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
-                Err(e) => failed("redis", e.to_string()),
+                Some(Err(e)) => failed("redis", e),
+                None => {}
             }
         }
     }

@@ -47,7 +47,7 @@ use prometheus_client::registry::Registry;
 use crate::domain::{EventType, Payload, Service};
 use crate::runtime::{Disposition, Observer, RuntimeEvent};
 
-pub use gauges::GaugeSources;
+pub use gauges::{GaugeSources, ServiceReading};
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -33,7 +33,7 @@ use crate::runtime::StoreError;
 pub use connect::{connect, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR};
 pub use errors::classify;
 pub use outbox::claim_sql;
-pub use reads::TimelineEntry;
+pub use reads::{Activity, TimelineEntry};
 
 /// The schema that holds `service`'s tables. Suffixed so that none needs
 /// quoting (`order` and `user` are reserved words).

@@ -5,13 +5,32 @@
 
 use sqlx::Row as _;
 
-use crate::domain::rows::{Account, CatalogEntry, InventoryAccount, ItemStock, Order, SlotReservation};
+use crate::domain::rows::{
+    Account, CatalogEntry, InventoryAccount, ItemStock, Order, OrderStatus, SlotReservation,
+};
 use crate::domain::{EventId, EventType, ItemId, OrderId, Row, RowKey, Service, Timestamp, UserId};
 use crate::runtime::store::StoreResult;
 use crate::runtime::StoreError;
 
 use super::rows::{self, Kind, WriteMode};
 use super::{schema, PgStore};
+
+/// The columns of `order_svc.orders` that [`rows::decode`] reads.
+const ORDER_COLUMNS: &str = "order_id, user_id, item_id, item_name, quantity, total_amount, payment_method, \
+     status, failed_step, failure_reason, created_at, deadline_at, deadline_signalled, updated_at";
+
+/// What a service's own tables say about work in flight and progress
+/// (`audit` compares two readings to tell a quiet system from a busy one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Outbox entries never published (the relay's backlog).
+    pub unpublished: i64,
+    /// The highest outbox sequence: grows with every emitted event.
+    pub outbox_seq_max: i64,
+    /// Inbox rows: grows with every applied event (a step that emits
+    /// nothing included); shrinks only when the pruner runs.
+    pub inbox_rows: i64,
+}
 
 /// One event of an order, from the emitting service's outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,5 +207,125 @@ impl PgStore {
                 .map_err(|e| StoreError::Fatal(e.to_string()))
         };
         Ok((get("outbox")?, get("inbox")?))
+    }
+
+    /// `service`'s [`Activity`], read in one statement.
+    pub async fn activity(&self, service: Service) -> StoreResult<Activity> {
+        let s = schema(service);
+        let row = sqlx::query(&format!(
+            "SELECT (SELECT count(*) FROM {s}.outbox WHERE last_published_at IS NULL) AS unpublished, \
+                    (SELECT coalesce(max(seq), 0) FROM {s}.outbox) AS seq_max, \
+                    (SELECT count(*) FROM {s}.inbox) AS inbox"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let get = |c: &str| {
+            row.try_get::<i64, _>(c)
+                .map_err(|e| StoreError::Fatal(format!("{s} activity: {e}")))
+        };
+        Ok(Activity {
+            unpublished: get("unpublished")?,
+            outbox_seq_max: get("seq_max")?,
+            inbox_rows: get("inbox")?,
+        })
+    }
+
+    /// How many orders are in each status, in [`OrderStatus`] order,
+    /// statuses without orders left out.
+    pub async fn orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
+        let found = sqlx::query("SELECT status, count(*) AS n FROM order_svc.orders GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut counts = Vec::new();
+        for r in &found {
+            let fatal = |e: sqlx::Error| StoreError::Fatal(format!("order_svc.orders: {e}"));
+            let status: String = r.try_get("status").map_err(fatal)?;
+            let status = OrderStatus::from_wire(&status)
+                .ok_or_else(|| StoreError::Fatal(format!("unknown order status {status:?}")))?;
+            counts.push((status, r.try_get::<i64, _>("n").map_err(fatal)?));
+        }
+        counts.sort();
+        Ok(counts)
+    }
+
+    /// The PENDING order created first, if any.
+    pub async fn oldest_pending_order(&self) -> StoreResult<Option<Order>> {
+        let found = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE status = 'PENDING' \
+             ORDER BY created_at, order_id LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        found.map(|r| decode_order(&r)).transpose()
+    }
+
+    /// Up to `limit` orders of `user`, newest first (by creation time, then
+    /// order id, descending), strictly after `after` in that order: the key
+    /// of the last order of the previous page.
+    pub async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>> {
+        let (at, id) = match after {
+            Some((at, id)) => (Some(at.to_datetime()), Some(id.as_str())),
+            None => (None, None),
+        };
+        let found = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE user_id = $1 \
+               AND ($2::timestamptz IS NULL OR (created_at, order_id) < ($2, $3::text)) \
+             ORDER BY created_at DESC, order_id DESC LIMIT $4"
+        ))
+        .bind(user.as_str())
+        .bind(at)
+        .bind(id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        found.iter().map(decode_order).collect()
+    }
+
+    /// When `service` processed each of `events` it has processed (its
+    /// inbox), in no particular order; pruned inbox rows are gone.
+    pub async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.0).collect();
+        let found = sqlx::query(&format!(
+            "SELECT event_id, processed_at FROM {}.inbox WHERE event_id = ANY($1)",
+            schema(service)
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        found
+            .iter()
+            .map(|r| {
+                let fatal = |e: sqlx::Error| StoreError::Fatal(format!("{} inbox: {e}", schema(service)));
+                Ok((
+                    EventId(r.try_get("event_id").map_err(fatal)?),
+                    Timestamp::from_datetime(r.try_get("processed_at").map_err(fatal)?),
+                ))
+            })
+            .collect()
+    }
+}
+
+fn decode_order(r: &sqlx::postgres::PgRow) -> StoreResult<Order> {
+    match rows::decode(Kind::Order, r) {
+        Ok(Row::Order(o)) => Ok(o),
+        Ok(other) => unreachable!("orders decoded as {other:?}"),
+        Err(e) => Err(StoreError::Fatal(format!("order_svc.orders: {e}"))),
     }
 }

@@ -337,6 +337,92 @@ impl RedisBus {
     }
 }
 
+/// The oldest entry a consumer group holds unacknowledged (XPENDING).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldestPending {
+    pub entry_id: String,
+    /// Time since the entry was added to the stream (its id's milliseconds
+    /// against the Redis server's clock, so no client clock is involved).
+    pub age_ms: u64,
+    /// Time since it was last delivered to a consumer.
+    pub idle_ms: u64,
+    /// Deliveries so far.
+    pub deliveries: u64,
+}
+
+impl RedisBus {
+    // Issue 16, `audit` and `status`: read-only, additive.
+
+    /// Entries of `service`'s stream its group has not been given yet: the
+    /// group's lag when Redis knows it, else counted after the group's
+    /// last-delivered id (up to `count_max`); every entry of the stream
+    /// when the group does not exist yet (nobody has read it).
+    pub async fn undelivered(&self, service: Service, count_max: usize) -> Result<u64, BusError> {
+        assert!(count_max > 0, "a count of at least one entry");
+        let key = self.stream_key(service);
+        let mut conn = self.conn.clone();
+        let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(group) = groups.groups.iter().find(|g| g.name == Self::group(service)) else {
+            return self.stream_len(service).await;
+        };
+        if let Some(lag) = group.lag {
+            return Ok(lag as u64);
+        }
+        let after: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({}", group.last_delivered_id))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count_max)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(after.ids.len() as u64)
+    }
+
+    /// The oldest unacknowledged entry of `service`'s group, if any.
+    pub async fn oldest_pending(&self, service: Service) -> Result<Option<OldestPending>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<Vec<(String, String, u64, u64)>, RedisError> = redis::cmd("XPENDING")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .query_async(&mut conn)
+            .await;
+        let first = match reply {
+            Ok(entries) => entries.into_iter().next(),
+            Err(e) if Self::is_nogroup(&e) || e.to_string().contains("no such key") => None,
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some((entry_id, _consumer, idle_ms, deliveries)) = first else {
+            return Ok(None);
+        };
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let now_ms = seconds * 1_000 + micros / 1_000;
+        let added_ms = parse_id(&entry_id).map_or(now_ms, |(ms, _)| ms);
+        Ok(Some(OldestPending {
+            entry_id,
+            age_ms: now_ms.saturating_sub(added_ms),
+            idle_ms,
+            deliveries,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_id;

@@ -269,6 +269,13 @@ impl MemoryStore {
         let state = self.shared.state.lock().expect("store mutex");
         state.inbox.contains_key(&(service, event_id))
     }
+
+    /// When `service` committed `event_id` as processed, if it has (the
+    /// API's saga diagram).
+    pub fn processed_at(&self, service: Service, event_id: EventId) -> Option<Timestamp> {
+        let state = self.shared.state.lock().expect("store mutex");
+        state.inbox.get(&(service, event_id)).copied()
+    }
 }
 
 struct MemoryTx {

@@ -1,0 +1,342 @@
+//! `purchase-saga status [--json]`: the health of a running deployment in
+//! one look, read from PostgreSQL and Redis (nothing is written):
+//!
+//! - per service: its consumer group's lag (entries not yet delivered),
+//!   pending entries (delivered, not acknowledged) and the age of the
+//!   oldest, its outbox backlog (never published) and its dead letters;
+//!   the same readings as the `/metrics` gauges (`GaugeSources::read`);
+//! - sagas by state (orders PENDING, COMPLETED, FAILED);
+//! - the oldest saga not terminal, with its last event.
+//!
+//! A source that cannot be read is named in `errors` and its numbers are
+//! null; the exit code is then 1 (0 when everything was read).
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::adapters::metrics::{GaugeSources, ServiceReading};
+use crate::adapters::postgres::PgStore;
+use crate::adapters::redis::{OldestPending, RedisBus};
+use crate::domain::rows::OrderStatus;
+use crate::domain::{Service, Timestamp};
+use crate::runtime::{Clock, SystemClock};
+
+use super::backend::{Backend, Needs};
+use super::GlobalArgs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One service's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub service: &'static str,
+    /// Entries in the stream not yet delivered to the group.
+    pub consumer_lag: Option<u64>,
+    /// Delivered and not acknowledged.
+    pub pending: Option<u64>,
+    pub oldest_pending_age_ms: Option<u64>,
+    pub oldest_pending_deliveries: Option<u64>,
+    /// Outbox rows never published.
+    pub outbox_backlog: Option<i64>,
+    pub dead_letters: Option<u64>,
+}
+
+/// The last event of the oldest saga in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastEvent {
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub service: &'static str,
+    pub at: Timestamp,
+}
+
+/// The oldest order that is not terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OldestInFlight {
+    pub order_id: String,
+    pub user_id: String,
+    pub created_at: Timestamp,
+    pub age_ms: i64,
+    pub deadline_at: Timestamp,
+    /// None when its outbox entries are gone (pruned) or not yet read.
+    pub last_event: Option<LastEvent>,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+    /// Orders by status (PENDING, COMPLETED, FAILED); None when unread.
+    pub sagas: Option<std::collections::BTreeMap<&'static str, i64>>,
+    pub oldest_in_flight: Option<OldestInFlight>,
+    /// What could not be read, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// Keeps `result`'s value, or records its error under `what`.
+fn keep<T>(errors: &mut Vec<String>, what: &str, result: Option<Result<T, String>>) -> Option<T> {
+    match result? {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
+/// What Redis says of one service beyond the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct BusExtras {
+    pub oldest: Option<Result<Option<OldestPending>, String>>,
+    /// Undelivered entries counted when the group's lag is unknown (no
+    /// group yet: the whole stream).
+    pub undelivered: Option<Result<u64, String>>,
+}
+
+/// Most undelivered entries counted when Redis cannot tell the lag.
+const UNDELIVERED_COUNT_MAX: usize = 100_000;
+
+/// One service's row from its gauge reading and the extras.
+fn service_status(
+    service: Service,
+    reading: ServiceReading,
+    extras: BusExtras,
+    errors: &mut Vec<String>,
+) -> ServiceStatus {
+    let what = |source: &str| format!("{} {source}", service.slug());
+    let group = keep(errors, &what("consumer group"), reading.group);
+    let oldest = keep(errors, &what("oldest pending entry"), extras.oldest).flatten();
+    let undelivered = keep(errors, &what("undelivered entries"), extras.undelivered);
+    ServiceStatus {
+        service: service.slug(),
+        consumer_lag: group.and_then(|g| g.and_then(|g| g.lag)).or(undelivered),
+        // No group yet: nothing delivered, nothing pending.
+        pending: group.map(|g| g.map_or(0, |g| g.pending)),
+        oldest_pending_age_ms: oldest.as_ref().map(|o| o.age_ms),
+        oldest_pending_deliveries: oldest.as_ref().map(|o| o.deliveries),
+        outbox_backlog: keep(errors, &what("outbox backlog"), reading.outbox_backlog),
+        dead_letters: keep(errors, &what("dead letters"), reading.dead_letters),
+    }
+}
+
+/// Reads the whole status; `redis` is the bus or why it could not be
+/// reached.
+pub async fn read(pg: &PgStore, redis: Result<RedisBus, String>, now: Timestamp) -> Status {
+    let mut errors = Vec::new();
+    let redis = match redis {
+        Ok(bus) => Some(bus),
+        Err(e) => {
+            errors.push(format!("redis: {e}"));
+            None
+        }
+    };
+    let sources = GaugeSources {
+        postgres: Some(pg.clone()),
+        redis: redis.clone(),
+    };
+    let mut services = Vec::new();
+    for service in Service::ALL {
+        let reading = sources.read(service).await;
+        let mut extras = BusExtras::default();
+        if let (Some(bus), Some(Ok(group))) = (&redis, &reading.group) {
+            extras.oldest = Some(bus.oldest_pending(service).await.map_err(|e| e.to_string()));
+            if group.is_none_or(|g| g.lag.is_none()) {
+                let counted = bus.undelivered(service, UNDELIVERED_COUNT_MAX).await;
+                extras.undelivered = Some(counted.map_err(|e| e.to_string()));
+            }
+        }
+        services.push(service_status(service, reading, extras, &mut errors));
+    }
+    let sagas = keep(
+        &mut errors,
+        "orders by status",
+        Some(pg.orders_by_status().await.map_err(|e| e.to_string())),
+    )
+    .map(|counts| counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect());
+    let oldest = keep(
+        &mut errors,
+        "oldest order in flight",
+        Some(pg.oldest_pending_order().await.map_err(|e| e.to_string())),
+    )
+    .flatten();
+    let oldest_in_flight = match oldest {
+        None => None,
+        Some(order) => {
+            debug_assert_eq!(order.status, OrderStatus::Pending);
+            let timeline = keep(
+                &mut errors,
+                "the oldest order's timeline",
+                Some(pg.timeline(&order.order_id).await.map_err(|e| e.to_string())),
+            );
+            let last_event = timeline.and_then(|t| t.last().cloned()).map(|e| LastEvent {
+                event_type: e.event_type.as_str(),
+                service: e.service.slug(),
+                at: e.created_at,
+            });
+            Some(OldestInFlight {
+                order_id: order.order_id.to_string(),
+                user_id: order.user_id.to_string(),
+                created_at: order.created_at,
+                age_ms: now.since(order.created_at).0,
+                deadline_at: order.deadline_at,
+                last_event,
+            })
+        }
+    };
+    Status {
+        services,
+        sagas,
+        oldest_in_flight,
+        errors,
+    }
+}
+
+fn cell<T: ToString>(v: Option<T>) -> String {
+    v.map_or("?".to_string(), |v| v.to_string())
+}
+
+/// The human form: a table of services, then sagas and the oldest in
+/// flight, then what could not be read.
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write;
+    let mut s = format!(
+        "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}\n",
+        "service", "lag", "pending", "oldest-pending", "outbox", "dead"
+    );
+    for r in &status.services {
+        let oldest = match (r.oldest_pending_age_ms, r.oldest_pending_deliveries) {
+            (Some(ms), Some(n)) => format!("{:.1}s x{n}", ms as f64 / 1000.0),
+            _ if r.pending == Some(0) => "-".to_string(),
+            _ => "?".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}",
+            r.service,
+            cell(r.consumer_lag),
+            cell(r.pending),
+            oldest,
+            cell(r.outbox_backlog),
+            cell(r.dead_letters)
+        );
+    }
+    match &status.sagas {
+        Some(counts) => {
+            let by_state: Vec<String> = [OrderStatus::Pending, OrderStatus::Completed, OrderStatus::Failed]
+                .iter()
+                .map(|st| {
+                    format!(
+                        "{} {}",
+                        counts.get(st.as_str()).copied().unwrap_or(0),
+                        st.as_str()
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "sagas: {}", by_state.join(", "));
+        }
+        None => s.push_str("sagas: ?\n"),
+    }
+    match &status.oldest_in_flight {
+        None if status.sagas.is_some() => s.push_str("oldest in flight: none\n"),
+        None => s.push_str("oldest in flight: ?\n"),
+        Some(o) => {
+            let last = o.last_event.as_ref().map_or("no event kept".to_string(), |e| {
+                format!("last event {} from {} at {}", e.event_type, e.service, e.at)
+            });
+            let _ = writeln!(
+                s,
+                "oldest in flight: order {} of {}, created {} ({:.1}s ago, deadline {}); {last}",
+                o.order_id,
+                o.user_id,
+                o.created_at,
+                o.age_ms as f64 / 1000.0,
+                o.deadline_at
+            );
+        }
+    }
+    for e in &status.errors {
+        let _ = writeln!(s, "error: {e}");
+    }
+    s
+}
+
+/// `purchase-saga status`.
+pub async fn run_status(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, String> {
+    if global.in_memory {
+        return Err(
+            "status reads a running deployment's PostgreSQL and Redis; the in-memory store lives \
+             only inside one process"
+                .into(),
+        );
+    }
+    let backend = Backend::open(global, 2, Needs::StoreOnly).await?;
+    let pg = backend.postgres().ok_or("status needs PostgreSQL")?.clone();
+    let redis = super::backend::connect_redis(global).await;
+    let status = read(&pg, redis, SystemClock.now()).await;
+    if args.json {
+        let json = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(if status.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::redis::GroupStats;
+
+    #[test]
+    fn a_missing_group_counts_the_stream_and_a_failed_read_is_named() {
+        let mut errors = Vec::new();
+        let reading = ServiceReading {
+            outbox_backlog: Some(Ok(4)),
+            group: Some(Ok(None)),
+            dead_letters: Some(Err("down".into())),
+        };
+        let extras = BusExtras {
+            oldest: Some(Ok(None)),
+            undelivered: Some(Ok(3)),
+        };
+        let row = service_status(Service::User, reading, extras, &mut errors);
+        assert_eq!(
+            (
+                row.consumer_lag,
+                row.pending,
+                row.outbox_backlog,
+                row.dead_letters
+            ),
+            (Some(3), Some(0), Some(4), None)
+        );
+        assert_eq!(errors, ["user dead letters: down"]);
+        let reading = ServiceReading {
+            outbox_backlog: Some(Ok(0)),
+            group: Some(Ok(Some(GroupStats {
+                pending: 2,
+                lag: Some(7),
+            }))),
+            dead_letters: Some(Ok(1)),
+        };
+        let row = service_status(Service::User, reading, BusExtras::default(), &mut errors);
+        assert_eq!(
+            (row.consumer_lag, row.pending),
+            (Some(7), Some(2)),
+            "the group's own lag"
+        );
+    }
+}
