@@ -6,12 +6,14 @@
 //! counted; `defect8_*`: an entry deleted while pending is dead-lettered,
 //! not lost). Each test uses its own key prefix.
 
+mod bus_support;
 mod common;
 
 use std::time::{Duration, Instant};
 
+use bus_support::{order_created, raw};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
-use purchase_saga::domain::event::{OrderCreated, Payload, PaymentFailed};
+use purchase_saga::domain::event::{Payload, PaymentFailed};
 use purchase_saga::domain::{Event, ItemId, OrderId, Service, Timestamp, UserId};
 use purchase_saga::runtime::bus::{Bus, Delivery};
 
@@ -29,20 +31,6 @@ async fn bus(r: &common::TestRedis) -> RedisBus {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn order_created(n: usize) -> Event {
-    Event::new(
-        OrderId::parse(format!("o-{n}")).unwrap(),
-        UserId::parse("alice").unwrap(),
-        Timestamp::SIM_EPOCH,
-        Payload::OrderCreated(OrderCreated {
-            item_id: ItemId::parse("sword").unwrap(),
-            quantity: 1,
-            total_amount: 100,
-            payment_method: "WALLET".into(),
-        }),
-    )
 }
 
 /// Receives until `want` deliveries arrived or the deadline passed.
@@ -331,16 +319,6 @@ async fn only_consumers_with_nothing_pending_are_removed() {
         0,
         "no group"
     );
-}
-
-/// A raw connection to the test's Redis, for what the bus never does
-/// itself (SET on a dead-letter key, XDEL, reading counters).
-async fn raw(r: &common::TestRedis) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(r.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to Redis at {}: {e}", r.url))
 }
 
 /// Issue 17, defect 7: with MULTI/EXEC the XACK ran although the XADD of

@@ -67,6 +67,17 @@ pub struct Pending {
     pub delivered_at_ms: i64,
 }
 
+impl Pending {
+    /// An entry's first delivery.
+    fn first(consumer: &str, now_ms: i64) -> Pending {
+        Pending {
+            owner: consumer.to_string(),
+            count: 1,
+            delivered_at_ms: now_ms,
+        }
+    }
+}
+
 /// One entry handed to a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered<P> {
@@ -251,14 +262,7 @@ impl<P: Clone> Streams<P> {
             stream.fresh.remove(&id);
             let group = stream.group();
             group.last_delivered = group.last_delivered.max(id);
-            group.pending.insert(
-                id,
-                Pending {
-                    owner: consumer.to_string(),
-                    count: 1,
-                    delivered_at_ms: now_ms,
-                },
-            );
+            group.pending.insert(id, Pending::first(consumer, now_ms));
             out.push(Delivered {
                 id,
                 attempt: 1,
@@ -489,14 +493,7 @@ impl<P: Clone> Streams<P> {
             p.delivered_at_ms = now_ms;
             p.count
         } else if is_new {
-            group.pending.insert(
-                id,
-                Pending {
-                    owner: consumer.to_string(),
-                    count: 1,
-                    delivered_at_ms: now_ms,
-                },
-            );
+            group.pending.insert(id, Pending::first(consumer, now_ms));
             stream.settle_last_delivered();
             1
         } else {
