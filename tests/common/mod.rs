@@ -235,26 +235,7 @@ impl Drop for TestDb {
             eprintln!("keeping test database {} (PS_TEST_KEEP_DB is set)", self.name);
             return;
         }
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime; a thread with its own runtime
-        // can block on the DROP without deadlocking it.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                use sqlx::Connection;
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()?;
-                Some(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        if !purchase_saga::adapters::postgres::drop_database_blocking(&self.admin_url, &self.name) {
             eprintln!("could not drop test database {} (best effort)", self.name);
         }
     }

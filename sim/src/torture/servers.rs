@@ -240,25 +240,7 @@ fn tables(service: Service) -> &'static [&'static str] {
 
 impl Drop for SeedDb {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop may run inside the seed's runtime: a thread with its own
-        // runtime blocks on the DROP without stalling it.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()?;
-                Some(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        if !purchase_saga::adapters::postgres::drop_database_blocking(&self.admin_url, &self.name) {
             eprintln!("torture: could not drop database {} (drop it by hand)", self.name);
         }
     }

@@ -66,6 +66,35 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// Drops database `name` (`WITH (FORCE)`, ending its sessions) through a
+/// connection to `admin_url`, from a thread with a runtime of its own, so
+/// that a `Drop` running inside a tokio runtime can block on it without
+/// stalling that runtime. Returns whether the database is gone.
+pub fn drop_database_blocking(admin_url: &str, name: &str) -> bool {
+    assert!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "a scratch database name is a plain identifier, not {name:?}"
+    );
+    let (admin_url, sql) = (
+        admin_url.to_string(),
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+            sqlx::query(&sql).execute(&mut admin).await.ok()?;
+            Some(())
+        })
+    })
+    .join();
+    matches!(dropped, Ok(Some(())))
+}
+
 /// `url` with its password replaced by `***` (for messages and logs).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

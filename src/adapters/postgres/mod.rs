@@ -30,7 +30,9 @@ use crate::domain::{DurationMs, EventId, OrderId, Service, Timestamp};
 use crate::runtime::store::{Claimed, Mark, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
-pub use connect::{connect, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR};
+pub use connect::{
+    connect, drop_database_blocking, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR,
+};
 pub use errors::classify;
 pub use outbox::claim_sql;
 pub use reads::{Activity, TimelineEntry};

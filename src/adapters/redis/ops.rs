@@ -40,6 +40,22 @@ fn text(entry: &redis::streams::StreamId, field: &str) -> String {
 }
 
 impl RedisBus {
+    /// XINFO GROUPS of `service`'s stream; None when the stream does not
+    /// exist (nothing was published to it yet, or Redis lost it).
+    async fn groups_info(&self, service: Service) -> Result<Option<StreamInfoGroupsReply>, BusError> {
+        let mut conn = self.conn.clone();
+        match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.stream_key(service))
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(groups) => Ok(Some(groups)),
+            Err(e) if e.to_string().contains("no such key") => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// Removes the entries of `service`'s stream that every consumer group
     /// has acknowledged: XTRIM MINID at the oldest pending id of each group
     /// (or its last-delivered id when nothing is pending), the smallest over
@@ -51,18 +67,11 @@ impl RedisBus {
     /// lower bound of every entry that is or will be pending. A stream with
     /// no group is left alone: nobody has read it yet.
     pub async fn trim(&self, service: Service) -> Result<u64, BusError> {
+        let Some(groups) = self.groups_info(service).await? else {
+            return Ok(0);
+        };
         let key = self.stream_key(service);
         let mut conn = self.conn.clone();
-        let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(g) => g,
-            Err(e) if e.to_string().contains("no such key") => return Ok(0),
-            Err(e) => return Err(self.err(e)),
-        };
         let mut floor: Option<(u64, u64)> = None;
         let mut floor_id = String::new();
         for group in &groups.groups {
@@ -359,17 +368,8 @@ impl RedisBus {
     /// when the group does not exist yet (nobody has read it).
     pub async fn undelivered(&self, service: Service, count_max: usize) -> Result<u64, BusError> {
         assert!(count_max > 0, "a count of at least one entry");
-        let key = self.stream_key(service);
-        let mut conn = self.conn.clone();
-        let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(g) => g,
-            Err(e) if e.to_string().contains("no such key") => return Ok(0),
-            Err(e) => return Err(self.err(e)),
+        let Some(groups) = self.groups_info(service).await? else {
+            return Ok(0);
         };
         let Some(group) = groups.groups.iter().find(|g| g.name == Self::group(service)) else {
             return self.stream_len(service).await;
@@ -377,6 +377,7 @@ impl RedisBus {
         if let Some(lag) = group.lag {
             return Ok(lag as u64);
         }
+        let (key, mut conn) = (self.stream_key(service), self.conn.clone());
         let after: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&key)
             .arg(format!("({}", group.last_delivered_id))
