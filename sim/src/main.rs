@@ -934,6 +934,7 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
                 check,
                 h.tried,
                 torture_command(*seed, seed + 1, &hunting.torture, &hunting.torture_without, Some(h.mutant))
+                    .trim_start_matches("saga-sim ")
             ),
             Some((Engine::Differential(test), _, _)) => println!(
                 "{:<26} {:<48} {:>6} {:<28} {:>6}  PURCHASE_SAGA_MUTANT={} cargo test --features mutants --test {}",
