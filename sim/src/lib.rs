@@ -22,20 +22,26 @@
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
 //! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
+//! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the seeds kept in
+//!   `sim/corpus/` and replayed before every sweep; [`hunt`]: unattended
+//!   sweeps that grow the corpus.
 //! - [`torture`]: the same workloads and plans against the production
 //!   adapters on real PostgreSQL and Redis (`saga-sim torture`).
 
 pub mod broker;
 pub mod bus;
 pub mod clock;
+pub mod corpus;
 pub mod faults;
 pub mod finding;
+pub mod hunt;
 pub mod mermaid;
 pub mod mutants;
 pub mod observer;
 pub mod run;
 pub mod store;
 pub mod summary;
+pub mod sweep;
 pub mod torture;
 pub mod world;
 

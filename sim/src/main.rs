@@ -1,8 +1,10 @@
 //! `saga-sim`: seed sweeps, replays and planted-bug hunts of the
 //! deterministic simulator.
 //!
-//! - `saga-sim run --seeds A..B [--faults P] [--orders N] [--jobs J] [--mutant M]`
-//! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M]`
+//! - `saga-sim run --seeds A..B [--faults P] [--orders N] [--jobs J] [--mutant M] [--no-corpus] [--record]`:
+//!   replays the corpus (`sim/corpus/`), then the seeds
+//! - `saga-sim hunt --minutes M [--start S] [--jobs J]`: unattended sweeps that grow the corpus
+//! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M] [--record]`
 //! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture]` (`--features mutants`)
 //! - `saga-sim bench [--seeds N] [--faults P] [--orders N] [--jobs J]`
 //! - `saga-sim torture --seeds A..B [--faults P] [--jobs J] [--without KIND,..] [--redis-url URL]`:
@@ -10,18 +12,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
+use purchase_saga_sim::corpus::{self, Corpus, Entry, Kind};
+use purchase_saga_sim::hunt::{self, HuntSettings};
 use purchase_saga_sim::summary::Summary;
+use purchase_saga_sim::sweep::{commit, par_seeds, sweep, Options};
 use purchase_saga_sim::torture::{self, TortureOutcome, TortureSettings};
-use purchase_saga_sim::{
-    input_from_seed, mermaid, mutants, run, FaultKind, FaultPlan, Profile, SimInput, SimOutcome, SimSettings,
-};
+use purchase_saga_sim::{mermaid, mutants, FaultKind, FaultPlan, Profile};
 
 /// Where torture creates its databases when DATABASE_URL is unset.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -64,6 +66,29 @@ enum Command {
         /// Take one fault kind out of every plan (e.g. `drop-publish`).
         #[arg(long, value_parser = parse_kind)]
         without: Option<FaultKind>,
+        #[command(flatten)]
+        corpus: CorpusArgs,
+    },
+    /// Runs fresh seeds until the time is up, alternating heavy and swarm
+    /// plans; records failing seeds and seeds that reached a saga-path /
+    /// fault-kinds combination the corpus lacked into the corpus.
+    Hunt {
+        /// Minutes of wall time (no new chunk starts after it).
+        #[arg(long)]
+        minutes: f64,
+        /// First seed (default: drawn from the wall clock, and printed).
+        #[arg(long)]
+        start: Option<u64>,
+        #[arg(long, default_value_t = 20)]
+        orders: usize,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Rare seeds recorded at most.
+        #[arg(long, default_value_t = 20)]
+        rare_max: usize,
+        /// The corpus folder.
+        #[arg(long, default_value_os_t = corpus::default_dir())]
+        corpus: PathBuf,
     },
     /// Runs one seed and prints its trace hash and violations.
     Replay {
@@ -87,6 +112,12 @@ enum Command {
         mutant: Option<String>,
         #[arg(long, value_parser = parse_kind)]
         without: Option<FaultKind>,
+        /// If the seed fails, keep it in the corpus (found by a developer).
+        #[arg(long)]
+        record: bool,
+        /// The corpus folder.
+        #[arg(long, default_value_os_t = corpus::default_dir())]
+        corpus: PathBuf,
     },
     /// Seeds/s and simulated/wall time of the simulator next to the same
     /// scenarios on the in-memory runtime, in one run.
@@ -173,6 +204,23 @@ enum Command {
     },
 }
 
+/// `saga-sim run`'s corpus flags.
+#[derive(clap::Args)]
+struct CorpusArgs {
+    /// The corpus folder replayed before the new seeds.
+    #[arg(long, default_value_os_t = corpus::default_dir())]
+    corpus: PathBuf,
+    /// Skip the corpus replay.
+    #[arg(long)]
+    no_corpus: bool,
+    /// Keep the sweep's failing seeds in the corpus.
+    #[arg(long)]
+    record: bool,
+    /// Who found what `--record` keeps (`ci`, `developer`, ...).
+    #[arg(long, default_value = "developer")]
+    found_by: String,
+}
+
 fn parse_kind(raw: &str) -> Result<FaultKind, String> {
     FaultPlan::kind_named(raw).ok_or_else(|| {
         let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
@@ -190,124 +238,6 @@ fn parse_range(raw: &str) -> Result<(u64, u64), String> {
         return Err(format!("empty range {raw}"));
     }
     Ok((a, b))
-}
-
-/// The commit the binary runs at, for replay commands (`-dirty` when the
-/// work tree has uncommitted changes; `unknown` outside git).
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// What every seed of a command shares.
-#[derive(Clone)]
-struct Options {
-    faults: Profile,
-    orders: usize,
-    mutant: Option<String>,
-    without: Option<FaultKind>,
-}
-
-impl Options {
-    /// The command that replays `seed`.
-    fn replay_command(&self, seed: u64) -> String {
-        let features = if self.mutant.is_some() {
-            " --features mutants"
-        } else {
-            ""
-        };
-        let mut flags = String::new();
-        if let Some(m) = &self.mutant {
-            flags += &format!(" --mutant {m}");
-        }
-        if let Some(k) = self.without {
-            flags += &format!(" --without {k}");
-        }
-        format!(
-            "cargo run -p purchase-saga-sim --release{features} -- replay --seed {seed} --faults {} --orders {}{flags} --trace",
-            self.faults.name(),
-            self.orders
-        )
-    }
-
-    fn input(&self, seed: u64) -> SimInput {
-        let mut input = input_from_seed(seed, self.faults, self.orders, &SimSettings::default());
-        if let Some(kind) = self.without {
-            input.plan = input.plan.without(kind);
-        }
-        input
-    }
-
-    /// Runs one seed with the (validated) mutant.
-    fn run_seed(&self, seed: u64) -> SimOutcome {
-        let input = self.input(seed);
-        mutants::with(self.mutant.as_deref(), || run(&input, &SimSettings::default()))
-            .expect("the mutant name was validated")
-    }
-}
-
-/// Runs `f` on seeds `a..b` on `jobs` threads with a progress bar; results
-/// in seed order. `failed` marks a result in the bar's message.
-fn par_seeds<T: Send + 'static>(
-    a: u64,
-    b: u64,
-    jobs: usize,
-    f: Arc<dyn Fn(u64) -> T + Send + Sync>,
-    failed: impl Fn(&T) -> bool,
-) -> Vec<(u64, T)> {
-    let bar = ProgressBar::new(b - a);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta} {msg}")
-            .expect("valid template"),
-    );
-    let next = Arc::new(AtomicU64::new(a));
-    let (tx, rx) = mpsc::channel();
-    let workers: Vec<_> = (0..jobs.max(1))
-        .map(|_| {
-            let (next, tx, f) = (next.clone(), tx.clone(), f.clone());
-            std::thread::spawn(move || loop {
-                let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= b || tx.send((seed, f(seed))).is_err() {
-                    return;
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    let mut results = Vec::new();
-    for (seed, r) in rx {
-        if failed(&r) {
-            bar.set_message(format!("seed {seed} FAILED"));
-        }
-        bar.inc(1);
-        results.push((seed, r));
-    }
-    for w in workers {
-        w.join().expect("a worker thread panicked");
-    }
-    bar.finish_and_clear();
-    results.sort_by_key(|(seed, _)| *seed);
-    results
-}
-
-/// Runs seeds `a..b` on `jobs` threads; outcomes in seed order.
-fn sweep(a: u64, b: u64, jobs: usize, options: &Options) -> Vec<SimOutcome> {
-    let options = options.clone();
-    par_seeds(
-        a,
-        b,
-        jobs,
-        Arc::new(move |seed| options.run_seed(seed)),
-        |o: &SimOutcome| !o.violations.is_empty(),
-    )
-    .into_iter()
-    .map(|(_, o)| o)
-    .collect()
 }
 
 /// `saga-sim bench`: the same scenarios on the simulator and on the
@@ -387,6 +317,37 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
     }
 }
 
+/// Replays the corpus and prints what happened; false if a corpus seed
+/// failed or cannot be read by this build.
+fn replay_and_report(corpus: &Corpus, jobs: usize) -> bool {
+    let started = Instant::now();
+    let replayed = hunt::replay_corpus(corpus, jobs);
+    println!(
+        "corpus: {} seed(s) replayed in {:.1}s, {} drifted (generators changed since recorded), {} failing",
+        replayed.seeds,
+        started.elapsed().as_secs_f64(),
+        replayed.drifted,
+        replayed.failing.len()
+    );
+    for (entry, why) in &replayed.failing {
+        println!("  CORPUS SEED FAILS: {entry}");
+        for v in why {
+            println!("    {v}");
+        }
+        let options = Options {
+            faults: entry.profile().expect("a replayed entry's profile parsed"),
+            orders: entry.orders,
+            mutant: None,
+            without: entry.without_kind().expect("a replayed entry's kind parsed"),
+        };
+        println!("    replay: {}", options.replay_command(entry.seed));
+    }
+    for (entry, e) in &replayed.unreadable {
+        println!("  CORPUS SEED UNREADABLE: {entry}: {e}");
+    }
+    replayed.failing.is_empty() && replayed.unreadable.is_empty()
+}
+
 fn check_mutant(mutant: Option<&str>) -> Result<(), ExitCode> {
     match mutants::with(mutant, || ()) {
         Ok(()) => Ok(()),
@@ -407,6 +368,7 @@ fn main() -> ExitCode {
             no_coverage,
             mutant,
             without,
+            corpus: corpus_args,
         } => {
             let (a, b) = match parse_range(&seeds) {
                 Ok(r) => r,
@@ -418,6 +380,14 @@ fn main() -> ExitCode {
             if let Err(code) = check_mutant(mutant.as_deref()) {
                 return code;
             }
+            let mut corpus = match Corpus::load(&corpus_args.corpus) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("--corpus: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let corpus_failed = !corpus_args.no_corpus && !replay_and_report(&corpus, jobs);
             let started = Instant::now();
             let options = Options {
                 faults,
@@ -438,16 +408,40 @@ fn main() -> ExitCode {
                 faults.name()
             );
             print!("{}", summary.render(started.elapsed()));
-            let mut failed = false;
+            let mut failed = corpus_failed;
             if !summary.failing.is_empty() {
                 failed = true;
-                println!("\nFAILING SEEDS (commit {}):", commit());
-                for (seed, violations) in &summary.failing {
-                    println!("  seed {seed}:");
-                    for v in violations.iter().take(5) {
+                let commit = commit();
+                println!("\nFAILING SEEDS (commit {commit}):");
+                for outcome in outcomes.iter().filter(|o| !o.violations.is_empty()) {
+                    println!("  seed {}:", outcome.seed);
+                    for v in outcome.violations.iter().take(5) {
                         println!("    {v}");
                     }
-                    println!("    replay: {}", options.replay_command(*seed));
+                    println!("    replay: {}", options.replay_command(outcome.seed));
+                    let entry = Entry::from_outcome(
+                        Kind::Failure,
+                        outcome,
+                        faults,
+                        orders,
+                        mutant.as_deref(),
+                        without,
+                        &commit,
+                        &corpus_args.found_by,
+                        outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
+                    );
+                    if corpus_args.record {
+                        match corpus.add(entry) {
+                            Ok(true) => println!("    kept in {}", corpus_args.corpus.display()),
+                            Ok(false) => println!("    already in the corpus"),
+                            Err(e) => eprintln!("    cannot keep it: {e}"),
+                        }
+                    } else {
+                        println!(
+                            "    keep it: add --record, or append to sim/corpus/failures.jsonl: {}",
+                            serde_json::to_string(&entry).expect("an entry serializes")
+                        );
+                    }
                 }
             }
             let mut missing = summary.never_happened(faults);
@@ -464,6 +458,66 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Hunt {
+            minutes,
+            start,
+            orders,
+            jobs,
+            rare_max,
+            corpus: dir,
+        } => {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                eprintln!("--minutes: must be a positive number");
+                return ExitCode::from(2);
+            }
+            let mut corpus = match Corpus::load(&dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("--corpus: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // The only wall-clock value a hunt uses: where its seeds start.
+            let start = start.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() << 20)
+            });
+            println!(
+                "saga-sim hunt --minutes {minutes} --start {start} --orders {orders} --jobs {jobs} (corpus {})",
+                dir.display()
+            );
+            let settings = HuntSettings {
+                budget: std::time::Duration::from_secs_f64(minutes * 60.0),
+                start,
+                orders,
+                jobs,
+                profiles: vec![Profile::Heavy, Profile::Swarm],
+                chunk_per_job: 200,
+                rare_max,
+            };
+            match hunt::hunt(&settings, &mut corpus) {
+                Ok(report) => {
+                    println!(
+                        "hunted seeds {start}..{} ({} seeds) in {:.0}s: {} failing, {} rare recorded",
+                        report.next,
+                        report.seeds,
+                        report.wall.as_secs_f64(),
+                        report.failures.len(),
+                        report.rare.len()
+                    );
+                    if report.failures.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("saga-sim hunt: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Replay {
             seed,
             faults,
@@ -473,6 +527,8 @@ fn main() -> ExitCode {
             order,
             mutant,
             without,
+            record,
+            corpus: dir,
         } => {
             if let Err(code) = check_mutant(mutant.as_deref()) {
                 return code;
@@ -525,6 +581,24 @@ fn main() -> ExitCode {
             println!("violations: {}", outcome.violations.len());
             for v in &outcome.violations {
                 println!("  {v}");
+            }
+            if record && !outcome.violations.is_empty() {
+                let entry = Entry::from_outcome(
+                    Kind::Failure,
+                    &outcome,
+                    faults,
+                    orders,
+                    mutant.as_deref(),
+                    without,
+                    &commit(),
+                    "developer",
+                    outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
+                );
+                match Corpus::load(&dir).and_then(|mut c| c.add(entry)) {
+                    Ok(true) => println!("kept in {}", dir.display()),
+                    Ok(false) => println!("already in the corpus"),
+                    Err(e) => eprintln!("cannot keep it: {e}"),
+                }
             }
             if outcome.violations.is_empty() {
                 ExitCode::SUCCESS

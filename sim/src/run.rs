@@ -116,6 +116,8 @@ pub struct SimOutcome {
     pub violations: Vec<Finding>,
     /// Orders by outcome: `COMPLETED`, a failed step, `PENDING`, `REJECTED`.
     pub paths: BTreeMap<String, u64>,
+    /// Each placed order's path, by order id (`summary::order_paths`).
+    pub order_paths: BTreeMap<String, String>,
     pub faults: BTreeMap<FaultKind, u64>,
     pub orders: u64,
     pub dead_letters: u64,
@@ -440,6 +442,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let mut faults = world.counts();
     crate::summary::count_deadlines(&snapshot, &mut faults);
     let paths = crate::summary::paths(&snapshot, input.scenario.orders.len());
+    let order_paths = crate::summary::order_paths(&snapshot);
     let entries = world.trace();
     let lines: Vec<String> = entries
         .iter()
@@ -452,6 +455,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         lines,
         violations,
         paths,
+        order_paths,
         faults,
         orders: input.scenario.orders.len() as u64,
         dead_letters: broker.dead_letters().len() as u64,

@@ -40,12 +40,7 @@ pub fn required_paths() -> Vec<String> {
 /// (`PENDING`); `REJECTED` for the scenario's `ordered` orders never placed.
 pub fn paths(snapshot: &Snapshot, ordered: usize) -> BTreeMap<String, u64> {
     let mut paths: BTreeMap<String, u64> = BTreeMap::new();
-    for order in snapshot.orders.values() {
-        let path = match (order.status, order.failed_step) {
-            (OrderStatus::Completed, _) => "COMPLETED".to_string(),
-            (OrderStatus::Failed, Some(step)) => step.as_str().to_string(),
-            (status, _) => status.as_str().to_string(),
-        };
+    for path in order_paths(snapshot).into_values() {
         *paths.entry(path).or_insert(0) += 1;
     }
     let rejected = (ordered as u64).saturating_sub(snapshot.orders.len() as u64);
@@ -53,6 +48,23 @@ pub fn paths(snapshot: &Snapshot, ordered: usize) -> BTreeMap<String, u64> {
         paths.insert("REJECTED".into(), rejected);
     }
     paths
+}
+
+/// Each placed order's path (`COMPLETED`, the failed step, or its status),
+/// by order id as the trace writes it.
+pub fn order_paths(snapshot: &Snapshot) -> BTreeMap<String, String> {
+    snapshot
+        .orders
+        .iter()
+        .map(|(id, order)| {
+            let path = match (order.status, order.failed_step) {
+                (OrderStatus::Completed, _) => "COMPLETED".to_string(),
+                (OrderStatus::Failed, Some(step)) => step.as_str().to_string(),
+                (status, _) => status.as_str().to_string(),
+            };
+            (id.to_string(), path)
+        })
+        .collect()
 }
 
 /// Adds the orders whose deadline was signalled to `faults` (the `deadline`

@@ -151,6 +151,7 @@ impl TortureOutcome {
             lines: Vec::new(),
             violations: self.violations(),
             paths: self.paths.clone(),
+            order_paths: Default::default(),
             faults: self.sim_faults.clone(),
             orders: self.input.scenario.orders.len() as u64,
             dead_letters: self.dead_letters,
