@@ -55,10 +55,14 @@ pub enum Mutant {
     /// Pruning deletes outbox entries inside the re-drive horizon and inbox
     /// ids inside their retention (adapter: PgStore's prune).
     PruneInsideHorizon,
+    /// Batched apply: when a batch's transaction fails, its deliveries are
+    /// acknowledged before the fallback (one transaction per event) has
+    /// committed them, or whether it can.
+    BatchAcksUncommitted,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 15] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -74,6 +78,7 @@ impl Mutant {
         Mutant::RelayMarkBeforePublish,
         Mutant::RedriveStopsEarly,
         Mutant::PruneInsideHorizon,
+        Mutant::BatchAcksUncommitted,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -114,6 +119,7 @@ impl Mutant {
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
             Mutant::RedriveStopsEarly => "redrive-stops-early",
             Mutant::PruneInsideHorizon => "prune-inside-horizon",
+            Mutant::BatchAcksUncommitted => "batch-acks-uncommitted",
         }
     }
 

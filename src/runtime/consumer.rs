@@ -19,9 +19,10 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::domain::participants::StepError;
-use crate::domain::{DecodeError, Event, OrderId, Service};
+use crate::domain::{DecodeError, Event, EventId, OrderId, Service};
 
 use super::backoff;
+use super::batch::apply_batch;
 use super::bus::Delivery;
 use super::observer::{Disposition, RuntimeEvent};
 use super::transaction::{apply_event, Committed, TransactError};
@@ -146,7 +147,37 @@ async fn handle_decoded(
             disposition
         }
     };
-    match &disposition {
+    settle(
+        env,
+        service,
+        consumer,
+        delivery,
+        decoded.as_ref().ok(),
+        &disposition,
+        started,
+        last_errors,
+    )
+    .await;
+    Handled {
+        disposition,
+        store_unavailable,
+    }
+}
+
+/// Logs and observes what a delivery came to, then settles it on the bus:
+/// ack, dead-letter, or leave pending.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    delivery: &Delivery,
+    event: Option<&Event>,
+    disposition: &Disposition,
+    started: tokio::time::Instant,
+    last_errors: &Mutex<LastErrors>,
+) {
+    match disposition {
         Disposition::DeadLettered { reason } => {
             tracing::warn!(%service, entry = %delivery.entry_id, %reason, "dead-lettered")
         }
@@ -159,12 +190,12 @@ async fn handle_decoded(
     env.observer.observe(RuntimeEvent::Handled {
         service,
         consumer,
-        event: decoded.as_ref().ok(),
+        event,
         attempt: delivery.attempt,
-        disposition: &disposition,
+        disposition,
         duration: started.elapsed(),
     });
-    let settled = match &disposition {
+    let settled = match disposition {
         Disposition::DeadLettered { reason } => env.bus.dead_letter(service, delivery, reason).await,
         Disposition::Retry { .. } => Ok(()),
         _ => env.bus.ack(service, &delivery.entry_id).await,
@@ -177,10 +208,6 @@ async fn handle_decoded(
         // application a no-op.
         tracing::warn!(%service, entry = %delivery.entry_id, error = %e, "could not settle delivery");
     }
-    Handled {
-        disposition,
-        store_unavailable,
-    }
 }
 
 fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors> {
@@ -191,12 +218,7 @@ fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors
 /// whether the store was unavailable.
 async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool) {
     let disposition = match apply_event(env, service, event).await {
-        Ok(Committed::Duplicate) => Disposition::Duplicate,
-        Ok(Committed::Applied {
-            writes: 0,
-            emitted: 0,
-        }) => Disposition::Ignored,
-        Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
+        Ok(committed) => disposition_of(committed),
         Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
             reason: e.to_string(),
@@ -211,6 +233,18 @@ async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool
         }
     };
     (disposition, false)
+}
+
+/// What a committed (or duplicate) event's delivery came to.
+fn disposition_of(committed: Committed) -> Disposition {
+    match committed {
+        Committed::Duplicate => Disposition::Duplicate,
+        Committed::Applied {
+            writes: 0,
+            emitted: 0,
+        } => Disposition::Ignored,
+        Committed::Applied { emitted, .. } => Disposition::Applied { emitted },
+    }
 }
 
 /// Receives and handles deliveries until shutdown. Finishes the batch in
@@ -303,7 +337,108 @@ async fn handle_batch_remembering(
     batch: &[Delivery],
     last_errors: &Mutex<LastErrors>,
 ) -> bool {
-    let lanes = lanes_by_order(batch);
+    let decoded: Vec<Decoded<'_>> = batch.iter().map(|d| (d, Event::decode(&d.payload))).collect();
+    if env.config.batch_apply {
+        handle_applied_together(env, service, consumer, decoded, last_errors).await
+    } else {
+        handle_lanes(env, service, consumer, decoded, last_errors).await
+    }
+}
+
+/// A delivery with its decoded payload.
+type Decoded<'a> = (&'a Delivery, Result<Event, DecodeError>);
+
+/// Batched apply: the deliveries that can be applied (decoded, subscribed
+/// to, within the deliveries limit) go in one transaction
+/// ([`apply_batch`]), the others (dead letters to be) by
+/// [`handle_lanes`]. An event delivered twice in the batch is applied once;
+/// its second delivery is a duplicate. The acks follow the commit. If the
+/// batch's transaction fails for any reason, its deliveries are handled one
+/// transaction per event, as with batched apply off.
+async fn handle_applied_together(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    decoded: Vec<Decoded<'_>>,
+    last_errors: &Mutex<LastErrors>,
+) -> bool {
+    let applicable = |(delivery, event): &Decoded<'_>| {
+        event
+            .as_ref()
+            .is_ok_and(|e| service.subscribes_to(e.event_type()) && delivery.attempt <= env.config.deliveries_max)
+    };
+    let (together, apart): (Vec<Decoded<'_>>, Vec<Decoded<'_>>) = decoded.into_iter().partition(applicable);
+    let events: Vec<&Event> = {
+        let mut seen = std::collections::BTreeSet::new();
+        together
+            .iter()
+            .filter_map(|(_, e)| e.as_ref().ok())
+            .filter(|e| seen.insert(e.event_id))
+            .collect()
+    };
+    if events.len() < 2 {
+        // Nothing to share a transaction with.
+        let mut all = together;
+        all.extend(apart);
+        return handle_lanes(env, service, consumer, all, last_errors).await;
+    }
+    if crate::mutant!(AckBeforeCommit) {
+        // Planted bug (as in `handle_decoded`): acks before the commit.
+        for (delivery, _) in &together {
+            let _ = env.bus.ack(service, &delivery.entry_id).await;
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let span = tracing::info_span!("apply_batch", service = service.name(), consumer, events = events.len());
+    let applied = apply_batch(env, service, &events).instrument(span).await;
+    let mut unavailable = false;
+    match applied {
+        Ok(outcomes) => {
+            let mut first: BTreeMap<EventId, Committed> = events
+                .iter()
+                .map(|e| e.event_id)
+                .zip(outcomes)
+                .collect();
+            for (delivery, event) in &together {
+                let event = event.as_ref().expect("only decoded events are applied together");
+                // The first delivery of an event gets its outcome; a second
+                // one in the same batch is a duplicate.
+                let committed = first.remove(&event.event_id).unwrap_or(Committed::Duplicate);
+                let disposition = disposition_of(committed);
+                settle(env, service, consumer, delivery, Some(event), &disposition, started, last_errors).await;
+            }
+            debug_assert!(first.is_empty(), "every event of the batch was settled");
+        }
+        Err(e) => {
+            tracing::debug!(%service, error = %e, events = events.len(), "batch not applied; one transaction per event");
+            if crate::mutant!(BatchAcksUncommitted) {
+                // Planted bug: the batch's deliveries are acknowledged as
+                // if it had committed, before the fallback applies them
+                // (and whether or not it can).
+                for (delivery, _) in &together {
+                    let _ = env.bus.ack(service, &delivery.entry_id).await;
+                }
+            }
+            unavailable |= handle_lanes(env, service, consumer, together, last_errors).await;
+        }
+    }
+    if !apart.is_empty() {
+        unavailable |= handle_lanes(env, service, consumer, apart, last_errors).await;
+    }
+    unavailable
+}
+
+/// One transaction per event: the deliveries of one order one after
+/// another, in bus order, and up to `handle_concurrency` orders at once;
+/// returns whether the store was unavailable to any delivery.
+async fn handle_lanes(
+    env: &Env,
+    service: Service,
+    consumer: &str,
+    decoded: Vec<Decoded<'_>>,
+    last_errors: &Mutex<LastErrors>,
+) -> bool {
+    let lanes = lanes_by_order(decoded);
     let concurrency = env.config.handle_concurrency.max(1);
     let unavailable = std::sync::atomic::AtomicBool::new(false);
     futures::stream::iter(lanes)
@@ -328,11 +463,11 @@ async fn handle_batch_remembering(
 
 /// One lane per order id, in order of first appearance, each keeping the
 /// batch's order; an undecodable delivery gets a lane of its own.
-fn lanes_by_order(batch: &[Delivery]) -> Vec<Vec<(&Delivery, Result<Event, DecodeError>)>> {
-    let mut lanes: Vec<Vec<(&Delivery, Result<Event, DecodeError>)>> = Vec::new();
+fn lanes_by_order(batch: Vec<Decoded<'_>>) -> Vec<Vec<Decoded<'_>>> {
+    let count = batch.len();
+    let mut lanes: Vec<Vec<Decoded<'_>>> = Vec::new();
     let mut lane_of: BTreeMap<OrderId, usize> = BTreeMap::new();
-    for delivery in batch {
-        let decoded = Event::decode(&delivery.payload);
+    for (delivery, decoded) in batch {
         let order = decoded.as_ref().ok().map(|e| e.order_id.clone());
         match order.as_ref().and_then(|o| lane_of.get(o)) {
             Some(&lane) => lanes[lane].push((delivery, decoded)),
@@ -344,7 +479,7 @@ fn lanes_by_order(batch: &[Delivery]) -> Vec<Vec<(&Delivery, Result<Event, Decod
             }
         }
     }
-    debug_assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), batch.len());
+    debug_assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), count);
     lanes
 }
 
@@ -406,7 +541,8 @@ mod tests {
             delivery("6", created("o-b", 2)),
             delivery("7", created("o-a", 3)),
         ];
-        let lanes: Vec<Vec<&str>> = lanes_by_order(&batch)
+        let decoded = batch.iter().map(|d| (d, Event::decode(&d.payload))).collect();
+        let lanes: Vec<Vec<&str>> = lanes_by_order(decoded)
             .iter()
             .map(|lane| lane.iter().map(|(d, _)| d.entry_id.as_str()).collect())
             .collect();

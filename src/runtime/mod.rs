@@ -8,6 +8,7 @@
 //! empty polls.
 
 pub mod backoff;
+pub mod batch;
 pub mod bus;
 pub mod commands;
 pub mod consumer;
@@ -78,6 +79,11 @@ impl Clock for ManualClock {
 pub struct RuntimeConfig {
     /// Entries a consumer takes per receive.
     pub batch_size: usize,
+    /// Whether a consumer applies a batch's events in one store transaction
+    /// (falling back to one transaction per event on a conflict, a
+    /// constraint violation or a step error) instead of one transaction per
+    /// event. Off is the control of the benchmark.
+    pub batch_apply: bool,
     /// Orders of one batch a consumer handles at once (each in its own
     /// transaction, so each holds a store connection meanwhile).
     pub handle_concurrency: usize,
@@ -111,6 +117,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             batch_size: 32,
+            batch_apply: true,
             handle_concurrency: 8,
             deliveries_max: 10,
             conflict_retries_max: 8,

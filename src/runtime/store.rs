@@ -70,6 +70,58 @@ pub trait StoreTx: Send {
 
     /// Makes every write of the transaction visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+
+    // Batched apply (DESIGN.md "Batched apply"): the same operations for a
+    // whole batch of events, one statement per table on PostgreSQL. The
+    // defaults run the single-row operations in turn, which is exactly the
+    // batch semantics: the in-memory store and the simulator's fault layer
+    // use them as they are (each row still meets its faults).
+
+    /// [`record_processed`](Self::record_processed) for distinct ids in
+    /// ascending order (one global order, so two batches sharing ids cannot
+    /// deadlock on the inbox); for each id, whether it was new.
+    async fn record_processed_many(&mut self, event_ids: &[EventId], now: Timestamp) -> StoreResult<Vec<bool>> {
+        assert!(
+            event_ids.windows(2).all(|w| w[0] < w[1]),
+            "inbox ids are recorded distinct and in ascending order"
+        );
+        let mut fresh = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            fresh.push(self.record_processed(*id, now).await?);
+        }
+        Ok(fresh)
+    }
+
+    /// [`load_for_update`](Self::load_for_update) for distinct keys in
+    /// ascending order (the global lock order); the rows in the same order.
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "keys are locked distinct and in ascending order"
+        );
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            rows.push(self.load_for_update(key).await?);
+        }
+        Ok(rows)
+    }
+
+    /// [`save`](Self::save) for rows of distinct keys.
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+        for row in rows {
+            self.save(row).await?;
+        }
+        Ok(())
+    }
+
+    /// [`enqueue`](Self::enqueue) for events in the order given (their
+    /// outbox order).
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        for event in events {
+            self.enqueue(event, now).await?;
+        }
+        Ok(())
+    }
 }
 
 /// An outbox row: an event committed by its service, with its publishing

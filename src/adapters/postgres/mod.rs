@@ -13,6 +13,7 @@
 //! conformance suite in `tests/store_conformance.rs` runs the same tests
 //! against both.
 
+mod batch;
 mod connect;
 mod errors;
 mod outbox;

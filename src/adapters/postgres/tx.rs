@@ -12,7 +12,7 @@
 //! - Dropping the transaction without `commit` rolls it back (sqlx issues
 //!   the ROLLBACK when the connection returns to the pool).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Transaction};
@@ -21,6 +21,7 @@ use crate::domain::{Event, EventId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
+use super::batch;
 use super::errors::classify;
 use super::rows::{self, Kind, WriteMode};
 use super::schema;
@@ -79,12 +80,14 @@ impl PgTx {
                     .map_err(|e| StoreError::Fatal(format!("{} {key:?}: {e}", kind.table())))?,
             ),
         };
-        // A key seen present stays present: rows are never deleted.
-        let seen = if row.is_some() {
-            Seen::Present
-        } else {
-            Seen::Absent
-        };
+        self.note_seen(key, row.is_some());
+        Ok(row)
+    }
+
+    /// Remembers whether `key` was read present (a key seen present stays
+    /// present: rows are never deleted).
+    fn note_seen(&mut self, key: &RowKey, present: bool) {
+        let seen = if present { Seen::Present } else { Seen::Absent };
         self.seen
             .entry(key.clone())
             .and_modify(|s| {
@@ -93,7 +96,15 @@ impl PgTx {
                 }
             })
             .or_insert(seen);
-        Ok(row)
+    }
+
+    /// How `save` writes `key`: by what this transaction read of it.
+    fn write_mode(&self, key: &RowKey) -> WriteMode {
+        match self.seen.get(key) {
+            Some(Seen::Present) => WriteMode::Update,
+            Some(Seen::Absent) => WriteMode::Insert,
+            None => WriteMode::Upsert,
+        }
     }
 }
 
@@ -126,11 +137,7 @@ impl StoreTx for PgTx {
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
         let key = row.key();
         assert_eq!(key.owner(), self.service, "a service writes only its own rows");
-        let mode = match self.seen.get(&key) {
-            Some(Seen::Present) => WriteMode::Update,
-            Some(Seen::Absent) => WriteMode::Insert,
-            None => WriteMode::Upsert,
-        };
+        let mode = self.write_mode(&key);
         let (sql, values) = rows::write_sql(row, mode);
         let done = match rows::bind_values(sqlx::query(&sql), values)
             .execute(&mut *self.tx)
@@ -174,5 +181,157 @@ impl StoreTx for PgTx {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let target = self.target.clone();
         self.tx.commit().await.map_err(|e| classify(e, &target))
+    }
+
+    /// One INSERT of every id, in the ascending order given (inbox rows are
+    /// inserted, so locked, in one global order).
+    async fn record_processed_many(&mut self, event_ids: &[EventId], now: Timestamp) -> StoreResult<Vec<bool>> {
+        assert!(
+            event_ids.windows(2).all(|w| w[0] < w[1]),
+            "inbox ids are recorded distinct and in ascending order"
+        );
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "INSERT INTO {}.inbox (event_id, processed_at) \
+             SELECT id, $2 FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n) ORDER BY n \
+             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            schema(self.service)
+        );
+        let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| id.0).collect();
+        let inserted = sqlx::query(&sql)
+            .bind(&ids)
+            .bind(now.to_datetime())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let new = inserted
+            .iter()
+            .map(|r| sqlx::Row::try_get::<uuid::Uuid, _>(r, "event_id"))
+            .collect::<Result<BTreeSet<uuid::Uuid>, _>>()
+            .map_err(|e| StoreError::Fatal(format!("inbox event_id: {e}")))?;
+        assert!(new.len() <= ids.len(), "one inbox row per event id");
+        Ok(ids.iter().map(|id| new.contains(id)).collect())
+    }
+
+    /// One `SELECT ... FOR UPDATE` per table, the tables in key order.
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "keys are locked distinct and in ascending order"
+        );
+        let mut out = Vec::with_capacity(keys.len());
+        for group in keys.chunk_by(|a, b| Kind::of_key(a) == Kind::of_key(b)) {
+            let kind = Kind::of_key(&group[0]);
+            assert!(
+                group.iter().all(|k| k.owner() == self.service),
+                "a service reads only its own rows"
+            );
+            // Planted bug (mutant PgNoRowLock): the rows are read unlocked.
+            let sql = batch::select_many_sql(kind, !crate::mutant!(PgNoRowLock));
+            let mut query = sqlx::query(&sql);
+            for column in 0..kind.primary_key().len() {
+                let values: Vec<String> = group
+                    .iter()
+                    .map(|k| rows::key_values(k).swap_remove(column))
+                    .collect();
+                query = query.bind(values);
+            }
+            let found = match query.fetch_all(&mut *self.tx).await {
+                Ok(found) => found,
+                Err(e) => return Err(self.err_uncached(e).await),
+            };
+            let mut by_key = BTreeMap::new();
+            for r in &found {
+                let row = rows::decode(kind, r).map_err(|e| StoreError::Fatal(format!("{}: {e}", kind.table())))?;
+                by_key.insert(row.key(), row);
+            }
+            assert!(by_key.len() <= group.len(), "no row outside the keys asked");
+            for key in group {
+                let row = by_key.remove(key);
+                self.note_seen(key, row.is_some());
+                out.push(row);
+            }
+            assert!(by_key.is_empty(), "every row found was asked for");
+        }
+        Ok(out)
+    }
+
+    /// One statement per table and write mode.
+    async fn save_many(&mut self, rows_: &[Row]) -> StoreResult<()> {
+        let mut groups: BTreeMap<(usize, u8), Vec<&Row>> = BTreeMap::new();
+        let mut keys = BTreeSet::new();
+        for row in rows_ {
+            let key = row.key();
+            assert_eq!(key.owner(), self.service, "a service writes only its own rows");
+            assert!(keys.insert(key.clone()), "a batch writes each row once: {key:?}");
+            let kind = Kind::ALL
+                .iter()
+                .position(|k| *k == Kind::of_key(&key))
+                .expect("every kind is in ALL");
+            let mode = match self.write_mode(&key) {
+                WriteMode::Insert => 0,
+                WriteMode::Update => 1,
+                WriteMode::Upsert => 2,
+            };
+            groups.entry((kind, mode)).or_default().push(row);
+        }
+        for ((kind, mode), group) in groups {
+            let kind = Kind::ALL[kind];
+            let columns = batch::columns_of(kind, &group);
+            let sql = match mode {
+                0 => batch::insert_many_sql(kind, &columns, false),
+                1 => batch::update_many_sql(kind, &columns),
+                _ => batch::insert_many_sql(kind, &columns, true),
+            };
+            let done = match batch::bind_columns(sqlx::query(&sql), columns)
+                .execute(&mut *self.tx)
+                .await
+            {
+                Ok(done) => done,
+                Err(e) => return Err(self.err_uncached(e).await),
+            };
+            if done.rows_affected() != group.len() as u64 {
+                return Err(StoreError::Fatal(format!(
+                    "batched write of {} {} rows wrote {}",
+                    group.len(),
+                    kind.table(),
+                    done.rows_affected()
+                )));
+            }
+            for row in group {
+                self.seen.insert(row.key(), Seen::Present);
+            }
+        }
+        Ok(())
+    }
+
+    /// One INSERT of every event, numbered in the order given.
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        assert!(
+            events.iter().all(|e| e.emitter() == self.service),
+            "a service enqueues only its own events"
+        );
+        let sql = format!(
+            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at) \
+             SELECT e, t, o, p, $5 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+             WITH ORDINALITY AS u(e, t, o, p, n) ORDER BY n",
+            schema(self.service)
+        );
+        let done = sqlx::query(&sql)
+            .bind(events.iter().map(|e| e.event_id.0).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.event_type().as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(Event::encode).collect::<Vec<_>>())
+            .bind(now.to_datetime())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        debug_assert_eq!(done.rows_affected(), events.len() as u64, "one outbox row per event");
+        Ok(())
     }
 }
