@@ -5,6 +5,10 @@
 //!
 //! Both are shown with a blocking transaction that holds a row lock of one
 //! order while the batch runs; every wait is bounded, none is a sleep.
+//! Those tests run with batched apply off (one transaction per event); the
+//! batched path (one transaction for the batch, acks after its commit, an
+//! event twice in a batch applied once, a bad event falling back to one
+//! transaction per event) has its own tests below.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,9 +82,17 @@ fn scenario() -> Scenario {
 /// A harness whose two orders are placed and whose ORDER_CREATED events
 /// wait in User's stream; the env reports handled deliveries on a channel.
 async fn placed(concurrency: usize) -> (Harness, Env, mpsc::UnboundedReceiver<Handled>) {
+    placed_with(concurrency, false).await
+}
+
+async fn placed_with(
+    concurrency: usize,
+    batch_apply: bool,
+) -> (Harness, Env, mpsc::UnboundedReceiver<Handled>) {
     let s = scenario();
     let mut config = harness_config();
     config.handle_concurrency = concurrency;
+    config.batch_apply = batch_apply;
     let mut h = Harness::new(&s, config, Arc::new(SimulatedGateway::default()));
     for order in &s.orders {
         h.place(order).await.expect("order accepted");
@@ -202,4 +214,129 @@ async fn with_concurrency_one_the_batch_is_handled_in_order() {
     let order: Vec<String> = vec![next(&mut rx).await.0, next(&mut rx).await.0];
     assert_eq!(order, ["o-alice", "o-bob"]);
     running.await.unwrap();
+}
+
+/// Every delivery handled so far, in order (the batch has returned).
+fn drain(rx: &mut mpsc::UnboundedReceiver<Handled>) -> Vec<Handled> {
+    let mut out = Vec::new();
+    while let Ok(handled) = rx.try_recv() {
+        out.push(handled);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_batch_is_applied_in_one_commit_and_acknowledged_after_it() {
+    let (h, env, mut rx) = placed_with(8, true).await;
+    let batch = deliveries(&h, Service::User);
+    assert_eq!(batch.len(), 2);
+    let (commits, (outbox, inbox)) = (h.store.commits(), h.store.table_sizes(Service::User));
+    handle_batch(&env, Service::User, "c1", &batch).await;
+    assert_eq!(h.store.commits(), commits + 1, "one transaction for the batch");
+    assert_eq!(
+        h.store.table_sizes(Service::User),
+        (outbox + 4, inbox + 2),
+        "both events recorded, each with its two replies"
+    );
+    let handled: Vec<(String, Disposition)> = drain(&mut rx).into_iter().map(|(o, _, d)| (o, d)).collect();
+    assert_eq!(
+        handled,
+        [
+            ("o-alice".to_string(), Disposition::Applied { emitted: 2 }),
+            ("o-bob".to_string(), Disposition::Applied { emitted: 2 }),
+        ]
+    );
+    assert_eq!(h.bus.unacknowledged(), 2, "only Order's two unread entries are left");
+}
+
+#[tokio::test]
+async fn an_event_twice_in_a_batch_is_applied_once() {
+    let (h, env, mut rx) = placed_with(8, true).await;
+    let mut batch = deliveries(&h, Service::User);
+    let again = h.bus.inject(Service::User, &batch[0].payload);
+    batch.push(h.bus.deliver(Service::User, again).expect("injected"));
+    let (commits, (outbox, inbox)) = (h.store.commits(), h.store.table_sizes(Service::User));
+    handle_batch(&env, Service::User, "c1", &batch).await;
+    assert_eq!(h.store.commits(), commits + 1);
+    assert_eq!(
+        h.store.table_sizes(Service::User),
+        (outbox + 4, inbox + 2),
+        "the second copy wrote nothing"
+    );
+    let dispositions: Vec<Disposition> = drain(&mut rx).into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(
+        dispositions,
+        [
+            Disposition::Applied { emitted: 2 },
+            Disposition::Applied { emitted: 2 },
+            Disposition::Duplicate,
+        ]
+    );
+    assert_eq!(h.bus.unacknowledged(), 2, "all three User deliveries are acknowledged");
+}
+
+/// A batch for Order of two applicable events and one for an order Order
+/// does not know (not yet applicable): the batch's transaction fails and
+/// each event gets its own. Returns (commits made, Order deliveries left
+/// unacknowledged, the dispositions).
+async fn batch_with_a_bad_event() -> (u64, usize, Vec<(String, Disposition)>) {
+    let (h, env, mut rx) = placed_with(8, true).await;
+    let failed = |order: &str, user: &str| {
+        Event::new(
+            OrderId::parse(order).unwrap(),
+            uid(user),
+            purchase_saga::domain::Timestamp::SIM_EPOCH,
+            Payload::UserValidationFailed(purchase_saga::domain::event::UserValidationFailed {
+                reason: "test".into(),
+                required_amount: 100,
+            }),
+        )
+    };
+    let events = [
+        failed("o-alice", "alice"),
+        failed("o-ghost", "alice"),
+        failed("o-bob", "bob"),
+    ];
+    let batch: Vec<Delivery> = events
+        .iter()
+        .map(|e| {
+            let id = h.bus.inject(Service::Order, e.encode().as_bytes());
+            h.bus.deliver(Service::Order, id).expect("injected")
+        })
+        .collect();
+    let unacked = h.bus.unacknowledged();
+    let commits = h.store.commits();
+    handle_batch(&env, Service::Order, "c1", &batch).await;
+    let handled = drain(&mut rx).into_iter().map(|(o, _, d)| (o, d)).collect();
+    (
+        h.store.commits() - commits,
+        h.bus.unacknowledged() + events.len() - unacked,
+        handled,
+    )
+}
+
+#[tokio::test]
+async fn a_bad_event_makes_the_batch_fall_back_and_costs_only_itself() {
+    let (commits, unacked, handled) = batch_with_a_bad_event().await;
+    assert_eq!(commits, 2, "one transaction per applicable event");
+    assert_eq!(unacked, 1, "only the inapplicable event is left for redelivery");
+    assert_eq!(handled.len(), 3);
+    assert!(handled.contains(&("o-alice".into(), Disposition::Applied { emitted: 1 })));
+    assert!(handled.contains(&("o-bob".into(), Disposition::Applied { emitted: 1 })));
+    assert!(matches!(
+        handled.iter().find(|(o, _)| o == "o-ghost"),
+        Some((_, Disposition::Retry { .. }))
+    ));
+}
+
+/// The planted bug in the batched path is caught by the test above: its
+/// fallback's uncommitted delivery is acknowledged.
+#[cfg(feature = "mutants")]
+#[tokio::test]
+async fn mutant_batch_acks_uncommitted_is_caught() {
+    use purchase_saga::mutants::{self, Mutant};
+    mutants::activate(Some(Mutant::BatchAcksUncommitted));
+    let (_, unacked, _) = batch_with_a_bad_event().await;
+    mutants::activate(None);
+    assert_eq!(unacked, 0, "the mutant acknowledged the event nobody committed");
 }
