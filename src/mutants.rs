@@ -55,10 +55,15 @@ pub enum Mutant {
     /// Pruning deletes outbox entries inside the re-drive horizon and inbox
     /// ids inside their retention (adapter: PgStore's prune).
     PruneInsideHorizon,
+    /// The pruner loop keeps inbox ids only as long as the first re-drive
+    /// round, not past the last republish and redelivery: a redelivered
+    /// event whose id was pruned is applied twice (runtime: caught by the
+    /// simulator, which runs the pruner).
+    PruneLiveInbox,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 15] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -74,6 +79,7 @@ impl Mutant {
         Mutant::RelayMarkBeforePublish,
         Mutant::RedriveStopsEarly,
         Mutant::PruneInsideHorizon,
+        Mutant::PruneLiveInbox,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -114,6 +120,7 @@ impl Mutant {
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
             Mutant::RedriveStopsEarly => "redrive-stops-early",
             Mutant::PruneInsideHorizon => "prune-inside-horizon",
+            Mutant::PruneLiveInbox => "prune-live-inbox",
         }
     }
 
