@@ -102,6 +102,9 @@ struct SimTx {
     store: SimStore,
     /// Rows saved, handed to the safety check if the transaction commits.
     written: Vec<Row>,
+    /// Events enqueued, handed to the publish and compensation checks if
+    /// the transaction commits.
+    enqueued: Vec<Event>,
 }
 
 impl Drop for SimTx {
@@ -137,7 +140,9 @@ impl StoreTx for SimTx {
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        self.inner.enqueue(event, now).await
+        self.inner.enqueue(event, now).await?;
+        self.enqueued.push(event.clone());
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -147,6 +152,7 @@ impl StoreTx for SimTx {
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
+        self.store.world.outbox_committed(&self.enqueued);
         Ok(())
     }
 }
@@ -186,6 +192,7 @@ impl Store for SimStore {
             inner,
             store: self.clone(),
             written: Vec::new(),
+            enqueued: Vec::new(),
         }))
     }
 
