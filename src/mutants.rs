@@ -60,10 +60,18 @@ pub enum Mutant {
     /// event whose id was pruned is applied twice (runtime: caught by the
     /// simulator, which runs the pruner).
     PruneLiveInbox,
+    /// User emits its PAYMENT_ROLLBACK twice (two outbox rows) for one
+    /// refund: a compensation emitted twice.
+    CompensateTwice,
+    /// A consumer dead-letters an event at its first store error instead
+    /// of leaving it for redelivery.
+    DeadLetterGoodEvent,
+    /// User refunds one less than it held.
+    RefundWrongAmount,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 19] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -80,6 +88,9 @@ impl Mutant {
         Mutant::RedriveStopsEarly,
         Mutant::PruneInsideHorizon,
         Mutant::PruneLiveInbox,
+        Mutant::CompensateTwice,
+        Mutant::DeadLetterGoodEvent,
+        Mutant::RefundWrongAmount,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -121,6 +132,9 @@ impl Mutant {
             Mutant::RedriveStopsEarly => "redrive-stops-early",
             Mutant::PruneInsideHorizon => "prune-inside-horizon",
             Mutant::PruneLiveInbox => "prune-live-inbox",
+            Mutant::CompensateTwice => "compensate-twice",
+            Mutant::DeadLetterGoodEvent => "dead-letter-good-event",
+            Mutant::RefundWrongAmount => "refund-wrong-amount",
         }
     }
 

@@ -497,6 +497,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         ));
     }
     violations.extend(check_quiescent(&snapshot).into_iter().map(Finding::from));
+    if quiescent {
+        violations.extend(world.check_compensations(&snapshot));
+    }
     violations.sort();
     violations.dedup();
     for v in &violations {

@@ -153,8 +153,9 @@ struct SimTx {
     store: SimStore,
     /// Rows saved, handed to the safety check if the transaction commits.
     written: Vec<Row>,
-    /// Outbox rows enqueued.
-    enqueued: usize,
+    /// Events enqueued, handed to the publish and compensation checks if
+    /// the transaction commits.
+    enqueued: Vec<Event>,
 }
 
 impl Drop for SimTx {
@@ -191,7 +192,7 @@ impl StoreTx for SimTx {
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
         self.inner.enqueue(event, now).await?;
-        self.enqueued += 1;
+        self.enqueued.push(event.clone());
         Ok(())
     }
 
@@ -203,11 +204,12 @@ impl StoreTx for SimTx {
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
-        if self.enqueued > 0 && self.store.replica.is_some() {
+        if !self.enqueued.is_empty() && self.store.replica.is_some() {
             // The runtime's observer wakes the replica's relay on this
             // commit (`relay::run_woken`, as production runs it).
             self.store.world.count(FaultKind::Wake);
         }
+        self.store.world.outbox_committed(&self.enqueued);
         Ok(())
     }
 }
@@ -249,7 +251,7 @@ impl Store for SimStore {
             inner,
             store: self.clone(),
             written: Vec::new(),
-            enqueued: 0,
+            enqueued: Vec::new(),
         }))
     }
 
