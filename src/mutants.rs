@@ -55,6 +55,19 @@ pub enum Mutant {
     /// Pruning deletes outbox entries inside the re-drive horizon and inbox
     /// ids inside their retention (adapter: PgStore's prune).
     PruneInsideHorizon,
+    /// The pruner loop keeps inbox ids only as long as the first re-drive
+    /// round, not past the last republish and redelivery: a redelivered
+    /// event whose id was pruned is applied twice (runtime: caught by the
+    /// simulator, which runs the pruner).
+    PruneLiveInbox,
+    /// User emits its PAYMENT_ROLLBACK twice (two outbox rows) for one
+    /// refund: a compensation emitted twice.
+    CompensateTwice,
+    /// A consumer dead-letters an event at its first store error instead
+    /// of leaving it for redelivery.
+    DeadLetterGoodEvent,
+    /// User refunds one less than it held.
+    RefundWrongAmount,
     /// Batched apply: when a batch's transaction fails, its deliveries are
     /// acknowledged before the fallback (one transaction per event) has
     /// committed them, or whether it can.
@@ -62,7 +75,7 @@ pub enum Mutant {
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 20] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -78,6 +91,10 @@ impl Mutant {
         Mutant::RelayMarkBeforePublish,
         Mutant::RedriveStopsEarly,
         Mutant::PruneInsideHorizon,
+        Mutant::PruneLiveInbox,
+        Mutant::CompensateTwice,
+        Mutant::DeadLetterGoodEvent,
+        Mutant::RefundWrongAmount,
         Mutant::BatchAcksUncommitted,
     ];
 
@@ -119,6 +136,10 @@ impl Mutant {
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
             Mutant::RedriveStopsEarly => "redrive-stops-early",
             Mutant::PruneInsideHorizon => "prune-inside-horizon",
+            Mutant::PruneLiveInbox => "prune-live-inbox",
+            Mutant::CompensateTwice => "compensate-twice",
+            Mutant::DeadLetterGoodEvent => "dead-letter-good-event",
+            Mutant::RefundWrongAmount => "refund-wrong-amount",
             Mutant::BatchAcksUncommitted => "batch-acks-uncommitted",
         }
     }
