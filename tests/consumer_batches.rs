@@ -246,7 +246,11 @@ async fn a_batch_is_applied_in_one_commit_and_acknowledged_after_it() {
             ("o-bob".to_string(), Disposition::Applied { emitted: 2 }),
         ]
     );
-    assert_eq!(h.bus.unacknowledged(), 2, "only Order's two unread entries are left");
+    assert_eq!(
+        h.bus.unacknowledged(),
+        2,
+        "only Order's two unread entries are left"
+    );
 }
 
 #[tokio::test]
@@ -272,7 +276,11 @@ async fn an_event_twice_in_a_batch_is_applied_once() {
             Disposition::Duplicate,
         ]
     );
-    assert_eq!(h.bus.unacknowledged(), 2, "all three User deliveries are acknowledged");
+    assert_eq!(
+        h.bus.unacknowledged(),
+        2,
+        "all three User deliveries are acknowledged"
+    );
 }
 
 /// A batch for Order of two applicable events and one for an order Order

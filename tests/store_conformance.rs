@@ -1068,14 +1068,20 @@ async fn batched_operations_agree_with_the_single_row_ones(f: Fixture) {
         tx.save_many(&rows).await.unwrap();
         tx.commit().await.unwrap();
     }
-    assert_eq!(store.snapshot().await.unwrap(), Snapshot::from_rows(updated.clone()));
+    assert_eq!(
+        store.snapshot().await.unwrap(),
+        Snapshot::from_rows(updated.clone())
+    );
     // Never read in the transaction: an upsert of a present and an absent key.
     let mut tx = store.begin(Service::User).await.unwrap();
-    let upserts = vec![account(7), Row::Account(Account {
-        user_id: uid("zed"),
-        balance: 3,
-        opening_balance: 3,
-    })];
+    let upserts = vec![
+        account(7),
+        Row::Account(Account {
+            user_id: uid("zed"),
+            balance: 3,
+            opening_balance: 3,
+        }),
+    ];
     tx.save_many(&upserts).await.unwrap();
     tx.commit().await.unwrap();
     let snapshot = store.snapshot().await.unwrap();
@@ -1089,7 +1095,9 @@ async fn batched_operations_agree_with_the_single_row_ones(f: Fixture) {
     let events = [order_created("o-c"), order_created("o-a"), order_created("o-b")];
     let mut tx = store.begin(Service::Order).await.unwrap();
     assert_eq!(
-        tx.record_processed_many(&[eid(1), eid(2), eid(3)], T0).await.unwrap(),
+        tx.record_processed_many(&[eid(1), eid(2), eid(3)], T0)
+            .await
+            .unwrap(),
         [true, false, true]
     );
     tx.enqueue_many(&events, T0).await.unwrap();
@@ -1103,7 +1111,9 @@ async fn batched_operations_agree_with_the_single_row_ones(f: Fixture) {
     assert!(due.windows(2).all(|w| w[0].seq < w[1].seq));
     let mut tx = store.begin(Service::Order).await.unwrap();
     assert_eq!(
-        tx.record_processed_many(&[eid(1), eid(3), eid(4)], T0).await.unwrap(),
+        tx.record_processed_many(&[eid(1), eid(3), eid(4)], T0)
+            .await
+            .unwrap(),
         [false, false, true],
         "committed ids are duplicates"
     );

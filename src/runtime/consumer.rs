@@ -367,9 +367,9 @@ async fn handle_applied_together(
     last_errors: &Mutex<LastErrors>,
 ) -> bool {
     let applicable = |(delivery, event): &Decoded<'_>| {
-        event
-            .as_ref()
-            .is_ok_and(|e| service.subscribes_to(e.event_type()) && delivery.attempt <= env.config.deliveries_max)
+        event.as_ref().is_ok_and(|e| {
+            service.subscribes_to(e.event_type()) && delivery.attempt <= env.config.deliveries_max
+        })
     };
     let (together, apart): (Vec<Decoded<'_>>, Vec<Decoded<'_>>) = decoded.into_iter().partition(applicable);
     let events: Vec<&Event> = {
@@ -393,23 +393,35 @@ async fn handle_applied_together(
         }
     }
     let started = tokio::time::Instant::now();
-    let span = tracing::info_span!("apply_batch", service = service.name(), consumer, events = events.len());
+    let span = tracing::info_span!(
+        "apply_batch",
+        service = service.name(),
+        consumer,
+        events = events.len()
+    );
     let applied = apply_batch(env, service, &events).instrument(span).await;
     let mut unavailable = false;
     match applied {
         Ok(outcomes) => {
-            let mut first: BTreeMap<EventId, Committed> = events
-                .iter()
-                .map(|e| e.event_id)
-                .zip(outcomes)
-                .collect();
+            let mut first: BTreeMap<EventId, Committed> =
+                events.iter().map(|e| e.event_id).zip(outcomes).collect();
             for (delivery, event) in &together {
                 let event = event.as_ref().expect("only decoded events are applied together");
                 // The first delivery of an event gets its outcome; a second
                 // one in the same batch is a duplicate.
                 let committed = first.remove(&event.event_id).unwrap_or(Committed::Duplicate);
                 let disposition = disposition_of(committed);
-                settle(env, service, consumer, delivery, Some(event), &disposition, started, last_errors).await;
+                settle(
+                    env,
+                    service,
+                    consumer,
+                    delivery,
+                    Some(event),
+                    &disposition,
+                    started,
+                    last_errors,
+                )
+                .await;
             }
             debug_assert!(first.is_empty(), "every event of the batch was settled");
         }

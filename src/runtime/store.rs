@@ -80,7 +80,11 @@ pub trait StoreTx: Send {
     /// [`record_processed`](Self::record_processed) for distinct ids in
     /// ascending order (one global order, so two batches sharing ids cannot
     /// deadlock on the inbox); for each id, whether it was new.
-    async fn record_processed_many(&mut self, event_ids: &[EventId], now: Timestamp) -> StoreResult<Vec<bool>> {
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
         assert!(
             event_ids.windows(2).all(|w| w[0] < w[1]),
             "inbox ids are recorded distinct and in ascending order"

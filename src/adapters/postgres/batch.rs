@@ -87,7 +87,10 @@ pub fn columns_of(kind: Kind, rows: &[&Row]) -> Vec<Column> {
             column.push(value);
         }
     }
-    debug_assert!(out.iter().all(|c| c.len() == rows.len()), "every column has every row");
+    debug_assert!(
+        out.iter().all(|c| c.len() == rows.len()),
+        "every column has every row"
+    );
     out
 }
 
@@ -194,11 +197,7 @@ mod tests {
              notification_svc.notification_logs WHERE (order_id, kind) IN (SELECT * FROM \
              unnest($1::text[], $2::text[])) ORDER BY order_id COLLATE \"C\", kind COLLATE \"C\" FOR UPDATE"
         );
-        let columns = vec![
-            Column::Text(vec![]),
-            Column::Int(vec![]),
-            Column::Int(vec![]),
-        ];
+        let columns = vec![Column::Text(vec![]), Column::Int(vec![]), Column::Int(vec![])];
         assert_eq!(
             update_many_sql(Kind::ItemStock, &columns),
             "UPDATE item_svc.item_stocks AS t SET stock = v.stock, opening_stock = v.opening_stock FROM \

@@ -185,7 +185,11 @@ impl StoreTx for PgTx {
 
     /// One INSERT of every id, in the ascending order given (inbox rows are
     /// inserted, so locked, in one global order).
-    async fn record_processed_many(&mut self, event_ids: &[EventId], now: Timestamp) -> StoreResult<Vec<bool>> {
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
         assert!(
             event_ids.windows(2).all(|w| w[0] < w[1]),
             "inbox ids are recorded distinct and in ascending order"
@@ -244,7 +248,8 @@ impl StoreTx for PgTx {
             };
             let mut by_key = BTreeMap::new();
             for r in &found {
-                let row = rows::decode(kind, r).map_err(|e| StoreError::Fatal(format!("{}: {e}", kind.table())))?;
+                let row =
+                    rows::decode(kind, r).map_err(|e| StoreError::Fatal(format!("{}: {e}", kind.table())))?;
                 by_key.insert(row.key(), row);
             }
             assert!(by_key.len() <= group.len(), "no row outside the keys asked");
@@ -331,7 +336,11 @@ impl StoreTx for PgTx {
             .execute(&mut *self.tx)
             .await
             .map_err(|e| self.err(e))?;
-        debug_assert_eq!(done.rows_affected(), events.len() as u64, "one outbox row per event");
+        debug_assert_eq!(
+            done.rows_affected(),
+            events.len() as u64,
+            "one outbox row per event"
+        );
         Ok(())
     }
 }
