@@ -100,6 +100,8 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         error_backoff: Duration::from_millis(200),
         saga_deadline: DurationMs(plan.saga_deadline_ms),
         prune_interval: Duration::from_secs(60),
+        // The lease the simulator was tuned with (production's is 3 s).
+        relay_lease: Duration::from_secs(30),
         ..RuntimeConfig::default()
     };
     config.redrive.after = DurationMs(2_000);
