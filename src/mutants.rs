@@ -55,10 +55,23 @@ pub enum Mutant {
     /// Pruning deletes outbox entries inside the re-drive horizon and inbox
     /// ids inside their retention (adapter: PgStore's prune).
     PruneInsideHorizon,
+    /// The pruner loop keeps inbox ids only as long as the first re-drive
+    /// round, not past the last republish and redelivery: a redelivered
+    /// event whose id was pruned is applied twice (runtime: caught by the
+    /// simulator, which runs the pruner).
+    PruneLiveInbox,
+    /// User emits its PAYMENT_ROLLBACK twice (two outbox rows) for one
+    /// refund: a compensation emitted twice.
+    CompensateTwice,
+    /// A consumer dead-letters an event at its first store error instead
+    /// of leaving it for redelivery.
+    DeadLetterGoodEvent,
+    /// User refunds one less than it held.
+    RefundWrongAmount,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 15] = [
+    pub const ALL: [Mutant; 19] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -74,6 +87,10 @@ impl Mutant {
         Mutant::RelayMarkBeforePublish,
         Mutant::RedriveStopsEarly,
         Mutant::PruneInsideHorizon,
+        Mutant::PruneLiveInbox,
+        Mutant::CompensateTwice,
+        Mutant::DeadLetterGoodEvent,
+        Mutant::RefundWrongAmount,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -114,6 +131,10 @@ impl Mutant {
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
             Mutant::RedriveStopsEarly => "redrive-stops-early",
             Mutant::PruneInsideHorizon => "prune-inside-horizon",
+            Mutant::PruneLiveInbox => "prune-live-inbox",
+            Mutant::CompensateTwice => "compensate-twice",
+            Mutant::DeadLetterGoodEvent => "dead-letter-good-event",
+            Mutant::RefundWrongAmount => "refund-wrong-amount",
         }
     }
 

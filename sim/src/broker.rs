@@ -284,6 +284,7 @@ impl Broker {
         let plan = &self.world.plan;
         match request {
             Request::Publish { streams, payload } => {
+                self.check_from_outbox(&payload);
                 let payload: Arc<str> = payload.into();
                 for service in streams {
                     if self.world.strikes(plan.drop_publish_per_mille) {
@@ -347,8 +348,41 @@ impl Broker {
                     crate::world::EntryKind::Driver { at: Some(service) },
                     format!("dead-letter {service} #{id}: {reason}"),
                 );
+                // The simulator injects no poison: whatever is dead-lettered
+                // was a good event given up on.
+                self.world.found(Finding::new(
+                    check::NO_DEAD_LETTER,
+                    format!("{service} entry #{id}"),
+                    format!("dead-lettered a good event: {reason}"),
+                ));
                 Response::Done
             }
+        }
+    }
+
+    /// "Emitted events commit with the state change", checked where an event
+    /// reaches the bus: it must be a committed outbox row of its emitter.
+    fn check_from_outbox(&self, payload: &str) {
+        let event = match purchase_saga::domain::Event::decode(payload.as_bytes()) {
+            Ok(event) => event,
+            Err(e) => {
+                return self.world.found(Finding::new(
+                    check::PUBLISH_FROM_OUTBOX,
+                    "bus",
+                    format!("published an undecodable event: {e}"),
+                ))
+            }
+        };
+        if !self.world.is_committed_outbox(&event) {
+            self.world.found(Finding::new(
+                check::PUBLISH_FROM_OUTBOX,
+                format!("order {}", event.order_id),
+                format!(
+                    "{} reached the bus but is no committed outbox row of {}",
+                    event.summary(),
+                    event.emitter()
+                ),
+            ));
         }
     }
 

@@ -35,3 +35,17 @@ impl Clock for SimClock {
         Timestamp::SIM_EPOCH.plus(DurationMs(self.elapsed_ms()))
     }
 }
+
+/// One host's clock: simulated time plus the host's fixed skew (the plan's
+/// `skew_ms`), as a server whose clock is off by that much would read it.
+#[derive(Debug, Clone)]
+pub struct SkewedClock {
+    pub base: SimClock,
+    pub skew_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Timestamp {
+        self.base.now().plus(DurationMs(self.skew_ms))
+    }
+}

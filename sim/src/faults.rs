@@ -5,6 +5,7 @@
 //! fault heals. A seed and a [`Profile`] generate one; proptest builds and
 //! shrinks them directly.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use purchase_saga::domain::Service;
@@ -36,10 +37,23 @@ pub enum FaultKind {
     StoreAbort,
     /// An order's deadline passed before it was terminal.
     Deadline,
+    /// A replica's pruner deleted inbox or outbox rows (the runtime's own
+    /// pruner loop, retention scaled to simulated time).
+    Prune,
+    /// A store operation answered `Unavailable` (connection refused/broken).
+    Unavailable,
+    /// A transaction waited for a connection of its replica's pool past the
+    /// acquire timeout and got `Unavailable`.
+    PoolExhausted,
+    /// A host's clock runs ahead of or behind simulated time (counted once
+    /// per skewed host).
+    Skew,
+    /// A commit that enqueued outbox rows woke its replica's relay.
+    Wake,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Latency,
         FaultKind::Duplicate,
         FaultKind::DropPublish,
@@ -50,6 +64,11 @@ impl FaultKind {
         FaultKind::CrashAfterPublish,
         FaultKind::StoreAbort,
         FaultKind::Deadline,
+        FaultKind::Prune,
+        FaultKind::Unavailable,
+        FaultKind::PoolExhausted,
+        FaultKind::Skew,
+        FaultKind::Wake,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +83,11 @@ impl FaultKind {
             FaultKind::CrashAfterPublish => "crash-after-publish",
             FaultKind::StoreAbort => "store-abort",
             FaultKind::Deadline => "deadline",
+            FaultKind::Prune => "prune",
+            FaultKind::Unavailable => "unavailable",
+            FaultKind::PoolExhausted => "pool-exhausted",
+            FaultKind::Skew => "skew",
+            FaultKind::Wake => "wake",
         }
     }
 }
@@ -162,10 +186,32 @@ pub struct FaultPlan {
     pub timed: Vec<TimedFault>,
     /// From here on no fault is injected; replicas are up, links repaired.
     pub heal_at_ms: u64,
+    /// Store operations answered `Unavailable`.
+    pub unavailable_per_mille: u32,
+    /// Connections in each replica's store pool until healing (0: no cap).
+    pub pool_size: u32,
+    /// Each host's clock offset from simulated time, by host name (hosts
+    /// not named run on time). Clocks do not heal.
+    pub skew_ms: BTreeMap<String, i64>,
+    /// After quiescence the run goes on, idle, this long (and must still be
+    /// quiescent): long enough for the pruners to delete what the retention
+    /// lets go, which a run stopped at quiescence never reaches.
+    pub linger_ms: u64,
 }
 
 /// The saga deadline without the deadline fault.
 pub const DEADLINE_MS_DEFAULT: i64 = 10_000;
+
+/// Bound of a host's clock skew, either way.
+pub const SKEW_MS_MAX: i64 = 500;
+
+/// How long a lingering run goes on after quiescence: past the simulator's
+/// inbox retention (`run::runtime_config`) plus two prune passes.
+pub const LINGER_MS: u64 = 66_000;
+
+/// One seed in this many lingers (heavy and swarm), so a sweep sees the
+/// pruners delete without paying the idle time on every seed.
+pub const LINGER_ONE_IN: u32 = 48;
 
 impl FaultPlan {
     /// No faults: the baseline.
@@ -179,6 +225,10 @@ impl FaultPlan {
             saga_deadline_ms: DEADLINE_MS_DEFAULT,
             timed: Vec::new(),
             heal_at_ms: 0,
+            unavailable_per_mille: 0,
+            pool_size: 0,
+            skew_ms: BTreeMap::new(),
+            linger_ms: 0,
         }
     }
 
@@ -240,7 +290,7 @@ impl FaultPlan {
             }
         }
         timed.sort_by_key(|t| t.at_ms);
-        FaultPlan {
+        let mut plan = FaultPlan {
             jitter_ms_max: if latency {
                 rng.random_range(5..=10) * u64::from(scale)
             } else {
@@ -257,7 +307,28 @@ impl FaultPlan {
             },
             timed,
             heal_at_ms,
+            ..FaultPlan::none()
+        };
+        // The kinds added later draw after every earlier draw, so the older
+        // kinds of a seed keep their values.
+        let [unavailable, pool, skew, linger] = match profile {
+            Profile::Swarm => [(); 4].map(|()| rng.random_bool(0.5)),
+            _ => [true; 4],
+        };
+        plan.unavailable_per_mille = rate(unavailable, rng);
+        if pool {
+            plan.pool_size = rng.random_range(1..=3);
         }
+        if skew {
+            for host in replicas.iter().map(|r| r.host()).chain(["client".to_string()]) {
+                let ms = rng.random_range(-SKEW_MS_MAX..=SKEW_MS_MAX);
+                plan.skew_ms.insert(host, ms);
+            }
+        }
+        if linger && rng.random_range(0..LINGER_ONE_IN) == 0 {
+            plan.linger_ms = LINGER_MS;
+        }
+        plan
     }
 }
 
@@ -285,6 +356,12 @@ impl FaultPlan {
             FaultKind::DropDelivery => self.drop_delivery_per_mille = 0,
             FaultKind::StoreAbort => self.abort_per_mille = 0,
             FaultKind::Deadline => self.saga_deadline_ms = DEADLINE_MS_DEFAULT,
+            FaultKind::Unavailable => self.unavailable_per_mille = 0,
+            FaultKind::PoolExhausted => self.pool_size = 0,
+            FaultKind::Skew => self.skew_ms.clear(),
+            FaultKind::Prune => self.linger_ms = 0,
+            // The relay's wake is the runtime's own path, not a fault.
+            FaultKind::Wake => {}
             FaultKind::Partition
             | FaultKind::Crash
             | FaultKind::CrashMidTransaction

@@ -25,6 +25,14 @@ pub mod check {
     /// differs from the store's at the end of the run: some row changed
     /// outside a `SimStore` transaction, so the checks saw a wrong state.
     pub const CHECKED_STATE: &str = "checked-state";
+    /// The broker was handed an event that is no committed outbox row of
+    /// its emitter: "state change and emitted events commit in one
+    /// transaction", checked on every publish.
+    pub const PUBLISH_FROM_OUTBOX: &str = "publish-from-outbox";
+    /// An event was dead-lettered in a run that injected no poison: every
+    /// event the simulator's services emit is good, so a dead letter is a
+    /// good event given up on.
+    pub const NO_DEAD_LETTER: &str = "no-dead-letter";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

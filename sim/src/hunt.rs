@@ -57,7 +57,11 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
     };
     let chunk = settings.chunk_per_job.max(1) * settings.jobs.max(1) as u64;
     let mut turn = 0;
-    while started.elapsed() < settings.budget {
+    // At least one chunk; none starts after the budget.
+    loop {
+        if report.seeds > 0 && started.elapsed() >= settings.budget {
+            break;
+        }
         let profile = settings.profiles[turn % settings.profiles.len()];
         turn += 1;
         let options = Options {
@@ -133,8 +137,11 @@ pub struct Replayed {
     pub unreadable: Vec<(Entry, String)>,
 }
 
-/// Replays every corpus entry without its mutant on `jobs` threads.
-pub fn replay_corpus(corpus: &Corpus, jobs: usize) -> Replayed {
+/// Replays every corpus entry on `jobs` threads: without its mutant
+/// (`with_mutants` false: what `saga-sim run` requires clean), or with the
+/// mutant it was recorded with (true: a mutant's seed must still expose it;
+/// needs `--features mutants`).
+pub fn replay_corpus(corpus: &Corpus, jobs: usize, with_mutants: bool) -> Replayed {
     let mut replayed = Replayed::default();
     let mut runs: Vec<(Entry, Options)> = Vec::new();
     for entry in corpus.replayable() {
@@ -144,7 +151,7 @@ pub fn replay_corpus(corpus: &Corpus, jobs: usize) -> Replayed {
                 Options {
                     faults,
                     orders: entry.orders,
-                    mutant: None,
+                    mutant: entry.mutant.clone().filter(|_| with_mutants),
                     without,
                 },
             )),
@@ -159,14 +166,25 @@ pub fn replay_corpus(corpus: &Corpus, jobs: usize) -> Replayed {
         jobs,
         Arc::new(move |i| {
             let (entry, options) = &shared[i as usize];
-            options.run_seed(entry.seed)
+            let outcome = options.input(entry.seed);
+            crate::mutants::with(options.mutant.as_deref(), || {
+                crate::run::run(&outcome, &Default::default())
+            })
         }),
-        |o: &SimOutcome| !o.violations.is_empty(),
+        |o: &Result<SimOutcome, String>| o.as_ref().map_or(true, |o| !o.violations.is_empty()),
     );
     for (i, outcome) in outcomes {
         let (entry, _) = &runs[i as usize];
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                replayed.unreadable.push((entry.clone(), e));
+                continue;
+            }
+        };
         replayed.seeds += 1;
-        if entry.mutant.is_none() && entry.hash != format!("{:016x}", outcome.hash) {
+        let same_mutant = entry.mutant.is_none() || with_mutants;
+        if same_mutant && entry.hash != format!("{:016x}", outcome.hash) {
             replayed.drifted += 1;
         }
         if !outcome.violations.is_empty() {

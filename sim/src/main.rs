@@ -165,6 +165,12 @@ enum Command {
         /// 17; `--torture-without ''` once their fixes are in.
         #[arg(long, default_value = "issue-17")]
         torture_without: String,
+        /// Keep each simulator seed that caught a mutant in the corpus.
+        #[arg(long)]
+        record: bool,
+        /// The corpus folder.
+        #[arg(long, default_value_os_t = corpus::default_dir())]
+        corpus: PathBuf,
     },
     /// The simulator's scenarios and fault plans against the production
     /// adapters (PostgreSQL via DATABASE_URL, a private redis-server per
@@ -321,7 +327,7 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
 /// failed or cannot be read by this build.
 fn replay_and_report(corpus: &Corpus, jobs: usize) -> bool {
     let started = Instant::now();
-    let replayed = hunt::replay_corpus(corpus, jobs);
+    let replayed = hunt::replay_corpus(corpus, jobs, false);
     println!(
         "corpus: {} seed(s) replayed in {:.1}s, {} drifted (generators changed since recorded), {} failing",
         replayed.seeds,
@@ -635,6 +641,8 @@ fn main() -> ExitCode {
             database_url,
             redis_url,
             torture_without,
+            record,
+            corpus,
         } => {
             let engines = match parse_engines(&engines) {
                 Ok(e) => e,
@@ -670,6 +678,7 @@ fn main() -> ExitCode {
                         .into_iter()
                         .filter(|w| !w.is_empty())
                         .collect(),
+                    record: record.then_some(corpus),
                 },
                 &Options {
                     faults,
@@ -858,6 +867,51 @@ struct Hunting {
     torture: TortureSettings,
     /// `--torture-without` as given, for the command that repeats a seed.
     torture_without: Vec<String>,
+    /// Keep each simulator seed that caught a mutant in this corpus.
+    record: Option<PathBuf>,
+}
+
+/// Keeps the simulator seed that caught each mutant in the corpus at
+/// `dir` (its run is repeated for the trace hash).
+fn record_mutant_seeds(dir: &std::path::Path, rows: &[(usize, Hunt)], options: &Options) {
+    let mut corpus = match Corpus::load(dir) {
+        Ok(c) => c,
+        Err(e) => return eprintln!("--record: {e}"),
+    };
+    let commit = commit();
+    for (_, h) in rows {
+        let Some((Engine::Sim, seed, _)) = &h.caught else {
+            continue;
+        };
+        let options = Options {
+            mutant: Some(h.mutant.to_string()),
+            ..options.clone()
+        };
+        let outcome = options.run_seed(*seed);
+        let entry = Entry::from_outcome(
+            Kind::Failure,
+            &outcome,
+            options.faults,
+            options.orders,
+            Some(h.mutant),
+            options.without,
+            &commit,
+            "mutants",
+            outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
+        );
+        match corpus.add(entry) {
+            Ok(added) => println!(
+                "{}: seed {seed} {}",
+                h.mutant,
+                if added {
+                    "kept in the corpus"
+                } else {
+                    "already in the corpus"
+                }
+            ),
+            Err(e) => eprintln!("{}: cannot keep seed {seed}: {e}", h.mutant),
+        }
+    }
 }
 
 /// Who caught a mutant.
@@ -1030,6 +1084,9 @@ fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
         }
     }
     println!("wall time {:.1}s", started.elapsed().as_secs_f64());
+    if let Some(dir) = &hunting.record {
+        record_mutant_seeds(dir, &rows, options);
+    }
     if survivors > 0 {
         println!("{survivors} mutant(s) survived");
         ExitCode::from(1)

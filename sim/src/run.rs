@@ -17,15 +17,16 @@ use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::commands::{place_order, PlaceError};
 use purchase_saga::runtime::memory::MemoryStore;
+use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
-use purchase_saga::runtime::{consumer, relay, sweeper, Env, RuntimeConfig};
+use purchase_saga::runtime::{consumer, relay, sweeper, Env, Fanout, Retention, RuntimeConfig};
 use purchase_saga::workload::{OrderSpec, Scenario, ScenarioSize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::broker::{self, Broker};
 use crate::bus::SimBus;
-use crate::clock::SimClock;
+use crate::clock::{SimClock, SkewedClock};
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Scheduled};
 use crate::finding::{check, Finding};
 use crate::observer::SimObserver;
@@ -99,14 +100,37 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         idle_poll: Duration::from_millis(50),
         error_backoff: Duration::from_millis(200),
         saga_deadline: DurationMs(plan.saga_deadline_ms),
-        prune_interval: Duration::from_secs(60),
-        // The lease the simulator was tuned with (production's is 3 s).
-        relay_lease: Duration::from_secs(30),
+        prune_interval: Duration::from_millis(PRUNE_INTERVAL_MS),
+        // Production holds a claim for 3 s, far less than its first
+        // re-drive round (60 s); here 1 s of 2 s. A relay whose mark failed
+        // (store unavailable, crash after publish) must not sit out the
+        // rounds under its lease.
+        relay_lease: Duration::from_millis(1_000),
         ..RuntimeConfig::default()
     };
     config.redrive.after = DurationMs(2_000);
+    // Production's rounds (1, 3, 7, 15, 31 minutes) and retention (an hour
+    // of re-drive, a day of outbox, a week of inbox) scaled to a seed: the
+    // rounds of 2, 6, 14 and 30 s leave every event committed before
+    // healing (at most 15 s) a round after it; the inbox keeps an id past
+    // the last round plus every redelivery of it (10 deliveries, 1.5 s
+    // visibility), so the pruners delete during a lingering seed and a
+    // deleted id can no longer come back.
+    config.redrive.horizon = DurationMs(32_000);
+    config.retention = Retention {
+        outbox: DurationMs(32_000),
+        inbox: DurationMs(60_000),
+        batch: 64,
+    };
+    assert!(
+        config.retention.inbox.0 > config.redrive.horizon.0 + i64::from(config.deliveries_max) * 1_500,
+        "the inbox must outlive every republish and redelivery"
+    );
     config
 }
+
+/// Period of each replica's prune pass in the simulator.
+pub const PRUNE_INTERVAL_MS: u64 = 2_000;
 
 /// What one run did and found.
 #[derive(Debug, Clone)]
@@ -130,20 +154,44 @@ pub struct SimOutcome {
 /// Attempts of the client to place one order through store faults.
 const PLACE_ATTEMPTS_MAX: u32 = 50;
 
-fn env_for(world: &Arc<World>, replica: Option<Replica>, config: RuntimeConfig) -> Env {
+/// The environment of one host: its store connection, bus client, its own
+/// (possibly skewed) clock, and the observers (with `wake`, the relay's).
+fn env_for(
+    world: &Arc<World>,
+    replica: Option<Replica>,
+    config: RuntimeConfig,
+    wake: Option<Arc<RelayWake>>,
+) -> Env {
+    let host = replica.map_or_else(|| CLIENT_HOST.to_string(), |r| r.host());
+    let skew_ms = world.plan.skew_ms.get(&host).copied().unwrap_or(0);
+    let sim_observer: Arc<dyn purchase_saga::runtime::Observer> =
+        Arc::new(SimObserver { world: world.clone() });
+    let observer: Arc<dyn purchase_saga::runtime::Observer> = match wake {
+        Some(wake) => Arc::new(Fanout(vec![sim_observer, wake])),
+        None => sim_observer,
+    };
     Env {
         store: Arc::new(SimStore::new(world.clone(), replica)),
         bus: Arc::new(SimBus::default()),
-        clock: Arc::new(world.clock.clone()),
+        clock: Arc::new(SkewedClock {
+            base: world.clock.clone(),
+            skew_ms,
+        }),
         gateway: Arc::new(SimulatedGateway::default()),
-        observer: Arc::new(SimObserver { world: world.clone() }),
+        observer,
         config,
     }
 }
 
+/// The turmoil host that places the orders.
+pub const CLIENT_HOST: &str = "client";
+
 /// A replica's software: the library's own loops for its service.
 async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeConfig) -> turmoil::Result {
-    let env = env_for(&world, Some(replica), config);
+    // As production's `serve`: commits wake the replica's relay, and every
+    // replica runs the pruner of its service.
+    let wake = Arc::new(RelayWake::default());
+    let env = env_for(&world, Some(replica), config, Some(wake.clone()));
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
     let service = replica.service;
     tokio::task::spawn_local(consumer::run(
@@ -152,10 +200,16 @@ async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeCo
         replica.host(),
         shutdown.clone(),
     ));
-    tokio::task::spawn_local(relay::run(env.clone(), service, shutdown.clone()));
+    tokio::task::spawn_local(relay::run_woken(
+        env.clone(),
+        service,
+        shutdown.clone(),
+        Some(wake),
+    ));
     if service == Service::Order {
         tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
     }
+    tokio::task::spawn_local(sweeper::run_pruner(env.clone(), vec![service], shutdown.clone()));
     // Runs until the host is crashed; shutdown is never signalled.
     std::future::pending::<()>().await;
     drop(keep_running);
@@ -187,7 +241,7 @@ async fn client_software(
     orders: Vec<OrderSpec>,
     config: RuntimeConfig,
 ) -> turmoil::Result {
-    let env = env_for(&world, None, config);
+    let env = env_for(&world, None, config, None);
     let start = tokio::time::Instant::now();
     for o in orders {
         tokio::time::sleep_until(start + o.at.as_std()).await;
@@ -280,6 +334,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         ChaCha8Rng::seed_from_u64(input.seed ^ 0x5a6a_5a6a_5a6a_5a6a),
         Snapshot::from_rows(opening),
     ));
+    for (host, ms) in plan.skew_ms.iter().filter(|(_, ms)| **ms != 0) {
+        world.fault(FaultKind::Skew, None, format!("{host}'s clock is {ms:+}ms off"));
+    }
     let broker = Broker::new(world.clone());
     let config = runtime_config(&plan);
     let base_latency = Duration::from_millis(1);
@@ -299,7 +356,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         sim.host(r.host(), move || replica_software(w.clone(), r, c.clone()));
     }
     sim.client(
-        "client",
+        CLIENT_HOST,
         client_software(world.clone(), input.scenario.orders.clone(), config.clone()),
     );
 
@@ -311,7 +368,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         .max()
         .unwrap_or(0);
     let heal_at = plan.heal_at_ms;
-    let end_ms = heal_at.max(last_arrival) + settings.liveness_ms;
+    let end_ms = heal_at.max(last_arrival) + settings.liveness_ms + plan.linger_ms;
+    let mut quiet_since: Option<u64> = None;
     let mut next_fault = 0;
     let mut down: BTreeMap<Replica, u64> = BTreeMap::new();
     let mut cut: BTreeMap<Replica, u64> = BTreeMap::new();
@@ -405,8 +463,13 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             && steps % check_every == 0
             && pending_work(&world, &broker).is_none()
         {
-            quiescent = true;
-            break;
+            // A lingering run stays up, idle, until the pruners have had
+            // their turn, and must be quiescent again at the end of it.
+            let since = *quiet_since.get_or_insert(t);
+            if t >= since + plan.linger_ms {
+                quiescent = true;
+                break;
+            }
         }
         if t >= end_ms {
             break;
@@ -435,6 +498,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         ));
     }
     violations.extend(check_quiescent(&snapshot).into_iter().map(Finding::from));
+    if quiescent {
+        violations.extend(world.check_compensations(&snapshot));
+    }
     violations.sort();
     violations.dedup();
     for v in &violations {

@@ -25,6 +25,11 @@ use crate::world::World;
 /// Base latency of one store operation (a round trip to Postgres).
 const BASE_LATENCY_MS_MAX: u64 = 3;
 
+/// How long a transaction waits for a pool connection before `Unavailable`.
+const POOL_ACQUIRE_TIMEOUT_MS: u64 = 60;
+/// How often a waiting transaction looks for a free connection.
+const POOL_POLL_MS: u64 = 5;
+
 /// See the module docs. One per host; `replica` is None for the client.
 #[derive(Clone)]
 pub struct SimStore {
@@ -46,13 +51,59 @@ impl SimStore {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
+    /// This host's name in the trace.
+    fn who(&self) -> String {
+        self.replica.map_or("client".to_string(), |r| r.to_string())
+    }
+
+    /// An `Unavailable` answer, as the Postgres adapter gives when the
+    /// connection is refused or breaks: the runtime must back off and leave
+    /// the work for later, never treat it as done or as bad data.
+    fn maybe_unavailable(&self, op: &str) -> StoreResult<()> {
+        if self.world.strikes(self.world.plan.unavailable_per_mille) {
+            self.world.fault(
+                FaultKind::Unavailable,
+                self.service(),
+                format!("{} store unreachable at {op}", self.who()),
+            );
+            return Err(StoreError::Unavailable(format!(
+                "injected: store unreachable at {op}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for a free connection of this replica's pool (`pool_size`
+    /// open transactions at most, until healing); past the acquire timeout
+    /// the answer is `Unavailable`, as sqlx's `PoolTimedOut` maps to.
+    async fn acquire(&self) -> StoreResult<()> {
+        let (Some(replica), size) = (self.replica, self.world.plan.pool_size) else {
+            return Ok(());
+        };
+        let mut waited = 0;
+        while size > 0 && !self.world.healed() && self.world.open_tx(replica) >= size {
+            if waited >= POOL_ACQUIRE_TIMEOUT_MS {
+                self.world.fault(
+                    FaultKind::PoolExhausted,
+                    self.service(),
+                    format!("{replica} waited {waited}ms for one of {size} connections"),
+                );
+                return Err(StoreError::Unavailable(format!(
+                    "pool timed out: {size} connections busy"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POOL_POLL_MS)).await;
+            waited += POOL_POLL_MS;
+        }
+        Ok(())
+    }
+
     fn maybe_abort(&self, op: &str) -> StoreResult<()> {
         if self.world.strikes(self.world.plan.abort_per_mille) {
-            let who = self.replica.map_or("client".to_string(), |r| r.to_string());
             self.world.fault(
                 FaultKind::StoreAbort,
                 self.service(),
-                format!("{who} transaction aborted at {op}"),
+                format!("{} transaction aborted at {op}", self.who()),
             );
             return Err(StoreError::Conflict(format!("injected abort at {op}")));
         }
@@ -102,6 +153,9 @@ struct SimTx {
     store: SimStore,
     /// Rows saved, handed to the safety check if the transaction commits.
     written: Vec<Row>,
+    /// Events enqueued, handed to the publish and compensation checks if
+    /// the transaction commits.
+    enqueued: Vec<Event>,
 }
 
 impl Drop for SimTx {
@@ -137,16 +191,25 @@ impl StoreTx for SimTx {
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        self.inner.enqueue(event, now).await
+        self.inner.enqueue(event, now).await?;
+        self.enqueued.push(event.clone());
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         self.store.delay().await;
         self.store.maybe_abort("commit")?;
+        self.store.maybe_unavailable("commit")?;
         self.store.crash_point(CrashPoint::BeforeCommit).await;
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
+        if !self.enqueued.is_empty() && self.store.replica.is_some() {
+            // The runtime's observer wakes the replica's relay on this
+            // commit (`relay::run_woken`, as production runs it).
+            self.store.world.count(FaultKind::Wake);
+        }
+        self.store.world.outbox_committed(&self.enqueued);
         Ok(())
     }
 }
@@ -179,13 +242,16 @@ impl StoreTx for Committed {
 #[async_trait]
 impl Store for SimStore {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>> {
+        self.acquire().await?;
         self.delay().await;
+        self.maybe_unavailable("begin")?;
         let inner = self.world.store.begin(service).await?;
         self.world.tx_opened(self.replica);
         Ok(Box::new(SimTx {
             inner,
             store: self.clone(),
             written: Vec::new(),
+            enqueued: Vec::new(),
         }))
     }
 
@@ -197,23 +263,27 @@ impl Store for SimStore {
         limit: usize,
     ) -> StoreResult<Claimed> {
         self.delay().await;
+        self.maybe_unavailable("claim")?;
         self.world.store.claim_due(service, now, lease, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.crash_point(CrashPoint::AfterPublish).await;
         self.delay().await;
+        self.maybe_unavailable("mark published")?;
         self.check_marked_after_publish(service, marks);
         self.world.store.mark_published(service, marks, now).await
     }
 
     async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
         self.delay().await;
+        self.maybe_unavailable("release")?;
         self.world.store.release(service, seqs).await
     }
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
         self.delay().await;
+        self.maybe_unavailable("processed")?;
         self.world.store.processed(service, event_id).await
     }
 
@@ -224,6 +294,7 @@ impl Store for SimStore {
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.delay().await;
+        self.maybe_unavailable("deadlines")?;
         self.world.store.orders_past_deadline(now, limit).await
     }
 
@@ -235,7 +306,21 @@ impl Store for SimStore {
         policy: RedrivePolicy,
     ) -> StoreResult<Pruned> {
         self.delay().await;
-        self.world.store.prune(service, now, retention, policy).await
+        self.maybe_unavailable("prune")?;
+        let pruned = self.world.store.prune(service, now, retention, policy).await?;
+        if pruned.inbox + pruned.outbox > 0 {
+            self.world.fault(
+                FaultKind::Prune,
+                Some(service),
+                format!(
+                    "{} pruned {} inbox id(s), {} outbox entr(ies)",
+                    self.who(),
+                    pruned.inbox,
+                    pruned.outbox
+                ),
+            );
+        }
+        Ok(pruned)
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {

@@ -6,12 +6,12 @@
 //! order fixed by turmoil's host order and the seed, which is what makes a
 //! replay identical. Nothing here iterates a hash-ordered collection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use purchase_saga::domain::invariants::{check_safety, check_transition, Snapshot};
-use purchase_saga::domain::{EventId, Row, Service};
+use purchase_saga::domain::invariants::{check_safety, check_transition, CompensationLedger, Snapshot};
+use purchase_saga::domain::{Event, EventId, Row, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -75,6 +75,11 @@ pub struct World {
     /// Times a relay of each service handed each event to the bus, for the
     /// "mark after publish" check.
     published: Mutex<BTreeMap<(Service, EventId), u32>>,
+    /// Every outbox row ever committed, by (emitter, event id), for the
+    /// publish check; kept after the store prunes the row.
+    outbox_committed: Mutex<BTreeSet<(Service, EventId)>>,
+    /// Compensations counted from committed outbox rows.
+    compensations: Mutex<CompensationLedger>,
     pub client_done: AtomicBool,
 }
 
@@ -105,6 +110,8 @@ impl World {
             last: Mutex::new(opening),
             committed: Mutex::default(),
             published: Mutex::default(),
+            outbox_committed: Mutex::default(),
+            compensations: Mutex::default(),
             client_done: AtomicBool::new(false),
         }
     }
@@ -300,6 +307,37 @@ impl World {
     /// Times relays of `service` handed `event` to the bus.
     pub fn publishes(&self, service: Service, event: EventId) -> u32 {
         lock(&self.published).get(&(service, event)).copied().unwrap_or(0)
+    }
+
+    /// Called by `SimStore` when a transaction committed: the events it
+    /// wrote to its outbox. Checks the compensations at once.
+    pub fn outbox_committed(&self, events: &[Event]) {
+        let mut found = Vec::new();
+        {
+            let mut committed = lock(&self.outbox_committed);
+            let mut ledger = lock(&self.compensations);
+            for event in events {
+                committed.insert((event.emitter(), event.event_id));
+                found.extend(ledger.record(event));
+            }
+        }
+        for v in found {
+            self.found(v.into());
+        }
+    }
+
+    /// Whether `event` is a committed outbox row of its emitter.
+    pub fn is_committed_outbox(&self, event: &Event) -> bool {
+        lock(&self.outbox_committed).contains(&(event.emitter(), event.event_id))
+    }
+
+    /// The compensation invariants at quiescence over the committed state.
+    pub fn check_compensations(&self, snapshot: &Snapshot) -> Vec<Finding> {
+        lock(&self.compensations)
+            .check_quiescent(snapshot)
+            .into_iter()
+            .map(Finding::from)
+            .collect()
     }
 
     pub fn violations(&self) -> Vec<(i64, Finding)> {

@@ -51,3 +51,72 @@ fn rearming_a_replica_before_its_crash_point_fires() {
         .map_or(0, |(_, n)| *n);
     assert!(crashes >= 4, "armed crash points fired only {crashes} times");
 }
+
+/// The count of fault kind `name` in a run's outcome.
+fn count(o: &purchase_saga_sim::SimOutcome, name: &str) -> u64 {
+    o.faults
+        .iter()
+        .find(|(k, _)| k.name() == name)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// A lingering run: the replicas' pruners (the runtime's own loop) delete
+/// inbox ids and outbox entries once the scaled retention lets them go,
+/// and the run is quiescent and clean after it.
+#[test]
+fn the_pruner_deletes_in_a_lingering_run_and_nothing_breaks() {
+    let settings = SimSettings::default();
+    let mut input = input_from_seed(3, Profile::None, 20, &settings);
+    input.plan.linger_ms = purchase_saga_sim::faults::LINGER_MS;
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert!(count(&o, "prune") > 0, "no prune pass deleted anything");
+    assert!(count(&o, "wake") > 0, "no commit woke a relay");
+    let stopped = run(&input_from_seed(3, Profile::None, 20, &settings), &settings);
+    assert_eq!(
+        count(&stopped, "prune"),
+        0,
+        "a run stopped at quiescence prunes nothing"
+    );
+}
+
+/// The store answers `Unavailable` often and every replica's pool holds one
+/// connection: the runtime backs off and leaves the work for redelivery,
+/// and every order still ends, with every invariant held.
+#[test]
+fn store_unavailable_and_a_pool_of_one_are_recovered_from() {
+    let settings = SimSettings::default();
+    let mut input = input_from_seed(11, Profile::None, 20, &settings);
+    input.plan = FaultPlan {
+        unavailable_per_mille: 100,
+        pool_size: 1,
+        heal_at_ms: 8_000,
+        ..FaultPlan::none()
+    };
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert!(count(&o, "unavailable") > 10, "{:?}", o.faults);
+    assert!(count(&o, "pool-exhausted") > 0, "{:?}", o.faults);
+}
+
+/// Every host's clock off by up to the bound, both ways: still clean, and
+/// the skew is in the coverage.
+#[test]
+fn clock_skew_within_the_bound_keeps_every_invariant() {
+    use purchase_saga_sim::faults::SKEW_MS_MAX;
+    let settings = SimSettings::default();
+    let mut input = input_from_seed(12, Profile::None, 20, &settings);
+    let hosts: Vec<String> = purchase_saga_sim::run::replicas(&settings)
+        .iter()
+        .map(|r| r.host())
+        .chain(["client".to_string()])
+        .collect();
+    for (n, host) in hosts.iter().enumerate() {
+        let sign = if n % 2 == 0 { 1 } else { -1 };
+        input.plan.skew_ms.insert(host.clone(), sign * SKEW_MS_MAX);
+    }
+    input.plan.heal_at_ms = 6_000;
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert_eq!(count(&o, "skew"), hosts.len() as u64);
+}

@@ -78,6 +78,7 @@ fn plan() -> impl Strategy<Value = FaultPlan> {
                     saga_deadline_ms,
                     timed,
                     heal_at_ms,
+                    ..FaultPlan::none()
                 }
             },
         )

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::event::NotificationKind;
-use super::ids::{ItemId, OrderId, UserId};
+use super::event::{Event, EventType, NotificationKind};
+use super::ids::{EventId, ItemId, OrderId, UserId};
 use super::rows::{
     Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus,
     Payment, PaymentState, ReservationState, Row, SlotReservation, StockReservation,
@@ -84,6 +84,8 @@ pub enum Invariant {
     NoOpenReservation,
     OneOutcomeNotification,
     PaidIffCompleted,
+    CompensationExactlyOnce,
+    CompensationOnlyAfterStep,
 }
 
 impl Invariant {
@@ -108,6 +110,8 @@ impl Invariant {
             Invariant::NoOpenReservation => "no-open-reservation",
             Invariant::OneOutcomeNotification => "one-outcome-notification",
             Invariant::PaidIffCompleted => "paid-iff-completed",
+            Invariant::CompensationExactlyOnce => "compensation-exactly-once",
+            Invariant::CompensationOnlyAfterStep => "compensation-only-after-step",
         }
     }
 }
@@ -467,6 +471,93 @@ pub fn check_quiescent(s: &Snapshot) -> Vec<Violation> {
     r.0
 }
 
+/// The compensation that undoes a forward step, by the forward step's event
+/// type: the balance hold, the slot reservation, the stock reservation.
+pub const COMPENSATIONS: [(EventType, EventType); 3] = [
+    (EventType::PaymentReserved, EventType::PaymentRollback),
+    (EventType::InventoryReserved, EventType::InventoryRollback),
+    (EventType::ItemReserved, EventType::ItemRestored),
+];
+
+fn forward_of(compensation: EventType) -> Option<EventType> {
+    COMPENSATIONS
+        .iter()
+        .find(|(_, c)| *c == compensation)
+        .map(|(f, _)| *f)
+}
+
+/// The forward steps and compensations each order's services emitted,
+/// counted from committed outbox rows: one row per transaction that decided
+/// to emit, so a redelivery or a re-drive of the same row (the same event id
+/// on the bus again) is not counted again, while a second decision to
+/// compensate is, even under the same derived id.
+#[derive(Debug, Clone, Default)]
+pub struct CompensationLedger {
+    rows: BTreeMap<(OrderId, EventType), Vec<EventId>>,
+}
+
+impl CompensationLedger {
+    /// Records one committed outbox row; returns what it broke at once: a
+    /// second compensation of one step, or a compensation of a step whose
+    /// forward event was never committed.
+    pub fn record(&mut self, event: &Event) -> Vec<Violation> {
+        let mut r = Report(Vec::new());
+        let kind = event.event_type();
+        let order = &event.order_id;
+        let ids = self.rows.entry((order.clone(), kind)).or_default();
+        ids.push(event.event_id);
+        let count = ids.len();
+        if let Some(forward) = forward_of(kind) {
+            r.check(
+                count == 1,
+                Invariant::CompensationExactlyOnce,
+                || format!("order {order}"),
+                || format!("{kind} emitted {count} times (committed outbox rows)"),
+            );
+            let stepped = self.count(order, forward);
+            r.check(
+                stepped > 0,
+                Invariant::CompensationOnlyAfterStep,
+                || format!("order {order}"),
+                || format!("{kind} emitted but {forward} never was"),
+            );
+        }
+        r.0
+    }
+
+    fn count(&self, order: &OrderId, kind: EventType) -> usize {
+        self.rows.get(&(order.clone(), kind)).map_or(0, Vec::len)
+    }
+
+    /// At quiescence: a COMPLETED order compensated nothing; a FAILED order
+    /// compensated each forward step it took exactly once.
+    pub fn check_quiescent(&self, s: &Snapshot) -> Vec<Violation> {
+        let mut r = Report(Vec::new());
+        for (id, order) in &s.orders {
+            for (forward, compensation) in COMPENSATIONS {
+                let (stepped, undone) = (self.count(id, forward), self.count(id, compensation));
+                let expected = match order.status {
+                    OrderStatus::Completed => 0,
+                    OrderStatus::Failed => usize::from(stepped > 0),
+                    OrderStatus::Pending => continue,
+                };
+                r.check(
+                    undone == expected,
+                    Invariant::CompensationExactlyOnce,
+                    || format!("order {id}"),
+                    || {
+                        format!(
+                            "{} order: {forward} x{stepped}, {compensation} x{undone}, expected x{expected}",
+                            order.status.as_str()
+                        )
+                    },
+                );
+            }
+        }
+        r.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +654,67 @@ mod tests {
         assert_eq!(
             named(&check_quiescent(&completed), Invariant::PaidIffCompleted),
             0
+        );
+    }
+
+    fn event(payload: crate::domain::Payload) -> Event {
+        Event::new(
+            OrderId::parse("o1").unwrap(),
+            UserId::parse("alice").unwrap(),
+            Timestamp::SIM_EPOCH,
+            payload,
+        )
+    }
+
+    fn reserved() -> Event {
+        event(crate::domain::Payload::PaymentReserved(crate::domain::event::PaymentReserved {
+            reserved_amount: 300,
+            remaining_balance: 700,
+            item_id: ItemId::parse("sword").unwrap(),
+            quantity: 2,
+        }))
+    }
+
+    fn rolled_back() -> Event {
+        event(crate::domain::Payload::PaymentRollback(crate::domain::event::PaymentRollback {
+            refunded_amount: 300,
+            balance: 1000,
+        }))
+    }
+
+    #[test]
+    fn a_second_compensation_row_breaks_exactly_once_even_under_the_same_id() {
+        let mut ledger = CompensationLedger::default();
+        assert!(ledger.record(&reserved()).is_empty());
+        assert!(ledger.record(&rolled_back()).is_empty());
+        let again = ledger.record(&rolled_back());
+        assert_eq!(named(&again, Invariant::CompensationExactlyOnce), 1, "{again:?}");
+    }
+
+    #[test]
+    fn a_compensation_without_its_step_is_found_at_once() {
+        let mut ledger = CompensationLedger::default();
+        let found = ledger.record(&rolled_back());
+        assert_eq!(named(&found, Invariant::CompensationOnlyAfterStep), 1);
+    }
+
+    #[test]
+    fn a_failed_order_compensates_each_step_it_took_and_a_completed_one_none() {
+        let mut ledger = CompensationLedger::default();
+        ledger.record(&reserved());
+        let failed = Snapshot::from_rows([Row::Order(order(OrderStatus::Failed))]);
+        assert_eq!(
+            named(&ledger.check_quiescent(&failed), Invariant::CompensationExactlyOnce),
+            1,
+            "the hold was never given back"
+        );
+        ledger.record(&rolled_back());
+        assert!(ledger.check_quiescent(&failed).is_empty());
+        let completed = Snapshot::from_rows([Row::Order(order(OrderStatus::Completed))]);
+        assert_eq!(
+            named(&ledger.check_quiescent(&completed), Invariant::CompensationExactlyOnce),
+            1,
+            "a completed order compensated"
         );
     }
 }

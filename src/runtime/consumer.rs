@@ -201,6 +201,10 @@ async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
             reason: e.to_string(),
         },
+        // Planted bug (mutants feature): a transient store error gives up.
+        Err(TransactError::Store(e)) if crate::mutant!(DeadLetterGoodEvent) => Disposition::DeadLettered {
+            reason: e.to_string(),
+        },
         Err(TransactError::Store(e)) => {
             return (
                 Disposition::Retry {

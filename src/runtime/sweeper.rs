@@ -67,14 +67,16 @@ pub async fn run(env: Env, mut shutdown: Shutdown) {
 
 /// Prunes `services`' inboxes and outboxes every `prune_interval` until shutdown.
 pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown) {
+    let mut retention = env.config.retention;
+    if crate::mutant!(PruneLiveInbox) {
+        // Planted bug: inbox ids go as soon as the first re-drive round
+        // starts, while republishes and redeliveries of them still come.
+        retention.inbox = env.config.redrive.after;
+    }
     loop {
         for &service in &services {
             let now = env.clock.now();
-            match env
-                .store
-                .prune(service, now, env.config.retention, env.config.redrive)
-                .await
-            {
+            match env.store.prune(service, now, retention, env.config.redrive).await {
                 Ok(p) if p.inbox + p.outbox > 0 => {
                     tracing::debug!(%service, inbox = p.inbox, outbox = p.outbox, "pruned")
                 }

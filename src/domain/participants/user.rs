@@ -117,8 +117,10 @@ fn roll_back(
             hold.order_id, hold.user_id
         ))
     })?;
+    // Planted bug (mutants feature): the refund is one short.
+    let refund = hold.amount - i64::from(crate::mutant!(RefundWrongAmount));
     let refunded = Account {
-        balance: account.balance + hold.amount,
+        balance: account.balance + refund,
         ..account.clone()
     };
     let released = BalanceHold {
@@ -130,14 +132,18 @@ fn roll_back(
         event,
         ctx,
         Payload::PaymentRollback(PaymentRollback {
-            refunded_amount: hold.amount,
+            refunded_amount: refund,
             balance: refunded.balance,
         }),
     );
-    Ok(Step::nothing()
+    let step = Step::nothing()
         .write(Row::Account(refunded))
-        .write(Row::BalanceHold(released))
-        .emit(rollback))
+        .write(Row::BalanceHold(released));
+    // Planted bug (mutants feature): the compensation is emitted twice.
+    if crate::mutant!(CompensateTwice) {
+        return Ok(step.emit(rollback.clone()).emit(rollback));
+    }
+    Ok(step.emit(rollback))
 }
 
 fn new_hold(event: &Event, ctx: &StepContext<'_>, amount: i64, state: ReservationState) -> BalanceHold {
