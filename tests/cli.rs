@@ -556,7 +556,10 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         assert_eq!(row[11], rows[0][11], "one naive bound per scale: {stdout}");
     }
     for row in rows.iter().filter(|r| r[3] == "event") {
-        assert_eq!(row[10], "9.00", "one commit per event on the success path: {stdout}");
+        assert_eq!(
+            row[10], "9.00",
+            "one commit per event on the success path: {stdout}"
+        );
     }
     let pool = sqlx::PgPool::connect(&admin).await.expect("admin database");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")

@@ -493,7 +493,11 @@ async fn a_batch_is_published_in_order_to_every_subscriber() {
     let expected: Vec<Vec<u8>> = events.iter().map(|e| e.encode().into_bytes()).collect();
     assert_eq!(payloads, expected, "every event once, in the batch's order");
     for service in Service::ALL.into_iter().filter(|s| *s != Service::User) {
-        assert_eq!(bus.stream_len(service).await.unwrap(), 0, "{service} subscribes to none");
+        assert_eq!(
+            bus.stream_len(service).await.unwrap(),
+            0,
+            "{service} subscribes to none"
+        );
     }
     bus.publish_batch(&[]).await.unwrap();
 }
@@ -578,7 +582,10 @@ async fn a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout()
         "a live consumer's entry waits for the visibility timeout ({after:?}), \
          although its heartbeat TTL passed many times"
     );
-    assert_eq!((taken.entry_id.as_str(), taken.attempt), (first.entry_id.as_str(), 2));
+    assert_eq!(
+        (taken.entry_id.as_str(), taken.attempt),
+        (first.entry_id.as_str(), 2)
+    );
     drop(slow);
 }
 
@@ -604,7 +611,10 @@ async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_le
     bus.forget_consumer(Service::User, "old").await.unwrap();
     let taken = bus.receive(Service::User, "new", 10).await.unwrap();
     assert_eq!(
-        taken.iter().map(|d| (d.entry_id.as_str(), d.attempt)).collect::<Vec<_>>(),
+        taken
+            .iter()
+            .map(|d| (d.entry_id.as_str(), d.attempt))
+            .collect::<Vec<_>>(),
         [(held[1].entry_id.as_str(), 2)],
         "the next receive takes the gone consumer's entry, not after the visibility timeout"
     );

@@ -539,7 +539,19 @@ async fn run_scale(
     // 2. The saga at each level, batched apply first, then the control.
     let mut modes = Vec::new();
     for batch_apply in apply_modes(global, args) {
-        modes.push(run_mode(global, args, &fresh, &scenario, &ceilings, tag, scale, batch_apply).await?);
+        modes.push(
+            run_mode(
+                global,
+                args,
+                &fresh,
+                &scenario,
+                &ceilings,
+                tag,
+                scale,
+                batch_apply,
+            )
+            .await?,
+        );
     }
     fresh.drop_all(args.keep).await;
     Ok(ScaleResult {
@@ -701,13 +713,8 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
     );
     let mut ok = true;
     for r in &results {
-        let best = |f: fn(&LevelResult) -> f64| {
-            r.modes
-                .iter()
-                .flat_map(|m| &m.levels)
-                .map(f)
-                .fold(0.0, f64::max)
-        };
+        let best =
+            |f: fn(&LevelResult) -> f64| r.modes.iter().flat_map(|m| &m.levels).map(f).fold(0.0, f64::max);
         let per_saga = r.commits_per_saga_per_event().max(1e-9);
         let naive = best(|l| l.ceiling_tps) / per_saga;
         let step_sagas = best(|l| l.step_ceiling_tps) / per_saga;
@@ -734,7 +741,9 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
             }
         }
     }
-    println!("apply: batch = --batch-apply on, event = --batch-apply off (one transaction per event, the control)");
+    println!(
+        "apply: batch = --batch-apply on, event = --batch-apply off (one transaction per event, the control)"
+    );
     println!("tx/saga = commits per saga in that mode, counted over the mode's run");
     println!("naive sg/s = best single-row update tx/s of the scale / commits per saga with one transaction per event");
     println!("ratio = sagas/s / naive sg/s; step ratio = sagas/s / (best step-shaped tx/s / the same commits per saga)");

@@ -360,12 +360,18 @@ fn print_kill_recoveries(kills: &[Kill], snapshot: &Snapshot, placed: &[OrderId]
             n + 1,
             kill.service.slug(),
             kill.replica,
-            after.map_or("not terminal".to_string(), |a| format!("{:.2} s", a.0 as f64 / 1e3))
+            after.map_or("not terminal".to_string(), |a| format!(
+                "{:.2} s",
+                a.0 as f64 / 1e3
+            ))
         );
     }
     println!(
         "max kill -> terminal: {}",
-        worst.map_or("not terminal".to_string(), |w| format!("{:.2} s", w.0 as f64 / 1e3))
+        worst.map_or("not terminal".to_string(), |w| format!(
+            "{:.2} s",
+            w.0 as f64 / 1e3
+        ))
     );
 }
 

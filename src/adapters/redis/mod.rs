@@ -523,7 +523,9 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        self.publish_batch(&[event]).await.map_err(|partial| partial.error)
+        self.publish_batch(&[event])
+            .await
+            .map_err(|partial| partial.error)
     }
 
     /// One pipeline of XADDs for the whole batch (one round trip), in
