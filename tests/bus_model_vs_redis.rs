@@ -168,6 +168,19 @@ struct Case {
     published: usize,
 }
 
+/// Every consumer of a case is a live process: the model has no notion of
+/// a gone consumer (the takeover by heartbeat, `tests/redis_bus.rs`, is
+/// only ever earlier than the visibility timeout; see the model's table of
+/// differences). A consumer that XCLAIMs before it ever received, or after
+/// the keys were lost, would otherwise have no heartbeat key.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(3600);
+
+async fn keep_alive(bus: &RedisBus) {
+    for consumer in CONSUMERS {
+        bus.keep_alive(SERVICE, consumer).await.unwrap();
+    }
+}
+
 impl Case {
     async fn new() -> Case {
         let redis = common::TestRedis::create("bus-diff");
@@ -177,11 +190,13 @@ impl Case {
                 prefix: redis.prefix.clone(),
                 visibility_timeout: VISIBILITY,
                 block: Duration::from_millis(2),
+                heartbeat_ttl: HEARTBEAT_TTL,
                 ..RedisConfig::default()
             },
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+        keep_alive(&bus).await;
         let conn = bus_support::raw(&redis).await;
         Case {
             redis,
@@ -428,6 +443,7 @@ impl Case {
             Op::LoseEverything => {
                 self.model.lose_everything();
                 self.redis.flush_prefix();
+                keep_alive(&self.bus).await;
             }
         }
         self.compare_state(step).await

@@ -503,8 +503,9 @@ async fn in_memory_serve_prints_tokens_that_work() {
 }
 
 /// `bench` on the real PostgreSQL and Redis, briefly: both ceilings, every
-/// saga on the full success path (9 commits: the order and 8 participant
-/// steps), a row per level, and its databases dropped afterwards.
+/// saga on the full success path (9 commits with one transaction per event:
+/// the order and 8 participant steps), a row per level for batched apply
+/// and for the control, and its databases dropped afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_both_ceilings_and_cleans_up() {
     let admin = common::database_url();
@@ -540,12 +541,25 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         .filter(|l| l.trim_start().starts_with("x1 "))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows.len(), 2, "one row per level: {stdout}");
-    for (row, clients) in rows.iter().zip(["1", "3"]) {
-        assert_eq!(row[3], clients, "{stdout}");
-        assert_eq!(row[9], "9.00", "commits per saga on the success path: {stdout}");
-        let sagas_per_s: f64 = row[4].parse().expect("sagas/s is a number");
+    assert_eq!(rows.len(), 4, "one row per level and apply mode: {stdout}");
+    let modes: Vec<(&str, &str)> = rows.iter().map(|r| (r[3], r[4])).collect();
+    assert_eq!(
+        modes,
+        [("batch", "1"), ("batch", "3"), ("event", "1"), ("event", "3")],
+        "batched apply, then the control (--batch-apply off), in one run: {stdout}"
+    );
+    for row in &rows {
+        let sagas_per_s: f64 = row[5].parse().expect("sagas/s is a number");
         assert!(sagas_per_s > 0.0, "{stdout}");
+        let per_saga: f64 = row[10].parse().expect("tx/saga is a number");
+        assert!(per_saga > 0.0 && per_saga <= 9.0, "{stdout}");
+        assert_eq!(row[11], rows[0][11], "one naive bound per scale: {stdout}");
+    }
+    for row in rows.iter().filter(|r| r[3] == "event") {
+        assert_eq!(
+            row[10], "9.00",
+            "one commit per event on the success path: {stdout}"
+        );
     }
     let pool = sqlx::PgPool::connect(&admin).await.expect("admin database");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")

@@ -65,6 +65,8 @@ fn config() -> RuntimeConfig {
         batch_size: 8,
         idle_poll: Duration::from_millis(20),
         error_backoff: Duration::from_millis(100),
+        // Longer than any wait below: a claim must not end mid-test.
+        relay_lease: Duration::from_secs(30),
         redrive: RedrivePolicy {
             after: DurationMs::from_secs(3600),
             republish_max: 1,

@@ -449,3 +449,178 @@ async fn defect8_an_entry_deleted_while_pending_is_dead_lettered() {
         "only the taken-over entry is pending"
     );
 }
+
+/// A bus whose consumers' heartbeats live `ttl`, with a visibility timeout
+/// of `visibility`.
+async fn bus_with(r: &common::TestRedis, visibility: Duration, ttl: Duration) -> RedisBus {
+    RedisBus::connect(
+        &r.url,
+        RedisConfig {
+            prefix: r.prefix.clone(),
+            visibility_timeout: visibility,
+            block: Duration::from_millis(50),
+            heartbeat_ttl: ttl,
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Receives as `consumer` until one delivery arrives; returns it with the
+/// time the successful receive was asked for.
+async fn first_delivery(bus: &RedisBus, consumer: &str) -> (Delivery, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let asked_at = Instant::now();
+        let mut got = bus.receive(Service::User, consumer, 1).await.unwrap();
+        if let Some(d) = got.pop() {
+            return (d, asked_at);
+        }
+        assert!(Instant::now() < deadline, "no delivery for {consumer}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_published_in_order_to_every_subscriber() {
+    let r = common::TestRedis::create("bus-batch");
+    let bus = bus(&r).await;
+    let events: Vec<Event> = (1..=5).map(order_created).collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    bus.publish_batch(&refs).await.unwrap();
+    let got = receive_until(&bus, Service::User, "u-1", 5).await;
+    let payloads: Vec<Vec<u8>> = got.iter().map(|d| d.payload.clone()).collect();
+    let expected: Vec<Vec<u8>> = events.iter().map(|e| e.encode().into_bytes()).collect();
+    assert_eq!(payloads, expected, "every event once, in the batch's order");
+    for service in Service::ALL.into_iter().filter(|s| *s != Service::User) {
+        assert_eq!(
+            bus.stream_len(service).await.unwrap(),
+            0,
+            "{service} subscribes to none"
+        );
+    }
+    bus.publish_batch(&[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_reports_none_of_it_published() {
+    let r = common::TestRedis::create("bus-batch-fail");
+    let bus = bus(&r).await;
+    // Inventory's stream key holds a string: every XADD to it fails.
+    let mut conn = raw(&r).await;
+    let _: () = redis::cmd("SET")
+        .arg(bus.stream_key(Service::Inventory))
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ok = order_created(1);
+    let failed = Event::new(
+        OrderId::parse("o-2").unwrap(),
+        UserId::parse("alice").unwrap(),
+        Timestamp::SIM_EPOCH,
+        Payload::PaymentFailed(PaymentFailed {
+            reason: "declined".into(),
+            attempted_amount: 100,
+            item_id: ItemId::parse("sword").unwrap(),
+        }),
+    );
+    assert!(
+        purchase_saga::domain::service::subscribers(failed.event_type()).contains(&Service::Inventory),
+        "the second event goes to the broken stream"
+    );
+    let err = bus.publish_batch(&[&ok, &failed]).await.unwrap_err();
+    assert_eq!(
+        err.published, 0,
+        "a pipeline does not say which of its commands went out: the relay publishes all again"
+    );
+}
+
+#[tokio::test]
+async fn a_gone_consumers_entries_are_taken_within_the_heartbeat_ttl() {
+    const TTL: Duration = Duration::from_millis(500);
+    const VISIBILITY: Duration = Duration::from_secs(30);
+    let r = common::TestRedis::create("bus-gone");
+    let gone = bus_with(&r, VISIBILITY, TTL).await;
+    gone.publish(&order_created(1)).await.unwrap();
+    let (first, last_heartbeat) = first_delivery(&gone, "gone-a").await;
+    // The process of "gone-a" ends: nothing refreshes its heartbeat.
+    drop(gone);
+    let live = bus_with(&r, VISIBILITY, TTL).await;
+    let (taken, _) = first_delivery(&live, "live-b").await;
+    let after = last_heartbeat.elapsed();
+    assert_eq!(taken.entry_id, first.entry_id);
+    assert_eq!(taken.attempt, 2);
+    assert_eq!(taken.payload, first.payload);
+    assert!(
+        after + Duration::from_millis(5) >= TTL,
+        "taken only once the heartbeat expired ({after:?})"
+    );
+    assert!(
+        after < Duration::from_secs(3),
+        "taken within seconds, not after the visibility timeout ({after:?})"
+    );
+    live.ack(Service::User, &taken.entry_id).await.unwrap();
+    assert_eq!(live.pending_count(Service::User).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout() {
+    const TTL: Duration = Duration::from_millis(300);
+    const VISIBILITY: Duration = Duration::from_millis(2_500);
+    let r = common::TestRedis::create("bus-slow");
+    let slow = bus_with(&r, VISIBILITY, TTL).await;
+    slow.publish(&order_created(1)).await.unwrap();
+    let (first, asked_at) = first_delivery(&slow, "slow-a").await;
+    // "slow-a" is busy in a handler: it never receives again, but its
+    // process (the bus) lives and keeps its heartbeat.
+    let live = bus_with(&r, VISIBILITY, TTL).await;
+    let (taken, _) = first_delivery(&live, "live-b").await;
+    let after = asked_at.elapsed();
+    assert!(
+        after + Duration::from_millis(5) >= VISIBILITY,
+        "a live consumer's entry waits for the visibility timeout ({after:?}), \
+         although its heartbeat TTL passed many times"
+    );
+    assert_eq!(
+        (taken.entry_id.as_str(), taken.attempt),
+        (first.entry_id.as_str(), 2)
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_lettered() {
+    let r = common::TestRedis::create("bus-forget");
+    let bus = bus_with(&r, Duration::from_secs(30), Duration::from_secs(2)).await;
+    let mut conn = raw(&r).await;
+    bus.publish(&order_created(1)).await.unwrap();
+    bus.publish(&order_created(2)).await.unwrap();
+    let held = receive_until(&bus, Service::User, "old", 2).await;
+    assert_eq!(held.len(), 2);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(bus.stream_key(Service::User))
+        .arg(&held[0].entry_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        bus.receive(Service::User, "new", 10).await.unwrap().is_empty(),
+        "\"old\" is alive: its entries stay"
+    );
+    bus.forget_consumer(Service::User, "old").await.unwrap();
+    let taken = bus.receive(Service::User, "new", 10).await.unwrap();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|d| (d.entry_id.as_str(), d.attempt))
+            .collect::<Vec<_>>(),
+        [(held[1].entry_id.as_str(), 2)],
+        "the next receive takes the gone consumer's entry, not after the visibility timeout"
+    );
+    let dead = bus.dead_letters(Service::User, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "the deleted entry is dead-lettered: {dead:?}");
+    assert_eq!(dead[0].letter.entry_id, held[0].entry_id);
+    assert_eq!(dead[0].letter.reason, "deleted from the stream while pending");
+    assert_eq!(bus.pending_count(Service::User).await.unwrap(), 1);
+}

@@ -101,9 +101,10 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         error_backoff: Duration::from_millis(200),
         saga_deadline: DurationMs(plan.saga_deadline_ms),
         prune_interval: Duration::from_millis(PRUNE_INTERVAL_MS),
-        // Production holds a claim for half the first re-drive round (30 s
-        // of 60 s); so here. A relay whose mark failed (store unavailable,
-        // crash after publish) must not sit out the rounds under its lease.
+        // Production holds a claim for 3 s, far less than its first
+        // re-drive round (60 s); here 1 s of 2 s. A relay whose mark failed
+        // (store unavailable, crash after publish) must not sit out the
+        // rounds under its lease.
         relay_lease: Duration::from_millis(1_000),
         ..RuntimeConfig::default()
     };

@@ -49,7 +49,7 @@ use crate::runtime::{Env, Observer, RuntimeEvent, Store, SystemClock};
 use crate::workload::{ItemSpec, Scenario, UserSpec};
 
 use super::serve::Running;
-use super::{GlobalArgs, SHUTDOWN_GRACE};
+use super::{GlobalArgs, OnOff, SHUTDOWN_GRACE};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// service's commits: the behaviour before the wake-up, for comparison.
     #[arg(long)]
     pub no_relay_wake: bool,
+    /// Skip the control: by default each scale runs its levels twice, with
+    /// batched apply and then with one transaction per event
+    /// (`--batch-apply off`), on the same database after the same ceiling.
+    #[arg(long)]
+    pub no_control: bool,
     /// Keep the bench databases (their names are printed).
     #[arg(long)]
     pub keep: bool,
@@ -453,13 +458,32 @@ async fn await_quiet(observer: &BenchObserver, quiet: Duration, bound: Duration)
     }
 }
 
+/// What one apply mode measured at every level of a scale.
+struct ModeResult {
+    /// Batched apply (`--batch-apply on`) or one transaction per event.
+    batch_apply: bool,
+    levels: Vec<LevelResult>,
+    commits_per_saga: f64,
+}
+
 /// What one scale measured.
 struct ScaleResult {
     scale: u16,
     users: usize,
     items: usize,
-    levels: Vec<LevelResult>,
-    commits_per_saga: f64,
+    modes: Vec<ModeResult>,
+}
+
+impl ScaleResult {
+    /// Commits per saga with one transaction per event (the control's, or
+    /// the only mode's): what the naive bound divides the ceiling by.
+    fn commits_per_saga_per_event(&self) -> f64 {
+        self.modes
+            .iter()
+            .find(|m| !m.batch_apply)
+            .or(self.modes.first())
+            .map_or(1.0, |m| m.commits_per_saga)
+    }
 }
 
 async fn run_scale(
@@ -512,10 +536,59 @@ async fn run_scale(
         ceilings.insert(level, (single, step));
     }
 
-    // 2. The saga at each level.
+    // 2. The saga at each level, batched apply first, then the control.
+    let mut modes = Vec::new();
+    for batch_apply in apply_modes(global, args) {
+        modes.push(
+            run_mode(
+                global,
+                args,
+                &fresh,
+                &scenario,
+                &ceilings,
+                tag,
+                scale,
+                batch_apply,
+            )
+            .await?,
+        );
+    }
+    fresh.drop_all(args.keep).await;
+    Ok(ScaleResult {
+        scale,
+        users: scenario.users.len(),
+        items: scenario.items.len(),
+        modes,
+    })
+}
+
+/// The apply modes a run measures, in order: both (batched, then the
+/// control) unless `--no-control`, which runs the global `--batch-apply`.
+fn apply_modes(global: &GlobalArgs, args: &BenchArgs) -> Vec<bool> {
+    if args.no_control {
+        vec![global.batch_apply == OnOff::On]
+    } else {
+        vec![true, false]
+    }
+}
+
+/// Runs every service's loops with `batch_apply` and every level's clients
+/// against them; the commits per saga are counted once the loops stopped.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
+async fn run_mode(
+    global: &GlobalArgs,
+    args: &BenchArgs,
+    fresh: &Fresh,
+    scenario: &Arc<Scenario>,
+    ceilings: &BTreeMap<u16, (f64, f64)>,
+    tag: &str,
+    scale: u16,
+    batch_apply: bool,
+) -> Result<ModeResult, String> {
     let observer = Arc::new(BenchObserver::default());
     let mut config = global.runtime_config();
     config.idle_poll = Duration::from_millis(u64::from(args.idle_poll_ms));
+    config.batch_apply = batch_apply;
     let env = Env {
         store: Arc::new(fresh.store.clone()) as Arc<dyn Store>,
         bus: Arc::new(fresh.bus.clone()),
@@ -524,20 +597,22 @@ async fn run_scale(
         observer: observer.clone(),
         config,
     };
+    let mode = mode_name(batch_apply);
     let running = Running::start_with(&env, &Service::ALL, args.replicas, !args.no_relay_wake);
     let rig = Rig {
         env: running.env().clone(),
         observer: observer.clone(),
         scenario: scenario.clone(),
         seed: args.seed,
-        tag: tag.to_string(),
+        // Order ids stay unique over both modes on the one database.
+        tag: format!("{tag}-{mode}"),
     };
     let mut levels = Vec::new();
     for &level in &args.levels {
         let bar = ProgressBar::new(u64::from(args.orders));
         bar.set_style(
             ProgressStyle::with_template(&format!(
-                "  x{scale} {level:>3} clients {{bar:40}} {{pos}}/{{len}} [{{elapsed}}] {{per_sec}}"
+                "  x{scale}/{mode} {level:>3} clients {{bar:40}} {{pos}}/{{len}} [{{elapsed}}] {{per_sec}}"
             ))
             .expect("a valid template"),
         );
@@ -554,7 +629,7 @@ async fn run_scale(
             step_ceiling_tps: ceilings[&level].1,
         };
         println!(
-            "  x{scale}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
+            "  x{scale}/{mode}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
             result.sagas_per_s(),
             result.p50.as_secs_f64() * 1e3,
             result.p99.as_secs_f64() * 1e3,
@@ -574,14 +649,19 @@ async fn run_scale(
     }
     let terminal = observer.terminal.load(Ordering::Relaxed);
     let commits = observer.commits.load(Ordering::Relaxed);
-    fresh.drop_all(args.keep).await;
-    Ok(ScaleResult {
-        scale,
-        users: scenario.users.len(),
-        items: scenario.items.len(),
+    Ok(ModeResult {
+        batch_apply,
         levels,
         commits_per_saga: commits as f64 / terminal.max(1) as f64,
     })
+}
+
+fn mode_name(batch_apply: bool) -> &'static str {
+    if batch_apply {
+        "batch"
+    } else {
+        "event"
+    }
 }
 
 /// `purchase-saga bench`.
@@ -599,8 +679,9 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
     let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let load_before = load_average();
     println!(
-        "bench {tag}: levels {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
+        "bench {tag}: levels {:?}, apply {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
         args.levels,
+        apply_modes(global, args).into_iter().map(mode_name).collect::<Vec<_>>(),
         args.orders,
         args.replicas,
         args.idle_poll_ms,
@@ -614,10 +695,11 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
 
     println!();
     println!(
-        "{:>5} {:>6} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "{:>5} {:>6} {:>5} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}",
         "scale",
         "users",
         "items",
+        "apply",
         "clients",
         "sagas/s",
         "p50 ms",
@@ -625,38 +707,46 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
         "ceil tx/s",
         "step tx/s",
         "tx/saga",
-        "ceil sg/s",
+        "naive sg/s",
         "ratio",
         "step ratio"
     );
     let mut ok = true;
     for r in &results {
-        let best = |f: fn(&LevelResult) -> f64| r.levels.iter().map(f).fold(0.0, f64::max);
-        let per_saga = r.commits_per_saga.max(1e-9);
-        let ceiling_sagas = best(|l| l.ceiling_tps) / per_saga;
+        let best =
+            |f: fn(&LevelResult) -> f64| r.modes.iter().flat_map(|m| &m.levels).map(f).fold(0.0, f64::max);
+        let per_saga = r.commits_per_saga_per_event().max(1e-9);
+        let naive = best(|l| l.ceiling_tps) / per_saga;
         let step_sagas = best(|l| l.step_ceiling_tps) / per_saga;
-        for l in &r.levels {
-            println!(
-                "{:>5} {:>6} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>9.1}%",
-                format!("x{}", r.scale),
-                r.users,
-                r.items,
-                l.concurrency,
-                l.sagas_per_s(),
-                l.p50.as_secs_f64() * 1e3,
-                l.p99.as_secs_f64() * 1e3,
-                l.ceiling_tps,
-                l.step_ceiling_tps,
-                r.commits_per_saga,
-                ceiling_sagas,
-                100.0 * l.sagas_per_s() / ceiling_sagas.max(1e-9),
-                100.0 * l.sagas_per_s() / step_sagas.max(1e-9)
-            );
-            ok &= l.failed == 0;
+        for m in &r.modes {
+            for l in &m.levels {
+                println!(
+                    "{:>5} {:>6} {:>5} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>9.1}%",
+                    format!("x{}", r.scale),
+                    r.users,
+                    r.items,
+                    mode_name(m.batch_apply),
+                    l.concurrency,
+                    l.sagas_per_s(),
+                    l.p50.as_secs_f64() * 1e3,
+                    l.p99.as_secs_f64() * 1e3,
+                    l.ceiling_tps,
+                    l.step_ceiling_tps,
+                    m.commits_per_saga,
+                    naive,
+                    100.0 * l.sagas_per_s() / naive.max(1e-9),
+                    100.0 * l.sagas_per_s() / step_sagas.max(1e-9)
+                );
+                ok &= l.failed == 0;
+            }
         }
     }
-    println!("ceiling sagas/s = best single-row update tx/s of the scale / transactions per saga");
-    println!("step ratio = sagas/s / (best step-shaped tx/s / transactions per saga)");
+    println!(
+        "apply: batch = --batch-apply on, event = --batch-apply off (one transaction per event, the control)"
+    );
+    println!("tx/saga = commits per saga in that mode, counted over the mode's run");
+    println!("naive sg/s = best single-row update tx/s of the scale / commits per saga with one transaction per event");
+    println!("ratio = sagas/s / naive sg/s; step ratio = sagas/s / (best step-shaped tx/s / the same commits per saga)");
     println!("load average: {load_before} before, {load_after} after");
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -19,8 +19,10 @@
 //!    bounds, so faults hit sagas in flight.
 //! 4. Restarts any dead service process, waits for quiescence (every order
 //!    terminal, every invariant holding; bounded by `--quiescence-timeout`),
-//!    and reports orders by outcome, the faults injected and the time to
-//!    quiescence. Exit 0 only when the audit is clean.
+//!    and reports orders by outcome, the faults injected, the time to
+//!    quiescence, and per kill -9 the time until every order placed before
+//!    it was terminal again (from the orders' terminal `updated_at`).
+//!    Exit 0 only when the audit is clean.
 //!
 //! Only local addresses are accepted (the URLs' hosts must be loopback).
 //! With `--no-restart-backends` only service processes are killed, which
@@ -67,14 +69,15 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::domain::{OrderId, Service};
+use crate::domain::invariants::Snapshot;
+use crate::domain::{DurationMs, OrderId, Service, Timestamp};
 
 use super::audit::violations;
 use super::backend::{Backend, Needs};
 use super::client;
 use super::seed::{demo_scenario, issue_demo_tokens, seed_rows};
 use super::serve::{app_state, Running};
-use super::{GlobalArgs, SHUTDOWN_GRACE};
+use super::{GlobalArgs, OnOff, SHUTDOWN_GRACE};
 
 #[derive(Debug, Clone, Args)]
 pub struct ChaosArgs {
@@ -308,6 +311,70 @@ async fn place(addr: SocketAddr, key: String, body: String, token: String) -> Re
     Err(format!("gave up after {PLACE_ATTEMPTS_MAX} attempts: {last}"))
 }
 
+/// One kill -9 of a service process.
+#[derive(Debug, Clone, Copy)]
+struct Kill {
+    service: Service,
+    replica: u16,
+    /// Wall-clock time just before the signal.
+    at: Timestamp,
+}
+
+/// How long after `kill` every order placed before it was terminal: the
+/// latest terminal transition (`updated_at`: a terminal order is never
+/// updated again) among the orders created by then, less the kill's time;
+/// zero if all of them were terminal before it. None while one of them is
+/// not terminal.
+fn kill_to_terminal(kill: &Kill, snapshot: &Snapshot, placed: &[OrderId]) -> Option<DurationMs> {
+    let mut latest = kill.at;
+    for id in placed {
+        let Some(order) = snapshot.orders.get(id) else {
+            continue;
+        };
+        if order.created_at > kill.at {
+            continue;
+        }
+        if !order.status.is_terminal() {
+            return None;
+        }
+        latest = latest.max(order.updated_at);
+    }
+    let after = DurationMs(latest.0 - kill.at.0);
+    assert!(after.0 >= 0, "the latest transition is at or after the kill");
+    Some(after)
+}
+
+/// Prints, per kill -9, the time until every order placed before it was
+/// terminal again, and the largest.
+fn print_kill_recoveries(kills: &[Kill], snapshot: &Snapshot, placed: &[OrderId]) {
+    if kills.is_empty() {
+        return;
+    }
+    println!("kill -9 -> every order placed before it terminal:");
+    let mut worst: Option<DurationMs> = Some(DurationMs(0));
+    for (n, kill) in kills.iter().enumerate() {
+        let after = kill_to_terminal(kill, snapshot, placed);
+        worst = worst.zip(after).map(|(w, a)| w.max(a));
+        println!(
+            "  kill {:>3} {:<14} replica {}  {}",
+            n + 1,
+            kill.service.slug(),
+            kill.replica,
+            after.map_or("not terminal".to_string(), |a| format!(
+                "{:.2} s",
+                a.0 as f64 / 1e3
+            ))
+        );
+    }
+    println!(
+        "max kill -> terminal: {}",
+        worst.map_or("not terminal".to_string(), |w| format!(
+            "{:.2} s",
+            w.0 as f64 / 1e3
+        ))
+    );
+}
+
 /// `purchase-saga chaos`; see the module docs.
 pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode, String> {
     if global.in_memory {
@@ -347,6 +414,12 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
             global.redis_prefix.clone(),
             "--saga-deadline".into(),
             global.saga_deadline.to_string(),
+            "--batch-apply".into(),
+            match global.batch_apply {
+                OnOff::On => "on",
+                OnOff::Off => "off",
+            }
+            .into(),
         ],
         children: BTreeMap::new(),
     };
@@ -386,6 +459,7 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
         tokio::task::spawn_blocking(move || {
             let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xfa17);
             let mut injected: Vec<(Fault, Result<(), String>)> = Vec::new();
+            let mut kills: Vec<Kill> = Vec::new();
             let until = started + Duration::from_secs(args.duration_max);
             // Runs on while orders settle, too: faults hit every stage of the saga.
             while injected.len() < args.faults_max as usize && Instant::now() < until {
@@ -399,6 +473,11 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
                     Fault::KillService => {
                         let service = Service::ALL[rng.random_range(0..Service::ALL.len())];
                         let replica = rng.random_range(0..args.replicas_per_service);
+                        kills.push(Kill {
+                            service,
+                            replica,
+                            at: Timestamp(chrono::Utc::now().timestamp_millis()),
+                        });
                         fleet
                             .lock()
                             .expect("fleet mutex")
@@ -409,7 +488,7 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
                 };
                 injected.push((fault, outcome));
             }
-            injected
+            (injected, kills)
         })
     };
 
@@ -437,7 +516,7 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
         }
     }
     let placing = started.elapsed();
-    let injected = faults.await.map_err(|e| format!("fault loop failed: {e}"))?;
+    let (injected, kills) = faults.await.map_err(|e| format!("fault loop failed: {e}"))?;
     let revived = fleet.lock().expect("fleet mutex").revive()?;
 
     // Quiescence: every invariant holds over the whole database.
@@ -499,6 +578,7 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
         }
     }
     println!("service processes found dead and restarted after the run: {revived}");
+    print_kill_recoveries(&kills, &snapshot, &placed);
     let found = violations(&snapshot, false);
     println!(
         "time to quiescence after the last fault: {:.2} s; audit over {} orders: {}",

@@ -81,6 +81,11 @@ pub struct GlobalArgs {
     #[arg(long, default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256), global = true)]
     pub handle_concurrency: u16,
+    /// Whether a consumer applies a batch's events in one database
+    /// transaction (`on`) or one transaction per event (`off`, the
+    /// control). `bench` runs both in one run whatever this says.
+    #[arg(long, value_enum, default_value_t = OnOff::On, global = true)]
+    pub batch_apply: OnOff,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
@@ -88,6 +93,13 @@ pub struct GlobalArgs {
     /// (one process only: nothing is kept after it exits).
     #[arg(long, global = true)]
     pub in_memory: bool,
+}
+
+/// A switch on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,6 +206,7 @@ impl GlobalArgs {
             saga_deadline: DurationMs::from_secs(i64::from(self.saga_deadline)),
             batch_size: usize::from(self.batch_size),
             handle_concurrency: usize::from(self.handle_concurrency),
+            batch_apply: self.batch_apply == OnOff::On,
             ..RuntimeConfig::default()
         }
     }

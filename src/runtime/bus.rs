@@ -38,11 +38,37 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// A batch publish that failed part of the way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("publish failed after {published} of the batch: {error}")]
+pub struct PartialPublish {
+    /// The leading events of the batch known to be published.
+    pub published: usize,
+    pub error: BusError,
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Appends the event to the stream of every service that subscribes to
     /// its type (none for the types nobody consumes).
     async fn publish(&self, event: &Event) -> Result<(), BusError>;
+
+    /// Publishes `events` in order, as [`Bus::publish`] does each. An adapter
+    /// with a round trip per command sends the batch in one (the Redis bus:
+    /// one pipeline of XADDs); this default publishes one event at a time,
+    /// which keeps the in-memory and simulated buses' semantics per event.
+    ///
+    /// On failure, [`PartialPublish::published`] counts the leading events
+    /// known to be published; the others may or may not be (a duplicate
+    /// the inboxes absorb, never a loss, once they are published again).
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
+        for (published, event) in events.iter().enumerate() {
+            self.publish(event)
+                .await
+                .map_err(|error| PartialPublish { published, error })?;
+        }
+        Ok(())
+    }
 
     /// Up to `max` deliveries for `consumer` of `service`'s group: entries
     /// whose delivery to a consumer was not acknowledged within the

@@ -24,7 +24,7 @@ pub mod transaction;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bus::{Bus, BusError, DeadLetter, Delivery};
+pub use bus::{Bus, BusError, DeadLetter, Delivery, PartialPublish};
 pub use observer::{Disposition, Fanout, NoObserver, Observer, RuntimeEvent};
 pub use store::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
@@ -101,7 +101,9 @@ pub struct RuntimeConfig {
     pub error_backoff_max: Duration,
     /// How long a relay holds the outbox entries it claimed: longer than a
     /// pass takes to publish and mark them. A crashed relay's entries are
-    /// due again after it.
+    /// due again after it, so it bounds how long a kill -9 of a relay's
+    /// process can hold an event back; a pass that outlives it only
+    /// publishes its entries twice (the inboxes absorb the duplicate).
     pub relay_lease: Duration,
     /// Time from order creation to SAGA_DEADLINE_PASSED.
     pub saga_deadline: DurationMs,
@@ -125,7 +127,9 @@ impl Default for RuntimeConfig {
             idle_poll: Duration::from_millis(50),
             error_backoff: Duration::from_millis(500),
             error_backoff_max: Duration::from_secs(10),
-            relay_lease: Duration::from_secs(30),
+            // A pass takes milliseconds: 3 s is a wide margin, and keeps a
+            // killed relay's claims within the few seconds of a takeover.
+            relay_lease: Duration::from_secs(3),
             saga_deadline: DurationMs::from_secs(300),
             // Republish rounds start 1, 3, 7, 15 and 31 minutes after an
             // event was committed (the 63-minute round is past the horizon):

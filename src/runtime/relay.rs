@@ -5,6 +5,11 @@
 //! [`RedrivePolicy`](super::RedrivePolicy) says are due, so a bus that lost
 //! its data delays a saga but cannot strand it.
 //!
+//! A pass publishes its claim with one [`Bus::publish_batch`](super::Bus)
+//! (one pipelined round trip on Redis) and marks the published entries
+//! with one [`Store::mark_published`](super::Store) (one statement on
+//! PostgreSQL).
+//!
 //! The claim comes first and is a write: the relays of one service share
 //! the work (each entry is held by one of them for the lease), and a store
 //! that cannot record anything (read-only, full) fails the claim before
@@ -14,7 +19,7 @@
 
 use tokio::sync::Notify;
 
-use crate::domain::{DurationMs, Service};
+use crate::domain::{DurationMs, Event, Service};
 
 use super::backoff;
 use super::observer::{Observer, RuntimeEvent};
@@ -68,24 +73,26 @@ async fn relay_pass(env: &Env, service: Service) -> Result<Pass, RelayError> {
         // next re-drive round, if they have one.
         mark(env, service, due).await?;
     }
-    let mut published = 0;
-    let mut failure = None;
     for entry in due {
         debug_assert_eq!(
             entry.event.emitter(),
             service,
             "an outbox holds only its service's events"
         );
-        if let Err(e) = env.bus.publish(&entry.event).await {
-            failure = Some(e.to_string());
-            break;
-        }
+    }
+    // The whole claim in one publish: one round trip on a pipelining bus.
+    let events: Vec<&Event> = due.iter().map(|entry| &entry.event).collect();
+    let (published, failure) = match env.bus.publish_batch(&events).await {
+        Ok(()) => (due.len(), None),
+        Err(partial) => (partial.published, Some(partial.error.to_string())),
+    };
+    assert!(published <= due.len(), "a batch publishes at most its events");
+    for entry in &due[..published] {
         env.observer.observe(RuntimeEvent::Published {
             service,
             event: &entry.event,
             republish: entry.published_count,
         });
-        published += 1;
     }
     if !mark_first {
         mark(env, service, &due[..published]).await?;

@@ -7,9 +7,13 @@
 //!   approximate MAXLEN could drop entries the group has not acknowledged.
 //!   [`RedisBus::trim`] removes only acknowledged entries instead (see
 //!   `ops.rs`); whoever runs the bus calls it periodically.
-//! - `receive` first claims entries whose delivery has been idle longer
-//!   than the visibility timeout (a crashed or stuck replica's work, or an
-//!   entry left for retry) with one Lua script: XAUTOCLAIM, then each
+//!   `publish_batch` sends the XADDs of a whole batch of events in one
+//!   pipeline: one round trip per relay pass.
+//! - `receive` first claims, with one Lua script: the pending entries of
+//!   the group's consumers whose heartbeat key expired (their process is
+//!   gone: taken within `heartbeat_ttl`, see `heartbeat.rs`), then entries
+//!   whose delivery has been idle longer than the visibility timeout (a
+//!   stuck replica's work, or an entry left for retry): XAUTOCLAIM, then each
 //!   claimed entry's delivery count (`Delivery::attempt`) from an XPENDING
 //!   of exactly that entry, and a dead letter (reason "deleted from the
 //!   stream while pending", empty payload, the entry id) for each entry
@@ -42,6 +46,7 @@
 //! it. All connections are `ConnectionManager`s: they reconnect by
 //! themselves after Redis restarts.
 
+mod heartbeat;
 mod ops;
 mod scripts;
 
@@ -56,7 +61,7 @@ use redis::{Client, RedisError};
 
 use crate::domain::service::subscribers;
 use crate::domain::{Event, Service};
-use crate::runtime::bus::{Bus, BusError, Delivery};
+use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending};
@@ -83,6 +88,13 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Dead-letter streams keep about this many entries (the oldest go).
     pub dead_letters_max: usize,
+    /// Life of a consumer's heartbeat key. Every consumer name that
+    /// received through this bus is refreshed several times per TTL by a
+    /// task of the bus, whatever its handlers do; once the process is gone
+    /// the key expires, and the next receive of any consumer of the group
+    /// takes the gone consumer's pending entries at once instead of after
+    /// the visibility timeout.
+    pub heartbeat_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -93,6 +105,7 @@ impl Default for RedisConfig {
             block: Duration::from_millis(100),
             command_timeout: Duration::from_secs(5),
             dead_letters_max: 100_000,
+            heartbeat_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -109,6 +122,10 @@ pub struct RedisBus {
     groups: Arc<Mutex<BTreeSet<Service>>>,
     /// Where each service's next XAUTOCLAIM scan starts.
     claim_cursor: Arc<Mutex<BTreeMap<Service, String>>>,
+    /// Heartbeat keys of the consumers that received through this bus,
+    /// refreshed by the heartbeat task while any clone of the bus lives
+    /// (the task holds only a weak reference).
+    alive: Arc<Mutex<BTreeSet<String>>>,
     config: RedisConfig,
     /// The URL without its password, for error messages.
     target: String,
@@ -127,6 +144,11 @@ impl RedisBus {
             config.visibility_timeout > config.block,
             "the visibility timeout must exceed the read block"
         );
+        assert!(
+            config.heartbeat_ttl >= heartbeat::TTL_MIN,
+            "a heartbeat TTL under {:?} expires between refreshes",
+            heartbeat::TTL_MIN
+        );
         let target = redact(url);
         let client = Client::open(url).map_err(|e| {
             BusError::Unavailable(format!("REDIS_URL {target:?} is not a valid Redis URL: {e}"))
@@ -140,6 +162,7 @@ impl RedisBus {
             readers: Arc::default(),
             groups: Arc::default(),
             claim_cursor: Arc::default(),
+            alive: Arc::default(),
             config,
             target,
         };
@@ -148,6 +171,11 @@ impl RedisBus {
             .query_async(&mut conn)
             .await
             .map_err(|e| bus.err(e))?;
+        tokio::spawn(heartbeat::run(
+            Arc::downgrade(&bus.alive),
+            bus.conn.clone(),
+            bus.config.heartbeat_ttl,
+        ));
         Ok(bus)
     }
 
@@ -182,6 +210,46 @@ impl RedisBus {
     /// cap has dropped (a counter, absent while none).
     pub fn dead_trimmed_key(&self, service: Service) -> String {
         format!("{}:dead-trimmed:{}", self.config.prefix, service.slug())
+    }
+
+    /// The prefix of `service`'s heartbeat keys; a consumer's name
+    /// completes its key.
+    pub fn heartbeat_prefix(&self, service: Service) -> String {
+        format!("{}:alive:{}:", self.config.prefix, service.slug())
+    }
+
+    /// Marks `consumer` of `service` alive now and keeps its heartbeat
+    /// refreshed while this bus lives, before it ever receives (its first
+    /// receive does the same).
+    pub async fn keep_alive(&self, service: Service, consumer: &str) -> Result<(), BusError> {
+        let key = format!("{}{consumer}", self.heartbeat_prefix(service));
+        self.alive.lock().expect("alive mutex").insert(key.clone());
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("PX")
+            .arg(self.config.heartbeat_ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stops refreshing `consumer`'s heartbeat and deletes it, as if its
+    /// process were gone: the next receive of another consumer of
+    /// `service`'s group takes its pending entries. (Tests, and a process
+    /// that stops one consumer while it keeps running.)
+    pub async fn forget_consumer(&self, service: Service, consumer: &str) -> Result<(), BusError> {
+        let key = format!("{}{consumer}", self.heartbeat_prefix(service));
+        self.alive.lock().expect("alive mutex").remove(&key);
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The consumer group of a service.
@@ -258,6 +326,11 @@ impl RedisBus {
     /// nothing, while the dead-letter key holds the wrong type.
     async fn claim(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, RedisError> {
         let key = self.stream_key(service);
+        let heartbeat = self.heartbeat_prefix(service);
+        self.alive
+            .lock()
+            .expect("alive mutex")
+            .insert(format!("{heartbeat}{consumer}"));
         let start = self
             .claim_cursor
             .lock()
@@ -278,6 +351,8 @@ impl RedisBus {
             .arg(self.config.dead_letters_max)
             .arg(service.slug())
             .arg(DELETED_WHILE_PENDING)
+            .arg(&heartbeat)
+            .arg(self.config.heartbeat_ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         self.claim_cursor
@@ -394,6 +469,29 @@ impl RedisBus {
             .collect())
     }
 
+    /// Appends to `pipe` the XADDs that publish `event` (one per
+    /// subscribing service); returns how many.
+    fn add_publish(&self, pipe: &mut redis::Pipeline, event: &Event) -> usize {
+        let targets = subscribers(event.event_type());
+        if targets.is_empty() {
+            return 0;
+        }
+        let payload = event.encode();
+        for service in &targets {
+            pipe.cmd("XADD")
+                .arg(self.stream_key(*service))
+                .arg("*")
+                .arg("payload")
+                .arg(payload.as_bytes())
+                .arg("type")
+                .arg(event.event_type().as_str())
+                .arg("event_id")
+                .arg(event.event_id.to_string())
+                .ignore();
+        }
+        targets.len()
+    }
+
     async fn receive_once(
         &self,
         service: Service,
@@ -425,26 +523,31 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let targets = subscribers(event.event_type());
-        if targets.is_empty() {
+        self.publish_batch(&[event])
+            .await
+            .map_err(|partial| partial.error)
+    }
+
+    /// One pipeline of XADDs for the whole batch (one round trip), in
+    /// order. Not MULTI/EXEC: a failure part of the way reports none of
+    /// the batch as published, so the relay publishes all of it again (a
+    /// duplicate for the entries that did go out, which inboxes absorb).
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
+        let mut pipe = redis::pipe();
+        let mut commands = 0;
+        for event in events {
+            commands += self.add_publish(&mut pipe, event);
+        }
+        if commands == 0 {
             return Ok(());
         }
-        let payload = event.encode();
-        let mut pipe = redis::pipe();
-        for service in &targets {
-            pipe.cmd("XADD")
-                .arg(self.stream_key(*service))
-                .arg("*")
-                .arg("payload")
-                .arg(payload.as_bytes())
-                .arg("type")
-                .arg(event.event_type().as_str())
-                .arg("event_id")
-                .arg(event.event_id.to_string())
-                .ignore();
-        }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.err(e))
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| PartialPublish {
+                published: 0,
+                error: self.err(e),
+            })
     }
 
     async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {

@@ -1,5 +1,6 @@
 //! The bus's Lua scripts, each one atomic step on the server: the claim
-//! (XAUTOCLAIM, the exact delivery count of every claimed entry, dead
+//! (the caller's heartbeat, the takeover of gone consumers' entries,
+//! XAUTOCLAIM, the exact delivery count of every claimed entry, dead
 //! letters for the entries deleted while pending) and the dead letter
 //! (XADD, and only if it succeeded, XACK). Both count what the dead-letter
 //! stream's `MAXLEN ~` cap drops in the dead-trimmed counter key.
@@ -34,24 +35,69 @@ end
 
 /// KEYS: stream, dead-letter stream, dead-trimmed counter. ARGV: group,
 /// consumer, min idle ms, start id, count, dead-letter cap, service,
-/// reason for deleted entries. Returns {next, claimed entries, their
-/// counts, deleted ids, dead letters dropped by the cap}.
+/// reason for deleted entries, heartbeat key prefix (the consumer's name
+/// completes a key), heartbeat TTL ms. Returns {next, claimed entries,
+/// their counts, deleted ids, dead letters dropped by the cap}.
+///
+/// First it refreshes the caller's own heartbeat (so a consumer is alive
+/// before it can own an entry). Then the takeover of gone consumers: every
+/// other consumer of the group with pending entries and no heartbeat key
+/// (its process stopped refreshing it a TTL ago) has its pending entries
+/// XCLAIMed whatever their idle time, up to `count` (an entry deleted
+/// while pending is dead-lettered and acked instead, since XCLAIM would
+/// drop it silently). Only then XAUTOCLAIM, with the visibility timeout,
+/// for what is left of `count`: a live but slow consumer keeps its
+/// entries for that long.
 const CLAIM: &str = r#"
+redis.call('SET', ARGV[9] .. ARGV[2], '1', 'PX', ARGV[10])
 local t = redis.call('TYPE', KEYS[2])['ok']
 if t ~= 'stream' and t ~= 'none' then
     return redis.error_reply('DEADKEY ' .. KEYS[2] .. ' holds a ' .. t .. ', not a stream')
 end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local left = tonumber(ARGV[5])
+local claimed = {}
+local deleted = {}
+local dropped = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if ok then
+    for _, c in ipairs(consumers) do
+        local name, pending
+        for i = 1, #c, 2 do
+            if c[i] == 'name' then name = c[i + 1]
+            elseif c[i] == 'pending' then pending = c[i + 1] end
+        end
+        if left > 0 and pending > 0 and name ~= ARGV[2]
+            and redis.call('EXISTS', ARGV[9] .. name) == 0 then
+            for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', left, name)) do
+                local id = p[1]
+                if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+                    dropped = dropped + dead_letter(KEYS[2], KEYS[3], ARGV[6], '', ARGV[8], id, ARGV[7], 0)
+                    redis.call('XACK', KEYS[1], ARGV[1], id)
+                    deleted[#deleted + 1] = id
+                else
+                    local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
+                    claimed[#claimed + 1] = e[1]
+                end
+                left = left - 1
+            end
+        end
+    end
+end
+local next = ARGV[4]
+if left > 0 then
+    local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', left)
+    next = r[1]
+    for _, e in ipairs(r[2]) do claimed[#claimed + 1] = e end
+    for _, id in ipairs(r[3] or {}) do
+        dropped = dropped + dead_letter(KEYS[2], KEYS[3], ARGV[6], '', ARGV[8], id, ARGV[7], 0)
+        deleted[#deleted + 1] = id
+    end
+end
 local counts = {}
-for i, e in ipairs(r[2]) do
+for i, e in ipairs(claimed) do
     counts[i] = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)[1][4]
 end
-local deleted = r[3] or {}
-local dropped = 0
-for _, id in ipairs(deleted) do
-    dropped = dropped + dead_letter(KEYS[2], KEYS[3], ARGV[6], '', ARGV[8], id, ARGV[7], 0)
-end
-return {r[1], r[2], counts, deleted, dropped}
+return {next, claimed, counts, deleted, dropped}
 "#;
 
 /// KEYS: dead-letter stream, stream, dead-trimmed counter. ARGV: cap,

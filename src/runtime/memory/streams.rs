@@ -40,8 +40,9 @@
 //! | the XAUTOCLAIM cursor lives in each `RedisBus` (per process) | one cursor per group | it only decides which idle entries a claim examines first; every idle entry is reached once the cursor wraps |
 //! | dead-letter stream capped by `MAXLEN ~` (the drop counted) | not capped | the runtime never reads dead letters back; the cap is an operator's bound |
 //! | the dead letter of an entry deleted while pending has attempt 0 (Redis forgets the count with the entry) | the same | — |
-//! | XCLAIM of an entry deleted while pending drops it from the pending list | the [`Streams::deliver`] lever leaves it (only XAUTOCLAIM reports it) | the runtime never XCLAIMs; only the lever hands out chosen entries |
+//! | XCLAIM of an entry deleted while pending drops it from the pending list | the [`Streams::deliver`] lever leaves it (only XAUTOCLAIM reports it) | the runtime XCLAIMs only in the takeover of a gone consumer, after checking that the entry is still in the stream; only the lever hands out chosen entries |
 //! | an entry the lever handed out of order is below no last-delivered id | `read_new` skips it | Redis has no such lever; without it both read in id order |
+//! | `RedisBus`'s claim first XCLAIMs the pending entries of consumers whose heartbeat key expired (their process is gone), whatever their idle time | no heartbeats: a consumer's entries are claimed only once idle for the visibility timeout | a takeover is a redelivery in both, counted the same; the heartbeat only makes it earlier after a process died. Correctness never waits on it (the simulator's crashed replicas wait out the visibility timeout, which it keeps short) |
 //!
 //! Besides Redis's commands it offers the levers of the in-memory scheduler
 //! ([`Streams::deliver`]: hand over a chosen entry, out of order if it is
