@@ -90,6 +90,9 @@ fn store_unavailable_and_a_pool_of_one_are_recovered_from() {
     input.plan = FaultPlan {
         unavailable_per_mille: 100,
         pool_size: 1,
+        // Slow store operations, so a transaction holds the one connection
+        // past the acquire timeout while another lane waits.
+        jitter_ms_max: 40,
         heal_at_ms: 8_000,
         ..FaultPlan::none()
     };
