@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use purchase_saga::domain::{EventId, Service};
-use purchase_saga::runtime::memory::streams::Streams;
+use purchase_saga::runtime::memory::streams::{EntryId, Streams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::faults::FaultKind;
@@ -261,6 +261,21 @@ impl Broker {
     /// Entries not yet acknowledged, over every stream.
     pub fn unacknowledged(&self) -> usize {
         self.lock().unacknowledged()
+    }
+
+    /// Every entry not yet acknowledged: (stream, entry id, the event id of
+    /// its payload; `None` when the payload is gone or does not decode).
+    pub fn unacknowledged_entries(&self) -> Vec<(Service, EntryId, Option<EventId>)> {
+        self.lock()
+            .unacknowledged_entries()
+            .into_iter()
+            .map(|(service, id, payload)| {
+                let event = payload
+                    .and_then(|p| purchase_saga::domain::Event::decode(p.as_bytes()).ok())
+                    .map(|e| e.event_id);
+                (service, id, event)
+            })
+            .collect()
     }
 
     /// Whether `service` dead-lettered the event `id`.

@@ -21,6 +21,8 @@
 //! - [`finding`]: violations of invariants and of the simulator's own checks.
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
+//! - [`quiescence`]: what is still pending; quiescence proven without
+//!   waiting out the re-drive rounds.
 //! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
 //! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the seeds kept in
 //!   `sim/corpus/` and replayed before every sweep; [`hunt`]: unattended
@@ -38,6 +40,7 @@ pub mod hunt;
 pub mod mermaid;
 pub mod mutants;
 pub mod observer;
+pub mod quiescence;
 pub mod run;
 pub mod store;
 pub mod summary;

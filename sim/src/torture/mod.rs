@@ -105,6 +105,9 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         batch: 100,
     };
     config.prune_interval = Duration::from_secs(1);
+    // Production's lease, as before the simulator scaled its own: real
+    // PostgreSQL and Redis passes under torture's faults take longer.
+    config.relay_lease = RuntimeConfig::default().relay_lease;
     config
 }
 

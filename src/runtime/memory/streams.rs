@@ -557,6 +557,21 @@ impl<P: Clone> Streams<P> {
             .sum()
     }
 
+    /// Every entry not yet acknowledged, by stream and id, with its payload
+    /// (`None` for a pending entry deleted from the stream): what
+    /// [`Streams::unacknowledged`] counts.
+    pub fn unacknowledged_entries(&self) -> Vec<(Service, EntryId, Option<&P>)> {
+        let mut out = Vec::with_capacity(self.unacknowledged());
+        for (service, stream) in &self.streams {
+            let pending = stream.group.as_ref().into_iter().flat_map(|g| g.pending.keys());
+            for id in stream.fresh.iter().chain(pending) {
+                out.push((*service, *id, stream.entries.get(id)));
+            }
+        }
+        debug_assert_eq!(out.len(), self.unacknowledged(), "listed what is counted");
+        out
+    }
+
     /// A Redis without persistence restarting: streams, groups, pending
     /// entries and dead letters all gone. Ids keep increasing (Redis's come
     /// from its clock).
