@@ -103,6 +103,8 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         ..RuntimeConfig::default()
     };
     config.redrive.after = DurationMs(2_000);
+    // Rounds at 2, 6, ..., 126 s, then every 64 s until the horizon.
+    config.redrive.republish_max = 6;
     config
 }
 

@@ -667,19 +667,23 @@ mod tests {
     }
 
     fn reserved() -> Event {
-        event(crate::domain::Payload::PaymentReserved(crate::domain::event::PaymentReserved {
-            reserved_amount: 300,
-            remaining_balance: 700,
-            item_id: ItemId::parse("sword").unwrap(),
-            quantity: 2,
-        }))
+        event(crate::domain::Payload::PaymentReserved(
+            crate::domain::event::PaymentReserved {
+                reserved_amount: 300,
+                remaining_balance: 700,
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity: 2,
+            },
+        ))
     }
 
     fn rolled_back() -> Event {
-        event(crate::domain::Payload::PaymentRollback(crate::domain::event::PaymentRollback {
-            refunded_amount: 300,
-            balance: 1000,
-        }))
+        event(crate::domain::Payload::PaymentRollback(
+            crate::domain::event::PaymentRollback {
+                refunded_amount: 300,
+                balance: 1000,
+            },
+        ))
     }
 
     #[test]
@@ -704,7 +708,10 @@ mod tests {
         ledger.record(&reserved());
         let failed = Snapshot::from_rows([Row::Order(order(OrderStatus::Failed))]);
         assert_eq!(
-            named(&ledger.check_quiescent(&failed), Invariant::CompensationExactlyOnce),
+            named(
+                &ledger.check_quiescent(&failed),
+                Invariant::CompensationExactlyOnce
+            ),
             1,
             "the hold was never given back"
         );
@@ -712,7 +719,10 @@ mod tests {
         assert!(ledger.check_quiescent(&failed).is_empty());
         let completed = Snapshot::from_rows([Row::Order(order(OrderStatus::Completed))]);
         assert_eq!(
-            named(&ledger.check_quiescent(&completed), Invariant::CompensationExactlyOnce),
+            named(
+                &ledger.check_quiescent(&completed),
+                Invariant::CompensationExactlyOnce
+            ),
             1,
             "a completed order compensated"
         );
