@@ -197,12 +197,14 @@ async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool
             emitted: 0,
         }) => Disposition::Ignored,
         Ok(Committed::Applied { emitted, .. }) => Disposition::Applied { emitted },
+        // Planted bug (mutants feature): an event that arrived early gives up.
+        Err(TransactError::Step(StepError::NotYetApplicable(reason)))
+            if crate::mutant!(DeadLetterGoodEvent) =>
+        {
+            Disposition::DeadLettered { reason }
+        }
         Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
-            reason: e.to_string(),
-        },
-        // Planted bug (mutants feature): a transient store error gives up.
-        Err(TransactError::Store(e)) if crate::mutant!(DeadLetterGoodEvent) => Disposition::DeadLettered {
             reason: e.to_string(),
         },
         Err(TransactError::Store(e)) => {
