@@ -63,8 +63,9 @@ pub enum Mutant {
     /// User emits its PAYMENT_ROLLBACK twice (two outbox rows) for one
     /// refund: a compensation emitted twice.
     CompensateTwice,
-    /// A consumer dead-letters an event at its first store error instead
-    /// of leaving it for redelivery.
+    /// A consumer dead-letters an event that is not applicable yet (it
+    /// arrived before the event it follows) instead of leaving it for
+    /// redelivery.
     DeadLetterGoodEvent,
     /// User refunds one less than it held.
     RefundWrongAmount,

@@ -469,8 +469,16 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
     publish(vec![a.clone()], 1500, policy).await;
     assert_eq!(orders(&due(3000).await), ["o-a", "o-b", "o-c"]);
     publish(vec![a.clone(), b.clone(), c.clone()], 3000, policy).await;
-    // Both rounds spent: never again.
-    assert_eq!(orders(&due(9_999).await), Vec::<String>::new());
+    // Past round 2 the gap stops doubling: a round every 2000 (+5000,
+    // +7000, +9000) until the horizon, so there is no last round before it.
+    assert_eq!(orders(&due(4_999).await), Vec::<String>::new());
+    assert_eq!(orders(&due(5_000).await), ["o-a", "o-b", "o-c"]);
+    publish(vec![a.clone(), b.clone(), c.clone()], 8_500, policy).await;
+    assert_eq!(orders(&due(8_999).await), Vec::<String>::new());
+    assert_eq!(orders(&due(9_000).await), ["o-a", "o-b", "o-c"]);
+    publish(vec![a.clone(), b.clone(), c.clone()], 9_000, policy).await;
+    // No round starts at or past the horizon (+10000).
+    assert_eq!(orders(&due(100_000).await), Vec::<String>::new());
     // With more rounds, none that starts at or past the horizon: rounds at
     // +1000, +3000 and +7000, horizon 5000.
     let short = RedrivePolicy {

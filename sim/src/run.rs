@@ -134,6 +134,9 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         config.retention.inbox.0 > config.redrive.horizon.0 + i64::from(config.deliveries_max) * 1_500,
         "the inbox must outlive every republish and redelivery"
     );
+    // Rounds at 2, 6, 14, 30 s, then (re-drive has no last round) every
+    // 64 s until the 32 s horizon: in practice the four rounds.
+    config.redrive.republish_max = 6;
     config
 }
 

@@ -292,6 +292,11 @@ impl Store for SimStore {
         self.world.store.writable(service).await
     }
 
+    async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
+        self.delay().await;
+        self.world.store.overdue_sagas(before).await
+    }
+
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.delay().await;
         self.maybe_unavailable("deadlines")?;

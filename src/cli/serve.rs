@@ -224,6 +224,18 @@ pub fn pool_size(services: usize, replicas: u16, handle_concurrency: usize, extr
     u32::try_from(loops + extra).unwrap_or(u32::MAX).min(POOL_MAX)
 }
 
+/// The handling lanes per consumer that fit the pool: `handle_concurrency`,
+/// or fewer when services x replicas x lanes plus the loops and `extra`
+/// would need more than [`POOL_MAX`] connections (6 services x 2 replicas x
+/// 8 lanes = 96 did), so that every lane has a connection and none waits
+/// out the acquire timeout. At least 1.
+pub fn lanes_within_pool(services: usize, replicas: u16, handle_concurrency: usize, extra: usize) -> usize {
+    let consumers = (services * usize::from(replicas)).max(1);
+    let fixed = services + 2 + extra;
+    let room = (POOL_MAX as usize).saturating_sub(fixed) / consumers;
+    handle_concurrency.max(1).min(room.max(1))
+}
+
 /// Most connections one process opens: PostgreSQL's default
 /// `max_connections` is 100, and the tests and tools need some too.
 pub const POOL_MAX: u32 = 80;
@@ -258,14 +270,23 @@ pub async fn termination_signal() {
 /// `purchase-saga serve`.
 pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode, String> {
     let services = args.services();
+    let extra = if args.http.is_some() { 16 } else { 0 };
+    let requested = usize::from(global.handle_concurrency);
+    let lanes = lanes_within_pool(services.len(), args.replicas, requested, extra);
+    let mut global = global.clone();
+    if lanes < requested {
+        tracing::warn!(
+            requested,
+            lanes,
+            pool_max = POOL_MAX,
+            "handle concurrency lowered so that every lane has a database connection"
+        );
+        global.handle_concurrency = u16::try_from(lanes).expect("lanes only ever shrink");
+    }
+    let global = &global;
     let backend = Backend::open(
         global,
-        pool_size(
-            services.len(),
-            args.replicas,
-            usize::from(global.handle_concurrency),
-            if args.http.is_some() { 16 } else { 0 },
-        ),
+        pool_size(services.len(), args.replicas, lanes, extra),
         super::backend::Needs::StoreAndBus,
     )
     .await?;
@@ -305,5 +326,29 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
             "tasks did not stop within {SHUTDOWN_GRACE:?}: {}",
             unfinished.join(", ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_bounded_so_that_each_has_a_connection() {
+        // 6 services x 2 replicas x 8 lanes = 96 transactions in flight.
+        let lanes = lanes_within_pool(6, 2, 8, 16);
+        assert!(lanes < 8);
+        let need = 6 * 2 * lanes + 6 + 2 + 16;
+        assert!(need <= POOL_MAX as usize, "{need} connections needed");
+        assert_eq!(
+            pool_size(6, 2, lanes, 16) as usize,
+            need,
+            "the pool holds every lane"
+        );
+        // What fits is left alone.
+        assert_eq!(lanes_within_pool(6, 1, 8, 0), 8);
+        assert_eq!(lanes_within_pool(1, 1, 0, 0), 1);
+        // Even past any room, one lane each.
+        assert_eq!(lanes_within_pool(6, 20, 8, 16), 1);
     }
 }

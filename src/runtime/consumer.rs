@@ -219,12 +219,14 @@ fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors
 async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool) {
     let disposition = match apply_event(env, service, event).await {
         Ok(committed) => disposition_of(committed),
+        // Planted bug (mutants feature): an event that arrived early gives up.
+        Err(TransactError::Step(StepError::NotYetApplicable(reason)))
+            if crate::mutant!(DeadLetterGoodEvent) =>
+        {
+            Disposition::DeadLettered { reason }
+        }
         Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
-            reason: e.to_string(),
-        },
-        // Planted bug (mutants feature): a transient store error gives up.
-        Err(TransactError::Store(e)) if crate::mutant!(DeadLetterGoodEvent) => Disposition::DeadLettered {
             reason: e.to_string(),
         },
         Err(TransactError::Store(e)) => {

@@ -131,14 +131,15 @@ impl Default for RuntimeConfig {
             // killed relay's claims within the few seconds of a takeover.
             relay_lease: Duration::from_secs(3),
             saga_deadline: DurationMs::from_secs(300),
-            // Republish rounds start 1, 3, 7, 15 and 31 minutes after an
-            // event was committed (the 63-minute round is past the horizon):
-            // every round after the 5-minute deadline re-drives the
-            // compensations a lost event would otherwise strand.
+            // Republish rounds start 1, 3, 7, ..., 255 minutes after an
+            // event was committed, then every 128 minutes until the horizon,
+            // the outbox row's life (24 h): 17 rounds, and an event lost at
+            // any time the row is kept is re-driven within 128 minutes
+            // (ARCHITECTURE.md "Re-drive until the horizon").
             redrive: RedrivePolicy {
                 after: DurationMs::from_secs(60),
-                republish_max: 6,
-                horizon: DurationMs::from_secs(3600),
+                republish_max: 8,
+                horizon: DurationMs::from_secs(24 * 3600),
             },
             retention: Retention {
                 inbox: DurationMs::from_secs(7 * 24 * 3600),

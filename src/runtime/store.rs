@@ -176,9 +176,13 @@ pub struct Mark {
 /// nothing on disk, and the simulator's broker drops messages. So an entry is
 /// published again in rounds fixed by its creation time: round `k` (1 to
 /// `republish_max`) starts at `created_at + after * (2^k - 1)`, i.e. at
-/// `after`, `3*after`, `7*after`, ... and no round starts at or past
-/// `horizon`. An entry is due when a round has started since its last
-/// publish. Rounds, not publish counts, are the budget: two relay replicas
+/// `after`, `3*after`, `7*after`, ...; after round `republish_max` the gap
+/// stops doubling and the rounds repeat every `after * 2^(republish_max-1)`
+/// until the `horizon`, which no round starts at or past. There is no last
+/// round before the horizon, so an event lost at any time inside it is
+/// re-driven within one capped gap (no liveness cliff; ARCHITECTURE.md
+/// "Re-drive until the horizon"). An entry is due when a round has started
+/// since its last publish. Rounds, not publish counts, are the budget: two relay replicas
 /// that both publish in one round spend one round, and a long fault window
 /// cannot use the budget up faster than time passes. Consumers are
 /// idempotent, so a needless republish costs one inbox lookup per subscriber.
@@ -224,16 +228,51 @@ impl RedrivePolicy {
         if !Self::worth_republishing(entry.event.event_type()) {
             return None;
         }
-        let rounds_max = if crate::mutant!(RedriveStopsEarly) {
+        let created = entry.created_at;
+        let inside = |start: &Timestamp| start.since(created) < self.horizon;
+        if crate::mutant!(RedriveStopsEarly) {
             // Planted bug: only the first round is ever scheduled.
-            1
-        } else {
-            self.republish_max.min(Self::ROUNDS_MAX)
-        };
-        (1..=rounds_max)
-            .map(|k| self.round_start(entry.created_at, k))
-            .take_while(|start| start.since(entry.created_at) < self.horizon)
+            return Some(self.round_start(created, 1)).filter(|s| inside(s) && *s > last);
+        }
+        let doubling = self.republish_max.clamp(1, Self::ROUNDS_MAX);
+        if let Some(start) = (1..=doubling)
+            .map(|k| self.round_start(created, k))
+            .take_while(inside)
             .find(|start| *start > last)
+        {
+            return Some(start);
+        }
+        // Past the doubling rounds: one round every capped gap.
+        let base = self.round_start(created, doubling);
+        let gap = self.gap_max().0.max(1);
+        let behind = last.since(base).0.max(0);
+        let start = base.plus(DurationMs((behind / gap + 1).saturating_mul(gap)));
+        debug_assert!(start > last, "the next round starts after the last publish");
+        Some(start).filter(inside)
+    }
+
+    /// The longest gap between two rounds: the gap before round
+    /// `republish_max`, repeated after it until the horizon.
+    pub fn gap_max(&self) -> DurationMs {
+        let doubling = self.republish_max.clamp(1, Self::ROUNDS_MAX);
+        DurationMs(self.after.0.saturating_mul(1i64 << (doubling - 1)))
+    }
+
+    /// Rounds that start inside the horizon (for bounds on publishes).
+    pub fn rounds_within_horizon(&self) -> u32 {
+        let gap = self.gap_max().0.max(1);
+        let doubling = self.republish_max.clamp(1, Self::ROUNDS_MAX);
+        let created = Timestamp::SIM_EPOCH;
+        let doubled = (1..=doubling)
+            .take_while(|k| self.round_start(created, *k).since(created) < self.horizon)
+            .count() as i64;
+        let base = self.round_start(created, doubling).since(created).0;
+        let repeated = if doubled == i64::from(doubling) && self.horizon.0 > base {
+            (self.horizon.0 - base - 1) / gap
+        } else {
+            0
+        };
+        u32::try_from(doubled + repeated).unwrap_or(u32::MAX)
     }
 
     /// Start of round `k` of an entry created at `created`.
@@ -326,6 +365,11 @@ pub trait Store: Send + Sync + 'static {
     /// PENDING orders past their deadline whose deadline was not signalled.
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>>;
 
+    /// PENDING orders whose deadline passed at or before `before`: with
+    /// `before` = now minus a grace period, the sagas that should have
+    /// ended and did not (a lost event, a stuck service).
+    async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64>;
+
     /// Deletes expired inbox ids and outbox entries, in bounded batches.
     async fn prune(
         &self,
@@ -337,4 +381,71 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every row of every service (committed state), for invariant checks.
     async fn snapshot(&self) -> StoreResult<Snapshot>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::PaymentRollback;
+    use crate::domain::{OrderId, Payload, UserId};
+
+    fn entry(created: Timestamp) -> OutboxEntry {
+        let event = Event::new(
+            OrderId::parse("o1").unwrap(),
+            UserId::parse("alice").unwrap(),
+            created,
+            Payload::PaymentRollback(PaymentRollback {
+                refunded_amount: 1,
+                balance: 1,
+            }),
+        );
+        OutboxEntry {
+            seq: 1,
+            event,
+            created_at: created,
+            published_count: 1,
+            last_published_at: None,
+            next_publish_at: None,
+        }
+    }
+
+    const POLICY: RedrivePolicy = RedrivePolicy {
+        after: DurationMs(1000),
+        republish_max: 3,
+        horizon: DurationMs(20_000),
+    };
+
+    #[test]
+    fn rounds_double_then_repeat_at_the_capped_gap_until_the_horizon() {
+        let t0 = Timestamp::SIM_EPOCH;
+        let e = entry(t0);
+        let mut starts = Vec::new();
+        let mut last = t0;
+        while let Some(next) = POLICY.next_round_after(&e, last) {
+            starts.push(next.since(t0).0);
+            last = next;
+        }
+        assert_eq!(
+            starts,
+            [1000, 3000, 7000, 11_000, 15_000, 19_000],
+            "doubling to the 4000 gap, then every 4000 until 20000"
+        );
+        assert_eq!(POLICY.gap_max(), DurationMs(4000));
+        assert_eq!(POLICY.rounds_within_horizon() as usize, starts.len());
+    }
+
+    #[test]
+    fn an_entry_last_published_late_still_has_a_round_within_one_gap() {
+        let t0 = Timestamp::SIM_EPOCH;
+        let e = entry(t0);
+        for at in [7_000, 9_999, 12_345, 15_000] {
+            let last = t0.plus(DurationMs(at));
+            let next = POLICY.next_round_after(&e, last).expect("a round is left");
+            assert!(
+                next > last && next.since(last) <= POLICY.gap_max(),
+                "after {at}: {next:?}"
+            );
+        }
+        assert_eq!(POLICY.next_round_after(&e, t0.plus(DurationMs(19_000))), None);
+    }
 }

@@ -65,7 +65,26 @@ pub async fn run(env: Env, mut shutdown: Shutdown) {
     }
 }
 
-/// Prunes `services`' inboxes and outboxes every `prune_interval` until shutdown.
+/// Sagas still PENDING one capped re-drive gap past their deadline: by
+/// then a lost event was re-driven and the saga should have ended
+/// (`RedrivePolicy::gap_max`). Logged when there are any.
+pub async fn overdue_once(env: &Env) -> Result<u64, StoreError> {
+    let grace = env.config.redrive.gap_max();
+    let before = env.clock.now().plus(crate::domain::DurationMs(-grace.0));
+    let overdue = env.store.overdue_sagas(before).await?;
+    if overdue > 0 {
+        tracing::warn!(
+            overdue,
+            grace_ms = grace.0,
+            "sagas past their deadline plus the grace period and still not terminal"
+        );
+    }
+    Ok(overdue)
+}
+
+/// Prunes `services`' inboxes and outboxes every `prune_interval` until
+/// shutdown; where the Order service is local, also reports overdue sagas
+/// ([`overdue_once`]).
 pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown) {
     let mut retention = env.config.retention;
     if crate::mutant!(PruneLiveInbox) {
@@ -74,6 +93,11 @@ pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown
         retention.inbox = env.config.redrive.after;
     }
     loop {
+        if services.contains(&Service::Order) {
+            if let Err(e) = overdue_once(&env).await {
+                tracing::warn!(error = %e, "counting overdue sagas failed");
+            }
+        }
         for &service in &services {
             let now = env.clock.now();
             match env.store.prune(service, now, retention, env.config.redrive).await {
@@ -87,5 +111,61 @@ pub async fn run_pruner(env: Env, services: Vec<Service>, mut shutdown: Shutdown
         if sleep_or_stop(&mut shutdown, env.config.prune_interval).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::gateway::SimulatedGateway;
+    use crate::domain::rows::{Order, OrderStatus};
+    use crate::domain::{DurationMs, ItemId, OrderId, Row, Timestamp, UserId};
+    use crate::runtime::memory::{MemoryBus, MemoryStore};
+    use crate::runtime::{ManualClock, NoObserver, RuntimeConfig};
+
+    fn order(id: &str, status: OrderStatus, deadline: Timestamp) -> Row {
+        Row::Order(Order {
+            order_id: OrderId::parse(id).unwrap(),
+            user_id: UserId::parse("alice").unwrap(),
+            item_id: ItemId::parse("sword").unwrap(),
+            item_name: "Sword".into(),
+            quantity: 1,
+            total_amount: 100,
+            payment_method: "WALLET".into(),
+            status,
+            failed_step: None,
+            failure_reason: None,
+            created_at: Timestamp::SIM_EPOCH,
+            deadline_at: deadline,
+            deadline_signalled: true,
+            updated_at: Timestamp::SIM_EPOCH,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pending_saga_is_overdue_only_one_capped_gap_past_its_deadline() {
+        let t0 = Timestamp::SIM_EPOCH;
+        let clock = Arc::new(ManualClock::starting_at(t0));
+        let store = MemoryStore::new();
+        store.seed([
+            order("o-stuck", OrderStatus::Pending, t0),
+            order("o-done", OrderStatus::Failed, t0),
+        ]);
+        let config = RuntimeConfig::default();
+        let grace = config.redrive.gap_max();
+        let env = Env {
+            store: Arc::new(store),
+            bus: Arc::new(MemoryBus::new(clock.clone(), DurationMs(1000))),
+            clock: clock.clone(),
+            gateway: Arc::new(SimulatedGateway::default()),
+            observer: Arc::new(NoObserver),
+            config,
+        };
+        clock.set(t0.plus(DurationMs(grace.0 - 1)));
+        assert_eq!(overdue_once(&env).await.unwrap(), 0, "still inside the grace");
+        clock.set(t0.plus(grace));
+        assert_eq!(overdue_once(&env).await.unwrap(), 1, "only the PENDING one");
     }
 }

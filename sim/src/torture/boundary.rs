@@ -118,6 +118,11 @@ impl Store for FaultyStore {
         self.inner.writable(service).await
     }
 
+    async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
+        self.strike("overdue_sagas")?;
+        self.inner.overdue_sagas(before).await
+    }
+
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.strike("orders_past_deadline")?;
         self.inner.orders_past_deadline(now, limit).await

@@ -59,7 +59,7 @@ pub struct TortureObserver {
 
 impl TortureObserver {
     pub fn new(shared: Arc<Shared>, policy: RedrivePolicy, replicas: u8) -> TortureObserver {
-        let rounds = policy.republish_max.min(RedrivePolicy::ROUNDS_MAX) + 1;
+        let rounds = policy.rounds_within_horizon() + 1;
         TortureObserver {
             shared,
             publishes_max: 2 * rounds * u32::from(replicas),

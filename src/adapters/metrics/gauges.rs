@@ -6,7 +6,8 @@
 
 use crate::adapters::postgres::PgStore;
 use crate::adapters::redis::{GroupStats, RedisBus};
-use crate::domain::Service;
+use crate::domain::{DurationMs, Service};
+use crate::runtime::{Clock, Store};
 
 use super::{Metrics, SourceLabel};
 
@@ -55,6 +56,16 @@ impl GaugeSources {
             tracing::warn!(source, %error, "metrics: reading a gauge failed");
             m.scrape_errors.get_or_create(&SourceLabel { source }).inc();
         };
+        if let Some(pg) = &self.postgres {
+            let grace = crate::runtime::RuntimeConfig::default().redrive.gap_max();
+            let now = crate::runtime::SystemClock.now();
+            match pg.overdue_sagas(now.plus(DurationMs(-grace.0))).await {
+                Ok(n) => {
+                    m.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Err(e) => failed("postgres", e.to_string()),
+            }
+        }
         for service in Service::ALL {
             let label = Metrics::service(service);
             let reading = self.read(service).await;

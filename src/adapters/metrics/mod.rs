@@ -20,6 +20,7 @@
 //! | `saga_outbox_backlog` | gauge | `service` | outbox rows never published |
 //! | `saga_dead_letter_stream_size` | gauge | `service` | XLEN of the dead-letter stream |
 //! | `saga_metrics_scrape_errors_total` | counter | `source` | a gauge read that failed |
+//! | `saga_overdue` | gauge | | PENDING orders past their deadline plus one capped re-drive gap (Postgres) |
 //!
 //! The counters are per process (each replica process counts what its own
 //! loops did; Prometheus sums them). A saga's terminal event is counted at
@@ -107,6 +108,7 @@ pub struct Metrics {
     consumer_lag: Family<ServiceLabel, Gauge>,
     outbox_backlog: Family<ServiceLabel, Gauge>,
     dead_letter_stream: Family<ServiceLabel, Gauge>,
+    overdue: Gauge,
     scrape_errors: Family<SourceLabel, Counter>,
     sources: GaugeSources,
     /// One scrape at a time sets the gauges and renders them, so a render
@@ -132,6 +134,7 @@ impl Metrics {
             consumer_lag: Family::default(),
             outbox_backlog: Family::default(),
             dead_letter_stream: Family::default(),
+            overdue: Gauge::default(),
             scrape_errors: Family::default(),
             sources,
             scrape: tokio::sync::Mutex::new(()),
@@ -202,6 +205,11 @@ impl Metrics {
             "saga_dead_letter_stream_size",
             "Entries in the service's dead-letter stream (read at scrape)",
             m.dead_letter_stream.clone(),
+        );
+        registry.register(
+            "saga_overdue",
+            "Sagas still PENDING past their deadline plus one capped re-drive gap: stuck (read at scrape)",
+            m.overdue.clone(),
         );
         registry.register(
             "saga_metrics_scrape_errors",

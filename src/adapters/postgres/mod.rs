@@ -145,6 +145,17 @@ impl Store for PgStore {
         }
     }
 
+    async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM order_svc.orders WHERE status = 'PENDING' AND deadline_at <= $1",
+        )
+        .bind(before.to_datetime())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT order_id FROM order_svc.orders

@@ -581,6 +581,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
+        let state = self.shared.state.lock().expect("store mutex");
+        Ok(state
+            .rows
+            .values()
+            .filter(|row| matches!(row, Row::Order(o) if o.status == OrderStatus::Pending && o.deadline_at <= before))
+            .count() as u64)
+    }
+
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         let state = self.shared.state.lock().expect("store mutex");
         Ok(state
