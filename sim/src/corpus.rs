@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::{FaultKind, Profile};
 use crate::run::SimOutcome;
+use crate::sweep::Options;
 use crate::world::EntryKind;
 
 /// The corpus folder of this checkout (`sim/corpus/`).
@@ -77,14 +78,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An entry for `outcome`, run with these options.
+    /// An entry for `outcome`, run with `options`.
     pub fn from_outcome(
         kind: Kind,
         outcome: &SimOutcome,
-        faults: Profile,
-        orders: usize,
-        mutant: Option<&str>,
-        without: Option<FaultKind>,
+        options: &Options,
         commit: &str,
         found_by: &str,
         why: Vec<String>,
@@ -92,15 +90,21 @@ impl Entry {
         Entry {
             kind,
             seed: outcome.seed,
-            faults: faults.name().to_string(),
-            orders,
-            mutant: mutant.map(str::to_string),
-            without: without.map(|k| k.name().to_string()),
+            faults: options.faults.name().to_string(),
+            orders: options.orders,
+            mutant: options.mutant.clone(),
+            without: options.without.map(|k| k.name().to_string()),
             commit: commit.to_string(),
             found_by: found_by.to_string(),
             hash: format!("{:016x}", outcome.hash),
             why,
         }
+    }
+
+    /// A failure entry for `outcome`, kept with its first violations.
+    pub fn failure(outcome: &SimOutcome, options: &Options, commit: &str, found_by: &str) -> Entry {
+        let why = outcome.violations.iter().take(3).map(|v| v.to_string()).collect();
+        Entry::from_outcome(Kind::Failure, outcome, options, commit, found_by, why)
     }
 
     /// The entry's profile, if this build knows it.

@@ -82,22 +82,8 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
         report.next = b;
         report.seeds += b - a;
         for (_, outcome) in &outcomes {
-            let entry = |kind, why| {
-                Entry::from_outcome(
-                    kind,
-                    outcome,
-                    profile,
-                    settings.orders,
-                    None,
-                    None,
-                    &commit,
-                    "hunt",
-                    why,
-                )
-            };
             if !outcome.violations.is_empty() {
-                let why = outcome.violations.iter().take(3).map(|v| v.to_string()).collect();
-                let found = entry(Kind::Failure, why);
+                let found = Entry::failure(outcome, &options, &commit, "hunt");
                 if corpus.add(found.clone())? {
                     println!("hunt: FAILING {found}");
                     println!("      replay: {}", options.replay_command(outcome.seed));
@@ -113,7 +99,7 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
                 continue;
             }
             known.extend(new.iter().cloned());
-            let found = entry(Kind::Rare, new);
+            let found = Entry::from_outcome(Kind::Rare, outcome, &options, &commit, "hunt", new);
             if corpus.add(found.clone())? {
                 println!("hunt: rare {found}: {}", found.why.join(", "));
                 report.rare.push(found);

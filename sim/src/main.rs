@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
-use purchase_saga_sim::corpus::{self, Corpus, Entry, Kind};
+use purchase_saga_sim::corpus::{self, Corpus, Entry};
 use purchase_saga_sim::hunt::{self, HuntSettings};
 use purchase_saga_sim::summary::Summary;
 use purchase_saga_sim::sweep::{commit, par_seeds, sweep, Options};
@@ -425,17 +425,7 @@ fn main() -> ExitCode {
                         println!("    {v}");
                     }
                     println!("    replay: {}", options.replay_command(outcome.seed));
-                    let entry = Entry::from_outcome(
-                        Kind::Failure,
-                        outcome,
-                        faults,
-                        orders,
-                        mutant.as_deref(),
-                        without,
-                        &commit,
-                        &corpus_args.found_by,
-                        outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
-                    );
+                    let entry = Entry::failure(outcome, &options, &commit, &corpus_args.found_by);
                     if corpus_args.record {
                         match corpus.add(entry) {
                             Ok(true) => println!("    kept in {}", corpus_args.corpus.display()),
@@ -589,17 +579,7 @@ fn main() -> ExitCode {
                 println!("  {v}");
             }
             if record && !outcome.violations.is_empty() {
-                let entry = Entry::from_outcome(
-                    Kind::Failure,
-                    &outcome,
-                    faults,
-                    orders,
-                    mutant.as_deref(),
-                    without,
-                    &commit(),
-                    "developer",
-                    outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
-                );
+                let entry = Entry::failure(&outcome, &options, &commit(), "developer");
                 match Corpus::load(&dir).and_then(|mut c| c.add(entry)) {
                     Ok(true) => println!("kept in {}", dir.display()),
                     Ok(false) => println!("already in the corpus"),
@@ -888,17 +868,7 @@ fn record_mutant_seeds(dir: &std::path::Path, rows: &[(usize, Hunt)], options: &
             ..options.clone()
         };
         let outcome = options.run_seed(*seed);
-        let entry = Entry::from_outcome(
-            Kind::Failure,
-            &outcome,
-            options.faults,
-            options.orders,
-            Some(h.mutant),
-            options.without,
-            &commit,
-            "mutants",
-            outcome.violations.iter().take(3).map(|v| v.to_string()).collect(),
-        );
+        let entry = Entry::failure(&outcome, &options, &commit, "mutants");
         match corpus.add(entry) {
             Ok(added) => println!(
                 "{}: seed {seed} {}",

@@ -89,17 +89,7 @@ fn a_replay_counts_a_seed_whose_trace_changed_as_drifted_and_still_runs_it() {
     let kept = |seed_hash: u64| {
         let mut o = outcome.clone();
         o.hash = seed_hash;
-        Entry::from_outcome(
-            Kind::Failure,
-            &o,
-            Profile::Light,
-            6,
-            None,
-            None,
-            "test",
-            "developer",
-            vec![],
-        )
+        Entry::from_outcome(Kind::Failure, &o, &options, "test", "developer", vec![])
     };
     corpus.add(kept(outcome.hash)).unwrap();
     let replayed = replay_corpus(&corpus, 1, false);
@@ -140,10 +130,7 @@ fn a_seed_kept_for_a_mutant_still_exposes_it_and_is_clean_without_it() {
         .add(Entry::from_outcome(
             Kind::Failure,
             &outcome,
-            Profile::Heavy,
-            20,
-            Some(mutant),
-            None,
+            &options,
             "test",
             "mutants",
             vec![],

@@ -673,6 +673,7 @@ mod tests {
                 remaining_balance: 700,
                 item_id: ItemId::parse("sword").unwrap(),
                 quantity: 2,
+                payment_method: "WALLET".into(),
             },
         ))
     }
