@@ -63,8 +63,8 @@ pub enum Mutant {
     /// User emits its PAYMENT_ROLLBACK twice (two outbox rows) for one
     /// refund: a compensation emitted twice.
     CompensateTwice,
-    /// A consumer dead-letters an event that is not applicable yet (it
-    /// arrived before the event it follows) instead of leaving it for
+    /// A consumer dead-letters an event whose transaction the store could
+    /// not take (unavailable, pool timed out) instead of leaving it for
     /// redelivery.
     DeadLetterGoodEvent,
     /// User refunds one less than it held.

@@ -219,16 +219,18 @@ fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors
 async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool) {
     let disposition = match apply_event(env, service, event).await {
         Ok(committed) => disposition_of(committed),
-        // Planted bug (mutants feature): an event that arrived early gives up.
-        Err(TransactError::Step(StepError::NotYetApplicable(reason)))
-            if crate::mutant!(DeadLetterGoodEvent) =>
-        {
-            Disposition::DeadLettered { reason }
-        }
         Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
         Err(TransactError::Step(e)) => Disposition::DeadLettered {
             reason: e.to_string(),
         },
+        // Planted bug (mutants feature): a store that could not take the
+        // event right now (unavailable, pool timed out) is taken as the
+        // event's fault, and the event is given up.
+        Err(TransactError::Store(e)) if e.is_unavailable() && crate::mutant!(DeadLetterGoodEvent) => {
+            Disposition::DeadLettered {
+                reason: e.to_string(),
+            }
+        }
         Err(TransactError::Store(e)) => {
             return (
                 Disposition::Retry {
