@@ -386,19 +386,24 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::PaymentRollback;
-    use crate::domain::{OrderId, Payload, UserId};
+    use crate::domain::event::PaymentReserved;
+    use crate::domain::{ItemId, OrderId, Payload, UserId};
 
     fn entry(created: Timestamp) -> OutboxEntry {
         let event = Event::new(
             OrderId::parse("o1").unwrap(),
             UserId::parse("alice").unwrap(),
             created,
-            Payload::PaymentRollback(PaymentRollback {
-                refunded_amount: 1,
-                balance: 1,
+            // Inventory consumes it, so a lost copy matters and it is re-driven.
+            Payload::PaymentReserved(PaymentReserved {
+                reserved_amount: 1,
+                remaining_balance: 1,
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity: 1,
+                payment_method: "WALLET".into(),
             }),
         );
+        assert!(RedrivePolicy::worth_republishing(event.event_type()));
         OutboxEntry {
             seq: 1,
             event,
