@@ -888,11 +888,13 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
         published_total > 20,
         "the history republished entries: {published_total}"
     );
-    let exhausted = model
+    // Past its doubling rounds an entry goes on at the capped gap (no last
+    // round): some entry got there, so the repeating rounds were compared.
+    let repeating = model
         .iter()
-        .filter(|e| e.published_count == policy.republish_max + 1)
+        .filter(|e| e.published_count > policy.republish_max + 1)
         .count();
-    assert!(exhausted > 0, "some entry reached republish_max");
+    assert!(repeating > 0, "some entry was re-driven past its doubling rounds");
 }
 
 /// A row this build cannot decode (a newer `schemaVersion`) between two it

@@ -76,7 +76,7 @@ enum Command {
         /// Minutes of wall time (no new chunk starts after it).
         #[arg(long)]
         minutes: f64,
-        /// First seed (default: drawn from the wall clock, and printed).
+        /// First seed (default: derived from the commit, and printed).
         #[arg(long)]
         start: Option<u64>,
         #[arg(long, default_value_t = 20)]
@@ -473,11 +473,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // The only wall-clock value a hunt uses: where its seeds start.
+            // By default each commit hunts its own seeds (FNV-1a of the
+            // commit, far above the sweeps' 0..N), printed for a repeat.
             let start = start.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() << 20)
+                let fnv = commit().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+                });
+                (fnv >> 24) | (1 << 40)
             });
             println!(
                 "saga-sim hunt --minutes {minutes} --start {start} --orders {orders} --jobs {jobs} (corpus {})",

@@ -117,9 +117,8 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         ..RuntimeConfig::default()
     };
     config.redrive.after = DurationMs(2_000);
-    // Production's rounds (1, 3, 7, 15, 31 minutes) and retention (an hour
-    // of re-drive, a day of outbox, a week of inbox) scaled to a seed: the
-    // rounds of 2, 6, 14 and 30 s leave every event committed before
+    // Production's rounds and retention scaled to a seed: the rounds of
+    // 2, 6, 14, 22 and 30 s (below) leave every event committed before
     // healing (at most 15 s) a round after it; the inbox keeps an id past
     // the last round plus every redelivery of it (10 deliveries, 1.5 s
     // visibility), so the pruners delete during a lingering seed and a
@@ -134,9 +133,10 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
         config.retention.inbox.0 > config.redrive.horizon.0 + i64::from(config.deliveries_max) * 1_500,
         "the inbox must outlive every republish and redelivery"
     );
-    // Rounds at 2, 6, 14, 30 s, then (re-drive has no last round) every
-    // 64 s until the 32 s horizon: in practice the four rounds.
-    config.redrive.republish_max = 6;
+    // Rounds at 2, 6 and 14 s, then (re-drive has no last round) every
+    // 8 s until the 32 s horizon: 22 and 30 s. A seed thus runs the
+    // repeating rounds that production reaches after its doubling ones.
+    config.redrive.republish_max = 3;
     config
 }
 

@@ -86,16 +86,13 @@ fn the_pruner_deletes_in_a_lingering_run_and_nothing_breaks() {
 #[test]
 fn store_unavailable_and_a_pool_of_one_are_recovered_from() {
     let settings = SimSettings::default();
-    let mut input = input_from_seed(11, Profile::None, 20, &settings);
-    input.plan = FaultPlan {
-        unavailable_per_mille: 100,
-        pool_size: 1,
-        // Slow store operations, so a transaction holds the one connection
-        // past the acquire timeout while another lane waits.
-        jitter_ms_max: 40,
-        heal_at_ms: 8_000,
-        ..FaultPlan::none()
-    };
+    // A heavy plan (its crashes, duplicates and deadlines make the
+    // transactions of one replica overlap) with every pool cut to one
+    // connection and a tenth of the store's answers `Unavailable`.
+    let mut input = input_from_seed(11, Profile::Heavy, 20, &settings);
+    input.plan.unavailable_per_mille = 100;
+    input.plan.pool_size = 1;
+    input.plan.jitter_ms_max = input.plan.jitter_ms_max.max(40);
     let o = run(&input, &settings);
     assert!(o.violations.is_empty(), "{:?}", o.violations);
     assert!(count(&o, "unavailable") > 10, "{:?}", o.faults);

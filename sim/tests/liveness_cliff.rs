@@ -1,8 +1,9 @@
 //! No liveness cliff: an event lost after what was the last re-drive round
-//! (round 6, 126 s after its commit with the simulator's 2 s `after`) is
-//! still re-driven, because rounds repeat at the capped gap until the
-//! horizon (`RedrivePolicy`). Before, every order whose events were all lost
-//! until then stayed PENDING for good, holding balance, slots and stock.
+//! (round 3, 14 s after its commit with the simulator's 2 s `after` and
+//! `republish_max` 3) is still re-driven, because rounds repeat at the
+//! capped gap (8 s) until the horizon (32 s; `RedrivePolicy`). Before,
+//! every order whose events were all lost until then stayed PENDING for
+//! good, holding balance, slots and stock.
 
 use purchase_saga_sim::faults::FaultPlan;
 use purchase_saga_sim::{input_from_seed, run, Profile, SimSettings};
@@ -10,17 +11,16 @@ use purchase_saga_sim::{input_from_seed, run, Profile, SimSettings};
 #[test]
 fn events_lost_past_the_old_last_round_are_still_redriven() {
     let settings = SimSettings {
-        // One capped gap (64 s) and the saga's own steps after healing.
-        liveness_ms: 120_000,
+        // Capped gaps and the saga's own steps after healing.
+        liveness_ms: 60_000,
         ..SimSettings::default()
     };
     let mut input = input_from_seed(7, Profile::None, 12, &settings);
-    // The bus loses every publish for 200 s: every event committed in the
-    // first 74 s (all orders, their deadlines) has spent its six old rounds
-    // by then.
+    // The bus loses every publish for 20 s: every event committed in the
+    // first 6 s (the orders) has spent its three doubling rounds by then.
     input.plan = FaultPlan {
         drop_publish_per_mille: 1000,
-        heal_at_ms: 200_000,
+        heal_at_ms: 20_000,
         ..FaultPlan::none()
     };
     let o = run(&input, &settings);
@@ -33,7 +33,7 @@ fn events_lost_past_the_old_last_round_are_still_redriven() {
         .map_or(0, |(_, n)| *n);
     assert!(lost >= 12, "the plan lost only {lost} publishes");
     assert!(
-        o.simulated_ms > 200_000,
+        o.simulated_ms > 20_000,
         "quiescent only after healing, at {} ms",
         o.simulated_ms
     );
