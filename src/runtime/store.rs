@@ -85,10 +85,7 @@ pub trait StoreTx: Send {
         event_ids: &[EventId],
         now: Timestamp,
     ) -> StoreResult<Vec<bool>> {
-        assert!(
-            event_ids.windows(2).all(|w| w[0] < w[1]),
-            "inbox ids are recorded distinct and in ascending order"
-        );
+        assert_inbox_order(event_ids);
         let mut fresh = Vec::with_capacity(event_ids.len());
         for id in event_ids {
             fresh.push(self.record_processed(*id, now).await?);
@@ -126,6 +123,16 @@ pub trait StoreTx: Send {
         }
         Ok(())
     }
+}
+
+/// The precondition of [`StoreTx::record_processed_many`] on every store:
+/// distinct ids in ascending order (one global order, so two batches that
+/// share ids cannot deadlock on the inbox).
+pub fn assert_inbox_order(event_ids: &[EventId]) {
+    assert!(
+        event_ids.windows(2).all(|w| w[0] < w[1]),
+        "inbox ids are recorded distinct and in ascending order"
+    );
 }
 
 /// An outbox row: an event committed by its service, with its publishing

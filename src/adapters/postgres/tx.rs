@@ -190,10 +190,7 @@ impl StoreTx for PgTx {
         event_ids: &[EventId],
         now: Timestamp,
     ) -> StoreResult<Vec<bool>> {
-        assert!(
-            event_ids.windows(2).all(|w| w[0] < w[1]),
-            "inbox ids are recorded distinct and in ascending order"
-        );
+        crate::runtime::store::assert_inbox_order(event_ids);
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
