@@ -1,7 +1,8 @@
 //! The in-memory store, the simulator's model of PostgreSQL, held against
 //! PostgreSQL itself under concurrency: proptest generates schedules of 2-4
 //! concurrent transactions interleaved step by step (dedupe, lock a present
-//! or an absent key, plain load, save, enqueue, commit, roll back), with the
+//! or an absent key, plain load, save, enqueue, the batched apply's forms
+//! of dedupe, lock, save and enqueue, commit, roll back), with the
 //! relay's and the sweeper's store calls (`outbox_due` + `mark_published`,
 //! `prune`) between them, and runs each schedule on a fresh `MemoryStore`
 //! and on a `PgStore` (one database per test, emptied and reseeded per
@@ -112,6 +113,15 @@ enum Op {
     Save(u8, i64),
     /// `enqueue` of event `n` of the slot's service.
     Enqueue(u8),
+    /// Batched apply's calls (issue 14): `record_processed_many` of these
+    /// dedupe ids (ascending, distinct), ...
+    DedupeMany(Vec<u8>),
+    /// ... `load_for_update_many` of these keys (ascending, distinct), ...
+    LockMany(Vec<u8>),
+    /// ... `save_many` of the locked keys these pick (each key once), ...
+    SaveMany(Vec<(u8, i64)>),
+    /// ... and `enqueue_many` of these events, in this order.
+    EnqueueMany(Vec<u8>),
     Commit,
     /// Drop without commit (never while a call is in flight: NAMED
     /// DIFFERENCE D9, a dropped waiting call, is not exercised).
@@ -149,6 +159,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4).prop_map(Op::Load),
         3 => (0u8..4, 0i64..1_000).prop_map(|(n, v)| Op::Save(n, v)),
         2 => (0u8..3).prop_map(Op::Enqueue),
+        1 => prop::sample::subsequence(vec![0u8, 1, 2], 1..=3).prop_map(Op::DedupeMany),
+        2 => prop::sample::subsequence(vec![0u8, 1, 2, 3], 1..=4).prop_map(Op::LockMany),
+        1 => prop::collection::vec((0u8..4, 0i64..1_000), 1..=3).prop_map(Op::SaveMany),
+        1 => prop::sample::subsequence(vec![0u8, 1, 2], 1..=3).prop_map(Op::EnqueueMany),
         2 => Just(Op::Commit),
         1 => Just(Op::Rollback),
     ]
@@ -282,6 +296,10 @@ enum Call {
     Load(RowKey),
     Save(Row),
     Enqueue(Event, Timestamp),
+    DedupeMany(Vec<EventId>, Timestamp),
+    LockMany(Vec<RowKey>),
+    SaveMany(Vec<Row>),
+    EnqueueMany(Vec<Event>, Timestamp),
     Commit,
     Drop,
 }
@@ -292,6 +310,8 @@ enum Outcome {
     Done,
     Fresh(bool),
     Read(Option<Row>),
+    FreshMany(Vec<bool>),
+    ReadMany(Vec<Option<Row>>),
     Failed(StoreError),
 }
 
@@ -307,6 +327,8 @@ impl Outcome {
             (Outcome::Done, Outcome::Done) => true,
             (Outcome::Fresh(a), Outcome::Fresh(b)) => a == b,
             (Outcome::Read(a), Outcome::Read(b)) => a == b,
+            (Outcome::FreshMany(a), Outcome::FreshMany(b)) => a == b,
+            (Outcome::ReadMany(a), Outcome::ReadMany(b)) => a == b,
             (Outcome::Failed(a), Outcome::Failed(b)) => {
                 std::mem::discriminant(a) == std::mem::discriminant(b)
             }
@@ -332,6 +354,14 @@ async fn run_call(mut tx: Box<dyn StoreTx>, call: Call) -> (Option<Box<dyn Store
         Call::Load(key) => Outcome::of(tx.load(&key).await, Outcome::Read),
         Call::Save(row) => Outcome::of(tx.save(&row).await, |()| Outcome::Done),
         Call::Enqueue(event, now) => Outcome::of(tx.enqueue(&event, now).await, |()| Outcome::Done),
+        Call::DedupeMany(ids, now) => {
+            Outcome::of(tx.record_processed_many(&ids, now).await, Outcome::FreshMany)
+        }
+        Call::LockMany(keys) => Outcome::of(tx.load_for_update_many(&keys).await, Outcome::ReadMany),
+        Call::SaveMany(rows) => Outcome::of(tx.save_many(&rows).await, |()| Outcome::Done),
+        Call::EnqueueMany(events, now) => {
+            Outcome::of(tx.enqueue_many(&events, now).await, |()| Outcome::Done)
+        }
     };
     (Some(tx), outcome)
 }
@@ -896,6 +926,31 @@ impl Case<'_> {
                 Call::Save(row(&locked[usize::from(*n) % locked.len()], *value, now))
             }
             Op::Enqueue(n) => Call::Enqueue(event(service, *n, now), now),
+            Op::DedupeMany(ns) => {
+                let ids: BTreeSet<EventId> = ns.iter().map(|n| dedupe_id(*n)).collect();
+                Call::DedupeMany(ids.into_iter().collect(), now)
+            }
+            Op::LockMany(ns) => {
+                let pool = keys(service);
+                let chosen: BTreeSet<RowKey> = ns.iter().map(|n| pool[usize::from(*n)].clone()).collect();
+                Call::LockMany(chosen.into_iter().collect())
+            }
+            Op::SaveMany(picks) => {
+                let locked = &self.locked[slot];
+                if locked.is_empty() {
+                    self.log.push("  nothing locked: save skipped".into());
+                    return Ok(());
+                }
+                let mut rows: BTreeMap<RowKey, Row> = BTreeMap::new();
+                for (n, value) in picks {
+                    let key = &locked[usize::from(*n) % locked.len()];
+                    rows.entry(key.clone()).or_insert_with(|| row(key, *value, now));
+                }
+                Call::SaveMany(rows.into_values().collect())
+            }
+            Op::EnqueueMany(ns) => {
+                Call::EnqueueMany(ns.iter().map(|n| event(service, *n, now)).collect(), now)
+            }
             Op::Commit => Call::Commit,
             Op::Rollback => Call::Drop,
         };
@@ -935,12 +990,33 @@ impl Case<'_> {
                 match (pg_returned.get(&s), model_returned.remove(&s)) {
                     (Some(pg), Some(model)) if pg.same(&model) => {
                         self.log.push(format!("  slot {s}: {what} -> {pg:?}"));
+                        if matches!(
+                            call,
+                            Some(
+                                Call::DedupeMany(..)
+                                    | Call::LockMany(_)
+                                    | Call::SaveMany(_)
+                                    | Call::EnqueueMany(..)
+                            )
+                        ) {
+                            *self.tally.entry("batched calls agreed").or_default() += 1;
+                        }
                         match (&call, pg) {
                             (Some(Call::Lock(key)), Outcome::Read(_)) if !self.locked[s].contains(key) => {
                                 self.locked[s].push(key.clone())
                             }
+                            (Some(Call::LockMany(keys)), Outcome::ReadMany(_)) => {
+                                for key in keys {
+                                    if !self.locked[s].contains(key) {
+                                        self.locked[s].push(key.clone())
+                                    }
+                                }
+                            }
                             (Some(Call::Enqueue(event, _)), Outcome::Done) => {
                                 self.enqueued[s].push(event.encode())
+                            }
+                            (Some(Call::EnqueueMany(events, _)), Outcome::Done) => {
+                                self.enqueued[s].extend(events.iter().map(Event::encode))
                             }
                             (Some(Call::Commit), Outcome::Done) => {
                                 self.committed_batch =
@@ -968,6 +1044,16 @@ impl Case<'_> {
                     // sees a Conflict and retries the loser as a new
                     // transaction: the test aborts this one on both stores.
                     (Some(Outcome::Read(None)), None) if matches!(call, Some(Call::Lock(_))) => {
+                        self.log.push(format!(
+                            "  slot {s}: {what} -> None on PostgreSQL, waits on the model"
+                        ));
+                        *self.tally.entry("D1 absent key").or_default() += 1;
+                        actions.push(Action::Abort(s, "D1: a second locker of an absent key"));
+                    }
+                    // D1 for a batched lock: one of its keys is absent.
+                    (Some(Outcome::ReadMany(rows)), None)
+                        if matches!(call, Some(Call::LockMany(_))) && rows.iter().any(Option::is_none) =>
+                    {
                         self.log.push(format!(
                             "  slot {s}: {what} -> None on PostgreSQL, waits on the model"
                         ));
@@ -1287,6 +1373,16 @@ fn brief(call: &Call) -> String {
         Call::Load(key) => format!("load {key:?}"),
         Call::Save(row) => format!("save {:?}", row.key()),
         Call::Enqueue(event, now) => format!("enqueue {} at {}", event.event_type().as_str(), now.0 - T0.0),
+        Call::DedupeMany(ids, _) => {
+            let ids: Vec<u128> = ids.iter().map(|id| id.0.as_u128()).collect();
+            format!("dedupe many {ids:?}")
+        }
+        Call::LockMany(keys) => format!("lock many {keys:?}"),
+        Call::SaveMany(rows) => {
+            let keys: Vec<RowKey> = rows.iter().map(Row::key).collect();
+            format!("save many {keys:?}")
+        }
+        Call::EnqueueMany(events, now) => format!("enqueue many x{} at {}", events.len(), now.0 - T0.0),
         Call::Commit => "commit".into(),
         Call::Drop => "drop".into(),
     }
@@ -1370,7 +1466,7 @@ fn memory_store_agrees_with_postgres() {
     purchase_saga::mutants::activate_process(None);
     let cases = cases();
     let (result, tally, elapsed) = differential(cases, true);
-    eprintln!("store_model_vs_postgres: {cases} cases in {elapsed:.1?}; named differences met: {tally:?}");
+    eprintln!("store_model_vs_postgres: {cases} cases in {elapsed:.1?}; named differences and batched calls met: {tally:?}");
     if let Err(e) = result {
         panic!("the model and PostgreSQL disagree: {e}");
     }

@@ -23,6 +23,7 @@ pub mod chaos;
 pub mod client;
 pub mod demo;
 pub mod dlq;
+pub mod hops;
 pub mod inflight;
 pub mod logging;
 pub mod seed;

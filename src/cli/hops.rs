@@ -1,0 +1,165 @@
+//! Where a saga's latency goes, hop by hop, for `purchase-saga bench`.
+//!
+//! A saga is a chain of hops: a participant's step commits an event to its
+//! outbox, the relay publishes it, a subscriber's consumer takes it up and
+//! applies it (the next step). [`Hops`] observes the runtime and splits each
+//! hop into three spans:
+//!
+//! - **step -> publish**: from the event's own timestamp (the emitting
+//!   step's clock reading, so it includes that step's commit) to the relay
+//!   handing it to the bus; millisecond resolution, as the timestamp is.
+//! - **publish -> take-up**: from the publish to a consumer taking the
+//!   delivery up (the observer's `Handled` minus the handling's duration).
+//! - **apply**: the consumer's handling, transaction and conflict retries
+//!   included (`Handled::duration`).
+//!
+//! The first two spans overlap the previous hop's apply by that step's
+//! commit (the step reads its clock before it commits), so the spans of a
+//! saga add up to a little more than its latency.
+//!
+//! First deliveries and first publishes only: a redelivery or a re-drive
+//! would measure the visibility timeout or the re-drive schedule, not a hop.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::domain::{Event, EventId};
+
+/// Collects the spans of every hop of a level; see the module docs.
+#[derive(Default)]
+pub struct Hops(Mutex<Spans>);
+
+#[derive(Default)]
+struct Spans {
+    published: BTreeMap<EventId, Instant>,
+    step_to_publish: Vec<Duration>,
+    publish_to_take_up: Vec<Duration>,
+    apply: Vec<Duration>,
+}
+
+/// Mean and p99 of one span over a level's hops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub mean: Duration,
+    pub p99: Duration,
+    pub samples: usize,
+}
+
+impl Span {
+    fn of(mut spans: Vec<Duration>) -> Span {
+        spans.sort();
+        let samples = spans.len();
+        let total: Duration = spans.iter().sum();
+        Span {
+            mean: total / u32::try_from(samples.max(1)).unwrap_or(u32::MAX),
+            p99: spans
+                .get((samples * 99 / 100).min(samples.saturating_sub(1)))
+                .copied()
+                .unwrap_or_default(),
+            samples,
+        }
+    }
+}
+
+/// The three spans of a level (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HopSummary {
+    pub step_to_publish: Span,
+    pub publish_to_take_up: Span,
+    pub apply: Span,
+}
+
+impl HopSummary {
+    /// One line for the bench's output.
+    pub fn line(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let show = |s: &Span| format!("{:.1} / {:.1}", ms(s.mean), ms(s.p99));
+        format!(
+            "hops (mean / p99 ms): step -> publish {}, publish -> take-up {}, apply {} ({} hops)",
+            show(&self.step_to_publish),
+            show(&self.publish_to_take_up),
+            show(&self.apply),
+            self.apply.samples
+        )
+    }
+}
+
+impl Hops {
+    /// The relay published `event` for the first time, `now_ms` being the
+    /// wall clock in the event timestamps' unit.
+    pub fn published(&self, event: &Event, now_ms: i64) {
+        let mut spans = self.0.lock().expect("hops mutex");
+        let since_step = u64::try_from(now_ms - event.timestamp.0).unwrap_or(0);
+        spans.step_to_publish.push(Duration::from_millis(since_step));
+        spans.published.insert(event.event_id, Instant::now());
+    }
+
+    /// A consumer finished its first delivery of `event_id` after handling
+    /// it for `duration`.
+    pub fn handled(&self, event_id: EventId, duration: Duration) {
+        let now = Instant::now();
+        let mut spans = self.0.lock().expect("hops mutex");
+        if let Some(published) = spans.published.get(&event_id).copied() {
+            let taken_up = now.checked_sub(duration).unwrap_or(now);
+            spans
+                .publish_to_take_up
+                .push(taken_up.saturating_duration_since(published));
+            spans.apply.push(duration);
+        }
+    }
+
+    /// The spans since the last call; starts afresh.
+    pub fn take(&self) -> HopSummary {
+        let spans = std::mem::take(&mut *self.0.lock().expect("hops mutex"));
+        HopSummary {
+            step_to_publish: Span::of(spans.step_to_publish),
+            publish_to_take_up: Span::of(spans.publish_to_take_up),
+            apply: Span::of(spans.apply),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_is_the_mean_and_the_99th_percentile_of_its_samples() {
+        let spans: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let span = Span::of(spans.into_iter().rev().collect());
+        assert_eq!(span.samples, 100);
+        assert_eq!(span.mean, Duration::from_micros(50_500));
+        assert_eq!(span.p99, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_hop_is_counted_only_for_an_event_seen_published_and_take_starts_afresh() {
+        use crate::domain::event::{Payload, PaymentFailed};
+        use crate::domain::{ItemId, OrderId, Timestamp, UserId};
+
+        let hops = Hops::default();
+        let event = Event::new(
+            OrderId::parse("o1").unwrap(),
+            UserId::parse("u1").unwrap(),
+            Timestamp(1_000),
+            Payload::PaymentFailed(PaymentFailed {
+                reason: "declined".into(),
+                attempted_amount: 1,
+                item_id: ItemId::parse("sword").unwrap(),
+            }),
+        );
+        let unseen = EventId(uuid::Uuid::from_u128(7));
+        assert_ne!(unseen, event.event_id);
+        hops.handled(unseen, Duration::from_millis(3));
+        hops.published(&event, 1_005);
+        hops.handled(event.event_id, Duration::from_millis(2));
+        let summary = hops.take();
+        assert_eq!(summary.step_to_publish.mean, Duration::from_millis(5));
+        assert_eq!(summary.apply.samples, 1, "only the published event's hop counts");
+        assert_eq!(summary.apply.mean, Duration::from_millis(2));
+        assert_eq!(summary.publish_to_take_up.samples, 1);
+        let again = hops.take();
+        assert_eq!((again.apply.samples, again.step_to_publish.samples), (0, 0));
+    }
+}
