@@ -4,16 +4,24 @@
 //!   orders: pruning (bounded batches) removes what the retention allows,
 //!   and nothing younger than the retention (processed ids are kept longer
 //!   than any redelivery window).
+//! - Issue 13: the runtime's own pruner loop (`sweeper::run_pruner`, the
+//!   one `Running` starts) on PgStore, over twelve periods of a clock the
+//!   test runs 200 times faster than real time, keeps the rows held flat,
+//!   deletes nothing inside the retention or the re-drive horizon, and
+//!   every saga finishes with exactly-once grant and notification. The
+//!   planted bugs `prune-live-inbox` and `prune-inside-horizon` fail it.
 //! - On the real Redis, `RedisBus::trim` never removes an entry that a
 //!   lagging consumer group has read but not acknowledged, or not read yet.
 
 mod common;
 mod http_support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{test_pg_config, TestDb, TestRedis};
+use purchase_saga::adapters::postgres::schema;
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::cli::seed::seed_rows;
 use purchase_saga::cli::serve::Running;
@@ -24,8 +32,9 @@ use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::{DurationMs, ItemId, OrderId, Service, Timestamp, UserId};
 use purchase_saga::runtime::commands::place_order;
 use purchase_saga::runtime::memory::MemoryBus;
-use purchase_saga::runtime::store::Retention;
-use purchase_saga::runtime::{Bus, Env, NoObserver, RuntimeConfig, Store, SystemClock};
+use purchase_saga::runtime::store::{RedrivePolicy, Retention};
+use purchase_saga::runtime::{Bus, Clock, Env, ManualClock, NoObserver, RuntimeConfig, Store, SystemClock};
+use purchase_saga::workload::{ItemSpec, Scenario, UserSpec};
 
 const ROUNDS: usize = 6;
 const ORDERS_PER_ROUND: usize = 12;
@@ -300,4 +309,306 @@ async fn trim_never_removes_entries_a_lagging_group_has_not_acknowledged() {
         all[4..],
         "the laggard reads every unread entry"
     );
+}
+
+// ------------------------------------------- the runtime's pruner, issue 13
+
+/// Retention of the compressed run: ids outlive every republish (horizon),
+/// outbox rows go once their re-drive horizon has passed.
+const COMPRESSED_RETENTION: Retention = Retention {
+    inbox: DurationMs(300_000),
+    outbox: DurationMs(120_000),
+    batch: 50,
+};
+const PERIODS: usize = 12;
+const ORDERS_PER_PERIOD: usize = 9;
+/// Simulated time between two batches of orders.
+const PERIOD: DurationMs = DurationMs(100_000);
+/// The clock moves `TICK` every `TICK_REAL`: 200 times faster than real time.
+const TICK: DurationMs = DurationMs(2_000);
+const TICK_REAL: Duration = Duration::from_millis(10);
+
+/// Rows of every inbox and outbox with their time (ms since the epoch):
+/// inbox rows by (service, event id) with `processed_at`, published outbox
+/// rows by (service, seq) with `created_at`.
+#[derive(Debug, Default)]
+struct Tables {
+    inbox: BTreeMap<(Service, String), i64>,
+    outbox: BTreeMap<(Service, i64), i64>,
+}
+
+impl Tables {
+    async fn read(db: &TestDb) -> Tables {
+        let mut t = Tables::default();
+        for service in Service::ALL {
+            let s = schema(service);
+            let inbox: Vec<(String, i64)> = sqlx::query_as(&format!(
+                "SELECT event_id::text, (extract(epoch FROM processed_at) * 1000)::bigint FROM {s}.inbox"
+            ))
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+            t.inbox
+                .extend(inbox.into_iter().map(|(id, at)| ((service, id), at)));
+            let outbox: Vec<(i64, i64)> = sqlx::query_as(&format!(
+                "SELECT seq, (extract(epoch FROM created_at) * 1000)::bigint FROM {s}.outbox WHERE published_count > 0"
+            ))
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+            t.outbox
+                .extend(outbox.into_iter().map(|(seq, at)| ((service, seq), at)));
+        }
+        t
+    }
+
+    fn rows(&self) -> usize {
+        self.inbox.len() + self.outbox.len()
+    }
+
+    /// Rows the pruner may delete at `now`: inbox ids past their retention,
+    /// published outbox rows past both the horizon and their retention (the
+    /// store's own rule, `Store::prune`).
+    fn expired(&self, now: Timestamp, outbox_age: DurationMs) -> usize {
+        let inbox_cutoff = now.0 - COMPRESSED_RETENTION.inbox.0;
+        let outbox_cutoff = now.0 - outbox_age.0;
+        self.inbox.values().filter(|&&at| at <= inbox_cutoff).count()
+            + self.outbox.values().filter(|&&at| at <= outbox_cutoff).count()
+    }
+}
+
+/// A scenario where every period's orders take the same paths: `whale`
+/// always succeeds, `poor` always fails at User, `ghost` is no user.
+fn steady_scenario() -> Scenario {
+    Scenario {
+        users: vec![
+            UserSpec {
+                id: UserId::parse("whale").unwrap(),
+                balance: 1_000_000_000,
+                capacity: 1_000_000,
+            },
+            UserSpec {
+                id: UserId::parse("poor").unwrap(),
+                balance: 10,
+                capacity: 10,
+            },
+        ],
+        items: vec![ItemSpec {
+            id: ItemId::parse("sword").unwrap(),
+            name: "Sword".into(),
+            price: 150,
+            stock: 1_000_000,
+        }],
+        orders: vec![],
+    }
+}
+
+/// Waits (real time, bounded) until `ready` holds; Err names `what`.
+async fn within<F, Fut>(what: &str, mut ready: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + BOUND;
+    while !ready().await {
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {BOUND:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// What a compressed run measured: the rows held after each period's
+/// pruning, and every row it ever saw.
+#[derive(Debug)]
+struct Measured {
+    held: Vec<usize>,
+    seen: usize,
+}
+
+/// The runtime's own loops (consumers, relays with re-drive, sweeper and
+/// the pruner of `run_pruner`, every `prune_interval`) on PgStore, with a
+/// clock the test moves 200 times faster than real time, over `PERIODS`
+/// periods of `PERIOD`: each period places its orders, waits until they
+/// all finished, then lets the clock run one period while the relays
+/// re-drive and the pruner prunes. Err says which check failed first:
+/// an unfinished saga, a broken invariant (a re-driven event applied twice
+/// breaks exactly-once notification), a row deleted inside its retention
+/// or the re-drive horizon, or an expired row the pruner never deleted.
+async fn run_compressed() -> Result<Measured, String> {
+    let db = TestDb::create_with(test_pg_config(30)).await;
+    let clock = Arc::new(ManualClock::starting_at(SystemClock.now()));
+    let config = RuntimeConfig {
+        retention: COMPRESSED_RETENTION,
+        redrive: RedrivePolicy {
+            after: DurationMs(10_000),
+            republish_max: 4,
+            horizon: DurationMs(120_000),
+        },
+        prune_interval: Duration::from_millis(5),
+        ..http_support::fast_config()
+    };
+    assert!(
+        config.retention.inbox > config.redrive.horizon,
+        "ids must outlive every republish"
+    );
+    let outbox_age = config.redrive.horizon.max(config.retention.outbox);
+    let bus = MemoryBus::new(clock.clone(), DurationMs(30_000));
+    let env = Env {
+        store: Arc::new(db.store.clone()) as Arc<dyn Store>,
+        bus: Arc::new(bus.clone()) as Arc<dyn Bus>,
+        clock: clock.clone(),
+        gateway: Arc::new(SimulatedGateway::default()),
+        observer: Arc::new(NoObserver),
+        config,
+    };
+    seed_rows(env.store.as_ref(), &steady_scenario().opening_rows())
+        .await
+        .unwrap();
+    let running = Running::start(&env, &Service::ALL, 1);
+    let settled = |orders: usize| {
+        let (env, db, bus) = (&env, &db, &bus);
+        move || async move {
+            let snapshot = env.store.snapshot().await.unwrap();
+            snapshot.orders.len() == orders
+                && snapshot.orders.values().all(|o| o.status.is_terminal())
+                && backlog(db).await == 0
+                && bus.unacknowledged() == 0
+        }
+    };
+    let mut held = Vec::new();
+    let mut seen = Tables::default();
+    for period in 0..PERIODS {
+        for n in 0..ORDERS_PER_PERIOD {
+            let cmd = PlaceOrder {
+                order_id: OrderId::parse(format!("p{period}-o{n}")).unwrap(),
+                user_id: UserId::parse(["whale", "poor", "ghost"][n % 3]).unwrap(),
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity: 1,
+                payment_method: "WALLET".into(),
+            };
+            place_order(&env, &cmd).await.unwrap();
+        }
+        let orders = (period + 1) * ORDERS_PER_PERIOD;
+        within(&format!("period {period}: every saga finished"), settled(orders)).await?;
+        let broken = check_quiescent(&env.store.snapshot().await.unwrap());
+        if !broken.is_empty() {
+            return Err(format!(
+                "period {period}, before the clock moved: invariants broken: {broken:?}"
+            ));
+        }
+        let before = Tables::read(&db).await;
+        // One period of compressed time: re-drive rounds come due and
+        // rows age past their retention while the loops run.
+        for _ in 0..PERIOD.0 / TICK.0 {
+            clock.advance(TICK);
+            tokio::time::sleep(TICK_REAL).await;
+        }
+        let now = clock.now();
+        within(&format!("period {period}: re-drives absorbed"), settled(orders)).await?;
+        within(
+            &format!("period {period}: the pruner deleted what expired"),
+            || async { Tables::read(&db).await.expired(now, outbox_age) == 0 },
+        )
+        .await?;
+        let after = Tables::read(&db).await;
+        let snapshot = env.store.snapshot().await.unwrap();
+        let broken = check_quiescent(&snapshot);
+        if !broken.is_empty() {
+            return Err(format!("period {period}: invariants broken: {broken:?}"));
+        }
+        let inbox_cutoff = now.0 - COMPRESSED_RETENTION.inbox.0;
+        if let Some((key, at)) = before
+            .inbox
+            .iter()
+            .find(|(key, &at)| at > inbox_cutoff && !after.inbox.contains_key(key))
+        {
+            return Err(format!(
+                "period {period}: inbox id {key:?} pruned {} ms old, inside the retention of {} ms",
+                now.0 - at,
+                COMPRESSED_RETENTION.inbox.0
+            ));
+        }
+        let outbox_cutoff = now.0 - outbox_age.0;
+        if let Some((key, at)) = before
+            .outbox
+            .iter()
+            .find(|(key, &at)| at > outbox_cutoff && !after.outbox.contains_key(key))
+        {
+            return Err(format!(
+                "period {period}: outbox row {key:?} pruned {} ms old, inside the re-drive horizon of {} ms",
+                now.0 - at,
+                outbox_age.0
+            ));
+        }
+        held.push(after.rows());
+        seen.inbox.extend(before.inbox.into_iter().chain(after.inbox));
+        seen.outbox.extend(before.outbox.into_iter().chain(after.outbox));
+    }
+    assert!(running.stop(Duration::from_secs(10)).await.is_empty());
+    Ok(Measured {
+        held,
+        seen: seen.rows(),
+    })
+}
+
+/// Issue 13: storage stays bounded under the runtime's own pruner, not
+/// one the test calls. Over 12 periods (20 minutes of compressed time,
+/// four inbox retentions), the rows held after each period's pruning in
+/// the last third are no more than in the first third (which already
+/// holds a full retention's worth) give or take a quarter, while the rows
+/// written keep growing; nothing younger than its retention or horizon
+/// was deleted, and every saga finished with exactly-once grant and
+/// notification (see [`run_compressed`]).
+#[test]
+fn the_runtime_pruner_keeps_storage_flat_over_many_retention_periods() {
+    let measured = current_thread()
+        .block_on(run_compressed())
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("rows held after each period's pruning: {measured:?}");
+    let third = PERIODS / 3;
+    let first = measured.held[..third].iter().max().copied().unwrap();
+    let last = measured.held[PERIODS - third..].iter().max().copied().unwrap();
+    assert!(
+        last <= first + first / 4 + 10,
+        "not flat: the last third holds up to {last} rows, the first {first} ({:?})",
+        measured.held
+    );
+    assert!(
+        measured.seen >= 3 * last,
+        "the run wrote {} rows, the tables hold {last}: the bound says nothing",
+        measured.seen
+    );
+}
+
+/// One thread for the runtime and all its tasks, so a thread's mutant
+/// switch reaches every loop of the run and no other test.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The planted bugs of the pruner fail the compressed run:
+/// `prune-live-inbox` (the runtime's pruner keeps inbox ids only until the
+/// first re-drive round) and `prune-inside-horizon` (PgStore's prune
+/// deletes at half the ages).
+#[cfg(feature = "mutants")]
+#[test]
+fn the_compressed_run_catches_a_pruner_that_deletes_inside_the_retention() {
+    use purchase_saga::mutants::{self, Mutant};
+    for mutant in [Mutant::PruneLiveInbox, Mutant::PruneInsideHorizon] {
+        let outcome = mutants::with(Some(mutant), || current_thread().block_on(run_compressed()));
+        let error = outcome.expect_err("the pruner deleted live rows and nothing failed");
+        println!("{}: {error}", mutant.name());
+        assert!(
+            error.contains("inside the retention")
+                || error.contains("inside the re-drive horizon")
+                || error.contains("invariants broken"),
+            "{}: {error}",
+            mutant.name()
+        );
+    }
 }

@@ -776,6 +776,111 @@ async fn audit_tells_not_quiescent_from_broken() {
     let _ = std::fs::remove_file(&tokens);
 }
 
+/// Issue 13: after real sagas `audit` checks the compensations of every
+/// order whose outbox rows are all still kept and finds them clean, then
+/// fails with a named violation when the data is what a planted bug would
+/// leave: a PAYMENT_ROLLBACK row one short (`refund-wrong-amount`) for a
+/// COMPLETED order (a compensation nobody asked for, `compensate-twice`
+/// leaves such a second row), or a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checks_compensations_from_the_outboxes_and_dead_letters() {
+    use purchase_saga::domain::event::{Event, Payload, PaymentRollback};
+    use purchase_saga::domain::{OrderId, Timestamp, UserId};
+
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-audit-outbox");
+    let tokens = scratch_file("audit-outbox-tokens");
+    let with = |args: &[&str]| run_on(&db, &redis, args);
+    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let all = Serving::start(&db, &redis, "all").await;
+    for user in ["demo-user-3", "demo-user-4", "demo-user-5"] {
+        place_for(all.addr, &admin, user).await;
+    }
+    let clean = with(&["audit", "--wait", "30"]);
+    let stdout = text(&clean.stdout);
+    assert_eq!(clean.status.code(), Some(0), "{stdout}{}", text(&clean.stderr));
+    assert!(
+        stdout.contains("audit: compensations checked from the outboxes for 3 of 3 orders"),
+        "{stdout}"
+    );
+    all.stop().await;
+
+    let (order, user, total): (String, String, i64) = sqlx::query_as(
+        "SELECT order_id, user_id, total_amount FROM order_svc.orders WHERE status = 'COMPLETED' LIMIT 1",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("a completed order");
+    let refund = Event::new(
+        OrderId::parse(order.clone()).unwrap(),
+        UserId::parse(user).unwrap(),
+        Timestamp::SIM_EPOCH,
+        Payload::PaymentRollback(PaymentRollback {
+            refunded_amount: total - 1,
+            balance: 0,
+        }),
+    );
+    // Published already, so the audit sees nothing in flight.
+    sqlx::query(
+        "INSERT INTO user_svc.outbox (event_id, event_type, order_id, payload, created_at, \
+         published_count, last_published_at) VALUES ($1, $2, $3, $4, now(), 1, now())",
+    )
+    .bind(refund.event_id.0)
+    .bind(refund.event_type().as_str())
+    .bind(&order)
+    .bind(refund.encode())
+    .execute(db.store.pool())
+    .await
+    .expect("a bad outbox row");
+    let corrupted = with(&["audit"]);
+    let stdout = text(&corrupted.stdout);
+    assert_eq!(
+        corrupted.status.code(),
+        Some(1),
+        "{stdout}{}",
+        text(&corrupted.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "[compensation-exactly-once] order {order}: COMPLETED order: PAYMENT_RESERVED x1, PAYMENT_ROLLBACK x1, expected x0"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "[amounts-agree] order {order}: PAYMENT_ROLLBACK refunded {}; the order's total is {total}",
+            total - 1
+        )),
+        "{stdout}"
+    );
+    sqlx::query("DELETE FROM user_svc.outbox WHERE event_id = $1")
+        .bind(refund.event_id.0)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:dead:payment", redis.prefix))
+        .arg("*")
+        .arg("reason")
+        .arg("planted by the test")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dead = with(&["audit"]);
+    let stdout = text(&dead.stdout);
+    assert_eq!(dead.status.code(), Some(1), "{stdout}{}", text(&dead.stderr));
+    assert!(
+        stdout.contains("[no-dead-letter] service Payment: 1 dead letter(s) (`dlq list --service payment`)"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_file(&tokens);
+}
+
 /// Issue 16: `seed-demo` keeps its tokens and reuses the ones still valid
 /// (a second run issues none), replacing only expired or revoked ones;
 /// `token issue --ttl` sets an expiry that `token list` shows and that

@@ -10,6 +10,15 @@
 //! Otherwise the audit says what is in flight and that it checked safety
 //! only, so "not finished yet" never reads as "broken".
 //!
+//! Beyond the rows, where the data still exists: no dead letter in any
+//! service (whenever the bus can be read: an event given up is a loss
+//! whether or not the system is quiescent), and at quiescence the
+//! compensations counted from the outbox rows
+//! ([`check_retained_compensations`]: each exactly once, only after its
+//! step, each refund the order's total). Outbox rows are pruned past the
+//! re-drive horizon, so the audit says for how many orders it could check
+//! them.
+//!
 //! Exit codes: 0 clean, 1 a violation (or an error), 2 not quiescent (the
 //! safety invariants held; the others were not checked).
 
@@ -18,7 +27,10 @@ use std::time::Duration;
 
 use crate::adapters::postgres::PgStore;
 use crate::adapters::redis::RedisBus;
-use crate::domain::invariants::{self, Snapshot, Violation};
+use crate::domain::invariants::{
+    self, check_dead_letters, check_retained_compensations, Snapshot, Violation,
+};
+use crate::domain::Service;
 
 use super::backend::Backend;
 use super::inflight::{busy_reasons, InFlight};
@@ -80,6 +92,47 @@ async fn look(backend: &Backend, pg: &PgStore, bus: &Result<RedisBus, String>) -
     })
 }
 
+/// Dead letters of every service: violations, or why they could not be
+/// counted (printed; the audit goes on with what it can check).
+async fn dead_letters(bus: &Result<RedisBus, String>) -> Vec<Violation> {
+    let bus = match bus {
+        Ok(bus) => bus,
+        Err(e) => {
+            println!("audit: dead letters not checked: the bus cannot be read ({e})");
+            return Vec::new();
+        }
+    };
+    let mut counts = Vec::new();
+    for service in Service::ALL {
+        match bus.dead_letter_count(service).await {
+            Ok(n) => counts.push((service, n)),
+            Err(e) => println!("audit: dead letters of {service} not checked: {e}"),
+        }
+    }
+    check_dead_letters(&counts)
+}
+
+/// The compensation invariants over the retained outbox rows; prints for
+/// how many orders they could be checked.
+async fn compensations(pg: &PgStore, snapshot: &Snapshot) -> Result<Vec<Violation>, String> {
+    let (events, undecodable) = pg
+        .outbox_events()
+        .await
+        .map_err(|e| format!("cannot read the outboxes: {e}"))?;
+    let (found, checked) = check_retained_compensations(&events, snapshot);
+    println!(
+        "audit: compensations checked from the outboxes for {checked} of {} orders \
+         (the others' rows are past the re-drive horizon and pruned){}",
+        snapshot.orders.len(),
+        if undecodable > 0 {
+            format!("; {undecodable} quarantined outbox row(s) not read")
+        } else {
+            String::new()
+        }
+    );
+    Ok(found)
+}
+
 /// `purchase-saga audit`.
 pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode, String> {
     if global.in_memory {
@@ -99,7 +152,12 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
             .snapshot()
             .await
             .map_err(|e| format!("cannot load the services' state: {e}"))?;
-        return Ok(report(&snapshot, true, "safety invariants (--safety-only)"));
+        return Ok(report(
+            &snapshot,
+            true,
+            "safety invariants (--safety-only)",
+            Vec::new(),
+        ));
     }
     // Redis down is no reason not to check safety: it only means quiescence
     // cannot be told.
@@ -112,9 +170,11 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
         }
         tokio::time::sleep(WAIT_POLL).await;
     };
+    let mut beyond_rows = dead_letters(&bus).await;
     if look.busy.is_empty() {
         println!("audit: quiescent: nothing in flight, every order terminal");
-        return Ok(report(&look.snapshot, false, "all invariants"));
+        beyond_rows.extend(compensations(&pg, &look.snapshot).await?);
+        return Ok(report(&look.snapshot, false, "all invariants", beyond_rows));
     }
     println!("audit: not quiescent: {}", look.busy.join(", "));
     if let Some(in_flight) = &look.in_flight {
@@ -124,6 +184,7 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
         &look.snapshot,
         true,
         "safety invariants; the quiescent ones need a quiescent system, see --wait",
+        beyond_rows,
     );
     Ok(if code == ExitCode::SUCCESS {
         ExitCode::from(EXIT_NOT_QUIESCENT)
@@ -132,10 +193,13 @@ pub async fn run_audit(global: &GlobalArgs, args: &AuditArgs) -> Result<ExitCode
     })
 }
 
-/// Prints the violations of `snapshot` (safety only, or all) under `scope`;
-/// success when there are none.
-fn report(snapshot: &Snapshot, safety_only: bool, scope: &str) -> ExitCode {
-    let found = violations(snapshot, safety_only);
+/// Prints the violations of `snapshot` (safety only, or all) and `beyond_rows`
+/// (found outside the rows: dead letters, outbox) under `scope`; success
+/// when there are none.
+fn report(snapshot: &Snapshot, safety_only: bool, scope: &str, beyond_rows: Vec<Violation>) -> ExitCode {
+    let mut found = violations(snapshot, safety_only);
+    found.extend(beyond_rows);
+    found.sort();
     let counts = format!(
         "{} orders, {} users, {} items",
         snapshot.orders.len(),

@@ -86,6 +86,7 @@ pub enum Invariant {
     PaidIffCompleted,
     CompensationExactlyOnce,
     CompensationOnlyAfterStep,
+    NoDeadLetter,
 }
 
 impl Invariant {
@@ -112,6 +113,7 @@ impl Invariant {
             Invariant::PaidIffCompleted => "paid-iff-completed",
             Invariant::CompensationExactlyOnce => "compensation-exactly-once",
             Invariant::CompensationOnlyAfterStep => "compensation-only-after-step",
+            Invariant::NoDeadLetter => "no-dead-letter",
         }
     }
 }
@@ -494,6 +496,8 @@ fn forward_of(compensation: EventType) -> Option<EventType> {
 #[derive(Debug, Clone, Default)]
 pub struct CompensationLedger {
     rows: BTreeMap<(OrderId, EventType), Vec<EventId>>,
+    /// The amount of each PAYMENT_ROLLBACK row, by order.
+    refunds: BTreeMap<OrderId, Vec<i64>>,
 }
 
 impl CompensationLedger {
@@ -504,6 +508,12 @@ impl CompensationLedger {
         let mut r = Report(Vec::new());
         let kind = event.event_type();
         let order = &event.order_id;
+        if let super::event::Payload::PaymentRollback(p) = &event.payload {
+            self.refunds
+                .entry(order.clone())
+                .or_default()
+                .push(p.refunded_amount);
+        }
         let ids = self.rows.entry((order.clone(), kind)).or_default();
         ids.push(event.event_id);
         let count = ids.len();
@@ -530,10 +540,25 @@ impl CompensationLedger {
     }
 
     /// At quiescence: a COMPLETED order compensated nothing; a FAILED order
-    /// compensated each forward step it took exactly once.
+    /// compensated each forward step it took exactly once; every refund
+    /// gave back the order's total (what the hold took, `AmountsAgree`).
     pub fn check_quiescent(&self, s: &Snapshot) -> Vec<Violation> {
         let mut r = Report(Vec::new());
         for (id, order) in &s.orders {
+            for &refund in self.refunds.get(id).map_or(&[][..], Vec::as_slice) {
+                r.check(
+                    refund == order.total_amount,
+                    Invariant::AmountsAgree,
+                    || format!("order {id}"),
+                    || {
+                        format!(
+                            "{} refunded {refund}; the order's total is {}",
+                            EventType::PaymentRollback,
+                            order.total_amount
+                        )
+                    },
+                );
+            }
             for (forward, compensation) in COMPENSATIONS {
                 let (stepped, undone) = (self.count(id, forward), self.count(id, compensation));
                 let expected = match order.status {
@@ -556,6 +581,55 @@ impl CompensationLedger {
         }
         r.0
     }
+}
+
+/// The compensation invariants over what the stores still hold: the
+/// committed outbox rows of every service (`events`, in any order) and the
+/// rows of `s`, at quiescence. Outbox rows are pruned past the re-drive
+/// horizon, oldest first, so only the orders whose first event
+/// (ORDER_CREATED, the saga's oldest row) is still among `events` are
+/// checked: for them every later row is still there. Returns the
+/// violations and how many orders were checked.
+pub fn check_retained_compensations(events: &[Event], s: &Snapshot) -> (Vec<Violation>, usize) {
+    let retained: std::collections::BTreeSet<&OrderId> = events
+        .iter()
+        .filter(|e| e.event_type() == EventType::OrderCreated)
+        .map(|e| &e.order_id)
+        .collect();
+    let mut ledger = CompensationLedger::default();
+    let mut found = Vec::new();
+    let mut created_first: Vec<&Event> = events.iter().filter(|e| retained.contains(&e.order_id)).collect();
+    // Forward steps before compensations, so "only after the step" does not
+    // depend on the order the rows were read in.
+    created_first.sort_by_key(|e| forward_of(e.event_type()).is_some());
+    for event in created_first {
+        found.extend(ledger.record(event));
+    }
+    let checked = Snapshot {
+        orders: s
+            .orders
+            .iter()
+            .filter(|(id, _)| retained.contains(id))
+            .map(|(id, o)| (id.clone(), o.clone()))
+            .collect(),
+        ..Snapshot::default()
+    };
+    found.extend(ledger.check_quiescent(&checked));
+    (found, checked.orders.len())
+}
+
+/// No event was given up: every service's dead-letter count is zero.
+pub fn check_dead_letters(counts: &[(super::Service, u64)]) -> Vec<Violation> {
+    let mut r = Report(Vec::new());
+    for &(service, count) in counts {
+        r.check(
+            count == 0,
+            Invariant::NoDeadLetter,
+            || format!("service {service}"),
+            || format!("{count} dead letter(s) (`dlq list --service {}`)", service.slug()),
+        );
+    }
+    r.0
 }
 
 #[cfg(test)]
@@ -727,5 +801,55 @@ mod tests {
             1,
             "a completed order compensated"
         );
+    }
+
+    fn created() -> Event {
+        event(crate::domain::Payload::OrderCreated(
+            crate::domain::event::OrderCreated {
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity: 2,
+                total_amount: 300,
+                payment_method: "WALLET".into(),
+            },
+        ))
+    }
+
+    #[test]
+    fn retained_compensations_are_checked_only_for_orders_whose_first_row_is_kept() {
+        let failed = Snapshot::from_rows([Row::Order(order(OrderStatus::Failed))]);
+        // Rows read compensation first: the order of the rows does not matter.
+        let (found, checked) = check_retained_compensations(&[rolled_back(), reserved(), created()], &failed);
+        assert_eq!((found, checked), (vec![], 1));
+        // ORDER_CREATED pruned: the rest may be partial, nothing is claimed.
+        let (found, checked) = check_retained_compensations(&[rolled_back()], &failed);
+        assert_eq!((found, checked), (vec![], 0));
+        let (twice, _) =
+            check_retained_compensations(&[created(), reserved(), rolled_back(), rolled_back()], &failed);
+        assert!(
+            named(&twice, Invariant::CompensationExactlyOnce) >= 1,
+            "{twice:?}"
+        );
+    }
+
+    #[test]
+    fn a_refund_of_another_amount_than_the_total_breaks_amounts_agree() {
+        let failed = Snapshot::from_rows([Row::Order(order(OrderStatus::Failed))]);
+        let short = event(crate::domain::Payload::PaymentRollback(
+            crate::domain::event::PaymentRollback {
+                refunded_amount: 299,
+                balance: 999,
+            },
+        ));
+        let (found, _) = check_retained_compensations(&[created(), reserved(), short], &failed);
+        assert_eq!(named(&found, Invariant::AmountsAgree), 1, "{found:?}");
+    }
+
+    #[test]
+    fn a_dead_letter_anywhere_breaks_no_dead_letter() {
+        use crate::domain::Service;
+        assert!(check_dead_letters(&[(Service::User, 0), (Service::Order, 0)]).is_empty());
+        let found = check_dead_letters(&[(Service::User, 0), (Service::Payment, 2)]);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].to_string().contains("payment"), "{}", found[0]);
     }
 }

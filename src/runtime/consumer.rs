@@ -5,7 +5,7 @@
 //! Never acknowledge an event that could not be applied: a transient failure
 //! leaves the entry pending, the bus redelivers it, and after
 //! `deliveries_max` deliveries it is dead-lettered, not dropped, with the
-//! last error it met. Before that, the inbox is asked: an entry whose event
+//! last error it met (see [`LastErrors`] for where that is kept and why). Before that, the inbox is asked: an entry whose event
 //! was applied (a crash between commit and ack, then store trouble) is
 //! acknowledged, not dead-lettered. While the store is unavailable (down,
 //! read-only, full) the consumer takes no deliveries at all and backs off,
@@ -34,7 +34,22 @@ const LAST_ERRORS_MAX: usize = 1024;
 
 /// The last error of each entry left for redelivery, so its dead letter can
 /// say why it was never applied. Bounded: the oldest entry is forgotten
-/// first (its dead letter then just lacks the cause).
+/// first.
+///
+/// Kept in the consumer's memory, keyed by bus entry, on purpose. The
+/// store cannot keep it: the errors that matter most (pool timeout, store
+/// down or read-only) are the ones under which nothing can be written
+/// there. The bus could (a hash beside the stream, written on each failed
+/// delivery, deleted with the ack or the dead letter; it would survive a
+/// consumer's restart and a takeover by another replica, and be lost with
+/// the entry itself when Redis loses its data), at the price of a write
+/// per failed delivery and a bus port method that the Redis adapter, its
+/// model and the simulator's broker must all implement alike. In memory it
+/// is right whenever the same consumer took the entry's deliveries, which
+/// is the common case of one replica per service; when it did not, the
+/// dead letter says that the cause is unknown to it (see
+/// [`past_the_limit`]) rather than leaving the reason silently short, and
+/// each failed delivery is logged where it failed.
 #[derive(Debug, Default)]
 pub struct LastErrors {
     by_entry: BTreeMap<String, String>,
@@ -62,6 +77,21 @@ impl LastErrors {
         let error = self.by_entry.remove(entry_id)?;
         self.order.retain(|id| id != entry_id);
         Some(error)
+    }
+}
+
+/// The dead-letter reason of an entry not applied after `deliveries`:
+/// the last error this consumer met on it, or, said as such, that it met
+/// none (another replica did, or a process before a restart, or the entry
+/// was forgotten past [`LAST_ERRORS_MAX`]); the operator then finds the
+/// cause in that process's log ("left for redelivery").
+fn past_the_limit(deliveries: u32, last_error: Option<&str>) -> String {
+    match last_error {
+        Some(e) => format!("not applied after {deliveries} deliveries; last error: {e}"),
+        None => format!(
+            "not applied after {deliveries} deliveries; last error unknown to this consumer \
+             (met by another replica or before a restart: see their \"left for redelivery\" logs)"
+        ),
     }
 }
 
@@ -112,11 +142,7 @@ async fn handle_decoded(
                 Ok(false) => {
                     let last = lock(last_errors).forget(&delivery.entry_id);
                     Disposition::DeadLettered {
-                        reason: format!(
-                            "not applied after {} deliveries{}",
-                            delivery.attempt.saturating_sub(1),
-                            last.map(|e| format!("; last error: {e}")).unwrap_or_default()
-                        ),
+                        reason: past_the_limit(delivery.attempt.saturating_sub(1), last.as_deref()),
                     }
                 }
                 Err(e) => {
@@ -548,6 +574,19 @@ mod tests {
         assert_eq!(last.forget("2-0"), None, "forgotten once settled");
         last.remember("3-0", "latest");
         assert_eq!(last.forget("3-0"), Some("latest".to_string()));
+    }
+
+    #[test]
+    fn a_dead_letter_names_its_last_error_or_says_it_is_unknown_here() {
+        assert_eq!(
+            past_the_limit(3, Some("SQLSTATE 55P03: lock timeout")),
+            "not applied after 3 deliveries; last error: SQLSTATE 55P03: lock timeout"
+        );
+        let unknown = past_the_limit(3, None);
+        assert!(
+            unknown.starts_with("not applied after 3 deliveries; last error unknown to this consumer"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -182,6 +182,30 @@ impl PgStore {
         Ok(entries.into_iter().map(|(_, e)| e).collect())
     }
 
+    /// Every event still in any service's outbox (rows are pruned past the
+    /// re-drive horizon), for `audit`'s compensation checks, and how many
+    /// rows did not decode (quarantined rows; not events).
+    pub async fn outbox_events(&self) -> StoreResult<(Vec<crate::domain::Event>, usize)> {
+        let mut events = Vec::new();
+        let mut undecodable = 0;
+        for service in Service::ALL {
+            let payloads: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT payload FROM {}.outbox ORDER BY seq",
+                schema(service)
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+            for payload in payloads {
+                match crate::domain::Event::decode(payload.as_bytes()) {
+                    Ok(event) => events.push(event),
+                    Err(_) => undecodable += 1,
+                }
+            }
+        }
+        Ok((events, undecodable))
+    }
+
     /// Outbox entries of `service` never published yet (the relay's backlog).
     pub async fn outbox_backlog(&self, service: Service) -> StoreResult<i64> {
         sqlx::query_scalar(&format!(
