@@ -73,10 +73,21 @@ pub enum Mutant {
     /// acknowledged before the fallback (one transaction per event) has
     /// committed them, or whether it can.
     BatchAcksUncommitted,
+    /// The simulator's bus, on NOGROUP, does not forget the group it knew
+    /// and create it again (as `RedisBus::receive` does): after the broker
+    /// lost its state the service never receives again (planted in
+    /// `SimBus`, whose receive mirrors `RedisBus::receive` step for step;
+    /// caught only with the `broker-loss` fault).
+    NoGroupRecreate,
+    /// The simulator's client, restarted after a crash, re-sends a request
+    /// it cannot prove was answered under a fresh order id instead of the
+    /// request's own: one request, two orders (caught only with the
+    /// `client-crash` fault).
+    ClientRetryNewId,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 20] = [
+    pub const ALL: [Mutant; 22] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -97,6 +108,8 @@ impl Mutant {
         Mutant::DeadLetterGoodEvent,
         Mutant::RefundWrongAmount,
         Mutant::BatchAcksUncommitted,
+        Mutant::NoGroupRecreate,
+        Mutant::ClientRetryNewId,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -142,6 +155,8 @@ impl Mutant {
             Mutant::DeadLetterGoodEvent => "dead-letter-good-event",
             Mutant::RefundWrongAmount => "refund-wrong-amount",
             Mutant::BatchAcksUncommitted => "batch-acks-uncommitted",
+            Mutant::NoGroupRecreate => "no-group-recreate",
+            Mutant::ClientRetryNewId => "client-retry-new-id",
         }
     }
 

@@ -9,7 +9,12 @@
 //!
 //! Its faults: a publish lost for a subscriber, a delivery marked but never
 //! handed over, an entry appended twice or handed to a second consumer while
-//! the first still holds it.
+//! the first still holds it; and the host crashing with its state lost
+//! ([`Broker::lose_everything`], `broker-loss`), as a Redis without
+//! persistence restarts. Groups are therefore not created by a read: a
+//! receive on a missing group answers [`Response::NoGroup`] (Redis's
+//! NOGROUP) and the bus creates it with [`Request::EnsureGroup`] (`XGROUP
+//! CREATE .. 0 MKSTREAM`), as `RedisBus` does.
 //!
 //! The state lives outside the broker host (the host serves it over
 //! turmoil TCP, see [`serve`]), so the driver can tell when queues drained.
@@ -61,6 +66,10 @@ pub enum Request {
         reason: String,
         payload: String,
     },
+    /// XGROUP CREATE .. 0 MKSTREAM (BUSYGROUP, a group that exists, is fine).
+    EnsureGroup {
+        service: Service,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +77,8 @@ pub enum Response {
     Done,
     /// (entry id, delivery count, payload)
     Deliveries(Vec<(u64, u32, String)>),
+    /// The receive's consumer group does not exist (Redis's NOGROUP).
+    NoGroup,
 }
 
 /// The wire format: a tag byte, then fields in order; a service is its
@@ -166,6 +177,9 @@ impl Request {
             } => {
                 w.u8(3).service(*service).u64(*id).str(reason).str(payload);
             }
+            Request::EnsureGroup { service } => {
+                w.u8(4).service(*service);
+            }
         }
         w.0
     }
@@ -196,6 +210,9 @@ impl Request {
                 reason: r.string()?,
                 payload: r.string()?,
             },
+            4 => Request::EnsureGroup {
+                service: r.service()?,
+            },
             _ => return None,
         };
         r.end(request)
@@ -215,6 +232,9 @@ impl Response {
                     w.u64(*id).u32(*count).str(payload);
                 }
             }
+            Response::NoGroup => {
+                w.u8(2);
+            }
         }
         w.0
     }
@@ -230,6 +250,7 @@ impl Response {
                     .collect::<Option<Vec<_>>>()?;
                 Response::Deliveries(list)
             }
+            2 => Response::NoGroup,
             _ => return None,
         };
         r.end(response)
@@ -287,6 +308,16 @@ impl Broker {
         })
     }
 
+    /// The host crashed and restarted empty (`broker-loss`): every stream,
+    /// group, pending entry and dead letter is gone (entry ids keep rising).
+    /// Returns how many entries were unacknowledged.
+    pub fn lose_everything(&self) -> usize {
+        let mut state = self.lock();
+        let lost = state.unacknowledged();
+        state.lose_everything();
+        lost
+    }
+
     /// Dead letters: (service, reason).
     pub fn dead_letters(&self) -> Vec<(Service, String)> {
         self.lock()
@@ -329,7 +360,16 @@ impl Broker {
                 service,
                 consumer,
                 max,
-            } => Response::Deliveries(self.receive(service, &consumer, max)),
+            } => {
+                if !self.lock().has_group(service) {
+                    return Response::NoGroup;
+                }
+                Response::Deliveries(self.receive(service, &consumer, max))
+            }
+            Request::EnsureGroup { service } => {
+                self.lock().create_group(service);
+                Response::Done
+            }
             Request::Ack { service, id } => {
                 let acked = {
                     let mut state = self.lock();
@@ -538,6 +578,9 @@ mod tests {
                 reason: "why".into(),
                 payload: String::new(),
             },
+            Request::EnsureGroup {
+                service: Service::User,
+            },
         ];
         for r in requests {
             assert_eq!(Request::decode(&r.encode()), Some(r));
@@ -545,6 +588,7 @@ mod tests {
         for r in [
             Response::Done,
             Response::Deliveries(vec![(1, 2, "x".into()), (3, 1, String::new())]),
+            Response::NoGroup,
         ] {
             assert_eq!(Response::decode(&r.encode()), Some(r));
         }

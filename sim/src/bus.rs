@@ -3,7 +3,15 @@
 //! A timeout or a broken connection is `BusError::Unavailable`; the request
 //! may or may not have taken effect (a publish may land twice on retry,
 //! exactly as with a real broker).
+//!
+//! Consumer groups take `RedisBus::receive`'s path: the bus remembers the
+//! groups it created; before a receive it creates its service's group
+//! unless known (`ensure_group`); a receive answered NOGROUP (the broker
+//! restarted empty, `broker-loss`) forgets the group, creates it again and
+//! reads once more. The broker creates no group on a read, so there is no
+//! shortcut here that production lacks.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct SimBus {
     conn: Mutex<Option<TcpStream>>,
+    /// Groups known to exist (as `RedisBus::groups`; forgotten on NOGROUP).
+    groups: std::sync::Mutex<BTreeSet<Service>>,
 }
 
 impl SimBus {
@@ -54,6 +64,60 @@ impl SimBus {
     }
 }
 
+impl SimBus {
+    fn known_groups(&self) -> std::sync::MutexGuard<'_, BTreeSet<Service>> {
+        self.groups.lock().expect("groups mutex")
+    }
+
+    /// `RedisBus::ensure_group`: creates `service`'s group unless known.
+    async fn ensure_group(&self, service: Service) -> Result<(), BusError> {
+        if self.known_groups().contains(&service) {
+            return Ok(());
+        }
+        self.call(&Request::EnsureGroup { service }).await?;
+        self.known_groups().insert(service);
+        Ok(())
+    }
+
+    /// One receive request: the deliveries, or `None` on NOGROUP.
+    async fn receive_once(
+        &self,
+        service: Service,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Option<Vec<Delivery>>, BusError> {
+        let response = self
+            .call(&Request::Receive {
+                service,
+                consumer: consumer.to_string(),
+                max,
+            })
+            .await?;
+        let list = match response {
+            Response::Deliveries(list) => list,
+            Response::NoGroup => return Ok(None),
+            Response::Done => {
+                return Err(BusError::Unavailable(
+                    "broker answered receive with no deliveries".into(),
+                ))
+            }
+        };
+        Ok(Some(
+            list.into_iter()
+                .map(|(id, attempt, payload)| Delivery {
+                    entry_id: id.to_string(),
+                    attempt,
+                    payload: payload.into_bytes(),
+                })
+                .collect(),
+        ))
+    }
+}
+
+fn nogroup(service: Service) -> BusError {
+    BusError::Unavailable(format!("NOGROUP: no consumer group for {service}"))
+}
+
 fn entry_id(raw: &str) -> Result<u64, BusError> {
     raw.parse()
         .map_err(|_| BusError::Unavailable(format!("entry id {raw:?} is not the broker's")))
@@ -74,27 +138,24 @@ impl Bus for SimBus {
         .map(drop)
     }
 
+    /// `RedisBus::receive`: ensure the group, read; on NOGROUP forget the
+    /// group, create it again and read once more.
     async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
-        let response = self
-            .call(&Request::Receive {
-                service,
-                consumer: consumer.to_string(),
-                max,
-            })
-            .await?;
-        let Response::Deliveries(list) = response else {
-            return Err(BusError::Unavailable(
-                "broker answered receive with no deliveries".into(),
-            ));
-        };
-        Ok(list
-            .into_iter()
-            .map(|(id, attempt, payload)| Delivery {
-                entry_id: id.to_string(),
-                attempt,
-                payload: payload.into_bytes(),
-            })
-            .collect())
+        assert!(max > 0, "a receive asks for at least one delivery");
+        self.ensure_group(service).await?;
+        if let Some(batch) = self.receive_once(service, consumer, max).await? {
+            return Ok(batch);
+        }
+        // Planted bug (mutants feature): the known group is never forgotten,
+        // so a broker that lost it answers NOGROUP for ever.
+        if purchase_saga::mutant!(NoGroupRecreate) {
+            return Err(nogroup(service));
+        }
+        self.known_groups().remove(&service);
+        self.ensure_group(service).await?;
+        self.receive_once(service, consumer, max)
+            .await?
+            .ok_or_else(|| nogroup(service))
     }
 
     async fn ack(&self, service: Service, entry_id_raw: &str) -> Result<(), BusError> {

@@ -50,10 +50,18 @@ pub enum FaultKind {
     Skew,
     /// A commit that enqueued outbox rows woke its replica's relay.
     Wake,
+    /// The broker host crashed and came back empty, as a Redis without
+    /// persistence does: streams, groups, pending entries and dead letters
+    /// gone; the buses re-create the groups on NOGROUP.
+    BrokerLoss,
+    /// The client host crashed (possibly after its order committed and
+    /// before it learned so) and, restarted, re-sent what it could not
+    /// prove was answered.
+    ClientCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::Latency,
         FaultKind::Duplicate,
         FaultKind::DropPublish,
@@ -69,6 +77,8 @@ impl FaultKind {
         FaultKind::PoolExhausted,
         FaultKind::Skew,
         FaultKind::Wake,
+        FaultKind::BrokerLoss,
+        FaultKind::ClientCrash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +98,8 @@ impl FaultKind {
             FaultKind::PoolExhausted => "pool-exhausted",
             FaultKind::Skew => "skew",
             FaultKind::Wake => "wake",
+            FaultKind::BrokerLoss => "broker-loss",
+            FaultKind::ClientCrash => "client-crash",
         }
     }
 }
@@ -162,6 +174,20 @@ pub enum Scheduled {
     },
     /// Cut `replica` off the broker for `len_ms`.
     Partition { replica: Replica, len_ms: u64 },
+    /// Crash the broker host; it restarts `down_ms` later with nothing.
+    BrokerLoss { down_ms: u64 },
+    /// Crash the client host at `point`, restart it `down_ms` later.
+    ClientCrash { point: ClientCrashPoint, down_ms: u64 },
+}
+
+/// Where a scheduled crash of the client strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClientCrashPoint {
+    /// Whenever the schedule says, in whatever the client is doing.
+    Anywhere,
+    /// The client's next placed order: committed, but the client crashes
+    /// before it records the answer, so it must re-send the request.
+    AfterPlace,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +238,13 @@ pub const LINGER_MS: u64 = 66_000;
 /// One seed in this many lingers (heavy and swarm), so a sweep sees the
 /// pruners delete without paying the idle time on every seed.
 pub const LINGER_ONE_IN: u32 = 48;
+
+/// One seed in this many loses the broker's state once (light, heavy;
+/// swarm when the kind is on).
+pub const BROKER_LOSS_ONE_IN: u32 = 8;
+
+/// One seed in this many crashes the client once while it places orders.
+pub const CLIENT_CRASH_ONE_IN: u32 = 4;
 
 impl FaultPlan {
     /// No faults: the baseline.
@@ -328,6 +361,32 @@ impl FaultPlan {
         if linger && rng.random_range(0..LINGER_ONE_IN) == 0 {
             plan.linger_ms = LINGER_MS;
         }
+        // Issue 13's host crashes, drawn after all of the above.
+        let [broker_loss, client_crash] = match profile {
+            Profile::Swarm => [(); 2].map(|()| rng.random_bool(0.5)),
+            _ => [true; 2],
+        };
+        if broker_loss && rng.random_range(0..BROKER_LOSS_ONE_IN) == 0 {
+            plan.timed.push(TimedFault {
+                at_ms: rng.random_range(0..heal_at_ms),
+                fault: Scheduled::BrokerLoss {
+                    down_ms: rng.random_range(100..=2_000),
+                },
+            });
+        }
+        if client_crash && rng.random_range(0..CLIENT_CRASH_ONE_IN) == 0 {
+            let point = [ClientCrashPoint::Anywhere, ClientCrashPoint::AfterPlace][rng.random_range(0..2)];
+            plan.timed.push(TimedFault {
+                // While the client still places orders.
+                at_ms: rng.random_range(0..arrival_span_ms.max(1)),
+                fault: Scheduled::ClientCrash {
+                    point,
+                    down_ms: rng.random_range(100..=3_000),
+                },
+            });
+        }
+        // Stable: the older faults keep their order among themselves.
+        plan.timed.sort_by_key(|t| t.at_ms);
         plan
     }
 }
@@ -346,6 +405,8 @@ impl FaultPlan {
             (Scheduled::Crash { point, .. }, FaultKind::CrashAfterPublish) => {
                 *point != CrashPoint::AfterPublish
             }
+            (Scheduled::BrokerLoss { .. }, FaultKind::BrokerLoss) => false,
+            (Scheduled::ClientCrash { .. }, FaultKind::ClientCrash) => false,
             _ => true,
         };
         self.timed.retain(keep);
@@ -363,6 +424,8 @@ impl FaultPlan {
             // The relay's wake is the runtime's own path, not a fault.
             FaultKind::Wake => {}
             FaultKind::Partition
+            | FaultKind::BrokerLoss
+            | FaultKind::ClientCrash
             | FaultKind::Crash
             | FaultKind::CrashMidTransaction
             | FaultKind::CrashAfterPublish => {}

@@ -33,6 +33,10 @@ pub mod check {
     /// event the simulator's services emit is good, so a dead letter is a
     /// good event given up on.
     pub const NO_DEAD_LETTER: &str = "no-dead-letter";
+    /// One client request placed more than one order, or an order exists
+    /// that no request asked for (a client re-sending after its crash must
+    /// use the request's own order id; `client.rs`).
+    pub const ONE_ORDER_PER_REQUEST: &str = "one-order-per-request";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -18,6 +18,9 @@
 //! - [`store`]: `SimStore`, latency, aborts and crash points over `MemoryStore`.
 //! - [`broker`]: the broker's streams and its turmoil host; [`bus`]: the
 //!   `SimBus` client and the wire protocol.
+//! - [`client`]: the client host, its durable request log and the "one
+//!   request, one order" check; [`host_crashes`]: the driver's broker-loss
+//!   and client crashes.
 //! - [`finding`]: violations of invariants and of the simulator's own checks.
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
@@ -32,10 +35,12 @@
 
 pub mod broker;
 pub mod bus;
+pub mod client;
 pub mod clock;
 pub mod corpus;
 pub mod faults;
 pub mod finding;
+pub mod host_crashes;
 pub mod hunt;
 pub mod mermaid;
 pub mod mutants;

@@ -3,7 +3,8 @@
 //! until quiescence or the liveness bound; then checks the invariants.
 //!
 //! Hosts, in registration order (which fixes turmoil's polling order):
-//! the broker, each service's replicas, the client.
+//! the broker, each service's replicas, the client (`client.rs`; its and
+//! the broker's crashes: `host_crashes.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,6 @@ use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::invariants::{check_quiescent, Snapshot};
 use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::{DurationMs, Service};
-use purchase_saga::runtime::commands::{place_order, PlaceError};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
@@ -25,9 +25,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::broker::{self, Broker};
 use crate::bus::SimBus;
+use crate::client::RequestLog;
 use crate::clock::{SimClock, SkewedClock};
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Scheduled};
 use crate::finding::{check, Finding};
+use crate::host_crashes::HostCrashes;
 use crate::observer::SimObserver;
 use crate::quiescence::{pending_work, QuiescenceProof};
 use crate::store::SimStore;
@@ -162,12 +164,9 @@ pub struct SimOutcome {
     pub wall: Duration,
 }
 
-/// Attempts of the client to place one order through store faults.
-const PLACE_ATTEMPTS_MAX: u32 = 50;
-
 /// The environment of one host: its store connection, bus client, its own
 /// (possibly skewed) clock, and the observers (with `wake`, the relay's).
-fn env_for(
+pub(crate) fn env_for(
     world: &Arc<World>,
     replica: Option<Replica>,
     config: RuntimeConfig,
@@ -246,50 +245,6 @@ pub fn place_command(o: &OrderSpec) -> PlaceOrder {
     }
 }
 
-/// The client: places each order at its arrival time, retrying store faults.
-async fn client_software(
-    world: Arc<World>,
-    orders: Vec<OrderSpec>,
-    config: RuntimeConfig,
-) -> turmoil::Result {
-    let env = env_for(&world, None, config, None);
-    let start = tokio::time::Instant::now();
-    for o in orders {
-        tokio::time::sleep_until(start + o.at.as_std()).await;
-        world.log(
-            EntryKind::Place {
-                order: o.id.to_string(),
-            },
-            request_line(&o),
-        );
-        let cmd = place_command(&o);
-        for attempt in 1..=PLACE_ATTEMPTS_MAX {
-            match place_order(&env, &cmd).await {
-                Ok(_) => break,
-                Err(PlaceError::Rejected(r)) => {
-                    world.log(
-                        EntryKind::Driver {
-                            at: Some(Service::Order),
-                        },
-                        format!("Order -> Client: rejected {}: {r}", o.id),
-                    );
-                    break;
-                }
-                Err(PlaceError::Store(e)) => {
-                    assert!(
-                        attempt < PLACE_ATTEMPTS_MAX,
-                        "order {} not placed after {attempt} attempts: {e}",
-                        o.id
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    world.client_done.store(true, Ordering::SeqCst);
-    Ok(())
-}
-
 /// Runs `input` to quiescence or to the liveness bound.
 pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     assert!(
@@ -330,10 +285,17 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         let (w, c) = (world.clone(), config.clone());
         sim.host(r.host(), move || replica_software(w.clone(), r, c.clone()));
     }
-    sim.client(
-        CLIENT_HOST,
-        client_software(world.clone(), input.scenario.orders.clone(), config.clone()),
+    let requests = Arc::new(RequestLog::default());
+    let (w, log, orders, c) = (
+        world.clone(),
+        requests.clone(),
+        input.scenario.orders.clone(),
+        config.clone(),
     );
+    sim.host(CLIENT_HOST, move || {
+        crate::client::software(w.clone(), log.clone(), orders.clone(), c.clone())
+    });
+    let mut host_crashes = HostCrashes::new(broker.clone(), requests.clone());
 
     let last_arrival = input
         .scenario
@@ -365,6 +327,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             for r in cut.values_mut() {
                 *r = t;
             }
+            host_crashes.heal(t);
             world.log(
                 EntryKind::Driver { at: None },
                 "== healed: no more faults; input stopped ==".into(),
@@ -400,6 +363,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                         cut.insert(*replica, t + len_ms);
                     }
                 }
+                host @ (Scheduled::BrokerLoss { .. } | Scheduled::ClientCrash { .. }) => {
+                    host_crashes.strike(&mut sim, &world, host, t);
+                }
             }
             next_fault += 1;
         }
@@ -409,6 +375,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                 slot.insert(if world.healed() { t } else { t + down_ms });
             }
         }
+        host_crashes.take_requests(&mut sim, &world, t);
+        host_crashes.restart_due(&mut sim, &world, t);
         for (r, at) in down.clone() {
             if at <= t {
                 down.remove(&r);
@@ -474,6 +442,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         ));
     }
     violations.extend(check_quiescent(&snapshot).into_iter().map(Finding::from));
+    violations.extend(requests.check(&snapshot));
     if quiescent {
         violations.extend(world.check_compensations(&snapshot));
     }

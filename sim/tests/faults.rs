@@ -120,3 +120,105 @@ fn clock_skew_within_the_bound_keeps_every_invariant() {
     assert!(o.violations.is_empty(), "{:?}", o.violations);
     assert_eq!(count(&o, "skew"), hosts.len() as u64);
 }
+
+/// A plan with only `fault` at `at_ms`, healing at 8 s.
+fn only(seed: u64, at_ms: u64, fault: Scheduled) -> purchase_saga_sim::SimInput {
+    let settings = SimSettings::default();
+    let mut input = input_from_seed(seed, Profile::None, 20, &settings);
+    input.plan = FaultPlan {
+        timed: vec![TimedFault { at_ms, fault }],
+        heal_at_ms: 8_000,
+        ..FaultPlan::none()
+    };
+    input
+}
+
+/// The broker host crashes mid-run and comes back with nothing (streams,
+/// groups, pending entries, dead letters): the buses re-create the groups
+/// on NOGROUP, re-drive republishes what was lost, every order ends and
+/// every invariant holds.
+#[test]
+fn a_broker_that_lost_everything_is_recovered_from() {
+    let settings = SimSettings::default();
+    let input = only(21, 2_500, Scheduled::BrokerLoss { down_ms: 600 });
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert_eq!(count(&o, "broker-loss"), 1, "{:?}", o.faults);
+    let lost = o
+        .lines
+        .iter()
+        .find(|l| l.contains("broker crashed and lost all of its state"))
+        .expect("the loss is traced");
+    assert!(
+        !lost.contains("(0 unacknowledged"),
+        "the loss should strike with entries in flight: {lost}"
+    );
+    assert!(
+        o.lines
+            .iter()
+            .any(|l| l.contains("== broker restarted, empty ==")),
+        "the broker came back"
+    );
+    let without = run(
+        &purchase_saga_sim::SimInput {
+            plan: input
+                .plan
+                .clone()
+                .without(purchase_saga_sim::FaultKind::BrokerLoss),
+            ..input.clone()
+        },
+        &settings,
+    );
+    assert_eq!(count(&without, "broker-loss"), 0);
+}
+
+/// The client crashes right after an order committed, before it learned
+/// so; restarted, it re-sends that request under the same order id: one
+/// order per request, every order terminal, every invariant held.
+#[test]
+fn a_client_crashing_after_its_order_committed_re_sends_it_once() {
+    use purchase_saga_sim::faults::ClientCrashPoint;
+    let settings = SimSettings::default();
+    let input = only(
+        22,
+        300,
+        Scheduled::ClientCrash {
+            point: ClientCrashPoint::AfterPlace,
+            down_ms: 700,
+        },
+    );
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert_eq!(count(&o, "client-crash"), 1, "{:?}", o.faults);
+    assert!(
+        o.lines.iter().any(|l| l.contains("re-sent after a restart")),
+        "the restarted client re-sent the unanswered request"
+    );
+    assert_eq!(
+        o.order_paths.len() as u64 + o.paths.get("REJECTED").copied().unwrap_or(0),
+        o.orders,
+        "one outcome per request: {:?}",
+        o.paths
+    );
+}
+
+/// The client crashes at an arbitrary moment while placing orders and
+/// restarts 1.5 s later: the orders it had not sent yet are still placed
+/// (late), nothing twice.
+#[test]
+fn a_client_crashing_anywhere_resumes_from_its_request_log() {
+    use purchase_saga_sim::faults::ClientCrashPoint;
+    let settings = SimSettings::default();
+    let input = only(
+        23,
+        1_000,
+        Scheduled::ClientCrash {
+            point: ClientCrashPoint::Anywhere,
+            down_ms: 1_500,
+        },
+    );
+    let o = run(&input, &settings);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    assert_eq!(count(&o, "client-crash"), 1, "{:?}", o.faults);
+    assert!(o.lines.iter().any(|l| l.contains("== client restarted ==")));
+}

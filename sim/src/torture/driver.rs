@@ -302,6 +302,9 @@ impl Run {
                     self.schedule(t + scaled(*len_ms), Action::Reconnect(*replica));
                 }
             }
+            // Torture has its own Redis loss (`redis-loss`) and no client
+            // host: the simulator's host crashes are not replayed here.
+            Scheduled::BrokerLoss { .. } | Scheduled::ClientCrash { .. } => {}
         }
     }
 

@@ -247,6 +247,21 @@ impl<P: Clone> Streams<P> {
             .unwrap_or_default()
     }
 
+    /// Whether `service`'s consumer group exists (XREADGROUP on a missing
+    /// one answers NOGROUP in Redis; the model's reads create it).
+    pub fn has_group(&self, service: Service) -> bool {
+        self.streams.get(&service).is_some_and(|s| s.group.is_some())
+    }
+
+    /// `XGROUP CREATE .. 0 MKSTREAM`: creates `service`'s group from id 0
+    /// unless it exists (BUSYGROUP); whether it created one.
+    pub fn create_group(&mut self, service: Service) -> bool {
+        let stream = self.stream(service);
+        let created = stream.group.is_none();
+        stream.group();
+        created
+    }
+
     /// XREADGROUP `>`: up to `max` new entries for `consumer`.
     pub fn read_new(
         &mut self,
@@ -677,6 +692,21 @@ mod tests {
         let id = m.append(S, 9);
         assert_eq!(id, 6, "ids keep increasing");
         assert_eq!(m.read_new(S, "b", 5, 0).len(), 1);
+    }
+
+    #[test]
+    fn a_lost_group_is_missing_until_created_again_from_zero() {
+        let mut m = five();
+        assert!(!m.has_group(S), "a publish creates no group");
+        assert!(m.create_group(S));
+        assert!(!m.create_group(S), "BUSYGROUP");
+        m.read_new(S, "b", 2, 0);
+        m.lose_everything();
+        assert!(!m.has_group(S), "NOGROUP after the loss");
+        m.append(S, 7);
+        assert!(!m.has_group(S), "a publish after the loss creates no group");
+        assert!(m.create_group(S));
+        assert_eq!(m.read_new(S, "b", 5, 0).len(), 1, "the group reads from id 0");
     }
 
     #[test]
