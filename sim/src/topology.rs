@@ -116,6 +116,18 @@ impl Topology {
         Topology::from_groups(groups)
     }
 
+    /// The topology `SAGA_SIM_TOPOLOGY` forces on every seed of a sweep
+    /// (`per-service` or `all`), if set: for comparing a sweep's bug
+    /// finding and speed with the drawn topologies against one layout.
+    pub fn forced() -> Option<Topology> {
+        let name = std::env::var("SAGA_SIM_TOPOLOGY").ok()?;
+        match name.as_str() {
+            "per-service" => Some(Topology::per_service()),
+            "all" => Some(Topology::all_in_one()),
+            other => panic!("SAGA_SIM_TOPOLOGY={other}: expected per-service or all"),
+        }
+    }
+
     /// True for the original deployment.
     pub fn is_per_service(&self) -> bool {
         self.groups.len() == Service::ALL.len()
