@@ -31,8 +31,8 @@ use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Schedule
 use crate::finding::{check, Finding};
 use crate::observer::SimObserver;
 use crate::quiescence::{pending_work, QuiescenceProof};
-use crate::topology::{Process, Topology};
 use crate::store::SimStore;
+use crate::topology::{Process, Topology};
 use crate::world::{EntryKind, TraceEntry, World};
 
 /// The shape of the simulated deployment.
@@ -224,7 +224,13 @@ async fn process_software(world: Arc<World>, process: Process, config: RuntimeCo
     let clock_of = process.lead().host();
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
     for replica in process.replicas() {
-        let env = env_for(&world, Some(replica), &clock_of, config.clone(), Some(wake.clone()));
+        let env = env_for(
+            &world,
+            Some(replica),
+            &clock_of,
+            config.clone(),
+            Some(wake.clone()),
+        );
         let service = replica.service;
         tokio::task::spawn_local(consumer::run(
             env.clone(),
@@ -243,7 +249,11 @@ async fn process_software(world: Arc<World>, process: Process, config: RuntimeCo
         }
     }
     let lead = env_for(&world, Some(process.lead()), &clock_of, config, Some(wake));
-    tokio::task::spawn_local(sweeper::run_pruner(lead, process.services.clone(), shutdown.clone()));
+    tokio::task::spawn_local(sweeper::run_pruner(
+        lead,
+        process.services.clone(),
+        shutdown.clone(),
+    ));
     // Runs until the host is crashed; shutdown is never signalled.
     std::future::pending::<()>().await;
     drop(keep_running);
@@ -555,11 +565,7 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: 
         CrashPoint::BeforeCommit => "crashed before a commit",
         CrashPoint::AfterPublish => "crashed after publishing, before marking published",
     };
-    world.fault(
-        FaultKind::Crash,
-        Some(replica.service),
-        format!("{host} {what}"),
-    );
+    world.fault(FaultKind::Crash, Some(replica.service), format!("{host} {what}"));
     if open > 0 {
         world.fault(
             FaultKind::CrashMidTransaction,

@@ -12,8 +12,8 @@ use proptest::test_runner::FileFailurePersistence;
 use purchase_saga::domain::Service;
 use purchase_saga::workload::Scenario;
 use purchase_saga_sim::faults::{CrashPoint, FaultPlan, Replica, Scheduled, TimedFault};
-use purchase_saga_sim::{mutants, run, SimInput, SimSettings};
 use purchase_saga_sim::topology::Topology;
+use purchase_saga_sim::{mutants, run, SimInput, SimSettings};
 
 /// Orders per case: small, so 256 cases fit in CI's budget.
 const ORDERS_MAX: usize = 6;
