@@ -420,9 +420,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                     down_ms,
                 } => {
                     let process = topology.process_of(*replica);
-                    if !down.contains_key(&process.lead()) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(process.lead()) {
                         crash(&mut sim, &world, &process, *replica, CrashPoint::Anywhere);
-                        down.insert(process.lead(), t + down_ms);
+                        slot.insert(t + down_ms);
                     }
                 }
                 Scheduled::Crash {
@@ -434,14 +434,14 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                 }
                 Scheduled::Partition { replica, len_ms } => {
                     let process = topology.process_of(*replica);
-                    if !cut.contains_key(&process.lead()) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = cut.entry(process.lead()) {
                         sim.partition(process.host(), broker::HOST);
                         world.fault(
                             FaultKind::Partition,
                             Some(replica.service),
                             format!("{} cut off the bus for {len_ms}ms", process.host()),
                         );
-                        cut.insert(process.lead(), t + len_ms);
+                        slot.insert(t + len_ms);
                     }
                 }
             }
