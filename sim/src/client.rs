@@ -27,7 +27,7 @@ use purchase_saga::workload::OrderSpec;
 
 use crate::faults::{ClientCrashPoint, FaultKind};
 use crate::finding::{check, Finding};
-use crate::run::{env_for, place_command, request_line};
+use crate::run::{env_for, place_command, request_line, CLIENT_HOST};
 use crate::world::{EntryKind, World};
 
 /// Attempts of the client to place one order through store faults.
@@ -173,7 +173,7 @@ pub async fn software(
     orders: Vec<OrderSpec>,
     config: RuntimeConfig,
 ) -> turmoil::Result {
-    let env = env_for(&world, None, config, None);
+    let env = env_for(&world, None, CLIENT_HOST, config, None);
     // The run's start on this host's timer: now, minus the time the run
     // has been going (zero for the first incarnation).
     let since_start = Duration::from_millis(u64::try_from(world.clock.elapsed_ms()).unwrap_or(0));

@@ -50,6 +50,7 @@ pub mod run;
 pub mod store;
 pub mod summary;
 pub mod sweep;
+pub mod topology;
 pub mod torture;
 pub mod world;
 

@@ -3,8 +3,9 @@
 //! until quiescence or the liveness bound; then checks the invariants.
 //!
 //! Hosts, in registration order (which fixes turmoil's polling order):
-//! the broker, each service's replicas, the client (`client.rs`; its and
-//! the broker's crashes: `host_crashes.rs`).
+//! the broker, each process of the seed's [`Topology`] (one per service
+//! replica, or several services per process), the client (`client.rs`; its
+//! and the broker's crashes: `host_crashes.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,7 @@ use crate::host_crashes::HostCrashes;
 use crate::observer::SimObserver;
 use crate::quiescence::{pending_work, QuiescenceProof};
 use crate::store::SimStore;
+use crate::topology::{Process, Topology};
 use crate::world::{EntryKind, TraceEntry, World};
 
 /// The shape of the simulated deployment.
@@ -64,6 +66,8 @@ pub struct SimInput {
     pub seed: u64,
     pub scenario: Scenario,
     pub plan: FaultPlan,
+    /// Which services share a process (a turmoil host).
+    pub topology: Topology,
 }
 
 /// Orders arrive within this span (the workload's default).
@@ -77,7 +81,10 @@ pub fn replicas(settings: &SimSettings) -> Vec<Replica> {
         .collect()
 }
 
-/// The scenario and fault plan that `seed` fixes.
+/// Salt of a seed's topology stream.
+const TOPOLOGY_SALT: u64 = 0x7090_7090_7090_7090;
+
+/// The scenario, fault plan and topology that `seed` fixes.
 pub fn input_from_seed(seed: u64, profile: Profile, orders: usize, settings: &SimSettings) -> SimInput {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let size = ScenarioSize {
@@ -88,7 +95,14 @@ pub fn input_from_seed(seed: u64, profile: Profile, orders: usize, settings: &Si
     let scenario = Scenario::generate(&mut rng, size);
     let mut fault_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0fa1_7fa1_7fa1_7fa1);
     let plan = FaultPlan::generate(&mut fault_rng, profile, &replicas(settings), ARRIVAL_SPAN_MS);
-    SimInput { seed, scenario, plan }
+    // Its own stream: the scenario and the plan keep their draws.
+    let topology = Topology::draw(&mut ChaCha8Rng::seed_from_u64(seed ^ TOPOLOGY_SALT), profile);
+    SimInput {
+        seed,
+        scenario,
+        plan,
+        topology,
+    }
 }
 
 /// The runtime's knobs in the simulator: small batches, quick polls, the
@@ -164,16 +178,18 @@ pub struct SimOutcome {
     pub wall: Duration,
 }
 
-/// The environment of one host: its store connection, bus client, its own
-/// (possibly skewed) clock, and the observers (with `wake`, the relay's).
+/// The environment of one service (or the client) in a host: its store
+/// connection, bus client, the host's (possibly skewed) clock, and the
+/// observers (with `wake`, the host's relays'). `clock_of` names the host
+/// in the plan's skews: a process runs on its lead replica's clock.
 pub(crate) fn env_for(
     world: &Arc<World>,
     replica: Option<Replica>,
+    clock_of: &str,
     config: RuntimeConfig,
     wake: Option<Arc<RelayWake>>,
 ) -> Env {
-    let host = replica.map_or_else(|| CLIENT_HOST.to_string(), |r| r.host());
-    let skew_ms = world.plan.skew_ms.get(&host).copied().unwrap_or(0);
+    let skew_ms = world.plan.skew_ms.get(clock_of).copied().unwrap_or(0);
     let sim_observer: Arc<dyn purchase_saga::runtime::Observer> =
         Arc::new(SimObserver { world: world.clone() });
     let observer: Arc<dyn purchase_saga::runtime::Observer> = match wake {
@@ -196,30 +212,47 @@ pub(crate) fn env_for(
 /// The turmoil host that places the orders.
 pub const CLIENT_HOST: &str = "client";
 
-/// A replica's software: the library's own loops for its service.
-async fn replica_software(world: Arc<World>, replica: Replica, config: RuntimeConfig) -> turmoil::Result {
-    // As production's `serve`: commits wake the replica's relay, and every
-    // replica runs the pruner of its service.
+/// A process's software: the library's own loops for its services, wired
+/// as production's `serve` (`Running::start`) wires them: per service a
+/// consumer and a relay, the sweeper with the Order service, one pruner
+/// over the process's services, and one relay wake that every commit of
+/// the process rings. Each service keeps its own store connection (the
+/// fault layer's crash points and open transactions are per replica).
+async fn process_software(world: Arc<World>, process: Process, config: RuntimeConfig) -> turmoil::Result {
     let wake = Arc::new(RelayWake::default());
-    let env = env_for(&world, Some(replica), config, Some(wake.clone()));
+    let clock_of = process.lead().host();
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
-    let service = replica.service;
-    tokio::task::spawn_local(consumer::run(
-        env.clone(),
-        service,
-        replica.host(),
-        shutdown.clone(),
-    ));
-    tokio::task::spawn_local(relay::run_woken(
-        env.clone(),
-        service,
-        shutdown.clone(),
-        Some(wake),
-    ));
-    if service == Service::Order {
-        tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
+    for replica in process.replicas() {
+        let env = env_for(
+            &world,
+            Some(replica),
+            &clock_of,
+            config.clone(),
+            Some(wake.clone()),
+        );
+        let service = replica.service;
+        tokio::task::spawn_local(consumer::run(
+            env.clone(),
+            service,
+            replica.host(),
+            shutdown.clone(),
+        ));
+        tokio::task::spawn_local(relay::run_woken(
+            env.clone(),
+            service,
+            shutdown.clone(),
+            Some(wake.clone()),
+        ));
+        if service == Service::Order {
+            tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
+        }
     }
-    tokio::task::spawn_local(sweeper::run_pruner(env.clone(), vec![service], shutdown.clone()));
+    let lead = env_for(&world, Some(process.lead()), &clock_of, config, Some(wake));
+    tokio::task::spawn_local(sweeper::run_pruner(
+        lead,
+        process.services.clone(),
+        shutdown.clone(),
+    ));
     // Runs until the host is crashed; shutdown is never signalled.
     std::future::pending::<()>().await;
     drop(keep_running);
@@ -280,10 +313,18 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
 
     let b = broker.clone();
     sim.host(broker::HOST, move || broker::serve(b.clone()));
-    let all = replicas(settings);
-    for &r in &all {
+    let topology = &input.topology;
+    if !topology.is_per_service() {
+        world.log(
+            EntryKind::Driver { at: None },
+            format!("== processes: {topology} =="),
+        );
+    }
+    for process in topology.processes(settings.replicas) {
         let (w, c) = (world.clone(), config.clone());
-        sim.host(r.host(), move || replica_software(w.clone(), r, c.clone()));
+        sim.host(process.host(), move || {
+            process_software(w.clone(), process.clone(), c.clone())
+        });
     }
     let requests = Arc::new(RequestLog::default());
     let (w, log, orders, c) = (
@@ -308,6 +349,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let end_ms = heal_at.max(last_arrival) + settings.liveness_ms + plan.linger_ms;
     let mut quiet_since: Option<u64> = None;
     let mut next_fault = 0;
+    // Processes down / cut off, by lead replica, until a time.
     let mut down: BTreeMap<Replica, u64> = BTreeMap::new();
     let mut cut: BTreeMap<Replica, u64> = BTreeMap::new();
     let mut quiescent = false;
@@ -340,9 +382,10 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                     point: CrashPoint::Anywhere,
                     down_ms,
                 } => {
-                    if !down.contains_key(replica) {
-                        crash(&mut sim, &world, *replica, CrashPoint::Anywhere);
-                        down.insert(*replica, t + down_ms);
+                    let process = topology.process_of(*replica);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(process.lead()) {
+                        crash(&mut sim, &world, &process, *replica, CrashPoint::Anywhere);
+                        slot.insert(t + down_ms);
                     }
                 }
                 Scheduled::Crash {
@@ -353,14 +396,15 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
                     world.arm(*replica, *point, *down_ms);
                 }
                 Scheduled::Partition { replica, len_ms } => {
-                    if !cut.contains_key(replica) {
-                        sim.partition(replica.host(), broker::HOST);
+                    let process = topology.process_of(*replica);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = cut.entry(process.lead()) {
+                        sim.partition(process.host(), broker::HOST);
                         world.fault(
                             FaultKind::Partition,
                             Some(replica.service),
-                            format!("{replica} cut off the bus for {len_ms}ms"),
+                            format!("{} cut off the bus for {len_ms}ms", process.host()),
                         );
-                        cut.insert(*replica, t + len_ms);
+                        slot.insert(t + len_ms);
                     }
                 }
                 host @ (Scheduled::BrokerLoss { .. } | Scheduled::ClientCrash { .. }) => {
@@ -370,8 +414,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             next_fault += 1;
         }
         for (r, point, down_ms) in world.take_crash_requests() {
-            if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(r) {
-                crash(&mut sim, &world, r, point);
+            let process = topology.process_of(r);
+            if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(process.lead()) {
+                crash(&mut sim, &world, &process, r, point);
                 slot.insert(if world.healed() { t } else { t + down_ms });
             }
         }
@@ -380,20 +425,22 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         for (r, at) in down.clone() {
             if at <= t {
                 down.remove(&r);
-                sim.bounce(r.host());
+                let host = topology.process_of(r).host();
+                sim.bounce(host.as_str());
                 world.log(
                     EntryKind::Driver { at: Some(r.service) },
-                    format!("== {r} restarted =="),
+                    format!("== {host} restarted =="),
                 );
             }
         }
         for (r, at) in cut.clone() {
             if at <= t {
                 cut.remove(&r);
-                sim.repair(r.host(), broker::HOST);
+                let host = topology.process_of(r).host();
+                sim.repair(host.as_str(), broker::HOST);
                 world.log(
                     EntryKind::Driver { at: Some(r.service) },
-                    format!("== {r} reconnected =="),
+                    format!("== {host} reconnected =="),
                 );
             }
         }
@@ -477,28 +524,26 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     }
 }
 
-/// Crashes `replica`'s host now, counting what the crash interrupted.
-fn crash(sim: &mut turmoil::Sim<'_>, world: &World, replica: Replica, point: CrashPoint) {
-    let open = world.open_tx(replica);
+/// Crashes `process` (whose `replica` the fault struck) now, counting what
+/// the crash interrupted: the open transactions of every service in it.
+fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: Replica, point: CrashPoint) {
+    let open: u32 = process.replicas().map(|r| world.open_tx(r)).sum();
+    let host = process.host();
     let what = match point {
         CrashPoint::Anywhere => "crashed",
         CrashPoint::BeforeCommit => "crashed before a commit",
         CrashPoint::AfterPublish => "crashed after publishing, before marking published",
     };
-    world.fault(
-        FaultKind::Crash,
-        Some(replica.service),
-        format!("{replica} {what}"),
-    );
+    world.fault(FaultKind::Crash, Some(replica.service), format!("{host} {what}"));
     if open > 0 {
         world.fault(
             FaultKind::CrashMidTransaction,
             Some(replica.service),
-            format!("{replica} lost {open} open transaction(s)"),
+            format!("{host} lost {open} open transaction(s)"),
         );
     }
     if point == CrashPoint::AfterPublish {
         world.count(FaultKind::CrashAfterPublish);
     }
-    sim.crash(replica.host());
+    sim.crash(host.as_str());
 }

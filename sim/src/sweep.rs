@@ -58,6 +58,9 @@ impl Options {
         if let Some(kind) = self.without {
             input.plan = input.plan.without(kind);
         }
+        if let Some(topology) = crate::topology::Topology::forced() {
+            input.topology = topology;
+        }
         input
     }
 

@@ -12,6 +12,7 @@ use proptest::test_runner::FileFailurePersistence;
 use purchase_saga::domain::Service;
 use purchase_saga::workload::Scenario;
 use purchase_saga_sim::faults::{CrashPoint, FaultPlan, Replica, Scheduled, TimedFault};
+use purchase_saga_sim::topology::Topology;
 use purchase_saga_sim::{mutants, run, SimInput, SimSettings};
 
 /// Orders per case: small, so 256 cases fit in CI's budget.
@@ -100,7 +101,7 @@ proptest! {
 
     #[test]
     fn every_invariant_holds_under_any_plan(seed in any::<u64>(), scenario in scenario(), plan in plan()) {
-        let input = SimInput { seed, scenario, plan };
+        let input = SimInput { seed, scenario, plan, topology: Topology::default() };
         let mutant = std::env::var("SAGA_SIM_MUTANT").ok();
         let outcome = mutants::with(mutant.as_deref(), || run(&input, &SimSettings::default()))
             .expect("SAGA_SIM_MUTANT names a mutant of this build");
