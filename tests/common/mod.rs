@@ -216,10 +216,19 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {}: {e}", redact_url(&admin_url)));
         let _ = admin.close().await;
         let url = with_database(&admin_url, &name);
+        // Migrated through a pool of the default configuration: a test's own
+        // short statement or lock timeout is for its transactions, and a
+        // migration on a loaded machine may take longer than it.
+        let migrator = postgres::connect(&url, &PgConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        postgres::migrate(&migrator)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        migrator.close().await;
         let pool = postgres::connect(&url, &config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        postgres::migrate(&pool).await.unwrap_or_else(|e| panic!("{e}"));
         TestDb {
             store: PgStore::new(pool),
             url,
