@@ -48,7 +48,7 @@ use crate::runtime::commands::{place_order, Placed};
 use crate::runtime::{Clock, Env, Observer, RuntimeEvent, Store, SystemClock};
 use crate::workload::{ItemSpec, Scenario, UserSpec};
 
-use super::hops::Hops;
+use super::hops::{percentile, Hops};
 use super::serve::Running;
 use super::{GlobalArgs, OnOff, SHUTDOWN_GRACE};
 
@@ -168,14 +168,6 @@ impl LevelResult {
     fn sagas_per_s(&self) -> f64 {
         self.sagas as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    assert!(p <= 100, "a percentile is at most 100");
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) * p).div_ceil(100)]
 }
 
 fn load_average() -> String {

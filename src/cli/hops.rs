@@ -38,6 +38,16 @@ struct Spans {
     apply: Vec<Duration>,
 }
 
+/// The `p`-th percentile of `sorted` (zero when empty): the bench's
+/// order-to-terminal latencies and the hop spans alike.
+pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    assert!(p <= 100, "a percentile is at most 100");
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+}
+
 /// Mean and p99 of one span over a level's hops.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Span {
@@ -53,10 +63,7 @@ impl Span {
         let total: Duration = spans.iter().sum();
         Span {
             mean: total / u32::try_from(samples.max(1)).unwrap_or(u32::MAX),
-            p99: spans
-                .get((samples * 99 / 100).min(samples.saturating_sub(1)))
-                .copied()
-                .unwrap_or_default(),
+            p99: percentile(&spans, 99),
             samples,
         }
     }

@@ -5,9 +5,10 @@
 //! Never acknowledge an event that could not be applied: a transient failure
 //! leaves the entry pending, the bus redelivers it, and after
 //! `deliveries_max` deliveries it is dead-lettered, not dropped, with the
-//! last error it met (see [`LastErrors`] for where that is kept and why). Before that, the inbox is asked: an entry whose event
-//! was applied (a crash between commit and ack, then store trouble) is
-//! acknowledged, not dead-lettered. While the store is unavailable (down,
+//! last error it met (see [`LastErrors`] for where that is kept and why).
+//! Before that, the inbox is asked: an entry whose event was applied (a
+//! crash between commit and ack, then store trouble) is acknowledged, not
+//! dead-lettered. While the store is unavailable (down,
 //! read-only, full) the consumer takes no deliveries at all and backs off,
 //! so a few minutes of database trouble do not spend the delivery budget
 //! of what is in flight.
