@@ -1,13 +1,17 @@
-//! The floor of a seed's wall time under turmoil: the same number of hosts
-//! and steps as a standard heavy seed (14 hosts, 1270 steps of 10 ms, the
-//! mean simulated time of one), with software that does nothing.
+//! The floor of a seed's wall time under turmoil: a fixed number of hosts
+//! and steps (default 14 hosts, 1270 steps of 10 ms, a heavy seed with one
+//! process per service replica) with software that does nothing
+//! (`purchase_saga_sim::floor`).
 //!
-//!     cargo run --release -p purchase-saga-sim --example turmoil_floor -- [HOSTS] [POLL_MS] [TASKS]
+//!     cargo run --release -p purchase-saga-sim --example turmoil_floor -- [HOSTS] [POLL_MS] [TASKS] [STEPS]
 //!
 //! Each host runs TASKS loops that sleep POLL_MS (default 0: one task that
-//! never wakes). BENCHMARKS.md, "The simulator", compares it with a run.
+//! never wakes). `saga-sim bench` runs the same floor for the exact hosts
+//! and steps of the seeds it simulated; BENCHMARKS.md compares them.
 
 use std::time::{Duration, Instant};
+
+use purchase_saga_sim::floor::{floor_seed, IdleSoftware, SeedShape};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
@@ -20,33 +24,19 @@ fn main() {
     let hosts = arg(1, 14);
     let poll_ms = arg(2, 0);
     let tasks = arg(3, 1);
-    let (seeds, steps) = (50, 1270);
+    let steps = arg(4, 1270);
+    let seeds = 50;
+    let shape = SeedShape {
+        hosts: hosts as usize,
+        steps,
+    };
+    let software = IdleSoftware {
+        tasks: u32::try_from(tasks).expect("tasks fit u32"),
+        poll: (poll_ms > 0).then(|| Duration::from_millis(poll_ms)),
+    };
     let started = Instant::now();
     for seed in 0..seeds {
-        let mut sim = turmoil::Builder::new()
-            .tick_duration(Duration::from_millis(10))
-            .simulation_duration(Duration::from_secs(3600))
-            .rng_seed(seed)
-            .build();
-        for i in 0..hosts {
-            sim.host(format!("h{i}"), move || async move {
-                for _ in 0..tasks {
-                    tokio::task::spawn_local(async move {
-                        if poll_ms == 0 {
-                            std::future::pending::<()>().await;
-                        }
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(poll_ms)).await;
-                        }
-                    });
-                }
-                std::future::pending::<()>().await;
-                Ok(())
-            });
-        }
-        for _ in 0..steps {
-            sim.step().expect("idle hosts do not fail");
-        }
+        floor_seed(shape, software, seed);
     }
     let per_seed = started.elapsed().as_secs_f64() * 1000.0 / seeds as f64;
     println!(

@@ -27,6 +27,8 @@
 //! - [`quiescence`]: what is still pending; quiescence proven without
 //!   waiting out the re-drive rounds.
 //! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
+//! - [`floor`]: turmoil stepping a seed's hosts with idle software, the
+//!   floor `saga-sim bench` measures beside the seeds.
 //! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the seeds kept in
 //!   `sim/corpus/` and replayed before every sweep; [`hunt`]: unattended
 //!   sweeps that grow the corpus.
@@ -40,6 +42,7 @@ pub mod clock;
 pub mod corpus;
 pub mod faults;
 pub mod finding;
+pub mod floor;
 pub mod host_crashes;
 pub mod hunt;
 pub mod mermaid;

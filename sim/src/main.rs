@@ -19,6 +19,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
 use purchase_saga_sim::corpus::{self, Corpus, Entry};
+use purchase_saga_sim::floor::{floor_seed, IdleSoftware, SeedShape};
 use purchase_saga_sim::hunt::{self, HuntSettings};
 use purchase_saga_sim::summary::Summary;
 use purchase_saga_sim::sweep::{commit, par_seeds, sweep, Options};
@@ -119,8 +120,9 @@ enum Command {
         #[arg(long, default_value_os_t = corpus::default_dir())]
         corpus: PathBuf,
     },
-    /// Seeds/s and simulated/wall time of the simulator next to the same
-    /// scenarios on the in-memory runtime, in one run.
+    /// Seeds/s, CPU and simulated/wall time of the simulator, beside
+    /// turmoil's floor for the same hosts and steps (idle software) and the
+    /// same scenarios on the in-memory runtime, in one run.
     Bench {
         /// Seeds `0..N` on each engine.
         #[arg(long, default_value_t = 500)]
@@ -246,19 +248,41 @@ fn parse_range(raw: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-/// `saga-sim bench`: the same scenarios on the simulator and on the
-/// in-memory runtime (seeded scheduler: random order and duplicates, no
-/// network, no hosts), in one run, so their ratio is the simulator's
-/// overhead on this machine now. Returns 1 on any violation.
+/// `saga-sim bench`: the same scenarios on the simulator, then turmoil's
+/// floor for each seed's own hosts and steps (`floor::floor_seed`: idle
+/// software), then the in-memory runtime (seeded scheduler: random order
+/// and duplicates, no network, no hosts), in one run, so the ratios are
+/// this machine's now: how much of a seed is turmoil stepping and how much
+/// the software, and the simulator's overhead over the in-memory runtime.
+/// Returns 1 on any violation.
 fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
-    let started = Instant::now();
+    let cpu = process_cpu_seconds;
+    let (started, cpu_start) = (Instant::now(), cpu());
     let sim = sweep(0, seeds, jobs, options);
-    let sim_wall = started.elapsed();
+    let sim_cost = Cost::since(started, cpu_start);
+    // The floor: the same hosts and steps, seed by seed, with idle software.
+    let shapes: Arc<Vec<SeedShape>> = Arc::new(
+        sim.iter()
+            .map(|o| o.shape.expect("a simulated seed has a shape"))
+            .collect(),
+    );
+    let (started, cpu_start) = (Instant::now(), cpu());
+    let floor = {
+        let shapes = shapes.clone();
+        par_seeds(
+            0,
+            seeds,
+            jobs,
+            Arc::new(move |seed| floor_seed(shapes[seed as usize], IdleSoftware::NEVER_WAKES, seed)),
+            |_| false,
+        )
+    };
+    let floor_cost = Cost::since(started, cpu_start);
     let inputs = {
         let options = options.clone();
         Arc::new(move |seed| options.input(seed).scenario)
     };
-    let started = Instant::now();
+    let (started, cpu_start) = (Instant::now(), cpu());
     let memory = par_seeds(
         0,
         seeds,
@@ -266,48 +290,65 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
         Arc::new(move |seed| Scheduler::run_scenario(&inputs(seed), seed, 150)),
         |r: &SchedulerReport| !r.violations.is_empty(),
     );
-    let memory_wall = started.elapsed();
+    let memory_cost = Cost::since(started, cpu_start);
     let sim_simulated: u64 = sim.iter().map(|o| o.simulated_ms).sum();
+    let floor_simulated: u128 = floor.iter().map(|(_, d)| d.as_millis()).sum();
     let memory_simulated: i64 = memory.iter().map(|(_, r)| r.simulated.0).sum();
     let violations = sim.iter().filter(|o| !o.violations.is_empty()).count()
         + memory.iter().filter(|(_, r)| !r.violations.is_empty()).count();
-    let rate = |n: u64, wall: std::time::Duration| n as f64 / wall.as_secs_f64().max(1e-9);
-    let (sim_rate, memory_rate) = (rate(seeds, sim_wall), rate(seeds, memory_wall));
+    let host_steps: u64 = shapes.iter().map(|s| s.hosts as u64 * s.steps).sum();
     println!(
         "saga-sim bench --seeds {seeds} --faults {} --orders {} --jobs {jobs}",
         options.faults.name(),
         options.orders
     );
     println!(
-        "{:<48} {:>8} {:>10} {:>10} {:>16}",
-        "engine", "seeds", "wall s", "seeds/s", "simulated/wall"
+        "{:<46} {:>6} {:>8} {:>8} {:>9} {:>10} {:>14}",
+        "engine", "seeds", "wall s", "seeds/s", "CPU s", "CPU ms/seed", "simulated/wall"
     );
-    let row = |name: &str, wall: std::time::Duration, rate: f64, simulated_ms: f64| {
+    let row = |name: &str, cost: &Cost, simulated_ms: f64| {
         println!(
-            "{name:<34} {seeds:>8} {:>10.2} {rate:>10.1} {:>15.1}x",
-            wall.as_secs_f64(),
-            simulated_ms / 1000.0 / wall.as_secs_f64().max(1e-9)
+            "{name:<46} {seeds:>6} {:>8.2} {:>8.1} {:>9.2} {:>10.1} {:>13.1}x",
+            cost.wall_s,
+            seeds as f64 / cost.wall_s.max(1e-9),
+            cost.cpu_s,
+            cost.cpu_s * 1000.0 / seeds as f64,
+            simulated_ms / 1000.0 / cost.wall_s.max(1e-9)
         )
     };
     row(
-        "turmoil simulator (2 replicas/svc)",
-        sim_wall,
-        sim_rate,
+        "turmoil simulator (drawn topologies)",
+        &sim_cost,
         sim_simulated as f64,
     );
     row(
+        "turmoil floor (same hosts and steps, idle)",
+        &floor_cost,
+        floor_simulated as f64,
+    );
+    row(
         "in-memory runtime (seeded order)",
-        memory_wall,
-        memory_rate,
+        &memory_cost,
         memory_simulated as f64,
     );
     println!(
+        "seeds' shape: {:.1} hosts and {:.0} steps per seed on average ({:.2} us of floor CPU per host-step)",
+        shapes.iter().map(|s| s.hosts as f64).sum::<f64>() / seeds as f64,
+        shapes.iter().map(|s| s.steps as f64).sum::<f64>() / seeds as f64,
+        floor_cost.cpu_s * 1e6 / host_steps.max(1) as f64
+    );
+    println!(
+        "the floor is {:.0}% of the simulator's CPU; the software above it {:.1} ms per seed",
+        100.0 * floor_cost.cpu_s / sim_cost.cpu_s.max(1e-9),
+        (sim_cost.cpu_s - floor_cost.cpu_s) * 1000.0 / seeds as f64
+    );
+    println!(
         "simulator overhead: {:.1}x the in-memory runtime's wall time per seed",
-        memory_rate / sim_rate
+        sim_cost.wall_s / memory_cost.wall_s.max(1e-9)
     );
     println!(
         "10,000 seeds on the simulator at this rate: {:.0} s",
-        10_000.0 / sim_rate
+        10_000.0 * sim_cost.wall_s / seeds as f64
     );
     println!(
         "load average: {}",
@@ -321,6 +362,36 @@ fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Wall and CPU seconds of one engine's part of `saga-sim bench`.
+struct Cost {
+    wall_s: f64,
+    cpu_s: f64,
+}
+
+impl Cost {
+    fn since(started: Instant, cpu_start: f64) -> Cost {
+        Cost {
+            wall_s: started.elapsed().as_secs_f64(),
+            cpu_s: process_cpu_seconds() - cpu_start,
+        }
+    }
+}
+
+/// User plus system CPU seconds of this process, all threads
+/// (`/proc/self/stat`, in clock ticks of 1/100 s, Linux's USER_HZ); 0 where
+/// there is no /proc.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Replays the corpus and prints what happened; false if a corpus seed

@@ -30,6 +30,7 @@ use crate::client::RequestLog;
 use crate::clock::{SimClock, SkewedClock};
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Scheduled};
 use crate::finding::{check, Finding};
+use crate::floor::SeedShape;
 use crate::host_crashes::HostCrashes;
 use crate::observer::SimObserver;
 use crate::quiescence::{pending_work, QuiescenceProof};
@@ -175,6 +176,9 @@ pub struct SimOutcome {
     pub orders: u64,
     pub dead_letters: u64,
     pub simulated_ms: u64,
+    /// The turmoil hosts and steps the run took (`floor::floor_seed`);
+    /// None for a run that had no turmoil (torture's).
+    pub shape: Option<SeedShape>,
     pub wall: Duration,
 }
 
@@ -336,6 +340,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     sim.host(CLIENT_HOST, move || {
         crate::client::software(w.clone(), log.clone(), orders.clone(), c.clone())
     });
+    // The broker, the processes and the client.
+    let hosts_in_sim = topology.processes(settings.replicas).len() + 2;
     let mut host_crashes = HostCrashes::new(broker.clone(), requests.clone());
 
     let last_arrival = input
@@ -520,6 +526,10 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         orders: input.scenario.orders.len() as u64,
         dead_letters: broker.dead_letters().len() as u64,
         simulated_ms,
+        shape: Some(SeedShape {
+            hosts: hosts_in_sim,
+            steps,
+        }),
         wall: wall_start.elapsed(),
     }
 }

@@ -159,6 +159,7 @@ impl TortureOutcome {
             orders: self.input.scenario.orders.len() as u64,
             dead_letters: self.dead_letters,
             simulated_ms: u64::try_from(self.wall.as_millis()).unwrap_or(u64::MAX),
+            shape: None,
             wall: self.wall,
         }
     }
