@@ -66,6 +66,13 @@ pub struct Rt<'a> {
 
     /// Runtime configuration.
     config: Config,
+
+    /// The runtime's clock as the last [`Rt::tick`] left it. The clock is
+    /// paused and only moves inside a tick, so until the next tick (or a
+    /// new runtime, see [`Rt::cancel_tasks`]) this is what entering the
+    /// runtime to read it would return; [`Rt::now`], called for every host
+    /// on every step, answers from it.
+    now_after_tick: Option<Instant>,
 }
 
 impl<'a> Rt<'a> {
@@ -84,6 +91,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            now_after_tick: None,
         }
     }
 
@@ -104,6 +112,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            now_after_tick: None,
         }
     }
 
@@ -118,6 +127,7 @@ impl<'a> Rt<'a> {
             nodename: String::new().into(),
             handle: None,
             config,
+            now_after_tick: None,
         }
     }
 
@@ -134,6 +144,9 @@ impl<'a> Rt<'a> {
     }
 
     pub(crate) fn now(&self) -> Instant {
+        if let Some(now) = self.now_after_tick {
+            return now;
+        }
         let _guard = self.tokio.enter();
         Instant::now()
     }
@@ -161,13 +174,17 @@ impl<'a> Rt<'a> {
     // that caused failure. Subsequent calls do not return the error as it is
     // expected to fail the simulation.
     pub(crate) fn tick(&mut self, duration: Duration) -> Result<bool> {
-        self.tokio.block_on(async {
+        let now = self.tokio.block_on(async {
             self.local
                 .run_until(async {
                     sleep(duration).await;
                 })
-                .await
+                .await;
+            // Nothing parks between the sleep's end and here, so the
+            // paused clock has not moved.
+            Instant::now()
         });
+        self.now_after_tick = Some(now);
 
         // pull for software completion
         match &self.handle {
@@ -224,6 +241,7 @@ impl<'a> Rt<'a> {
     fn cancel_tasks(&mut self) {
         let (tokio, local) = init(&mut self.config);
 
+        self.now_after_tick = None;
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));
     }
