@@ -1,9 +1,8 @@
 use crate::envelope::{Envelope, Protocol};
 use crate::host::Host;
 use crate::rt::Rt;
-use crate::{config, TRACING_TARGET};
+use crate::{config, Map, TRACING_TARGET};
 
-use indexmap::IndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -17,14 +16,14 @@ pub(crate) struct Topology {
     config: config::Link,
 
     /// Specific configuration overrides between specific hosts.
-    links: IndexMap<Pair, Link>,
+    links: Map<Pair, Link>,
 
     /// For each host, the indices in [`Topology::links`] of the links that
     /// touch it, ascending (registration order). Links are never removed, so
     /// the indices stay valid; delivery walks a host's own links instead of
     /// every link of the full mesh (`hosts - 1` instead of
     /// `hosts * (hosts - 1) / 2` per host and step).
-    links_by_host: IndexMap<IpAddr, Vec<usize>>,
+    links_by_host: Map<IpAddr, Vec<usize>>,
 
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
@@ -157,7 +156,7 @@ struct Link {
     sent: VecDeque<Sent>,
 
     /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    deliverable: Map<IpAddr, VecDeque<Envelope>>,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -183,8 +182,8 @@ impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
         Topology {
             config,
-            links: IndexMap::new(),
-            links_by_host: IndexMap::new(),
+            links: Map::default(),
+            links_by_host: Map::default(),
             rt: Rt::no_software(),
         }
     }
@@ -352,7 +351,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: Map::default(),
             now,
         }
     }
