@@ -225,6 +225,14 @@ pub use top::{LinkIter, LinksIter, SentRef};
 mod world;
 use world::World;
 
+/// The maps on the simulation's per-step path (links, hosts, runtimes,
+/// sockets), with a fast hasher that has no random state.
+///
+/// `IndexMap` iterates in insertion order whatever its hasher, so the hasher
+/// changes no iteration order and no rng draw: a seed replays exactly as with
+/// the default SipHash `RandomState`, only cheaper to look up.
+type Map<K, V> = indexmap::IndexMap<K, V, rustc_hash::FxBuildHasher>;
+
 const TRACING_TARGET: &str = "turmoil";
 
 /// Utility method for performing a function on all hosts in `a` against all

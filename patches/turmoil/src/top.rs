@@ -1,9 +1,8 @@
 use crate::envelope::{Envelope, Protocol};
 use crate::host::Host;
 use crate::rt::Rt;
-use crate::{config, TRACING_TARGET};
+use crate::{config, Map, TRACING_TARGET};
 
-use indexmap::IndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -17,14 +16,14 @@ pub(crate) struct Topology {
     config: config::Link,
 
     /// Specific configuration overrides between specific hosts.
-    links: IndexMap<Pair, Link>,
+    links: Map<Pair, Link>,
 
     /// For each host, the indices in [`Topology::links`] of the links that
     /// touch it, ascending (registration order). Links are never removed, so
     /// the indices stay valid; delivery walks a host's own links instead of
     /// every link of the full mesh (`hosts - 1` instead of
     /// `hosts * (hosts - 1) / 2` per host and step).
-    links_by_host: IndexMap<IpAddr, Vec<usize>>,
+    links_by_host: Map<IpAddr, Vec<usize>>,
 
     /// The network's clock. It used to be a runtime with no software,
     /// ticked (a `block_on`) every step only to move its paused clock by the
@@ -159,7 +158,7 @@ struct Link {
     sent: VecDeque<Sent>,
 
     /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    deliverable: Map<IpAddr, VecDeque<Envelope>>,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -185,8 +184,8 @@ impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
         Topology {
             config,
-            links: IndexMap::new(),
-            links_by_host: IndexMap::new(),
+            links: Map::default(),
+            links_by_host: Map::default(),
             // A runtime's paused clock starts on a whole millisecond of
             // the real clock (see `rt::init`); the topology's starts where
             // its runtime's used to.
@@ -357,7 +356,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: Map::default(),
             now,
         }
     }
@@ -604,5 +603,219 @@ mod tests {
     fn link_access_gives_useful_panic_message() {
         let mut topo = Topology::new(Link::default());
         topo.hold("10.0.0.1".parse().unwrap(), "192.168.0.1".parse().unwrap());
+    }
+
+    use crate::host::HostTimer;
+    use crate::net::UdpSocket;
+    use bytes::Bytes;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    const PORT: u16 = 9000;
+
+    /// A host with one bound UDP socket, to see what was delivered to it.
+    struct TestHost {
+        host: Host,
+        socket: UdpSocket,
+    }
+
+    /// The builder's defaults: latency 0..100 ms, no message loss.
+    fn link_config() -> Link {
+        Link {
+            latency: Some(Default::default()),
+            message_loss: Some(Default::default()),
+        }
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([192, 168, 0, n])
+    }
+
+    fn new_host(n: u8) -> TestHost {
+        let addr = ip(n);
+        #[cfg(feature = "unstable-fs")]
+        let mut host = Host::new(
+            format!("host-{n}"),
+            addr,
+            HostTimer::new(Duration::ZERO, Duration::ZERO),
+            49152..=65535,
+            64,
+            1024,
+            crate::fs::FsConfig::default(),
+        );
+        #[cfg(not(feature = "unstable-fs"))]
+        let mut host = Host::new(
+            format!("host-{n}"),
+            addr,
+            HostTimer::new(Duration::ZERO, Duration::ZERO),
+            49152..=65535,
+            64,
+            1024,
+        );
+        let socket = host.udp.bind((addr, PORT).into()).unwrap();
+        TestHost { host, socket }
+    }
+
+    /// Adds a host the way `World::register` does: one link to each existing
+    /// host, in the existing hosts' order.
+    fn register(topo: &mut Topology, hosts: &mut Vec<TestHost>, n: u8) {
+        for existing in hosts.iter() {
+            topo.register(existing.host.addr, ip(n));
+        }
+        hosts.push(new_host(n));
+    }
+
+    fn send(topo: &mut Topology, rng: &mut SmallRng, src: IpAddr, dst: IpAddr, payload: &[u8]) {
+        let message = Protocol::Udp(crate::envelope::Datagram(Bytes::copy_from_slice(payload)));
+        topo.enqueue_message(rng, (src, PORT).into(), (dst, PORT).into(), message)
+            .unwrap();
+    }
+
+    /// Everything queued on the host's socket: (source, payload).
+    fn received(host: &TestHost) -> Vec<(IpAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = [0; 64];
+        while let Ok((len, origin)) = host.socket.try_recv_from(&mut buf) {
+            out.push((origin.ip(), buf[..len].to_vec()));
+        }
+        out
+    }
+
+    /// What `Topology::deliver_messages` did before `links_by_host`: walk
+    /// every link of the mesh, in registration order, and keep those that
+    /// touch `dst`.
+    fn deliver_full_scan(topo: &mut Topology, rand: &mut dyn RngCore, dst: &mut Host) {
+        for (pair, link) in topo.links.iter_mut() {
+            if pair.0 == dst.addr || pair.1 == dst.addr {
+                link.deliver_messages(&topo.config, rand, dst);
+            }
+        }
+    }
+
+    /// The positions of the links touching `addr`, found by scanning them all.
+    fn scanned_indices(topo: &Topology, addr: IpAddr) -> Vec<usize> {
+        topo.links
+            .keys()
+            .enumerate()
+            .filter(|(_, pair)| pair.0 == addr || pair.1 == addr)
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    #[test]
+    fn links_by_host_matches_a_scan_of_every_link() {
+        let mut topo = Topology::new(link_config());
+        let mut hosts = Vec::new();
+        // Registered out of address order, so link order and address order differ.
+        for n in [3, 1, 6, 2, 5, 4] {
+            register(&mut topo, &mut hosts, n);
+            for host in &hosts {
+                let addr = host.host.addr;
+                let indexed = topo.links_by_host.get(&addr).cloned().unwrap_or_default();
+                assert_eq!(indexed, scanned_indices(&topo, addr), "host {addr}");
+                assert_eq!(indexed.len(), hosts.len() - 1, "host {addr}");
+            }
+        }
+        assert_eq!(topo.links.len(), 6 * 5 / 2);
+    }
+
+    /// Two topologies driven by the same operations and the same rng seeds,
+    /// one delivering through `links_by_host`, the other through a scan of
+    /// every link: every host must receive the same messages in the same
+    /// order, including a host registered halfway through.
+    #[test]
+    fn delivers_like_the_full_mesh_scan() {
+        let mut indexed = (Topology::new(link_config()), Vec::new());
+        let mut scanned = (Topology::new(link_config()), Vec::new());
+        let mut net_rng = [SmallRng::seed_from_u64(7), SmallRng::seed_from_u64(7)];
+        let mut driver = SmallRng::seed_from_u64(11);
+        let mut logs: [Vec<(IpAddr, IpAddr, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+        let mut sent = 0;
+
+        for n in [4, 2, 5, 1] {
+            register(&mut indexed.0, &mut indexed.1, n);
+            register(&mut scanned.0, &mut scanned.1, n);
+        }
+
+        for round in 0..60u8 {
+            if round == 20 {
+                register(&mut indexed.0, &mut indexed.1, 3);
+                register(&mut scanned.0, &mut scanned.1, 3);
+            }
+            let count = indexed.1.len();
+            for seq in 0..6u8 {
+                let src = driver.random_range(0..count);
+                let dst = (src + driver.random_range(1..count)) % count;
+                let (src, dst) = (indexed.1[src].host.addr, indexed.1[dst].host.addr);
+                let payload = [round, seq];
+                send(&mut indexed.0, &mut net_rng[0], src, dst, &payload);
+                send(&mut scanned.0, &mut net_rng[1], src, dst, &payload);
+                sent += 1;
+            }
+            // Less than the latency's spread, so deliveries straddle rounds.
+            let tick = Duration::from_millis(driver.random_range(1..30));
+            let last = round == 59;
+            for (i, (topo, hosts)) in [&mut indexed, &mut scanned].into_iter().enumerate() {
+                topo.tick_by(if last { Duration::from_secs(1) } else { tick });
+                for host in hosts.iter_mut() {
+                    if i == 0 {
+                        topo.deliver_messages(&mut net_rng[i], &mut host.host);
+                    } else {
+                        deliver_full_scan(topo, &mut net_rng[i], &mut host.host);
+                    }
+                    for (src, payload) in received(host) {
+                        logs[i].push((host.host.addr, src, payload));
+                    }
+                }
+            }
+        }
+
+        assert_eq!(logs[1].len(), sent, "the reference lost messages");
+        assert_eq!(logs[0], logs[1]);
+    }
+
+    /// Held and partitioned messages on a host's last link still reach it once
+    /// the link is released or repaired.
+    #[test]
+    fn hold_release_and_partition_repair_still_deliver() {
+        let mut config = link_config();
+        config.latency_mut().min_message_latency = Duration::from_millis(10);
+        config.latency_mut().max_message_latency = Duration::from_millis(10);
+        let mut topo = Topology::new(config);
+        let mut hosts = Vec::new();
+        for n in 1..=4 {
+            register(&mut topo, &mut hosts, n);
+        }
+        let mut rng = SmallRng::seed_from_u64(3);
+        let (a, b, c, d) = (ip(1), ip(2), ip(3), ip(4));
+        // (c, d) is the last link registered, the last of d's.
+        let step = |topo: &mut Topology, rng: &mut SmallRng, hosts: &mut Vec<TestHost>| {
+            topo.tick_by(Duration::from_millis(10));
+            topo.deliver_messages(rng, &mut hosts[3].host);
+            received(&hosts[3])
+        };
+
+        topo.hold(c, d);
+        send(&mut topo, &mut rng, c, d, b"held");
+        send(&mut topo, &mut rng, a, d, b"a");
+        send(&mut topo, &mut rng, b, d, b"b");
+        let got = step(&mut topo, &mut rng, &mut hosts);
+        assert_eq!(got, vec![(a, b"a".to_vec()), (b, b"b".to_vec())]);
+
+        topo.release(c, d);
+        let got = step(&mut topo, &mut rng, &mut hosts);
+        assert_eq!(got, vec![(c, b"held".to_vec())]);
+
+        topo.partition(c, d);
+        send(&mut topo, &mut rng, c, d, b"dropped");
+        send(&mut topo, &mut rng, a, d, b"a2");
+        let got = step(&mut topo, &mut rng, &mut hosts);
+        assert_eq!(got, vec![(a, b"a2".to_vec())]);
+
+        topo.repair(c, d);
+        send(&mut topo, &mut rng, c, d, b"repaired");
+        send(&mut topo, &mut rng, b, d, b"b2");
+        let got = step(&mut topo, &mut rng, &mut hosts);
+        assert_eq!(got, vec![(b, b"b2".to_vec()), (c, b"repaired".to_vec())]);
     }
 }
