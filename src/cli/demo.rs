@@ -29,6 +29,7 @@ use crate::workload::Scenario;
 use super::audit::violations;
 use super::backend::Backend;
 use super::client;
+use super::hops::percentile;
 use super::seed::{demo_scenario, seed_rows};
 use super::serve::{app_state, Running};
 use super::{GlobalArgs, SHUTDOWN_GRACE};
@@ -297,14 +298,6 @@ async fn await_quiescence(backend: &Backend, bound: Duration) -> Result<(Snapsho
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    assert!(p <= 100, "a percentile is at most 100");
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(sorted.len() - 1) * p / 100]
 }
 
 fn outcome_label(snapshot: &Snapshot, id: &OrderId) -> (String, String) {

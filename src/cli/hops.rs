@@ -38,7 +38,8 @@ struct Spans {
     apply: Vec<Duration>,
 }
 
-/// The `p`-th percentile of `sorted` (zero when empty): the bench's
+/// The `p`-th percentile of `sorted` (zero when empty), its index rounded
+/// up: the bench's and the demo's
 /// order-to-terminal latencies and the hop spans alike.
 pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(p <= 100, "a percentile is at most 100");
