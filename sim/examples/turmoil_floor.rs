@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use purchase_saga_sim::floor::{floor_seed, IdleSoftware, SeedShape};
+use purchase_saga_sim::SimSettings;
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
@@ -29,6 +30,7 @@ fn main() {
     let shape = SeedShape {
         hosts: hosts as usize,
         steps,
+        tick: Duration::from_millis(SimSettings::default().tick_ms),
     };
     let software = IdleSoftware {
         tasks: u32::try_from(tasks).expect("tasks fit u32"),

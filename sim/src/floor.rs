@@ -13,11 +13,12 @@
 use std::time::Duration;
 
 /// What fixes a seed's stepping cost: the turmoil hosts it ran (processes,
-/// broker, client) and the steps it took.
+/// broker, client), the steps it took and the tick of each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeedShape {
     pub hosts: usize,
     pub steps: u64,
+    pub tick: Duration,
 }
 
 /// What each floor host runs.
@@ -34,16 +35,12 @@ impl IdleSoftware {
     pub const NEVER_WAKES: IdleSoftware = IdleSoftware { tasks: 1, poll: None };
 }
 
-/// The simulator's tick (`SimSettings::tick_ms`'s default), so a floor step
-/// covers what a seed's step covers.
-pub const TICK: Duration = Duration::from_millis(10);
-
 /// Steps a turmoil simulation of `shape.hosts` hosts running `software`
-/// for `shape.steps` steps of [`TICK`] (the caller times it). Returns the
-/// simulated time covered.
+/// for `shape.steps` steps of `shape.tick` (the caller times it). Returns
+/// the simulated time covered.
 pub fn floor_seed(shape: SeedShape, software: IdleSoftware, seed: u64) -> Duration {
     let mut sim = turmoil::Builder::new()
-        .tick_duration(TICK)
+        .tick_duration(shape.tick)
         .simulation_duration(Duration::from_secs(24 * 3600))
         .rng_seed(seed)
         .build();
@@ -75,12 +72,17 @@ mod tests {
 
     #[test]
     fn a_floor_seed_covers_its_steps_of_simulated_time() {
-        let shape = SeedShape { hosts: 3, steps: 25 };
-        assert_eq!(floor_seed(shape, IdleSoftware::NEVER_WAKES, 7), TICK * 25);
+        let tick = Duration::from_millis(10);
+        let shape = SeedShape {
+            hosts: 3,
+            steps: 25,
+            tick,
+        };
+        assert_eq!(floor_seed(shape, IdleSoftware::NEVER_WAKES, 7), tick * 25);
         let polling = IdleSoftware {
             tasks: 2,
             poll: Some(Duration::from_millis(50)),
         };
-        assert_eq!(floor_seed(shape, polling, 7), TICK * 25);
+        assert_eq!(floor_seed(shape, polling, 7), tick * 25);
     }
 }

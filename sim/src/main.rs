@@ -256,41 +256,38 @@ fn parse_range(raw: &str) -> Result<(u64, u64), String> {
 /// the software, and the simulator's overhead over the in-memory runtime.
 /// Returns 1 on any violation.
 fn bench(seeds: u64, jobs: usize, options: &Options) -> ExitCode {
-    let cpu = process_cpu_seconds;
-    let (started, cpu_start) = (Instant::now(), cpu());
-    let sim = sweep(0, seeds, jobs, options);
-    let sim_cost = Cost::since(started, cpu_start);
+    let (sim, sim_cost) = Cost::of(|| sweep(0, seeds, jobs, options));
     // The floor: the same hosts and steps, seed by seed, with idle software.
     let shapes: Arc<Vec<SeedShape>> = Arc::new(
         sim.iter()
             .map(|o| o.shape.expect("a simulated seed has a shape"))
             .collect(),
     );
-    let (started, cpu_start) = (Instant::now(), cpu());
-    let floor = {
+    let (floor, floor_cost) = {
         let shapes = shapes.clone();
-        par_seeds(
-            0,
-            seeds,
-            jobs,
-            Arc::new(move |seed| floor_seed(shapes[seed as usize], IdleSoftware::NEVER_WAKES, seed)),
-            |_| false,
-        )
+        Cost::of(|| {
+            par_seeds(
+                0,
+                seeds,
+                jobs,
+                Arc::new(move |seed| floor_seed(shapes[seed as usize], IdleSoftware::NEVER_WAKES, seed)),
+                |_| false,
+            )
+        })
     };
-    let floor_cost = Cost::since(started, cpu_start);
     let inputs = {
         let options = options.clone();
         Arc::new(move |seed| options.input(seed).scenario)
     };
-    let (started, cpu_start) = (Instant::now(), cpu());
-    let memory = par_seeds(
-        0,
-        seeds,
-        jobs,
-        Arc::new(move |seed| Scheduler::run_scenario(&inputs(seed), seed, 150)),
-        |r: &SchedulerReport| !r.violations.is_empty(),
-    );
-    let memory_cost = Cost::since(started, cpu_start);
+    let (memory, memory_cost) = Cost::of(|| {
+        par_seeds(
+            0,
+            seeds,
+            jobs,
+            Arc::new(move |seed| Scheduler::run_scenario(&inputs(seed), seed, 150)),
+            |r: &SchedulerReport| !r.violations.is_empty(),
+        )
+    });
     let sim_simulated: u64 = sim.iter().map(|o| o.simulated_ms).sum();
     let floor_simulated: u128 = floor.iter().map(|(_, d)| d.as_millis()).sum();
     let memory_simulated: i64 = memory.iter().map(|(_, r)| r.simulated.0).sum();
@@ -371,11 +368,15 @@ struct Cost {
 }
 
 impl Cost {
-    fn since(started: Instant, cpu_start: f64) -> Cost {
-        Cost {
+    /// Runs `work` and returns what it produced and what it cost.
+    fn of<T>(work: impl FnOnce() -> T) -> (T, Cost) {
+        let (started, cpu_start) = (Instant::now(), process_cpu_seconds());
+        let out = work();
+        let cost = Cost {
             wall_s: started.elapsed().as_secs_f64(),
             cpu_s: process_cpu_seconds() - cpu_start,
-        }
+        };
+        (out, cost)
     }
 }
 

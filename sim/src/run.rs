@@ -176,7 +176,7 @@ pub struct SimOutcome {
     pub orders: u64,
     pub dead_letters: u64,
     pub simulated_ms: u64,
-    /// The turmoil hosts and steps the run took (`floor::floor_seed`);
+    /// The turmoil hosts, steps and tick the run took (`floor::floor_seed`);
     /// None for a run that had no turmoil (torture's).
     pub shape: Option<SeedShape>,
     pub wall: Duration,
@@ -324,7 +324,10 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
             format!("== processes: {topology} =="),
         );
     }
-    for process in topology.processes(settings.replicas) {
+    let processes = topology.processes(settings.replicas);
+    // The broker, the processes and the client.
+    let hosts_in_sim = processes.len() + 2;
+    for process in processes {
         let (w, c) = (world.clone(), config.clone());
         sim.host(process.host(), move || {
             process_software(w.clone(), process.clone(), c.clone())
@@ -340,8 +343,6 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     sim.host(CLIENT_HOST, move || {
         crate::client::software(w.clone(), log.clone(), orders.clone(), c.clone())
     });
-    // The broker, the processes and the client.
-    let hosts_in_sim = topology.processes(settings.replicas).len() + 2;
     let mut host_crashes = HostCrashes::new(broker.clone(), requests.clone());
 
     let last_arrival = input
@@ -529,6 +530,7 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
         shape: Some(SeedShape {
             hosts: hosts_in_sim,
             steps,
+            tick: Duration::from_millis(settings.tick_ms),
         }),
         wall: wall_start.elapsed(),
     }
