@@ -5,7 +5,9 @@
 //!   replays the corpus (`sim/corpus/`), then the seeds
 //! - `saga-sim hunt --minutes M [--start S] [--jobs J]`: unattended sweeps that grow the corpus
 //! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M] [--record]`
-//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture]` (`--features mutants`)
+//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture,differential]`
+//!   (`--features mutants`; `mutant_hunt` module)
+//! - `saga-sim corpus replay|repin`: the corpus from its stored inputs (`corpus_replay` module)
 //! - `saga-sim bench [--seeds N] [--faults P] [--orders N] [--jobs J]`
 //! - `saga-sim torture --seeds A..B [--faults P] [--jobs J] [--without KIND,..] [--redis-url URL]`:
 //!   the same scenarios and plans on PostgreSQL and Redis (`torture` module)
