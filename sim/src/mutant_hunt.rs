@@ -388,7 +388,11 @@ pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
                 let Some(&mutant) = names.get(i) else { return };
                 let mut row = Row {
                     mutant,
-                    verdict: Verdict::NotRun("no engine that can run it was selected".into()),
+                    verdict: Verdict::NotRun(if mutants::simulated(mutant) {
+                        "no selected engine runs it".into()
+                    } else {
+                        "adapter code: only torture and its differential test run it; neither selected".into()
+                    }),
                     tried: 0,
                     notes: Vec::new(),
                 };
@@ -531,8 +535,17 @@ pub fn hunt_and_report(hunting: &Hunting, options: &Options) -> bool {
     let without = options
         .without
         .map_or(String::new(), |k| format!(" --without {k}"));
+    let engines: Vec<&str> = [
+        (hunting.engines.sim, "sim"),
+        (hunting.engines.torture, "torture"),
+        (hunting.engines.differential, "differential"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
     println!(
-        "saga-sim mutants --seeds {} --torture-seeds {} --faults {} --orders {}{without} (commit {})",
+        "saga-sim mutants --engines {} --seeds {} --torture-seeds {} --faults {} --orders {}{without} (commit {})",
+        engines.join(","),
         hunting.budget,
         hunting.torture_seeds,
         options.faults.name(),
