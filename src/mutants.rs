@@ -41,6 +41,11 @@ pub enum Mutant {
     UnlockedStockCheck,
     /// PgStore reads a row without `FOR UPDATE` (adapter).
     PgNoRowLock,
+    /// PgStore's batched lock (`load_for_update_many`, one `SELECT` per
+    /// table) reads its rows without `FOR UPDATE`; the single-row lock is
+    /// right (adapter: only the batched statement, which torture did not
+    /// run before issue 23, is wrong).
+    PgBatchNoRowLock,
     /// RedisBus's claim asks XPENDING for as many entries as it claimed, in
     /// the claimed id range, for this consumer: an entry the consumer already
     /// held in that range fills the reply and a claimed one is dropped
@@ -87,7 +92,7 @@ pub enum Mutant {
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 22] = [
+    pub const ALL: [Mutant; 23] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -98,6 +103,7 @@ impl Mutant {
         Mutant::GrantWithoutReservation,
         Mutant::UnlockedStockCheck,
         Mutant::PgNoRowLock,
+        Mutant::PgBatchNoRowLock,
         Mutant::ClaimDropsEntries,
         Mutant::TrimBelowPending,
         Mutant::RelayMarkBeforePublish,
@@ -119,6 +125,7 @@ impl Mutant {
         matches!(
             self,
             Mutant::PgNoRowLock
+                | Mutant::PgBatchNoRowLock
                 | Mutant::ClaimDropsEntries
                 | Mutant::TrimBelowPending
                 | Mutant::PruneInsideHorizon
@@ -145,6 +152,7 @@ impl Mutant {
             Mutant::GrantWithoutReservation => "grant-without-reservation",
             Mutant::UnlockedStockCheck => "unlocked-stock-check",
             Mutant::PgNoRowLock => "pg-no-row-lock",
+            Mutant::PgBatchNoRowLock => "pg-batch-no-row-lock",
             Mutant::ClaimDropsEntries => "claim-drops-entries",
             Mutant::TrimBelowPending => "trim-below-pending",
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",

@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
 use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
-use purchase_saga::runtime::store::{Claimed, Pruned, StoreResult};
+use purchase_saga::runtime::store::{
+    one_at_a_time, outbox_due_by_claim, Claimed, OutboxEntry, Pruned, StoreResult,
+};
 use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
@@ -212,6 +214,28 @@ impl StoreTx for SimTx {
         self.store.world.outbox_committed(&self.enqueued);
         Ok(())
     }
+
+    // One row at a time: each row meets its own delay and faults, as
+    // the simulator always ran batches (its traces depend on it).
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        one_at_a_time::record_processed_many(self, event_ids, now).await
+    }
+
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        one_at_a_time::load_for_update_many(self, keys).await
+    }
+
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+        one_at_a_time::save_many(self, rows).await
+    }
+
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        one_at_a_time::enqueue_many(self, events, now).await
+    }
 }
 
 /// Stands in for the inner transaction once it was handed to `commit`.
@@ -236,6 +260,18 @@ impl StoreTx for Committed {
     }
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         unreachable!("committed twice")
+    }
+    async fn record_processed_many(&mut self, _: &[EventId], _: Timestamp) -> StoreResult<Vec<bool>> {
+        unreachable!("used after commit")
+    }
+    async fn load_for_update_many(&mut self, _: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        unreachable!("used after commit")
+    }
+    async fn save_many(&mut self, _: &[Row]) -> StoreResult<()> {
+        unreachable!("used after commit")
+    }
+    async fn enqueue_many(&mut self, _: &[Event], _: Timestamp) -> StoreResult<()> {
+        unreachable!("used after commit")
     }
 }
 
@@ -265,6 +301,15 @@ impl Store for SimStore {
         self.delay().await;
         self.maybe_unavailable("claim")?;
         self.world.store.claim_due(service, now, lease, limit).await
+    }
+
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        outbox_due_by_claim(self, service, now, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
