@@ -4,19 +4,20 @@
 //! how the saga answers.
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::gateway::{DECLINING_METHOD, DEFAULT_METHOD};
 use crate::domain::rows::{Account, CatalogEntry, InventoryAccount, ItemStock};
 use crate::domain::{DurationMs, ItemId, OrderId, Row, UserId};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSpec {
     pub id: UserId,
     pub balance: i64,
     pub capacity: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemSpec {
     pub id: ItemId,
     pub name: String,
@@ -24,7 +25,7 @@ pub struct ItemSpec {
     pub stock: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderSpec {
     pub id: OrderId,
     pub user: UserId,
@@ -36,7 +37,7 @@ pub struct OrderSpec {
 }
 
 /// Everything a run starts from and everything its clients ask for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Scenario {
     pub users: Vec<UserSpec>,
     pub items: Vec<ItemSpec>,

@@ -662,12 +662,23 @@ fn assert_seen(mutant: purchase_saga::mutants::Mutant, named: Vec<Op>) {
             named_fails,
             "{mutant:?}: the named case passed with the mutant on"
         );
-        match generated {
+        let disagreeing = match generated {
             Err(proptest::test_runner::TestError::Fail(why, ops)) => {
-                eprintln!("{mutant:?} seen: {why}\n  case: {ops:?}")
+                eprintln!("{mutant:?} seen: {why}\n  case: {ops:?}");
+                ops
             }
             other => panic!("{mutant:?}: no generated case disagreed ({other:?})"),
-        }
+        };
+        // The same cases without the bug agree, so the disagreements were
+        // the mutant's (`saga-sim mutants` reads this test's result as
+        // "caught, clean without").
+        purchase_saga::mutants::with(None, || {
+            for (what, ops) in [("named", &named), ("generated", &disagreeing)] {
+                if let Err(e) = run(ops) {
+                    panic!("{mutant:?}: the {what} case also disagrees without it: {e:?}");
+                }
+            }
+        });
     });
 }
 

@@ -1416,6 +1416,25 @@ impl Harness {
     }
 }
 
+/// Checks one schedule on a fresh database.
+#[cfg(feature = "mutants")]
+fn check_once(schedule: &Schedule) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut harness = rt.block_on(async {
+        Harness {
+            pg: Postgres::create().await,
+            tally: Tally::new(),
+        }
+    });
+    let result = rt.block_on(harness.check(schedule));
+    rt.block_on(async move { drop(harness) });
+    result
+}
+
 /// Runs `cases` generated schedules (after the committed regressions when
 /// `persist`); what proptest concluded, the named differences met, the time.
 fn differential(cases: u32, persist: bool) -> (Result<(), TestError<Schedule>>, Tally, Duration) {
@@ -1551,6 +1570,13 @@ mod planted {
                     "{mutant:?} was found, but not as {symptom:?}: {}",
                     reason.message()
                 );
+                // The same schedule without the bug: the stores agree, so
+                // the disagreement was the mutant's (`saga-sim mutants`
+                // reads this case's result as "caught, clean without").
+                activate_process(None);
+                if let Err(e) = check_once(&schedule) {
+                    panic!("{mutant:?}: the disagreeing schedule also disagrees without it: {e}");
+                }
             }
             Err(TestError::Abort(why)) => panic!("the run aborted: {why}"),
             Ok(()) => panic!("{mutant:?} went unnoticed in {CASES_MAX} cases"),

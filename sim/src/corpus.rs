@@ -1,32 +1,35 @@
-//! The seed corpus (`sim/corpus/`): seeds worth running again, kept in the
-//! repository with what made them worth keeping.
+//! The seed corpus (`sim/corpus/`): runs worth repeating, kept in the
+//! repository with what made them worth keeping and the inputs they ran.
 //!
 //! Two kinds of entry, one file each, one JSON object per line:
-//! - `failures.jsonl`: a seed that violated an invariant once (found by CI,
-//!   by a developer or by `saga-sim hunt`), with its profile, mutant and
-//!   commit. Replayed without its mutant before every sweep: once its bug is
-//!   fixed it must stay clean, so a bug that comes back is caught by the
-//!   seed that found it first.
-//! - `rare.jsonl`: a seed in which some order's saga reached a combination
-//!   of saga path and fault kinds (`combinations`) that no corpus seed had
-//!   reached, found by `hunt`. Rare paths are where the next bug is; the
-//!   replay keeps them in every run.
+//! - `failures.jsonl`: a run that violated an invariant once (found by CI,
+//!   by a developer, by `saga-sim hunt`, or by `saga-sim mutants` for a
+//!   planted bug, with the mutant's name).
+//! - `rare.jsonl`: a run in which some order's saga reached a combination
+//!   of saga path and fault kinds (`combinations`) that no corpus entry had
+//!   reached, found by `hunt`. Rare paths are where the next bug is.
 //!
-//! A seed names its run only together with the generators of the commit it
-//! was found at: the recorded trace hash tells a replay whether the seed
-//! still draws the same run ("drifted" otherwise; it is still run and must
-//! still be clean).
+//! An entry keeps its drawn inputs ([`StoredInput`]: the scenario, the
+//! fault plan and the topology, serialised with serde), not only its seed:
+//! a replay runs what is stored, so a change of the generators cannot turn
+//! the entry into another test. The seed still seeds what is not an input
+//! but the run itself: turmoil's random stream and the simulator's
+//! per-operation draws (latency, aborts, broker duplicates and drops).
+//! What a replay requires of an entry, and the `repin` that follows a
+//! change of the code under test, are in `corpus_replay.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use purchase_saga::workload::Scenario;
 use serde::{Deserialize, Serialize};
 
-use crate::faults::{FaultKind, Profile};
-use crate::run::SimOutcome;
+use crate::faults::{FaultKind, FaultPlan, Profile};
+use crate::run::{SimInput, SimOutcome};
 use crate::sweep::Options;
+use crate::topology::Topology;
 use crate::world::EntryKind;
 
 /// The corpus folder of this checkout (`sim/corpus/`).
@@ -34,7 +37,7 @@ pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
 }
 
-/// Why a seed is in the corpus.
+/// Why an entry is in the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -53,40 +56,90 @@ impl Kind {
     }
 }
 
+/// What a run starts from besides its seed, as drawn when the entry was
+/// kept (after `without` took a kind out of the plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInput {
+    pub scenario: Scenario,
+    pub plan: FaultPlan,
+    /// Which services share a process.
+    pub topology: Topology,
+}
+
+impl StoredInput {
+    pub fn of(input: &SimInput) -> StoredInput {
+        StoredInput {
+            scenario: input.scenario.clone(),
+            plan: input.plan.clone(),
+            topology: input.topology.clone(),
+        }
+    }
+
+    /// The run input: these inputs with the entry's seed.
+    pub fn with_seed(&self, seed: u64) -> SimInput {
+        SimInput {
+            seed,
+            scenario: self.scenario.clone(),
+            plan: self.plan.clone(),
+            topology: self.topology.clone(),
+        }
+    }
+}
+
 /// One corpus line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub kind: Kind,
+    /// Seeds turmoil and the simulator's per-operation draws (the inputs
+    /// were drawn from it too, but are replayed from `input`).
     pub seed: u64,
-    /// The fault profile's name (`heavy`, `swarm`, ...).
+    /// The fault profile's name (`heavy`, `swarm`, ...) the plan was drawn for.
     pub faults: String,
     pub orders: usize,
-    /// The planted bug the seed exposed (failures found by `mutants`).
+    /// The planted bug the run exposed (failures found by `mutants`):
+    /// replayed with it switched on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutant: Option<String>,
-    /// A fault kind taken out of the plan (`--without`).
+    /// A fault kind taken out of the plan (`--without`; already out of the
+    /// stored plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub without: Option<String>,
-    /// The commit the seed was found at (`git describe`).
+    /// The commit the run was found at (`git describe`).
     pub commit: String,
     /// Who found it: `ci`, `hunt`, `developer`, `mutants`.
     pub found_by: String,
-    /// The trace hash at that commit (hex), to tell a drifted replay.
+    /// The trace hash (hex) of the entry's run at `pinned_at` (with its
+    /// mutant for a mutant entry): a replay with another hash fails until
+    /// `saga-sim corpus repin`.
     pub hash: String,
-    /// The first violations (failures) or the new combinations (rare seeds).
+    /// The commit `hash` was pinned at: `commit` until a repin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_at: Option<String>,
+    /// The first violations (failures) or the new combinations (rare entries).
     pub why: Vec<String>,
+    /// The checks the pinned run found (distinct, sorted): a mutant entry
+    /// must find them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// The drawn inputs. Absent only in a line written before inputs were
+    /// kept: a replay refuses it and `saga-sim corpus repin` draws them
+    /// from the seed with the generators of its commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<StoredInput>,
 }
 
 impl Entry {
-    /// An entry for `outcome`, run with `options`.
+    /// An entry for `outcome`, the run of `input` with `options`.
     pub fn from_outcome(
         kind: Kind,
+        input: &SimInput,
         outcome: &SimOutcome,
         options: &Options,
         commit: &str,
         found_by: &str,
         why: Vec<String>,
     ) -> Entry {
+        assert_eq!(input.seed, outcome.seed, "the outcome is the input's run");
         Entry {
             kind,
             seed: outcome.seed,
@@ -97,14 +150,23 @@ impl Entry {
             commit: commit.to_string(),
             found_by: found_by.to_string(),
             hash: format!("{:016x}", outcome.hash),
+            pinned_at: None,
             why,
+            checks: checks_of(outcome),
+            input: Some(StoredInput::of(input)),
         }
     }
 
     /// A failure entry for `outcome`, kept with its first violations.
-    pub fn failure(outcome: &SimOutcome, options: &Options, commit: &str, found_by: &str) -> Entry {
+    pub fn failure(
+        input: &SimInput,
+        outcome: &SimOutcome,
+        options: &Options,
+        commit: &str,
+        found_by: &str,
+    ) -> Entry {
         let why = outcome.violations.iter().take(3).map(|v| v.to_string()).collect();
-        Entry::from_outcome(Kind::Failure, outcome, options, commit, found_by, why)
+        Entry::from_outcome(Kind::Failure, input, outcome, options, commit, found_by, why)
     }
 
     /// The entry's profile, if this build knows it.
@@ -121,6 +183,29 @@ impl Entry {
                 crate::FaultPlan::kind_named(name).ok_or_else(|| format!("unknown fault kind {name:?}"))
             })
             .transpose()
+    }
+
+    /// The options of the entry's run (with its mutant).
+    pub fn options(&self) -> Result<Options, String> {
+        Ok(Options {
+            faults: self.profile()?,
+            orders: self.orders,
+            mutant: self.mutant.clone(),
+            without: self.without_kind()?,
+        })
+    }
+
+    /// The run input: the stored inputs with the entry's seed.
+    pub fn run_input(&self) -> Result<SimInput, String> {
+        self.input
+            .as_ref()
+            .map(|stored| stored.with_seed(self.seed))
+            .ok_or_else(|| "no stored inputs (a line from before inputs were kept): `saga-sim corpus repin` draws them from the seed".to_string())
+    }
+
+    /// The commit the hash was pinned at.
+    pub fn pinned(&self) -> &str {
+        self.pinned_at.as_deref().unwrap_or(&self.commit)
     }
 
     /// Whether `other` stands for the same run as this entry.
@@ -141,6 +226,12 @@ impl Entry {
             &other.without,
         )
     }
+}
+
+/// The distinct checks `outcome` found, sorted.
+pub fn checks_of(outcome: &SimOutcome) -> Vec<String> {
+    let checks: BTreeSet<&str> = outcome.violations.iter().map(|v| v.check.as_str()).collect();
+    checks.into_iter().map(str::to_string).collect()
 }
 
 impl fmt::Display for Entry {
@@ -273,14 +364,6 @@ impl Corpus {
             .collect()
     }
 
-    /// Failure entries recorded for `mutant` (tried first by `mutants`).
-    pub fn seeds_for_mutant(&self, mutant: &str) -> Vec<&Entry> {
-        self.entries
-            .iter()
-            .filter(|e| e.kind == Kind::Failure && e.mutant.as_deref() == Some(mutant))
-            .collect()
-    }
-
     /// Appends `entry` unless the corpus already holds the same run;
     /// returns whether it was added.
     pub fn add(&mut self, entry: Entry) -> Result<bool, String> {
@@ -300,10 +383,40 @@ impl Corpus {
         Ok(true)
     }
 
-    /// The entries a sweep replays: every failure and rare seed, each run
-    /// without a mutant (a mutant's seed must be clean on the real code).
-    pub fn replayable(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter()
+    /// Rewrites both files with the entries as they are now (after a
+    /// repin), keeping comment lines where they were: the k-th entry line
+    /// of a file becomes the k-th entry of its kind.
+    pub fn save(&self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for kind in [Kind::Failure, Kind::Rare] {
+            let path = self.dir.join(kind.file());
+            let old = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let mut entries = self.entries.iter().filter(|e| e.kind == kind);
+            let mut text = String::new();
+            for line in old.lines() {
+                let trimmed = line.trim();
+                if trimmed.is_empty() || trimmed.starts_with('#') {
+                    text += line;
+                } else {
+                    let Some(entry) = entries.next() else { continue };
+                    text += &serde_json::to_string(entry).map_err(|e| e.to_string())?;
+                }
+                text.push('\n');
+            }
+            for entry in entries {
+                text += &serde_json::to_string(entry).map_err(|e| e.to_string())?;
+                text.push('\n');
+            }
+            if text.is_empty() && old.is_empty() {
+                continue;
+            }
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -322,7 +435,10 @@ mod tests {
             commit: "abc".into(),
             found_by: "developer".into(),
             hash: "00".into(),
+            pinned_at: None,
             why: vec!["COMPLETED + crash".into()],
+            checks: Vec::new(),
+            input: None,
         }
     }
 
@@ -351,7 +467,14 @@ mod tests {
         assert!(corpus.add(other).unwrap(), "with a mutant it is another run");
         let reloaded = Corpus::load(&dir).unwrap();
         assert_eq!(reloaded.entries.len(), 3);
-        assert_eq!(reloaded.seeds_for_mutant("double-refund").len(), 1);
+        assert_eq!(
+            reloaded
+                .entries
+                .iter()
+                .filter(|e| e.mutant.as_deref() == Some("double-refund"))
+                .count(),
+            1
+        );
         assert_eq!(
             reloaded.known_combinations().into_iter().collect::<Vec<_>>(),
             vec!["COMPLETED + crash"]
@@ -375,6 +498,7 @@ mod tests {
         for e in &corpus.entries {
             e.profile().unwrap_or_else(|err| panic!("{e}: {err}"));
             e.without_kind().unwrap_or_else(|err| panic!("{e}: {err}"));
+            e.run_input().unwrap_or_else(|err| panic!("{e}: {err}"));
         }
     }
 }

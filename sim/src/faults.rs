@@ -132,7 +132,7 @@ impl Profile {
 }
 
 /// One replica host of one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Replica {
     pub service: Service,
     pub index: u8,
@@ -153,7 +153,7 @@ impl fmt::Display for Replica {
 }
 
 /// Where a scheduled crash strikes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CrashPoint {
     /// Whenever the schedule says, in whatever the replica is doing.
     Anywhere,
@@ -164,7 +164,7 @@ pub enum CrashPoint {
 }
 
 /// A fault at a moment of the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scheduled {
     /// Crash `replica` at `point`, restart it `down_ms` later.
     Crash {
@@ -181,7 +181,7 @@ pub enum Scheduled {
 }
 
 /// Where a scheduled crash of the client strikes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ClientCrashPoint {
     /// Whenever the schedule says, in whatever the client is doing.
     Anywhere,
@@ -190,15 +190,18 @@ pub enum ClientCrashPoint {
     AfterPlace,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimedFault {
     pub at_ms: u64,
     pub fault: Scheduled,
 }
 
 /// See the module docs. Rates are parts per thousand of the operations
-/// they apply to; all of them stop at `heal_at_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// they apply to; all of them stop at `heal_at_ms`. Serialised in corpus
+/// entries (`corpus.rs`): a field missing from a stored plan (one added
+/// since) takes [`FaultPlan::none`]'s value, the plan of a kind not drawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default = "FaultPlan::none")]
 pub struct FaultPlan {
     /// Extra latency of a store operation or network message, up to this.
     pub jitter_ms_max: u64,

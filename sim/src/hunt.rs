@@ -83,7 +83,7 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
         report.seeds += b - a;
         for (_, outcome) in &outcomes {
             if !outcome.violations.is_empty() {
-                let found = Entry::failure(outcome, &options, &commit, "hunt");
+                let found = Entry::failure(&options.input(outcome.seed), outcome, &options, &commit, "hunt");
                 if corpus.add(found.clone())? {
                     println!("hunt: FAILING {found}");
                     println!("      replay: {}", options.replay_command(outcome.seed));
@@ -99,7 +99,8 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
                 continue;
             }
             known.extend(new.iter().cloned());
-            let found = Entry::from_outcome(Kind::Rare, outcome, &options, &commit, "hunt", new);
+            let input = options.input(outcome.seed);
+            let found = Entry::from_outcome(Kind::Rare, &input, outcome, &options, &commit, "hunt", new);
             if corpus.add(found.clone())? {
                 println!("hunt: rare {found}: {}", found.why.join(", "));
                 report.rare.push(found);
@@ -108,75 +109,4 @@ pub fn hunt(settings: &HuntSettings, corpus: &mut Corpus) -> Result<HuntReport, 
     }
     report.wall = started.elapsed();
     Ok(report)
-}
-
-/// The result of replaying the corpus.
-#[derive(Debug, Default)]
-pub struct Replayed {
-    pub seeds: usize,
-    /// Entries whose trace hash changed since they were recorded (the
-    /// generators changed): still run, still required clean.
-    pub drifted: usize,
-    /// Entries that violated an invariant now, with the violations.
-    pub failing: Vec<(Entry, Vec<String>)>,
-    /// Entries this build cannot run (unknown profile or fault kind).
-    pub unreadable: Vec<(Entry, String)>,
-}
-
-/// Replays every corpus entry on `jobs` threads: without its mutant
-/// (`with_mutants` false: what `saga-sim run` requires clean), or with the
-/// mutant it was recorded with (true: a mutant's seed must still expose it;
-/// needs `--features mutants`).
-pub fn replay_corpus(corpus: &Corpus, jobs: usize, with_mutants: bool) -> Replayed {
-    let mut replayed = Replayed::default();
-    let mut runs: Vec<(Entry, Options)> = Vec::new();
-    for entry in corpus.replayable() {
-        match (entry.profile(), entry.without_kind()) {
-            (Ok(faults), Ok(without)) => runs.push((
-                entry.clone(),
-                Options {
-                    faults,
-                    orders: entry.orders,
-                    mutant: entry.mutant.clone().filter(|_| with_mutants),
-                    without,
-                },
-            )),
-            (Err(e), _) | (_, Err(e)) => replayed.unreadable.push((entry.clone(), e)),
-        }
-    }
-    let runs = Arc::new(runs);
-    let shared = runs.clone();
-    let outcomes = par_seeds(
-        0,
-        runs.len() as u64,
-        jobs,
-        Arc::new(move |i| {
-            let (entry, options) = &shared[i as usize];
-            let outcome = options.input(entry.seed);
-            crate::mutants::with(options.mutant.as_deref(), || {
-                crate::run::run(&outcome, &Default::default())
-            })
-        }),
-        |o: &Result<SimOutcome, String>| o.as_ref().map_or(true, |o| !o.violations.is_empty()),
-    );
-    for (i, outcome) in outcomes {
-        let (entry, _) = &runs[i as usize];
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                replayed.unreadable.push((entry.clone(), e));
-                continue;
-            }
-        };
-        replayed.seeds += 1;
-        let same_mutant = entry.mutant.is_none() || with_mutants;
-        if same_mutant && entry.hash != format!("{:016x}", outcome.hash) {
-            replayed.drifted += 1;
-        }
-        if !outcome.violations.is_empty() {
-            let why = outcome.violations.iter().take(5).map(|v| v.to_string()).collect();
-            replayed.failing.push((entry.clone(), why));
-        }
-    }
-    replayed
 }

@@ -29,23 +29,29 @@
 //! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
 //! - [`floor`]: turmoil stepping a seed's hosts with idle software, the
 //!   floor `saga-sim bench` measures beside the seeds.
-//! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the seeds kept in
-//!   `sim/corpus/` and replayed before every sweep; [`hunt`]: unattended
-//!   sweeps that grow the corpus.
+//! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the runs kept in
+//!   `sim/corpus/` with their drawn inputs; [`corpus_replay`]: their replay
+//!   before every sweep and `corpus repin`; [`hunt`]: unattended sweeps
+//!   that grow the corpus.
+//! - [`mutant_hunt`]: `saga-sim mutants`, each planted bug on the engines
+//!   that can see it; [`catch`]: which findings count as a catch.
 //! - [`torture`]: the same workloads and plans against the production
 //!   adapters on real PostgreSQL and Redis (`saga-sim torture`).
 
 pub mod broker;
 pub mod bus;
+pub mod catch;
 pub mod client;
 pub mod clock;
 pub mod corpus;
+pub mod corpus_replay;
 pub mod faults;
 pub mod finding;
 pub mod floor;
 pub mod host_crashes;
 pub mod hunt;
 pub mod mermaid;
+pub mod mutant_hunt;
 pub mod mutants;
 pub mod observer;
 pub mod quiescence;

@@ -5,22 +5,25 @@
 //!   replays the corpus (`sim/corpus/`), then the seeds
 //! - `saga-sim hunt --minutes M [--start S] [--jobs J]`: unattended sweeps that grow the corpus
 //! - `saga-sim replay --seed N [--faults P] [--orders N] [--trace] [--mermaid FILE] [--mutant M] [--record]`
-//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture]` (`--features mutants`)
+//! - `saga-sim mutants [--seeds N] [--faults P] [--jobs J] [--engines sim,torture,differential]`
+//!   (`--features mutants`; `mutant_hunt` module)
+//! - `saga-sim corpus replay|repin`: the corpus from its stored inputs (`corpus_replay` module)
 //! - `saga-sim bench [--seeds N] [--faults P] [--orders N] [--jobs J]`
 //! - `saga-sim torture --seeds A..B [--faults P] [--jobs J] [--without KIND,..] [--redis-url URL]`:
 //!   the same scenarios and plans on PostgreSQL and Redis (`torture` module)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use purchase_saga::runtime::memory::{Scheduler, SchedulerReport};
 use purchase_saga_sim::corpus::{self, Corpus, Entry};
+use purchase_saga_sim::corpus_replay::{self, Status};
 use purchase_saga_sim::floor::{floor_seed, IdleSoftware, SeedShape};
 use purchase_saga_sim::hunt::{self, HuntSettings};
+use purchase_saga_sim::mutant_hunt::{self, Engines, Hunting};
 use purchase_saga_sim::summary::Summary;
 use purchase_saga_sim::sweep::{commit, par_seeds, sweep, Options};
 use purchase_saga_sim::torture::{self, TortureOutcome, TortureSettings};
@@ -134,8 +137,11 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
-    /// For each planted bug, runs seeds until one violates an invariant;
-    /// exits 1 if any mutant survives (needs `--features mutants`).
+    /// For each planted bug, the simulator, torture and its differential
+    /// test in turn until one catches it, each catch shown clean without
+    /// the mutant; exits 1 if a mutant survives, is caught only on a seed
+    /// that is not clean without it, or was not run (needs `--features
+    /// mutants`).
     Mutants {
         /// Seeds tried per mutant at most.
         #[arg(long, default_value_t = 1000)]
@@ -148,10 +154,10 @@ enum Command {
         jobs: usize,
         #[arg(long, value_parser = parse_kind)]
         without: Option<FaultKind>,
-        /// The engines to run, in this order: `sim`, `torture` (comma
-        /// separated); a mutant both miss is named with its differential
-        /// test.
-        #[arg(long, default_value = "sim,torture")]
+        /// The engines to run, in this order: `sim`, `torture`,
+        /// `differential` (comma separated). A mutant no selected engine can
+        /// run is reported "not run" and fails the command.
+        #[arg(long, default_value = "sim,torture,differential")]
         engines: String,
         /// Torture seeds tried per mutant the simulator missed.
         #[arg(long, default_value_t = 3)]
@@ -173,6 +179,23 @@ enum Command {
         /// The corpus folder.
         #[arg(long, default_value_os_t = corpus::default_dir())]
         corpus: PathBuf,
+        /// A prebuilt differential test binary, `TARGET=PATH` (e.g.
+        /// `store_model_vs_postgres=target/debug/deps/store_model_vs_postgres-1a2b`,
+        /// built with `--features mutants`); a target not given is run
+        /// with `cargo test --features mutants` in the workspace.
+        #[arg(long)]
+        test_bin: Vec<String>,
+        /// Mutants (comma separated, or `all`) whose "not run" is accepted
+        /// (e.g. the adapter mutants with `--engines sim`).
+        #[arg(long)]
+        accept_not_run: Vec<String>,
+    },
+    /// The corpus: `repin` re-runs entries from their stored inputs and
+    /// records their new trace hashes once they still do what they were
+    /// kept for.
+    Corpus {
+        #[command(subcommand)]
+        command: CorpusCommand,
     },
     /// The simulator's scenarios and fault plans against the production
     /// adapters (PostgreSQL via DATABASE_URL, a private redis-server per
@@ -209,6 +232,39 @@ enum Command {
         /// Switch on a planted bug process-wide (needs `--features mutants`).
         #[arg(long)]
         mutant: Option<String>,
+    },
+}
+
+/// `saga-sim corpus ...`.
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Replays every entry from its stored inputs (as `run` does before
+    /// its seeds); exits 1 unless every entry reproduced.
+    Replay {
+        #[arg(long, default_value_os_t = corpus::default_dir())]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
+    /// Re-runs entries from their stored inputs (drawing them from the
+    /// seed for an entry that has none), proves each still does what it
+    /// was kept for (a mutant entry: caught with its mutant, clean
+    /// without), and records the new trace hash, checks and commit.
+    /// Exits 1 if an entry could not be re-pinned.
+    Repin {
+        #[arg(long, default_value_os_t = corpus::default_dir())]
+        corpus: PathBuf,
+        /// Only the entries of these seeds (default: all).
+        #[arg(long)]
+        seed: Vec<u64>,
+        /// Only the entries of this profile.
+        #[arg(long)]
+        faults: Option<String>,
+        /// Only the entries of this mutant.
+        #[arg(long)]
+        mutant: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
 }
 
@@ -395,35 +451,140 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Replays the corpus and prints what happened; false if a corpus seed
-/// failed or cannot be read by this build.
+/// Replays the corpus from its stored inputs and prints what happened;
+/// false if an entry did not reproduce, drifted or was not run
+/// (`corpus_replay`).
 fn replay_and_report(corpus: &Corpus, jobs: usize) -> bool {
     let started = Instant::now();
-    let replayed = hunt::replay_corpus(corpus, jobs, false);
+    let replays = corpus_replay::replay(&corpus.entries, jobs);
+    let count = |status| replays.iter().filter(|r| r.status() == status).count();
     println!(
-        "corpus: {} seed(s) replayed in {:.1}s, {} drifted (generators changed since recorded), {} failing",
-        replayed.seeds,
+        "corpus: {} entries replayed from their stored inputs in {:.1}s: {} reproduced, {} drifted, {} not run, {} failing",
+        replays.len(),
         started.elapsed().as_secs_f64(),
-        replayed.drifted,
-        replayed.failing.len()
+        count(Status::Reproduced),
+        count(Status::Drifted),
+        count(Status::NotRun),
+        count(Status::Failing)
     );
-    for (entry, why) in &replayed.failing {
-        println!("  CORPUS SEED FAILS: {entry}");
-        for v in why {
-            println!("    {v}");
+    for r in replays.iter().filter(|r| r.status() != Status::Reproduced) {
+        match r.status() {
+            Status::Reproduced => {}
+            Status::Drifted => println!(
+                "  CORPUS ENTRY DRIFTED: {}: trace hash {} pinned at {}, now {}",
+                r.entry,
+                r.entry.hash,
+                r.entry.pinned(),
+                r.hash_now.as_deref().unwrap_or("-")
+            ),
+            Status::NotRun => println!(
+                "  CORPUS ENTRY NOT RUN: {}: {}",
+                r.entry,
+                r.not_run.as_deref().unwrap_or("")
+            ),
+            Status::Failing => {
+                println!("  CORPUS ENTRY FAILS: {}", r.entry);
+                for p in &r.problems {
+                    println!("    {p}");
+                }
+            }
         }
-        let options = Options {
-            faults: entry.profile().expect("a replayed entry's profile parsed"),
-            orders: entry.orders,
-            mutant: None,
-            without: entry.without_kind().expect("a replayed entry's kind parsed"),
-        };
-        println!("    replay: {}", options.replay_command(entry.seed));
+        if r.status() != Status::NotRun {
+            println!(
+                "    re-pin once the change is meant: {}",
+                corpus_replay::repin_command(&r.entry)
+            );
+        } else {
+            println!("    run it: build saga-sim with --features mutants (or pass --no-corpus)");
+        }
     }
-    for (entry, e) in &replayed.unreadable {
-        println!("  CORPUS SEED UNREADABLE: {entry}: {e}");
+    count(Status::Reproduced) == replays.len()
+}
+
+/// `saga-sim corpus replay` and `saga-sim corpus repin`.
+fn corpus_command(command: CorpusCommand) -> ExitCode {
+    match command {
+        CorpusCommand::Replay { corpus: dir, jobs } => match Corpus::load(&dir) {
+            Ok(corpus) => {
+                if replay_and_report(&corpus, jobs) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("--corpus: {e}");
+                ExitCode::from(2)
+            }
+        },
+        CorpusCommand::Repin {
+            corpus: dir,
+            seed,
+            faults,
+            mutant,
+            jobs,
+        } => {
+            let mut corpus = match Corpus::load(&dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("--corpus: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let chosen = |e: &Entry| {
+                (seed.is_empty() || seed.contains(&e.seed))
+                    && faults.as_ref().is_none_or(|f| *f == e.faults)
+                    && mutant.as_ref().is_none_or(|m| e.mutant.as_ref() == Some(m))
+            };
+            let done = match corpus_replay::repin(&mut corpus, chosen, jobs) {
+                Ok(done) => done,
+                Err(e) => {
+                    eprintln!("saga-sim corpus repin: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut refused = 0;
+            for r in &done {
+                match (&r.refused, &r.old_hash) {
+                    (Some(why), _) => {
+                        refused += 1;
+                        println!("NOT RE-PINNED {}: {why}", r.entry);
+                    }
+                    (None, Some(old)) => println!(
+                        "re-pinned {}: {old} -> {}{}{}",
+                        r.entry,
+                        r.entry.hash,
+                        if r.drawn {
+                            " (inputs drawn from the seed)"
+                        } else {
+                            ""
+                        },
+                        if r.entry.checks.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", caught by {:?}, clean without", r.entry.checks)
+                        }
+                    ),
+                    (None, None) => println!("unchanged {}", r.entry),
+                }
+            }
+            println!(
+                "corpus repin: {} entries, {} re-pinned, {} unchanged, {} refused (commit {})",
+                done.len(),
+                done.iter().filter(|r| r.old_hash.is_some()).count(),
+                done.iter()
+                    .filter(|r| r.refused.is_none() && r.old_hash.is_none())
+                    .count(),
+                refused,
+                commit()
+            );
+            if refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
     }
-    replayed.failing.is_empty() && replayed.unreadable.is_empty()
 }
 
 fn check_mutant(mutant: Option<&str>) -> Result<(), ExitCode> {
@@ -497,7 +658,8 @@ fn main() -> ExitCode {
                         println!("    {v}");
                     }
                     println!("    replay: {}", options.replay_command(outcome.seed));
-                    let entry = Entry::failure(outcome, &options, &commit, &corpus_args.found_by);
+                    let input = options.input(outcome.seed);
+                    let entry = Entry::failure(&input, outcome, &options, &commit, &corpus_args.found_by);
                     if corpus_args.record {
                         match corpus.add(entry) {
                             Ok(true) => println!("    kept in {}", corpus_args.corpus.display()),
@@ -610,7 +772,7 @@ fn main() -> ExitCode {
                 without,
             };
             let input = options.input(seed);
-            let outcome = options.run_seed(seed);
+            let outcome = options.run_input(&input);
             if trace {
                 println!("plan: {:?}", input.plan);
                 for line in &outcome.lines {
@@ -653,7 +815,7 @@ fn main() -> ExitCode {
                 println!("  {v}");
             }
             if record && !outcome.violations.is_empty() {
-                let entry = Entry::failure(&outcome, &options, &commit(), "developer");
+                let entry = Entry::failure(&input, &outcome, &options, &commit(), "developer");
                 match Corpus::load(&dir).and_then(|mut c| c.add(entry)) {
                     Ok(true) => println!("kept in {}", dir.display()),
                     Ok(false) => println!("already in the corpus"),
@@ -697,8 +859,14 @@ fn main() -> ExitCode {
             torture_without,
             record,
             corpus,
+            test_bin,
+            accept_not_run,
         } => {
-            let engines = match parse_engines(&engines) {
+            if mutants::all_names().is_empty() {
+                eprintln!("saga-sim was built without `--features mutants`: no planted bug to hunt");
+                return ExitCode::from(2);
+            }
+            let engines = match Engines::parse(&engines) {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("--engines: {e}");
@@ -708,11 +876,19 @@ fn main() -> ExitCode {
             let mut torture = TortureSettings::new(database_url, redis_url, faults);
             torture.orders = orders;
             torture.stop_at_first_finding = true;
-            if engines.torture && !mutants::all_names().is_empty() {
+            if engines.torture {
                 if let Err(e) = preflight(&torture) {
-                    eprintln!("saga-sim mutants: {e} (or pass --engines sim)");
+                    eprintln!("saga-sim mutants: {e} (or leave torture out of --engines)");
                     return ExitCode::from(2);
                 }
+            }
+            let mut test_bins = std::collections::BTreeMap::new();
+            for raw in &test_bin {
+                let Some((target, path)) = raw.split_once('=') else {
+                    eprintln!("--test-bin: {raw:?} is not TARGET=PATH");
+                    return ExitCode::from(2);
+                };
+                test_bins.insert(target.to_string(), PathBuf::from(path));
             }
             torture.without = match torture::parse_kinds(&torture_without) {
                 Ok(kinds) => kinds,
@@ -721,7 +897,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            hunt_mutants(
+            let passed = mutant_hunt::hunt_and_report(
                 &Hunting {
                     budget: seeds,
                     jobs,
@@ -732,6 +908,14 @@ fn main() -> ExitCode {
                         .into_iter()
                         .filter(|w| !w.is_empty())
                         .collect(),
+                    test_bins,
+                    accept_not_run: accept_not_run
+                        .iter()
+                        .flat_map(|a| a.split(','))
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                     record: record.then_some(corpus),
                 },
                 &Options {
@@ -740,8 +924,14 @@ fn main() -> ExitCode {
                     mutant: None,
                     without,
                 },
-            )
+            );
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
+        Command::Corpus { command } => corpus_command(command),
         Command::Torture {
             seeds,
             faults,
@@ -780,7 +970,7 @@ fn main() -> ExitCode {
                 eprintln!("saga-sim torture: {e}");
                 return ExitCode::from(2);
             }
-            let command = torture_command(a, b, &settings, &without, mutant.as_deref());
+            let command = settings.command(a, b, &without, mutant.as_deref());
             run_torture(a, b, jobs, &settings, &command)
         }
     }
@@ -796,31 +986,6 @@ fn preflight(settings: &TortureSettings) -> Result<(), String> {
             &settings.database_url,
             settings.redis_url.as_deref(),
         ))
-}
-
-/// The command line that runs `a..b` again.
-fn torture_command(
-    a: u64,
-    b: u64,
-    settings: &TortureSettings,
-    without: &[String],
-    mutant: Option<&str>,
-) -> String {
-    let mut flags = String::new();
-    for w in without {
-        flags += &format!(" --without {w}");
-    }
-    if let Some(m) = mutant {
-        flags += &format!(" --mutant {m}");
-    }
-    if let Some(url) = &settings.redis_url {
-        flags += &format!(" --redis-url {url}");
-    }
-    format!(
-        "saga-sim torture --seeds {a}..{b} --faults {} --orders {}{flags}",
-        settings.profile.name(),
-        settings.orders
-    )
 }
 
 /// Torture seeds `a..b` on `jobs` threads with a progress bar.
@@ -893,255 +1058,4 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
         );
     }
     ExitCode::from(1)
-}
-
-/// The engines `saga-sim mutants` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Engines {
-    sim: bool,
-    torture: bool,
-}
-
-fn parse_engines(raw: &str) -> Result<Engines, String> {
-    let mut engines = Engines {
-        sim: false,
-        torture: false,
-    };
-    for name in raw.split(',').map(str::trim) {
-        match name {
-            "sim" => engines.sim = true,
-            "torture" => engines.torture = true,
-            other => return Err(format!("unknown engine {other:?}; known: sim, torture")),
-        }
-    }
-    Ok(engines)
-}
-
-/// How `saga-sim mutants` hunts.
-struct Hunting {
-    /// Simulator seeds tried per mutant at most.
-    budget: u64,
-    jobs: usize,
-    engines: Engines,
-    /// Torture seeds tried per mutant the simulator missed.
-    torture_seeds: u64,
-    torture: TortureSettings,
-    /// `--torture-without` as given, for the command that repeats a seed.
-    torture_without: Vec<String>,
-    /// Keep each simulator seed that caught a mutant in this corpus.
-    record: Option<PathBuf>,
-}
-
-/// Keeps the simulator seed that caught each mutant in the corpus at
-/// `dir` (its run is repeated for the trace hash).
-fn record_mutant_seeds(dir: &std::path::Path, rows: &[(usize, Hunt)], options: &Options) {
-    let mut corpus = match Corpus::load(dir) {
-        Ok(c) => c,
-        Err(e) => return eprintln!("--record: {e}"),
-    };
-    let commit = commit();
-    for (_, h) in rows {
-        let Some((Engine::Sim, seed, _)) = &h.caught else {
-            continue;
-        };
-        let options = Options {
-            mutant: Some(h.mutant.to_string()),
-            ..options.clone()
-        };
-        let outcome = options.run_seed(*seed);
-        let entry = Entry::failure(&outcome, &options, &commit, "mutants");
-        match corpus.add(entry) {
-            Ok(added) => println!(
-                "{}: seed {seed} {}",
-                h.mutant,
-                if added {
-                    "kept in the corpus"
-                } else {
-                    "already in the corpus"
-                }
-            ),
-            Err(e) => eprintln!("{}: cannot keep seed {seed}: {e}", h.mutant),
-        }
-    }
-}
-
-/// Who caught a mutant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Engine {
-    Sim,
-    Torture,
-    /// Neither: the differential test that catches it (not a failure).
-    Differential(&'static str),
-}
-
-/// One row of the mutants table.
-struct Hunt {
-    mutant: &'static str,
-    /// The engine, the seed and the check found first in time.
-    caught: Option<(Engine, u64, String)>,
-    tried: u64,
-}
-
-/// Simulator seeds until one finds a violation.
-fn hunt_in_sim(mutant: &'static str, budget: u64, options: &Options, hunt: &mut Hunt) {
-    let options = Options {
-        mutant: Some(mutant.to_string()),
-        ..options.clone()
-    };
-    for seed in 0..budget {
-        hunt.tried += 1;
-        let o = options.run_seed(seed);
-        if let Some(check) = mutants::first_in_time(&o) {
-            hunt.caught = Some((Engine::Sim, seed, check));
-            return;
-        }
-    }
-}
-
-/// Torture seeds with the mutant on process-wide until one finds a
-/// violation. Runs alone: the switch is the process's.
-fn hunt_in_torture(mutant: &'static str, hunting: &Hunting, hunt: &mut Hunt) {
-    mutants::activate_process(Some(mutant)).expect("the mutant names come from the build");
-    for seed in 0..hunting.torture_seeds {
-        hunt.tried += 1;
-        let o = torture::run_seed(&hunting.torture, seed);
-        if let Some(first) = o.first() {
-            hunt.caught = Some((Engine::Torture, seed, first.check.clone()));
-            break;
-        }
-    }
-    mutants::activate_process(None).expect("switching off always works");
-}
-
-fn hunt_mutants(hunting: &Hunting, options: &Options) -> ExitCode {
-    let names = mutants::all_names();
-    if names.is_empty() {
-        eprintln!("saga-sim was built without `--features mutants`: no planted bug to hunt");
-        return ExitCode::from(2);
-    }
-    let started = Instant::now();
-    // The simulator first, in parallel (a mutant per thread: its switch is
-    // the thread's).
-    let next = Arc::new(AtomicUsize::new(0));
-    let names = Arc::new(names);
-    let (tx, rx) = mpsc::channel();
-    let workers: Vec<_> = (0..hunting.jobs.max(1))
-        .map(|_| {
-            let (next, names, tx) = (next.clone(), names.clone(), tx.clone());
-            let options = options.clone();
-            let (budget, sim) = (hunting.budget, hunting.engines.sim);
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&mutant) = names.get(i) else { return };
-                let mut hunt = Hunt {
-                    mutant,
-                    caught: None,
-                    tried: 0,
-                };
-                if sim && mutants::simulated(mutant) {
-                    hunt_in_sim(mutant, budget, &options, &mut hunt);
-                }
-                if tx.send((i, hunt)).is_err() {
-                    return;
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    let mut rows: Vec<(usize, Hunt)> = rx.into_iter().collect();
-    for w in workers {
-        w.join().expect("a worker thread panicked");
-    }
-    rows.sort_by_key(|(i, _)| *i);
-    // Then torture, one mutant at a time, for what the simulator missed;
-    // then the differential tests' names.
-    for (_, hunt) in &mut rows {
-        if hunt.caught.is_none() && hunting.engines.torture {
-            hunt_in_torture(hunt.mutant, hunting, hunt);
-        }
-        if hunt.caught.is_none() {
-            if let Some(test) = mutants::differential_test(hunt.mutant) {
-                hunt.caught = Some((Engine::Differential(test), 0, "differential".into()));
-            }
-        }
-        eprintln!(
-            "{}: {}",
-            hunt.mutant,
-            if hunt.caught.is_some() {
-                "caught"
-            } else {
-                "SURVIVED"
-            }
-        );
-    }
-    let without = options
-        .without
-        .map_or(String::new(), |k| format!(" --without {k}"));
-    println!(
-        "saga-sim mutants --seeds {} --torture-seeds {} --faults {} --orders {}{without} (commit {})",
-        hunting.budget,
-        hunting.torture_seeds,
-        options.faults.name(),
-        options.orders,
-        commit()
-    );
-    println!(
-        "{:<26} {:<48} {:>6} {:<28} {:>6}  again",
-        "mutant", "engine", "seed", "check", "tried"
-    );
-    let mut survivors = 0;
-    for (_, h) in &rows {
-        match &h.caught {
-            Some((Engine::Sim, seed, check)) => println!(
-                "{:<26} {:<48} {:>6} {:<28} {:>6}  {}",
-                h.mutant,
-                "simulator",
-                seed,
-                check,
-                h.tried,
-                Options {
-                    mutant: Some(h.mutant.to_string()),
-                    ..options.clone()
-                }
-                .replay_command(*seed)
-            ),
-            Some((Engine::Torture, seed, check)) => println!(
-                "{:<26} {:<48} {:>6} {:<28} {:>6}  cargo run -p purchase-saga-sim --release --features mutants -- {}",
-                h.mutant,
-                "torture",
-                seed,
-                check,
-                h.tried,
-                torture_command(*seed, seed + 1, &hunting.torture, &hunting.torture_without, Some(h.mutant))
-                    .trim_start_matches("saga-sim ")
-            ),
-            Some((Engine::Differential(test), _, _)) => println!(
-                "{:<26} {:<48} {:>6} {:<28} {:>6}  PURCHASE_SAGA_MUTANT={} cargo test --features mutants --test {}",
-                h.mutant,
-                format!("differential ({test})"),
-                "-",
-                "model-vs-server",
-                h.tried,
-                h.mutant,
-                test.trim_start_matches("tests/").trim_end_matches(".rs")
-            ),
-            None => {
-                survivors += 1;
-                println!(
-                    "{:<26} {:<48} {:>6} {:<28} {:>6}  -",
-                    h.mutant, "NONE (survived)", "-", "-", h.tried
-                );
-            }
-        }
-    }
-    println!("wall time {:.1}s", started.elapsed().as_secs_f64());
-    if let Some(dir) = &hunting.record {
-        record_mutant_seeds(dir, &rows, options);
-    }
-    if survivors > 0 {
-        println!("{survivors} mutant(s) survived");
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
 }

@@ -88,8 +88,8 @@ pub fn activate_process(name: Option<&str>) -> Result<(), String> {
 
 /// The differential test that catches the mutant `name` when neither the
 /// simulator nor torture does: adapter bugs that show only in a sequence of
-/// operations the runtime rarely produces. `.ci/run` runs these tests with
-/// the mutant switched on.
+/// operations the runtime rarely produces. `saga-sim mutants` runs its
+/// [`differential_case`].
 pub fn differential_test(name: &str) -> Option<&'static str> {
     match name {
         "claim-drops-entries" | "trim-below-pending" => Some("tests/bus_model_vs_redis.rs"),
@@ -98,18 +98,19 @@ pub fn differential_test(name: &str) -> Option<&'static str> {
     }
 }
 
-/// The check of the violation a simulator run found first in simulated
-/// time (the trace logs each finding when it is made), else the first in
-/// the sorted list.
-pub fn first_in_time(outcome: &crate::run::SimOutcome) -> Option<String> {
-    outcome
-        .entries
-        .iter()
-        .find_map(|e| {
-            let rest = e.text.strip_prefix("VIOLATION [")?;
-            rest.split_once(']').map(|(check, _)| check.to_string())
-        })
-        .or_else(|| outcome.violations.first().map(|v| v.check.clone()))
+/// The test case of [`differential_test`] that catches the mutant `name`
+/// (libtest's name, for `--exact`): it switches the mutant on itself,
+/// passes only if the model-vs-server comparison disagreed, and re-runs
+/// the disagreeing case without the mutant, which must agree.
+/// `saga-sim mutants` runs it and reads its result.
+pub fn differential_case(name: &str) -> Option<&'static str> {
+    match name {
+        "claim-drops-entries" => Some("the_differential_check_sees_claim_drops_entries"),
+        "trim-below-pending" => Some("the_differential_check_sees_trim_below_pending"),
+        "pg-no-row-lock" => Some("planted::a_row_select_without_for_update_is_found"),
+        "prune-inside-horizon" => Some("planted::pruning_inside_the_horizon_is_found"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +126,15 @@ mod tests {
             "prune-inside-horizon",
         ] {
             assert!(differential_test(name).is_some(), "{name}");
+        }
+        #[cfg(feature = "mutants")]
+        for m in purchase_saga::mutants::Mutant::ALL {
+            assert_eq!(
+                differential_test(m.name()).is_some(),
+                differential_case(m.name()).is_some(),
+                "{}: a differential test is run by its case name",
+                m.name()
+            );
         }
         assert_eq!(differential_test("double-refund"), None);
         #[cfg(feature = "mutants")]

@@ -66,8 +66,12 @@ impl Options {
 
     /// Runs one seed with the (validated) mutant.
     pub fn run_seed(&self, seed: u64) -> SimOutcome {
-        let input = self.input(seed);
-        mutants::with(self.mutant.as_deref(), || run(&input, &SimSettings::default()))
+        self.run_input(&self.input(seed))
+    }
+
+    /// Runs `input` (drawn or stored) with the (validated) mutant.
+    pub fn run_input(&self, input: &SimInput) -> SimOutcome {
+        mutants::with(self.mutant.as_deref(), || run(input, &SimSettings::default()))
             .expect("the mutant name was validated")
     }
 }

@@ -20,13 +20,40 @@ use std::fmt;
 
 use purchase_saga::domain::Service;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::faults::{Profile, Replica};
 
 /// The services each process runs: every service in exactly one group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialised (corpus entries keep their topology) as the list of groups;
+/// a stored list that misses or repeats a service is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Vec<Vec<Service>>", try_from = "Vec<Vec<Service>>")]
 pub struct Topology {
     groups: Vec<Vec<Service>>,
+}
+
+impl From<Topology> for Vec<Vec<Service>> {
+    fn from(topology: Topology) -> Vec<Vec<Service>> {
+        topology.groups
+    }
+}
+
+impl TryFrom<Vec<Vec<Service>>> for Topology {
+    type Error = String;
+
+    fn try_from(groups: Vec<Vec<Service>>) -> Result<Topology, String> {
+        let mut all: Vec<Service> = groups.iter().flatten().copied().collect();
+        all.sort();
+        let mut every = Service::ALL.to_vec();
+        every.sort();
+        if all != every {
+            return Err(format!(
+                "a topology runs every service in exactly one process, not {groups:?}"
+            ));
+        }
+        Ok(Topology::from_groups(groups))
+    }
 }
 
 /// One simulated process: the services of a group at one replica index.

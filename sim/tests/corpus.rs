@@ -1,12 +1,16 @@
-//! The seed corpus and `hunt` (sim/src/corpus.rs, sim/src/hunt.rs): a hunt
-//! records what it finds once, a replay tells a drifted seed, and a seed
-//! kept for a planted bug still exposes it when replayed with it.
+//! The corpus and `hunt` (sim/src/corpus.rs, corpus_replay.rs, hunt.rs): a
+//! hunt records what it finds once; an entry replays its stored inputs,
+//! whatever its seed draws now; a drifted entry fails until `repin`; an
+//! entry without inputs is re-pinned from its seed; a mutant entry replays
+//! with its mutant and is caught again (with `--features mutants`; without
+//! it the entry is "not run").
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use purchase_saga_sim::corpus::{combinations, Corpus, Entry, Kind};
-use purchase_saga_sim::hunt::{hunt, replay_corpus, HuntSettings};
+use purchase_saga_sim::corpus_replay::{repin, replay, Status};
+use purchase_saga_sim::hunt::{hunt, HuntSettings};
 use purchase_saga_sim::sweep::Options;
 use purchase_saga_sim::Profile;
 
@@ -75,71 +79,176 @@ fn combinations_name_each_orders_path_with_the_faults_its_saga_lived_through() {
     }
 }
 
-#[test]
-fn a_replay_counts_a_seed_whose_trace_changed_as_drifted_and_still_runs_it() {
-    let dir = scratch("drift");
-    let mut corpus = Corpus::load(&dir).unwrap();
-    let options = Options {
+fn light(orders: usize) -> Options {
+    Options {
         faults: Profile::Light,
-        orders: 6,
+        orders,
         mutant: None,
         without: None,
-    };
-    let outcome = options.run_seed(5);
-    let kept = |seed_hash: u64| {
-        let mut o = outcome.clone();
-        o.hash = seed_hash;
-        Entry::from_outcome(Kind::Failure, &o, &options, "test", "developer", vec![])
-    };
-    corpus.add(kept(outcome.hash)).unwrap();
-    let replayed = replay_corpus(&corpus, 1, false);
-    assert_eq!(
-        (replayed.seeds, replayed.drifted, replayed.failing.len()),
-        (1, 0, 0)
-    );
-    let mut drifted = Corpus::load(&scratch("drift-2")).unwrap();
-    drifted.add(kept(outcome.hash ^ 1)).unwrap();
-    let replayed = replay_corpus(&drifted, 1, false);
-    assert_eq!(
-        (replayed.seeds, replayed.drifted, replayed.failing.len()),
-        (1, 1, 0)
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::remove_dir_all(scratch("drift-2")).ok();
+    }
 }
 
-/// A seed kept for a planted bug exposes it again when replayed with it,
-/// and is clean without it (what `saga-sim run` requires).
-#[cfg(feature = "mutants")]
+/// A corpus in `dir` holding the clean failure entry of `seed` (a bug
+/// since fixed: its replay must be clean), pinned at its hash now.
+fn kept_clean_entry(dir: &std::path::Path, seed: u64) -> (Corpus, Entry) {
+    let options = light(6);
+    let input = options.input(seed);
+    let outcome = options.run_input(&input);
+    assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
+    let entry = Entry::failure(&input, &outcome, &options, "test", "developer");
+    let mut corpus = Corpus::load(dir).unwrap();
+    corpus.add(entry.clone()).unwrap();
+    (corpus, entry)
+}
+
 #[test]
-fn a_seed_kept_for_a_mutant_still_exposes_it_and_is_clean_without_it() {
-    let mutant = "double-refund";
+fn an_entry_replays_its_stored_inputs_not_what_its_seed_draws_now() {
+    let dir = scratch("stored");
+    let (_, mut entry) = kept_clean_entry(&dir, 5);
+    // Another plan and scenario than seed 5 draws: seed 9's.
+    let other = light(6).input(9);
+    let stored = entry.input.as_mut().unwrap();
+    assert_ne!(stored.plan, other.plan, "seeds 5 and 9 draw different plans");
+    stored.plan = other.plan.clone();
+    stored.scenario = other.scenario.clone();
+    let edited = entry.run_input().unwrap();
+    let edited_hash = format!("{:016x}", light(6).run_input(&edited).hash);
+    let drawn_hash = format!("{:016x}", light(6).run_seed(5).hash);
+    assert_ne!(edited_hash, drawn_hash);
+    let replays = replay(std::slice::from_ref(&entry), 1);
+    assert_eq!(
+        replays[0].hash_now.as_deref(),
+        Some(edited_hash.as_str()),
+        "the replay ran the stored inputs"
+    );
+    assert_eq!(
+        replays[0].status(),
+        Status::Drifted,
+        "pinned for the drawn inputs"
+    );
+    entry.hash = edited_hash;
+    assert_eq!(replay(&[entry], 1)[0].status(), Status::Reproduced);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_drifted_entry_fails_the_replay_until_repin_records_its_new_hash() {
+    let dir = scratch("drift");
+    let (mut corpus, entry) = kept_clean_entry(&dir, 5);
+    assert_eq!(replay(&corpus.entries, 1)[0].status(), Status::Reproduced);
+    // The code under test changed what the entry runs: its hash moves.
+    corpus.entries[0].hash = format!("{:016x}", u64::from_str_radix(&entry.hash, 16).unwrap() ^ 1);
+    corpus.save().unwrap();
+    let corpus = Corpus::load(&dir).unwrap();
+    let drifted = replay(&corpus.entries, 1);
+    assert_eq!(drifted[0].status(), Status::Drifted);
+    assert_eq!(drifted[0].hash_now.as_deref(), Some(entry.hash.as_str()));
+    let mut corpus = corpus;
+    let done = repin(&mut corpus, |_| true, 1).unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(done[0].refused.is_none(), "{:?}", done[0].refused);
+    assert!(done[0].old_hash.is_some());
+    let reloaded = Corpus::load(&dir).unwrap();
+    assert_eq!(reloaded.entries[0].hash, entry.hash);
+    assert!(
+        reloaded.entries[0].pinned_at.is_some(),
+        "the repin's commit is kept"
+    );
+    assert_eq!(replay(&reloaded.entries, 1)[0].status(), Status::Reproduced);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_entry_without_stored_inputs_fails_until_repin_draws_them_from_its_seed() {
+    let dir = scratch("legacy");
+    let (mut corpus, entry) = kept_clean_entry(&dir, 7);
+    corpus.entries[0].input = None;
+    corpus.save().unwrap();
+    let mut corpus = Corpus::load(&dir).unwrap();
+    let replays = replay(&corpus.entries, 1);
+    assert_eq!(replays[0].status(), Status::Failing);
+    assert!(
+        replays[0].problems[0].contains("no stored inputs"),
+        "{:?}",
+        replays[0].problems
+    );
+    let done = repin(&mut corpus, |_| true, 1).unwrap();
+    assert!(done[0].drawn && done[0].refused.is_none(), "{done:?}");
+    let reloaded = Corpus::load(&dir).unwrap();
+    assert_eq!(
+        reloaded.entries[0].input, entry.input,
+        "today's generators draw what was kept"
+    );
+    assert_eq!(replay(&reloaded.entries, 1)[0].status(), Status::Reproduced);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The heavy seed that double-refund is caught on first, its input and run.
+#[cfg(feature = "mutants")]
+fn double_refund_catch() -> (
+    Options,
+    purchase_saga_sim::SimInput,
+    purchase_saga_sim::SimOutcome,
+) {
     let options = Options {
         faults: Profile::Heavy,
         orders: 20,
-        mutant: Some(mutant.into()),
+        mutant: Some("double-refund".into()),
         without: None,
     };
-    let (seed, outcome) = (0..50)
-        .map(|seed| (seed, options.run_seed(seed)))
+    (0..50)
+        .map(|seed| {
+            let input = options.input(seed);
+            let outcome = options.run_input(&input);
+            (input, outcome)
+        })
         .find(|(_, o)| !o.violations.is_empty())
-        .expect("double-refund is caught within 50 heavy seeds");
-    let dir = scratch("mutant");
-    let mut corpus = Corpus::load(&dir).unwrap();
-    corpus
-        .add(Entry::from_outcome(
-            Kind::Failure,
-            &outcome,
-            &options,
-            "test",
-            "mutants",
-            vec![],
-        ))
-        .unwrap();
-    let with = replay_corpus(&corpus, 1, true);
-    assert_eq!(with.failing.len(), 1, "seed {seed} replayed with {mutant}");
-    assert_eq!(with.drifted, 0, "the same seed gives the same trace");
-    let without = replay_corpus(&corpus, 1, false);
-    assert!(without.failing.is_empty(), "{:?}", without.failing);
+        .map(|(input, outcome)| (options.clone(), input, outcome))
+        .expect("double-refund is caught within 50 heavy seeds")
+}
+
+/// An entry kept for a planted bug replays with it switched on, finds the
+/// same checks again and is clean without it; one that claims a check the
+/// run does not find fails.
+#[cfg(feature = "mutants")]
+#[test]
+fn a_mutant_entry_replays_with_its_mutant_and_is_caught_again() {
+    let (options, input, outcome) = double_refund_catch();
+    let entry = Entry::failure(&input, &outcome, &options, "test", "mutants");
+    assert!(!entry.checks.is_empty());
+    let replays = replay(std::slice::from_ref(&entry), 1);
+    assert_eq!(
+        replays[0].status(),
+        Status::Reproduced,
+        "{:?}",
+        replays[0].problems
+    );
+    assert_eq!(replays[0].hash_now.as_deref(), Some(entry.hash.as_str()));
+    let mut wrong = entry.clone();
+    wrong.checks.push("no-such-check".into());
+    let replays = replay(&[wrong], 1);
+    assert_eq!(replays[0].status(), Status::Failing);
+    assert!(
+        replays[0].problems[0].contains("no-such-check"),
+        "{:?}",
+        replays[0].problems
+    );
+}
+
+/// Without the mutants feature a mutant entry cannot be switched on: it is
+/// "not run", which fails the replay, never a silent pass.
+#[cfg(not(feature = "mutants"))]
+#[test]
+fn without_the_feature_a_mutant_entry_is_not_run() {
+    let dir = scratch("not-run");
+    let (_, mut entry) = kept_clean_entry(&dir, 5);
+    entry.mutant = Some("double-refund".into());
+    let replays = replay(&[entry], 1);
+    assert_eq!(replays[0].status(), Status::NotRun);
+    assert!(replays[0]
+        .not_run
+        .as_deref()
+        .unwrap()
+        .contains("--features mutants"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -88,6 +88,26 @@ impl TortureSettings {
             stop_at_first_finding: false,
         }
     }
+
+    /// The `saga-sim torture` command line that runs seeds `a..b` again
+    /// (`without`: the `--without` flags as given).
+    pub fn command(&self, a: u64, b: u64, without: &[String], mutant: Option<&str>) -> String {
+        let mut flags = String::new();
+        for w in without {
+            flags += &format!(" --without {w}");
+        }
+        if let Some(m) = mutant {
+            flags += &format!(" --mutant {m}");
+        }
+        if let Some(url) = &self.redis_url {
+            flags += &format!(" --redis-url {url}");
+        }
+        format!(
+            "saga-sim torture --seeds {a}..{b} --faults {} --orders {}{flags}",
+            self.profile.name(),
+            self.orders
+        )
+    }
 }
 
 /// The simulator's runtime knobs (`run::runtime_config`) scaled to
