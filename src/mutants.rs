@@ -89,10 +89,24 @@ pub enum Mutant {
     /// request's own: one request, two orders (caught only with the
     /// `client-crash` fault).
     ClientRetryNewId,
+    /// The single-row transaction records the event id in the inbox, finds
+    /// it already there, and applies the step anyway: a duplicate applied
+    /// twice with the inbox looking right (caught by an effect check: a
+    /// notification sent twice, money or stock moved twice).
+    ApplyRecordedDuplicate,
+    /// As [`Mutant::ApplyRecordedDuplicate`], in batched apply: the batch's
+    /// ids are recorded with `record_processed_many` and every event is
+    /// applied whatever the inbox answered.
+    BatchApplyRecordedDuplicate,
+    /// A consumer dead-letters an entry past `deliveries_max` without
+    /// asking the inbox, so an event that was applied (its acks lost) is
+    /// given up on as if it never was (caught only when a run reaches that
+    /// state: the `applied-past-limit` steering).
+    PastLimitDeadLettersApplied,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 23] = [
+    pub const ALL: [Mutant; 26] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -116,6 +130,9 @@ impl Mutant {
         Mutant::BatchAcksUncommitted,
         Mutant::NoGroupRecreate,
         Mutant::ClientRetryNewId,
+        Mutant::ApplyRecordedDuplicate,
+        Mutant::BatchApplyRecordedDuplicate,
+        Mutant::PastLimitDeadLettersApplied,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -165,6 +182,9 @@ impl Mutant {
             Mutant::BatchAcksUncommitted => "batch-acks-uncommitted",
             Mutant::NoGroupRecreate => "no-group-recreate",
             Mutant::ClientRetryNewId => "client-retry-new-id",
+            Mutant::ApplyRecordedDuplicate => "apply-recorded-duplicate",
+            Mutant::BatchApplyRecordedDuplicate => "batch-apply-recorded-duplicate",
+            Mutant::PastLimitDeadLettersApplied => "past-limit-dead-letters-applied",
         }
     }
 

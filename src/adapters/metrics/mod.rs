@@ -303,7 +303,7 @@ impl Metrics {
                     .get_or_create(&Self::service(*service))
                     .inc();
             }
-            RuntimeEvent::Committed { .. } => {}
+            RuntimeEvent::Committed { .. } | RuntimeEvent::RelayWoken { .. } => {}
         }
     }
 }

@@ -263,6 +263,18 @@ impl MemoryStore {
         Snapshot::from_rows(state.rows.values().cloned())
     }
 
+    /// The event ids in `service`'s inbox, ascending (the simulator tells
+    /// which ones a prune deleted).
+    pub fn inbox_ids(&self, service: Service) -> Vec<EventId> {
+        let state = self.shared.state.lock().expect("store mutex");
+        state
+            .inbox
+            .range((service, EventId(uuid::Uuid::nil()))..)
+            .take_while(|((s, _), _)| *s == service)
+            .map(|((_, id), _)| *id)
+            .collect()
+    }
+
     /// Whether `service` has committed `event_id` as processed: the
     /// simulator's "every published event reached every subscriber" check.
     pub fn inbox_contains(&self, service: Service, event_id: EventId) -> bool {
