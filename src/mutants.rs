@@ -41,6 +41,11 @@ pub enum Mutant {
     UnlockedStockCheck,
     /// PgStore reads a row without `FOR UPDATE` (adapter).
     PgNoRowLock,
+    /// PgStore's batched lock (`load_for_update_many`, one `SELECT` per
+    /// table) reads its rows without `FOR UPDATE`; the single-row lock is
+    /// right (adapter: only the batched statement, which torture did not
+    /// run before issue 23, is wrong).
+    PgBatchNoRowLock,
     /// RedisBus's claim asks XPENDING for as many entries as it claimed, in
     /// the claimed id range, for this consumer: an entry the consumer already
     /// held in that range fills the reply and a claimed one is dropped
@@ -84,10 +89,24 @@ pub enum Mutant {
     /// request's own: one request, two orders (caught only with the
     /// `client-crash` fault).
     ClientRetryNewId,
+    /// The single-row transaction records the event id in the inbox, finds
+    /// it already there, and applies the step anyway: a duplicate applied
+    /// twice with the inbox looking right (caught by an effect check: a
+    /// notification sent twice, money or stock moved twice).
+    ApplyRecordedDuplicate,
+    /// As [`Mutant::ApplyRecordedDuplicate`], in batched apply: the batch's
+    /// ids are recorded with `record_processed_many` and every event is
+    /// applied whatever the inbox answered.
+    BatchApplyRecordedDuplicate,
+    /// A consumer dead-letters an entry past `deliveries_max` without
+    /// asking the inbox, so an event that was applied (its acks lost) is
+    /// given up on as if it never was (caught only when a run reaches that
+    /// state: the `applied-past-limit` steering).
+    PastLimitDeadLettersApplied,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 22] = [
+    pub const ALL: [Mutant; 26] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -98,6 +117,7 @@ impl Mutant {
         Mutant::GrantWithoutReservation,
         Mutant::UnlockedStockCheck,
         Mutant::PgNoRowLock,
+        Mutant::PgBatchNoRowLock,
         Mutant::ClaimDropsEntries,
         Mutant::TrimBelowPending,
         Mutant::RelayMarkBeforePublish,
@@ -110,6 +130,9 @@ impl Mutant {
         Mutant::BatchAcksUncommitted,
         Mutant::NoGroupRecreate,
         Mutant::ClientRetryNewId,
+        Mutant::ApplyRecordedDuplicate,
+        Mutant::BatchApplyRecordedDuplicate,
+        Mutant::PastLimitDeadLettersApplied,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -119,6 +142,7 @@ impl Mutant {
         matches!(
             self,
             Mutant::PgNoRowLock
+                | Mutant::PgBatchNoRowLock
                 | Mutant::ClaimDropsEntries
                 | Mutant::TrimBelowPending
                 | Mutant::PruneInsideHorizon
@@ -145,6 +169,7 @@ impl Mutant {
             Mutant::GrantWithoutReservation => "grant-without-reservation",
             Mutant::UnlockedStockCheck => "unlocked-stock-check",
             Mutant::PgNoRowLock => "pg-no-row-lock",
+            Mutant::PgBatchNoRowLock => "pg-batch-no-row-lock",
             Mutant::ClaimDropsEntries => "claim-drops-entries",
             Mutant::TrimBelowPending => "trim-below-pending",
             Mutant::RelayMarkBeforePublish => "relay-mark-before-publish",
@@ -157,6 +182,9 @@ impl Mutant {
             Mutant::BatchAcksUncommitted => "batch-acks-uncommitted",
             Mutant::NoGroupRecreate => "no-group-recreate",
             Mutant::ClientRetryNewId => "client-retry-new-id",
+            Mutant::ApplyRecordedDuplicate => "apply-recorded-duplicate",
+            Mutant::BatchApplyRecordedDuplicate => "batch-apply-recorded-duplicate",
+            Mutant::PastLimitDeadLettersApplied => "past-limit-dead-letters-applied",
         }
     }
 

@@ -106,3 +106,87 @@ fn runtime_knows_no_adapter() {
         found.join("\n")
     );
 }
+
+/// The methods of `trait name` in the Rust source `text` (comments
+/// stripped) that have a default body: `fn` items of the trait whose
+/// signature ends in `{` rather than `;`.
+fn methods_with_default_bodies(text: &str, name: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let header = format!("pub trait {name}");
+    let start = code
+        .find(&format!("{header}:"))
+        .or_else(|| code.find(&format!("{header} ")))
+        .unwrap_or_else(|| panic!("no `{header}` found: the check would pass vacuously"));
+    let open = start + code[start..].find('{').expect("a trait has a body");
+    let body = &code[open + 1..];
+    let mut depth = 0usize;
+    let mut found = Vec::new();
+    let mut methods = 0;
+    let mut rest = body;
+    let mut prev = ' ';
+    while let Some(c) = rest.chars().next() {
+        if c == '}' && depth == 0 {
+            break; // the end of the trait
+        }
+        if depth == 0 && rest.starts_with("fn ") && !(prev.is_alphanumeric() || prev == '_') {
+            methods += 1;
+            let fn_name: String = rest[3..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let end = rest.find([';', '{']).expect("a signature ends");
+            if rest.as_bytes()[end] == b'{' {
+                found.push(format!("{name}::{fn_name}"));
+            }
+            // Skip the signature; a body, if any, is skipped brace by brace.
+            rest = &rest[end..];
+            prev = ' ';
+            continue;
+        }
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ => {}
+        }
+        prev = c;
+        rest = &rest[c.len_utf8()..];
+    }
+    assert!(
+        methods > 0,
+        "trait {name} has no methods: the check would pass vacuously"
+    );
+    found
+}
+
+/// Every wrapper of the store and bus ports (torture's fault boundary, the
+/// simulator's store and bus) forwards every method, batch ones included:
+/// with no default body, a method a wrapper does not write is a compile
+/// error instead of a silent fallback to another path (issue 23: torture's
+/// `FaultyTx` ran the single-row statements where `serve` runs the batched
+/// ones, through the defaults).
+#[test]
+fn port_traits_have_no_default_bodies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = fs::read_to_string(root.join("src/runtime/store.rs")).unwrap();
+    let bus = fs::read_to_string(root.join("src/runtime/bus.rs")).unwrap();
+    let mut found = methods_with_default_bodies(&store, "Store");
+    found.extend(methods_with_default_bodies(&store, "StoreTx"));
+    found.extend(methods_with_default_bodies(&bus, "Bus"));
+    assert!(
+        found.is_empty(),
+        "port methods with a default body (a wrapper that forgets them falls back to it): {found:?}"
+    );
+}
+
+#[test]
+fn the_default_body_check_sees_a_default_body() {
+    let text = "pub trait Port: Send {\n    /// a { brace in a comment\n    async fn a(&self) -> Result<(), ()>;\n    \
+                fn b(&self) -> Vec<u8> {\n        if true { vec![] } else { vec![1] }\n    }\n    fn c(&self);\n}\n\
+                pub trait Other { fn d(&self) {} }\n";
+    assert_eq!(methods_with_default_bodies(text, "Port"), ["Port::b"]);
+    assert_eq!(methods_with_default_bodies(text, "Other"), ["Other::d"]);
+}

@@ -330,3 +330,76 @@ async fn metrics_answer_with_the_openmetrics_content_type() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], CONTENT_TYPE_OPENMETRICS);
 }
+
+/// Statement coverage on `/metrics`: each statement or script the store and
+/// the bus send shows up under its name, batched ones and the multi-event
+/// publish pipeline included (issue 23), and the counters are the
+/// adapters' own (`statement_counts`, `command_counts`), shared by clones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_and_command_counts_show_on_metrics() {
+    use purchase_saga::domain::event::PaymentReserved;
+    use purchase_saga::domain::{Event, ItemId, OrderId, Payload, Timestamp, UserId};
+
+    let db = TestDb::create_with(test_pg_config(4)).await;
+    let redis = TestRedis::create("metrics-statements");
+    let bus = RedisBus::connect(
+        &redis.url,
+        RedisConfig {
+            prefix: redis.prefix.clone(),
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Redis at {}: {e}", redis.url));
+    let metrics = Metrics::new(GaugeSources {
+        postgres: Some(db.store.clone()),
+        redis: Some(bus.clone()),
+    });
+    let inbox_many = "saga_store_statements_total{statement=\"inbox_insert_many\"}";
+    let commit = "saga_store_statements_total{statement=\"commit\"}";
+    let multi = "saga_bus_commands_total{command=\"xadd_pipeline_multi_event\"}";
+    let m = samples(&metrics.render().await);
+    assert_eq!(get(&m, inbox_many), 0.0, "listed before it ever ran");
+    assert_eq!(get(&m, multi), 0.0);
+
+    let now = Timestamp::SIM_EPOCH;
+    let event = |order: &str| {
+        Event::new(
+            OrderId::parse(order).unwrap(),
+            UserId::parse("alice").unwrap(),
+            now,
+            Payload::PaymentReserved(PaymentReserved {
+                reserved_amount: 1,
+                remaining_balance: 1,
+                item_id: ItemId::parse("sword").unwrap(),
+                quantity: 1,
+                payment_method: "WALLET".into(),
+            }),
+        )
+    };
+    let (a, b) = (event("o1"), event("o2"));
+    let mut ids = vec![a.event_id, b.event_id];
+    ids.sort();
+    let mut tx = db.store.begin(Service::Payment).await.expect("begin");
+    let fresh = tx.record_processed_many(&ids, now).await.expect("inbox");
+    assert_eq!(fresh, [true, true]);
+    tx.commit().await.expect("commit");
+
+    bus.publish_batch(&[&a, &b])
+        .await
+        .expect("one pipeline of two events");
+    bus.publish(&a).await.expect("one pipeline of one event");
+
+    let m = samples(&metrics.render().await);
+    assert_eq!(get(&m, inbox_many), 1.0, "{m:?}");
+    assert_eq!(get(&m, commit), 1.0);
+    assert_eq!(
+        get(&m, "saga_store_statements_total{statement=\"inbox_insert\"}"),
+        0.0
+    );
+    assert_eq!(get(&m, "saga_bus_commands_total{command=\"xadd_pipeline\"}"), 2.0);
+    assert_eq!(get(&m, multi), 1.0, "only the pipeline of two events");
+    assert_eq!(db.store.statement_counts()["inbox_insert_many"], 1);
+    assert_eq!(bus.clone().command_counts()["xadd_pipeline_multi_event"], 1);
+    redis.flush_prefix();
+}

@@ -1590,6 +1590,13 @@ mod planted {
         must_find(Mutant::PgNoRowLock, "waits");
     }
 
+    /// The batched lock alone without `FOR UPDATE` (the single-row lock
+    /// intact): a second batch locking a present row reads it at once.
+    #[test]
+    fn a_batched_select_without_for_update_is_found() {
+        must_find(Mutant::PgBatchNoRowLock, "waits");
+    }
+
     /// Pruning inside the horizon / retention deletes what the model keeps.
     #[test]
     fn pruning_inside_the_horizon_is_found() {

@@ -19,6 +19,7 @@
 //! The state lives outside the broker host (the host serves it over
 //! turmoil TCP, see [`serve`]), so the driver can tell when queues drained.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use purchase_saga::domain::{EventId, Service};
 use purchase_saga::runtime::memory::streams::{EntryId, Streams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::faults::FaultKind;
+use crate::faults::{FaultKind, POISON_ENTRIES};
 use crate::finding::{check, Finding};
 use crate::world::World;
 
@@ -42,6 +43,9 @@ pub const VISIBILITY_MS: i64 = 1_500;
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// A connection idle this long is closed by the broker.
 const IDLE_CLOSE: Duration = Duration::from_secs(10);
+/// How long the `claim-raced-takeover` steer holds an ack: past the
+/// visibility timeout and another consumer's handling of the entry.
+const TAKEOVER_HOLD_MS: u64 = VISIBILITY_MS as u64 + 1_000;
 
 /// A request on the wire (encoded by [`Request::encode`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,10 +264,28 @@ impl Response {
 /// The broker's state: the one consumer-group model, payloads as text.
 type Model = Streams<Arc<str>>;
 
+/// What the broker's steering levers and rare-state counts remember
+/// (`FaultPlan::steer`, `FaultKind::RARE`). Kept outside [`Model`], so a
+/// broker that loses its data still knows which entries it poisoned.
+#[derive(Debug, Default)]
+struct Steering {
+    /// The entry whose acks the `applied-past-limit` steer loses.
+    ack_victim: Option<(Service, EntryId)>,
+    /// Whether the `claim-raced-takeover` steer has held its one ack.
+    ack_held: bool,
+    /// Poison entries appended so far (`poison-in-batch`).
+    poison: BTreeSet<(Service, EntryId)>,
+    /// Entries handed out by a claim after the visibility timeout (a
+    /// takeover), and of those, the ones acknowledged once since.
+    taken_over: BTreeSet<(Service, EntryId)>,
+    acked_after_takeover: BTreeSet<(Service, EntryId)>,
+}
+
 /// See the module docs.
 #[derive(Clone)]
 pub struct Broker {
     state: Arc<Mutex<Model>>,
+    steering: Arc<Mutex<Steering>>,
     world: Arc<World>,
 }
 
@@ -271,8 +293,13 @@ impl Broker {
     pub fn new(world: Arc<World>) -> Broker {
         Broker {
             state: Arc::default(),
+            steering: Arc::default(),
             world,
         }
+    }
+
+    fn steering(&self) -> MutexGuard<'_, Steering> {
+        self.steering.lock().expect("broker steering mutex")
     }
 
     fn lock(&self) -> MutexGuard<'_, Model> {
@@ -332,6 +359,7 @@ impl Broker {
             Request::Publish { streams, payload } => {
                 self.check_from_outbox(&payload);
                 let payload: Arc<str> = payload.into();
+                let mut poison_after = self.poison_due();
                 for service in streams {
                     if self.world.strikes(plan.drop_publish_per_mille) {
                         self.world.fault(
@@ -352,6 +380,11 @@ impl Broker {
                             None,
                             format!("bus appended a publish twice for {service}"),
                         );
+                    } else {
+                        drop(state);
+                    }
+                    if std::mem::take(&mut poison_after) {
+                        self.append_poison(service);
                     }
                 }
                 Response::Done
@@ -371,12 +404,16 @@ impl Broker {
                 Response::Done
             }
             Request::Ack { service, id } => {
+                if self.lose_ack(service, id) {
+                    return Response::Done;
+                }
                 let acked = {
                     let mut state = self.lock();
                     let acked = state.ack(service, id);
                     state.trim(service);
                     acked
                 };
+                self.count_takeover_race(service, id, acked.is_some());
                 if let Some(payload) = acked {
                     self.check_applied(service, id, &payload);
                 }
@@ -403,8 +440,11 @@ impl Broker {
                     crate::world::EntryKind::Driver { at: Some(service) },
                     format!("dead-letter {service} #{id}: {reason}"),
                 );
-                // The simulator injects no poison: whatever is dead-lettered
-                // was a good event given up on.
+                // The simulator injects no poison but the steer's: whatever
+                // else is dead-lettered was a good event given up on.
+                if self.steering().poison.contains(&(service, id)) {
+                    return Response::Done;
+                }
                 self.world.found(Finding::new(
                     check::NO_DEAD_LETTER,
                     format!("{service} entry #{id}"),
@@ -415,8 +455,106 @@ impl Broker {
         }
     }
 
+    /// Whether this publish is one the `poison-in-batch` steer follows
+    /// with a poison entry (the next [`POISON_ENTRIES`] from its start).
+    fn poison_due(&self) -> bool {
+        self.world
+            .steered(FaultKind::PoisonInBatch, self.world.clock.elapsed_ms())
+            .is_some()
+            && self.steering().poison.len() < POISON_ENTRIES as usize
+    }
+
+    /// Appends a poison entry to `service`'s stream, right after a good
+    /// one: a payload no build decodes, which the consumer must
+    /// dead-letter alone while it applies the good entries of its batch.
+    fn append_poison(&self, service: Service) {
+        let n = self.steering().poison.len();
+        let id = self
+            .lock()
+            .append(service, Arc::from(format!("{{\"poison\":{n}}}").as_str()));
+        self.steering().poison.insert((service, id));
+        self.world.log(
+            crate::world::EntryKind::Driver { at: Some(service) },
+            format!("steer: poison entry #{id} appended to {service}'s stream"),
+        );
+    }
+
+    /// The `applied-past-limit` steer: the first entry acknowledged from
+    /// its start loses every ack while its delivery count is within the
+    /// consumer's `deliveries_max`, so its last delivery comes past the
+    /// limit. Whether the ack is lost.
+    fn lose_ack(&self, service: Service, id: EntryId) -> bool {
+        if self
+            .world
+            .steered(FaultKind::AppliedPastLimit, self.world.clock.elapsed_ms())
+            .is_none()
+        {
+            return false;
+        }
+        let victim = *self.steering().ack_victim.get_or_insert((service, id));
+        if victim != (service, id) {
+            return false;
+        }
+        let count = self
+            .lock()
+            .pending(service)
+            .into_iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, p)| p.count);
+        match count {
+            Some(count) if count <= self.world.deliveries_max => {
+                self.world.log(
+                    crate::world::EntryKind::Driver { at: Some(service) },
+                    format!("steer: ack of {service} #{id} lost (delivery {count})"),
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How long the broker holds `request` before it handles it: the
+    /// `claim-raced-takeover` steer holds the first ack from its start past
+    /// the visibility timeout, so another consumer takes the entry over
+    /// and acknowledges it first.
+    fn hold(&self, request: &Request) -> Option<Duration> {
+        let Request::Ack { service, id } = request else {
+            return None;
+        };
+        self.world
+            .steered(FaultKind::ClaimRacedTakeover, self.world.clock.elapsed_ms())?;
+        let mut steering = self.steering();
+        if std::mem::replace(&mut steering.ack_held, true) {
+            return None;
+        }
+        drop(steering);
+        self.world.log(
+            crate::world::EntryKind::Driver { at: Some(*service) },
+            format!("steer: broker holds the ack of {service} #{id} for {TAKEOVER_HOLD_MS}ms"),
+        );
+        Some(Duration::from_millis(TAKEOVER_HOLD_MS))
+    }
+
+    /// Counts [`FaultKind::ClaimRacedTakeover`]: an entry that a takeover
+    /// handed to a second consumer acknowledged twice (`acked`: whether
+    /// this ack found it pending).
+    fn count_takeover_race(&self, service: Service, id: EntryId, acked: bool) {
+        let mut steering = self.steering();
+        if !steering.taken_over.contains(&(service, id)) {
+            return;
+        }
+        if acked {
+            steering.acked_after_takeover.insert((service, id));
+        } else if steering.acked_after_takeover.remove(&(service, id)) {
+            steering.taken_over.remove(&(service, id));
+            drop(steering);
+            self.world.count(FaultKind::ClaimRacedTakeover);
+        }
+    }
+
     /// "Emitted events commit with the state change", checked where an event
     /// reaches the bus: it must be a committed outbox row of its emitter.
+    /// Also records the publish for the "mark after publish" check.
     fn check_from_outbox(&self, payload: &str) {
         let event = match purchase_saga::domain::Event::decode(payload.as_bytes()) {
             Ok(event) => event,
@@ -428,6 +566,7 @@ impl Broker {
                 ))
             }
         };
+        self.world.received(event.emitter(), event.event_id);
         if !self.world.is_committed_outbox(&event) {
             self.world.found(Finding::new(
                 check::PUBLISH_FROM_OUTBOX,
@@ -442,12 +581,15 @@ impl Broker {
     }
 
     /// The delivery rule "ack only after commit", checked where the ack
-    /// lands: the acknowledged event must be in the service's inbox.
+    /// lands: the acknowledged event must be in the service's inbox, or
+    /// have been there until a pruner deleted it (the commit came first;
+    /// a pruner that deletes ids too young shows as a double application,
+    /// not here).
     fn check_applied(&self, service: Service, id: u64, payload: &str) {
         let Ok(event) = purchase_saga::domain::Event::decode(payload.as_bytes()) else {
             return;
         };
-        if !self.world.store.inbox_contains(service, event.event_id) {
+        if !self.world.ever_processed(service, event.event_id) {
             self.world.found(Finding::new(
                 check::ACK_AFTER_COMMIT,
                 format!("{service} entry #{id}"),
@@ -472,6 +614,12 @@ impl Broker {
                 state.receive(service, consumer, max, VISIBILITY_MS, now, || Arc::from(""))
             }
         };
+        {
+            let mut steering = self.steering();
+            for d in batch.iter().filter(|d| d.attempt > 1) {
+                steering.taken_over.insert((service, d.id));
+            }
+        }
         let mut out = Vec::with_capacity(batch.len());
         for d in batch {
             if self.world.strikes(plan.drop_delivery_per_mille) {
@@ -501,6 +649,15 @@ impl Broker {
                 );
                 out.push(d);
             }
+        }
+        let poisoned = {
+            let steering = self.steering();
+            out.iter()
+                .filter(|d| steering.poison.contains(&(service, d.0)))
+                .count()
+        };
+        if poisoned > 0 && poisoned < out.len() {
+            self.world.count(FaultKind::PoisonInBatch);
         }
         out
     }
@@ -543,6 +700,9 @@ pub async fn serve(broker: Broker) -> turmoil::Result {
                 let Some(request) = Request::decode(&frame) else {
                     return;
                 };
+                if let Some(hold) = broker.hold(&request) {
+                    tokio::time::sleep(hold).await;
+                }
                 let response = broker.handle(request).encode();
                 if write_frame(&mut socket, &response).await.is_err() {
                     return;

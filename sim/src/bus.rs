@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{Event, Service};
-use purchase_saga::runtime::{Bus, BusError, Delivery};
+use purchase_saga::runtime::bus::publish_one_at_a_time;
+use purchase_saga::runtime::{Bus, BusError, Delivery, PartialPublish};
 use tokio::sync::Mutex;
 use turmoil::net::TcpStream;
 
@@ -136,6 +137,12 @@ impl Bus for SimBus {
         })
         .await
         .map(drop)
+    }
+
+    /// One event at a time, as the simulated broker takes one publish per
+    /// request (each meets its own faults).
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
+        publish_one_at_a_time(self, events).await
     }
 
     /// `RedisBus::receive`: ensure the group, read; on NOGROUP forget the

@@ -58,6 +58,24 @@ pub enum FaultKind {
     /// before it learned so) and, restarted, re-sent what it could not
     /// prove was answered.
     ClientCrash,
+    // The rare states below are not faults but states a bug would hide in
+    // ([`FaultKind::RARE`]); some seeds are steered into them
+    // ([`Steer`]), and each is counted when a run reached it, whether
+    // steered or not.
+    /// A consumer took a delivery past `deliveries_max` of an event its
+    /// service had applied (its acks were lost): the consumer must ask the
+    /// inbox and acknowledge it, not dead-letter it.
+    AppliedPastLimit,
+    /// A relay marked an entry after the lease of its claim had ended: the
+    /// entry was due to the other relays while its publish was in flight.
+    LeaseEndedMidPublish,
+    /// A consumer received a batch holding a poison entry (one the broker
+    /// injected, that never decodes) among good ones.
+    PoisonInBatch,
+    /// An entry claimed by a second consumer after the visibility timeout
+    /// (a takeover) was acknowledged by both: the first consumer's ack
+    /// raced the takeover.
+    ClaimRacedTakeover,
 }
 
 impl FaultKind {
@@ -81,6 +99,15 @@ impl FaultKind {
         FaultKind::ClientCrash,
     ];
 
+    /// The rare states a sweep must reach (the coverage table lists them
+    /// apart from the faults).
+    pub const RARE: [FaultKind; 4] = [
+        FaultKind::AppliedPastLimit,
+        FaultKind::LeaseEndedMidPublish,
+        FaultKind::PoisonInBatch,
+        FaultKind::ClaimRacedTakeover,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Latency => "latency",
@@ -100,6 +127,10 @@ impl FaultKind {
             FaultKind::Wake => "wake",
             FaultKind::BrokerLoss => "broker-loss",
             FaultKind::ClientCrash => "client-crash",
+            FaultKind::AppliedPastLimit => "applied-past-limit",
+            FaultKind::LeaseEndedMidPublish => "lease-ended-mid-publish",
+            FaultKind::PoisonInBatch => "poison-in-batch",
+            FaultKind::ClaimRacedTakeover => "claim-raced-takeover",
         }
     }
 }
@@ -121,6 +152,15 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The rare states a sweep must reach (the coverage table lists them
+    /// apart from the faults).
+    pub const RARE: [FaultKind; 4] = [
+        FaultKind::AppliedPastLimit,
+        FaultKind::LeaseEndedMidPublish,
+        FaultKind::PoisonInBatch,
+        FaultKind::ClaimRacedTakeover,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Profile::None => "none",
@@ -162,6 +202,47 @@ pub enum CrashPoint {
     /// The replica's next relay pass, between publish and mark-published.
     AfterPublish,
 }
+
+/// A seed steered into a rare state on purpose ([`FaultPlan::steer`]):
+/// what the simulator does from `at_ms` on so that the state happens.
+/// Only a rare state's own lever is pulled; whether the state was reached
+/// is counted from what the run did ([`FaultKind::RARE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steer {
+    pub state: FaultKind,
+    pub at_ms: u64,
+}
+
+impl Steer {
+    /// What the lever is, for the trace and the docs.
+    pub fn lever(self) -> &'static str {
+        match self.state {
+            FaultKind::AppliedPastLimit => {
+                "the broker loses every ack of the first entry acked from here on \
+                 until its delivery count is past deliveries_max"
+            }
+            FaultKind::LeaseEndedMidPublish => {
+                "the first mark of a relay from here on stalls past its claim's lease"
+            }
+            FaultKind::PoisonInBatch => {
+                "the broker appends a poison entry right after each of the next publishes"
+            }
+            FaultKind::ClaimRacedTakeover => {
+                "the broker holds the first ack from here on past the visibility timeout"
+            }
+            other => unreachable!("{other} is no rare state"),
+        }
+    }
+}
+
+/// One seed in this many (light, heavy, swarm) is steered into one of the
+/// rare states ([`FaultKind::RARE`], drawn in turn), so a sweep of a few
+/// hundred seeds reaches each.
+pub const STEER_ONE_IN: u32 = 8;
+
+/// Poison entries a [`FaultKind::PoisonInBatch`] steer appends (each
+/// after a publish), so a lost delivery or a crash cannot take them all.
+pub const POISON_ENTRIES: u32 = 3;
 
 /// A fault at a moment of the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +307,9 @@ pub struct FaultPlan {
     /// quiescent): long enough for the pruners to delete what the retention
     /// lets go, which a run stopped at quiescence never reaches.
     pub linger_ms: u64,
+    /// The rare state this seed is steered into, if any (one in
+    /// [`STEER_ONE_IN`]).
+    pub steer: Option<Steer>,
 }
 
 /// The saga deadline without the deadline fault.
@@ -265,6 +349,7 @@ impl FaultPlan {
             pool_size: 0,
             skew_ms: BTreeMap::new(),
             linger_ms: 0,
+            steer: None,
         }
     }
 
@@ -390,6 +475,16 @@ impl FaultPlan {
         }
         // Stable: the older faults keep their order among themselves.
         plan.timed.sort_by_key(|t| t.at_ms);
+        // Issue 23's steering, drawn after everything else: a seed that is
+        // not steered keeps its plan (and its trace) as it was.
+        if rng.random_range(0..STEER_ONE_IN) == 0 {
+            let state = FaultKind::RARE[rng.random_range(0..FaultKind::RARE.len())];
+            plan.steer = Some(Steer {
+                state,
+                // While orders still arrive, so there is traffic to steer.
+                at_ms: rng.random_range(0..arrival_span_ms.max(1)),
+            });
+        }
         plan
     }
 }
@@ -426,6 +521,14 @@ impl FaultPlan {
             FaultKind::Prune => self.linger_ms = 0,
             // The relay's wake is the runtime's own path, not a fault.
             FaultKind::Wake => {}
+            FaultKind::AppliedPastLimit
+            | FaultKind::LeaseEndedMidPublish
+            | FaultKind::PoisonInBatch
+            | FaultKind::ClaimRacedTakeover => {
+                if self.steer.is_some_and(|s| s.state == kind) {
+                    self.steer = None;
+                }
+            }
             FaultKind::Partition
             | FaultKind::BrokerLoss
             | FaultKind::ClientCrash
@@ -438,6 +541,9 @@ impl FaultPlan {
 
     /// The kind named `name` (as in the summary), if any.
     pub fn kind_named(name: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::RARE)
+            .find(|k| k.name() == name)
     }
 }

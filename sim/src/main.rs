@@ -1004,7 +1004,8 @@ fn torture_sweep(a: u64, b: u64, jobs: usize, settings: &TortureSettings) -> Vec
 }
 
 /// `saga-sim torture`: the summary table, then each failing seed's plan,
-/// findings and trace. Returns 1 on any finding.
+/// findings and trace. Returns 1 on any finding, and when a saga-path
+/// statement never ran under a fault (`torture::coverage`).
 fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command: &str) -> ExitCode {
     let started = Instant::now();
     let outcomes = torture_sweep(a, b, jobs, settings);
@@ -1016,9 +1017,15 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
     }
     println!("{command} --jobs {jobs} (commit {})", commit());
     print!("{}", summary.render(started.elapsed()));
+    let statements = torture::coverage::SweepCoverage::of(&outcomes, settings.profile);
+    print!("{}", statements.render());
     let failing: Vec<&TortureOutcome> = outcomes.iter().filter(|o| !o.findings.is_empty()).collect();
     if failing.is_empty() {
-        return ExitCode::SUCCESS;
+        return if statements.missing().is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
     // The first failing seed's plan and trace here; every failing seed's in
     // a file (a trace is thousands of lines).

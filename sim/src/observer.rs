@@ -1,12 +1,15 @@
 //! The runtime's [`Observer`] in the simulator: one trace line per delivery
 //! and per publish, the safety invariants after every commit, and the
-//! publishes the "mark after publish" check counts.
+//! coverage counts the runtime alone can show: relays woken by a commit
+//! (`wake`) and applied events delivered past the limit
+//! (`applied-past-limit`).
 
 use std::sync::Arc;
 
 use purchase_saga::runtime::observer::{Disposition, Observer, RuntimeEvent};
 use purchase_saga::runtime::trace::delivery_line;
 
+use crate::faults::FaultKind;
 use crate::world::{EntryKind, World};
 
 pub struct SimObserver {
@@ -24,6 +27,13 @@ impl Observer for SimObserver {
                 attempt,
                 ..
             } => {
+                if let Some(e) = decoded.filter(|_| *attempt > self.world.deliveries_max) {
+                    // Past the limit with the event applied: the consumer
+                    // must ask the inbox (counted whatever it then did).
+                    if self.world.store.inbox_contains(*service, e.event_id) {
+                        self.world.count(FaultKind::AppliedPastLimit);
+                    }
+                }
                 let line = delivery_line(&event).expect("a handled delivery has a line");
                 let note = match disposition {
                     Disposition::Applied { .. } => None,
@@ -48,7 +58,6 @@ impl Observer for SimObserver {
                 event: e,
                 republish,
             } => {
-                self.world.published(*service, e.event_id);
                 let again = if *republish > 0 {
                     format!(" [republish {republish}]")
                 } else {
@@ -64,6 +73,8 @@ impl Observer for SimObserver {
                 );
             }
             RuntimeEvent::Committed { .. } => self.world.check_commit(),
+            // A relay that a commit woke ran its pass (`relay::run_woken`).
+            RuntimeEvent::RelayWoken { .. } => self.world.count(FaultKind::Wake),
             RuntimeEvent::ConflictRetried { .. } | RuntimeEvent::Quarantined { .. } => {}
         }
     }

@@ -294,18 +294,30 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let store = MemoryStore::new().with_lock_timeout(Duration::from_secs(1));
     let opening = input.scenario.opening_rows();
     store.seed(opening.clone());
+    let config = runtime_config(&plan);
     let world = Arc::new(World::new(
         plan.clone(),
         store.clone(),
         clock.clone(),
         ChaCha8Rng::seed_from_u64(input.seed ^ 0x5a6a_5a6a_5a6a_5a6a),
         Snapshot::from_rows(opening),
+        config.deliveries_max,
     ));
+    if let Some(steer) = plan.steer {
+        world.log(
+            EntryKind::Driver { at: None },
+            format!(
+                "== steered to {} from {}ms: {} ==",
+                steer.state,
+                steer.at_ms,
+                steer.lever()
+            ),
+        );
+    }
     for (host, ms) in plan.skew_ms.iter().filter(|(_, ms)| **ms != 0) {
         world.fault(FaultKind::Skew, None, format!("{host}'s clock is {ms:+}ms off"));
     }
     let broker = Broker::new(world.clone());
-    let config = runtime_config(&plan);
     let base_latency = Duration::from_millis(1);
     let mut sim = turmoil::Builder::new()
         .tick_duration(Duration::from_millis(settings.tick_ms))

@@ -3,7 +3,8 @@
 //! of racing replicas interleave, and that injects the store's faults:
 //! aborted transactions and the armed crash points (before a commit,
 //! between publish and mark-published). It also checks the relay's rule
-//! "mark only after publish" where a mark lands.
+//! "mark only after publish" where a mark lands, against what the broker
+//! received, and pulls the `lease-ended-mid-publish` steer's lever.
 //!
 //! The store lives outside the turmoil hosts: a crash drops the host's
 //! tasks and with them every open transaction (rolled back by
@@ -14,13 +15,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
-use purchase_saga::runtime::store::{Claimed, Pruned, StoreResult};
+use purchase_saga::runtime::store::{
+    one_at_a_time, outbox_due_by_claim, Claimed, OutboxEntry, Pruned, StoreResult,
+};
 use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
 use crate::finding::{check, Finding};
-use crate::world::World;
+use crate::world::{EntryKind, World};
 
 /// Base latency of one store operation (a round trip to Postgres).
 const BASE_LATENCY_MS_MAX: u64 = 3;
@@ -29,6 +33,11 @@ const BASE_LATENCY_MS_MAX: u64 = 3;
 const POOL_ACQUIRE_TIMEOUT_MS: u64 = 60;
 /// How often a waiting transaction looks for a free connection.
 const POOL_POLL_MS: u64 = 5;
+
+/// How far past the relay's lease the `lease-ended-mid-publish` steer
+/// stalls its mark: enough to end the lease whatever the pass took before,
+/// short so that a crash of the process in between seldom spoils it.
+const MARK_STALL_PAST_LEASE_MS: u64 = 200;
 
 /// See the module docs. One per host; `replica` is None for the client.
 #[derive(Clone)]
@@ -124,26 +133,61 @@ impl SimStore {
 impl SimStore {
     /// The delivery rule "mark only after publish", checked where the mark
     /// lands: every publish the mark records (the entry's count after it)
-    /// must have reached the bus. Correct relays publish, then mark; two
-    /// relays may both publish an entry whose claim expired, which only
-    /// adds publishes.
+    /// must have reached the broker, as the broker counts what it received
+    /// (not as the relay reports what it sent). Correct relays publish,
+    /// then mark; two relays may both publish an entry whose claim
+    /// expired, which only adds publishes. An event nobody subscribes to
+    /// is sent nowhere (by `SimBus` as by `RedisBus`), so there is nothing
+    /// for the broker to have.
     fn check_marked_after_publish(&self, service: Service, marks: &[Mark]) {
         for mark in marks {
             let Some(entry) = self.world.store.outbox_entry(service, mark.seq) else {
                 continue;
             };
-            let handed = self.world.publishes(service, entry.event.event_id);
-            if handed <= entry.published_count {
+            if subscribers(entry.event.event_type()).is_empty() {
+                continue;
+            }
+            let received = self.world.receptions(service, entry.event.event_id);
+            if received <= entry.published_count {
                 self.world.found(Finding::new(
                     check::MARK_AFTER_PUBLISH,
                     format!("{service} outbox #{}", mark.seq),
                     format!(
-                        "marked published for the {} time after {handed} publishes of {}",
+                        "marked published for the {} time after the broker received {received} publishes of {}",
                         entry.published_count + 1,
                         entry.event.summary()
                     ),
                 ));
             }
+        }
+    }
+
+    /// The `lease-ended-mid-publish` steer: the first mark of a relay from
+    /// its start stalls until the lease of the relay's claim has ended, so
+    /// the entries are due to the other relays while this one's publish is
+    /// in flight. Then counts the marks that came after their lease
+    /// ([`FaultKind::LeaseEndedMidPublish`]), steered or not.
+    async fn mark_after_stall(&self, service: Service, marks: &[Mark], now: Timestamp) {
+        let Some(replica) = self.replica else {
+            return;
+        };
+        // The relay's clock when the mark lands (its `now` was read before).
+        let mut lands_at = now;
+        if self.world.stall_mark() {
+            let stall_ms = crate::run::runtime_config(&self.world.plan)
+                .relay_lease
+                .as_millis() as u64
+                + MARK_STALL_PAST_LEASE_MS;
+            self.world.log(
+                EntryKind::Driver { at: Some(service) },
+                format!("steer: {replica}'s mark stalls {stall_ms}ms, past its claim's lease"),
+            );
+            tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+            lands_at = now.plus(DurationMs(i64::try_from(stall_ms).expect("a stall fits i64")));
+        }
+        let seqs: Vec<i64> = marks.iter().map(|m| m.seq).collect();
+        for _ in 0..self.world.marked_after_lease(replica, service, &seqs, lands_at) {
+            self.world.count(FaultKind::LeaseEndedMidPublish);
         }
     }
 }
@@ -204,13 +248,30 @@ impl StoreTx for SimTx {
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
-        if !self.enqueued.is_empty() && self.store.replica.is_some() {
-            // The runtime's observer wakes the replica's relay on this
-            // commit (`relay::run_woken`, as production runs it).
-            self.store.world.count(FaultKind::Wake);
-        }
         self.store.world.outbox_committed(&self.enqueued);
         Ok(())
+    }
+
+    // One row at a time: each row meets its own delay and faults, as
+    // the simulator always ran batches (its traces depend on it).
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        one_at_a_time::record_processed_many(self, event_ids, now).await
+    }
+
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        one_at_a_time::load_for_update_many(self, keys).await
+    }
+
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+        one_at_a_time::save_many(self, rows).await
+    }
+
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        one_at_a_time::enqueue_many(self, events, now).await
     }
 }
 
@@ -236,6 +297,18 @@ impl StoreTx for Committed {
     }
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         unreachable!("committed twice")
+    }
+    async fn record_processed_many(&mut self, _: &[EventId], _: Timestamp) -> StoreResult<Vec<bool>> {
+        unreachable!("used after commit")
+    }
+    async fn load_for_update_many(&mut self, _: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        unreachable!("used after commit")
+    }
+    async fn save_many(&mut self, _: &[Row]) -> StoreResult<()> {
+        unreachable!("used after commit")
+    }
+    async fn enqueue_many(&mut self, _: &[Event], _: Timestamp) -> StoreResult<()> {
+        unreachable!("used after commit")
     }
 }
 
@@ -264,11 +337,26 @@ impl Store for SimStore {
     ) -> StoreResult<Claimed> {
         self.delay().await;
         self.maybe_unavailable("claim")?;
-        self.world.store.claim_due(service, now, lease, limit).await
+        let claimed = self.world.store.claim_due(service, now, lease, limit).await?;
+        if let Some(replica) = self.replica {
+            let seqs: Vec<i64> = claimed.entries.iter().map(|e| e.seq).collect();
+            self.world.leased(replica, service, &seqs, now.plus(lease));
+        }
+        Ok(claimed)
+    }
+
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        outbox_due_by_claim(self, service, now, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.crash_point(CrashPoint::AfterPublish).await;
+        self.mark_after_stall(service, marks, now).await;
         self.delay().await;
         self.maybe_unavailable("mark published")?;
         self.check_marked_after_publish(service, marks);
@@ -312,7 +400,17 @@ impl Store for SimStore {
     ) -> StoreResult<Pruned> {
         self.delay().await;
         self.maybe_unavailable("prune")?;
+        let inbox_before = self.world.store.inbox_ids(service);
         let pruned = self.world.store.prune(service, now, retention, policy).await?;
+        if pruned.inbox > 0 {
+            // The ack check must tell an event pruned after its commit
+            // from one never committed.
+            for id in inbox_before {
+                if !self.world.store.inbox_contains(service, id) {
+                    self.world.inbox_pruned(service, id);
+                }
+            }
+        }
         if pruned.inbox + pruned.outbox > 0 {
             self.world.fault(
                 FaultKind::Prune,

@@ -1,6 +1,8 @@
 //! The sweep's summary: outcomes per saga path, faults per kind, failing
 //! seeds, speed; and the coverage check ("sometimes" assertions): a sweep in
-//! which a saga path or an enabled fault kind never happened fails.
+//! which a saga path, an enabled fault kind or a rare state
+//! (`FaultKind::RARE`, which some seeds are steered into) never happened
+//! fails.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -116,6 +118,12 @@ impl Summary {
                     .filter(|k| self.faults.get(k).copied().unwrap_or(0) == 0)
                     .map(|k| format!("fault {k}")),
             );
+            missing.extend(
+                FaultKind::RARE
+                    .iter()
+                    .filter(|k| self.faults.get(k).copied().unwrap_or(0) == 0)
+                    .map(|k| format!("rare state {k}")),
+            );
         }
         missing
     }
@@ -147,6 +155,15 @@ impl Summary {
         }
         for (name, n) in &self.other_faults {
             let _ = writeln!(s, "  {name:<24} {n}");
+        }
+        let _ = writeln!(s, "rare states reached:");
+        for k in FaultKind::RARE {
+            let _ = writeln!(
+                s,
+                "  {:<24} {}",
+                k.name(),
+                self.faults.get(&k).copied().unwrap_or(0)
+            );
         }
         let _ = writeln!(s, "dead letters     {}", self.dead_letters);
         let _ = writeln!(s, "violations       {} seed(s)", self.failing.len());

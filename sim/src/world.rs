@@ -1,6 +1,8 @@
 //! What the hosts and the driver of one run share: the fault plan and its
 //! random source, the fault counters, the trace, the crash requests of
-//! armed crash points, and the safety violations seen so far.
+//! armed crash points, the safety violations seen so far, and what the
+//! delivery checks compare with (what the broker received, inbox ids the
+//! pruners deleted, the relays' leases).
 //!
 //! One run is one thread: every draw from [`World::rng`] happens in an
 //! order fixed by turmoil's host order and the seed, which is what makes a
@@ -11,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use purchase_saga::domain::invariants::{check_safety, check_transition, CompensationLedger, Snapshot};
-use purchase_saga::domain::{Event, EventId, Row, Service};
+use purchase_saga::domain::{Event, EventId, Row, Service, Timestamp};
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::clock::SimClock;
-use crate::faults::{CrashPoint, FaultKind, FaultPlan, Replica};
+use crate::faults::{CrashPoint, FaultKind, FaultPlan, Replica, Steer};
 use crate::finding::Finding;
 
 /// One line of the trace, with what the Mermaid diagram needs.
@@ -72,15 +74,29 @@ pub struct World {
     /// Rows written by transactions that committed since the last check,
     /// in commit order.
     committed: Mutex<Vec<Row>>,
-    /// Times a relay of each service handed each event to the bus, for the
-    /// "mark after publish" check.
-    published: Mutex<BTreeMap<(Service, EventId), u32>>,
+    /// Publish requests the broker received for each event, by emitter:
+    /// what the "mark after publish" check compares marks with (the
+    /// broker's own count, not the relay's report of what it sent).
+    received: Mutex<BTreeMap<(Service, EventId), u32>>,
+    /// Inbox ids the pruners deleted, by service: an ack of such an event
+    /// follows a commit that is no longer in the inbox.
+    inbox_pruned: Mutex<BTreeSet<(Service, EventId)>>,
+    /// The lease end of each outbox entry a relay holds, by (replica,
+    /// service, seq), on the relay's own clock: a mark after it counts
+    /// [`FaultKind::LeaseEndedMidPublish`].
+    leases: Mutex<BTreeMap<(Replica, Service, i64), Timestamp>>,
+    /// Whether the [`FaultKind::LeaseEndedMidPublish`] steer has stalled
+    /// its one mark.
+    mark_stalled: AtomicBool,
     /// Every outbox row ever committed, by (emitter, event id), for the
     /// publish check; kept after the store prunes the row.
     outbox_committed: Mutex<BTreeSet<(Service, EventId)>>,
     /// Compensations counted from committed outbox rows.
     compensations: Mutex<CompensationLedger>,
     pub client_done: AtomicBool,
+    /// The runtime's `deliveries_max` in this run (the broker's ack steer
+    /// and the `applied-past-limit` count need it).
+    pub deliveries_max: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +110,7 @@ impl World {
         clock: SimClock,
         rng: ChaCha8Rng,
         opening: Snapshot,
+        deliveries_max: u32,
     ) -> World {
         World {
             plan,
@@ -109,10 +126,14 @@ impl World {
             violations: Mutex::default(),
             last: Mutex::new(opening),
             committed: Mutex::default(),
-            published: Mutex::default(),
+            received: Mutex::default(),
+            inbox_pruned: Mutex::default(),
+            leases: Mutex::default(),
+            mark_stalled: AtomicBool::new(false),
             outbox_committed: Mutex::default(),
             compensations: Mutex::default(),
             client_done: AtomicBool::new(false),
+            deliveries_max,
         }
     }
 
@@ -299,14 +320,64 @@ impl World {
         self.log(EntryKind::Driver { at: None }, format!("VIOLATION {finding}"));
     }
 
-    /// A relay of `service` handed `event` to the bus.
-    pub fn published(&self, service: Service, event: EventId) {
-        *lock(&self.published).entry((service, event)).or_default() += 1;
+    /// The broker received a publish of `event` (emitted by `service`).
+    pub fn received(&self, service: Service, event: EventId) {
+        *lock(&self.received).entry((service, event)).or_default() += 1;
     }
 
-    /// Times relays of `service` handed `event` to the bus.
-    pub fn publishes(&self, service: Service, event: EventId) -> u32 {
-        lock(&self.published).get(&(service, event)).copied().unwrap_or(0)
+    /// Publishes of `event` (emitted by `service`) the broker received.
+    pub fn receptions(&self, service: Service, event: EventId) -> u32 {
+        lock(&self.received).get(&(service, event)).copied().unwrap_or(0)
+    }
+
+    /// A pruner deleted `event` from `service`'s inbox.
+    pub fn inbox_pruned(&self, service: Service, event: EventId) {
+        lock(&self.inbox_pruned).insert((service, event));
+    }
+
+    /// Whether `service` committed `event` as processed at some point: in
+    /// its inbox now, or pruned from it.
+    pub fn ever_processed(&self, service: Service, event: EventId) -> bool {
+        self.store.inbox_contains(service, event) || lock(&self.inbox_pruned).contains(&(service, event))
+    }
+
+    /// The steer of this run, if it is `state` and due at `now_ms`.
+    pub fn steered(&self, state: FaultKind, now_ms: i64) -> Option<Steer> {
+        self.plan
+            .steer
+            .filter(|s| s.state == state && now_ms >= i64::try_from(s.at_ms).unwrap_or(i64::MAX))
+    }
+
+    /// `replica`'s relay claimed `seqs` of `service` until `lease_end`.
+    pub fn leased(&self, replica: Replica, service: Service, seqs: &[i64], lease_end: Timestamp) {
+        let mut leases = lock(&self.leases);
+        for seq in seqs {
+            leases.insert((replica, service, *seq), lease_end);
+        }
+    }
+
+    /// `replica`'s relay marks `seqs` of `service` at `now` (its clock):
+    /// how many of them it marks after the lease of its claim ended.
+    pub fn marked_after_lease(
+        &self,
+        replica: Replica,
+        service: Service,
+        seqs: &[i64],
+        now: Timestamp,
+    ) -> u64 {
+        let mut leases = lock(&self.leases);
+        seqs.iter()
+            .filter_map(|seq| leases.remove(&(replica, service, *seq)))
+            .filter(|end| *end < now)
+            .count() as u64
+    }
+
+    /// Whether a mark should stall now for the `lease-ended-mid-publish`
+    /// steer (once per run).
+    pub fn stall_mark(&self) -> bool {
+        self.steered(FaultKind::LeaseEndedMidPublish, self.clock.elapsed_ms())
+            .is_some()
+            && !self.mark_stalled.swap(true, Ordering::SeqCst)
     }
 
     /// Called by `SimStore` when a transaction committed: the events it

@@ -7,6 +7,7 @@
 //! - [`http`]: the HTTP API (axum) over the runtime's `Env` and a read model.
 //! - [`tokens`]: the API's bearer tokens (hashed; Postgres or memory).
 //! - [`metrics`]: Prometheus metrics (an observer, scrape-time gauges, `/metrics`).
+//! - [`coverage`]: per-statement run counters of the Postgres and Redis adapters.
 //!
 //! **Architecture Invariant:** no saga rule lives here. An adapter maps the
 //! ports' semantics (locks, dedupe, at-least-once delivery) onto a real
@@ -15,6 +16,7 @@
 //! validates input and calls `runtime::commands`; it never writes a row
 //! itself.
 
+pub mod coverage;
 pub mod http;
 pub mod metrics;
 pub mod postgres;

@@ -14,8 +14,9 @@ use crate::adapters::tokens::{MemoryTokens, TokenStore};
 use crate::domain::gateway::SimulatedGateway;
 use crate::domain::DurationMs;
 use crate::domain::Service;
+use crate::runtime::bus::publish_one_at_a_time;
 use crate::runtime::memory::{MemoryBus, MemoryStore};
-use crate::runtime::{Bus, BusError, Delivery, Env, Fanout, Observer, Store, SystemClock};
+use crate::runtime::{Bus, BusError, Delivery, Env, Fanout, Observer, PartialPublish, Store, SystemClock};
 
 use super::logging::TracingObserver;
 use super::GlobalArgs;
@@ -39,6 +40,9 @@ struct NoBus;
 impl Bus for NoBus {
     async fn publish(&self, _: &crate::domain::Event) -> Result<(), BusError> {
         Err(NoBus::refuse())
+    }
+    async fn publish_batch(&self, events: &[&crate::domain::Event]) -> Result<(), PartialPublish> {
+        publish_one_at_a_time(self, events).await
     }
     async fn receive(&self, _: Service, _: &str, _: usize) -> Result<Vec<Delivery>, BusError> {
         Err(NoBus::refuse())

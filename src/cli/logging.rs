@@ -74,7 +74,8 @@ impl Observer for TracingObserver {
             // The relay logs it (warn) where it happens.
             RuntimeEvent::Committed { .. }
             | RuntimeEvent::Published { .. }
-            | RuntimeEvent::Quarantined { .. } => {}
+            | RuntimeEvent::Quarantined { .. }
+            | RuntimeEvent::RelayWoken { .. } => {}
         }
     }
 }

@@ -55,20 +55,15 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Publishes `events` in order, as [`Bus::publish`] does each. An adapter
     /// with a round trip per command sends the batch in one (the Redis bus:
-    /// one pipeline of XADDs); this default publishes one event at a time,
-    /// which keeps the in-memory and simulated buses' semantics per event.
+    /// one pipeline of XADDs); one without publishes one event at a time
+    /// with [`publish_one_at_a_time`], which keeps the in-memory and
+    /// simulated buses' semantics per event. No default body, so a wrapper
+    /// cannot forget to forward it (`tests/architecture.rs`).
     ///
     /// On failure, [`PartialPublish::published`] counts the leading events
     /// known to be published; the others may or may not be (a duplicate
     /// the inboxes absorb, never a loss, once they are published again).
-    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
-        for (published, event) in events.iter().enumerate() {
-            self.publish(event)
-                .await
-                .map_err(|error| PartialPublish { published, error })?;
-        }
-        Ok(())
-    }
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish>;
 
     /// Up to `max` deliveries for `consumer` of `service`'s group: entries
     /// whose delivery to a consumer was not acknowledged within the
@@ -82,4 +77,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Moves the entry to `service`'s dead-letter list with `reason`, and
     /// acknowledges it.
     async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError>;
+}
+
+/// [`Bus::publish_batch`] for a bus without a batched command: each event
+/// with [`Bus::publish`] in turn, stopping at the first failure.
+pub async fn publish_one_at_a_time<B: Bus + ?Sized>(
+    bus: &B,
+    events: &[&Event],
+) -> Result<(), PartialPublish> {
+    for (published, event) in events.iter().enumerate() {
+        bus.publish(event)
+            .await
+            .map_err(|error| PartialPublish { published, error })?;
+    }
+    Ok(())
 }

@@ -136,6 +136,17 @@ async fn handle_decoded(
         Ok(event) if !service.subscribes_to(event.event_type()) => Disposition::DeadLettered {
             reason: format!("{service} does not subscribe to {}", event.event_type()),
         },
+        // Planted bug (mutants feature): past the limit without asking the
+        // inbox, so an applied event whose acks were lost is given up on.
+        Ok(_)
+            if delivery.attempt > env.config.deliveries_max
+                && crate::mutant!(PastLimitDeadLettersApplied) =>
+        {
+            let last = lock(last_errors).forget(&delivery.entry_id);
+            Disposition::DeadLettered {
+                reason: past_the_limit(delivery.attempt.saturating_sub(1), last.as_deref()),
+            }
+        }
         Ok(event) if delivery.attempt > env.config.deliveries_max => {
             // Applied already (its ack was lost)? Then it is done.
             match env.store.processed(service, event.event_id).await {

@@ -54,6 +54,10 @@ pub enum RuntimeEvent<'a> {
         event: &'a Event,
         republish: u32,
     },
+    /// A relay of `service` woke because a commit rang its
+    /// [`RelayWake`](super::relay::RelayWake) (not its idle poll) and ran a
+    /// pass: what the wake is for, seen where it takes effect.
+    RelayWoken { service: Service },
     /// A store conflict was retried.
     ConflictRetried { service: Service, attempt: u32 },
     /// The relay of `service` found outbox entry `seq` undecodable and the

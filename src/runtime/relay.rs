@@ -168,8 +168,14 @@ pub async fn run_woken(
     wake: Option<std::sync::Arc<RelayWake>>,
 ) {
     let mut failures: u32 = 0;
+    // Whether the wait before this pass ended by the wake.
+    let mut woken_by_commit = false;
     loop {
-        let pause = match relay_pass(&env, service).await {
+        let passed = relay_pass(&env, service).await;
+        if std::mem::take(&mut woken_by_commit) {
+            env.observer.observe(RuntimeEvent::RelayWoken { service });
+        }
+        let pause = match passed {
             Ok(pass) if pass.taken == env.config.batch_size => {
                 failures = 0;
                 continue;
@@ -198,7 +204,10 @@ pub async fn run_woken(
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => true,
-                    _ = wake.of(service).notified() => *shutdown.borrow(),
+                    _ = wake.of(service).notified() => {
+                        woken_by_commit = true;
+                        *shutdown.borrow()
+                    }
                     _ = tokio::time::sleep(pause) => *shutdown.borrow(),
                 }
             }

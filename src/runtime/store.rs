@@ -72,10 +72,12 @@ pub trait StoreTx: Send {
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 
     // Batched apply (DESIGN.md "Batched apply"): the same operations for a
-    // whole batch of events, one statement per table on PostgreSQL. The
-    // defaults run the single-row operations in turn, which is exactly the
-    // batch semantics: the in-memory store and the simulator's fault layer
-    // use them as they are (each row still meets its faults).
+    // whole batch of events, one statement per table on PostgreSQL. No
+    // default bodies: every store and every wrapper chooses, so a fault
+    // layer cannot fall back to the single-row path by forgetting a method
+    // (`tests/architecture.rs` keeps it so). A store without batched
+    // statements runs the single-row operations in turn with the
+    // [`one_at_a_time`] helpers, which is exactly the batch semantics.
 
     /// [`record_processed`](Self::record_processed) for distinct ids in
     /// ascending order (one global order, so two batches sharing ids cannot
@@ -84,45 +86,94 @@ pub trait StoreTx: Send {
         &mut self,
         event_ids: &[EventId],
         now: Timestamp,
+    ) -> StoreResult<Vec<bool>>;
+
+    /// [`load_for_update`](Self::load_for_update) for distinct keys in
+    /// ascending order (the global lock order); the rows in the same order.
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>>;
+
+    /// [`save`](Self::save) for rows of distinct keys.
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()>;
+
+    /// [`enqueue`](Self::enqueue) for events in the order given (their
+    /// outbox order).
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()>;
+}
+
+/// The batch operations of [`StoreTx`] for a store without batched
+/// statements: each runs the single-row operation in
+/// turn (so each row meets whatever the store does per row: its locks, the
+/// simulator's faults), which is the batch semantics. One copy, shared by
+/// every such store.
+pub mod one_at_a_time {
+    use super::*;
+
+    /// [`StoreTx::record_processed_many`], one id at a time.
+    pub async fn record_processed_many<T: StoreTx + ?Sized>(
+        tx: &mut T,
+        event_ids: &[EventId],
+        now: Timestamp,
     ) -> StoreResult<Vec<bool>> {
         assert_inbox_order(event_ids);
         let mut fresh = Vec::with_capacity(event_ids.len());
         for id in event_ids {
-            fresh.push(self.record_processed(*id, now).await?);
+            fresh.push(tx.record_processed(*id, now).await?);
         }
         Ok(fresh)
     }
 
-    /// [`load_for_update`](Self::load_for_update) for distinct keys in
-    /// ascending order (the global lock order); the rows in the same order.
-    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
-        assert!(
-            keys.windows(2).all(|w| w[0] < w[1]),
-            "keys are locked distinct and in ascending order"
-        );
+    /// [`StoreTx::load_for_update_many`], one key at a time.
+    pub async fn load_for_update_many<T: StoreTx + ?Sized>(
+        tx: &mut T,
+        keys: &[RowKey],
+    ) -> StoreResult<Vec<Option<Row>>> {
+        assert_lock_order(keys);
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
-            rows.push(self.load_for_update(key).await?);
+            rows.push(tx.load_for_update(key).await?);
         }
         Ok(rows)
     }
 
-    /// [`save`](Self::save) for rows of distinct keys.
-    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+    /// [`StoreTx::save_many`], one row at a time.
+    pub async fn save_many<T: StoreTx + ?Sized>(tx: &mut T, rows: &[Row]) -> StoreResult<()> {
         for row in rows {
-            self.save(row).await?;
+            tx.save(row).await?;
         }
         Ok(())
     }
 
-    /// [`enqueue`](Self::enqueue) for events in the order given (their
-    /// outbox order).
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+    /// [`StoreTx::enqueue_many`], one event at a time.
+    pub async fn enqueue_many<T: StoreTx + ?Sized>(
+        tx: &mut T,
+        events: &[Event],
+        now: Timestamp,
+    ) -> StoreResult<()> {
         for event in events {
-            self.enqueue(event, now).await?;
+            tx.enqueue(event, now).await?;
         }
         Ok(())
     }
+}
+
+/// [`Store::outbox_due`] as a claim with a zero lease (every store's
+/// choice so far: the claim is the one query of what is due).
+pub async fn outbox_due_by_claim<S: Store + ?Sized>(
+    store: &S,
+    service: Service,
+    now: Timestamp,
+    limit: usize,
+) -> StoreResult<Vec<OutboxEntry>> {
+    Ok(store.claim_due(service, now, DurationMs(0), limit).await?.entries)
+}
+
+/// The precondition of [`StoreTx::load_for_update_many`] on every store:
+/// distinct keys in ascending order (the global lock order).
+pub fn assert_lock_order(keys: &[RowKey]) {
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys are locked distinct and in ascending order"
+    );
 }
 
 /// The precondition of [`StoreTx::record_processed_many`] on every store:
@@ -340,14 +391,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// What a relay would claim now, without holding it (a claim with a
     /// zero lease): tests and tools; the relay uses [`Store::claim_due`].
+    /// Stores without a cheaper read use [`outbox_due_by_claim`].
     async fn outbox_due(
         &self,
         service: Service,
         now: Timestamp,
         limit: usize,
-    ) -> StoreResult<Vec<OutboxEntry>> {
-        Ok(self.claim_due(service, now, DurationMs(0), limit).await?.entries)
-    }
+    ) -> StoreResult<Vec<OutboxEntry>>;
 
     /// Records that the entries were handed to the bus at `now`, with when
     /// each is due again, and ends their claims; in one statement.

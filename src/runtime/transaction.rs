@@ -68,7 +68,10 @@ async fn transact_once<E>(
     let now = env.clock.now();
     let mut tx: Box<dyn StoreTx> = env.store.begin(service).await?;
     if let Some(id) = dedupe.filter(|_| !crate::mutant!(SkipInboxDedupe)) {
-        if !tx.record_processed(id, now).await? {
+        let fresh = tx.record_processed(id, now).await?;
+        // Planted bug (mutants feature): the inbox already had the id, and
+        // the step is applied again anyway.
+        if !fresh && !crate::mutant!(ApplyRecordedDuplicate) {
             return Ok(Committed::Duplicate);
         }
     }

@@ -2,17 +2,26 @@
 //! the production `PgStore` and `RedisBus` of one replica and inject what
 //! the plan's rates say, until the heal:
 //!
-//! - store: delays (`latency`), transactions that fail to begin or commit
-//!   with a conflict or "unavailable" (`store-abort`), relay and sweeper
-//!   reads and marks that fail (`store-abort`); an armed `BeforeCommit`
-//!   crash point stops the replica inside its next commit;
+//! - store: delays (`latency`) at `begin` and before every statement of a
+//!   transaction, transactions that fail to begin or commit with a conflict
+//!   or "unavailable" (`store-abort`), relay and sweeper reads and marks
+//!   that fail (`store-abort`); an armed `BeforeCommit` crash point stops
+//!   the replica inside its next commit;
 //! - bus: publishes delayed, dropped (`drop-publish`) or made twice
-//!   (`duplicate`), deliveries taken and never handled (`drop-delivery`:
-//!   Redis keeps them pending until another consumer claims them), a
-//!   replica cut off the bus (`partition`: every call fails); an armed
-//!   `AfterPublish` crash point stops the relay between its publish and its
-//!   mark. A service asked to swallow a delivery (for an XDEL) takes one
-//!   out of the next batch and reports its entry id.
+//!   (`duplicate`), a batch publish that fails part of the way
+//!   (`drop-publish`: the leading events go out, the relay is told the rest
+//!   failed), deliveries taken and never handled (`drop-delivery`: Redis
+//!   keeps them pending until another consumer claims them), a replica cut
+//!   off the bus (`partition`: every call fails); an armed `AfterPublish`
+//!   crash point stops the relay between its publish and its mark. A
+//!   service asked to swallow a delivery (for an XDEL) takes one out of the
+//!   next batch and reports its entry id.
+//!
+//! Every method of the ports is forwarded to the same method of the inner
+//! adapter, the batch ones included (the port traits have no default
+//! bodies, so the compiler holds this file to it): torture runs PgStore's
+//! batched statements and RedisBus's multi-event pipeline, the very paths
+//! `serve` runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +29,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use purchase_saga::domain::invariants::Snapshot;
 use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
-use purchase_saga::runtime::bus::{Bus, BusError, Delivery};
-use purchase_saga::runtime::store::{Claimed, Pruned, StoreResult};
+use purchase_saga::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
+use purchase_saga::runtime::store::{Claimed, OutboxEntry, Pruned, StoreResult};
 use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
@@ -99,6 +108,16 @@ impl Store for FaultyStore {
         self.inner.claim_due(service, now, lease, limit).await
     }
 
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        self.strike("outbox_due")?;
+        self.inner.outbox_due(service, now, limit).await
+    }
+
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.strike("mark_published")?;
         self.inner.mark_published(service, marks, now).await
@@ -165,26 +184,59 @@ impl Drop for FaultyTx {
     }
 }
 
+/// Each statement of a transaction, single-row or batched, first waits a
+/// drawn delay (while its earlier statements' row locks are held, which
+/// widens the windows two replicas race in); begin and commit carry the
+/// aborts and the crash point.
 #[async_trait]
 impl StoreTx for FaultyTx {
     async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
+        jitter(&self.shared).await;
         self.tx().record_processed(event_id, now).await
     }
 
     async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        jitter(&self.shared).await;
         self.tx().load_for_update(key).await
     }
 
     async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
+        jitter(&self.shared).await;
         self.tx().load(key).await
     }
 
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
+        jitter(&self.shared).await;
         self.tx().save(row).await
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+        jitter(&self.shared).await;
         self.tx().enqueue(event, now).await
+    }
+
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        jitter(&self.shared).await;
+        self.tx().record_processed_many(event_ids, now).await
+    }
+
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        jitter(&self.shared).await;
+        self.tx().load_for_update_many(keys).await
+    }
+
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+        jitter(&self.shared).await;
+        self.tx().save_many(rows).await
+    }
+
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        jitter(&self.shared).await;
+        self.tx().enqueue_many(events, now).await
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -225,20 +277,68 @@ impl FaultyBus {
 #[async_trait]
 impl Bus for FaultyBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        self.publish_batch(&[event])
+            .await
+            .map_err(|partial| partial.error)
+    }
+
+    /// One forwarded `publish_batch` (one pipeline on Redis) of the events
+    /// that survive their drawn drops, with the drawn duplicates beside
+    /// their originals. A drawn failure part of the way (a batch of two or
+    /// more) sends the leading events only and reports the rest as failed.
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
         jitter(&self.shared).await;
-        self.reachable()?;
+        self.reachable()
+            .map_err(|error| PartialPublish { published: 0, error })?;
         let plan = &self.shared.plan;
-        if self.shared.strikes(plan.drop_publish_per_mille) {
+        let cut = (events.len() > 1 && self.shared.strikes(plan.drop_publish_per_mille))
+            .then(|| 1 + self.shared.below(events.len() as u64 - 1) as usize);
+        let attempted = &events[..cut.unwrap_or(events.len())];
+        // What goes to Redis, and for each attempted event how much of it
+        // must be out for that event to be out.
+        let mut sent: Vec<&Event> = Vec::with_capacity(attempted.len());
+        let mut out_after: Vec<usize> = Vec::with_capacity(attempted.len());
+        for event in attempted {
+            if self.shared.strikes(plan.drop_publish_per_mille) {
+                self.shared.fault(
+                    FaultKind::DropPublish,
+                    format!("{} publish of {} lost", self.replica, event.summary()),
+                );
+            } else {
+                sent.push(event);
+                if self.shared.strikes(plan.duplicate_per_mille) {
+                    self.shared.count(FaultKind::Duplicate);
+                    sent.push(event);
+                }
+            }
+            out_after.push(sent.len());
+        }
+        if let Err(partial) = self.inner.publish_batch(&sent).await {
+            let published = out_after
+                .iter()
+                .take_while(|needed| **needed <= partial.published)
+                .count();
+            return Err(PartialPublish {
+                published,
+                error: partial.error,
+            });
+        }
+        if let Some(cut) = cut {
             self.shared.fault(
                 FaultKind::DropPublish,
-                format!("{} publish of {} lost", self.replica, event.summary()),
+                format!(
+                    "{} batch publish failed after {cut} of {} events",
+                    self.replica,
+                    events.len()
+                ),
             );
-        } else {
-            self.inner.publish(event).await?;
-            if self.shared.strikes(plan.duplicate_per_mille) {
-                self.shared.count(FaultKind::Duplicate);
-                self.inner.publish(event).await?;
-            }
+            return Err(PartialPublish {
+                published: cut,
+                error: BusError::Unavailable(format!(
+                    "torture: injected failure after {cut} of {} events",
+                    events.len()
+                )),
+            });
         }
         if self.shared.fire(self.replica, CrashPoint::AfterPublish) {
             self.shared.count(FaultKind::CrashAfterPublish);

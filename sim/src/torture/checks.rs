@@ -118,7 +118,9 @@ impl Observer for TortureObserver {
                 self.shared
                     .log(format!("{service} outbox seq {seq} quarantined: {reason}"));
             }
-            RuntimeEvent::Committed { .. } | RuntimeEvent::ConflictRetried { .. } => {}
+            RuntimeEvent::Committed { .. }
+            | RuntimeEvent::ConflictRetried { .. }
+            | RuntimeEvent::RelayWoken { .. } => {}
         }
     }
 }

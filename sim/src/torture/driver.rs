@@ -506,6 +506,7 @@ fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutc
         sim_faults,
         kinds: shared.kind_counts(),
         dead_letters: shared.dead_letters(),
+        statements: shared.statements.table(),
         wall,
     }
 }

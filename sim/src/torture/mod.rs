@@ -35,6 +35,7 @@
 
 pub mod boundary;
 pub mod checks;
+pub mod coverage;
 pub mod driver;
 pub mod plan;
 pub mod replicas;
@@ -143,6 +144,9 @@ pub struct TortureOutcome {
     pub sim_faults: BTreeMap<FaultKind, u64>,
     pub kinds: BTreeMap<Kind, u64>,
     pub dead_letters: u64,
+    /// How often each PgStore statement and RedisBus command ran, under
+    /// the faults and after the heal ([`coverage`]).
+    pub statements: coverage::StatementTable,
     pub wall: Duration,
 }
 

@@ -82,6 +82,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
                 return;
             }
         };
+        wiring.shared.statements.register(&store, &bus);
         let wake = Arc::new(RelayWake::default());
         let env = Env {
             store: Arc::new(FaultyStore {
@@ -150,6 +151,7 @@ pub fn client(
                 return;
             }
         };
+        wiring.shared.statements.register(&store, &bus);
         let env = Env {
             store: Arc::new(FaultyStore {
                 inner: Arc::new(store),

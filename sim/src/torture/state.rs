@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Replica};
 use crate::finding::Finding;
 
+use super::coverage::StatementCoverage;
 use super::plan::Kind;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,6 +53,8 @@ pub struct Shared {
     /// The last snapshot, taken after the replicas stopped.
     last: Mutex<Option<Snapshot>>,
     dead_letters: AtomicU64,
+    /// The statements the replicas' adapters ran, split at the heal.
+    pub statements: StatementCoverage,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             publishes: Mutex::default(),
             last: Mutex::default(),
             dead_letters: AtomicU64::new(0),
+            statements: StatementCoverage::default(),
         }
     }
 
@@ -89,6 +93,7 @@ impl Shared {
     /// No fault from here on.
     pub fn heal(&self) {
         self.healed.store(true, Ordering::SeqCst);
+        self.statements.heal();
         lock(&self.armed).clear();
         lock(&self.cut).clear();
         lock(&self.swallow).clear();

@@ -21,6 +21,8 @@
 //! | `saga_dead_letter_stream_size` | gauge | `service` | XLEN of the dead-letter stream |
 //! | `saga_metrics_scrape_errors_total` | counter | `source` | a gauge read that failed |
 //! | `saga_overdue` | gauge | | PENDING orders past their deadline plus one capped re-drive gap (Postgres) |
+//! | `saga_store_statements_total` | counter | `statement` | `PgStore::statement_counts` (statement coverage) |
+//! | `saga_bus_commands_total` | counter | `command` | `RedisBus::command_counts` (statement coverage) |
 //!
 //! The counters are per process (each replica process counts what its own
 //! loops did; Prometheus sums them). A saga's terminal event is counted at
@@ -29,6 +31,7 @@
 //! shared state: every process reports the same values.
 
 mod gauges;
+mod statements;
 
 use std::sync::Arc;
 
@@ -211,6 +214,7 @@ impl Metrics {
             "Sagas still PENDING past their deadline plus one capped re-drive gap: stuck (read at scrape)",
             m.overdue.clone(),
         );
+        registry.register_collector(Box::new(statements::StatementCollector(m.sources.clone())));
         registry.register(
             "saga_metrics_scrape_errors",
             "Gauge reads that failed at scrape time, by source",
@@ -299,7 +303,7 @@ impl Metrics {
                     .get_or_create(&Self::service(*service))
                     .inc();
             }
-            RuntimeEvent::Committed { .. } => {}
+            RuntimeEvent::Committed { .. } | RuntimeEvent::RelayWoken { .. } => {}
         }
     }
 }

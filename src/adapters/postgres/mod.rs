@@ -19,6 +19,7 @@ mod errors;
 mod outbox;
 mod reads;
 mod rows;
+mod statement;
 mod tx;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,10 @@ use sqlx::PgPool;
 
 use crate::domain::invariants::Snapshot;
 use crate::domain::{DurationMs, EventId, OrderId, Service, Timestamp};
-use crate::runtime::store::{Claimed, Mark, Pruned, RedrivePolicy, Retention, Store, StoreResult, StoreTx};
+use crate::runtime::store::{
+    outbox_due_by_claim, Claimed, Mark, OutboxEntry, Pruned, RedrivePolicy, Retention, Store, StoreResult,
+    StoreTx,
+};
 use crate::runtime::StoreError;
 
 pub use connect::{
@@ -37,6 +41,9 @@ pub use connect::{
 pub use errors::classify;
 pub use outbox::claim_sql;
 pub use reads::{Activity, TimelineEntry};
+pub use statement::PgStatement;
+
+use crate::adapters::coverage::StatementCounts;
 
 /// The schema that holds `service`'s tables. Suffixed so that none needs
 /// quoting (`order` and `user` are reserved words).
@@ -57,6 +64,8 @@ pub struct PgStore {
     pool: PgPool,
     /// `host:port/database`, named in every "unavailable" error.
     target: String,
+    /// How often each statement ran, shared by clones (statement coverage).
+    counts: StatementCounts<PgStatement>,
 }
 
 impl PgStore {
@@ -64,7 +73,28 @@ impl PgStore {
     /// migrated (see [`migrate`]).
     pub fn new(pool: PgPool) -> PgStore {
         let target = connect::target_of(&pool.connect_options());
-        PgStore { pool, target }
+        PgStore {
+            pool,
+            target,
+            counts: StatementCounts::new(),
+        }
+    }
+
+    /// How often each statement of the store port has run through this
+    /// store and its clones, by [`PgStatement`] name (zeros included).
+    pub fn statement_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.snapshot()
+    }
+
+    /// The counters themselves (shared with this store), for a harness
+    /// that outlives the store (torture keeps a crashed replica's counts
+    /// without keeping its connections).
+    pub fn statement_counter(&self) -> StatementCounts<PgStatement> {
+        self.counts.clone()
+    }
+
+    fn ran(&self, statement: PgStatement) {
+        self.counts.ran(statement);
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -89,12 +119,14 @@ fn before(now: Timestamp, d: DurationMs) -> chrono::DateTime<chrono::Utc> {
 #[async_trait]
 impl Store for PgStore {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>> {
+        self.ran(PgStatement::Begin);
         let tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         Ok(Box::new(tx::PgTx {
             tx,
             service,
             target: self.target.clone(),
             seen: BTreeMap::new(),
+            counts: self.counts.clone(),
         }))
     }
 
@@ -109,6 +141,16 @@ impl Store for PgStore {
         outbox::claim(self, service, now, lease, limit).await
     }
 
+    /// A claim with a zero lease (the claim statement; see [`outbox::claim_sql`]).
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        outbox_due_by_claim(self, service, now, limit).await
+    }
+
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         outbox::mark(self, service, marks, now).await
     }
@@ -118,6 +160,7 @@ impl Store for PgStore {
     }
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
+        self.ran(PgStatement::InboxProcessed);
         sqlx::query_scalar(&format!(
             "SELECT EXISTS (SELECT 1 FROM {}.inbox WHERE event_id = $1)",
             schema(service)
@@ -132,6 +175,7 @@ impl Store for PgStore {
     /// `default_transaction_read_only` and for a hot standby, where every
     /// write fails with SQLSTATE 25006.
     async fn writable(&self, _: Service) -> StoreResult<()> {
+        self.ran(PgStatement::Writable);
         let read_only: String = sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
             .fetch_one(&self.pool)
             .await
@@ -146,6 +190,7 @@ impl Store for PgStore {
     }
 
     async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
+        self.ran(PgStatement::OverdueSagas);
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM order_svc.orders WHERE status = 'PENDING' AND deadline_at <= $1",
         )
@@ -157,6 +202,7 @@ impl Store for PgStore {
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
+        self.ran(PgStatement::OrdersPastDeadline);
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT order_id FROM order_svc.orders
              WHERE status = 'PENDING' AND NOT deadline_signalled AND deadline_at <= $1
@@ -202,6 +248,7 @@ impl Store for PgStore {
         } else {
             (outbox_age, inbox_age)
         };
+        self.ran(PgStatement::PruneOutbox);
         let outbox = sqlx::query(&format!(
             "DELETE FROM {s}.outbox WHERE ctid IN (
                 SELECT ctid FROM {s}.outbox WHERE published_count > 0 AND created_at <= $1 LIMIT $2)"
@@ -212,6 +259,7 @@ impl Store for PgStore {
         .await
         .map_err(|e| self.err(e))?
         .rows_affected();
+        self.ran(PgStatement::PruneInbox);
         let inbox = sqlx::query(&format!(
             "DELETE FROM {s}.inbox WHERE ctid IN (SELECT ctid FROM {s}.inbox WHERE processed_at <= $1 LIMIT $2)"
         ))
@@ -231,6 +279,7 @@ impl Store for PgStore {
     /// Every table read in one REPEATABLE READ transaction: one consistent
     /// moment across all services.
     async fn snapshot(&self) -> StoreResult<Snapshot> {
+        self.ran(PgStatement::Snapshot);
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)

@@ -13,7 +13,7 @@ use crate::domain::{DurationMs, Event, Service, Timestamp};
 use crate::runtime::store::{Claimed, Mark, OutboxEntry, Quarantined, StoreResult};
 use crate::runtime::StoreError;
 
-use super::{schema, PgStore};
+use super::{schema, PgStatement, PgStore};
 
 /// The outbox columns an [`OutboxEntry`] is read from.
 const OUTBOX_COLUMNS: &str = "seq, payload, created_at, published_count, last_published_at, next_publish_at";
@@ -107,6 +107,7 @@ pub(super) async fn claim(
     limit: usize,
 ) -> StoreResult<Claimed> {
     assert!(lease.0 >= 0, "a lease is not negative");
+    store.ran(PgStatement::OutboxClaim);
     let rows = sqlx::query(&claim_sql(service))
         .bind(now.to_datetime())
         .bind(now.plus(lease).to_datetime())
@@ -141,6 +142,7 @@ async fn quarantine(
     }
     let seqs: Vec<i64> = rows.iter().map(|q| q.seq).collect();
     let reasons: Vec<&str> = rows.iter().map(|q| q.reason.as_str()).collect();
+    store.ran(PgStatement::OutboxQuarantine);
     sqlx::query(&format!(
         "UPDATE {}.outbox AS o
          SET quarantined_at = $1, quarantine_reason = q.reason, claimed_until = NULL, next_publish_at = NULL
@@ -186,6 +188,7 @@ pub(super) async fn mark(
          WHERE o.seq = m.seq",
         schema(service)
     );
+    store.ran(PgStatement::OutboxMark);
     sqlx::query(&sql)
         .bind(now.to_datetime())
         .bind(seqs)
@@ -201,6 +204,7 @@ pub(super) async fn release(store: &PgStore, service: Service, seqs: &[i64]) -> 
     if seqs.is_empty() {
         return Ok(());
     }
+    store.ran(PgStatement::OutboxRelease);
     sqlx::query(&format!(
         "UPDATE {}.outbox SET claimed_until = NULL WHERE seq = ANY($1)",
         schema(service)

@@ -25,6 +25,8 @@ use super::batch;
 use super::errors::classify;
 use super::rows::{self, Kind, WriteMode};
 use super::schema;
+use super::statement::PgStatement;
+use crate::adapters::coverage::StatementCounts;
 
 /// What this transaction knows about a key it has read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub(super) struct PgTx {
     pub(super) target: String,
     /// Keys read in this transaction, and whether the row was there.
     pub(super) seen: BTreeMap<RowKey, Seen>,
+    /// The store's statement counters.
+    pub(super) counts: StatementCounts<PgStatement>,
 }
 
 impl PgTx {
@@ -66,6 +70,11 @@ impl PgTx {
         let kind = Kind::of_key(key);
         // Planted bug (mutant PgNoRowLock): the row is read without its lock.
         let sql = kind.select_sql(lock && !crate::mutant!(PgNoRowLock));
+        self.counts.ran(if lock {
+            PgStatement::SelectForUpdate
+        } else {
+            PgStatement::Select
+        });
         let found = match rows::bind_key(sqlx::query(&sql), key)
             .fetch_optional(&mut *self.tx)
             .await
@@ -115,6 +124,7 @@ impl StoreTx for PgTx {
             "INSERT INTO {}.inbox (event_id, processed_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
             schema(self.service)
         );
+        self.counts.ran(PgStatement::InboxInsert);
         let done = sqlx::query(&sql)
             .bind(event_id.0)
             .bind(now.to_datetime())
@@ -139,6 +149,11 @@ impl StoreTx for PgTx {
         assert_eq!(key.owner(), self.service, "a service writes only its own rows");
         let mode = self.write_mode(&key);
         let (sql, values) = rows::write_sql(row, mode);
+        self.counts.ran(match mode {
+            WriteMode::Insert => PgStatement::RowInsert,
+            WriteMode::Update => PgStatement::RowUpdate,
+            WriteMode::Upsert => PgStatement::RowUpsert,
+        });
         let done = match rows::bind_values(sqlx::query(&sql), values)
             .execute(&mut *self.tx)
             .await
@@ -166,6 +181,7 @@ impl StoreTx for PgTx {
             "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
             schema(self.service)
         );
+        self.counts.ran(PgStatement::OutboxInsert);
         sqlx::query(&sql)
             .bind(event.event_id.0)
             .bind(event.event_type().as_str())
@@ -180,6 +196,7 @@ impl StoreTx for PgTx {
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let target = self.target.clone();
+        self.counts.ran(PgStatement::Commit);
         self.tx.commit().await.map_err(|e| classify(e, &target))
     }
 
@@ -201,6 +218,7 @@ impl StoreTx for PgTx {
             schema(self.service)
         );
         let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| id.0).collect();
+        self.counts.ran(PgStatement::InboxInsertMany);
         let inserted = sqlx::query(&sql)
             .bind(&ids)
             .bind(now.to_datetime())
@@ -218,10 +236,7 @@ impl StoreTx for PgTx {
 
     /// One `SELECT ... FOR UPDATE` per table, the tables in key order.
     async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
-        assert!(
-            keys.windows(2).all(|w| w[0] < w[1]),
-            "keys are locked distinct and in ascending order"
-        );
+        crate::runtime::store::assert_lock_order(keys);
         let mut out = Vec::with_capacity(keys.len());
         for group in keys.chunk_by(|a, b| Kind::of_key(a) == Kind::of_key(b)) {
             let kind = Kind::of_key(&group[0]);
@@ -229,8 +244,11 @@ impl StoreTx for PgTx {
                 group.iter().all(|k| k.owner() == self.service),
                 "a service reads only its own rows"
             );
-            // Planted bug (mutant PgNoRowLock): the rows are read unlocked.
-            let sql = batch::select_many_sql(kind, !crate::mutant!(PgNoRowLock));
+            // Planted bugs (mutants PgNoRowLock, PgBatchNoRowLock): the rows
+            // are read unlocked.
+            let unlocked = crate::mutant!(PgNoRowLock) || crate::mutant!(PgBatchNoRowLock);
+            let sql = batch::select_many_sql(kind, !unlocked);
+            self.counts.ran(PgStatement::SelectForUpdateMany);
             let mut query = sqlx::query(&sql);
             for column in 0..kind.primary_key().len() {
                 let values: Vec<String> = group
@@ -282,11 +300,18 @@ impl StoreTx for PgTx {
         for ((kind, mode), group) in groups {
             let kind = Kind::ALL[kind];
             let columns = batch::columns_of(kind, &group);
-            let sql = match mode {
-                0 => batch::insert_many_sql(kind, &columns, false),
-                1 => batch::update_many_sql(kind, &columns),
-                _ => batch::insert_many_sql(kind, &columns, true),
+            let (sql, statement) = match mode {
+                0 => (
+                    batch::insert_many_sql(kind, &columns, false),
+                    PgStatement::RowInsertMany,
+                ),
+                1 => (batch::update_many_sql(kind, &columns), PgStatement::RowUpdateMany),
+                _ => (
+                    batch::insert_many_sql(kind, &columns, true),
+                    PgStatement::RowUpsertMany,
+                ),
             };
+            self.counts.ran(statement);
             let done = match batch::bind_columns(sqlx::query(&sql), columns)
                 .execute(&mut *self.tx)
                 .await
@@ -324,6 +349,7 @@ impl StoreTx for PgTx {
              WITH ORDINALITY AS u(e, t, o, p, n) ORDER BY n",
             schema(self.service)
         );
+        self.counts.ran(PgStatement::OutboxInsertMany);
         let done = sqlx::query(&sql)
             .bind(events.iter().map(|e| e.event_id.0).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.event_type().as_str()).collect::<Vec<_>>())

@@ -46,6 +46,7 @@
 //! it. All connections are `ConnectionManager`s: they reconnect by
 //! themselves after Redis restarts.
 
+mod command;
 mod heartbeat;
 mod ops;
 mod scripts;
@@ -64,7 +65,10 @@ use crate::domain::{Event, Service};
 use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
+pub use command::RedisCommand;
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending};
+
+use crate::adapters::coverage::StatementCounts;
 
 /// Consumer names a bus keeps a blocking connection for; more is a bug
 /// (consumer names are per replica task, a handful per process).
@@ -129,6 +133,9 @@ pub struct RedisBus {
     config: RedisConfig,
     /// The URL without its password, for error messages.
     target: String,
+    /// How often each command and script ran, shared by clones (statement
+    /// coverage).
+    counts: StatementCounts<RedisCommand>,
 }
 
 /// `url` with its password replaced by `***`.
@@ -165,6 +172,7 @@ impl RedisBus {
             alive: Arc::default(),
             config,
             target,
+            counts: StatementCounts::new(),
         };
         let mut conn = bus.conn.clone();
         let _: String = redis::cmd("PING")
@@ -190,6 +198,22 @@ impl RedisBus {
             .set_number_of_retries(2)
             .set_max_delay(1000);
         ConnectionManager::new_with_config(client.clone(), manager_config).await
+    }
+
+    /// How often each command and script of the bus port has run through
+    /// this bus and its clones, by [`RedisCommand`] name (zeros included).
+    pub fn command_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.snapshot()
+    }
+
+    /// The counters themselves (shared with this bus), for a harness that
+    /// outlives the bus.
+    pub fn command_counter(&self) -> StatementCounts<RedisCommand> {
+        self.counts.clone()
+    }
+
+    fn ran(&self, command: RedisCommand) {
+        self.counts.ran(command);
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -271,6 +295,7 @@ impl RedisBus {
             return Ok(());
         }
         let mut conn = self.conn.clone();
+        self.ran(RedisCommand::GroupCreate);
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.stream_key(service))
@@ -339,6 +364,7 @@ impl RedisBus {
             .cloned()
             .unwrap_or_else(|| "0-0".to_string());
         let mut conn = self.conn.clone();
+        self.ran(RedisCommand::ClaimScript);
         let reply: scripts::ClaimReply = scripts::claim()
             .key(&key)
             .key(self.dead_key(service))
@@ -456,6 +482,7 @@ impl RedisBus {
             self.conn.clone()
         };
         cmd.arg("STREAMS").arg(self.stream_key(service)).arg(">");
+        self.ran(RedisCommand::ReadGroup);
         let reply: Option<StreamReadReply> = cmd.query_async(&mut conn).await?;
         Ok(reply
             .into_iter()
@@ -535,11 +562,18 @@ impl Bus for RedisBus {
     async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
+        let mut carried = 0;
         for event in events {
-            commands += self.add_publish(&mut pipe, event);
+            let added = self.add_publish(&mut pipe, event);
+            commands += added;
+            carried += usize::from(added > 0);
         }
         if commands == 0 {
             return Ok(());
+        }
+        self.ran(RedisCommand::PublishPipeline);
+        if carried > 1 {
+            self.ran(RedisCommand::PublishPipelineMultiEvent);
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
@@ -572,6 +606,7 @@ impl Bus for RedisBus {
 
     async fn ack(&self, service: Service, entry_id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
+        self.ran(RedisCommand::Ack);
         let _: i64 = redis::cmd("XACK")
             .arg(self.stream_key(service))
             .arg(Self::group(service))
@@ -584,6 +619,7 @@ impl Bus for RedisBus {
 
     async fn dead_letter(&self, service: Service, delivery: &Delivery, reason: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
+        self.ran(RedisCommand::DeadLetterScript);
         let dropped: u64 = scripts::dead_letter()
             .key(self.dead_key(service))
             .key(self.stream_key(service))

@@ -104,6 +104,7 @@ impl RedisBus {
         if floor.is_none() || floor == Some((0, 0)) {
             return Ok(0);
         }
+        self.ran(super::RedisCommand::Trim);
         let trimmed: u64 = redis::cmd("XTRIM")
             .arg(&key)
             .arg("MINID")

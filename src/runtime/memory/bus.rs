@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::domain::service::subscribers;
 use crate::domain::{DurationMs, Event, Service};
-use crate::runtime::bus::{Bus, BusError, DeadLetter, Delivery};
+use crate::runtime::bus::{publish_one_at_a_time, Bus, BusError, DeadLetter, Delivery, PartialPublish};
 use crate::runtime::Clock;
 
 use super::streams::{Delivered, Streams};
@@ -143,6 +143,10 @@ impl Bus for MemoryBus {
             state.published += 1;
         }
         Ok(())
+    }
+
+    async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
+        publish_one_at_a_time(self, events).await
     }
 
     async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {

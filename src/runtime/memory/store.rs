@@ -74,8 +74,8 @@ use crate::domain::invariants::Snapshot;
 use crate::domain::rows::OrderStatus;
 use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{
-    Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy, Retention, Store, StoreError,
-    StoreResult, StoreTx,
+    one_at_a_time, outbox_due_by_claim, Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy,
+    Retention, Store, StoreError, StoreResult, StoreTx,
 };
 
 /// What a transaction can lock.
@@ -261,6 +261,18 @@ impl MemoryStore {
     pub fn snapshot_now(&self) -> Snapshot {
         let state = self.shared.state.lock().expect("store mutex");
         Snapshot::from_rows(state.rows.values().cloned())
+    }
+
+    /// The event ids in `service`'s inbox, ascending (the simulator tells
+    /// which ones a prune deleted).
+    pub fn inbox_ids(&self, service: Service) -> Vec<EventId> {
+        let state = self.shared.state.lock().expect("store mutex");
+        state
+            .inbox
+            .range((service, EventId(uuid::Uuid::nil()))..)
+            .take_while(|((s, _), _)| *s == service)
+            .map(|((_, id), _)| *id)
+            .collect()
     }
 
     /// Whether `service` has committed `event_id` as processed: the
@@ -474,6 +486,26 @@ impl StoreTx for MemoryTx {
         shared.unlocked.notify_waiters();
         Ok(())
     }
+
+    async fn record_processed_many(
+        &mut self,
+        event_ids: &[EventId],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        one_at_a_time::record_processed_many(self, event_ids, now).await
+    }
+
+    async fn load_for_update_many(&mut self, keys: &[RowKey]) -> StoreResult<Vec<Option<Row>>> {
+        one_at_a_time::load_for_update_many(self, keys).await
+    }
+
+    async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()> {
+        one_at_a_time::save_many(self, rows).await
+    }
+
+    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+        one_at_a_time::enqueue_many(self, events, now).await
+    }
 }
 
 #[async_trait]
@@ -494,6 +526,15 @@ impl Store for MemoryStore {
             inbox: Vec::new(),
             outbox: Vec::new(),
         }))
+    }
+
+    async fn outbox_due(
+        &self,
+        service: Service,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        outbox_due_by_claim(self, service, now, limit).await
     }
 
     async fn claim_due(
