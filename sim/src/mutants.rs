@@ -93,7 +93,9 @@ pub fn activate_process(name: Option<&str>) -> Result<(), String> {
 pub fn differential_test(name: &str) -> Option<&'static str> {
     match name {
         "claim-drops-entries" | "trim-below-pending" => Some("tests/bus_model_vs_redis.rs"),
-        "pg-no-row-lock" | "prune-inside-horizon" => Some("tests/store_model_vs_postgres.rs"),
+        "pg-no-row-lock" | "pg-batch-no-row-lock" | "prune-inside-horizon" => {
+            Some("tests/store_model_vs_postgres.rs")
+        }
         _ => None,
     }
 }
@@ -108,6 +110,7 @@ pub fn differential_case(name: &str) -> Option<&'static str> {
         "claim-drops-entries" => Some("the_differential_check_sees_claim_drops_entries"),
         "trim-below-pending" => Some("the_differential_check_sees_trim_below_pending"),
         "pg-no-row-lock" => Some("planted::a_row_select_without_for_update_is_found"),
+        "pg-batch-no-row-lock" => Some("planted::a_batched_select_without_for_update_is_found"),
         "prune-inside-horizon" => Some("planted::pruning_inside_the_horizon_is_found"),
         _ => None,
     }
@@ -123,6 +126,7 @@ mod tests {
             "claim-drops-entries",
             "trim-below-pending",
             "pg-no-row-lock",
+            "pg-batch-no-row-lock",
             "prune-inside-horizon",
         ] {
             assert!(differential_test(name).is_some(), "{name}");
