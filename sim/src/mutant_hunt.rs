@@ -437,7 +437,7 @@ pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
 /// The table `saga-sim mutants` prints, one row per mutant.
 pub fn render(rows: &[Row], hunting: &Hunting, options: &Options) -> String {
     let mut s = format!(
-        "{:<26} {:<40} {:>6} {:<28} {:<14} {:>6}  again\n",
+        "{:<32} {:<40} {:>6} {:<28} {:<14} {:>6}  again\n",
         "mutant", "engine", "seed", "check", "clean without", "tried"
     );
     for row in rows {
@@ -481,7 +481,7 @@ pub fn render(rows: &[Row], hunting: &Hunting, options: &Options) -> String {
                     CleanWithout::InTheTest => "yes (in test)".to_string(),
                 };
                 format!(
-                    "{:<26} {:<40} {:>6} {:<28} {:<14} {:>6}  {again}",
+                    "{:<32} {:<40} {:>6} {:<28} {:<14} {:>6}  {again}",
                     row.mutant,
                     name,
                     seed.map_or("-".to_string(), |s| s.to_string()),
@@ -491,11 +491,11 @@ pub fn render(rows: &[Row], hunting: &Hunting, options: &Options) -> String {
                 )
             }
             Verdict::Survived => format!(
-                "{:<26} {:<40} {:>6} {:<28} {:<14} {:>6}  -",
+                "{:<32} {:<40} {:>6} {:<28} {:<14} {:>6}  -",
                 row.mutant, "NONE (survived)", "-", "-", "-", row.tried
             ),
             Verdict::NotRun(why) => format!(
-                "{:<26} {:<40} {:>6} {:<28} {:<14} {:>6}  {why}",
+                "{:<32} {:<40} {:>6} {:<28} {:<14} {:>6}  {why}",
                 row.mutant,
                 if row.fails(&hunting.accept_not_run) {
                     "NOT RUN"
