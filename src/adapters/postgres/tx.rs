@@ -245,8 +245,12 @@ impl StoreTx for PgTx {
                 "a service reads only its own rows"
             );
             // Planted bugs (mutants PgNoRowLock, PgBatchNoRowLock): the rows
-            // are read unlocked.
-            let unlocked = crate::mutant!(PgNoRowLock) || crate::mutant!(PgBatchNoRowLock);
+            // are read unlocked. (An array, not `||`: without the mutants
+            // feature both are the constant `false`, which clippy refuses
+            // as `false || false`.)
+            let unlocked = [crate::mutant!(PgNoRowLock), crate::mutant!(PgBatchNoRowLock)]
+                .into_iter()
+                .any(|on| on);
             let sql = batch::select_many_sql(kind, !unlocked);
             self.counts.ran(PgStatement::SelectForUpdateMany);
             let mut query = sqlx::query(&sql);
