@@ -207,7 +207,7 @@ pub enum CrashPoint {
 /// what the simulator does from `at_ms` on so that the state happens.
 /// Only a rare state's own lever is pulled; whether the state was reached
 /// is counted from what the run did ([`FaultKind::RARE`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Steer {
     pub state: FaultKind,
     pub at_ms: u64,
