@@ -138,6 +138,9 @@ async fn run_async(
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(2),
             lock_timeout: Duration::from_millis(300),
+            // Far shorter than the run's delivery budget (deliveries_max x
+            // visibility timeout): a frozen replica's locks come free.
+            idle_in_transaction_timeout: Duration::from_secs(2),
         },
         config,
     };
