@@ -92,8 +92,7 @@ type Decoded = Result<OutboxEntry, SetAside>;
 fn newer_version(decoded: &Result<Event, DecodeError>, newest: u32) -> Option<u32> {
     let version = match decoded {
         Ok(event) => event.schema_version,
-        Err(DecodeError::UnsupportedSchemaVersion(raw)) => raw.parse::<u32>().ok()?,
-        Err(_) => return None,
+        Err(e) => e.newer_schema_version()?,
     };
     (version > newest).then_some(version)
 }
