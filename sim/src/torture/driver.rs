@@ -21,6 +21,7 @@ use crate::finding::Finding;
 use crate::run::{replicas, SimSettings};
 
 use super::checks::{self, Checker, Expected, TortureObserver};
+use super::pg_faults;
 use super::plan::{Fault, TortureInput};
 use super::replicas::{self as replica, Wiring};
 use super::servers::{PrivateRedis, RedisTarget, SeedDb};
@@ -60,6 +61,7 @@ enum Action {
     Reconnect(Replica),
     ReadOnlyOff,
     FreeDeadKey(Service),
+    FreeDisk,
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -75,6 +77,11 @@ struct Run {
     expected: Vec<Expected>,
     last_loss_ms: Option<u64>,
     migrations: u64,
+    /// The disk-full fault's full tablespace, until its window ends;
+    /// declared after `db` so that the database is dropped first.
+    small_disk: Option<pg_faults::SmallDisk>,
+    /// Type changes and disk-full faults so far (names and directions).
+    pg_faults: u64,
 }
 
 async fn run_async(
@@ -155,6 +162,8 @@ async fn run_async(
         expected: Vec::new(),
         last_loss_ms: None,
         migrations: 0,
+        small_disk: None,
+        pg_faults: 0,
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -246,6 +255,11 @@ async fn run_async(
         }
     }
     shared.set_dead_letters(dead_letters);
+    if let Some(disk) = run.small_disk.take() {
+        if let Err(e) = disk.free().await {
+            shared.found(Finding::new(checks::SETUP, "disk-full free at the end", e));
+        }
+    }
     run.redis.clean_up().await
 }
 
@@ -355,6 +369,16 @@ impl Run {
                     .log(format!("== database writable again ({n} backends terminated) ==")),
                 Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
             },
+            Action::FreeDisk => {
+                if let Some(disk) = self.small_disk.take() {
+                    match disk.free().await {
+                        Ok(done) => self.shared.log(format!("== disk space back: {done} ==")),
+                        Err(e) => self
+                            .shared
+                            .found(Finding::new(checks::SETUP, "disk-full free", e)),
+                    }
+                }
+            }
             Action::FreeDeadKey(service) => {
                 let key = self.checker.bus.dead_key(service);
                 match self.redis.free_dead_key(&key).await {
@@ -422,6 +446,25 @@ impl Run {
                         Ok(format!("{service} outbox seq {seq}: {what}"))
                     }
                     Err(e) => Err(e),
+                }
+            }
+            Fault::TypeChange { service } => {
+                self.pg_faults += 1;
+                pg_faults::change_type(&self.db, service, self.pg_faults).await
+            }
+            Fault::DiskFull { service, len_ms } => {
+                self.pg_faults += 1;
+                if self.small_disk.is_some() {
+                    Err("a disk is full already".to_string())
+                } else {
+                    match pg_faults::SmallDisk::fill(&self.db, service, self.pg_faults).await {
+                        Ok((disk, detail)) => {
+                            self.small_disk = Some(disk);
+                            self.schedule(t + scaled(len_ms), Action::FreeDisk);
+                            Ok(format!("{detail}; for {}ms", scaled(len_ms)))
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             }
             Fault::Xdel { service } => {

@@ -36,6 +36,7 @@
 pub mod boundary;
 pub mod checks;
 pub mod driver;
+pub mod pg_faults;
 pub mod plan;
 pub mod replicas;
 pub mod servers;

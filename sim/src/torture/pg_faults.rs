@@ -36,7 +36,11 @@ const FILL_INSERTS_MAX: usize = 10_000;
 /// Returns the statement, once the catalog shows the new type.
 pub async fn change_type(db: &SeedDb, service: Service, n: u64) -> Result<String, String> {
     let s = postgres::schema(service);
-    let to = if n % 2 == 1 { "timestamptz(3)" } else { "timestamptz" };
+    let to = if n % 2 == 1 {
+        "timestamptz(3)"
+    } else {
+        "timestamptz"
+    };
     let sql = format!("ALTER TABLE {s}.outbox ALTER COLUMN created_at TYPE {to}");
     let mut conn = db.writer().await?;
     sqlx::query(&sql)
@@ -102,12 +106,12 @@ pub struct SmallDisk {
 impl SmallDisk {
     /// Fills a new small tablespace under `service`'s inbox; Ok once an
     /// inbox insert meets 53100, with what it did.
-    pub async fn fill(db: &SeedDb, admin_url: &str, service: Service, n: u64) -> Result<(SmallDisk, String), String> {
+    pub async fn fill(db: &SeedDb, service: Service, n: u64) -> Result<(SmallDisk, String), String> {
         let tablespace = format!("{}_disk_{n}", db.name);
         let mount = std::env::temp_dir().join(&tablespace);
         let mut disk = SmallDisk {
             db_url: db.url.clone(),
-            admin_url: admin_url.to_string(),
+            admin_url: db.admin_url.clone(),
             service,
             tablespace,
             mount,
@@ -169,9 +173,11 @@ impl SmallDisk {
         .await?;
         let mut filled = false;
         for _ in 0..FILL_INSERTS_MAX {
-            let done = sqlx::query("INSERT INTO public.torture_filler SELECT repeat('x', 1000) FROM generate_series(1, 50)")
-                .execute(&mut conn)
-                .await;
+            let done = sqlx::query(
+                "INSERT INTO public.torture_filler SELECT repeat('x', 1000) FROM generate_series(1, 50)",
+            )
+            .execute(&mut conn)
+            .await;
             match done {
                 Ok(_) => {}
                 Err(e) if sqlstate(&e).as_deref() == Some("53100") => {
@@ -213,7 +219,12 @@ impl SmallDisk {
     /// Gives the space back and undoes everything; what it did.
     pub async fn free(mut self) -> Result<String, String> {
         let done = self.undo().await;
-        done.map(|()| format!("{} inbox back on pg_default; {} dropped", self.service, self.tablespace))
+        done.map(|()| {
+            format!(
+                "{} inbox back on pg_default; {} dropped",
+                self.service, self.tablespace
+            )
+        })
     }
 
     async fn undo(&mut self) -> Result<(), String> {

@@ -36,10 +36,16 @@ pub enum Kind {
     /// A dead-letter key of the wrong type for a while, with an
     /// undecodable entry on that service's stream meanwhile (issue 17).
     WrongTypeDeadKey,
+    /// A service's inbox on a small tablespace that is full (53100) for a
+    /// while (issue 24).
+    DiskFull,
+    /// A column type change on the outbox, whose claim the pooled
+    /// connections have cached (0A000; issue 24).
+    TypeChange,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -48,6 +54,8 @@ impl Kind {
         Kind::BadOutboxRow,
         Kind::Xdel,
         Kind::WrongTypeDeadKey,
+        Kind::DiskFull,
+        Kind::TypeChange,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -69,6 +77,8 @@ impl Kind {
             Kind::BadOutboxRow => "bad-outbox-row",
             Kind::Xdel => "xdel",
             Kind::WrongTypeDeadKey => "wrong-type-dead-key",
+            Kind::DiskFull => "disk-full",
+            Kind::TypeChange => "type-change",
         }
     }
 }
@@ -137,6 +147,13 @@ pub enum Fault {
         service: Service,
         len_ms: u64,
     },
+    DiskFull {
+        service: Service,
+        len_ms: u64,
+    },
+    TypeChange {
+        service: Service,
+    },
 }
 
 impl Fault {
@@ -150,6 +167,8 @@ impl Fault {
             Fault::BadOutboxRow { .. } => Kind::BadOutboxRow,
             Fault::Xdel { .. } => Kind::Xdel,
             Fault::WrongTypeDeadKey { .. } => Kind::WrongTypeDeadKey,
+            Fault::DiskFull { .. } => Kind::DiskFull,
+            Fault::TypeChange { .. } => Kind::TypeChange,
         }
     }
 }
@@ -239,6 +258,15 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                     service: service(rng),
                     len_ms: rng.random_range(window / 4..window / 2),
                 },
+                // Long enough for a delivery to exhaust its budget, as
+                // read-only.
+                Kind::DiskFull => Fault::DiskFull {
+                    service: service(rng),
+                    len_ms: rng.random_range(window / 2..window),
+                },
+                Kind::TypeChange => Fault::TypeChange {
+                    service: service(rng),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -264,7 +292,9 @@ mod tests {
             let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &[]);
             for t in &input.timed {
                 let end = match t.fault {
-                    Fault::ReadOnly { len_ms } | Fault::WrongTypeDeadKey { len_ms, .. } => t.at_ms + len_ms,
+                    Fault::ReadOnly { len_ms }
+                    | Fault::WrongTypeDeadKey { len_ms, .. }
+                    | Fault::DiskFull { len_ms, .. } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
                 assert!(

@@ -74,7 +74,7 @@ pub async fn preflight(database_url: &str, redis_url: Option<&str>) -> Result<()
 
 /// A fresh, migrated database for one seed; dropped with the guard.
 pub struct SeedDb {
-    admin_url: String,
+    pub(super) admin_url: String,
     pub name: String,
     pub url: String,
 }

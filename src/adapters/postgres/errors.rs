@@ -15,9 +15,11 @@
 //!   statements name their columns, so an additive migration does not
 //!   cause 0A000; a type change does.
 //! - Unavailable (retry later): the pool timed out, the connection broke or
-//!   was refused, the server is shutting down, out of connections or disk
-//!   (class 53), or read-only (25006: a standby, or
-//!   `default_transaction_read_only`).
+//!   was refused, the server is shutting down, out of connections, memory or
+//!   disk (every code of class 53: 53100 a full disk), read-only (25006: a
+//!   standby, or `default_transaction_read_only`), or the server ended the
+//!   session for sitting idle (25P03 `idle_in_transaction_session_timeout`:
+//!   this process was frozen mid-transaction; 57P05 `idle_session_timeout`).
 //! - Fatal: anything else (a CHECK constraint, a bug, corrupt data).
 
 use sqlx::PgConnection;
@@ -29,9 +31,12 @@ const CONFLICT_CODES: [&str; 6] = ["40001", "40P01", "23505", "55P03", "57014", 
 
 /// SQLSTATE classes and codes that mean the server is not reachable or not
 /// serving: connection exceptions (08), operator intervention (57P01..57P03),
-/// insufficient resources (53), read-only transaction (25006).
+/// insufficient resources (53), read-only transaction (25006), a session
+/// ended for idling (25P03, 57P05).
 fn is_unavailable_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "57P05" | "25006" | "25P03")
 }
 
 /// Whether `error` is SQLSTATE 0A000, "cached plan must not change result
@@ -114,6 +119,8 @@ mod tests {
         assert!(is_unavailable_code("53300"));
         assert!(is_unavailable_code("53100"), "disk full");
         assert!(is_unavailable_code("25006"), "read-only");
+        assert!(is_unavailable_code("53200"), "out of memory");
+        assert!(is_unavailable_code("25P03"), "ended by idle_in_transaction_session_timeout");
         assert!(
             CONFLICT_CODES.contains(&"0A000"),
             "cached plan must not change result type"
