@@ -545,7 +545,10 @@ async fn a_frozen_holder_releases_its_locks_and_nothing_is_dead_lettered() {
     let key = RowKey::Account(UserId::parse("alice").unwrap());
     held.load_for_update(&key).await.expect("lock alice");
 
-    let rig = Rig::new("frozen", db.store.clone(), Duration::from_millis(200)).await;
+    // The delivery budget spans 3 x 1 s, longer than the idle timeout, as
+    // the defaults do (10 x 30 s against 60 s): the lock comes free while
+    // the event can still be delivered.
+    let rig = Rig::new("frozen", db.store.clone(), Duration::from_secs(1)).await;
     let event = order_created(1);
     rig.bus.publish(&event).await.expect("publish");
     let started = Instant::now();

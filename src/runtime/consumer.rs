@@ -12,10 +12,11 @@
 //! read-only, full) the consumer takes no deliveries at all and backs off,
 //! so a few minutes of database trouble do not spend the delivery budget
 //! of what is in flight; and a delivery past the limit whose last failure
-//! was the store's (unavailable, or a conflict such as a lock held by a
-//! frozen process) is applied again, not dead-lettered: only the event's
-//! own faults (undecodable, not subscribed, a step error, a store error
-//! that says the data is wrong) spend its budget.
+//! was an unavailable store is applied again, not dead-lettered. A
+//! conflict does count: each is bounded (lock, statement and
+//! idle-in-transaction timeouts, the last one ending a frozen lock holder's
+//! session well inside the budget's span), so one that lasts the whole
+//! budget is the event's own trouble, named in its dead letter.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -92,12 +93,12 @@ impl LastErrors {
         Some(error.text)
     }
 
-    /// Whether the entry's last failure was the store's: its deliveries
-    /// since then do not count toward the limit.
-    fn last_was_the_stores(&self, entry_id: &str) -> bool {
+    /// Whether the entry's last failure was an unavailable store: its
+    /// deliveries since then do not count toward the limit.
+    fn last_was_unavailable(&self, entry_id: &str) -> bool {
         self.by_entry
             .get(entry_id)
-            .is_some_and(|last| last.store != StoreTrouble::None)
+            .is_some_and(|last| last.store == StoreTrouble::Unavailable)
     }
 }
 
@@ -110,7 +111,8 @@ enum StoreTrouble {
     #[default]
     None,
     /// A conflict (lock timeout, serialization, deadlock, stale plan):
-    /// retried, the event is not at fault.
+    /// retried; counts toward the limit, since every conflict is bounded
+    /// by a timeout far shorter than the budget's span.
     Conflict,
     /// The store cannot take writes now (down, read-only, full, out of
     /// connections): the consumer pauses.
@@ -131,10 +133,11 @@ impl StoreTrouble {
 
 /// Whether `delivery` is past its deliveries limit: more deliveries than
 /// `deliveries_max`, and the last failure this consumer met on it was not
-/// the store's (a store failure never spends an event's budget; one met by
-/// another replica or before a restart is unknown here and counts).
+/// an unavailable store (which never spends an event's budget; a failure
+/// met by another replica or before a restart is unknown here and counts).
 fn past_the_budget(env: &Env, delivery: &Delivery, last_errors: &Mutex<LastErrors>) -> bool {
-    delivery.attempt > env.config.deliveries_max && !lock(last_errors).last_was_the_stores(&delivery.entry_id)
+    delivery.attempt > env.config.deliveries_max
+        && !lock(last_errors).last_was_unavailable(&delivery.entry_id)
 }
 
 /// The dead-letter reason of an entry not applied after `deliveries`:
@@ -634,7 +637,9 @@ mod tests {
         assert_eq!(last.forget("2-0"), Some("other".to_string()));
         assert_eq!(last.forget("2-0"), None, "forgotten once settled");
         last.remember("3-0", "latest", StoreTrouble::Conflict);
-        assert!(last.last_was_the_stores("3-0"), "a conflict is the store's");
+        assert!(!last.last_was_unavailable("3-0"), "a conflict counts");
+        last.remember("3-0", "latest", StoreTrouble::Unavailable);
+        assert!(last.last_was_unavailable("3-0"), "an unavailable store does not");
         assert_eq!(last.forget("3-0"), Some("latest".to_string()));
     }
 

@@ -22,7 +22,7 @@ use crate::run::{replicas, SimSettings};
 
 use super::checks::{self, Checker, Expected, TortureObserver};
 use super::pg_faults;
-use super::plan::{Fault, TortureInput};
+use super::plan::{Fault, Kind, TortureInput};
 use super::replicas::{self as replica, Wiring};
 use super::servers::{PrivateRedis, RedisTarget, SeedDb};
 use super::state::Shared;
@@ -62,6 +62,7 @@ enum Action {
     ReadOnlyOff,
     FreeDeadKey(Service),
     FreeDisk,
+    ResumeFrozen,
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -80,6 +81,8 @@ struct Run {
     /// The disk-full fault's full tablespace, until its window ends;
     /// declared after `db` so that the database is dropped first.
     small_disk: Option<pg_faults::SmallDisk>,
+    /// The frozen-replica fault's holder, until it resumes.
+    frozen: Option<pg_faults::FrozenHolder>,
     /// Type changes and disk-full faults so far (names and directions).
     pg_faults: u64,
 }
@@ -146,8 +149,9 @@ async fn run_async(
             statement_timeout: Duration::from_secs(2),
             lock_timeout: Duration::from_millis(300),
             // Far shorter than the run's delivery budget (deliveries_max x
-            // visibility timeout): a frozen replica's locks come free.
-            idle_in_transaction_timeout: Duration::from_secs(2),
+            // visibility timeout, 5 s): a frozen replica's locks come free
+            // (the frozen-replica fault freezes for longer than this).
+            idle_in_transaction_timeout: Duration::from_secs(1),
         },
         config,
     };
@@ -163,6 +167,7 @@ async fn run_async(
         last_loss_ms: None,
         migrations: 0,
         small_disk: None,
+        frozen: None,
         pg_faults: 0,
     };
     for r in replicas(&SimSettings::default()) {
@@ -379,6 +384,16 @@ impl Run {
                     }
                 }
             }
+            Action::ResumeFrozen => {
+                if let Some(holder) = self.frozen.take() {
+                    match holder.resume().await {
+                        Ok(done) => self.shared.fault_kind(Kind::FrozenReplica, done),
+                        Err(e) => self
+                            .shared
+                            .found(Finding::new(checks::SETUP, "frozen-replica", e)),
+                    }
+                }
+            }
             Action::FreeDeadKey(service) => {
                 let key = self.checker.bus.dead_key(service);
                 match self.redis.free_dead_key(&key).await {
@@ -466,6 +481,25 @@ impl Run {
                         Err(e) => Err(e),
                     }
                 }
+            }
+            Fault::FrozenReplica { service, len_ms } => {
+                // Counted when it resumes and finds its session ended (the
+                // effect), not here.
+                let frozen = if self.frozen.is_some() {
+                    Err("a holder is frozen already".to_string())
+                } else {
+                    pg_faults::FrozenHolder::freeze(&self.db, &self.wiring.pg, service).await
+                };
+                match frozen {
+                    Ok((holder, detail)) => {
+                        self.frozen = Some(holder);
+                        self.schedule(t + scaled(len_ms), Action::ResumeFrozen);
+                        self.shared
+                            .log(format!("== frozen-replica: {detail} for {}ms ==", scaled(len_ms)));
+                    }
+                    Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+                }
+                return;
             }
             Fault::Xdel { service } => {
                 // The next delivery of the service is taken and left

@@ -14,6 +14,15 @@
 //!   ends first). It needs the seed's PostgreSQL on this machine and root
 //!   (mount, chown to the server's user); otherwise it is not injected and
 //!   says why.
+//! - `frozen-replica`: a process with the replicas' pool configuration
+//!   locks a row of a service's table in a transaction and is not polled
+//!   again for longer than every timeout ([`FrozenHolder`]); counted when
+//!   it resumes and finds that the server ended its session
+//!   (`idle_in_transaction_session_timeout`), so the lock was released
+//!   while it was frozen; a transaction that survives is a finding. It is
+//!   a holder beside the replicas, not one of them: freezing a replica's
+//!   own store mid-transaction needs a hook in the fault wrapper
+//!   (`boundary.rs`), left for later.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -83,6 +92,15 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Runs `sql`; the error names it.
+async fn execute(conn: &mut PgConnection, sql: String) -> Result<(), String> {
+    sqlx::query(&sql)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{sql}: {e}"))
+}
+
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
     match e {
         sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
@@ -143,19 +161,9 @@ impl SmallDisk {
         run("chown", &[&owner, &mount])?;
         let s = postgres::schema(self.service);
         let ts = &self.tablespace;
-        let execute = |sql: String| {
-            let conn = &mut conn;
-            async move {
-                sqlx::query(&sql)
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{sql}: {e}"))
-            }
-        };
-        execute(format!("CREATE TABLESPACE {ts} LOCATION '{mount}'")).await?;
+        execute(&mut conn, format!("CREATE TABLESPACE {ts} LOCATION '{mount}'")).await?;
         self.created = true;
-        execute(format!("ALTER TABLE {s}.inbox SET TABLESPACE {ts}")).await?;
+        execute(&mut conn, format!("ALTER TABLE {s}.inbox SET TABLESPACE {ts}")).await?;
         self.moved = true;
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'inbox'",
@@ -165,11 +173,12 @@ impl SmallDisk {
         .await
         .map_err(|e| e.to_string())?;
         for index in &indexes {
-            execute(format!("ALTER INDEX {s}.{index} SET TABLESPACE {ts}")).await?;
+            execute(&mut conn, format!("ALTER INDEX {s}.{index} SET TABLESPACE {ts}")).await?;
         }
-        execute(format!(
-            "CREATE TABLE public.torture_filler (pad text) TABLESPACE {ts}"
-        ))
+        execute(
+            &mut conn,
+            format!("CREATE TABLE public.torture_filler (pad text) TABLESPACE {ts}"),
+        )
         .await?;
         let mut filled = false;
         for _ in 0..FILL_INSERTS_MAX {
@@ -328,6 +337,70 @@ impl Drop for SmallDisk {
                 self.tablespace,
                 self.mount.display()
             );
+        }
+    }
+}
+
+/// A frozen process: a transaction on a connection of the seed's pool
+/// configuration (so with its `idle_in_transaction_session_timeout`) that
+/// locks a row a saga needs and then is not polled again until
+/// [`FrozenHolder::resume`], as a replica stopped by SIGSTOP or a long
+/// pause would be.
+pub struct FrozenHolder {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pool: sqlx::PgPool,
+    what: String,
+}
+
+impl FrozenHolder {
+    /// Locks the first row of a seeded table that `service`'s steps lock
+    /// (Payment and Notification seed none: their events need the
+    /// account too) in a transaction left open.
+    pub async fn freeze(
+        db: &SeedDb,
+        config: &postgres::PgConfig,
+        service: Service,
+    ) -> Result<(FrozenHolder, String), String> {
+        let pool = postgres::connect(&db.url, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let table = match service {
+            Service::Order => "order_svc.catalog",
+            Service::Inventory => "inventory_svc.inventory_accounts",
+            Service::Item => "item_svc.item_stocks",
+            Service::User | Service::Payment | Service::Notification => "user_svc.accounts",
+        };
+        let mut tx = pool.begin().await.map_err(|e| format!("begin: {e}"))?;
+        let sql = format!("SELECT ctid::text FROM {table} ORDER BY ctid LIMIT 1 FOR UPDATE");
+        let locked: Option<String> = sqlx::query_scalar(&sql)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+        let Some(row) = locked else {
+            return Err(format!("{table} has no row to hold"));
+        };
+        let what = format!("{table} row {row}");
+        Ok((
+            FrozenHolder {
+                tx,
+                pool,
+                what: what.clone(),
+            },
+            format!("{what} locked, holder frozen"),
+        ))
+    }
+
+    /// The holder runs again: Ok (the effect) when the server has ended
+    /// its session meanwhile, so its locks were released without it.
+    pub async fn resume(self) -> Result<String, String> {
+        let resumed = self.tx.commit().await;
+        self.pool.close().await;
+        match resumed {
+            Err(e) => Ok(format!("{}: session ended by the server while frozen ({e})", self.what)),
+            Ok(()) => Err(format!(
+                "{}: the frozen transaction committed on resume: idle_in_transaction_session_timeout did not end it",
+                self.what
+            )),
         }
     }
 }

@@ -42,10 +42,13 @@ pub enum Kind {
     /// A column type change on the outbox, whose claim the pooled
     /// connections have cached (0A000; issue 24).
     TypeChange,
+    /// A process that locks a row in a transaction and stops polling for
+    /// longer than every timeout, then resumes (issue 24).
+    FrozenReplica,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -56,6 +59,7 @@ impl Kind {
         Kind::WrongTypeDeadKey,
         Kind::DiskFull,
         Kind::TypeChange,
+        Kind::FrozenReplica,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -79,6 +83,7 @@ impl Kind {
             Kind::WrongTypeDeadKey => "wrong-type-dead-key",
             Kind::DiskFull => "disk-full",
             Kind::TypeChange => "type-change",
+            Kind::FrozenReplica => "frozen-replica",
         }
     }
 }
@@ -154,6 +159,10 @@ pub enum Fault {
     TypeChange {
         service: Service,
     },
+    FrozenReplica {
+        service: Service,
+        len_ms: u64,
+    },
 }
 
 impl Fault {
@@ -169,6 +178,7 @@ impl Fault {
             Fault::WrongTypeDeadKey { .. } => Kind::WrongTypeDeadKey,
             Fault::DiskFull { .. } => Kind::DiskFull,
             Fault::TypeChange { .. } => Kind::TypeChange,
+            Fault::FrozenReplica { .. } => Kind::FrozenReplica,
         }
     }
 }
@@ -267,6 +277,12 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                 Kind::TypeChange => Fault::TypeChange {
                     service: service(rng),
                 },
+                // Frozen for longer than every timeout of the seed's pools
+                // (idle in transaction 1 s, statement 2 s, once scaled).
+                Kind::FrozenReplica => Fault::FrozenReplica {
+                    service: service(rng),
+                    len_ms: rng.random_range(window * 3 / 4..window),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -294,7 +310,8 @@ mod tests {
                 let end = match t.fault {
                     Fault::ReadOnly { len_ms }
                     | Fault::WrongTypeDeadKey { len_ms, .. }
-                    | Fault::DiskFull { len_ms, .. } => t.at_ms + len_ms,
+                    | Fault::DiskFull { len_ms, .. }
+                    | Fault::FrozenReplica { len_ms, .. } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
                 assert!(

@@ -120,7 +120,10 @@ mod tests {
         assert!(is_unavailable_code("53100"), "disk full");
         assert!(is_unavailable_code("25006"), "read-only");
         assert!(is_unavailable_code("53200"), "out of memory");
-        assert!(is_unavailable_code("25P03"), "ended by idle_in_transaction_session_timeout");
+        assert!(
+            is_unavailable_code("25P03"),
+            "ended by idle_in_transaction_session_timeout"
+        );
         assert!(
             CONFLICT_CODES.contains(&"0A000"),
             "cached plan must not change result type"
