@@ -37,6 +37,9 @@ use super::servers::SeedDb;
 /// filler.
 const SMALL_DISK: &str = "size=2m";
 
+/// Attempts of the frozen holder to take its row lock.
+const LOCK_TRIES_MAX: u32 = 10;
+
 /// Inserts the filler makes at most before the disk must be full.
 const FILL_INSERTS_MAX: usize = 10_000;
 
@@ -370,14 +373,22 @@ impl FrozenHolder {
             Service::Item => "item_svc.item_stocks",
             Service::User | Service::Payment | Service::Notification => "user_svc.accounts",
         };
-        let mut tx = pool.begin().await.map_err(|e| format!("begin: {e}"))?;
         let sql = format!("SELECT ctid::text FROM {table} ORDER BY ctid LIMIT 1 FOR UPDATE");
-        let locked: Option<String> = sqlx::query_scalar(&sql)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| format!("{sql}: {e}"))?;
-        let Some(row) = locked else {
-            return Err(format!("{table} has no row to hold"));
+        // A replica may hold the row for a moment (the pool's lock timeout
+        // ends each wait): a few tries, then it is not injected.
+        let mut tries = 0;
+        let (tx, row) = loop {
+            tries += 1;
+            let mut tx = pool.begin().await.map_err(|e| format!("begin: {e}"))?;
+            match sqlx::query_scalar::<_, String>(&sql)
+                .fetch_optional(&mut *tx)
+                .await
+            {
+                Ok(Some(row)) => break (tx, row),
+                Ok(None) => return Err(format!("{table} has no row to hold")),
+                Err(e) if tries >= LOCK_TRIES_MAX => return Err(format!("{sql}: {e} ({tries} tries)")),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
         };
         let what = format!("{table} row {row}");
         Ok((

@@ -188,7 +188,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await;
         if let Err(e) = inserted {
-            return Err(errors::classify_on(&mut *tx, e, &self.target).await);
+            return Err(errors::classify_on(&mut tx, e, &self.target).await);
         }
         tx.rollback().await.map_err(|e| self.err(e))
     }
@@ -284,13 +284,13 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await;
         if let Err(e) = isolated {
-            return Err(errors::classify_on(&mut *tx, e, &self.target).await);
+            return Err(errors::classify_on(&mut tx, e, &self.target).await);
         }
         let mut snapshot = Snapshot::default();
         for kind in rows::Kind::ALL {
             let found = match sqlx::query(&kind.select_all_sql()).fetch_all(&mut *tx).await {
                 Ok(found) => found,
-                Err(e) => return Err(errors::classify_on(&mut *tx, e, &self.target).await),
+                Err(e) => return Err(errors::classify_on(&mut tx, e, &self.target).await),
             };
             for r in &found {
                 let row =

@@ -47,7 +47,7 @@ impl PgTx {
     /// stale cached plan (0A000) the connection's statement cache is
     /// dropped, so the retry prepares its statements again.
     async fn err_uncached(&mut self, e: sqlx::Error) -> StoreError {
-        errors::classify_on(&mut *self.tx, e, &self.target).await
+        errors::classify_on(&mut self.tx, e, &self.target).await
     }
 
     /// `result` of a statement on this transaction, its error through
