@@ -380,6 +380,12 @@ impl FrozenHolder {
         let (tx, row) = loop {
             tries += 1;
             let mut tx = pool.begin().await.map_err(|e| format!("begin: {e}"))?;
+            // Inside a read-only window too: a frozen process may have
+            // begun before it.
+            sqlx::query("SET TRANSACTION READ WRITE")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| format!("SET TRANSACTION READ WRITE: {e}"))?;
             match sqlx::query_scalar::<_, String>(&sql)
                 .fetch_optional(&mut *tx)
                 .await
