@@ -1167,3 +1167,129 @@ fn the_operator_flags_refuse_bad_values() {
         text(&out.stderr)
     );
 }
+
+/// `outbox quarantined` lists the rows set aside (a quarantined one and one
+/// left for a newer build), as lines and as JSON; `outbox release` makes
+/// one due again and says how many it released; a seq that is not set
+/// aside is an error, and `release` needs `--seq` or `--all`.
+#[tokio::test]
+async fn outbox_quarantined_lists_and_release_makes_rows_due() {
+    use purchase_saga::domain::DurationMs;
+    use purchase_saga::runtime::store::Store;
+    let db = TestDb::create().await;
+    for (order, payload) in [
+        ("o-garbage", "{not json".to_string()),
+        ("o-newer", r#"{"schemaVersion":99}"#.to_string()),
+    ] {
+        sqlx::query(
+            "INSERT INTO order_svc.outbox (event_id, event_type, order_id, payload, created_at)
+             VALUES (gen_random_uuid(), 'ORDER_CREATED', $1, $2, now())",
+        )
+        .bind(order)
+        .bind(payload)
+        .execute(db.store.pool())
+        .await
+        .expect("insert a row");
+    }
+    let now = purchase_saga::domain::Timestamp::from_datetime(chrono::Utc::now());
+    let claimed = db
+        .store
+        .claim_due(purchase_saga::domain::Service::Order, now, DurationMs(1000), 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        (claimed.quarantined.len(), claimed.left_for_newer.len()),
+        (1, 1),
+        "{claimed:?}"
+    );
+
+    let out = run(&[
+        "--database-url",
+        &db.url,
+        "outbox",
+        "quarantined",
+        "--service",
+        "order",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("order\t1\tORDER_CREATED\to-garbage\tquarantined ")
+            && lines[0].contains("undecodable event: malformed JSON"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        "order\t2\tORDER_CREATED\to-newer\tneeds schema version 99"
+    );
+
+    let out = run(&["--database-url", &db.url, "outbox", "quarantined", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let seqs: Vec<i64> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| r["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, [1, 2], "{listed}");
+    assert_eq!(listed[1]["needs_schema_version"], 99);
+
+    let out = run(&[
+        "--database-url",
+        &db.url,
+        "outbox",
+        "release",
+        "--service",
+        "order",
+        "--seq",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "released 1 row(s) of order\n");
+    let due: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_svc.outbox WHERE seq = 1 AND quarantined_at IS NULL AND claimed_until IS NULL",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("read");
+    assert_eq!(due, 1, "the released row is due again");
+
+    let out = run(&[
+        "--database-url",
+        &db.url,
+        "outbox",
+        "release",
+        "--service",
+        "order",
+        "--seq",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no longer set aside");
+    assert!(
+        text(&out.stderr).contains("1 of the 1 seq(s) given are not set aside in order"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_clap_refuses(
+        &["outbox", "release", "--service", "order"],
+        "the following required arguments were not provided",
+    );
+    let out = run(&[
+        "--database-url",
+        &db.url,
+        "outbox",
+        "release",
+        "--service",
+        "order",
+        "--all",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "released 1 row(s) of order\n",
+        "{}",
+        text(&out.stderr)
+    );
+}

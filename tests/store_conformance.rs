@@ -897,9 +897,10 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
     assert!(repeating > 0, "some entry was re-driven past its doubling rounds");
 }
 
-/// A row this build cannot decode (a newer `schemaVersion`) between two it
-/// can: the claim sets it aside once, with the reason, and returns the
-/// others; it is never due again.
+/// Rows this build cannot decode between rows it can: one that no build
+/// decodes is quarantined once, with the reason; one a newer build wrote
+/// (a higher `schemaVersion`) is given back for that build, once; the
+/// claim returns the others, and neither is due again for this build.
 async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
     let store = f.store();
     let enqueue = |order: &'static str| {
@@ -914,7 +915,8 @@ async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
     let newer = order_created("o-b")
         .encode()
         .replace("\"schemaVersion\":1", "\"schemaVersion\":2");
-    let bad = f.enqueue_raw(Service::Order, &newer, T0).await;
+    let newer = f.enqueue_raw(Service::Order, &newer, T0).await;
+    let bad = f.enqueue_raw(Service::Order, "{not json", T0).await;
     enqueue("o-c").await;
 
     let claimed = store
@@ -927,11 +929,19 @@ async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
         .map(|e| e.event.order_id.to_string())
         .collect();
     assert_eq!(orders, ["o-a", "o-c"], "the rows around it are claimed");
+    assert_eq!(claimed.quarantined.len(), 1, "{claimed:?}");
+    assert_eq!(claimed.quarantined[0].seq, bad);
+    assert!(
+        claimed.quarantined[0]
+            .reason
+            .starts_with("undecodable event: malformed JSON"),
+        "{claimed:?}"
+    );
     assert_eq!(
-        claimed.quarantined,
+        claimed.left_for_newer,
         [Quarantined {
-            seq: bad,
-            reason: "undecodable event: unsupported schema version 2 (this build reads 1)".into()
+            seq: newer,
+            reason: "schema version 2 is newer than this build reads (1)".into()
         }]
     );
     let again = store
@@ -939,6 +949,7 @@ async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
         .await
         .unwrap();
     assert!(again.quarantined.is_empty(), "reported once");
+    assert!(again.left_for_newer.is_empty(), "given back once");
     assert_eq!(again.entries.len(), 2);
 }
 

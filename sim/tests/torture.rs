@@ -40,5 +40,16 @@ fn light_faults_on_the_real_services_leave_every_invariant_holding() {
             o.kinds.get(&Kind::RedisLoss).copied().unwrap_or(0) > 0,
             "seed {seed}: the light profile loses Redis's data once"
         );
+        // Issue 24's kinds, counted by their effect: a 53100 met by an
+        // inbox insert, the column's new type in the catalog, a frozen
+        // holder's session ended by the server.
+        for kind in [Kind::DiskFull, Kind::TypeChange, Kind::FrozenReplica] {
+            assert!(
+                o.kinds.get(&kind).copied().unwrap_or(0) > 0,
+                "seed {seed}: {kind} took effect: {:?}\n{}",
+                o.kinds,
+                o.failure_report()
+            );
+        }
     }
 }

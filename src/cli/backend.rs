@@ -96,6 +96,9 @@ impl Backend {
         }
         let config = PgConfig {
             connections_max: connections.clamp(2, 128),
+            idle_in_transaction_timeout: std::time::Duration::from_secs(u64::from(
+                global.pg_idle_in_transaction_timeout,
+            )),
             ..PgConfig::default()
         };
         let pool = postgres::connect(&global.database_url, &config)

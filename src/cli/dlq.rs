@@ -51,7 +51,7 @@ pub enum DlqAction {
     },
 }
 
-fn parse_service(raw: &str) -> Result<Service, String> {
+pub(super) fn parse_service(raw: &str) -> Result<Service, String> {
     Service::from_slug(raw).ok_or_else(|| {
         let names: Vec<&str> = Service::ALL.iter().map(|s| s.slug()).collect();
         format!("unknown service {raw:?}; expected one of {}", names.join(", "))

@@ -11,6 +11,8 @@
 //!   letters per service, sagas by state, the oldest saga in flight.
 //! - `token`: issue and revoke API tokens.
 //! - `dlq`: list and replay the Redis bus's dead letters.
+//! - `outbox`: list and release outbox rows set aside (quarantined, or left
+//!   for a newer build).
 //! - `chaos`: one process per service replica under kill -9 and backend
 //!   restarts, then audit (not for CI; see `chaos.rs`).
 //! - `demo`: all of the above in one process, with orders over HTTP.
@@ -26,6 +28,7 @@ pub mod dlq;
 pub mod hops;
 pub mod inflight;
 pub mod logging;
+pub mod outbox;
 pub mod seed;
 pub mod serve;
 pub mod status;
@@ -90,6 +93,13 @@ pub struct GlobalArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
+    /// Seconds a PostgreSQL session may sit idle inside a transaction before
+    /// the server ends it and releases its locks (a frozen or paused
+    /// process). Keep it well under the delivery budget's span
+    /// (deliveries x the bus's visibility timeout, 300 s by default).
+    #[arg(long, env = "PG_IDLE_IN_TRANSACTION_TIMEOUT", value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=86_400), global = true)]
+    pub pg_idle_in_transaction_timeout: u32,
     /// Run on the in-memory store and bus instead of Postgres and Redis
     /// (one process only: nothing is kept after it exits).
     #[arg(long, global = true)]
@@ -144,6 +154,9 @@ pub enum Command {
     Token(token::TokenArgs),
     /// List or replay dead letters.
     Dlq(dlq::DlqArgs),
+    /// List or release outbox rows no relay publishes: quarantined
+    /// (undecodable) or left for a build that reads a newer schema version.
+    Outbox(outbox::OutboxArgs),
     /// Services as child processes under kill -9 and Redis/PostgreSQL
     /// restarts, orders over HTTP, then audit (local addresses only).
     Chaos(chaos::ChaosArgs),
@@ -237,6 +250,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Demo(args) => demo::run_demo(&cli.global, &args).await,
             Command::Token(args) => token::run_token(&cli.global, &args).await,
             Command::Dlq(args) => dlq::run_dlq(&cli.global, &args).await,
+            Command::Outbox(args) => outbox::run_outbox(&cli.global, &args).await,
             Command::Chaos(args) => chaos::run_chaos(&cli.global, &args).await,
             Command::Bench(args) => bench::run_bench(&cli.global, &args).await,
         }

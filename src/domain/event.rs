@@ -537,3 +537,17 @@ pub enum DecodeError {
     #[error("eventId {found} is not the id of this event (expected {expected})")]
     ForeignEventId { found: EventId, expected: EventId },
 }
+
+impl DecodeError {
+    /// The payload's `schemaVersion` when the rejection is that this build
+    /// does not read it, and it is newer than the newest this build reads:
+    /// a row a newer build wrote, which that build can still publish.
+    pub fn newer_schema_version(&self) -> Option<u32> {
+        match self {
+            DecodeError::UnsupportedSchemaVersion(raw) => {
+                raw.parse::<u32>().ok().filter(|v| *v > SCHEMA_VERSION)
+            }
+            _ => None,
+        }
+    }
+}

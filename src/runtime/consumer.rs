@@ -11,7 +11,12 @@
 //! dead-lettered. While the store is unavailable (down,
 //! read-only, full) the consumer takes no deliveries at all and backs off,
 //! so a few minutes of database trouble do not spend the delivery budget
-//! of what is in flight.
+//! of what is in flight; and a delivery past the limit whose last failure
+//! was an unavailable store is applied again, not dead-lettered. A
+//! conflict does count: each is bounded (lock, statement and
+//! idle-in-transaction timeouts, the last one ending a frozen lock holder's
+//! session well inside the budget's span), so one that lasts the whole
+//! budget is the event's own trouble, named in its dead letter.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -27,7 +32,7 @@ use super::batch::apply_batch;
 use super::bus::Delivery;
 use super::observer::{Disposition, RuntimeEvent};
 use super::transaction::{apply_event, Committed, TransactError};
-use super::{sleep_or_stop, Env, Shutdown};
+use super::{sleep_or_stop, Env, Shutdown, StoreError};
 
 /// Entries whose last error a consumer remembers: more than a few batches
 /// of deliveries left pending at once.
@@ -53,18 +58,26 @@ const LAST_ERRORS_MAX: usize = 1024;
 /// each failed delivery is logged where it failed.
 #[derive(Debug, Default)]
 pub struct LastErrors {
-    by_entry: BTreeMap<String, String>,
+    by_entry: BTreeMap<String, LastError>,
     /// Entry ids in the order first remembered.
     order: VecDeque<String>,
 }
 
+/// An entry's last failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LastError {
+    text: String,
+    /// The store's fault, not the event's: see [`StoreTrouble`].
+    store: StoreTrouble,
+}
+
 impl LastErrors {
-    fn remember(&mut self, entry_id: &str, error: &str) {
-        if self
-            .by_entry
-            .insert(entry_id.to_string(), error.to_string())
-            .is_none()
-        {
+    fn remember(&mut self, entry_id: &str, error: &str, store: StoreTrouble) {
+        let last = LastError {
+            text: error.to_string(),
+            store,
+        };
+        if self.by_entry.insert(entry_id.to_string(), last).is_none() {
             self.order.push_back(entry_id.to_string());
         }
         while self.order.len() > LAST_ERRORS_MAX {
@@ -77,8 +90,54 @@ impl LastErrors {
     fn forget(&mut self, entry_id: &str) -> Option<String> {
         let error = self.by_entry.remove(entry_id)?;
         self.order.retain(|id| id != entry_id);
-        Some(error)
+        Some(error.text)
     }
+
+    /// Whether the entry's last failure was an unavailable store: its
+    /// deliveries since then do not count toward the limit.
+    fn last_was_unavailable(&self, entry_id: &str) -> bool {
+        self.by_entry
+            .get(entry_id)
+            .is_some_and(|last| last.store == StoreTrouble::Unavailable)
+    }
+}
+
+/// Whose failure a delivery that is left for redelivery met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum StoreTrouble {
+    /// None of the store's: a step not yet applicable, or a store error
+    /// that says the data is wrong (Fatal: a CHECK, a corrupt row); these
+    /// count toward the deliveries limit.
+    #[default]
+    None,
+    /// A conflict (lock timeout, serialization, deadlock, stale plan):
+    /// retried; counts toward the limit, since every conflict is bounded
+    /// by a timeout far shorter than the budget's span.
+    Conflict,
+    /// The store cannot take writes now (down, read-only, full, out of
+    /// connections): the consumer pauses.
+    Unavailable,
+}
+
+impl StoreTrouble {
+    fn of(error: &StoreError) -> StoreTrouble {
+        if error.is_unavailable() {
+            StoreTrouble::Unavailable
+        } else if error.is_conflict() {
+            StoreTrouble::Conflict
+        } else {
+            StoreTrouble::None
+        }
+    }
+}
+
+/// Whether `delivery` is past its deliveries limit: more deliveries than
+/// `deliveries_max`, and the last failure this consumer met on it was not
+/// an unavailable store (which never spends an event's budget; a failure
+/// met by another replica or before a restart is unknown here and counts).
+fn past_the_budget(env: &Env, delivery: &Delivery, last_errors: &Mutex<LastErrors>) -> bool {
+    delivery.attempt > env.config.deliveries_max
+        && !lock(last_errors).last_was_unavailable(&delivery.entry_id)
 }
 
 /// The dead-letter reason of an entry not applied after `deliveries`:
@@ -128,7 +187,7 @@ async fn handle_decoded(
     last_errors: &Mutex<LastErrors>,
 ) -> Handled {
     let started = tokio::time::Instant::now();
-    let mut store_unavailable = false;
+    let mut trouble = StoreTrouble::None;
     let disposition = match &decoded {
         Err(e) => Disposition::DeadLettered {
             reason: format!("undecodable: {e}"),
@@ -138,16 +197,13 @@ async fn handle_decoded(
         },
         // Planted bug (mutants feature): past the limit without asking the
         // inbox, so an applied event whose acks were lost is given up on.
-        Ok(_)
-            if delivery.attempt > env.config.deliveries_max
-                && crate::mutant!(PastLimitDeadLettersApplied) =>
-        {
+        Ok(_) if past_the_budget(env, delivery, last_errors) && crate::mutant!(PastLimitDeadLettersApplied) => {
             let last = lock(last_errors).forget(&delivery.entry_id);
             Disposition::DeadLettered {
                 reason: past_the_limit(delivery.attempt.saturating_sub(1), last.as_deref()),
             }
         }
-        Ok(event) if delivery.attempt > env.config.deliveries_max => {
+        Ok(event) if past_the_budget(env, delivery, last_errors) => {
             // Applied already (its ack was lost)? Then it is done.
             match env.store.processed(service, event.event_id).await {
                 Ok(true) => Disposition::Duplicate,
@@ -158,7 +214,7 @@ async fn handle_decoded(
                     }
                 }
                 Err(e) => {
-                    store_unavailable = e.is_unavailable();
+                    trouble = StoreTrouble::of(&e);
                     Disposition::Retry {
                         reason: format!("inbox not readable past the deliveries limit: {e}"),
                     }
@@ -180,8 +236,8 @@ async fn handle_decoded(
                 event_type = event.event_type().as_str(),
                 attempt = delivery.attempt,
             );
-            let (disposition, unavailable) = apply(env, service, event).instrument(span).await;
-            store_unavailable = unavailable;
+            let (disposition, met) = apply(env, service, event).instrument(span).await;
+            trouble = met;
             disposition
         }
     };
@@ -192,18 +248,20 @@ async fn handle_decoded(
         delivery,
         decoded.as_ref().ok(),
         &disposition,
+        trouble,
         started,
         last_errors,
     )
     .await;
     Handled {
         disposition,
-        store_unavailable,
+        store_unavailable: trouble == StoreTrouble::Unavailable,
     }
 }
 
 /// Logs and observes what a delivery came to, then settles it on the bus:
-/// ack, dead-letter, or leave pending.
+/// ack, dead-letter, or leave pending (remembering whether the failure was
+/// the store's, `trouble`).
 #[allow(clippy::too_many_arguments)]
 async fn settle(
     env: &Env,
@@ -212,6 +270,7 @@ async fn settle(
     delivery: &Delivery,
     event: Option<&Event>,
     disposition: &Disposition,
+    trouble: StoreTrouble,
     started: tokio::time::Instant,
     last_errors: &Mutex<LastErrors>,
 ) {
@@ -220,7 +279,7 @@ async fn settle(
             tracing::warn!(%service, entry = %delivery.entry_id, %reason, "dead-lettered")
         }
         Disposition::Retry { reason } => {
-            lock(last_errors).remember(&delivery.entry_id, reason);
+            lock(last_errors).remember(&delivery.entry_id, reason, trouble);
             tracing::debug!(%service, entry = %delivery.entry_id, %reason, "left for redelivery")
         }
         _ => {}
@@ -253,8 +312,8 @@ fn lock(last_errors: &Mutex<LastErrors>) -> std::sync::MutexGuard<'_, LastErrors
 }
 
 /// Applies a decoded event and says what to do with its delivery, and
-/// whether the store was unavailable.
-async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool) {
+/// what trouble of the store's it met.
+async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, StoreTrouble) {
     let disposition = match apply_event(env, service, event).await {
         Ok(committed) => disposition_of(committed),
         Err(TransactError::Step(StepError::NotYetApplicable(reason))) => Disposition::Retry { reason },
@@ -274,11 +333,11 @@ async fn apply(env: &Env, service: Service, event: &Event) -> (Disposition, bool
                 Disposition::Retry {
                     reason: e.to_string(),
                 },
-                e.is_unavailable(),
+                StoreTrouble::of(&e),
             )
         }
     };
-    (disposition, false)
+    (disposition, StoreTrouble::None)
 }
 
 /// What a committed (or duplicate) event's delivery came to.
@@ -410,7 +469,7 @@ async fn handle_applied_together(
 ) -> bool {
     let applicable = |(delivery, event): &Decoded<'_>| {
         event.as_ref().is_ok_and(|e| {
-            service.subscribes_to(e.event_type()) && delivery.attempt <= env.config.deliveries_max
+            service.subscribes_to(e.event_type()) && !past_the_budget(env, delivery, last_errors)
         })
     };
     let (together, apart): (Vec<Decoded<'_>>, Vec<Decoded<'_>>) = decoded.into_iter().partition(applicable);
@@ -460,6 +519,7 @@ async fn handle_applied_together(
                     delivery,
                     Some(event),
                     &disposition,
+                    StoreTrouble::None,
                     started,
                     last_errors,
                 )
@@ -574,17 +634,20 @@ mod tests {
     #[test]
     fn last_errors_keep_the_latest_per_entry_and_forget_the_oldest_past_the_bound() {
         let mut last = LastErrors::default();
-        last.remember("1-0", "first");
-        last.remember("1-0", "second");
+        last.remember("1-0", "first", StoreTrouble::None);
+        last.remember("1-0", "second", StoreTrouble::None);
         assert_eq!(last.order.len(), 1, "one slot per entry");
         for n in 0..LAST_ERRORS_MAX {
-            last.remember(&format!("2-{n}"), "other");
+            last.remember(&format!("2-{n}"), "other", StoreTrouble::None);
         }
         assert_eq!(last.by_entry.len(), LAST_ERRORS_MAX, "bounded");
         assert_eq!(last.forget("1-0"), None, "the oldest entry went first");
         assert_eq!(last.forget("2-0"), Some("other".to_string()));
         assert_eq!(last.forget("2-0"), None, "forgotten once settled");
-        last.remember("3-0", "latest");
+        last.remember("3-0", "latest", StoreTrouble::Conflict);
+        assert!(!last.last_was_unavailable("3-0"), "a conflict counts");
+        last.remember("3-0", "latest", StoreTrouble::Unavailable);
+        assert!(last.last_was_unavailable("3-0"), "an unavailable store does not");
         assert_eq!(last.forget("3-0"), Some("latest".to_string()));
     }
 

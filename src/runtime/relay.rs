@@ -15,7 +15,9 @@
 //! that cannot record anything (read-only, full) fails the claim before
 //! anything is published, instead of letting the same batch out again on
 //! every pass. An entry that no longer decodes is quarantined by the claim
-//! and reported ([`RuntimeEvent::Quarantined`]); the rest keep flowing.
+//! and reported ([`RuntimeEvent::Quarantined`]); one written by a newer
+//! build (a higher `schemaVersion`, mid rolling upgrade) is given back for
+//! that build's relays and logged; the rest keep flowing.
 
 use tokio::sync::Notify;
 
@@ -63,8 +65,11 @@ async fn relay_pass(env: &Env, service: Service) -> Result<Pass, RelayError> {
             reason: &bad.reason,
         });
     }
+    for newer in &claimed.left_for_newer {
+        tracing::info!(%service, seq = newer.seq, reason = %newer.reason, "outbox entry left for a newer build");
+    }
     let due = &claimed.entries;
-    let taken = due.len() + claimed.quarantined.len();
+    let taken = due.len() + claimed.quarantined.len() + claimed.left_for_newer.len();
     debug_assert!(taken <= env.config.batch_size, "a claim is bounded by the batch");
     let mark_first = crate::mutant!(RelayMarkBeforePublish);
     if mark_first {

@@ -202,9 +202,10 @@ pub struct OutboxEntry {
     pub next_publish_at: Option<Timestamp>,
 }
 
-/// An outbox row that no longer decodes (e.g. written by a newer build with
-/// a higher `schemaVersion`), set aside by [`Store::claim_due`] so that it
-/// is never due again and the rows after it keep flowing.
+/// An outbox row this build does not publish, set aside by
+/// [`Store::claim_due`] so that the rows after it keep flowing: one that
+/// does not decode (quarantined: never due again until an operator
+/// releases it), or one a newer build wrote (left for that build).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined {
     pub seq: i64,
@@ -212,12 +213,15 @@ pub struct Quarantined {
     pub reason: String,
 }
 
-/// What one claim took: the entries now held by the claiming relay, and the
-/// rows it found undecodable and quarantined instead.
+/// What one claim took: the entries now held by the claiming relay, the
+/// rows it found undecodable and quarantined instead, and the rows written
+/// by a newer build (a higher `schemaVersion`) that it gave back for a
+/// build that reads them (PostgreSQL; the in-memory store runs one build).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claimed {
     pub entries: Vec<OutboxEntry>,
     pub quarantined: Vec<Quarantined>,
+    pub left_for_newer: Vec<Quarantined>,
 }
 
 /// What the relay records of an entry it has just published.
@@ -413,10 +417,11 @@ pub trait Store: Send + Sync + 'static {
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool>;
 
     /// Ok if a transaction of `service` could commit now, else the error a
-    /// write would meet (Unavailable when the store is down or read-only).
-    /// Writes nothing: the consumer asks it, after the store was
-    /// unavailable, before it takes more deliveries whose budget a failing
-    /// store would spend.
+    /// write would meet (Unavailable when the store is down, read-only or
+    /// full). Tries a write where the store can (PostgreSQL: an inbox insert
+    /// rolled back): a read says nothing about a full disk. Commits nothing:
+    /// the consumer asks it, after the store was unavailable, before it
+    /// takes more deliveries whose budget a failing store would spend.
     async fn writable(&self, service: Service) -> StoreResult<()>;
 
     /// PENDING orders past their deadline whose deadline was not signalled.

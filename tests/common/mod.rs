@@ -183,6 +183,7 @@ pub fn test_pg_config(connections_max: u32) -> PgConfig {
         acquire_timeout: Duration::from_secs(10),
         statement_timeout: Duration::from_secs(10),
         lock_timeout: Duration::from_secs(3),
+        idle_in_transaction_timeout: Duration::from_secs(60),
     }
 }
 

@@ -21,7 +21,8 @@ use crate::finding::Finding;
 use crate::run::{replicas, SimSettings};
 
 use super::checks::{self, Checker, Expected, TortureObserver};
-use super::plan::{Fault, TortureInput};
+use super::pg_faults;
+use super::plan::{Fault, Kind, TortureInput};
 use super::replicas::{self as replica, Wiring};
 use super::servers::{PrivateRedis, RedisTarget, SeedDb};
 use super::state::Shared;
@@ -60,6 +61,8 @@ enum Action {
     Reconnect(Replica),
     ReadOnlyOff,
     FreeDeadKey(Service),
+    FreeDisk,
+    ResumeFrozen,
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -75,6 +78,13 @@ struct Run {
     expected: Vec<Expected>,
     last_loss_ms: Option<u64>,
     migrations: u64,
+    /// The disk-full fault's full tablespace, until its window ends;
+    /// declared after `db` so that the database is dropped first.
+    small_disk: Option<pg_faults::SmallDisk>,
+    /// The frozen-replica fault's holder, until it resumes.
+    frozen: Option<pg_faults::FrozenHolder>,
+    /// Type changes and disk-full faults so far (names and directions).
+    pg_faults: u64,
 }
 
 async fn run_async(
@@ -138,6 +148,10 @@ async fn run_async(
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(2),
             lock_timeout: Duration::from_millis(300),
+            // Far shorter than the run's delivery budget (deliveries_max x
+            // visibility timeout, 5 s): a frozen replica's locks come free
+            // (the frozen-replica fault freezes for longer than this).
+            idle_in_transaction_timeout: Duration::from_secs(1),
         },
         config,
     };
@@ -152,6 +166,9 @@ async fn run_async(
         expected: Vec::new(),
         last_loss_ms: None,
         migrations: 0,
+        small_disk: None,
+        frozen: None,
+        pg_faults: 0,
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -243,6 +260,11 @@ async fn run_async(
         }
     }
     shared.set_dead_letters(dead_letters);
+    if let Some(disk) = run.small_disk.take() {
+        if let Err(e) = disk.free().await {
+            shared.found(Finding::new(checks::SETUP, "disk-full free at the end", e));
+        }
+    }
     run.redis.clean_up().await
 }
 
@@ -352,6 +374,26 @@ impl Run {
                     .log(format!("== database writable again ({n} backends terminated) ==")),
                 Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
             },
+            Action::FreeDisk => {
+                if let Some(disk) = self.small_disk.take() {
+                    match disk.free().await {
+                        Ok(done) => self.shared.log(format!("== disk space back: {done} ==")),
+                        Err(e) => self
+                            .shared
+                            .found(Finding::new(checks::SETUP, "disk-full free", e)),
+                    }
+                }
+            }
+            Action::ResumeFrozen => {
+                if let Some(holder) = self.frozen.take() {
+                    match holder.resume().await {
+                        Ok(done) => self.shared.fault_kind(Kind::FrozenReplica, done),
+                        Err(e) => self
+                            .shared
+                            .found(Finding::new(checks::SETUP, "frozen-replica", e)),
+                    }
+                }
+            }
             Action::FreeDeadKey(service) => {
                 let key = self.checker.bus.dead_key(service);
                 match self.redis.free_dead_key(&key).await {
@@ -420,6 +462,44 @@ impl Run {
                     }
                     Err(e) => Err(e),
                 }
+            }
+            Fault::TypeChange { service } => {
+                self.pg_faults += 1;
+                pg_faults::change_type(&self.db, service, self.pg_faults).await
+            }
+            Fault::DiskFull { service, len_ms } => {
+                self.pg_faults += 1;
+                if self.small_disk.is_some() {
+                    Err("a disk is full already".to_string())
+                } else {
+                    match pg_faults::SmallDisk::fill(&self.db, service, self.pg_faults).await {
+                        Ok((disk, detail)) => {
+                            self.small_disk = Some(disk);
+                            self.schedule(t + scaled(len_ms), Action::FreeDisk);
+                            Ok(format!("{detail}; for {}ms", scaled(len_ms)))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            Fault::FrozenReplica { service, len_ms } => {
+                // Counted when it resumes and finds its session ended (the
+                // effect), not here.
+                let frozen = if self.frozen.is_some() {
+                    Err("a holder is frozen already".to_string())
+                } else {
+                    pg_faults::FrozenHolder::freeze(&self.db, &self.wiring.pg, service).await
+                };
+                match frozen {
+                    Ok((holder, detail)) => {
+                        self.frozen = Some(holder);
+                        self.schedule(t + scaled(len_ms), Action::ResumeFrozen);
+                        self.shared
+                            .log(format!("== frozen-replica: {detail} for {}ms ==", scaled(len_ms)));
+                    }
+                    Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+                }
+                return;
             }
             Fault::Xdel { service } => {
                 // The next delivery of the service is taken and left

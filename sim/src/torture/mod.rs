@@ -26,7 +26,9 @@
 //! window halved. Everything the runtime waits on is scaled with it: the
 //! visibility timeout is 500 ms (ten deliveries, the dead-letter budget,
 //! take 5 s, so a read-only window of a few seconds spends it), the read
-//! block 50 ms, lock timeout 300 ms and statement timeout 2 s. Retention
+//! block 50 ms, lock timeout 300 ms, statement timeout 2 s and
+//! `idle_in_transaction_session_timeout` 1 s (the frozen-replica fault
+//! freezes for longer; [`pg_faults`]). Retention
 //! (inbox and outbox, 10 min) outlasts any seed, so pruning runs (every
 //! second) but may delete nothing a run still needs. A seed takes a few
 //! seconds up to the heal, then as long as recovery needs, at most
@@ -37,6 +39,7 @@ pub mod boundary;
 pub mod checks;
 pub mod coverage;
 pub mod driver;
+pub mod pg_faults;
 pub mod plan;
 pub mod replicas;
 pub mod servers;

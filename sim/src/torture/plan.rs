@@ -36,10 +36,19 @@ pub enum Kind {
     /// A dead-letter key of the wrong type for a while, with an
     /// undecodable entry on that service's stream meanwhile (issue 17).
     WrongTypeDeadKey,
+    /// A service's inbox on a small tablespace that is full (53100) for a
+    /// while (issue 24).
+    DiskFull,
+    /// A column type change on the outbox, whose claim the pooled
+    /// connections have cached (0A000; issue 24).
+    TypeChange,
+    /// A process that locks a row in a transaction and stops polling for
+    /// longer than every timeout, then resumes (issue 24).
+    FrozenReplica,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -48,6 +57,9 @@ impl Kind {
         Kind::BadOutboxRow,
         Kind::Xdel,
         Kind::WrongTypeDeadKey,
+        Kind::DiskFull,
+        Kind::TypeChange,
+        Kind::FrozenReplica,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -69,6 +81,9 @@ impl Kind {
             Kind::BadOutboxRow => "bad-outbox-row",
             Kind::Xdel => "xdel",
             Kind::WrongTypeDeadKey => "wrong-type-dead-key",
+            Kind::DiskFull => "disk-full",
+            Kind::TypeChange => "type-change",
+            Kind::FrozenReplica => "frozen-replica",
         }
     }
 }
@@ -137,6 +152,17 @@ pub enum Fault {
         service: Service,
         len_ms: u64,
     },
+    DiskFull {
+        service: Service,
+        len_ms: u64,
+    },
+    TypeChange {
+        service: Service,
+    },
+    FrozenReplica {
+        service: Service,
+        len_ms: u64,
+    },
 }
 
 impl Fault {
@@ -150,6 +176,9 @@ impl Fault {
             Fault::BadOutboxRow { .. } => Kind::BadOutboxRow,
             Fault::Xdel { .. } => Kind::Xdel,
             Fault::WrongTypeDeadKey { .. } => Kind::WrongTypeDeadKey,
+            Fault::DiskFull { .. } => Kind::DiskFull,
+            Fault::TypeChange { .. } => Kind::TypeChange,
+            Fault::FrozenReplica { .. } => Kind::FrozenReplica,
         }
     }
 }
@@ -239,6 +268,21 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                     service: service(rng),
                     len_ms: rng.random_range(window / 4..window / 2),
                 },
+                // Long enough for a delivery to exhaust its budget, as
+                // read-only.
+                Kind::DiskFull => Fault::DiskFull {
+                    service: service(rng),
+                    len_ms: rng.random_range(window / 2..window),
+                },
+                Kind::TypeChange => Fault::TypeChange {
+                    service: service(rng),
+                },
+                // Frozen for longer than every timeout of the seed's pools
+                // (idle in transaction 1 s, statement 2 s, once scaled).
+                Kind::FrozenReplica => Fault::FrozenReplica {
+                    service: service(rng),
+                    len_ms: rng.random_range(window * 3 / 4..window),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -264,7 +308,10 @@ mod tests {
             let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &[]);
             for t in &input.timed {
                 let end = match t.fault {
-                    Fault::ReadOnly { len_ms } | Fault::WrongTypeDeadKey { len_ms, .. } => t.at_ms + len_ms,
+                    Fault::ReadOnly { len_ms }
+                    | Fault::WrongTypeDeadKey { len_ms, .. }
+                    | Fault::DiskFull { len_ms, .. }
+                    | Fault::FrozenReplica { len_ms, .. } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
                 assert!(

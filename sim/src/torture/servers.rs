@@ -74,7 +74,7 @@ pub async fn preflight(database_url: &str, redis_url: Option<&str>) -> Result<()
 
 /// A fresh, migrated database for one seed; dropped with the guard.
 pub struct SeedDb {
-    admin_url: String,
+    pub(super) admin_url: String,
     pub name: String,
     pub url: String,
 }
@@ -119,7 +119,7 @@ impl SeedDb {
 
     /// A connection to the seed's database that writes even while the
     /// database defaults to read-only.
-    async fn writer(&self) -> Result<PgConnection, String> {
+    pub(super) async fn writer(&self) -> Result<PgConnection, String> {
         let mut conn = PgConnection::connect(&self.url)
             .await
             .map_err(|e| format!("connection to {}: {e}", self.name))?;

@@ -1,9 +1,12 @@
 //! Connecting to PostgreSQL and applying the migrations.
 //!
-//! Every pooled connection starts with the configured `statement_timeout`
-//! and `lock_timeout` (sent as startup parameters, so no connection ever runs
-//! without them): a transaction stuck behind a lock fails as a conflict and
-//! is retried instead of hanging a consumer. A connection failure names the
+//! Every pooled connection starts with the configured `statement_timeout`,
+//! `lock_timeout` and `idle_in_transaction_session_timeout` (sent as startup
+//! parameters, so no connection ever runs without them): a transaction stuck
+//! behind a lock fails as a conflict and is retried instead of hanging a
+//! consumer, and a process that stops mid-transaction (frozen, paused,
+//! partitioned) has its session ended by the server, which releases its
+//! locks, instead of holding them until it resumes. A connection failure names the
 //! URL it tried, with the password redacted, and the cause.
 
 use std::str::FromStr;
@@ -26,6 +29,18 @@ pub struct PgConfig {
     /// Longest wait for a row lock; then the transaction conflicts and is
     /// retried with backoff.
     pub lock_timeout: Duration,
+    /// Longest a session may sit idle inside an open transaction before the
+    /// server ends it (PostgreSQL's `idle_in_transaction_session_timeout`),
+    /// releasing its row locks. A live process is idle in a transaction only
+    /// between two statements of a step (milliseconds; a gateway call at
+    /// most seconds); a frozen one would otherwise hold its locks for as long
+    /// as it is frozen, and every event of those rows would meet 55P03 on
+    /// another replica. Must be shorter than the delivery budget's span
+    /// (deliveries_max x the bus's visibility timeout: 10 x 30 s = 300 s by
+    /// default) so the locks come free while the events can still be
+    /// delivered; the default, 60 s, is a fifth of it and six times the
+    /// statement timeout.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for PgConfig {
@@ -35,6 +50,7 @@ impl Default for PgConfig {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(2),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -141,6 +157,10 @@ pub async fn connect(url: &str, config: &PgConfig) -> Result<PgPool, ConnectErro
             format!("{}", config.statement_timeout.as_millis()),
         ),
         ("lock_timeout", format!("{}", config.lock_timeout.as_millis())),
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}", config.idle_in_transaction_timeout.as_millis()),
+        ),
     ]);
     // One direct connection first: the pool would retry until its acquire
     // timeout and report only "timed out", hiding the cause (refused,

@@ -5,14 +5,24 @@
 //!   (40001), deadlock (40P01), unique violation (23505: two transactions
 //!   inserted the same new key), lock not available (55P03: `lock_timeout`),
 //!   query cancelled (57014: `statement_timeout`), a cached plan whose result
-//!   type a migration changed (0A000: the statement is prepared again on the
-//!   retry's connection once sqlx drops it; the store's own statements name
-//!   their columns, so an additive migration does not cause it).
+//!   type a migration changed (0A000). sqlx does NOT prepare such a statement
+//!   again by itself: the connection keeps the stale prepared statement and
+//!   fails the same way on every use until its statement cache is cleared or
+//!   the connection closes. [`classify_on`] is the one place that clears it,
+//!   and every statement of the store reports its error through it (pooled
+//!   statements through `pooled!` in `mod.rs`, transactions through
+//!   `tx.rs`), so the retry prepares the statement again. The store's own
+//!   statements name their columns, so an additive migration does not
+//!   cause 0A000; a type change does.
 //! - Unavailable (retry later): the pool timed out, the connection broke or
-//!   was refused, the server is shutting down, out of connections or disk
-//!   (class 53), or read-only (25006: a standby, or
-//!   `default_transaction_read_only`).
+//!   was refused, the server is shutting down, out of connections, memory or
+//!   disk (every code of class 53: 53100 a full disk), read-only (25006: a
+//!   standby, or `default_transaction_read_only`), or the server ended the
+//!   session for sitting idle (25P03 `idle_in_transaction_session_timeout`:
+//!   this process was frozen mid-transaction; 57P05 `idle_session_timeout`).
 //! - Fatal: anything else (a CHECK constraint, a bug, corrupt data).
+
+use sqlx::PgConnection;
 
 use crate::runtime::StoreError;
 
@@ -21,9 +31,32 @@ const CONFLICT_CODES: [&str; 6] = ["40001", "40P01", "23505", "55P03", "57014", 
 
 /// SQLSTATE classes and codes that mean the server is not reachable or not
 /// serving: connection exceptions (08), operator intervention (57P01..57P03),
-/// insufficient resources (53), read-only transaction (25006).
+/// insufficient resources (53), read-only transaction (25006), a session
+/// ended for idling (25P03, 57P05).
 fn is_unavailable_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "57P05" | "25006" | "25P03")
+}
+
+/// Whether `error` is SQLSTATE 0A000, "cached plan must not change result
+/// type": a migration changed the type of a column that a statement cached
+/// on this connection returns.
+pub fn is_stale_plan(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"))
+}
+
+/// [`classify`] for an error that `connection` returned: after a stale plan
+/// (0A000) it first drops the connection's statement cache, so that the next
+/// statement on it (the retry, or anyone's) prepares again instead of
+/// failing the same way for as long as the connection lives.
+pub async fn classify_on(connection: &mut PgConnection, error: sqlx::Error, target: &str) -> StoreError {
+    if is_stale_plan(&error) {
+        if let Err(e) = sqlx::Connection::clear_cached_statements(connection).await {
+            tracing::warn!(error = %e, "could not clear the statement cache after SQLSTATE 0A000");
+        }
+    }
+    classify(error, target)
 }
 
 /// Classifies `error`; `target` (host, port and database, no password) names
@@ -86,6 +119,11 @@ mod tests {
         assert!(is_unavailable_code("53300"));
         assert!(is_unavailable_code("53100"), "disk full");
         assert!(is_unavailable_code("25006"), "read-only");
+        assert!(is_unavailable_code("53200"), "out of memory");
+        assert!(
+            is_unavailable_code("25P03"),
+            "ended by idle_in_transaction_session_timeout"
+        );
         assert!(
             CONFLICT_CODES.contains(&"0A000"),
             "cached plan must not change result type"

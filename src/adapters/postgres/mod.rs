@@ -13,6 +13,29 @@
 //! conformance suite in `tests/store_conformance.rs` runs the same tests
 //! against both.
 
+/// `$query.$method(connection)` on a connection of `$store`'s pool, its
+/// error classified by [`errors::classify_on`] on that very connection (so
+/// a stale cached plan, 0A000, is dropped where it is cached): how every
+/// autocommit statement of the store runs. Evaluates to a
+/// `StoreResult` of what `$method` returns.
+macro_rules! pooled {
+    ($store:expr, $method:ident, $query:expr) => {{
+        let store: &$crate::adapters::postgres::PgStore = $store;
+        match store.pool.acquire().await {
+            Err(e) => Err(store.err(e)),
+            Ok(mut connection) => match $query.$method(&mut *connection).await {
+                Ok(found) => Ok(found),
+                Err(e) => {
+                    Err(
+                        $crate::adapters::postgres::errors::classify_on(&mut *connection, e, &store.target)
+                            .await,
+                    )
+                }
+            },
+        }
+    }};
+}
+
 mod batch;
 mod connect;
 mod errors;
@@ -39,7 +62,7 @@ pub use connect::{
     connect, drop_database_blocking, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR,
 };
 pub use errors::classify;
-pub use outbox::claim_sql;
+pub use outbox::{claim_sql, SetAsideRow};
 pub use reads::{Activity, TimelineEntry};
 pub use statement::PgStatement;
 
@@ -66,6 +89,9 @@ pub struct PgStore {
     target: String,
     /// How often each statement ran, shared by clones (statement coverage).
     counts: StatementCounts<PgStatement>,
+    /// The newest event `schemaVersion` this build reads: outbox rows
+    /// above it are left for a build that reads them (see `outbox.rs`).
+    schema_version_max: u32,
 }
 
 impl PgStore {
@@ -77,6 +103,7 @@ impl PgStore {
             pool,
             target,
             counts: StatementCounts::new(),
+            schema_version_max: crate::domain::event::SCHEMA_VERSION,
         }
     }
 
@@ -95,6 +122,18 @@ impl PgStore {
 
     fn ran(&self, statement: PgStatement) {
         self.counts.ran(statement);
+    }
+
+    /// This store as a build that reads event `schemaVersion`s up to
+    /// `newest` only: how tests play an older build beside this one in a
+    /// rolling upgrade (a real build reads up to its `SCHEMA_VERSION`).
+    pub fn reading_schema_versions_up_to(mut self, newest: u32) -> PgStore {
+        assert!(
+            newest <= crate::domain::event::SCHEMA_VERSION,
+            "a build cannot read versions newer than its own"
+        );
+        self.schema_version_max = newest;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -161,59 +200,67 @@ impl Store for PgStore {
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
         self.ran(PgStatement::InboxProcessed);
-        sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {}.inbox WHERE event_id = $1)",
-            schema(service)
-        ))
-        .bind(event_id.0)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))
+        pooled!(
+            self,
+            fetch_one,
+            sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {}.inbox WHERE event_id = $1)",
+                schema(service)
+            ))
+            .bind(event_id.0)
+        )
     }
 
-    /// A new transaction's `transaction_read_only`: on for a database set
-    /// `default_transaction_read_only` and for a hot standby, where every
-    /// write fails with SQLSTATE 25006.
-    async fn writable(&self, _: Service) -> StoreResult<()> {
+    /// Tries what a step does: one short transaction that inserts a row
+    /// into the service's inbox, then rolls back. It fails as a step would
+    /// on a read-only database or a hot standby (25006), a full disk or
+    /// tablespace (53100: the insert cannot extend the table or its index),
+    /// out of connections (53300) or memory (53200), all unavailable; a
+    /// read of `transaction_read_only` said "writable" to a full disk, and
+    /// the consumer spent its deliveries against it. The row never commits,
+    /// so nothing is left behind but a dead tuple for vacuum.
+    async fn writable(&self, service: Service) -> StoreResult<()> {
         self.ran(PgStatement::Writable);
-        let read_only: String = sqlx::query_scalar("SELECT current_setting('transaction_read_only')")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        match read_only.as_str() {
-            "off" => Ok(()),
-            _ => Err(StoreError::Unavailable(format!(
-                "PostgreSQL at {}: read-only (transaction_read_only = {read_only}); writes fail with SQLSTATE 25006",
-                self.target
-            ))),
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO {}.inbox (event_id, processed_at) VALUES (gen_random_uuid(), now())",
+            schema(service)
+        ))
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(errors::classify_on(&mut tx, e, &self.target).await);
         }
+        tx.rollback().await.map_err(|e| self.err(e))
     }
 
     async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
         self.ran(PgStatement::OverdueSagas);
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM order_svc.orders WHERE status = 'PENDING' AND deadline_at <= $1",
-        )
-        .bind(before.to_datetime())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let n: i64 = pooled!(
+            self,
+            fetch_one,
+            sqlx::query_scalar(
+                "SELECT count(*) FROM order_svc.orders WHERE status = 'PENDING' AND deadline_at <= $1",
+            )
+            .bind(before.to_datetime())
+        )?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.ran(PgStatement::OrdersPastDeadline);
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT order_id FROM order_svc.orders
+        let ids: Vec<String> = pooled!(
+            self,
+            fetch_all,
+            sqlx::query_scalar(
+                "SELECT order_id FROM order_svc.orders
              WHERE status = 'PENDING' AND NOT deadline_signalled AND deadline_at <= $1
              ORDER BY deadline_at, order_id
              LIMIT $2",
-        )
-        .bind(now.to_datetime())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+            )
+            .bind(now.to_datetime())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        )?;
         // An id that does not parse is that row's problem: the others are
         // still signalled (the sweep of the row itself fails and is logged).
         Ok(ids
@@ -249,25 +296,23 @@ impl Store for PgStore {
             (outbox_age, inbox_age)
         };
         self.ran(PgStatement::PruneOutbox);
-        let outbox = sqlx::query(&format!(
-            "DELETE FROM {s}.outbox WHERE ctid IN (
+        let outbox = pooled!(
+            self,
+            execute,
+            sqlx::query(&format!(
+                "DELETE FROM {s}.outbox WHERE ctid IN (
                 SELECT ctid FROM {s}.outbox WHERE published_count > 0 AND created_at <= $1 LIMIT $2)"
-        ))
-        .bind(before(now, outbox_age))
-        .bind(batch)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?
+            ))
+            .bind(before(now, outbox_age))
+            .bind(batch)
+        )?
         .rows_affected();
         self.ran(PgStatement::PruneInbox);
-        let inbox = sqlx::query(&format!(
+        let inbox = pooled!(self, execute, sqlx::query(&format!(
             "DELETE FROM {s}.inbox WHERE ctid IN (SELECT ctid FROM {s}.inbox WHERE processed_at <= $1 LIMIT $2)"
         ))
         .bind(before(now, inbox_age))
-        .bind(batch)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?
+        .bind(batch))?
         .rows_affected();
         debug_assert!(
             inbox <= batch as u64 && outbox <= batch as u64,
@@ -281,16 +326,18 @@ impl Store for PgStore {
     async fn snapshot(&self) -> StoreResult<Snapshot> {
         self.ran(PgStatement::Snapshot);
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        let isolated = sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+        if let Err(e) = isolated {
+            return Err(errors::classify_on(&mut tx, e, &self.target).await);
+        }
         let mut snapshot = Snapshot::default();
         for kind in rows::Kind::ALL {
-            let found = sqlx::query(&kind.select_all_sql())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
+            let found = match sqlx::query(&kind.select_all_sql()).fetch_all(&mut *tx).await {
+                Ok(found) => found,
+                Err(e) => return Err(errors::classify_on(&mut tx, e, &self.target).await),
+            };
             for r in &found {
                 let row =
                     rows::decode(kind, r).map_err(|e| StoreError::Fatal(format!("{}: {e}", kind.table())))?;

@@ -69,10 +69,7 @@ impl PgStore {
     pub async fn row(&self, key: &RowKey) -> StoreResult<Option<Row>> {
         let kind = Kind::of_key(key);
         let sql = kind.select_sql(false);
-        let found = rows::bind_key(sqlx::query(&sql), key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        let found = pooled!(self, fetch_optional, rows::bind_key(sqlx::query(&sql), key))?;
         found
             .map(|r| {
                 rows::decode(kind, &r)
@@ -105,15 +102,16 @@ impl PgStore {
     /// The items granted to `user` (one slot reservation per COMPLETED
     /// order), oldest first, at most `limit`.
     pub async fn granted_items(&self, user: &UserId, limit: usize) -> StoreResult<Vec<SlotReservation>> {
-        let found = sqlx::query(&format!(
-            "{} WHERE user_id = $1 AND state = 'GRANTED' ORDER BY updated_at, order_id LIMIT $2",
-            Kind::SlotReservation.select_from()
-        ))
-        .bind(user.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let found = pooled!(
+            self,
+            fetch_all,
+            sqlx::query(&format!(
+                "{} WHERE user_id = $1 AND state = 'GRANTED' ORDER BY updated_at, order_id LIMIT $2",
+                Kind::SlotReservation.select_from()
+            ))
+            .bind(user.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        )?;
         found
             .iter()
             .map(|r| match rows::decode(Kind::SlotReservation, r) {
@@ -146,15 +144,16 @@ impl PgStore {
     pub async fn timeline(&self, order: &OrderId) -> StoreResult<Vec<TimelineEntry>> {
         let mut entries = Vec::new();
         for service in Service::ALL {
-            let found = sqlx::query(&format!(
+            let found = pooled!(
+                self,
+                fetch_all,
+                sqlx::query(&format!(
                 "SELECT seq, event_id, event_type, payload, created_at, published_count, last_published_at
                  FROM {}.outbox WHERE order_id = $1 ORDER BY seq",
                 schema(service)
             ))
-            .bind(order.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+                .bind(order.as_str())
+            )?;
             for r in &found {
                 let fatal = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
                 let event_type: String = r.try_get("event_type").map_err(fatal)?;
@@ -189,13 +188,14 @@ impl PgStore {
         let mut events = Vec::new();
         let mut undecodable = 0;
         for service in Service::ALL {
-            let payloads: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT payload FROM {}.outbox ORDER BY seq",
-                schema(service)
-            ))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+            let payloads: Vec<String> = pooled!(
+                self,
+                fetch_all,
+                sqlx::query_scalar(&format!(
+                    "SELECT payload FROM {}.outbox ORDER BY seq",
+                    schema(service)
+                ))
+            )?;
             for payload in payloads {
                 match crate::domain::Event::decode(payload.as_bytes()) {
                     Ok(event) => events.push(event),
@@ -208,24 +208,26 @@ impl PgStore {
 
     /// Outbox entries of `service` never published yet (the relay's backlog).
     pub async fn outbox_backlog(&self, service: Service) -> StoreResult<i64> {
-        sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {}.outbox WHERE last_published_at IS NULL",
-            schema(service)
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))
+        pooled!(
+            self,
+            fetch_one,
+            sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {}.outbox WHERE last_published_at IS NULL",
+                schema(service)
+            ))
+        )
     }
 
     /// Rows in `service`'s (outbox, inbox).
     pub async fn table_sizes(&self, service: Service) -> StoreResult<(i64, i64)> {
         let s = schema(service);
-        let row = sqlx::query(&format!(
+        let row = pooled!(
+            self,
+            fetch_one,
+            sqlx::query(&format!(
             "SELECT (SELECT count(*) FROM {s}.outbox) AS outbox, (SELECT count(*) FROM {s}.inbox) AS inbox"
         ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        )?;
         let get = |c: &str| {
             row.try_get::<i64, _>(c)
                 .map_err(|e| StoreError::Fatal(e.to_string()))
@@ -236,14 +238,15 @@ impl PgStore {
     /// `service`'s [`Activity`], read in one statement.
     pub async fn activity(&self, service: Service) -> StoreResult<Activity> {
         let s = schema(service);
-        let row = sqlx::query(&format!(
-            "SELECT (SELECT count(*) FROM {s}.outbox WHERE last_published_at IS NULL) AS unpublished, \
+        let row = pooled!(
+            self,
+            fetch_one,
+            sqlx::query(&format!(
+                "SELECT (SELECT count(*) FROM {s}.outbox WHERE last_published_at IS NULL) AS unpublished, \
                     (SELECT coalesce(max(seq), 0) FROM {s}.outbox) AS seq_max, \
                     (SELECT count(*) FROM {s}.inbox) AS inbox"
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+            ))
+        )?;
         let get = |c: &str| {
             row.try_get::<i64, _>(c)
                 .map_err(|e| StoreError::Fatal(format!("{s} activity: {e}")))
@@ -258,10 +261,11 @@ impl PgStore {
     /// How many orders are in each status, in [`OrderStatus`] order,
     /// statuses without orders left out.
     pub async fn orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
-        let found = sqlx::query("SELECT status, count(*) AS n FROM order_svc.orders GROUP BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        let found = pooled!(
+            self,
+            fetch_all,
+            sqlx::query("SELECT status, count(*) AS n FROM order_svc.orders GROUP BY status")
+        )?;
         let mut counts = Vec::new();
         for r in &found {
             let fatal = |e: sqlx::Error| StoreError::Fatal(format!("order_svc.orders: {e}"));
@@ -276,13 +280,14 @@ impl PgStore {
 
     /// The PENDING order created first, if any.
     pub async fn oldest_pending_order(&self) -> StoreResult<Option<Order>> {
-        let found = sqlx::query(&format!(
-            "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE status = 'PENDING' \
+        let found = pooled!(
+            self,
+            fetch_optional,
+            sqlx::query(&format!(
+                "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE status = 'PENDING' \
              ORDER BY created_at, order_id LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+            ))
+        )?;
         found.map(|r| decode_order(&r)).transpose()
     }
 
@@ -299,18 +304,19 @@ impl PgStore {
             Some((at, id)) => (Some(at.to_datetime()), Some(id.as_str())),
             None => (None, None),
         };
-        let found = sqlx::query(&format!(
-            "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE user_id = $1 \
+        let found = pooled!(
+            self,
+            fetch_all,
+            sqlx::query(&format!(
+                "SELECT {ORDER_COLUMNS} FROM order_svc.orders WHERE user_id = $1 \
                AND ($2::timestamptz IS NULL OR (created_at, order_id) < ($2, $3::text)) \
              ORDER BY created_at DESC, order_id DESC LIMIT $4"
-        ))
-        .bind(user.as_str())
-        .bind(at)
-        .bind(id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+            ))
+            .bind(user.as_str())
+            .bind(at)
+            .bind(id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        )?;
         found.iter().map(decode_order).collect()
     }
 
@@ -325,14 +331,15 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.0).collect();
-        let found = sqlx::query(&format!(
-            "SELECT event_id, processed_at FROM {}.inbox WHERE event_id = ANY($1)",
-            schema(service)
-        ))
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let found = pooled!(
+            self,
+            fetch_all,
+            sqlx::query(&format!(
+                "SELECT event_id, processed_at FROM {}.inbox WHERE event_id = ANY($1)",
+                schema(service)
+            ))
+            .bind(ids)
+        )?;
         found
             .iter()
             .map(|r| {

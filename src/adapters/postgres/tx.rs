@@ -22,7 +22,7 @@ use crate::runtime::store::{StoreResult, StoreTx};
 use crate::runtime::StoreError;
 
 use super::batch;
-use super::errors::classify;
+use super::errors::{self, classify};
 use super::rows::{self, Kind, WriteMode};
 use super::schema;
 use super::statement::PgStatement;
@@ -47,23 +47,20 @@ pub(super) struct PgTx {
 }
 
 impl PgTx {
-    fn err(&self, e: sqlx::Error) -> StoreError {
-        classify(e, &self.target)
+    /// [`errors::classify_on`] on this transaction's connection: after a
+    /// stale cached plan (0A000) the connection's statement cache is
+    /// dropped, so the retry prepares its statements again.
+    async fn err_uncached(&mut self, e: sqlx::Error) -> StoreError {
+        errors::classify_on(&mut self.tx, e, &self.target).await
     }
 
-    /// As [`err`](Self::err); after SQLSTATE 0A000 ("cached plan must not
-    /// change result type": a migration changed a column this connection's
-    /// cached statements return) it also drops the connection's statement
-    /// cache, so the retry prepares them again instead of failing the same
-    /// way on this connection forever.
-    async fn err_uncached(&mut self, e: sqlx::Error) -> StoreError {
-        let stale_plan = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"));
-        if stale_plan {
-            if let Err(close) = sqlx::Connection::clear_cached_statements(&mut *self.tx).await {
-                tracing::warn!(error = %close, "could not clear the statement cache after SQLSTATE 0A000");
-            }
+    /// `result` of a statement on this transaction, its error through
+    /// [`err_uncached`](Self::err_uncached).
+    async fn checked<T>(&mut self, result: Result<T, sqlx::Error>) -> StoreResult<T> {
+        match result {
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.err_uncached(e).await),
         }
-        self.err(e)
     }
 
     async fn read(&mut self, key: &RowKey, lock: bool) -> StoreResult<Option<Row>> {
@@ -125,12 +122,12 @@ impl StoreTx for PgTx {
             schema(self.service)
         );
         self.counts.ran(PgStatement::InboxInsert);
-        let done = sqlx::query(&sql)
+        let found = sqlx::query(&sql)
             .bind(event_id.0)
             .bind(now.to_datetime())
             .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+        let done = self.checked(found).await?;
         debug_assert!(done.rows_affected() <= 1, "one inbox row per event id");
         Ok(done.rows_affected() == 1)
     }
@@ -182,15 +179,15 @@ impl StoreTx for PgTx {
             schema(self.service)
         );
         self.counts.ran(PgStatement::OutboxInsert);
-        sqlx::query(&sql)
+        let found = sqlx::query(&sql)
             .bind(event.event_id.0)
             .bind(event.event_type().as_str())
             .bind(event.order_id.as_str())
             .bind(event.encode())
             .bind(now.to_datetime())
             .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+        self.checked(found).await?;
         Ok(())
     }
 
@@ -219,12 +216,12 @@ impl StoreTx for PgTx {
         );
         let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| id.0).collect();
         self.counts.ran(PgStatement::InboxInsertMany);
-        let inserted = sqlx::query(&sql)
+        let found = sqlx::query(&sql)
             .bind(&ids)
             .bind(now.to_datetime())
             .fetch_all(&mut *self.tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+        let inserted = self.checked(found).await?;
         let new = inserted
             .iter()
             .map(|r| sqlx::Row::try_get::<uuid::Uuid, _>(r, "event_id"))
@@ -354,15 +351,15 @@ impl StoreTx for PgTx {
             schema(self.service)
         );
         self.counts.ran(PgStatement::OutboxInsertMany);
-        let done = sqlx::query(&sql)
+        let found = sqlx::query(&sql)
             .bind(events.iter().map(|e| e.event_id.0).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.event_type().as_str()).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>())
             .bind(events.iter().map(Event::encode).collect::<Vec<_>>())
             .bind(now.to_datetime())
             .execute(&mut *self.tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .await;
+        let done = self.checked(found).await?;
         debug_assert_eq!(
             done.rows_affected(),
             events.len() as u64,

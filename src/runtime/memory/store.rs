@@ -72,7 +72,7 @@ use tokio::sync::Notify;
 
 use crate::domain::invariants::Snapshot;
 use crate::domain::rows::OrderStatus;
-use crate::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
+use crate::domain::{DecodeError, DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use crate::runtime::store::{
     one_at_a_time, outbox_due_by_claim, Claimed, Mark, OutboxEntry, Pruned, Quarantined, RedrivePolicy,
     Retention, Store, StoreError, StoreResult, StoreTx,
@@ -112,6 +112,11 @@ struct Slot {
     claimed_until: Option<Timestamp>,
     /// Set aside for good, with the reason.
     quarantined: Option<String>,
+    /// Written by a newer build (its `schemaVersion`): claimed once, given
+    /// back, and skipped by this build from then on.
+    newer: Option<u32>,
+    /// Given back for a newer build.
+    left_for_newer: bool,
 }
 
 impl Slot {
@@ -125,6 +130,8 @@ impl Slot {
             next_publish_at: None,
             claimed_until: None,
             quarantined: None,
+            newer: None,
+            left_for_newer: false,
         }
     }
 
@@ -150,7 +157,9 @@ impl Slot {
     }
 
     fn claimable(&self, now: Timestamp) -> bool {
-        self.quarantined.is_none() && self.claimed_until.is_none_or(|until| until <= now)
+        self.quarantined.is_none()
+            && !self.left_for_newer
+            && self.claimed_until.is_none_or(|until| until <= now)
     }
 }
 
@@ -238,11 +247,15 @@ impl MemoryStore {
     /// transaction: what a build with another event schema may have written
     /// (the Postgres tests INSERT such a row). Returns its seq.
     pub fn enqueue_raw(&self, service: Service, payload: &[u8], now: Timestamp) -> i64 {
-        let event = Event::decode(payload).map_err(|e| e.to_string());
+        let decoded = Event::decode(payload);
+        let newer = decoded.as_ref().err().and_then(DecodeError::newer_schema_version);
+        let event = decoded.map_err(|e| e.to_string());
         let mut state = self.shared.state.lock().expect("store mutex");
         state.next_seq += 1;
         let seq = state.next_seq;
-        state.outbox.insert((service, seq), Slot::new(seq, event, now));
+        let mut slot = Slot::new(seq, event, now);
+        slot.newer = newer;
+        state.outbox.insert((service, seq), slot);
         seq
     }
 
@@ -578,6 +591,18 @@ impl Store for MemoryStore {
                     slot.claimed_until = Some(now.plus(lease));
                     claimed.entries.push(slot.entry().expect("decodes"));
                 }
+                Err(_) if slot.newer.is_some() => {
+                    let needs = slot.newer.expect("just checked");
+                    slot.left_for_newer = true;
+                    slot.claimed_until = None;
+                    claimed.left_for_newer.push(Quarantined {
+                        seq,
+                        reason: format!(
+                            "schema version {needs} is newer than this build reads ({})",
+                            crate::domain::event::SCHEMA_VERSION
+                        ),
+                    });
+                }
                 Err(reason) => {
                     let reason = format!("undecodable event: {reason}");
                     slot.quarantined = Some(reason.clone());
@@ -587,7 +612,9 @@ impl Store for MemoryStore {
                 }
             }
         }
-        debug_assert!(claimed.entries.len() + claimed.quarantined.len() <= limit);
+        debug_assert!(
+            claimed.entries.len() + claimed.quarantined.len() + claimed.left_for_newer.len() <= limit
+        );
         Ok(claimed)
     }
 
