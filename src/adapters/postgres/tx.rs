@@ -244,10 +244,11 @@ impl StoreTx for PgTx {
                 group.iter().all(|k| k.owner() == self.service),
                 "a service reads only its own rows"
             );
-            // Planted bugs (mutants PgNoRowLock, PgBatchNoRowLock): the rows
-            // are read unlocked.
-            let unlocked = crate::mutant!(PgNoRowLock) || crate::mutant!(PgBatchNoRowLock);
-            let sql = batch::select_many_sql(kind, !unlocked);
+            // Planted bugs (mutants PgNoRowLock, and PgBatchNoRowLock for
+            // this statement only): the rows are read unlocked.
+            let mut lock = !crate::mutant!(PgNoRowLock);
+            lock &= !crate::mutant!(PgBatchNoRowLock);
+            let sql = batch::select_many_sql(kind, lock);
             self.counts.ran(PgStatement::SelectForUpdateMany);
             let mut query = sqlx::query(&sql);
             for column in 0..kind.primary_key().len() {
