@@ -93,7 +93,9 @@ pub fn activate_process(name: Option<&str>) -> Result<(), String> {
 pub fn differential_test(name: &str) -> Option<&'static str> {
     match name {
         "claim-drops-entries" | "trim-below-pending" => Some("tests/bus_model_vs_redis.rs"),
-        "pg-no-row-lock" | "prune-inside-horizon" => Some("tests/store_model_vs_postgres.rs"),
+        "pg-no-row-lock" | "pg-batch-no-row-lock" | "prune-inside-horizon" => {
+            Some("tests/store_model_vs_postgres.rs")
+        }
         _ => None,
     }
 }
@@ -122,6 +124,7 @@ mod tests {
             "claim-drops-entries",
             "trim-below-pending",
             "pg-no-row-lock",
+            "pg-batch-no-row-lock",
             "prune-inside-horizon",
         ] {
             assert!(differential_test(name).is_some(), "{name}");
