@@ -26,8 +26,9 @@
 //! `src/runtime/memory/store.rs`.
 //!
 //! Cases: `STORE_DIFF_CASES` (default [`CASES_DEFAULT`]). With the `mutants`
-//! feature, two more tests plant `PgNoRowLock` and `PruneInsideHorizon` in
-//! the Postgres adapter and require that the differential check finds each.
+//! feature, three more tests plant `PgNoRowLock`, `PgBatchNoRowLock` (the
+//! batched lock only) and `PruneInsideHorizon` in the Postgres adapter and
+//! require that the differential check finds each.
 
 mod common;
 
