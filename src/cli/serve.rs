@@ -54,10 +54,10 @@ impl Running {
             observer: Arc::new(Fanout(vec![env.observer.clone(), wake.clone()])),
             ..env.clone()
         };
-        let pid = std::process::id();
+        let instance = ProcessInstance::current();
         for &service in services {
             for replica in 0..replicas {
-                let name = format!("{}-{pid}-{replica}", service.slug());
+                let name = instance.consumer_name(service, replica);
                 let handle = tokio::spawn(consumer::run(
                     env.clone(),
                     service,
@@ -164,6 +164,31 @@ impl Running {
             }
         }
         unfinished
+    }
+}
+
+/// Who this process is among the replicas sharing a consumer group: what
+/// its consumer names are made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInstance {
+    pid: u32,
+}
+
+impl ProcessInstance {
+    /// This process.
+    pub fn current() -> ProcessInstance {
+        ProcessInstance::with_pid(std::process::id())
+    }
+
+    /// A process whose id is `pid`.
+    pub fn with_pid(pid: u32) -> ProcessInstance {
+        ProcessInstance { pid }
+    }
+
+    /// The consumer name of `service`'s `replica`-th consumer in this
+    /// process.
+    pub fn consumer_name(&self, service: Service, replica: u16) -> String {
+        format!("{}-{}-{replica}", service.slug(), self.pid)
     }
 }
 

@@ -64,7 +64,7 @@ use crate::domain::{Event, Service};
 use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
-pub use ops::{DeadLetterEntry, GroupStats, OldestPending};
+pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
 
 /// Consumer names a bus keeps a blocking connection for; more is a bug
 /// (consumer names are per replica task, a handful per process).
