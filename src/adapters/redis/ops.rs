@@ -42,7 +42,10 @@ fn text(entry: &redis::streams::StreamId, field: &str) -> String {
 impl RedisBus {
     /// XINFO GROUPS of `service`'s stream; None when the stream does not
     /// exist (nothing was published to it yet, or Redis lost it).
-    async fn groups_info(&self, service: Service) -> Result<Option<StreamInfoGroupsReply>, BusError> {
+    pub(super) async fn groups_info(
+        &self,
+        service: Service,
+    ) -> Result<Option<StreamInfoGroupsReply>, BusError> {
         let mut conn = self.conn.clone();
         match redis::cmd("XINFO")
             .arg("GROUPS")
@@ -491,7 +494,10 @@ mod tests {
             }
         );
         assert!(memory.out_of_memory());
-        let unlimited = RedisMemory { max_bytes: 0, ..memory };
+        let unlimited = RedisMemory {
+            max_bytes: 0,
+            ..memory
+        };
         assert!(!unlimited.out_of_memory(), "maxmemory 0 is no limit");
         assert_eq!(RedisMemory::parse("used_memory:1\r\n"), None);
     }
