@@ -21,6 +21,7 @@
 //! | `saga_dead_letter_stream_size` | gauge | `service` | XLEN of the dead-letter stream |
 //! | `saga_metrics_scrape_errors_total` | counter | `source` | a gauge read that failed |
 //! | `saga_overdue` | gauge | | PENDING orders past their deadline plus one capped re-drive gap (Postgres) |
+//! | `saga_redis_out_of_memory` | gauge | | 1 while Redis's used memory is at or over `maxmemory` (INFO memory), else 0 |
 //!
 //! The counters are per process (each replica process counts what its own
 //! loops did; Prometheus sums them). A saga's terminal event is counted at
@@ -109,6 +110,7 @@ pub struct Metrics {
     outbox_backlog: Family<ServiceLabel, Gauge>,
     dead_letter_stream: Family<ServiceLabel, Gauge>,
     overdue: Gauge,
+    redis_out_of_memory: Gauge,
     scrape_errors: Family<SourceLabel, Counter>,
     sources: GaugeSources,
     /// One scrape at a time sets the gauges and renders them, so a render
@@ -135,6 +137,7 @@ impl Metrics {
             outbox_backlog: Family::default(),
             dead_letter_stream: Family::default(),
             overdue: Gauge::default(),
+            redis_out_of_memory: Gauge::default(),
             scrape_errors: Family::default(),
             sources,
             scrape: tokio::sync::Mutex::new(()),
@@ -210,6 +213,12 @@ impl Metrics {
             "saga_overdue",
             "Sagas still PENDING past their deadline plus one capped re-drive gap: stuck (read at scrape)",
             m.overdue.clone(),
+        );
+        registry.register(
+            "saga_redis_out_of_memory",
+            "1 while Redis's used memory is at or over maxmemory: publishes and dead letters are refused \
+             until acknowledged entries are trimmed (read at scrape)",
+            m.redis_out_of_memory.clone(),
         );
         registry.register(
             "saga_metrics_scrape_errors",
