@@ -53,13 +53,24 @@ fn scaled(plan_ms: u64) -> u64 {
     plan_ms / TIME_DIVISOR
 }
 
+/// The effect of a partition that proves the cut-off replica's heartbeat
+/// stopped: another replica took over entries it held when cut off.
+pub const PARTITION_TAKEOVER: &str = "partition-takeover";
+
+/// Entries of one consumer a partition effect check looks at, at most.
+const CUT_PENDING_MAX: usize = 100;
+
 /// What a scheduled action does when its time comes.
 enum Action {
+    /// Notes the entries a replica just cut off holds unacknowledged.
+    NoteCutPending(Replica),
     Torture(Fault),
     Restart(Replica),
     Reconnect(Replica),
     ReadOnlyOff,
     FreeDeadKey(Service),
+    /// The end of a `redis-oom` window: the memory settings to restore.
+    RedisOomOff(super::redis_faults::MemorySettings),
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -75,6 +86,8 @@ struct Run {
     expected: Vec<Expected>,
     last_loss_ms: Option<u64>,
     migrations: u64,
+    /// Per replica cut off the bus: when, and the entries it held then.
+    cut_pending: BTreeMap<Replica, (u64, Vec<String>)>,
 }
 
 async fn run_async(
@@ -111,6 +124,10 @@ async fn run_async(
         visibility_timeout: Duration::from_millis(500),
         block: Duration::from_millis(50),
         command_timeout: Duration::from_secs(2),
+        // Under the visibility timeout, as production's 2 s is under its
+        // 30 s: a replica cut off or crashed loses its entries to the
+        // heartbeat takeover, not to the timeout.
+        heartbeat_ttl: Duration::from_millis(250),
         ..RedisConfig::default()
     };
     let checker = Checker {
@@ -152,6 +169,7 @@ async fn run_async(
         expected: Vec::new(),
         last_loss_ms: None,
         migrations: 0,
+        cut_pending: BTreeMap::new(),
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -299,6 +317,7 @@ impl Run {
                         FaultKind::Partition,
                         format!("{replica} cut off the bus for {}ms", scaled(*len_ms)),
                     );
+                    self.schedule(t, Action::NoteCutPending(*replica));
                     self.schedule(t + scaled(*len_ms), Action::Reconnect(*replica));
                 }
             }
@@ -342,7 +361,21 @@ impl Run {
                     self.shared.log(format!("== {r} restarted =="));
                 }
             }
+            Action::NoteCutPending(r) => {
+                let held = self
+                    .checker
+                    .bus
+                    .pending_of(r.service, &r.host(), CUT_PENDING_MAX)
+                    .await
+                    .unwrap_or_default();
+                self.shared.log(format!(
+                    "== {r} cut off holding {} unacknowledged entries ==",
+                    held.len()
+                ));
+                self.cut_pending.insert(r, (t, held));
+            }
             Action::Reconnect(r) => {
+                self.partition_effect(r).await;
                 self.shared.set_cut(r, false);
                 self.shared.log(format!("== {r} reconnected =="));
             }
@@ -357,6 +390,12 @@ impl Run {
                 match self.redis.free_dead_key(&key).await {
                     Ok(()) => self.shared.log(format!("== {key} freed ==")),
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, key, e)),
+                }
+            }
+            Action::RedisOomOff(settings) => {
+                match super::redis_faults::restore(&self.redis, &settings).await {
+                    Ok(()) => self.shared.log("== Redis memory limit restored =="),
+                    Err(e) => self.shared.found(Finding::new(checks::SETUP, "redis-oom off", e)),
                 }
             }
             Action::Torture(fault) if !self.shared.healed() => self.inject(fault, t).await,
@@ -429,6 +468,15 @@ impl Run {
                     .log(format!("== xdel: next delivery of {service} swallowed =="));
                 return;
             }
+            Fault::RedisOom { len_ms } => {
+                let probe = format!("{}:oom-probe", self.checker.redis.prefix);
+                super::redis_faults::start_oom(&self.redis, &probe)
+                    .await
+                    .map(|(before, detail)| {
+                        self.schedule(t + scaled(len_ms), Action::RedisOomOff(before));
+                        format!("out of memory for {}ms: {detail}", scaled(len_ms))
+                    })
+            }
             Fault::WrongTypeDeadKey { service, len_ms } => {
                 let key = self.checker.bus.dead_key(service);
                 match self.redis.occupy_dead_key(&key).await {
@@ -461,6 +509,37 @@ impl Run {
         match done {
             Ok(detail) => self.shared.fault_kind(kind, detail),
             Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+        }
+    }
+
+    /// Before `replica` is reconnected: counts a [`PARTITION_TAKEOVER`] if
+    /// entries it held when cut off are no longer its own (it could not
+    /// acknowledge them meanwhile: another replica took them over), unless
+    /// Redis lost everything since.
+    async fn partition_effect(&mut self, replica: Replica) {
+        let Some((cut_at, held)) = self.cut_pending.remove(&replica) else {
+            return;
+        };
+        if held.is_empty() || self.last_loss_ms.is_some_and(|lost| lost >= cut_at) {
+            return;
+        }
+        let Ok(still) = self
+            .checker
+            .bus
+            .pending_of(replica.service, &replica.host(), CUT_PENDING_MAX)
+            .await
+        else {
+            return;
+        };
+        let taken = held.iter().filter(|id| !still.contains(id)).count();
+        if taken > 0 {
+            self.shared.effect(
+                PARTITION_TAKEOVER,
+                format!(
+                    "{taken} of the {} entries {replica} held when cut off were taken over",
+                    held.len()
+                ),
+            );
         }
     }
 
@@ -505,6 +584,7 @@ fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutc
         paths,
         sim_faults,
         kinds: shared.kind_counts(),
+        effects: shared.effects(),
         dead_letters: shared.dead_letters(),
         wall,
     }

@@ -37,6 +37,7 @@ pub mod boundary;
 pub mod checks;
 pub mod driver;
 pub mod plan;
+pub mod redis_faults;
 pub mod replicas;
 pub mod servers;
 pub mod state;
@@ -122,6 +123,8 @@ pub struct TortureOutcome {
     pub paths: BTreeMap<String, u64>,
     pub sim_faults: BTreeMap<FaultKind, u64>,
     pub kinds: BTreeMap<Kind, u64>,
+    /// Effects counted by name (`Shared::effect`), e.g. `partition-takeover`.
+    pub effects: BTreeMap<&'static str, u64>,
     pub dead_letters: u64,
     pub wall: Duration,
 }

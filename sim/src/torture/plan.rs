@@ -36,10 +36,13 @@ pub enum Kind {
     /// A dead-letter key of the wrong type for a while, with an
     /// undecodable entry on that service's stream meanwhile (issue 17).
     WrongTypeDeadKey,
+    /// The private redis-server out of memory for a while: `maxmemory`
+    /// just under its used memory with `noeviction` (issue 24).
+    RedisOom,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -48,6 +51,7 @@ impl Kind {
         Kind::BadOutboxRow,
         Kind::Xdel,
         Kind::WrongTypeDeadKey,
+        Kind::RedisOom,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -69,6 +73,7 @@ impl Kind {
             Kind::BadOutboxRow => "bad-outbox-row",
             Kind::Xdel => "xdel",
             Kind::WrongTypeDeadKey => "wrong-type-dead-key",
+            Kind::RedisOom => "redis-oom",
         }
     }
 }
@@ -137,6 +142,9 @@ pub enum Fault {
         service: Service,
         len_ms: u64,
     },
+    RedisOom {
+        len_ms: u64,
+    },
 }
 
 impl Fault {
@@ -150,6 +158,7 @@ impl Fault {
             Fault::BadOutboxRow { .. } => Kind::BadOutboxRow,
             Fault::Xdel { .. } => Kind::Xdel,
             Fault::WrongTypeDeadKey { .. } => Kind::WrongTypeDeadKey,
+            Fault::RedisOom { .. } => Kind::RedisOom,
         }
     }
 }
@@ -200,7 +209,7 @@ fn service(rng: &mut ChaCha8Rng) -> Service {
 
 /// Torture's faults for `profile`, each at least once per seed (light) or
 /// up to twice (heavy), at random moments before `heal_at_ms`. A window
-/// (read-only, wrong-type key) ends before the heal.
+/// (read-only, wrong-type key, out of memory) ends before the heal.
 fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Timed> {
     let (most, every_kind) = match profile {
         Profile::None => return Vec::new(),
@@ -239,6 +248,9 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                     service: service(rng),
                     len_ms: rng.random_range(window / 4..window / 2),
                 },
+                Kind::RedisOom => Fault::RedisOom {
+                    len_ms: rng.random_range(window / 4..window / 2),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -264,7 +276,9 @@ mod tests {
             let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &[]);
             for t in &input.timed {
                 let end = match t.fault {
-                    Fault::ReadOnly { len_ms } | Fault::WrongTypeDeadKey { len_ms, .. } => t.at_ms + len_ms,
+                    Fault::ReadOnly { len_ms }
+                    | Fault::WrongTypeDeadKey { len_ms, .. }
+                    | Fault::RedisOom { len_ms } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
                 assert!(

@@ -65,6 +65,7 @@ use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
+pub use scripts::is_oom;
 
 /// Consumer names a bus keeps a blocking connection for; more is a bug
 /// (consumer names are per replica task, a handful per process).

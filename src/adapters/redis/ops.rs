@@ -426,6 +426,31 @@ impl RedisBus {
         Ok(after.ids.len() as u64)
     }
 
+    /// The ids of up to `count_max` entries `consumer` of `service`'s group
+    /// holds unacknowledged, oldest first.
+    pub async fn pending_of(
+        &self,
+        service: Service,
+        consumer: &str,
+        count_max: usize,
+    ) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<Vec<(String, String, u64, u64)>, RedisError> = redis::cmd("XPENDING")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg("-")
+            .arg("+")
+            .arg(count_max)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(entries) => Ok(entries.into_iter().map(|(id, ..)| id).collect()),
+            Err(e) if Self::is_nogroup(&e) || e.to_string().contains("no such key") => Ok(Vec::new()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// Redis's used memory, `maxmemory` and policy (INFO memory).
     pub async fn memory(&self) -> Result<RedisMemory, BusError> {
         let mut conn = self.conn.clone();
