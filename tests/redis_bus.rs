@@ -670,3 +670,41 @@ async fn defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_
         );
     }
 }
+
+/// Issue 23: a replica cut off the bus stops its heartbeat too (torture's
+/// partitions), so the others take over its entries within the TTL.
+#[tokio::test]
+async fn a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const TTL: Duration = Duration::from_millis(300);
+    const VISIBILITY: Duration = Duration::from_secs(30);
+    let r = common::TestRedis::create("bus-paused");
+    let cut_off = bus_with(&r, VISIBILITY, TTL).await;
+    let paused = Arc::new(AtomicBool::new(false));
+    let gate = paused.clone();
+    cut_off.pause_heartbeat_while(move || gate.load(Ordering::SeqCst));
+    let live = bus_with(&r, VISIBILITY, TTL).await;
+    cut_off.publish(&order_created(1)).await.unwrap();
+    let (held, _) = first_delivery(&cut_off, "cut-off").await;
+    let until = Instant::now() + TTL * 3;
+    while Instant::now() < until {
+        assert!(
+            live.receive(Service::User, "live", 10).await.unwrap().is_empty(),
+            "not paused: the holder's heartbeat is kept"
+        );
+    }
+    paused.store(true, Ordering::SeqCst);
+    let paused_at = Instant::now();
+    let (taken, _) = first_delivery(&live, "live").await;
+    assert_eq!(
+        (taken.entry_id.as_str(), taken.attempt),
+        (held.entry_id.as_str(), 2)
+    );
+    assert!(
+        paused_at.elapsed() < TTL * 4,
+        "taken within the TTL ({:?})",
+        paused_at.elapsed()
+    );
+    drop(cut_off);
+}

@@ -69,8 +69,8 @@ enum Action {
     Reconnect(Replica),
     ReadOnlyOff,
     FreeDeadKey(Service),
-    /// The end of a `redis-oom` window: the memory settings to restore.
-    RedisOomOff(super::redis_faults::MemorySettings),
+    /// The end of a `redis-oom` window.
+    RedisOomOff,
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -88,6 +88,9 @@ struct Run {
     migrations: u64,
     /// Per replica cut off the bus: when, and the entries it held then.
     cut_pending: BTreeMap<Replica, (u64, Vec<String>)>,
+    /// While `redis-oom` windows are open: the memory settings from before
+    /// the first, restored when the last closes (windows overlap).
+    oom_before: Option<(super::redis_faults::MemorySettings, u32)>,
 }
 
 async fn run_async(
@@ -170,6 +173,7 @@ async fn run_async(
         last_loss_ms: None,
         migrations: 0,
         cut_pending: BTreeMap::new(),
+        oom_before: None,
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -392,12 +396,14 @@ impl Run {
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, key, e)),
                 }
             }
-            Action::RedisOomOff(settings) => {
-                match super::redis_faults::restore(&self.redis, &settings).await {
+            Action::RedisOomOff => match self.oom_before.take() {
+                Some((settings, open)) if open > 1 => self.oom_before = Some((settings, open - 1)),
+                Some((settings, _)) => match super::redis_faults::restore(&self.redis, &settings).await {
                     Ok(()) => self.shared.log("== Redis memory limit restored =="),
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, "redis-oom off", e)),
-                }
-            }
+                },
+                None => {}
+            },
             Action::Torture(fault) if !self.shared.healed() => self.inject(fault, t).await,
             Action::Torture(_) => {}
         }
@@ -473,7 +479,10 @@ impl Run {
                 super::redis_faults::start_oom(&self.redis, &probe)
                     .await
                     .map(|(before, detail)| {
-                        self.schedule(t + scaled(len_ms), Action::RedisOomOff(before));
+                        // An open window's limit is not what to go back to.
+                        let (first, open) = self.oom_before.take().unwrap_or((before, 0));
+                        self.oom_before = Some((first, open + 1));
+                        self.schedule(t + scaled(len_ms), Action::RedisOomOff);
                         format!("out of memory for {}ms: {detail}", scaled(len_ms))
                     })
             }
