@@ -279,6 +279,7 @@ async fn gauges_read_postgres_and_redis_at_scrape_time() {
     assert_eq!(get(&m, order_backlog), 0.0);
     assert_eq!(get(&m, user_pending), 0.0, "no group yet: nothing pending");
     assert_eq!(get(&m, "saga_dead_letter_stream_size{service=\"user\"}"), 0.0);
+    assert_eq!(get(&m, "saga_redis_out_of_memory"), 0.0, "read from INFO memory");
 
     for user in ["alice", "whale", "poor"] {
         let (status, json) = post(addr, &admin, &order(user, "sword", 1)).await;

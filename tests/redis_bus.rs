@@ -4,7 +4,9 @@
 //! defects of issue 17 (`defect7_*`: a dead letter that cannot be written
 //! must leave its entry pending, and what the dead-letter cap drops is
 //! counted; `defect8_*`: an entry deleted while pending is dead-lettered,
-//! not lost). Each test uses its own key prefix.
+//! not lost); and issue 24's defect 5 (`defect5_*`: replicas running as
+//! PID 1 in separate containers must not share a consumer name). Each test
+//! uses its own key prefix.
 
 mod bus_support;
 mod common;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bus_support::{order_created, raw};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::cli::serve::ProcessInstance;
 use purchase_saga::domain::event::{Payload, PaymentFailed};
 use purchase_saga::domain::{Event, ItemId, OrderId, Service, Timestamp, UserId};
 use purchase_saga::runtime::bus::{Bus, Delivery};
@@ -623,4 +626,85 @@ async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_le
     assert_eq!(dead[0].letter.entry_id, held[0].entry_id);
     assert_eq!(dead[0].letter.reason, "deleted from the stream while pending");
     assert_eq!(bus.pending_count(Service::User).await.unwrap(), 1);
+}
+
+/// Issue 24, defect 5: consumer names were `{slug}-{pid}-{replica}`, the
+/// same for twins running as PID 1 in two containers. A crashed twin's
+/// heartbeat key was the live twin's, refreshed for ever, and its pending
+/// entries were the live twin's own (the claim never takes a consumer's
+/// entries for itself): they waited for the visibility timeout.
+#[tokio::test]
+async fn defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_entries_within_the_ttl() {
+    const TTL: Duration = Duration::from_millis(500);
+    const VISIBILITY: Duration = Duration::from_secs(30);
+    let r = common::TestRedis::create("bus-twins");
+    // Two containers of one service, each running the binary as PID 1.
+    let crashing_name = ProcessInstance::with_pid(1).consumer_name(Service::User, 0);
+    let live_name = ProcessInstance::with_pid(1).consumer_name(Service::User, 0);
+    let crashing = bus_with(&r, VISIBILITY, TTL).await;
+    let live = bus_with(&r, VISIBILITY, TTL).await;
+    live.keep_alive(Service::User, &live_name).await.unwrap();
+    crashing.publish(&order_created(1)).await.unwrap();
+    let (held, _) = first_delivery(&crashing, &crashing_name).await;
+    // The first container dies: its bus (and heartbeat task) with it.
+    drop(crashing);
+    let crashed_at = Instant::now();
+    let taken = loop {
+        let got = live.receive(Service::User, &live_name, 10).await.unwrap();
+        if let Some(d) = got.into_iter().find(|d| d.entry_id == held.entry_id) {
+            break d;
+        }
+        assert!(
+            crashed_at.elapsed() < TTL * 4,
+            "the crashed twin's entry was not taken over within {:?} (consumer names: crashed {crashing_name:?}, \
+             live {live_name:?}); it waits for the {VISIBILITY:?} visibility timeout",
+            TTL * 4
+        );
+    };
+    assert_eq!((taken.attempt, &taken.payload), (2, &held.payload));
+    live.ack(Service::User, &taken.entry_id).await.unwrap();
+    for name in [&crashing_name, &live_name] {
+        assert!(
+            name.starts_with("user-1-") && name.ends_with("-0") && name.len() <= 40,
+            "a name says service, pid and replica, and stays short: {name:?}"
+        );
+    }
+}
+
+/// Issue 23: a replica cut off the bus stops its heartbeat too (torture's
+/// partitions), so the others take over its entries within the TTL.
+#[tokio::test]
+async fn a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const TTL: Duration = Duration::from_millis(300);
+    const VISIBILITY: Duration = Duration::from_secs(30);
+    let r = common::TestRedis::create("bus-paused");
+    let cut_off = bus_with(&r, VISIBILITY, TTL).await;
+    let paused = Arc::new(AtomicBool::new(false));
+    let gate = paused.clone();
+    cut_off.pause_heartbeat_while(move || gate.load(Ordering::SeqCst));
+    let live = bus_with(&r, VISIBILITY, TTL).await;
+    cut_off.publish(&order_created(1)).await.unwrap();
+    let (held, _) = first_delivery(&cut_off, "cut-off").await;
+    let until = Instant::now() + TTL * 3;
+    while Instant::now() < until {
+        assert!(
+            live.receive(Service::User, "live", 10).await.unwrap().is_empty(),
+            "not paused: the holder's heartbeat is kept"
+        );
+    }
+    paused.store(true, Ordering::SeqCst);
+    let paused_at = Instant::now();
+    let (taken, _) = first_delivery(&live, "live").await;
+    assert_eq!(
+        (taken.entry_id.as_str(), taken.attempt),
+        (held.entry_id.as_str(), 2)
+    );
+    assert!(
+        paused_at.elapsed() < TTL * 4,
+        "taken within the TTL ({:?})",
+        paused_at.elapsed()
+    );
+    drop(cut_off);
 }

@@ -1014,6 +1014,13 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
         summary.add(&o.as_sim_outcome());
         summary
             .add_other_faults(torture::Kind::ALL.map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))));
+        summary.add_other_faults([(
+            torture::driver::PARTITION_TAKEOVER,
+            o.effects
+                .get(torture::driver::PARTITION_TAKEOVER)
+                .copied()
+                .unwrap_or(0),
+        )]);
     }
     println!("{command} --jobs {jobs} (commit {})", commit());
     print!("{}", summary.render(started.elapsed()));

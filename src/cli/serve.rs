@@ -54,10 +54,10 @@ impl Running {
             observer: Arc::new(Fanout(vec![env.observer.clone(), wake.clone()])),
             ..env.clone()
         };
-        let pid = std::process::id();
+        let instance = ProcessInstance::current();
         for &service in services {
             for replica in 0..replicas {
-                let name = format!("{}-{pid}-{replica}", service.slug());
+                let name = instance.consumer_name(service, replica);
                 let handle = tokio::spawn(consumer::run(
                     env.clone(),
                     service,
@@ -164,6 +164,49 @@ impl Running {
             }
         }
         unfinished
+    }
+}
+
+/// Who this process is among the replicas sharing a consumer group: what
+/// its consumer names are made of, `{service}-{pid}-{instance}-{replica}`
+/// (e.g. `user-1-3f9a0c6e-0`, at most 40 characters).
+///
+/// The pid alone does not tell processes apart: replicas in separate
+/// containers all run as PID 1, so two would share a name, the live one's
+/// heartbeat would keep a crashed one "alive", and the crashed one's
+/// entries would be the live one's own, which no claim takes: they would
+/// wait for the visibility timeout instead of the heartbeat TTL. The
+/// instance is 8 hex digits of a v4 UUID drawn when the process starts
+/// its loops (two instances collide with odds of 1 in 2^32). A process
+/// that starts again gets new names; the old ones, once nothing is
+/// pending on them, go with the idle-consumer cleanup
+/// ([`RedisBus::remove_idle_consumers`]), whatever their form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInstance {
+    pid: u32,
+    instance: String,
+}
+
+impl ProcessInstance {
+    /// This process, with an instance drawn now.
+    pub fn current() -> ProcessInstance {
+        ProcessInstance::with_pid(std::process::id())
+    }
+
+    /// A process whose id is `pid`, with an instance drawn now (tests stand
+    /// for containers with it).
+    pub fn with_pid(pid: u32) -> ProcessInstance {
+        let mut instance = uuid::Uuid::new_v4().simple().to_string();
+        instance.truncate(8);
+        ProcessInstance { pid, instance }
+    }
+
+    /// The consumer name of `service`'s `replica`-th consumer in this
+    /// process.
+    pub fn consumer_name(&self, service: Service, replica: u16) -> String {
+        let name = format!("{}-{}-{}-{replica}", service.slug(), self.pid, self.instance);
+        debug_assert!(name.len() <= 40, "consumer names stay short: {name}");
+        name
     }
 }
 
@@ -332,6 +375,26 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_names_tell_twins_with_one_pid_apart_and_stay_short() {
+        let (a, b) = (ProcessInstance::with_pid(1), ProcessInstance::with_pid(1));
+        assert_ne!(
+            a.consumer_name(Service::User, 0),
+            b.consumer_name(Service::User, 0)
+        );
+        assert_eq!(
+            a.consumer_name(Service::User, 0),
+            a.consumer_name(Service::User, 0),
+            "drawn once per instance"
+        );
+        let longest = ProcessInstance::with_pid(u32::MAX).consumer_name(Service::Notification, u16::MAX);
+        assert!(longest.len() <= 40, "{longest}");
+        let parts: Vec<&str> = longest.split('-').collect();
+        assert_eq!(parts[..2], ["notification", "4294967295"]);
+        assert!(parts[2].len() == 8 && parts[2].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(parts[3], "65535");
+    }
 
     #[test]
     fn lanes_are_bounded_so_that_each_has_a_connection() {

@@ -5,6 +5,9 @@
 //!   pending entries (delivered, not acknowledged) and the age of the
 //!   oldest, its outbox backlog (never published) and its dead letters;
 //!   the same readings as the `/metrics` gauges (`GaugeSources::read`);
+//! - Redis's memory against `maxmemory`, and whether it is out of memory
+//!   (then it refuses publishes and dead letters until acknowledged entries
+//!   are trimmed; the consumers keep draining, see `adapters::redis`);
 //! - sagas by state (orders PENDING, COMPLETED, FAILED);
 //! - the oldest saga not terminal, with its last event.
 //!
@@ -17,7 +20,7 @@ use serde::Serialize;
 
 use crate::adapters::metrics::{GaugeSources, ServiceReading};
 use crate::adapters::postgres::PgStore;
-use crate::adapters::redis::{OldestPending, RedisBus};
+use crate::adapters::redis::{OldestPending, RedisBus, RedisMemory};
 use crate::domain::rows::OrderStatus;
 use crate::domain::{Service, Timestamp};
 use crate::runtime::{Clock, SystemClock};
@@ -71,11 +74,36 @@ pub struct OldestInFlight {
     pub last_event: Option<LastEvent>,
 }
 
+/// Redis's memory (INFO memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BusMemory {
+    pub used_bytes: u64,
+    /// 0: no limit.
+    pub max_bytes: u64,
+    pub policy: String,
+    /// At or over `maxmemory`: see [`RedisMemory::out_of_memory`].
+    pub out_of_memory: bool,
+}
+
+impl From<RedisMemory> for BusMemory {
+    fn from(m: RedisMemory) -> BusMemory {
+        BusMemory {
+            out_of_memory: m.out_of_memory(),
+            used_bytes: m.used_bytes,
+            max_bytes: m.max_bytes,
+            policy: m.policy,
+        }
+    }
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub services: Vec<ServiceStatus>,
+    /// None when Redis could not be read.
+    pub bus_memory: Option<BusMemory>,
     /// Orders by status (PENDING, COMPLETED, FAILED); None when unread.
     pub sagas: Option<std::collections::BTreeMap<&'static str, i64>>,
     pub oldest_in_flight: Option<OldestInFlight>,
@@ -157,6 +185,15 @@ pub async fn read(pg: &PgStore, redis: Result<RedisBus, String>, now: Timestamp)
         }
         services.push(service_status(service, reading, extras, &mut errors));
     }
+    let bus_memory = match &redis {
+        Some(bus) => keep(
+            &mut errors,
+            "redis memory",
+            Some(bus.memory().await.map_err(|e| e.to_string())),
+        )
+        .map(BusMemory::from),
+        None => None,
+    };
     let sagas = keep(
         &mut errors,
         "orders by status",
@@ -195,6 +232,7 @@ pub async fn read(pg: &PgStore, redis: Result<RedisBus, String>, now: Timestamp)
     };
     Status {
         services,
+        bus_memory,
         sagas,
         oldest_in_flight,
         errors,
@@ -229,6 +267,27 @@ pub fn render(status: &Status) -> String {
             cell(r.outbox_backlog),
             cell(r.dead_letters)
         );
+    }
+    match &status.bus_memory {
+        Some(m) if m.out_of_memory => {
+            let _ = writeln!(
+                s,
+                "redis memory: OUT OF MEMORY: {} used, maxmemory {} ({}): publishes and dead letters are \
+                 refused until acknowledged entries are trimmed",
+                m.used_bytes, m.max_bytes, m.policy
+            );
+        }
+        Some(m) if m.max_bytes > 0 => {
+            let _ = writeln!(
+                s,
+                "redis memory: {} used of maxmemory {} ({})",
+                m.used_bytes, m.max_bytes, m.policy
+            );
+        }
+        Some(m) => {
+            let _ = writeln!(s, "redis memory: {} used, no maxmemory", m.used_bytes);
+        }
+        None => s.push_str("redis memory: ?\n"),
     }
     match &status.sagas {
         Some(counts) => {
@@ -300,6 +359,37 @@ pub async fn run_status(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCo
 mod tests {
     use super::*;
     use crate::adapters::redis::GroupStats;
+
+    #[test]
+    fn a_redis_out_of_memory_is_said_so() {
+        let memory = RedisMemory {
+            used_bytes: 1_300,
+            max_bytes: 1_200,
+            policy: "noeviction".into(),
+        };
+        let mut status = Status {
+            services: Vec::new(),
+            bus_memory: Some(memory.clone().into()),
+            sagas: None,
+            oldest_in_flight: None,
+            errors: Vec::new(),
+        };
+        let shown = render(&status);
+        assert!(
+            shown.contains("redis memory: OUT OF MEMORY: 1300 used, maxmemory 1200 (noeviction)"),
+            "{shown}"
+        );
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains(r#""outOfMemory":true"#), "{json}");
+        status.bus_memory = Some(
+            RedisMemory {
+                used_bytes: 1_000,
+                ..memory
+            }
+            .into(),
+        );
+        assert!(render(&status).contains("redis memory: 1000 used of maxmemory 1200 (noeviction)\n"));
+    }
 
     #[test]
     fn a_missing_group_counts_the_stream_and_a_failed_read_is_named() {

@@ -54,8 +54,17 @@ fn scaled(plan_ms: u64) -> u64 {
     plan_ms / TIME_DIVISOR
 }
 
+/// The effect of a partition that proves the cut-off replica's heartbeat
+/// stopped: another replica took over entries it held when cut off.
+pub const PARTITION_TAKEOVER: &str = "partition-takeover";
+
+/// Entries of one consumer a partition effect check looks at, at most.
+const CUT_PENDING_MAX: usize = 100;
+
 /// What a scheduled action does when its time comes.
 enum Action {
+    /// Notes the entries a replica just cut off holds unacknowledged.
+    NoteCutPending(Replica),
     Torture(Fault),
     Restart(Replica),
     Reconnect(Replica),
@@ -63,6 +72,8 @@ enum Action {
     FreeDeadKey(Service),
     FreeDisk,
     ResumeFrozen,
+    /// The end of a `redis-oom` window.
+    RedisOomOff,
 }
 
 /// The running seed: servers, replicas, the schedule, what to check.
@@ -85,6 +96,11 @@ struct Run {
     frozen: Option<pg_faults::FrozenHolder>,
     /// Type changes and disk-full faults so far (names and directions).
     pg_faults: u64,
+    /// Per replica cut off the bus: when, and the entries it held then.
+    cut_pending: BTreeMap<Replica, (u64, Vec<String>)>,
+    /// While `redis-oom` windows are open: the memory settings from before
+    /// the first, restored when the last closes (windows overlap).
+    oom_before: Option<(super::redis_faults::MemorySettings, u32)>,
 }
 
 async fn run_async(
@@ -121,6 +137,10 @@ async fn run_async(
         visibility_timeout: Duration::from_millis(500),
         block: Duration::from_millis(50),
         command_timeout: Duration::from_secs(2),
+        // Under the visibility timeout, as production's 2 s is under its
+        // 30 s: a replica cut off or crashed loses its entries to the
+        // heartbeat takeover, not to the timeout.
+        heartbeat_ttl: Duration::from_millis(250),
         ..RedisConfig::default()
     };
     let checker = Checker {
@@ -169,6 +189,8 @@ async fn run_async(
         small_disk: None,
         frozen: None,
         pg_faults: 0,
+        cut_pending: BTreeMap::new(),
+        oom_before: None,
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -321,6 +343,7 @@ impl Run {
                         FaultKind::Partition,
                         format!("{replica} cut off the bus for {}ms", scaled(*len_ms)),
                     );
+                    self.schedule(t, Action::NoteCutPending(*replica));
                     self.schedule(t + scaled(*len_ms), Action::Reconnect(*replica));
                 }
             }
@@ -364,7 +387,21 @@ impl Run {
                     self.shared.log(format!("== {r} restarted =="));
                 }
             }
+            Action::NoteCutPending(r) => {
+                let held = self
+                    .checker
+                    .bus
+                    .pending_of(r.service, &r.host(), CUT_PENDING_MAX)
+                    .await
+                    .unwrap_or_default();
+                self.shared.log(format!(
+                    "== {r} cut off holding {} unacknowledged entries ==",
+                    held.len()
+                ));
+                self.cut_pending.insert(r, (t, held));
+            }
             Action::Reconnect(r) => {
+                self.partition_effect(r).await;
                 self.shared.set_cut(r, false);
                 self.shared.log(format!("== {r} reconnected =="));
             }
@@ -401,6 +438,14 @@ impl Run {
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, key, e)),
                 }
             }
+            Action::RedisOomOff => match self.oom_before.take() {
+                Some((settings, open)) if open > 1 => self.oom_before = Some((settings, open - 1)),
+                Some((settings, _)) => match super::redis_faults::restore(&self.redis, &settings).await {
+                    Ok(()) => self.shared.log("== Redis memory limit restored =="),
+                    Err(e) => self.shared.found(Finding::new(checks::SETUP, "redis-oom off", e)),
+                },
+                None => {}
+            },
             Action::Torture(fault) if !self.shared.healed() => self.inject(fault, t).await,
             Action::Torture(_) => {}
         }
@@ -509,6 +554,18 @@ impl Run {
                     .log(format!("== xdel: next delivery of {service} swallowed =="));
                 return;
             }
+            Fault::RedisOom { len_ms } => {
+                let probe = format!("{}:oom-probe", self.checker.redis.prefix);
+                super::redis_faults::start_oom(&self.redis, &probe)
+                    .await
+                    .map(|(before, detail)| {
+                        // An open window's limit is not what to go back to.
+                        let (first, open) = self.oom_before.take().unwrap_or((before, 0));
+                        self.oom_before = Some((first, open + 1));
+                        self.schedule(t + scaled(len_ms), Action::RedisOomOff);
+                        format!("out of memory for {}ms: {detail}", scaled(len_ms))
+                    })
+            }
             Fault::WrongTypeDeadKey { service, len_ms } => {
                 let key = self.checker.bus.dead_key(service);
                 match self.redis.occupy_dead_key(&key).await {
@@ -541,6 +598,37 @@ impl Run {
         match done {
             Ok(detail) => self.shared.fault_kind(kind, detail),
             Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+        }
+    }
+
+    /// Before `replica` is reconnected: counts a [`PARTITION_TAKEOVER`] if
+    /// entries it held when cut off are no longer its own (it could not
+    /// acknowledge them meanwhile: another replica took them over), unless
+    /// Redis lost everything since.
+    async fn partition_effect(&mut self, replica: Replica) {
+        let Some((cut_at, held)) = self.cut_pending.remove(&replica) else {
+            return;
+        };
+        if held.is_empty() || self.last_loss_ms.is_some_and(|lost| lost >= cut_at) {
+            return;
+        }
+        let Ok(still) = self
+            .checker
+            .bus
+            .pending_of(replica.service, &replica.host(), CUT_PENDING_MAX)
+            .await
+        else {
+            return;
+        };
+        let taken = held.iter().filter(|id| !still.contains(id)).count();
+        if taken > 0 {
+            self.shared.effect(
+                PARTITION_TAKEOVER,
+                format!(
+                    "{taken} of the {} entries {replica} held when cut off were taken over",
+                    held.len()
+                ),
+            );
         }
     }
 
@@ -585,6 +673,7 @@ fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutc
         paths,
         sim_faults,
         kinds: shared.kind_counts(),
+        effects: shared.effects(),
         dead_letters: shared.dead_letters(),
         statements: shared.statements.table(),
         wall,

@@ -41,6 +41,7 @@ pub mod coverage;
 pub mod driver;
 pub mod pg_faults;
 pub mod plan;
+pub mod redis_faults;
 pub mod replicas;
 pub mod servers;
 pub mod state;
@@ -146,6 +147,8 @@ pub struct TortureOutcome {
     pub paths: BTreeMap<String, u64>,
     pub sim_faults: BTreeMap<FaultKind, u64>,
     pub kinds: BTreeMap<Kind, u64>,
+    /// Effects counted by name (`Shared::effect`), e.g. `partition-takeover`.
+    pub effects: BTreeMap<&'static str, u64>,
     pub dead_letters: u64,
     /// How often each PgStore statement and RedisBus command ran, under
     /// the faults and after the heal ([`coverage`]).

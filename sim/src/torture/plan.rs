@@ -45,10 +45,13 @@ pub enum Kind {
     /// A process that locks a row in a transaction and stops polling for
     /// longer than every timeout, then resumes (issue 24).
     FrozenReplica,
+    /// The private redis-server out of memory for a while: `maxmemory`
+    /// just under its used memory with `noeviction` (issue 24).
+    RedisOom,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -60,6 +63,7 @@ impl Kind {
         Kind::DiskFull,
         Kind::TypeChange,
         Kind::FrozenReplica,
+        Kind::RedisOom,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -84,6 +88,7 @@ impl Kind {
             Kind::DiskFull => "disk-full",
             Kind::TypeChange => "type-change",
             Kind::FrozenReplica => "frozen-replica",
+            Kind::RedisOom => "redis-oom",
         }
     }
 }
@@ -163,6 +168,9 @@ pub enum Fault {
         service: Service,
         len_ms: u64,
     },
+    RedisOom {
+        len_ms: u64,
+    },
 }
 
 impl Fault {
@@ -179,6 +187,7 @@ impl Fault {
             Fault::DiskFull { .. } => Kind::DiskFull,
             Fault::TypeChange { .. } => Kind::TypeChange,
             Fault::FrozenReplica { .. } => Kind::FrozenReplica,
+            Fault::RedisOom { .. } => Kind::RedisOom,
         }
     }
 }
@@ -229,7 +238,7 @@ fn service(rng: &mut ChaCha8Rng) -> Service {
 
 /// Torture's faults for `profile`, each at least once per seed (light) or
 /// up to twice (heavy), at random moments before `heal_at_ms`. A window
-/// (read-only, wrong-type key) ends before the heal.
+/// (read-only, wrong-type key, out of memory) ends before the heal.
 fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Timed> {
     let (most, every_kind) = match profile {
         Profile::None => return Vec::new(),
@@ -283,6 +292,9 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                     service: service(rng),
                     len_ms: rng.random_range(window * 3 / 4..window),
                 },
+                Kind::RedisOom => Fault::RedisOom {
+                    len_ms: rng.random_range(window / 4..window / 2),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -311,7 +323,8 @@ mod tests {
                     Fault::ReadOnly { len_ms }
                     | Fault::WrongTypeDeadKey { len_ms, .. }
                     | Fault::DiskFull { len_ms, .. }
-                    | Fault::FrozenReplica { len_ms, .. } => t.at_ms + len_ms,
+                    | Fault::FrozenReplica { len_ms, .. }
+                    | Fault::RedisOom { len_ms } => t.at_ms + len_ms,
                     _ => t.at_ms,
                 };
                 assert!(

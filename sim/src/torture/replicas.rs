@@ -7,7 +7,9 @@
 //! on Order replicas `sweeper::run`. A crash aborts the replica's task
 //! (`JoinHandle::abort`), which drops its loops wherever they are, open
 //! transactions included; a restart starts it afresh with new
-//! connections. The client places the scenario's orders with
+//! connections. A replica cut off the bus (a partition) also stops
+//! refreshing its consumer's heartbeat (`RedisBus::pause_heartbeat_while`).
+//! The client places the scenario's orders with
 //! `commands::place_order` at their (scaled) arrival times.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +85,10 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
             }
         };
         wiring.shared.statements.register(&store, &bus);
+        // Cut off the bus, the replica stops its heartbeat too, as a
+        // process cut off Redis would: the others take its entries.
+        let cut = wiring.shared.clone();
+        bus.pause_heartbeat_while(move || cut.is_cut(replica));
         let wake = Arc::new(RelayWake::default());
         let env = Env {
             store: Arc::new(FaultyStore {

@@ -36,6 +36,9 @@ pub struct Shared {
     findings: Mutex<Vec<(u64, Finding)>>,
     sim_counts: Mutex<BTreeMap<FaultKind, u64>>,
     kind_counts: Mutex<BTreeMap<Kind, u64>>,
+    /// Effects of faults that are no fault kind of their own, by name
+    /// (e.g. `partition-takeover`).
+    effects: Mutex<BTreeMap<&'static str, u64>>,
     /// Crash points armed by the plan, per replica, with the downtime.
     armed: Mutex<BTreeMap<Replica, (CrashPoint, u64)>>,
     /// Replicas that reached their armed point and wait to be crashed, with
@@ -68,6 +71,7 @@ impl Shared {
             findings: Mutex::default(),
             sim_counts: Mutex::default(),
             kind_counts: Mutex::default(),
+            effects: Mutex::default(),
             armed: Mutex::default(),
             crash_requests: Mutex::default(),
             cut: Mutex::default(),
@@ -164,6 +168,16 @@ impl Shared {
     pub fn fault_kind(&self, kind: Kind, detail: impl AsRef<str>) {
         self.count_kind(kind);
         self.log(format!("FAULT {kind}: {}", detail.as_ref()));
+    }
+
+    /// Counts and traces an effect of a fault (see `effects`).
+    pub fn effect(&self, name: &'static str, detail: impl AsRef<str>) {
+        *lock(&self.effects).entry(name).or_insert(0) += 1;
+        self.log(format!("EFFECT {name}: {}", detail.as_ref()));
+    }
+
+    pub fn effects(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.effects).clone()
     }
 
     pub fn sim_counts(&self) -> BTreeMap<FaultKind, u64> {

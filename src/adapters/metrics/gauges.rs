@@ -1,5 +1,6 @@
 //! The gauges read at scrape time: consumer-group pending entries and lag
-//! (Redis XINFO GROUPS), dead-letter stream sizes (XLEN), and outbox
+//! (Redis XINFO GROUPS), dead-letter stream sizes (XLEN), whether Redis is
+//! out of memory (INFO memory), and outbox
 //! backlogs (unpublished outbox rows in Postgres). A source that fails is
 //! counted in `saga_metrics_scrape_errors_total` and its gauges keep their
 //! last value; the scrape itself still answers.
@@ -64,6 +65,14 @@ impl GaugeSources {
                     m.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 Err(e) => failed("postgres", e.to_string()),
+            }
+        }
+        if let Some(redis) = &self.redis {
+            match redis.memory().await {
+                Ok(memory) => {
+                    m.redis_out_of_memory.set(i64::from(memory.out_of_memory()));
+                }
+                Err(e) => failed("redis", e.to_string()),
             }
         }
         for service in Service::ALL {

@@ -23,6 +23,7 @@
 //! | `saga_overdue` | gauge | | PENDING orders past their deadline plus one capped re-drive gap (Postgres) |
 //! | `saga_store_statements_total` | counter | `statement` | `PgStore::statement_counts` (statement coverage) |
 //! | `saga_bus_commands_total` | counter | `command` | `RedisBus::command_counts` (statement coverage) |
+//! | `saga_redis_out_of_memory` | gauge | | 1 while Redis's used memory is at or over `maxmemory` (INFO memory), else 0 |
 //!
 //! The counters are per process (each replica process counts what its own
 //! loops did; Prometheus sums them). A saga's terminal event is counted at
@@ -112,6 +113,7 @@ pub struct Metrics {
     outbox_backlog: Family<ServiceLabel, Gauge>,
     dead_letter_stream: Family<ServiceLabel, Gauge>,
     overdue: Gauge,
+    redis_out_of_memory: Gauge,
     scrape_errors: Family<SourceLabel, Counter>,
     sources: GaugeSources,
     /// One scrape at a time sets the gauges and renders them, so a render
@@ -138,6 +140,7 @@ impl Metrics {
             outbox_backlog: Family::default(),
             dead_letter_stream: Family::default(),
             overdue: Gauge::default(),
+            redis_out_of_memory: Gauge::default(),
             scrape_errors: Family::default(),
             sources,
             scrape: tokio::sync::Mutex::new(()),
@@ -215,6 +218,12 @@ impl Metrics {
             m.overdue.clone(),
         );
         registry.register_collector(Box::new(statements::StatementCollector(m.sources.clone())));
+        registry.register(
+            "saga_redis_out_of_memory",
+            "1 while Redis's used memory is at or over maxmemory: publishes and dead letters are refused \
+             until acknowledged entries are trimmed (read at scrape)",
+            m.redis_out_of_memory.clone(),
+        );
         registry.register(
             "saga_metrics_scrape_errors",
             "Gauge reads that failed at scrape time, by source",

@@ -8,9 +8,18 @@
 //!
 //! The task holds only a weak reference to the bus's set of keys: when the
 //! last clone of the bus is dropped, it ends at its next tick.
+//!
+//! The refresh is a script that Redis runs even out of memory (see
+//! `scripts.rs`): were heartbeats refused there, every live consumer would
+//! look gone after one TTL and have its entries taken at once.
+//!
+//! A [`PauseGate`] set on the bus (`RedisBus::pause_heartbeat_while`) stops
+//! the refreshes while it answers true, as for a process cut off Redis:
+//! fault injection makes a partition look to the other replicas as it does
+//! in production.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -23,9 +32,17 @@ const REFRESHES_PER_TTL: u32 = 4;
 /// short to be kept on a loaded machine.
 pub const TTL_MIN: Duration = Duration::from_millis(200);
 
+/// While it answers true, the heartbeat task refreshes nothing.
+pub type PauseGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Refreshes the keys in `alive` every `ttl / REFRESHES_PER_TTL` until the
-/// bus is dropped.
-pub async fn run(alive: Weak<Mutex<BTreeSet<String>>>, mut conn: ConnectionManager, ttl: Duration) {
+/// bus is dropped, except while the gate in `paused` answers true.
+pub async fn run(
+    alive: Weak<Mutex<BTreeSet<String>>>,
+    paused: Arc<Mutex<Option<PauseGate>>>,
+    mut conn: ConnectionManager,
+    ttl: Duration,
+) {
     assert!(ttl >= TTL_MIN, "the bus checks the TTL");
     let period = ttl / REFRESHES_PER_TTL;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -34,15 +51,23 @@ pub async fn run(alive: Weak<Mutex<BTreeSet<String>>>, mut conn: ConnectionManag
         let Some(alive) = alive.upgrade() else {
             return;
         };
+        let gate = paused.lock().expect("pause mutex").clone();
+        if gate.is_some_and(|paused| paused()) {
+            continue;
+        }
         let keys: Vec<String> = alive.lock().expect("alive mutex").iter().cloned().collect();
         // Not held across the round trip: a dropped bus ends the task.
         drop(alive);
         if keys.is_empty() {
             continue;
         }
+        // The heartbeat script runs even when Redis is out of memory (see
+        // `scripts`); one invocation per key keeps each in its own slot.
+        let script = super::scripts::heartbeat();
         let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
         for key in &keys {
-            pipe.cmd("SET").arg(key).arg(1).arg("PX").arg(ttl_ms).ignore();
+            pipe.invoke_script(script.key(key).arg(ttl_ms)).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
             // The consumers' own receives refresh their keys too; a Redis

@@ -66,7 +66,8 @@ use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use command::RedisCommand;
-pub use ops::{DeadLetterEntry, GroupStats, OldestPending};
+pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
+pub use scripts::is_oom;
 
 use crate::adapters::coverage::StatementCounts;
 
@@ -130,6 +131,8 @@ pub struct RedisBus {
     /// refreshed by the heartbeat task while any clone of the bus lives
     /// (the task holds only a weak reference).
     alive: Arc<Mutex<BTreeSet<String>>>,
+    /// Set by [`RedisBus::pause_heartbeat_while`].
+    heartbeat_paused: Arc<Mutex<Option<heartbeat::PauseGate>>>,
     config: RedisConfig,
     /// The URL without its password, for error messages.
     target: String,
@@ -170,6 +173,7 @@ impl RedisBus {
             groups: Arc::default(),
             claim_cursor: Arc::default(),
             alive: Arc::default(),
+            heartbeat_paused: Arc::default(),
             config,
             target,
             counts: StatementCounts::new(),
@@ -181,6 +185,7 @@ impl RedisBus {
             .map_err(|e| bus.err(e))?;
         tokio::spawn(heartbeat::run(
             Arc::downgrade(&bus.alive),
+            bus.heartbeat_paused.clone(),
             bus.conn.clone(),
             bus.config.heartbeat_ttl,
         ));
@@ -249,12 +254,10 @@ impl RedisBus {
         let key = format!("{}{consumer}", self.heartbeat_prefix(service));
         self.alive.lock().expect("alive mutex").insert(key.clone());
         let mut conn = self.conn.clone();
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .arg("PX")
+        let _: i64 = scripts::heartbeat()
+            .key(&key)
             .arg(self.config.heartbeat_ttl.as_millis() as u64)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -274,6 +277,17 @@ impl RedisBus {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Stops this bus's heartbeat task (every clone's) refreshing its
+    /// consumers' keys while `paused` answers true (asked at every
+    /// refresh): to the other consumers of their groups they look gone
+    /// after one TTL, and the next receive of one of them takes their
+    /// pending entries. For fault injection (torture cuts a replica off
+    /// the bus this way, as a partition from Redis would); a receive of
+    /// the paused bus still refreshes its caller's own key.
+    pub fn pause_heartbeat_while(&self, paused: impl Fn() -> bool + Send + Sync + 'static) {
+        *self.heartbeat_paused.lock().expect("pause mutex") = Some(Arc::new(paused));
     }
 
     /// The consumer group of a service.
@@ -307,6 +321,18 @@ impl RedisBus {
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
+            // Out of memory, Redis refuses XGROUP CREATE before it looks
+            // whether the group exists: a process started then must still
+            // find the group that is there.
+            Err(e) if scripts::is_oom(&e) => {
+                let exists = self
+                    .groups_info(service)
+                    .await?
+                    .is_some_and(|info| info.groups.iter().any(|g| g.name == Self::group(service)));
+                if !exists {
+                    return Err(self.err(e));
+                }
+            }
             Err(e) => return Err(self.err(e)),
         }
         self.groups.lock().expect("groups mutex").insert(service);
@@ -532,6 +558,12 @@ impl RedisBus {
             // leave the idle ones pending and read new entries only.
             Err(e) if e.code() == Some(scripts::DEAD_KEY_ERROR) => {
                 tracing::error!(%service, error = %e, "not claiming idle entries until the dead-letter key is a stream again");
+                Vec::new()
+            }
+            // The claim runs out of memory by design (see `scripts`); if a
+            // server refuses it anyway, new entries still flow.
+            Err(e) if scripts::is_oom(&e) => {
+                tracing::error!(%service, error = %e, "Redis is out of memory and refused the claim; reading new entries only");
                 Vec::new()
             }
             Err(e) => return Err(e),

@@ -42,7 +42,10 @@ fn text(entry: &redis::streams::StreamId, field: &str) -> String {
 impl RedisBus {
     /// XINFO GROUPS of `service`'s stream; None when the stream does not
     /// exist (nothing was published to it yet, or Redis lost it).
-    async fn groups_info(&self, service: Service) -> Result<Option<StreamInfoGroupsReply>, BusError> {
+    pub(super) async fn groups_info(
+        &self,
+        service: Service,
+    ) -> Result<Option<StreamInfoGroupsReply>, BusError> {
         let mut conn = self.conn.clone();
         match redis::cmd("XINFO")
             .arg("GROUPS")
@@ -347,6 +350,39 @@ impl RedisBus {
     }
 }
 
+/// Redis's memory as INFO memory reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisMemory {
+    pub used_bytes: u64,
+    /// `maxmemory`; 0 when unlimited.
+    pub max_bytes: u64,
+    /// `maxmemory-policy`, e.g. `noeviction`.
+    pub policy: String,
+}
+
+impl RedisMemory {
+    /// Used memory at or over a set `maxmemory`: with `noeviction`, Redis
+    /// refuses every command that may grow memory (publishes, dead
+    /// letters); with an eviction policy it deletes keys to make room.
+    pub fn out_of_memory(&self) -> bool {
+        self.max_bytes > 0 && self.used_bytes >= self.max_bytes
+    }
+
+    /// Parses the `INFO memory` section.
+    pub fn parse(info: &str) -> Option<RedisMemory> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Some(RedisMemory {
+            used_bytes: field("used_memory")?.parse().ok()?,
+            max_bytes: field("maxmemory")?.parse().ok()?,
+            policy: field("maxmemory_policy")?.to_string(),
+        })
+    }
+}
+
 /// The oldest entry a consumer group holds unacknowledged (XPENDING).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OldestPending {
@@ -391,6 +427,47 @@ impl RedisBus {
         Ok(after.ids.len() as u64)
     }
 
+    /// The ids of up to `count_max` entries `consumer` of `service`'s group
+    /// holds unacknowledged, oldest first.
+    pub async fn pending_of(
+        &self,
+        service: Service,
+        consumer: &str,
+        count_max: usize,
+    ) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<Vec<(String, String, u64, u64)>, RedisError> = redis::cmd("XPENDING")
+            .arg(self.stream_key(service))
+            .arg(Self::group(service))
+            .arg("-")
+            .arg("+")
+            .arg(count_max)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(entries) => Ok(entries.into_iter().map(|(id, ..)| id).collect()),
+            Err(e) if Self::is_nogroup(&e) || e.to_string().contains("no such key") => Ok(Vec::new()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Redis's used memory, `maxmemory` and policy (INFO memory).
+    pub async fn memory(&self) -> Result<RedisMemory, BusError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        RedisMemory::parse(&info).ok_or_else(|| {
+            BusError::Unavailable(format!(
+                "Redis at {} answered INFO memory without used_memory, maxmemory or maxmemory_policy",
+                self.target
+            ))
+        })
+    }
+
     /// The oldest unacknowledged entry of `service`'s group, if any.
     pub async fn oldest_pending(&self, service: Service) -> Result<Option<OldestPending>, BusError> {
         let mut conn = self.conn.clone();
@@ -427,7 +504,29 @@ impl RedisBus {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_id;
+    use super::{parse_id, RedisMemory};
+
+    #[test]
+    fn info_memory_is_read_by_field_name_not_prefix() {
+        let info = "# Memory\r\nused_memory:1259352\r\nused_memory_human:1.20M\r\nmaxmemory:1108936\r\n\
+                    maxmemory_human:1.06M\r\nmaxmemory_policy:noeviction\r\n";
+        let memory = RedisMemory::parse(info).unwrap();
+        assert_eq!(
+            memory,
+            RedisMemory {
+                used_bytes: 1_259_352,
+                max_bytes: 1_108_936,
+                policy: "noeviction".into()
+            }
+        );
+        assert!(memory.out_of_memory());
+        let unlimited = RedisMemory {
+            max_bytes: 0,
+            ..memory
+        };
+        assert!(!unlimited.out_of_memory(), "maxmemory 0 is no limit");
+        assert_eq!(RedisMemory::parse("used_memory:1\r\n"), None);
+    }
 
     #[test]
     fn stream_ids_order_numerically() {

@@ -1,15 +1,56 @@
 //! The bus's Lua scripts, each one atomic step on the server: the claim
 //! (the caller's heartbeat, the takeover of gone consumers' entries,
 //! XAUTOCLAIM, the exact delivery count of every claimed entry, dead
-//! letters for the entries deleted while pending) and the dead letter
-//! (XADD, and only if it succeeded, XACK). Both count what the dead-letter
-//! stream's `MAXLEN ~` cap drops in the dead-trimmed counter key.
+//! letters for the entries deleted while pending), the dead letter (XADD,
+//! and only if it succeeded, XACK) and the heartbeat (one key's SET PX).
+//! The claim and the dead letter count what the dead-letter stream's
+//! `MAXLEN ~` cap drops in the dead-trimmed counter key.
 //!
 //! Atomic because each step's parts must not be separated: a claim whose
 //! counts were read by a later command could be answered with another
 //! entry's row (the bug this replaced: one XPENDING over the claimed range
 //! filled by an entry the consumer already held), and a dead letter acked
 //! although its XADD failed (MULTI/EXEC runs the XACK anyway) vanishes.
+//!
+//! # Out of memory
+//!
+//! A Redis at `maxmemory` with `noeviction` refuses every command flagged
+//! `denyoom` (SET, XADD, XGROUP CREATE, ...) and runs the rest (XREADGROUP,
+//! XACK, XCLAIM, XAUTOCLAIM, XTRIM, PEXPIRE). The only way out is that
+//! consumers acknowledge and the trimmer frees what they acknowledged, so
+//! the scripts that keep consumers going carry the shebang flag
+//! `allow-oom` (Redis >= 7.0) and run whatever the memory:
+//!
+//! - the heartbeat: it rewrites one small key per consumer in place (a
+//!   key that had expired comes back at the size it had). Were it refused,
+//!   every heartbeat would expire after one TTL and each receive would take
+//!   every other live consumer's entries at once: a takeover storm in which
+//!   entries bounce between live consumers and their delivery counts race
+//!   toward the dead-letter limit.
+//! - the claim: its first write is the caller's heartbeat, so that a
+//!   consumer that cannot show itself alive takes nothing; it stays the
+//!   first write (a claim that could not write it must not take a gone
+//!   consumer's entries). The rest moves ownership of entries that exist
+//!   (no memory) and writes an empty dead letter for an entry deleted
+//!   while pending (its XDEL freed more than the letter takes). Refused,
+//!   it would leave every retry and every crashed consumer's entry pending
+//!   for ever, and a pending entry pins the trim floor: memory never
+//!   comes back.
+//!
+//! The consumer's dead letter is not flagged (`#!lua` with no flags:
+//! refused as a whole under OOM, before it changes anything): it writes
+//! the event's payload, which is what memory ran out of. Refused, its
+//! entry stays pending with its delivery count, the next delivery after
+//! the visibility timeout tries again, and nothing is lost; the consumer
+//! reports the error and carries on. Publishes (XADD) are refused too and
+//! wait in the outbox. Other options were weighed: moving the heartbeat
+//! out of the claim leaves the claim's other writes to Redis's "first
+//! write of a script" OOM rule (a takeover whose first write is a dead
+//! letter fails, one whose first write is an XCLAIM runs), and treating
+//! OOM like DEADKEY (reading new entries only) strands every entry that
+//! needs claiming. `receive` still reads new entries if a claim is refused
+//! for memory (a server that rejects the flag, a script cache that cannot
+//! load), as it does for DEADKEY.
 
 use std::sync::OnceLock;
 
@@ -18,6 +59,14 @@ use redis::{FromRedisValue, RedisResult, Script, Value};
 
 /// The error code of the claim while the dead-letter key is not a stream.
 pub const DEAD_KEY_ERROR: &str = "DEADKEY";
+
+/// The first line of a script that runs even when Redis is out of memory
+/// (see the module docs).
+const ALLOW_OOM: &str = "#!lua flags=allow-oom\n";
+
+/// The first line of a script that Redis refuses as a whole, before it
+/// runs, when out of memory.
+const DENY_OOM: &str = "#!lua\n";
 
 /// Appends a dead letter to `dead` capped at about `maxlen` entries and
 /// counts the entries the cap dropped in `counter`. Raises WRONGTYPE before
@@ -100,6 +149,12 @@ end
 return {next, claimed, counts, deleted, dropped}
 "#;
 
+/// KEYS: a consumer's heartbeat key. ARGV: its TTL in ms.
+const HEARTBEAT: &str = r#"
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 1
+"#;
+
 /// KEYS: dead-letter stream, stream, dead-trimmed counter. ARGV: cap,
 /// payload, reason, entry id, service, attempt, group. Returns the dead
 /// letters dropped by the cap.
@@ -111,12 +166,23 @@ return dropped
 
 pub fn claim() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(&format!("{DEAD_LETTER_FN}{CLAIM}")))
+    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{DEAD_LETTER_FN}{CLAIM}")))
 }
 
 pub fn dead_letter() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(&format!("{DEAD_LETTER_FN}{DEAD_LETTER}")))
+    SCRIPT.get_or_init(|| Script::new(&format!("{DENY_OOM}{DEAD_LETTER_FN}{DEAD_LETTER}")))
+}
+
+pub fn heartbeat() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{HEARTBEAT}")))
+}
+
+/// Whether Redis refused `e`'s command for want of memory (`maxmemory`
+/// reached under `noeviction`).
+pub fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
 /// What the claim script answers.
