@@ -736,7 +736,15 @@ impl Run {
                         at_ms: t,
                     });
                 }
-                Ok(_) => self.not_injected(Kind::Xdel, &format!("entry {id} already gone")),
+                Ok(_) => {
+                    // Gone already (Redis lost its data since it was
+                    // taken): the xdel waits for another entry.
+                    self.shared.log(format!(
+                        "== xdel: entry {id} of {service} already gone; another one =="
+                    ));
+                    self.swallow_since_ms.get_or_insert(t);
+                    self.shared.request_swallow(service);
+                }
                 Err(e) => self.not_injected(Kind::Xdel, &e),
             }
         }
