@@ -717,6 +717,20 @@ impl Run {
     async fn xdel_swallowed(&mut self, t: u64) {
         for (service, id) in self.shared.take_swallowed() {
             let stream = self.checker.bus.stream_key(service);
+            if self
+                .expected
+                .iter()
+                .any(|e| e.service == service && e.entry_id == id)
+            {
+                // Torture's own poison entry: deleting it too would make
+                // one entry two faults; it is left to be dead-lettered.
+                self.shared.log(format!(
+                    "== xdel: entry {id} of {service} is injected poison; another one =="
+                ));
+                self.swallow_since_ms.get_or_insert(t);
+                self.shared.request_swallow(service);
+                continue;
+            }
             // What the stream holds is read first: the entry leaves it.
             if let Err(e) = self.scan_streams().await {
                 self.not_injected(Kind::Xdel, &format!("the streams could not be read first: {e}"));
