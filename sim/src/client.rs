@@ -82,7 +82,7 @@ impl RequestLog {
 
     /// If armed, fires: records the crash request. The caller then waits
     /// for the driver to crash it.
-    fn fire(&self) -> bool {
+    pub fn fire(&self) -> bool {
         let mut state = self.lock();
         match state.armed.take() {
             Some(down_ms) => {
@@ -93,14 +93,14 @@ impl RequestLog {
         }
     }
 
-    fn answered(&self, n: usize) -> bool {
+    pub fn answered(&self, n: usize) -> bool {
         self.lock().requests.get(&n).is_some_and(|r| r.answered)
     }
 
     /// Records that request `n` is being sent, written before it goes
     /// out; returns the order id to send it under and whether it is a
     /// re-send after a restart.
-    fn send(&self, n: usize, spec: &OrderSpec) -> (OrderId, bool) {
+    pub fn send(&self, n: usize, spec: &OrderSpec) -> (OrderId, bool) {
         let mut state = self.lock();
         let request = state.requests.entry(n).or_default();
         let resend = !request.sent_as.is_empty();
@@ -117,7 +117,7 @@ impl RequestLog {
         (id, resend)
     }
 
-    fn record_answer(&self, n: usize, created: bool) {
+    pub fn record_answer(&self, n: usize, created: bool) {
         let mut state = self.lock();
         let request = state.requests.get_mut(&n).expect("an answered request was sent");
         request.answered = true;

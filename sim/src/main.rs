@@ -232,6 +232,11 @@ enum Command {
         /// Switch on a planted bug process-wide (needs `--features mutants`).
         #[arg(long)]
         mutant: Option<String>,
+        /// Do not fail when a path or fault kind never took effect (a
+        /// short sweep: broker-loss and client-crash strike one seed in 8
+        /// and in 4).
+        #[arg(long)]
+        no_coverage: bool,
     },
 }
 
@@ -942,6 +947,7 @@ fn main() -> ExitCode {
             redis_url,
             quiescence_secs,
             mutant,
+            no_coverage,
         } => {
             let (a, b) = match parse_range(&seeds) {
                 Ok(r) => r,
@@ -971,7 +977,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let command = settings.command(a, b, &without, mutant.as_deref());
-            run_torture(a, b, jobs, &settings, &command)
+            run_torture(a, b, jobs, &settings, &command, !no_coverage)
         }
     }
 }
@@ -1004,9 +1010,17 @@ fn torture_sweep(a: u64, b: u64, jobs: usize, settings: &TortureSettings) -> Vec
 }
 
 /// `saga-sim torture`: the summary table, then each failing seed's plan,
-/// findings and trace. Returns 1 on any finding, and when a saga-path
-/// statement never ran under a fault (`torture::coverage`).
-fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command: &str) -> ExitCode {
+/// findings and trace. Returns 1 on any finding, and (with `coverage`)
+/// when a path or fault kind never took effect (`torture::never_happened`)
+/// or a saga-path statement never ran under a fault (`torture::coverage`).
+fn run_torture(
+    a: u64,
+    b: u64,
+    jobs: usize,
+    settings: &TortureSettings,
+    command: &str,
+    coverage: bool,
+) -> ExitCode {
     let started = Instant::now();
     let outcomes = torture_sweep(a, b, jobs, settings);
     let mut summary = Summary::default();
@@ -1026,12 +1040,17 @@ fn run_torture(a: u64, b: u64, jobs: usize, settings: &TortureSettings, command:
     print!("{}", summary.render(started.elapsed()));
     let statements = torture::coverage::SweepCoverage::of(&outcomes, settings.profile);
     print!("{}", statements.render());
+    let missing = torture::never_happened(&summary, settings.profile, &settings.without);
+    let uncovered = coverage && (!missing.is_empty() || !statements.missing().is_empty());
+    if coverage && !missing.is_empty() {
+        println!("\nNEVER HAPPENED (coverage, effects): {}", missing.join(", "));
+    }
     let failing: Vec<&TortureOutcome> = outcomes.iter().filter(|o| !o.findings.is_empty()).collect();
     if failing.is_empty() {
-        return if statements.missing().is_empty() {
-            ExitCode::SUCCESS
-        } else {
+        return if uncovered {
             ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
         };
     }
     // The first failing seed's plan and trace here; every failing seed's in

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use purchase_saga::domain::invariants::{check_safety, check_transition, CompensationLedger, Snapshot};
+use purchase_saga::domain::invariants::{
+    check_safety, check_transition, CompensationLedger, Snapshot, Violation,
+};
 use purchase_saga::domain::{Event, EventId, Row, Service, Timestamp};
 use purchase_saga::runtime::memory::MemoryStore;
 use rand::Rng;
@@ -260,35 +262,7 @@ impl World {
     /// before and after can differ (rows are never deleted).
     pub fn check_commit(&self) {
         let rows = std::mem::take(&mut *lock(&self.committed));
-        let mut last = lock(&self.last);
-        let (mut before, mut after) = (Snapshot::default(), Snapshot::default());
-        for row in rows {
-            match &row {
-                Row::Order(o) => {
-                    if let Some(old) = last.orders.get(&o.order_id) {
-                        before
-                            .orders
-                            .entry(o.order_id.clone())
-                            .or_insert_with(|| old.clone());
-                    }
-                    after.orders.insert(o.order_id.clone(), o.clone());
-                }
-                Row::Payment(p) => {
-                    if let Some(old) = last.payments.get(&p.order_id) {
-                        before
-                            .payments
-                            .entry(p.order_id.clone())
-                            .or_insert_with(|| old.clone());
-                    }
-                    after.payments.insert(p.order_id.clone(), p.clone());
-                }
-                _ => {}
-            }
-            last.insert(row);
-        }
-        let mut found = check_safety(&last);
-        drop(last);
-        found.extend(check_transition(&before, &after));
+        let found = check_committed_rows(&mut lock(&self.last), rows);
         for v in found {
             self.found(v.into());
         }
@@ -414,4 +388,41 @@ impl World {
     pub fn violations(&self) -> Vec<(i64, Finding)> {
         lock(&self.violations).clone()
     }
+}
+
+/// The safety checks of one commit (or of the commits since the last
+/// check, in commit order): `rows` applied to `last`, the committed state
+/// before them, then `check_safety` over the whole of it and
+/// `check_transition` over the rows that changed, the only ones whose
+/// before and after can differ (rows are never deleted). Shared by the
+/// simulator ([`World::check_commit`]) and torture (`torture::witness`).
+pub fn check_committed_rows(last: &mut Snapshot, rows: Vec<Row>) -> Vec<Violation> {
+    let (mut before, mut after) = (Snapshot::default(), Snapshot::default());
+    for row in rows {
+        match &row {
+            Row::Order(o) => {
+                if let Some(old) = last.orders.get(&o.order_id) {
+                    before
+                        .orders
+                        .entry(o.order_id.clone())
+                        .or_insert_with(|| old.clone());
+                }
+                after.orders.insert(o.order_id.clone(), o.clone());
+            }
+            Row::Payment(p) => {
+                if let Some(old) = last.payments.get(&p.order_id) {
+                    before
+                        .payments
+                        .entry(p.order_id.clone())
+                        .or_insert_with(|| old.clone());
+                }
+                after.payments.insert(p.order_id.clone(), p.clone());
+            }
+            _ => {}
+        }
+        last.insert(row);
+    }
+    let mut found = check_safety(last);
+    found.extend(check_transition(&before, &after));
+    found
 }

@@ -1,6 +1,7 @@
 //! `saga-sim torture` against the real services: a few seeds with the light
-//! profile must come out clean (`torture_mutant.rs` shows that a planted
-//! bug does not).
+//! profile must come out clean under the whole checker, which must have
+//! looked at every commit, ack and stream entry (`torture_mutant.rs` shows
+//! that planted bugs do not come out clean, each caught by its check).
 //!
 //! Needs PostgreSQL (`DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, a user that may CREATE
@@ -51,5 +52,19 @@ fn light_faults_on_the_real_services_leave_every_invariant_holding() {
                 o.failure_report()
             );
         }
+        // The whole checker ran: every commit, every ack and every stream
+        // entry was looked at (`witness.rs`, `streams.rs`).
+        for what in ["commits", "acks", "stream-entries"] {
+            assert!(
+                o.checked.get(what).copied().unwrap_or(0) > 0,
+                "seed {seed}: no {what} checked: {:?}",
+                o.checked
+            );
+        }
+        assert!(
+            o.checked["acks"] >= o.input.scenario.orders.len() as u64,
+            "seed {seed}: every saga acks several deliveries: {:?}",
+            o.checked
+        );
     }
 }

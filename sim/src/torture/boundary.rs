@@ -67,6 +67,18 @@ fn store_fault(shared: &Shared, what: &str) -> StoreError {
     }
 }
 
+/// The plan's `unavailable`: the store answers as a refused or broken
+/// connection does.
+fn unavailable(shared: &Shared, what: &str) -> StoreResult<()> {
+    if shared.strikes(shared.plan.unavailable_per_mille) {
+        shared.count(FaultKind::Unavailable);
+        return Err(StoreError::Unavailable(format!(
+            "torture: store unreachable at {what}"
+        )));
+    }
+    Ok(())
+}
+
 /// One replica's (or the client's) store.
 pub struct FaultyStore {
     pub inner: Arc<dyn Store>,
@@ -79,7 +91,7 @@ impl FaultyStore {
         if self.shared.strikes(self.shared.plan.abort_per_mille) {
             return Err(store_fault(&self.shared, what));
         }
-        Ok(())
+        unavailable(&self.shared, what)
     }
 }
 
@@ -250,6 +262,10 @@ impl StoreTx for FaultyTx {
             self.inner = None;
             return Err(store_fault(&self.shared, "commit"));
         }
+        if let Err(e) = unavailable(&self.shared, "commit") {
+            self.inner = None;
+            return Err(e);
+        }
         let inner = self.inner.take().expect("committed once");
         inner.commit().await
     }
@@ -300,6 +316,7 @@ impl Bus for FaultyBus {
         let mut out_after: Vec<usize> = Vec::with_capacity(attempted.len());
         for event in attempted {
             if self.shared.strikes(plan.drop_publish_per_mille) {
+                self.shared.publish_dropped(event.event_id);
                 self.shared.fault(
                     FaultKind::DropPublish,
                     format!("{} publish of {} lost", self.replica, event.summary()),

@@ -1,19 +1,24 @@
 //! What torture checks, with the simulator's invariants
 //! (`domain::invariants`) and these additions:
 //!
-//! - during the run: `check_safety` and `check_transition` on
-//!   `Store::snapshot()` every [`SNAPSHOT_EVERY`]; from the runtime's
-//!   observer events, [`REAL_EVENT_DEAD_LETTERED`] (a decodable event, which
-//!   only torture's injected entries and rows are not, dead-lettered) and
-//!   [`REPUBLISH_BOUNDED`] (a relay publishing one event more often than the
-//!   re-drive schedule allows: an endless republish);
-//! - at the end: quiescence ([`not_quiescent`]: every order terminal, every
-//!   outbox row published and in each subscriber's inbox, every group
-//!   drained) within the bound, else `liveness`; `check_quiescent`; and
+//! - on every commit, every ack and on the streams: see `witness.rs`
+//!   (safety and transitions per commit, the compensation ledger, ack only
+//!   after commit) and `streams.rs` (publish from the outbox, a mark only
+//!   for what Redis received, no dead letter torture did not cause);
+//! - from the runtime's observer events, [`REAL_EVENT_DEAD_LETTERED`] (a
+//!   decodable event, which only torture's injected entries and rows are
+//!   not, dead-lettered) and [`REPUBLISH_BOUNDED`] (a relay publishing one
+//!   event more often than the re-drive schedule allows: an endless
+//!   republish);
+//! - at the end: quiescence ([`Checker::not_quiescent`]: every order
+//!   terminal, every outbox row published and in each subscriber's inbox,
+//!   every group drained, a lag Redis cannot count counted from the
+//!   stream) within the bound, else `liveness`; `check_quiescent`; and
 //!   that what had to be dead-lettered was: an entry XDELed while pending
 //!   ([`DELETED_ENTRY_DEAD_LETTERED`]) and an undecodable entry sent while
 //!   the dead-letter key had the wrong type ([`DEAD_LETTER_KEPT`]), unless
-//!   Redis lost its data after them.
+//!   Redis lost its data after them;
+//! - a planned fault that did not take effect: [`FAULT_NOT_INJECTED`].
 //!
 //! Injected outbox rows (bad-outbox-row) are exempt from "published": a
 //! relay may quarantine them.
@@ -40,12 +45,13 @@ pub const REAL_EVENT_DEAD_LETTERED: &str = "real-event-dead-lettered";
 pub const REPUBLISH_BOUNDED: &str = "republish-bounded";
 pub const DELETED_ENTRY_DEAD_LETTERED: &str = "deleted-entry-dead-lettered";
 pub const DEAD_LETTER_KEPT: &str = "dead-letter-kept";
-/// Torture could not set a seed up or inject a fault it must (not a
+/// Torture could not set a seed up or read what a check needs (not a
 /// finding about the saga, but a seed that proves nothing).
 pub const SETUP: &str = "torture-setup";
-
-/// Period of the safety snapshots.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// A planned fault that did not take effect (a pg-kill that terminated no
+/// backend, a database that did not turn read-only, a Redis that did not
+/// restart, ...): the seed did not run the plan it claims.
+pub const FAULT_NOT_INJECTED: &str = "fault-not-injected";
 
 /// The runtime's observer in torture: trace lines, and the checks that
 /// need the runtime's own view (see the module docs).
@@ -179,15 +185,50 @@ impl Checker {
         let bus = self.fresh_bus().await?;
         for service in Service::ALL {
             if let Some(stats) = bus.group_stats(service).await.map_err(|e| e.to_string())? {
-                if stats.pending > 0 || stats.lag.unwrap_or(0) > 0 {
+                // Redis answers no lag when it cannot count it (an entry
+                // was deleted in the range): count the entries past the
+                // group's last delivered id instead, never assume 0.
+                let lag = match stats.lag {
+                    Some(lag) => lag,
+                    None => self.undelivered_entries(&bus, service).await?,
+                };
+                if stats.pending > 0 || lag > 0 {
                     return Ok(Some(format!(
-                        "{service}'s group: {} pending, lag {:?}",
+                        "{service}'s group: {} pending, lag {lag} (Redis: {:?})",
                         stats.pending, stats.lag
                     )));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Entries of `service`'s stream after its group's last delivered id
+    /// (what XINFO's lag counts), read from the stream itself.
+    async fn undelivered_entries(&self, bus: &RedisBus, service: Service) -> Result<u64, String> {
+        let client = redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = bus.stream_key(service);
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("XINFO GROUPS {stream}: {e}"))?;
+        let Some(group) = groups.groups.iter().find(|g| g.name == RedisBus::group(service)) else {
+            return Err(format!("{stream} has no group {}", RedisBus::group(service)));
+        };
+        let after: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({}", group.last_delivered_id))
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("XRANGE {stream}: {e}"))?;
+        Ok(after.ids.len() as u64)
     }
 
     /// An outbox row (not injected) never published or not yet in a

@@ -2,6 +2,12 @@
 //! replicas and client started, the plan applied on the (scaled) clock
 //! until the heal, then quiescence within the bound, then the checks; the
 //! database dropped and the private Redis stopped whatever happened.
+//!
+//! A fault counts only by its effect: a pg-kill that terminated a backend,
+//! a CLIENT KILL that killed a connection, a database that new connections
+//! find read-only, a redis-server with a new `run_id`. A planned fault
+//! that does not take effect (within [`EFFECT_TRIES_MAX`] tries, for the
+//! kills) is a finding ([`checks::FAULT_NOT_INJECTED`]), not a log line.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
-use purchase_saga::domain::invariants::Snapshot;
 use purchase_saga::domain::Service;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::task::JoinHandle;
 
-use crate::faults::{CrashPoint, FaultKind, Replica, Scheduled};
+use crate::client::RequestLog;
+use crate::faults::{ClientCrashPoint, CrashPoint, FaultKind, Replica, Scheduled};
 use crate::finding::Finding;
 use crate::run::{replicas, SimSettings};
 
@@ -26,7 +32,23 @@ use super::plan::{Fault, Kind, TortureInput};
 use super::replicas::{self as replica, Wiring};
 use super::servers::{PrivateRedis, RedisTarget, SeedDb};
 use super::state::Shared;
+use super::streams::StreamWatch;
+use super::witness::Witness;
 use super::{runtime_config, TortureOutcome, TortureSettings, TIME_DIVISOR};
+
+/// Tries of a kill that found nothing to kill, [`EFFECT_RETRY_PAUSE`]
+/// apart, before it is a finding: 3 s, as long as the clients take to
+/// come back after a Redis restart (the connection managers' backoff) or
+/// the pools after a pg-kill.
+pub const EFFECT_TRIES_MAX: u32 = 60;
+const EFFECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a Redis loss holds every client's writes while torture reads
+/// the streams (the restart ends it sooner).
+const LOSS_PAUSE_MS: u64 = 5_000;
+/// An xdel whose service had no delivery this long takes any service's.
+const XDEL_WIDEN_AFTER_MS: u64 = 1_000;
+/// How long past the plan's heal a waiting xdel may hold it back.
+const XDEL_HEAL_GRACE_MS: u64 = 3_000;
 
 /// Runs one seed on a runtime of its own (two worker threads).
 pub fn run_seed(settings: &TortureSettings, seed: u64) -> TortureOutcome {
@@ -68,6 +90,9 @@ enum Action {
     Torture(Fault),
     Restart(Replica),
     Reconnect(Replica),
+    RestartClient,
+    /// The plan's `broker-loss` (its downtime is the restart's own).
+    BrokerLoss,
     ReadOnlyOff,
     FreeDeadKey(Service),
     FreeDisk,
@@ -101,6 +126,21 @@ struct Run {
     /// While `redis-oom` windows are open: the memory settings from before
     /// the first, restored when the last closes (windows overlap).
     oom_before: Option<(super::redis_faults::MemorySettings, u32)>,
+    /// When the oldest swallow still waiting for a delivery was asked.
+    swallow_since_ms: Option<u64>,
+    witness: Arc<Witness>,
+    watch: StreamWatch,
+    client: Client,
+}
+
+/// The client process and what survives its crashes.
+struct Client {
+    orders: Vec<purchase_saga::workload::OrderSpec>,
+    log: Arc<RequestLog>,
+    start: tokio::time::Instant,
+    give_up: Instant,
+    done: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
 }
 
 async fn run_async(
@@ -143,6 +183,24 @@ async fn run_async(
         heartbeat_ttl: Duration::from_millis(250),
         ..RedisConfig::default()
     };
+    let witness = Arc::new(
+        Witness::new(
+            shared.clone(),
+            PgStore::new(
+                postgres::connect(
+                    &db.url,
+                    &PgConfig {
+                        connections_max: 4,
+                        acquire_timeout: Duration::from_secs(5),
+                        ..PgConfig::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+            ),
+        )
+        .await?,
+    );
     let checker = Checker {
         db_url: db.url.clone(),
         bus: RedisBus::connect(&redis.url(), redis_config.clone())
@@ -174,7 +232,11 @@ async fn run_async(
             idle_in_transaction_timeout: Duration::from_secs(1),
         },
         config,
+        witness: witness.clone(),
     };
+    let heal_at = scaled(input.plan.heal_at_ms);
+    let bound = settings.quiescence_bound;
+    let give_up = Instant::now() + Duration::from_millis(heal_at) + bound;
     let mut run = Run {
         shared: shared.clone(),
         db,
@@ -191,6 +253,17 @@ async fn run_async(
         pg_faults: 0,
         cut_pending: BTreeMap::new(),
         oom_before: None,
+        swallow_since_ms: None,
+        witness,
+        watch: StreamWatch::default(),
+        client: Client {
+            orders: input.scenario.orders.clone(),
+            log: Arc::new(RequestLog::default()),
+            start: tokio::time::Instant::now(),
+            give_up,
+            done: Arc::new(AtomicBool::new(false)),
+            task: None,
+        },
     };
     for r in replicas(&SimSettings::default()) {
         run.up.insert(r, replica::start(&run.wiring, r));
@@ -198,25 +271,23 @@ async fn run_async(
     for t in &input.timed {
         run.schedule(scaled(t.at_ms), Action::Torture(t.fault.clone()));
     }
-    let heal_at = scaled(input.plan.heal_at_ms);
-    let bound = settings.quiescence_bound;
-    let give_up = Instant::now() + Duration::from_millis(heal_at) + bound;
-    let client_done = Arc::new(AtomicBool::new(false));
-    let client = replica::client(
-        &run.wiring,
-        input.scenario.orders.clone(),
-        give_up,
-        client_done.clone(),
-    );
-    let snapshots = tokio::spawn(watch_safety(shared.clone(), run.checker.db_url.clone()));
+    run.start_client();
+    let client_done = run.client.done.clone();
 
     let mut next_sim_fault = 0;
     let mut quiescent = false;
     let mut last_check = 0;
+    let mut last_xdel_try = 0;
+    let mut healed_at = heal_at;
     loop {
         let t = shared.now_ms();
-        if !shared.healed() && t >= heal_at {
+        // An xdel still waiting for a delivery (another fault, e.g. a
+        // read-only database, froze the consumers) holds the heal back a
+        // little: the deliveries resume when that fault's window ends.
+        let xdel_waits = !shared.swallows_pending().is_empty() && t < heal_at + XDEL_HEAL_GRACE_MS;
+        if !shared.healed() && t >= heal_at && !xdel_waits {
             run.heal(t).await;
+            healed_at = t;
         }
         while !shared.healed()
             && next_sim_fault < input.plan.timed.len()
@@ -228,8 +299,22 @@ async fn run_async(
         for (r, down_ms) in shared.take_crash_requests() {
             run.crash(r, t, scaled(down_ms));
         }
+        if let Some(down_ms) = run.client.log.take_crash_request() {
+            run.crash_client(t, scaled(down_ms));
+        }
         run.due_actions(t).await;
         run.xdel_swallowed(t).await;
+        if run.shared.swallows_pending().is_empty() {
+            run.swallow_since_ms = None;
+        } else {
+            if t >= run.swallow_since_ms.unwrap_or(t) + XDEL_WIDEN_AFTER_MS {
+                run.shared.widen_swallows();
+            }
+            if t >= last_xdel_try + 250 {
+                last_xdel_try = t;
+                run.take_for_waiting_xdels().await;
+            }
+        }
         if shared.healed() && client_done.load(Ordering::SeqCst) && t >= last_check + 250 {
             last_check = t;
             match run.checker.not_quiescent().await {
@@ -237,11 +322,11 @@ async fn run_async(
                     quiescent = true;
                     break;
                 }
-                Ok(Some(why)) if t >= heal_at + bound.as_millis() as u64 => {
+                Ok(Some(why)) if t >= healed_at + bound.as_millis() as u64 => {
                     shared.found(checks::liveness(bound, &why));
                     break;
                 }
-                Err(e) if t >= heal_at + bound.as_millis() as u64 => {
+                Err(e) if t >= healed_at + bound.as_millis() as u64 => {
                     shared.found(checks::liveness(bound, &format!("cannot tell: {e}")));
                     break;
                 }
@@ -257,8 +342,9 @@ async fn run_async(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    client.abort();
-    snapshots.abort();
+    if let Some(task) = run.client.task.take() {
+        task.abort();
+    }
     for (_, handle) in std::mem::take(&mut run.up) {
         handle.abort();
     }
@@ -266,10 +352,27 @@ async fn run_async(
         "== stopped ({}) ==",
         if quiescent { "quiescent" } else { "NOT quiescent" }
     ));
-    match run.checker.snapshot().await {
+    if let Err(e) = run.scan_streams().await {
+        shared.found(Finding::new(checks::SETUP, "the streams at the end", e));
+    }
+    shared.log(format!(
+        "streams: {} entries read in {} scans",
+        run.watch.entries_read, run.watch.scans
+    ));
+    shared.set_checked("stream-entries", run.watch.entries_read);
+    let injected = run
+        .checker
+        .injected_rows
+        .lock()
+        .expect("injected rows mutex")
+        .clone();
+    match run.witness.final_snapshot(&injected).await {
         Ok(last) => {
             checks::check_snapshot(&shared, None, &last);
             checks::check_final(&shared, &last);
+            for f in run.client.log.check(&last) {
+                shared.found(f);
+            }
             shared.set_final(last);
         }
         Err(e) => shared.found(Finding::new(checks::SETUP, "final snapshot", e)),
@@ -290,26 +393,94 @@ async fn run_async(
     run.redis.clean_up().await
 }
 
-/// Takes a snapshot every `SNAPSHOT_EVERY` and checks it, and the step
-/// from the previous one, until aborted. A snapshot that fails (a fault hit
-/// the checker's connection) is skipped.
-async fn watch_safety(shared: Arc<Shared>, db_url: String) {
-    let mut before: Option<Snapshot> = None;
-    loop {
-        tokio::time::sleep(checks::SNAPSHOT_EVERY).await;
-        if let Ok(now) = checks::snapshot_of(&db_url).await {
-            checks::check_snapshot(&shared, before.as_ref(), &now);
-            before = Some(now);
-        }
-    }
-}
-
 impl Run {
     fn schedule(&mut self, at: u64, action: Action) {
         self.actions.entry(at).or_default().push(action);
     }
 
+    fn start_client(&mut self) {
+        let c = &self.client;
+        self.client.task = Some(replica::client(
+            &self.wiring,
+            c.orders.clone(),
+            c.log.clone(),
+            c.start,
+            c.give_up,
+            c.done.clone(),
+        ));
+    }
+
+    /// Aborts the client now and restarts it after `down_ms` (at the heal
+    /// at the latest); counted only while it still had orders to place.
+    fn crash_client(&mut self, t: u64, down_ms: u64) {
+        let Some(task) = self.client.task.take() else {
+            return;
+        };
+        task.abort();
+        if self.client.done.load(Ordering::SeqCst) {
+            self.shared.log("== client crashed, done placing ==");
+        } else {
+            self.shared.fault(FaultKind::ClientCrash, "client crashed");
+        }
+        self.schedule(t + down_ms.max(1), Action::RestartClient);
+    }
+
+    /// A planned fault that did not take effect.
+    fn not_injected(&self, kind: impl std::fmt::Display, why: &str) {
+        self.shared.found(Finding::new(
+            checks::FAULT_NOT_INJECTED,
+            format!("{kind} at {}ms", self.shared.now_ms()),
+            why,
+        ));
+    }
+
+    /// Reads what is new on the streams (see `streams.rs`).
+    async fn scan_streams(&mut self) -> Result<(), String> {
+        let mut conn = self.redis.connection().await?;
+        self.watch
+            .scan(
+                &self.shared,
+                self.witness.store(),
+                &mut conn,
+                &self.checker.bus,
+                &self.expected,
+            )
+            .await
+    }
+
+    /// Redis loses every key (torture's `redis-loss`, the plan's
+    /// `broker-loss`): writes held, the streams read, the server restarted,
+    /// the restart seen in its new `run_id`.
+    async fn lose_redis(&mut self, t: u64) -> Result<String, String> {
+        let before = self.redis.run_id().await?;
+        if !self.redis.pause_writes(LOSS_PAUSE_MS).await? {
+            self.watch.cap_marks(self.witness.store()).await?;
+        }
+        let lost = match self.scan_streams().await {
+            Ok(()) => self.redis.lose_everything().await,
+            Err(e) => Err(format!("the streams could not be read before the loss: {e}")),
+        };
+        if lost.is_err() {
+            self.redis.unpause().await;
+        }
+        let detail = lost?;
+        let after = self.redis.run_id().await?;
+        if before.is_some() && before == after {
+            return Err(format!("redis-server still runs as {before:?}: not restarted"));
+        }
+        self.watch.lost();
+        self.last_loss_ms = Some(t);
+        Ok(detail)
+    }
+
     async fn heal(&mut self, t: u64) {
+        for service in self.shared.swallows_pending() {
+            self.not_injected(
+                Kind::Xdel,
+                &format!("no delivery of {service} came to be deleted before the heal"),
+            );
+        }
+        self.client.log.disarm();
         self.shared.heal();
         // Everything down comes back; windows close now.
         let pending: Vec<Action> = std::mem::take(&mut self.actions)
@@ -347,9 +518,17 @@ impl Run {
                     self.schedule(t + scaled(*len_ms), Action::Reconnect(*replica));
                 }
             }
-            // Torture has its own Redis loss (`redis-loss`) and no client
-            // host: the simulator's host crashes are not replayed here.
-            Scheduled::BrokerLoss { .. } | Scheduled::ClientCrash { .. } => {}
+            Scheduled::BrokerLoss { .. } => {
+                self.schedule(t, Action::BrokerLoss);
+            }
+            Scheduled::ClientCrash {
+                point: ClientCrashPoint::Anywhere,
+                down_ms,
+            } => self.crash_client(t, scaled(*down_ms)),
+            Scheduled::ClientCrash {
+                point: ClientCrashPoint::AfterPlace,
+                down_ms,
+            } => self.client.log.arm_after_place(*down_ms),
         }
     }
 
@@ -400,6 +579,17 @@ impl Run {
                 ));
                 self.cut_pending.insert(r, (t, held));
             }
+            Action::RestartClient => {
+                if self.client.task.is_none() {
+                    self.start_client();
+                    self.shared.log("== client restarted ==");
+                }
+            }
+            Action::BrokerLoss if !self.shared.healed() => match self.lose_redis(t).await {
+                Ok(detail) => self.shared.fault(FaultKind::BrokerLoss, detail),
+                Err(why) => self.not_injected(FaultKind::BrokerLoss, &why),
+            },
+            Action::BrokerLoss => {}
             Action::Reconnect(r) => {
                 self.partition_effect(r).await;
                 self.shared.set_cut(r, false);
@@ -451,41 +641,57 @@ impl Run {
         }
     }
 
-    /// Injects one of torture's own faults; one that cannot be injected
-    /// now (e.g. a migration while the database is read-only) is traced
-    /// and not counted.
+    /// Terminates the seed's backends until one was (see the module docs).
+    async fn kill_backends(&self) -> Result<String, String> {
+        for _ in 0..EFFECT_TRIES_MAX {
+            let n = self.db.terminate_backends().await?;
+            if n > 0 {
+                return Ok(format!("{n} backends of {} terminated", self.db.name));
+            }
+            tokio::time::sleep(EFFECT_RETRY_PAUSE).await;
+        }
+        Err(format!("no backend of {} to terminate", self.db.name))
+    }
+
+    /// Kills the private Redis's client connections until one was.
+    async fn kill_redis_clients(&self) -> Result<String, String> {
+        for _ in 0..EFFECT_TRIES_MAX {
+            match self.redis.kill_clients().await? {
+                Some(n) if n > 0 => return Ok(format!("{n} Redis connections killed")),
+                Some(_) => tokio::time::sleep(EFFECT_RETRY_PAUSE).await,
+                None => {
+                    return Err("cannot kill connections on a shared Redis (--redis-url); \
+                                run with --without redis-kill"
+                        .into())
+                }
+            }
+        }
+        Err("no Redis connection to kill".into())
+    }
+
+    /// Injects one of torture's own faults; one that cannot take effect
+    /// now (e.g. a migration while the database is read-only) is a
+    /// finding ([`checks::FAULT_NOT_INJECTED`]).
     async fn inject(&mut self, fault: Fault, t: u64) {
         let kind = fault.kind();
         let done: Result<String, String> = match fault {
-            Fault::PgKill => self
-                .db
-                .terminate_backends()
-                .await
-                .map(|n| format!("{n} backends of {} terminated", self.db.name)),
-            Fault::RedisKill => match self.redis.kill_clients().await {
-                Ok(Some(n)) => Ok(format!("{n} Redis connections killed")),
-                Ok(None) => Err("not injected on a shared Redis (--redis-url)".into()),
+            Fault::PgKill => self.kill_backends().await,
+            Fault::RedisKill => self.kill_redis_clients().await,
+            Fault::RedisLoss => self.lose_redis(t).await,
+            Fault::ReadOnly { len_ms } => match self.db.set_read_only(true).await {
+                Ok(n) => {
+                    self.schedule(t + scaled(len_ms), Action::ReadOnlyOff);
+                    match self.db.starts_read_only().await {
+                        Ok(true) => Ok(format!(
+                            "database read-only for {}ms ({n} backends terminated)",
+                            scaled(len_ms)
+                        )),
+                        Ok(false) => Err("a new connection still starts writable".into()),
+                        Err(e) => Err(format!("could not see the effect: {e}")),
+                    }
+                }
                 Err(e) => Err(e),
             },
-            Fault::RedisLoss => {
-                let lost = self.redis.lose_everything().await;
-                if lost.is_ok() {
-                    self.last_loss_ms = Some(t);
-                }
-                lost
-            }
-            Fault::ReadOnly { len_ms } => {
-                let done = self.db.set_read_only(true).await;
-                if done.is_ok() {
-                    self.schedule(t + scaled(len_ms), Action::ReadOnlyOff);
-                }
-                done.map(|n| {
-                    format!(
-                        "database read-only for {}ms ({n} backends terminated)",
-                        scaled(len_ms)
-                    )
-                })
-            }
             Fault::Migration { service } => {
                 self.migrations += 1;
                 self.db
@@ -547,11 +753,27 @@ impl Run {
                 return;
             }
             Fault::Xdel { service } => {
-                // The next delivery of the service is taken and left
-                // pending; `xdel_swallowed` deletes it from the stream.
-                self.shared.request_swallow(service);
-                self.shared
-                    .log(format!("== xdel: next delivery of {service} swallowed =="));
+                // An entry of the service's group is taken now (one not
+                // handed out yet, or one left pending past the visibility
+                // timeout), else its next delivery is swallowed; either
+                // stays pending, and `xdel_swallowed` deletes it from the
+                // stream.
+                let stream = self.checker.bus.stream_key(service);
+                let group = purchase_saga::adapters::redis::RedisBus::group(service);
+                let idle_ms = self.checker.redis.visibility_timeout.as_millis() as u64;
+                match self.redis.take_entry(&stream, group, idle_ms).await {
+                    Ok(Some(id)) => {
+                        self.shared
+                            .log(format!("== xdel: entry {id} of {service} taken =="));
+                        self.shared.swallowed(service, id);
+                    }
+                    Ok(None) | Err(_) => {
+                        self.swallow_since_ms.get_or_insert(t);
+                        self.shared.request_swallow(service);
+                        self.shared
+                            .log(format!("== xdel: next delivery of {service} swallowed =="));
+                    }
+                }
                 return;
             }
             Fault::RedisOom { len_ms } => {
@@ -590,14 +812,40 @@ impl Run {
                             Err(e) => Err(e),
                         }
                     }
-                    Ok(false) => Err(format!("{key} exists; left alone")),
+                    Ok(false) => Err(format!("{key} exists and is no dead-letter stream; left alone")),
                     Err(e) => Err(e),
                 }
             }
         };
         match done {
             Ok(detail) => self.shared.fault_kind(kind, detail),
-            Err(why) => self.shared.log(format!("FAULT {kind} not injected: {why}")),
+            Err(why) => self.not_injected(kind, &why),
+        }
+    }
+
+    /// For each xdel still waiting for a delivery, an entry taken from its
+    /// service's group (or, once widened, any service's) if one is there
+    /// now: one left pending past the visibility timeout (a consumer that
+    /// met a read-only store leaves its deliveries so) or not handed out.
+    async fn take_for_waiting_xdels(&mut self) {
+        let idle_ms = self.checker.redis.visibility_timeout.as_millis() as u64;
+        for waiting in self.shared.swallows_pending() {
+            let mut candidates = vec![waiting];
+            if self.shared.swallows_widened() {
+                candidates.extend(Service::ALL.into_iter().filter(|s| *s != waiting));
+            }
+            for service in candidates {
+                let stream = self.checker.bus.stream_key(service);
+                let group = purchase_saga::adapters::redis::RedisBus::group(service);
+                if let Ok(Some(id)) = self.redis.take_entry(&stream, group, idle_ms).await {
+                    if self.shared.cancel_swallow(waiting) {
+                        self.shared
+                            .log(format!("== xdel: entry {id} of {service} taken =="));
+                        self.shared.swallowed(service, id);
+                    }
+                    break;
+                }
+            }
         }
     }
 
@@ -637,6 +885,25 @@ impl Run {
     async fn xdel_swallowed(&mut self, t: u64) {
         for (service, id) in self.shared.take_swallowed() {
             let stream = self.checker.bus.stream_key(service);
+            if self
+                .expected
+                .iter()
+                .any(|e| e.service == service && e.entry_id == id)
+            {
+                // Torture's own poison entry: deleting it too would make
+                // one entry two faults; it is left to be dead-lettered.
+                self.shared.log(format!(
+                    "== xdel: entry {id} of {service} is injected poison; another one =="
+                ));
+                self.swallow_since_ms.get_or_insert(t);
+                self.shared.request_swallow(service);
+                continue;
+            }
+            // What the stream holds is read first: the entry leaves it.
+            if let Err(e) = self.scan_streams().await {
+                self.not_injected(Kind::Xdel, &format!("the streams could not be read first: {e}"));
+                continue;
+            }
             match self.redis.xdel(&stream, &id).await {
                 Ok(1) => {
                     self.shared.fault_kind(
@@ -651,10 +918,16 @@ impl Run {
                         at_ms: t,
                     });
                 }
-                Ok(_) => self
-                    .shared
-                    .log(format!("FAULT xdel not injected: entry {id} already gone")),
-                Err(e) => self.shared.log(format!("FAULT xdel not injected: {e}")),
+                Ok(_) => {
+                    // Gone already (Redis lost its data since it was
+                    // taken): the xdel waits for another entry.
+                    self.shared.log(format!(
+                        "== xdel: entry {id} of {service} already gone; another one =="
+                    ));
+                    self.swallow_since_ms.get_or_insert(t);
+                    self.shared.request_swallow(service);
+                }
+                Err(e) => self.not_injected(Kind::Xdel, &e),
             }
         }
     }
@@ -676,6 +949,7 @@ fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutc
         effects: shared.effects(),
         dead_letters: shared.dead_letters(),
         statements: shared.statements.table(),
+        checked: shared.checked(),
         wall,
     }
 }

@@ -9,8 +9,10 @@
 //! after the seed even on failure) and a fresh key prefix on a private
 //! redis-server (see [`servers`]); two replicas per service, each its own
 //! pool, Redis connections and tokio tasks ([`replicas`]); faults at the
-//! adapter boundary ([`boundary`]) and at the servers ([`servers`]); safety
-//! snapshots during the run and quiescence at the end ([`checks`]). It is
+//! adapter boundary ([`boundary`]) and at the servers ([`servers`]); the
+//! simulator's checker: per commit and per ack below the faults
+//! ([`witness`]), on what the streams hold ([`streams`]), quiescence and
+//! the rest at the end ([`checks`]). It is
 //! not deterministic: a failure prints the seed, the plan and the trace,
 //! and the seed draws the same scenario and plan again, not the same
 //! interleaving.
@@ -45,6 +47,8 @@ pub mod redis_faults;
 pub mod replicas;
 pub mod servers;
 pub mod state;
+pub mod streams;
+pub mod witness;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,6 +60,7 @@ use purchase_saga::runtime::{Retention, RuntimeConfig};
 use crate::faults::{FaultKind, FaultPlan, Profile};
 use crate::finding::Finding;
 use crate::run::SimOutcome;
+use crate::summary::Summary;
 
 pub use driver::run_seed;
 pub use plan::{parse_kinds, AnyKind, Kind, TortureInput};
@@ -136,6 +141,40 @@ pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
     config
 }
 
+/// The simulator's fault kinds a torture sweep does not make happen, on
+/// purpose (ARCHITECTURE.md, torture): `prune` (torture's retention, 10
+/// min, outlasts every seed so that no check loses rows it reads; pruning
+/// on PostgreSQL is `tests/bounded_storage.rs`'s) and `wake` (not a fault:
+/// the runtime's own relay wake-up, which torture's replicas run).
+pub const NOT_IN_TORTURE: [FaultKind; 2] = [FaultKind::Prune, FaultKind::Wake];
+
+/// The coverage gate of a torture sweep, counting effects (see
+/// `driver.rs`): every saga path and every fault kind of the profile, the
+/// simulator's (but [`NOT_IN_TORTURE`]) and torture's own ([`Kind`]),
+/// happened at least once, unless `without` took it out.
+pub fn never_happened(summary: &Summary, profile: Profile, without: &[AnyKind]) -> Vec<String> {
+    let left_out = |k: FaultKind| NOT_IN_TORTURE.contains(&k) || without.contains(&AnyKind::Sim(k));
+    let mut missing: Vec<String> = summary
+        .never_happened(profile)
+        .into_iter()
+        .filter(|m| {
+            !FaultKind::ALL
+                .iter()
+                .any(|k| left_out(*k) && *m == format!("fault {k}"))
+        })
+        .collect();
+    if profile != Profile::None {
+        missing.extend(
+            Kind::ALL
+                .iter()
+                .filter(|k| !without.contains(&AnyKind::Torture(**k)))
+                .filter(|k| summary.other_faults.get(k.name()).copied().unwrap_or(0) == 0)
+                .map(|k| format!("fault {k}")),
+        );
+    }
+    missing
+}
+
 /// What one seed did and found.
 #[derive(Debug, Clone)]
 pub struct TortureOutcome {
@@ -153,6 +192,10 @@ pub struct TortureOutcome {
     /// How often each PgStore statement and RedisBus command ran, under
     /// the faults and after the heal ([`coverage`]).
     pub statements: coverage::StatementTable,
+    /// What the checker looked at: `commits` (each checked for safety and
+    /// the ledger), `resyncs`, `acks` (each against the inbox),
+    /// `stream-entries` (each against the outbox and the marks).
+    pub checked: BTreeMap<&'static str, u64>,
     pub wall: Duration,
 }
 

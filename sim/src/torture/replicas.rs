@@ -19,19 +19,23 @@ use std::time::{Duration, Instant};
 use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::gateway::SimulatedGateway;
-use purchase_saga::domain::Service;
-use purchase_saga::runtime::commands::{place_order, PlaceError};
+use purchase_saga::domain::{DurationMs, Service, Timestamp};
+use purchase_saga::runtime::commands::{place_order, PlaceError, Placed};
 use purchase_saga::runtime::relay::RelayWake;
-use purchase_saga::runtime::{consumer, relay, sweeper, Env, Fanout, Observer, RuntimeConfig, SystemClock};
+use purchase_saga::runtime::{
+    consumer, relay, sweeper, Clock, Env, Fanout, Observer, RuntimeConfig, SystemClock,
+};
 use purchase_saga::workload::OrderSpec;
 use tokio::task::JoinHandle;
 
-use crate::faults::Replica;
+use crate::client::RequestLog;
+use crate::faults::{FaultKind, Replica};
 use crate::finding::{check, Finding};
-use crate::run::{place_command, request_line};
+use crate::run::{place_command, request_line, CLIENT_HOST};
 
 use super::boundary::{FaultyBus, FaultyStore};
 use super::state::Shared;
+use super::witness::{CheckedBus, CheckedStore, Witness};
 use super::TIME_DIVISOR;
 
 /// What every replica of a seed connects to, and how.
@@ -42,16 +46,62 @@ pub struct Wiring {
     pub db_url: String,
     pub redis_url: String,
     pub redis: RedisConfig,
+    /// The pool of a replica; the plan's `pool_size` caps it (see
+    /// [`Wiring::pool`]).
     pub pg: PgConfig,
     pub config: RuntimeConfig,
+    /// Below the faults of every replica and the client (`witness.rs`).
+    pub witness: Arc<Witness>,
+}
+
+/// The wall clock plus a host's skew (the plan's `skew_ms`, scaled like
+/// every plan time): a process whose clock is off by that much.
+pub struct SkewedClock {
+    pub skew_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Timestamp {
+        SystemClock.now().plus(DurationMs(self.skew_ms))
+    }
 }
 
 impl Wiring {
+    /// The pool of a process while faults are on: the plan's `pool_size`
+    /// connections (when it caps them), with an acquire timeout (25 ms)
+    /// short enough that a busy pool is met (`pool-exhausted`; the
+    /// simulator's is 60 ms). A process started after the heal gets
+    /// the uncapped pool; one started before keeps its cap (an sqlx pool
+    /// cannot grow), which costs only waits.
+    fn pool(&self) -> PgConfig {
+        let size = self.shared.plan.pool_size;
+        if size == 0 || self.shared.healed() {
+            return self.pg.clone();
+        }
+        PgConfig {
+            connections_max: size,
+            acquire_timeout: Duration::from_millis(25),
+            ..self.pg.clone()
+        }
+    }
+
+    /// The clock of `host`, skewed as the plan says (counted once per
+    /// skewed process start).
+    fn clock(&self, host: &str) -> Arc<dyn Clock> {
+        let skew_ms = self.shared.plan.skew_ms.get(host).copied().unwrap_or(0) / TIME_DIVISOR as i64;
+        if skew_ms == 0 {
+            return Arc::new(SystemClock);
+        }
+        self.shared
+            .fault(FaultKind::Skew, format!("{host}'s clock runs {skew_ms}ms off"));
+        Arc::new(SkewedClock { skew_ms })
+    }
+
     /// Connects a store and a bus, retrying while a fault keeps the servers
     /// away (a restarting Redis, terminated backends), until `give_up`.
     async fn connect(&self, give_up: Instant) -> Result<(PgStore, RedisBus), String> {
         loop {
-            let pool = postgres::connect(&self.db_url, &self.pg).await;
+            let pool = postgres::connect(&self.db_url, &self.pool()).await;
             let bus = RedisBus::connect(&self.redis_url, self.redis.clone()).await;
             match (pool, bus) {
                 (Ok(pool), Ok(bus)) => return Ok((PgStore::new(pool), bus)),
@@ -92,16 +142,22 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
         let wake = Arc::new(RelayWake::default());
         let env = Env {
             store: Arc::new(FaultyStore {
-                inner: Arc::new(store),
+                inner: Arc::new(CheckedStore {
+                    inner: Arc::new(store),
+                    witness: wiring.witness.clone(),
+                }),
                 shared: wiring.shared.clone(),
                 replica: Some(replica),
             }),
             bus: Arc::new(FaultyBus {
-                inner: Arc::new(bus),
+                inner: Arc::new(CheckedBus {
+                    inner: Arc::new(bus),
+                    witness: wiring.witness.clone(),
+                }),
                 shared: wiring.shared.clone(),
                 replica,
             }),
-            clock: Arc::new(SystemClock),
+            clock: wiring.clock(&replica.host()),
             gateway: Arc::new(SimulatedGateway::default()),
             observer: Arc::new(Fanout(vec![wiring.observer.clone(), wake.clone()])),
             config: wiring.config.clone(),
@@ -139,11 +195,18 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
     })
 }
 
-/// The client: places each order at its arrival time (plan ms scaled),
-/// retrying store errors until `give_up`. Sets `done` when finished.
+/// The client: places each order not yet answered at its arrival time
+/// (plan ms scaled, from `start`), retrying store errors until `give_up`,
+/// and records each request in `log` (`client::RequestLog`, the
+/// simulator's): a retry after a store error is a re-send whose first
+/// attempt may have committed, so "one request, one order" is checked as
+/// in the simulator. A restarted client (after a `client-crash`) resumes
+/// from the log. Sets `done` when finished.
 pub fn client(
     wiring: &Wiring,
     orders: Vec<OrderSpec>,
+    log: Arc<RequestLog>,
+    start: tokio::time::Instant,
     give_up: Instant,
     done: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
@@ -160,29 +223,51 @@ pub fn client(
         wiring.shared.statements.register(&store, &bus);
         let env = Env {
             store: Arc::new(FaultyStore {
-                inner: Arc::new(store),
+                inner: Arc::new(CheckedStore {
+                    inner: Arc::new(store),
+                    witness: wiring.witness.clone(),
+                }),
                 shared: wiring.shared.clone(),
                 replica: None,
             }),
             bus: Arc::new(bus),
-            clock: Arc::new(SystemClock),
+            clock: wiring.clock(CLIENT_HOST),
             gateway: Arc::new(SimulatedGateway::default()),
             observer: wiring.observer.clone(),
             config: wiring.config.clone(),
         };
-        let start = tokio::time::Instant::now();
-        for o in orders {
+        for (n, o) in orders.iter().enumerate() {
+            if log.answered(n) {
+                continue;
+            }
             let at = Duration::from_millis(o.at.0.max(0) as u64 / TIME_DIVISOR);
             tokio::time::sleep_until(start + at).await;
-            wiring.shared.log(request_line(&o));
-            let cmd = place_command(&o);
+            wiring.shared.log(request_line(o));
             loop {
+                let (order_id, _) = log.send(n, o);
+                let mut cmd = place_command(o);
+                cmd.order_id = order_id;
                 match place_order(&env, &cmd).await {
-                    Ok(_) => break,
+                    Ok(placed) => {
+                        if log.fire() {
+                            wiring.shared.fault(
+                                FaultKind::ClientCrash,
+                                format!(
+                                    "client crashed after {} was placed, before it learned so",
+                                    cmd.order_id
+                                ),
+                            );
+                            // The driver aborts this task before the answer is kept.
+                            std::future::pending::<()>().await;
+                        }
+                        log.record_answer(n, matches!(placed, Placed::Created));
+                        break;
+                    }
                     Err(PlaceError::Rejected(r)) => {
                         wiring
                             .shared
-                            .log(format!("Order -> Client: rejected {}: {r}", o.id));
+                            .log(format!("Order -> Client: rejected {}: {r}", cmd.order_id));
+                        log.record_answer(n, false);
                         break;
                     }
                     Err(PlaceError::Store(e)) if Instant::now() < give_up => {

@@ -23,6 +23,9 @@ use purchase_saga::adapters::postgres::{self, redact_url, with_database, PgConfi
 use purchase_saga::domain::Service;
 use sqlx::{Connection, PgConnection};
 
+/// The consumer name under which torture takes an entry to XDEL.
+pub const XDEL_CONSUMER: &str = "torture-xdel";
+
 /// What to start or set when a server is missing.
 pub const START_POSTGRES: &str = "start PostgreSQL (trust auth for `postgres` on 127.0.0.1:5432, e.g. \
      `service postgresql start`) or set DATABASE_URL to a server where the user may CREATE DATABASE";
@@ -130,11 +133,13 @@ impl SeedDb {
         Ok(conn)
     }
 
-    /// Terminates every backend of this database; returns how many.
+    /// Terminates every backend of this database; returns how many
+    /// `pg_terminate_backend` actually terminated (it answers false for a
+    /// backend that was already gone).
     pub async fn terminate_backends(&self) -> Result<i64, String> {
         let mut admin = self.admin().await?;
         let killed: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
              WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
         .bind(&self.name)
@@ -160,6 +165,20 @@ impl SeedDb {
         .map_err(|e| format!("ALTER DATABASE read-only {value}: {e}"))?;
         let _ = admin.close().await;
         self.terminate_backends().await
+    }
+
+    /// Whether a new connection to this database starts read-only: the
+    /// effect of [`SeedDb::set_read_only`], seen as a replica sees it.
+    pub async fn starts_read_only(&self) -> Result<bool, String> {
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .map_err(|e| format!("connection to {}: {e}", self.name))?;
+        let on: String = sqlx::query_scalar("SHOW default_transaction_read_only")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.close().await;
+        Ok(on == "on")
     }
 
     /// An additive migration: a nullable column on each of `service`'s
@@ -244,6 +263,11 @@ impl Drop for SeedDb {
             eprintln!("torture: could not drop database {} (drop it by hand)", self.name);
         }
     }
+}
+
+/// Where a dead-letter stream waits while its key has the wrong type.
+fn aside(dead_key: &str) -> String {
+    format!("{dead_key}:torture-aside")
 }
 
 /// A redis-server of torture's own, without persistence.
@@ -383,6 +407,55 @@ impl RedisTarget {
         }
     }
 
+    /// The server's `run_id` (a new one after each restart), None on a
+    /// shared server.
+    pub async fn run_id(&self) -> Result<Option<String>, String> {
+        if matches!(self, RedisTarget::Shared { .. }) {
+            return Ok(None);
+        }
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("INFO server: {e}"))?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string()))
+    }
+
+    /// Holds every client's writes for up to `ms` (`CLIENT PAUSE WRITE`)
+    /// on the private server, so what the streams hold stays put while
+    /// torture reads it before a restart; false on a shared server (not
+    /// paused).
+    pub async fn pause_writes(&self, ms: u64) -> Result<bool, String> {
+        if matches!(self, RedisTarget::Shared { .. }) {
+            return Ok(false);
+        }
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("CLIENT PAUSE: {e}"))?;
+        Ok(true)
+    }
+
+    /// Ends a [`RedisTarget::pause_writes`] (when the restart did not).
+    pub async fn unpause(&self) {
+        if let Ok(mut conn) = self.conn().await {
+            let _: Result<String, _> = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut conn).await;
+        }
+    }
+
+    /// A connection of the checker's own.
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        self.conn().await
+    }
+
     /// Leaves nothing of the seed behind on a shared Redis (a private one
     /// stops with its guard).
     pub async fn clean_up(&mut self) -> Result<(), String> {
@@ -411,6 +484,51 @@ impl RedisTarget {
         Ok(Some(killed))
     }
 
+    /// Takes one entry of `group` for a consumer of torture's own
+    /// (`torture-xdel`, which never handles it nor keeps a heartbeat, so
+    /// the bus takes its entries over as a gone consumer's): an entry no
+    /// consumer was handed yet, else one left pending past
+    /// `idle_ms` (a delivery its consumer gave up on for now). Returns its
+    /// id, or None when the group has neither.
+    pub async fn take_entry(
+        &self,
+        stream: &str,
+        group: &str,
+        idle_ms: u64,
+    ) -> Result<Option<String>, String> {
+        let mut conn = self.conn().await?;
+        let fresh: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(XDEL_CONSUMER)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("XREADGROUP {stream}: {e}"))?;
+        if let Some(id) = fresh
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next())
+        {
+            return Ok(Some(id.id));
+        }
+        let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(XDEL_CONSUMER)
+            .arg(idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("XAUTOCLAIM {stream}: {e}"))?;
+        Ok(claimed.claimed.into_iter().next().map(|e| e.id))
+    }
+
     /// XDEL of one entry.
     pub async fn xdel(&self, stream: &str, id: &str) -> Result<i64, String> {
         let mut conn = self.conn().await?;
@@ -422,35 +540,45 @@ impl RedisTarget {
             .map_err(|e| format!("XDEL {stream} {id}: {e}"))
     }
 
-    /// Makes `dead_key` a string, unless it exists; returns whether it did.
+    /// Makes `dead_key` a string; a dead-letter stream already there (the
+    /// dead letters of earlier faults) is renamed aside until
+    /// [`RedisTarget::free_dead_key`]. Returns whether the key is now the
+    /// string.
     pub async fn occupy_dead_key(&self, dead_key: &str) -> Result<bool, String> {
         let mut conn = self.conn().await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(dead_key)
-            .arg("torture-wrong-type")
-            .arg("NX")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("SET {dead_key}: {e}"))?;
-        Ok(set.is_some())
+        let set: i64 = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then
+                 if redis.call('TYPE', KEYS[1]).ok ~= 'stream' then return 0 end
+                 redis.call('RENAME', KEYS[1], KEYS[2])
+             end
+             redis.call('SET', KEYS[1], 'torture-wrong-type')
+             return 1",
+        )
+        .key(dead_key)
+        .key(aside(dead_key))
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| format!("SET {dead_key}: {e}"))?;
+        Ok(set == 1)
     }
 
-    /// Deletes `dead_key` if it is still the string [`occupy_dead_key`]
-    /// left (Self::occupy_dead_key).
+    /// Deletes `dead_key` if it is still the string
+    /// [`RedisTarget::occupy_dead_key`] left, and puts back the stream it
+    /// set aside, in one step (no dead letter can land in between).
     pub async fn free_dead_key(&self, dead_key: &str) -> Result<(), String> {
         let mut conn = self.conn().await?;
-        let kind: String = redis::cmd("TYPE")
-            .arg(dead_key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if kind == "string" {
-            let _: i64 = redis::cmd("DEL")
-                .arg(dead_key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        let _: i64 = redis::Script::new(
+            "if redis.call('TYPE', KEYS[1]).ok == 'string' then
+                 redis.call('DEL', KEYS[1])
+                 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end
+             end
+             return 1",
+        )
+        .key(dead_key)
+        .key(aside(dead_key))
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| format!("freeing {dead_key}: {e}"))?;
         Ok(())
     }
 

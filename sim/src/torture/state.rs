@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use purchase_saga::domain::invariants::Snapshot;
-use purchase_saga::domain::Service;
+use purchase_saga::domain::{EventId, Service};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -49,10 +49,18 @@ pub struct Shared {
     /// Services whose next delivery is to be swallowed (left pending, never
     /// handled) for an XDEL.
     swallow: Mutex<BTreeSet<Service>>,
+    /// A swallow waited too long for its service: any service's next
+    /// delivery will do.
+    swallow_widened: AtomicBool,
     swallowed: Mutex<Vec<(Service, String)>>,
     open_tx: Mutex<BTreeMap<Replica, u32>>,
     /// Publishes per event id, by the relays (not the bus's duplicates).
     publishes: Mutex<BTreeMap<String, u32>>,
+    /// Publishes the fault layer answered OK and dropped (`drop-publish`),
+    /// per event: the mark check counts them as received.
+    dropped: Mutex<BTreeMap<EventId, u32>>,
+    /// What the checker looked at, by name (`commits`, `acks`, ...).
+    checked: Mutex<BTreeMap<&'static str, u64>>,
     /// The last snapshot, taken after the replicas stopped.
     last: Mutex<Option<Snapshot>>,
     dead_letters: AtomicU64,
@@ -76,9 +84,12 @@ impl Shared {
             crash_requests: Mutex::default(),
             cut: Mutex::default(),
             swallow: Mutex::default(),
+            swallow_widened: AtomicBool::new(false),
             swallowed: Mutex::default(),
             open_tx: Mutex::default(),
             publishes: Mutex::default(),
+            dropped: Mutex::default(),
+            checked: Mutex::default(),
             last: Mutex::default(),
             dead_letters: AtomicU64::new(0),
             statements: StatementCoverage::default(),
@@ -230,9 +241,45 @@ impl Shared {
         lock(&self.swallow).insert(service);
     }
 
+    /// The services still waiting to have a delivery swallowed.
+    pub fn swallows_pending(&self) -> Vec<Service> {
+        lock(&self.swallow).iter().copied().collect()
+    }
+
+    /// Takes back a swallow of `service` (its entry was found another
+    /// way); returns whether one was waiting.
+    pub fn cancel_swallow(&self, service: Service) -> bool {
+        lock(&self.swallow).remove(&service)
+    }
+
+    /// Whether waiting swallows may take any service's delivery.
+    pub fn swallows_widened(&self) -> bool {
+        self.swallow_widened.load(Ordering::SeqCst)
+    }
+
+    /// Lets the waiting swallows take any service's next delivery (the
+    /// driver widens them when their own service has had none for a
+    /// while).
+    pub fn widen_swallows(&self) {
+        self.swallow_widened.store(true, Ordering::SeqCst);
+    }
+
     /// Whether the next delivery of `service` is to be swallowed (once).
     pub fn take_swallow(&self, service: Service) -> bool {
-        lock(&self.swallow).remove(&service)
+        let mut waiting = lock(&self.swallow);
+        if waiting.remove(&service) {
+            return true;
+        }
+        if self.swallow_widened.load(Ordering::SeqCst) {
+            if let Some(first) = waiting.iter().next().copied() {
+                waiting.remove(&first);
+                if waiting.is_empty() {
+                    self.swallow_widened.store(false, Ordering::SeqCst);
+                }
+                return true;
+            }
+        }
+        false
     }
 
     pub fn swallowed(&self, service: Service, entry_id: String) {
@@ -268,6 +315,25 @@ impl Shared {
         let n = all.entry(event_id).or_insert(0);
         *n += 1;
         *n
+    }
+
+    /// The fault layer dropped a publish of `event_id` (and said OK).
+    pub fn publish_dropped(&self, event_id: EventId) {
+        *lock(&self.dropped).entry(event_id).or_insert(0) += 1;
+    }
+
+    /// Publishes of `event_id` the fault layer dropped.
+    pub fn publishes_dropped(&self, event_id: EventId) -> u32 {
+        lock(&self.dropped).get(&event_id).copied().unwrap_or(0)
+    }
+
+    /// Records how many of `what` the checker looked at.
+    pub fn set_checked(&self, what: &'static str, n: u64) {
+        lock(&self.checked).insert(what, n);
+    }
+
+    pub fn checked(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.checked).clone()
     }
 
     pub fn set_final(&self, last: Snapshot) {
