@@ -197,7 +197,9 @@ async fn handle_decoded(
         },
         // Planted bug (mutants feature): past the limit without asking the
         // inbox, so an applied event whose acks were lost is given up on.
-        Ok(_) if past_the_budget(env, delivery, last_errors) && crate::mutant!(PastLimitDeadLettersApplied) => {
+        Ok(_)
+            if past_the_budget(env, delivery, last_errors) && crate::mutant!(PastLimitDeadLettersApplied) =>
+        {
             let last = lock(last_errors).forget(&delivery.entry_id);
             Disposition::DeadLettered {
                 reason: past_the_limit(delivery.attempt.saturating_sub(1), last.as_deref()),
