@@ -641,6 +641,31 @@ impl Run {
         }
     }
 
+    /// Restores the memory settings from before an open redis-oom window
+    /// (for torture's own writes); whether there was one to lift.
+    async fn lift_oom(&mut self) -> bool {
+        let Some((before, _)) = &self.oom_before else {
+            return false;
+        };
+        match super::redis_faults::restore(&self.redis, before).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.shared.log(format!("== redis-oom not lifted: {e} =="));
+                false
+            }
+        }
+    }
+
+    /// Puts a lifted redis-oom window back (it ends early, logged, when the
+    /// server no longer refuses a write at the new limit).
+    async fn put_oom_back(&mut self) {
+        let probe = format!("{}:oom-probe", self.checker.redis.prefix);
+        match super::redis_faults::start_oom(&self.redis, &probe).await {
+            Ok(_) => self.shared.log("== redis-oom back after torture's own writes =="),
+            Err(e) => self.shared.log(format!("== redis-oom ended early: {e} ==")),
+        }
+    }
+
     /// Terminates the seed's backends until one was (see the module docs).
     async fn kill_backends(&self) -> Result<String, String> {
         for _ in 0..EFFECT_TRIES_MAX {
@@ -721,7 +746,13 @@ impl Run {
             Fault::DiskFull { service, len_ms } => {
                 self.pg_faults += 1;
                 if self.small_disk.is_some() {
-                    Err("a disk is full already".to_string())
+                    // One full tablespace at a time (one tmpfs mount): a
+                    // window drawn inside the open one folds into it,
+                    // neither counted as an effect nor a finding.
+                    self.shared.log(format!(
+                        "== disk-full for {service} folded into the open window =="
+                    ));
+                    return;
                 } else {
                     match pg_faults::SmallDisk::fill(&self.db, service, self.pg_faults).await {
                         Ok((disk, detail)) => {
@@ -790,11 +821,23 @@ impl Run {
             }
             Fault::WrongTypeDeadKey { service, len_ms } => {
                 let key = self.checker.bus.dead_key(service);
-                match self.redis.occupy_dead_key(&key).await {
+                // Torture's own writes (the string key, the poison entry)
+                // are no part of the system under test: an open redis-oom
+                // window is lifted for them and put back right after.
+                let lifted = self.lift_oom().await;
+                let occupied = self.redis.occupy_dead_key(&key).await;
+                let poisoned = match occupied {
+                    Ok(true) => Some(self.redis.add_poison(&self.checker.bus.stream_key(service)).await),
+                    _ => None,
+                };
+                if lifted {
+                    self.put_oom_back().await;
+                }
+                match occupied {
                     Ok(true) => {
                         self.schedule(t + scaled(len_ms), Action::FreeDeadKey(service));
                         let stream = self.checker.bus.stream_key(service);
-                        match self.redis.add_poison(&stream).await {
+                        match poisoned.expect("a poison entry is sent once the key is occupied") {
                             Ok(id) => {
                                 self.expected.push(Expected {
                                     service,
