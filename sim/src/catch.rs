@@ -22,6 +22,7 @@
 //! harness trouble can fake twice on a deterministic run.
 
 use crate::finding::{check, Finding};
+use crate::run::SimOutcome;
 use crate::torture::checks;
 
 /// Phrases of torture's liveness findings that judge no saga state.
@@ -41,6 +42,27 @@ pub fn counts_as_catch(finding: &Finding) -> bool {
 /// The first finding of `findings` that counts as a catch.
 pub fn first_catch<'a>(findings: impl IntoIterator<Item = &'a Finding>) -> Option<&'a Finding> {
     findings.into_iter().find(|f| counts_as_catch(f))
+}
+
+/// The check that counts as a catch found first in simulated time (the
+/// trace logs each finding when it is made), else the first that counts
+/// in the sorted list.
+pub fn first_catch_in_time(outcome: &SimOutcome) -> Option<String> {
+    let counting = |check: &str| {
+        outcome
+            .violations
+            .iter()
+            .any(|v| v.check == check && counts_as_catch(v))
+    };
+    outcome
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let rest = e.text.strip_prefix("VIOLATION [")?;
+            rest.split_once(']').map(|(check, _)| check.to_string())
+        })
+        .find(|check| counting(check))
+        .or_else(|| first_catch(&outcome.violations).map(|v| v.check.clone()))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use crate::catch::{counts_as_catch, first_catch};
+use crate::catch::{counts_as_catch, first_catch, first_catch_in_time};
 use crate::corpus::{Corpus, Entry};
 use crate::mutants;
 use crate::run::SimOutcome;
@@ -150,27 +150,6 @@ impl Row {
             Verdict::NotRun(_) => !accept_not_run.iter().any(|a| a == "all" || a == self.mutant),
         }
     }
-}
-
-/// The check that counts as a catch found first in simulated time (the
-/// trace logs each finding when it is made), else the first that counts
-/// in the sorted list.
-fn first_catch_in_time(outcome: &SimOutcome) -> Option<String> {
-    let counting = |check: &str| {
-        outcome
-            .violations
-            .iter()
-            .any(|v| v.check == check && counts_as_catch(v))
-    };
-    outcome
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let rest = e.text.strip_prefix("VIOLATION [")?;
-            rest.split_once(']').map(|(check, _)| check.to_string())
-        })
-        .find(|check| counting(check))
-        .or_else(|| first_catch(&outcome.violations).map(|v| v.check.clone()))
 }
 
 /// Simulator seeds until one finds a violation that counts; its seed is

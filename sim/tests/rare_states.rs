@@ -104,7 +104,7 @@ mod planted {
         let input = steered(3, FaultKind::AppliedPastLimit);
         let o = with_mutant(mutant, &input);
         assert_eq!(
-            mutants::first_in_time(&o).as_deref(),
+            purchase_saga_sim::catch::first_catch_in_time(&o).as_deref(),
             Some("no-dead-letter"),
             "{:#?}",
             o.violations
@@ -128,7 +128,7 @@ mod planted {
             "prune-live-inbox",
         ] {
             let o = first_caught(mutant, 50);
-            let first = mutants::first_in_time(&o).expect("a violation");
+            let first = purchase_saga_sim::catch::first_catch_in_time(&o).expect("a violation");
             assert!(
                 EFFECT_CHECKS.contains(&first.as_str()),
                 "{mutant}: seed {} first found {first}: {:#?}",
