@@ -28,6 +28,10 @@ use super::state::Swallowed;
 /// The consumer name under which torture takes an entry to XDEL.
 pub const XDEL_CONSUMER: &str = "torture-xdel";
 
+/// Pending entries [`RedisTarget::take_entry`] looks through for one
+/// still in the stream.
+const TAKE_SCAN_MAX: u64 = 100;
+
 /// What [`RedisTarget::xdel_if_untouched`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Xdel {
@@ -509,6 +513,13 @@ impl RedisTarget {
     /// delivery its consumer gave up on for now). Returns its id and its
     /// delivery count, read in the same step, or None when the group has
     /// neither.
+    ///
+    /// A pending entry is claimed by its id (XCLAIM), after XRANGE shows
+    /// it still in the stream, never by XAUTOCLAIM: XAUTOCLAIM (and XCLAIM
+    /// of a missing id) removes every entry deleted while pending that it
+    /// meets from the pending list, whatever its idle time, without a
+    /// trace; here that would be torture destroying the entries its
+    /// earlier xdels left for the bus to dead-letter.
     pub async fn take_entry(
         &self,
         stream: &str,
@@ -523,9 +534,14 @@ impl RedisTarget {
              if fresh and fresh[1][2][1] then
                  id = fresh[1][2][1][1]
              else
-                 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0',
-                     'COUNT', 1)
-                 if claimed[2][1] then id = claimed[2][1][1] end
+                 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+',
+                     ARGV[4])) do
+                     if #redis.call('XRANGE', KEYS[1], p[1], p[1]) == 1 then
+                         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+                         id = p[1]
+                         break
+                     end
+                 end
              end
              if not id then return false end
              return {id, redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1][4]}",
@@ -534,6 +550,7 @@ impl RedisTarget {
         .arg(group)
         .arg(XDEL_CONSUMER)
         .arg(idle_ms)
+        .arg(TAKE_SCAN_MAX)
         .invoke_async(&mut conn)
         .await
         .map_err(|e| format!("taking an entry of {stream}: {e}"))
