@@ -35,7 +35,7 @@ use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, 
 
 use crate::faults::{CrashPoint, FaultKind, Replica};
 
-use super::state::Shared;
+use super::state::{Shared, Swallowed};
 use super::TIME_DIVISOR;
 
 /// Sleeps a random part of the plan's jitter (scaled), counting it.
@@ -369,7 +369,12 @@ impl Bus for FaultyBus {
         let mut batch = self.inner.receive(service, consumer, max).await?;
         if !batch.is_empty() && self.shared.take_swallow(service) {
             let taken = batch.remove(0);
-            self.shared.swallowed(service, taken.entry_id);
+            self.shared.swallowed(Swallowed {
+                service,
+                deliveries: u64::from(taken.attempt),
+                entry_id: taken.entry_id,
+                consumer: consumer.to_string(),
+            });
         }
         let plan = &self.shared.plan;
         batch.retain(|d| {

@@ -30,8 +30,8 @@ use super::checks::{self, Checker, Expected, TortureObserver};
 use super::pg_faults;
 use super::plan::{Fault, Kind, TortureInput};
 use super::replicas::{self as replica, Wiring};
-use super::servers::{PrivateRedis, RedisTarget, SeedDb};
-use super::state::Shared;
+use super::servers::{PrivateRedis, RedisTarget, SeedDb, Xdel, XDEL_CONSUMER};
+use super::state::{Shared, Swallowed};
 use super::streams::StreamWatch;
 use super::witness::Witness;
 use super::{runtime_config, TortureOutcome, TortureSettings, TIME_DIVISOR};
@@ -793,10 +793,10 @@ impl Run {
                 let group = purchase_saga::adapters::redis::RedisBus::group(service);
                 let idle_ms = self.checker.redis.visibility_timeout.as_millis() as u64;
                 match self.redis.take_entry(&stream, group, idle_ms).await {
-                    Ok(Some(id)) => {
+                    Ok(Some((id, deliveries))) => {
                         self.shared
                             .log(format!("== xdel: entry {id} of {service} taken =="));
-                        self.shared.swallowed(service, id);
+                        self.shared.swallowed(taken_by_torture(service, id, deliveries));
                     }
                     Ok(None) | Err(_) => {
                         self.swallow_since_ms.get_or_insert(t);
@@ -880,11 +880,11 @@ impl Run {
             for service in candidates {
                 let stream = self.checker.bus.stream_key(service);
                 let group = purchase_saga::adapters::redis::RedisBus::group(service);
-                if let Ok(Some(id)) = self.redis.take_entry(&stream, group, idle_ms).await {
+                if let Ok(Some((id, deliveries))) = self.redis.take_entry(&stream, group, idle_ms).await {
                     if self.shared.cancel_swallow(waiting) {
                         self.shared
                             .log(format!("== xdel: entry {id} of {service} taken =="));
-                        self.shared.swallowed(service, id);
+                        self.shared.swallowed(taken_by_torture(service, id, deliveries));
                     }
                     break;
                 }
@@ -924,9 +924,13 @@ impl Run {
     }
 
     /// Deletes each swallowed (pending, never to be acknowledged) entry
-    /// from its stream, and expects it dead-lettered.
+    /// from its stream, and expects it dead-lettered. Only an entry no
+    /// consumer was handed since it was taken or swallowed is deleted (see
+    /// [`RedisTarget::xdel_if_untouched`]); otherwise the xdel waits for
+    /// another entry.
     async fn xdel_swallowed(&mut self, t: u64) {
-        for (service, id) in self.shared.take_swallowed() {
+        for taken in self.shared.take_swallowed() {
+            let (service, id) = (taken.service, taken.entry_id.clone());
             let stream = self.checker.bus.stream_key(service);
             if self
                 .expected
@@ -947,11 +951,15 @@ impl Run {
                 self.not_injected(Kind::Xdel, &format!("the streams could not be read first: {e}"));
                 continue;
             }
-            match self.redis.xdel(&stream, &id).await {
-                Ok(1) => {
+            let group = purchase_saga::adapters::redis::RedisBus::group(service);
+            let why_not = match self.redis.xdel_if_untouched(&stream, group, &taken).await {
+                Ok(Xdel::Deleted) => {
                     self.shared.fault_kind(
                         super::plan::Kind::Xdel,
-                        format!("entry {id} of {stream} deleted while pending"),
+                        format!(
+                            "entry {id} of {stream} deleted while pending (held by {}, delivered {} times)",
+                            taken.consumer, taken.deliveries
+                        ),
                     );
                     self.expected.push(Expected {
                         service,
@@ -960,19 +968,38 @@ impl Run {
                         what: "an entry deleted from the stream while pending".into(),
                         at_ms: t,
                     });
+                    continue;
                 }
-                Ok(_) => {
-                    // Gone already (Redis lost its data since it was
-                    // taken): the xdel waits for another entry.
-                    self.shared.log(format!(
-                        "== xdel: entry {id} of {service} already gone; another one =="
-                    ));
-                    self.swallow_since_ms.get_or_insert(t);
-                    self.shared.request_swallow(service);
+                Ok(Xdel::NotPending) => {
+                    "no longer pending (acknowledged, or Redis lost its data)".to_string()
                 }
-                Err(e) => self.not_injected(Kind::Xdel, &e),
-            }
+                Ok(Xdel::NotInStream) => "gone from the stream already".to_string(),
+                Ok(Xdel::HandedOn { holder, deliveries }) => {
+                    format!("handed to {holder} since (delivered {deliveries} times)")
+                }
+                Err(e) => {
+                    self.not_injected(Kind::Xdel, &e);
+                    continue;
+                }
+            };
+            self.shared.log(format!(
+                "== xdel: entry {id} of {service} (left pending by {}, delivered {} times) {why_not}; \
+                 another one ==",
+                taken.consumer, taken.deliveries
+            ));
+            self.swallow_since_ms.get_or_insert(t);
+            self.shared.request_swallow(service);
         }
+    }
+}
+
+/// An entry taken by [`XDEL_CONSUMER`] for an xdel.
+fn taken_by_torture(service: Service, entry_id: String, deliveries: u64) -> Swallowed {
+    Swallowed {
+        service,
+        entry_id,
+        consumer: XDEL_CONSUMER.to_string(),
+        deliveries,
     }
 }
 

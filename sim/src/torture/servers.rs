@@ -23,8 +23,30 @@ use purchase_saga::adapters::postgres::{self, redact_url, with_database, PgConfi
 use purchase_saga::domain::Service;
 use sqlx::{Connection, PgConnection};
 
+use super::state::Swallowed;
+
 /// The consumer name under which torture takes an entry to XDEL.
 pub const XDEL_CONSUMER: &str = "torture-xdel";
+
+/// Pending entries [`RedisTarget::take_entry`] looks through for one
+/// still in the stream.
+const TAKE_SCAN_MAX: u64 = 100;
+
+/// What [`RedisTarget::xdel_if_untouched`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Xdel {
+    /// Deleted while pending, its holder and count unchanged.
+    Deleted,
+    /// No longer pending (acknowledged: a consumer handled it), or the
+    /// group is gone (Redis lost its data); left alone.
+    NotPending,
+    /// Pending as taken, but gone from the stream already; left alone.
+    NotInStream,
+    /// A consumer was handed it since (`holder` now, `deliveries` times in
+    /// all): it holds the payload and will handle it, so deleting it now
+    /// would expect a dead letter the bus rightly never writes; left alone.
+    HandedOn { holder: String, deliveries: u64 },
+}
 
 /// What to start or set when a server is missing.
 pub const START_POSTGRES: &str = "start PostgreSQL (trust auth for `postgres` on 127.0.0.1:5432, e.g. \
@@ -485,59 +507,91 @@ impl RedisTarget {
     }
 
     /// Takes one entry of `group` for a consumer of torture's own
-    /// (`torture-xdel`, which never handles it nor keeps a heartbeat, so
+    /// ([`XDEL_CONSUMER`], which never handles it nor keeps a heartbeat, so
     /// the bus takes its entries over as a gone consumer's): an entry no
-    /// consumer was handed yet, else one left pending past
-    /// `idle_ms` (a delivery its consumer gave up on for now). Returns its
-    /// id, or None when the group has neither.
+    /// consumer was handed yet, else one left pending past `idle_ms` (a
+    /// delivery its consumer gave up on for now). Returns its id and its
+    /// delivery count, read in the same step, or None when the group has
+    /// neither.
+    ///
+    /// A pending entry is claimed by its id (XCLAIM), after XRANGE shows
+    /// it still in the stream, never by XAUTOCLAIM: XAUTOCLAIM (and XCLAIM
+    /// of a missing id) removes every entry deleted while pending that it
+    /// meets from the pending list, whatever its idle time, without a
+    /// trace; here that would be torture destroying the entries its
+    /// earlier xdels left for the bus to dead-letter.
     pub async fn take_entry(
         &self,
         stream: &str,
         group: &str,
         idle_ms: u64,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<(String, u64)>, String> {
         let mut conn = self.conn().await?;
-        let fresh: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(group)
-            .arg(XDEL_CONSUMER)
-            .arg("COUNT")
-            .arg(1)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("XREADGROUP {stream}: {e}"))?;
-        if let Some(id) = fresh
-            .and_then(|r| r.keys.into_iter().next())
-            .and_then(|k| k.ids.into_iter().next())
-        {
-            return Ok(Some(id.id));
-        }
-        let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(stream)
-            .arg(group)
-            .arg(XDEL_CONSUMER)
-            .arg(idle_ms)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("XAUTOCLAIM {stream}: {e}"))?;
-        Ok(claimed.claimed.into_iter().next().map(|e| e.id))
+        redis::Script::new(
+            "local id
+             local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                 'STREAMS', KEYS[1], '>')
+             if fresh and fresh[1][2][1] then
+                 id = fresh[1][2][1][1]
+             else
+                 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+',
+                     ARGV[4])) do
+                     if #redis.call('XRANGE', KEYS[1], p[1], p[1]) == 1 then
+                         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+                         id = p[1]
+                         break
+                     end
+                 end
+             end
+             if not id then return false end
+             return {id, redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1][4]}",
+        )
+        .key(stream)
+        .arg(group)
+        .arg(XDEL_CONSUMER)
+        .arg(idle_ms)
+        .arg(TAKE_SCAN_MAX)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| format!("taking an entry of {stream}: {e}"))
     }
 
-    /// XDEL of one entry.
-    pub async fn xdel(&self, stream: &str, id: &str) -> Result<i64, String> {
+    /// XDEL of `entry`, only if it is still pending under the consumer that
+    /// held it when it was taken or swallowed, with the same delivery
+    /// count: no consumer was handed it since (the bus takes a
+    /// heartbeat-less consumer's entries over at once, and any entry after
+    /// the visibility timeout), so none holds its payload and will handle
+    /// it. Checked and deleted in one step.
+    pub async fn xdel_if_untouched(
+        &self,
+        stream: &str,
+        group: &str,
+        entry: &Swallowed,
+    ) -> Result<Xdel, String> {
         let mut conn = self.conn().await?;
-        redis::cmd("XDEL")
-            .arg(stream)
-            .arg(id)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("XDEL {stream} {id}: {e}"))
+        let (deleted, holder, deliveries): (i64, String, u64) = redis::Script::new(
+            "local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+             if not ok then return {0, '', 0} end
+             if #p == 0 then return {0, '', 0} end
+             if p[1][2] ~= ARGV[3] or p[1][4] ~= tonumber(ARGV[4]) then
+                 return {0, p[1][2], p[1][4]}
+             end
+             return {redis.call('XDEL', KEYS[1], ARGV[2]), p[1][2], p[1][4]}",
+        )
+        .key(stream)
+        .arg(group)
+        .arg(&entry.entry_id)
+        .arg(&entry.consumer)
+        .arg(entry.deliveries)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| format!("XDEL {stream} {}: {e}", entry.entry_id))?;
+        Ok(match (deleted, holder.is_empty()) {
+            (1, _) => Xdel::Deleted,
+            (_, true) => Xdel::NotPending,
+            (_, false) if holder == entry.consumer && deliveries == entry.deliveries => Xdel::NotInStream,
+            (_, false) => Xdel::HandedOn { holder, deliveries },
+        })
     }
 
     /// Makes `dead_key` a string; a dead-letter stream already there (the

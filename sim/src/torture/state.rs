@@ -26,6 +26,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// An entry left pending for an XDEL (taken by torture's own consumer, or
+/// a delivery swallowed before its consumer saw it): whose pending entry
+/// it is and how often it had been delivered then. The XDEL deletes it
+/// only if both are unchanged, i.e. no consumer was handed it since (see
+/// `RedisTarget::xdel_if_untouched`).
+#[derive(Debug, Clone)]
+pub struct Swallowed {
+    pub service: Service,
+    pub entry_id: String,
+    pub consumer: String,
+    pub deliveries: u64,
+}
+
 /// See the module docs.
 pub struct Shared {
     pub plan: FaultPlan,
@@ -52,7 +65,7 @@ pub struct Shared {
     /// A swallow waited too long for its service: any service's next
     /// delivery will do.
     swallow_widened: AtomicBool,
-    swallowed: Mutex<Vec<(Service, String)>>,
+    swallowed: Mutex<Vec<Swallowed>>,
     open_tx: Mutex<BTreeMap<Replica, u32>>,
     /// Publishes per event id, by the relays (not the bus's duplicates).
     publishes: Mutex<BTreeMap<String, u32>>,
@@ -282,11 +295,11 @@ impl Shared {
         false
     }
 
-    pub fn swallowed(&self, service: Service, entry_id: String) {
-        lock(&self.swallowed).push((service, entry_id));
+    pub fn swallowed(&self, entry: Swallowed) {
+        lock(&self.swallowed).push(entry);
     }
 
-    pub fn take_swallowed(&self) -> Vec<(Service, String)> {
+    pub fn take_swallowed(&self) -> Vec<Swallowed> {
         std::mem::take(&mut *lock(&self.swallowed))
     }
 
