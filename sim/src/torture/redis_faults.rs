@@ -14,10 +14,12 @@ use redis::aio::MultiplexedConnection;
 
 use super::servers::RedisTarget;
 
-/// How far under the used memory `maxmemory` is set: small, so that the
-/// memory the bus frees (acknowledged entries, finished connections) can
-/// end the spell early, as it would in production.
-const SHORT_BY_BYTES: u64 = 16 * 1024;
+/// How far under the used memory `maxmemory` is set, tried in turn: small
+/// first, so that the memory the bus frees (acknowledged entries, finished
+/// connections) can end the spell early, as it would in production; larger
+/// when memory was freed between the reading and the probe (the probe then
+/// succeeds and the server is not out of memory yet).
+const SHORT_BY_BYTES: [u64; 3] = [16 * 1024, 128 * 1024, 1024 * 1024];
 
 /// What the server had before the fault, to put back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,34 +69,38 @@ pub async fn start_oom(target: &RedisTarget, probe_key: &str) -> Result<(MemoryS
         maxmemory: config_get(&mut conn, "maxmemory").await?,
         policy: config_get(&mut conn, "maxmemory-policy").await?,
     };
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("INFO memory: {e}"))?;
-    let used = purchase_saga::adapters::redis::RedisMemory::parse(&info)
-        .ok_or("INFO memory without used_memory")?
-        .used_bytes;
-    let max = used.saturating_sub(SHORT_BY_BYTES).max(1);
     config_set(&mut conn, "maxmemory-policy", "noeviction").await?;
-    config_set(&mut conn, "maxmemory", &max.to_string()).await?;
-    let probe: Result<(), redis::RedisError> = redis::cmd("SET")
-        .arg(probe_key)
-        .arg("torture: out of memory?")
-        .query_async(&mut conn)
-        .await;
-    match probe {
-        Err(e) if purchase_saga::adapters::redis::is_oom(&e) => Ok((
-            before,
-            format!("maxmemory {max} under {used} used (noeviction): a SET answered {e}"),
-        )),
-        other => {
-            restore(target, &before).await?;
-            Err(format!(
-                "the probe SET was not refused ({other:?}); settings restored"
-            ))
+    let mut last = String::new();
+    for short_by in SHORT_BY_BYTES {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("INFO memory: {e}"))?;
+        let used = purchase_saga::adapters::redis::RedisMemory::parse(&info)
+            .ok_or("INFO memory without used_memory")?
+            .used_bytes;
+        let max = used.saturating_sub(short_by).max(1);
+        config_set(&mut conn, "maxmemory", &max.to_string()).await?;
+        let probe: Result<(), redis::RedisError> = redis::cmd("SET")
+            .arg(probe_key)
+            .arg("torture: out of memory?")
+            .query_async(&mut conn)
+            .await;
+        match probe {
+            Err(e) if purchase_saga::adapters::redis::is_oom(&e) => {
+                return Ok((
+                    before,
+                    format!("maxmemory {max} under {used} used (noeviction): a SET answered {e}"),
+                ))
+            }
+            other => last = format!("maxmemory {max} under {used} used: the probe SET answered {other:?}"),
         }
     }
+    restore(target, &before).await?;
+    Err(format!(
+        "the probe SET was never refused ({last}); settings restored"
+    ))
 }
 
 /// Puts `settings` back (after a restart of the server they are its
