@@ -30,10 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use crate::catch::{counts_as_catch, first_catch, first_catch_in_time};
+use crate::catch::{first_catch, first_catch_in_time};
 use crate::corpus::{Corpus, Entry};
 use crate::mutants;
-use crate::run::SimOutcome;
 use crate::sweep::{commit, Options};
 use crate::torture::{self, TortureSettings};
 
