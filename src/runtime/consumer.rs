@@ -198,7 +198,7 @@ async fn handle_decoded(
         // Planted bug (mutants feature): past the limit without asking the
         // inbox, so an applied event whose acks were lost is given up on.
         Ok(_)
-            if past_the_budget(env, delivery, last_errors) && crate::mutant!(PastLimitDeadLettersApplied) =>
+            if crate::mutant!(PastLimitDeadLettersApplied) && past_the_budget(env, delivery, last_errors) =>
         {
             let last = lock(last_errors).forget(&delivery.entry_id);
             Disposition::DeadLettered {
