@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use purchase_saga::domain::invariants::Snapshot;
+use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::{OrderId, Service};
 use purchase_saga::runtime::commands::{place_order, PlaceError, Placed};
 use purchase_saga::runtime::RuntimeConfig;
@@ -27,7 +28,7 @@ use purchase_saga::workload::OrderSpec;
 
 use crate::faults::{ClientCrashPoint, FaultKind};
 use crate::finding::{check, Finding};
-use crate::run::{env_for, place_command, request_line, CLIENT_HOST};
+use crate::host_env::env_for;
 use crate::world::{EntryKind, World};
 
 /// Attempts of the client to place one order through store faults.
@@ -161,6 +162,28 @@ impl RequestLog {
             }
         }
         found
+    }
+}
+
+/// The turmoil host that places the orders.
+pub const CLIENT_HOST: &str = "client";
+
+/// The trace line of the client's request for `o`.
+pub fn request_line(o: &OrderSpec) -> String {
+    format!(
+        "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
+        o.id, o.user, o.item, o.quantity, o.method
+    )
+}
+
+/// The command that places `o`.
+pub fn place_command(o: &OrderSpec) -> PlaceOrder {
+    PlaceOrder {
+        order_id: o.id.clone(),
+        user_id: o.user.clone(),
+        item_id: o.item.clone(),
+        quantity: o.quantity,
+        payment_method: o.method.clone(),
     }
 }
 

@@ -32,7 +32,9 @@ use crate::sweep::Options;
 use crate::topology::Topology;
 use crate::world::EntryKind;
 
-/// The corpus folder of this checkout (`sim/corpus/`).
+/// The corpus folder of the source tree this crate was built from, for
+/// tests. The binary's default is `sim/corpus` relative to the working
+/// directory (`cli::args::CorpusDir`), never a build-time path.
 pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
 }

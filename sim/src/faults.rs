@@ -319,7 +319,7 @@ pub const DEADLINE_MS_DEFAULT: i64 = 10_000;
 pub const SKEW_MS_MAX: i64 = 500;
 
 /// How long a lingering run goes on after quiescence: past the simulator's
-/// inbox retention (`run::runtime_config`) plus two prune passes.
+/// inbox retention (`config::runtime_config`) plus two prune passes.
 pub const LINGER_MS: u64 = 66_000;
 
 /// One seed in this many lingers (heavy and swarm), so a sweep sees the

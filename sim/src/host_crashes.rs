@@ -11,9 +11,8 @@
 use std::sync::Arc;
 
 use crate::broker::{self, Broker};
-use crate::client::{self, RequestLog};
+use crate::client::{self, RequestLog, CLIENT_HOST};
 use crate::faults::{FaultKind, Scheduled};
-use crate::run::CLIENT_HOST;
 use crate::world::{EntryKind, World};
 
 /// See the module docs.

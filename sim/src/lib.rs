@@ -18,15 +18,18 @@
 //! - [`store`]: `SimStore`, latency, aborts and crash points over `MemoryStore`.
 //! - [`broker`]: the broker's streams and its turmoil host; [`bus`]: the
 //!   `SimBus` client and the wire protocol.
-//! - [`client`]: the client host, its durable request log and the "one
-//!   request, one order" check; [`host_crashes`]: the driver's broker-loss
-//!   and client crashes.
+//! - [`config`]: the runtime's knobs in the simulator; [`host_env`]: the
+//!   `Env` of one host's software (store, bus, clock, observers).
+//! - [`client`]: the client host, its requests, its durable request log
+//!   and the "one request, one order" check; [`host_crashes`]: the
+//!   driver's broker-loss and client crashes.
 //! - [`finding`]: violations of invariants and of the simulator's own checks.
 //! - [`observer`]: trace lines and safety checks after every commit.
 //! - [`run`]: builds the turmoil sim for one input and drives it to quiescence.
 //! - [`quiescence`]: what is still pending; quiescence proven without
 //!   waiting out the re-drive rounds.
-//! - [`summary`], [`mermaid`]: reports; [`mutants`]: running with a planted bug.
+//! - [`paths`]: what each order's saga came to; [`summary`], [`mermaid`]:
+//!   reports; [`mutants`]: running with a planted bug.
 //! - [`floor`]: turmoil stepping a seed's hosts with idle software, the
 //!   floor `saga-sim bench` measures beside the seeds.
 //! - [`sweep`]: many seeds on a thread pool; [`corpus`]: the runs kept in
@@ -37,23 +40,30 @@
 //!   that can see it; [`catch`]: which findings count as a catch.
 //! - [`torture`]: the same workloads and plans against the production
 //!   adapters on real PostgreSQL and Redis (`saga-sim torture`).
+//! - [`progress`]: how long runs show how far they are; [`cli`]: the
+//!   `saga-sim` command line, one module per command.
 
 pub mod broker;
 pub mod bus;
 pub mod catch;
+pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod corpus;
 pub mod corpus_replay;
 pub mod faults;
 pub mod finding;
 pub mod floor;
 pub mod host_crashes;
+pub mod host_env;
 pub mod hunt;
 pub mod mermaid;
 pub mod mutant_hunt;
 pub mod mutants;
 pub mod observer;
+pub mod paths;
+pub mod progress;
 pub mod quiescence;
 pub mod run;
 pub mod store;

@@ -10,6 +10,12 @@ use purchase_saga::runtime::mermaid::{self, DiagramEntry, Lane, Step};
 use crate::faults::FaultKind;
 use crate::world::{EntryKind, TraceEntry};
 
+/// Mermaid's default `maxTextSize`: a diagram longer than this many
+/// characters is not drawn ("Maximum text size in diagram exceeded"). A
+/// whole heavy run is above it; one order's saga is well below
+/// (`saga-sim replay --mermaid` draws one file per order).
+pub const MAX_TEXT_SIZE: usize = 50_000;
+
 /// Whether `text` names `order` as a whole word (`order-1`, not `order-10`).
 fn mentions(text: &str, order: &str) -> bool {
     text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))

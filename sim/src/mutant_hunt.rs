@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
 
 use crate::catch::{first_catch, first_catch_in_time};
 use crate::corpus::{Corpus, Entry};
@@ -321,7 +320,7 @@ fn hunt_in_differential(mutant: &'static str, hunting: &Hunting, row: &mut Row) 
         .trim_start_matches("tests/")
         .trim_end_matches(".rs")
         .to_string();
-    eprintln!("{mutant}: running {target} {case}");
+    crate::progress::line(&format!("{mutant}: running {target} {case}"));
     let (result, shown) = run_case(&target, case, &hunting.test_bins);
     row.tried += 1;
     match result {
@@ -352,6 +351,7 @@ fn hunt_in_differential(mutant: &'static str, hunting: &Hunting, row: &mut Row) 
 /// Runs every mutant (see the module docs); the rows in `Mutant::ALL` order.
 pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
     let names = Arc::new(mutants::all_names());
+    let sim_selected = hunting.engines.sim;
     // The simulator first, in parallel (a mutant per thread: its switch is
     // the thread's).
     let next = Arc::new(AtomicUsize::new(0));
@@ -384,7 +384,24 @@ pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
         })
         .collect();
     drop(tx);
-    let mut rows: Vec<(usize, Row)> = rx.into_iter().collect();
+    let mut rows: Vec<(usize, Row)> = Vec::new();
+    for (i, row) in rx {
+        if sim_selected {
+            crate::progress::line(&format!(
+                "simulator: {}/{} mutants, {}: {} after {} seed(s)",
+                rows.len() + 1,
+                names.len(),
+                row.mutant,
+                match row.verdict {
+                    Verdict::Caught { .. } => "caught",
+                    Verdict::Survived => "missed",
+                    Verdict::NotRun(_) => "not simulated",
+                },
+                row.tried
+            ));
+        }
+        rows.push((i, row));
+    }
     for w in workers {
         w.join().expect("a worker thread panicked");
     }
@@ -399,7 +416,7 @@ pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
         if !matches!(row.verdict, Verdict::Caught { .. }) && hunting.engines.differential {
             hunt_in_differential(row.mutant, hunting, row);
         }
-        eprintln!(
+        crate::progress::line(&format!(
             "{}: {}",
             row.mutant,
             match &row.verdict {
@@ -407,9 +424,36 @@ pub fn hunt(hunting: &Hunting, options: &Options) -> Vec<Row> {
                 Verdict::Survived => "SURVIVED",
                 Verdict::NotRun(_) => "NOT RUN",
             }
-        );
+        ));
     }
     rows
+}
+
+/// The command that shows a caught mutant's catch again.
+pub fn again(row: &Row, hunting: &Hunting, options: &Options) -> Option<String> {
+    let Verdict::Caught { engine, seed, .. } = &row.verdict else {
+        return None;
+    };
+    Some(match engine {
+        Engine::Sim => Options {
+            mutant: Some(row.mutant.to_string()),
+            ..options.clone()
+        }
+        .replay_command(seed.expect("a simulator catch has a seed")),
+        Engine::Torture => {
+            let seed = seed.expect("a torture catch has a seed");
+            format!(
+                "cargo run -p purchase-saga-sim --release --features mutants -- {}",
+                hunting
+                    .torture
+                    .command(seed, seed + 1, &hunting.torture_without, Some(row.mutant))
+                    .trim_start_matches("saga-sim ")
+            )
+        }
+        Engine::Differential { target, case } => {
+            format!("cargo test --features mutants --test {target} -- {case} --exact")
+        }
+    })
 }
 
 /// The table `saga-sim mutants` prints, one row per mutant.
@@ -426,33 +470,12 @@ pub fn render(rows: &[Row], hunting: &Hunting, options: &Options) -> String {
                 check,
                 clean_without,
             } => {
-                let (name, again) = match engine {
-                    Engine::Sim => (
-                        "simulator".to_string(),
-                        Options {
-                            mutant: Some(row.mutant.to_string()),
-                            ..options.clone()
-                        }
-                        .replay_command(seed.expect("a simulator catch has a seed")),
-                    ),
-                    Engine::Torture => {
-                        let seed = seed.expect("a torture catch has a seed");
-                        (
-                            "torture".to_string(),
-                            format!(
-                                "cargo run -p purchase-saga-sim --release --features mutants -- {}",
-                                hunting
-                                    .torture
-                                    .command(seed, seed + 1, &hunting.torture_without, Some(row.mutant))
-                                    .trim_start_matches("saga-sim ")
-                            ),
-                        )
-                    }
-                    Engine::Differential { target, case } => (
-                        format!("differential ({target})"),
-                        format!("cargo test --features mutants --test {target} -- {case} --exact"),
-                    ),
+                let name = match engine {
+                    Engine::Sim => "simulator".to_string(),
+                    Engine::Torture => "torture".to_string(),
+                    Engine::Differential { target, .. } => format!("differential ({target})"),
                 };
+                let again = again(row, hunting, options).unwrap_or_default();
                 let clean = match clean_without {
                     CleanWithout::Clean => "yes".to_string(),
                     CleanWithout::NotClean(_) => "NOT CLEAN".to_string(),
@@ -504,72 +527,43 @@ pub fn render(rows: &[Row], hunting: &Hunting, options: &Options) -> String {
     s
 }
 
-/// `saga-sim mutants`: hunts, prints the table, records, and returns
-/// whether every row passed (caught and clean without, or an accepted
+/// Whether every row passed (caught and clean without, or an accepted
 /// "not run").
-pub fn hunt_and_report(hunting: &Hunting, options: &Options) -> bool {
-    let started = Instant::now();
-    let rows = hunt(hunting, options);
-    let without = options
-        .without
-        .map_or(String::new(), |k| format!(" --without {k}"));
-    let engines: Vec<&str> = [
-        (hunting.engines.sim, "sim"),
-        (hunting.engines.torture, "torture"),
-        (hunting.engines.differential, "differential"),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect();
-    println!(
-        "saga-sim mutants --engines {} --seeds {} --torture-seeds {} --faults {} --orders {}{without} (commit {})",
-        engines.join(","),
-        hunting.budget,
-        hunting.torture_seeds,
-        options.faults.name(),
-        options.orders,
-        commit()
-    );
-    print!("{}", render(&rows, hunting, options));
-    println!("wall time {:.1}s", started.elapsed().as_secs_f64());
-    if let Some(dir) = &hunting.record {
-        record_sim_catches(dir, &rows, options);
-    }
-    let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
-    let survived = count(&|r| r.verdict == Verdict::Survived);
-    let not_clean = count(&|r| {
-        matches!(
-            r.verdict,
-            Verdict::Caught {
-                clean_without: CleanWithout::NotClean(_),
-                ..
-            }
-        )
-    });
-    let not_run = count(&|r| matches!(r.verdict, Verdict::NotRun(_)) && r.fails(&hunting.accept_not_run));
-    for (n, what) in [
-        (survived, "survived"),
-        (not_clean, "caught on a seed that is not clean without the mutant"),
-        (
-            not_run,
-            "not run (no engine that can see it ran; --accept-not-run to accept)",
-        ),
-    ] {
-        if n > 0 {
-            println!("{n} mutant(s) {what}");
-        }
-    }
+pub fn all_passed(rows: &[Row], hunting: &Hunting) -> bool {
     rows.iter().all(|r| !r.fails(&hunting.accept_not_run))
 }
 
+/// How many rows failed each way: survived, caught on a seed not clean
+/// without the mutant, not run (and not accepted).
+pub fn failures(rows: &[Row], hunting: &Hunting) -> [(usize, &'static str); 3] {
+    let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count();
+    [
+        (count(&|r| r.verdict == Verdict::Survived), "survived"),
+        (
+            count(&|r| {
+                matches!(
+                    r.verdict,
+                    Verdict::Caught {
+                        clean_without: CleanWithout::NotClean(_),
+                        ..
+                    }
+                )
+            }),
+            "caught on a seed that is not clean without the mutant",
+        ),
+        (
+            count(&|r| matches!(r.verdict, Verdict::NotRun(_)) && r.fails(&hunting.accept_not_run)),
+            "not run (no engine that can see it ran; --accept-not-run to accept)",
+        ),
+    ]
+}
+
 /// Keeps the simulator seed that caught each mutant (clean without it) in
-/// the corpus at `dir`, with its drawn inputs.
-fn record_sim_catches(dir: &Path, rows: &[Row], options: &Options) {
-    let mut corpus = match Corpus::load(dir) {
-        Ok(c) => c,
-        Err(e) => return eprintln!("--record: {e}"),
-    };
+/// the corpus at `dir`, with its drawn inputs; one line per seed said.
+pub fn record_sim_catches(dir: &Path, rows: &[Row], options: &Options) -> Result<Vec<String>, String> {
+    let mut corpus = Corpus::load(dir)?;
     let commit = commit();
+    let mut said = Vec::new();
     for row in rows {
         let Verdict::Caught {
             engine: Engine::Sim,
@@ -587,19 +581,13 @@ fn record_sim_catches(dir: &Path, rows: &[Row], options: &Options) {
         let input = options.input(*seed);
         let outcome = options.run_input(&input);
         let entry = Entry::failure(&input, &outcome, &options, &commit, "mutants");
-        match corpus.add(entry) {
-            Ok(added) => println!(
-                "{}: seed {seed} {}",
-                row.mutant,
-                if added {
-                    "kept in the corpus"
-                } else {
-                    "already in the corpus"
-                }
-            ),
-            Err(e) => eprintln!("{}: cannot keep seed {seed}: {e}", row.mutant),
-        }
+        said.push(match corpus.add(entry) {
+            Ok(true) => format!("{}: seed {seed} kept in the corpus", row.mutant),
+            Ok(false) => format!("{}: seed {seed} already in the corpus", row.mutant),
+            Err(e) => format!("{}: cannot keep seed {seed}: {e}", row.mutant),
+        });
     }
+    Ok(said)
 }
 
 #[cfg(test)]

@@ -12,29 +12,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::invariants::{check_quiescent, Snapshot};
-use purchase_saga::domain::participants::order::PlaceOrder;
 use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
-use purchase_saga::runtime::{consumer, relay, sweeper, Env, Fanout, Retention, RuntimeConfig};
-use purchase_saga::workload::{OrderSpec, Scenario, ScenarioSize};
+use purchase_saga::runtime::{consumer, relay, sweeper, RuntimeConfig};
+use purchase_saga::workload::{Scenario, ScenarioSize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::broker::{self, Broker};
-use crate::bus::SimBus;
-use crate::client::RequestLog;
-use crate::clock::{SimClock, SkewedClock};
+use crate::client::{RequestLog, CLIENT_HOST};
+use crate::clock::SimClock;
+use crate::config::runtime_config;
 use crate::faults::{CrashPoint, FaultKind, FaultPlan, Profile, Replica, Scheduled};
 use crate::finding::{check, Finding};
 use crate::floor::SeedShape;
 use crate::host_crashes::HostCrashes;
-use crate::observer::SimObserver;
+use crate::host_env::env_for;
 use crate::quiescence::{pending_work, QuiescenceProof};
-use crate::store::SimStore;
 use crate::topology::{Process, Topology};
 use crate::world::{EntryKind, TraceEntry, World};
 
@@ -106,60 +103,6 @@ pub fn input_from_seed(seed: u64, profile: Profile, orders: usize, settings: &Si
     }
 }
 
-/// The runtime's knobs in the simulator: small batches, quick polls, the
-/// plan's deadline, re-drive after 2 s, a relay's claim held 2 s.
-///
-/// The lease is scaled like the re-drive (production: 30 s lease, 60 s
-/// re-drive). At production's 30 s, a relay that crashed holding a claim
-/// kept its entries from every relay for 30 s of simulated time, and a run
-/// waited that long for them after the faults healed: most of a heavy
-/// seed's simulated time, for nothing the checks look at. A pass of the
-/// simulator's relay (8 entries, a 500 ms bus timeout that releases the
-/// rest) stays well under 2 s.
-pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
-    let mut config = RuntimeConfig {
-        batch_size: 8,
-        deliveries_max: 10,
-        conflict_retries_max: 8,
-        conflict_backoff: Duration::from_millis(5),
-        idle_poll: Duration::from_millis(50),
-        error_backoff: Duration::from_millis(200),
-        saga_deadline: DurationMs(plan.saga_deadline_ms),
-        prune_interval: Duration::from_millis(PRUNE_INTERVAL_MS),
-        // Production holds a claim for 3 s, far less than its first
-        // re-drive round (60 s); here 1 s of 2 s. A relay whose mark failed
-        // (store unavailable, crash after publish) must not sit out the
-        // rounds under its lease.
-        relay_lease: Duration::from_millis(1_000),
-        ..RuntimeConfig::default()
-    };
-    config.redrive.after = DurationMs(2_000);
-    // Production's rounds and retention scaled to a seed: the rounds of
-    // 2, 6, 14, 22 and 30 s (below) leave every event committed before
-    // healing (at most 15 s) a round after it; the inbox keeps an id past
-    // the last round plus every redelivery of it (10 deliveries, 1.5 s
-    // visibility), so the pruners delete during a lingering seed and a
-    // deleted id can no longer come back.
-    config.redrive.horizon = DurationMs(32_000);
-    config.retention = Retention {
-        outbox: DurationMs(32_000),
-        inbox: DurationMs(60_000),
-        batch: 64,
-    };
-    assert!(
-        config.retention.inbox.0 > config.redrive.horizon.0 + i64::from(config.deliveries_max) * 1_500,
-        "the inbox must outlive every republish and redelivery"
-    );
-    // Rounds at 2, 6 and 14 s, then (re-drive has no last round) every
-    // 8 s until the 32 s horizon: 22 and 30 s. A seed thus runs the
-    // repeating rounds that production reaches after its doubling ones.
-    config.redrive.republish_max = 3;
-    config
-}
-
-/// Period of each replica's prune pass in the simulator.
-pub const PRUNE_INTERVAL_MS: u64 = 2_000;
-
 /// What one run did and found.
 #[derive(Debug, Clone)]
 pub struct SimOutcome {
@@ -170,7 +113,7 @@ pub struct SimOutcome {
     pub violations: Vec<Finding>,
     /// Orders by outcome: `COMPLETED`, a failed step, `PENDING`, `REJECTED`.
     pub paths: BTreeMap<String, u64>,
-    /// Each placed order's path, by order id (`summary::order_paths`).
+    /// Each placed order's path, by order id (`paths::order_paths`).
     pub order_paths: BTreeMap<String, String>,
     pub faults: BTreeMap<FaultKind, u64>,
     pub orders: u64,
@@ -181,40 +124,6 @@ pub struct SimOutcome {
     pub shape: Option<SeedShape>,
     pub wall: Duration,
 }
-
-/// The environment of one service (or the client) in a host: its store
-/// connection, bus client, the host's (possibly skewed) clock, and the
-/// observers (with `wake`, the host's relays'). `clock_of` names the host
-/// in the plan's skews: a process runs on its lead replica's clock.
-pub(crate) fn env_for(
-    world: &Arc<World>,
-    replica: Option<Replica>,
-    clock_of: &str,
-    config: RuntimeConfig,
-    wake: Option<Arc<RelayWake>>,
-) -> Env {
-    let skew_ms = world.plan.skew_ms.get(clock_of).copied().unwrap_or(0);
-    let sim_observer: Arc<dyn purchase_saga::runtime::Observer> =
-        Arc::new(SimObserver { world: world.clone() });
-    let observer: Arc<dyn purchase_saga::runtime::Observer> = match wake {
-        Some(wake) => Arc::new(Fanout(vec![sim_observer, wake])),
-        None => sim_observer,
-    };
-    Env {
-        store: Arc::new(SimStore::new(world.clone(), replica)),
-        bus: Arc::new(SimBus::default()),
-        clock: Arc::new(SkewedClock {
-            base: world.clock.clone(),
-            skew_ms,
-        }),
-        gateway: Arc::new(SimulatedGateway::default()),
-        observer,
-        config,
-    }
-}
-
-/// The turmoil host that places the orders.
-pub const CLIENT_HOST: &str = "client";
 
 /// A process's software: the library's own loops for its services, wired
 /// as production's `serve` (`Running::start`) wires them: per service a
@@ -261,25 +170,6 @@ async fn process_software(world: Arc<World>, process: Process, config: RuntimeCo
     std::future::pending::<()>().await;
     drop(keep_running);
     Ok(())
-}
-
-/// The trace line of the client's request for `o`.
-pub fn request_line(o: &OrderSpec) -> String {
-    format!(
-        "Client -> Order: create-order request {{order={} user={} item={} qty={} method={}}}",
-        o.id, o.user, o.item, o.quantity, o.method
-    )
-}
-
-/// The command that places `o`.
-pub fn place_command(o: &OrderSpec) -> PlaceOrder {
-    PlaceOrder {
-        order_id: o.id.clone(),
-        user_id: o.user.clone(),
-        item_id: o.item.clone(),
-        quantity: o.quantity,
-        payment_method: o.method.clone(),
-    }
 }
 
 /// Runs `input` to quiescence or to the liveness bound.
@@ -519,9 +409,9 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     }
 
     let mut faults = world.counts();
-    crate::summary::count_deadlines(&snapshot, &mut faults);
-    let paths = crate::summary::paths(&snapshot, input.scenario.orders.len());
-    let order_paths = crate::summary::order_paths(&snapshot);
+    crate::paths::count_deadlines(&snapshot, &mut faults);
+    let paths = crate::paths::paths(&snapshot, input.scenario.orders.len());
+    let order_paths = crate::paths::order_paths(&snapshot);
     let entries = world.trace();
     let lines: Vec<String> = entries
         .iter()

@@ -174,7 +174,7 @@ impl SimStore {
         // The relay's clock when the mark lands (its `now` was read before).
         let mut lands_at = now;
         if self.world.stall_mark() {
-            let stall_ms = crate::run::runtime_config(&self.world.plan)
+            let stall_ms = crate::config::runtime_config(&self.world.plan)
                 .relay_lease
                 .as_millis() as u64
                 + MARK_STALL_PAST_LEASE_MS;

@@ -5,22 +5,19 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use indicatif::{ProgressBar, ProgressStyle};
-
+use crate::progress::Progress;
 use crate::run::{input_from_seed, run, SimInput, SimOutcome, SimSettings};
 use crate::{mutants, FaultKind, Profile};
 
-/// The commit the binary runs at, for replay commands (`-dirty` when the
-/// work tree has uncommitted changes; `unknown` outside git).
+/// The commit the binary was built from, for `--version`, replay commands
+/// and the corpus (`-dirty` when the work tree had uncommitted changes;
+/// see `build.rs`).
 pub fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    COMMIT.to_string()
 }
+
+/// [`commit`] as a constant.
+pub const COMMIT: &str = env!("SAGA_SIM_COMMIT");
 
 /// What every seed of a command shares.
 #[derive(Clone)]
@@ -76,7 +73,8 @@ impl Options {
     }
 }
 
-/// Runs `f` on seeds `a..b` on `jobs` threads with a progress bar; results
+/// Runs `f` on seeds `a..b` on `jobs` threads with progress
+/// (`progress.rs`); results
 /// in seed order. `failed` marks a result in the bar's message.
 pub fn par_seeds<T: Send + 'static>(
     a: u64,
@@ -85,11 +83,7 @@ pub fn par_seeds<T: Send + 'static>(
     f: Arc<dyn Fn(u64) -> T + Send + Sync>,
     failed: impl Fn(&T) -> bool,
 ) -> Vec<(u64, T)> {
-    let bar = ProgressBar::new(b - a);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} eta {eta} {msg}")
-            .expect("valid template"),
-    );
+    let mut progress = Progress::seeds(b - a);
     let next = Arc::new(AtomicU64::new(a));
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..jobs.max(1))
@@ -106,16 +100,13 @@ pub fn par_seeds<T: Send + 'static>(
     drop(tx);
     let mut results = Vec::new();
     for (seed, r) in rx {
-        if failed(&r) {
-            bar.set_message(format!("seed {seed} FAILED"));
-        }
-        bar.inc(1);
+        progress.inc(seed, failed(&r));
         results.push((seed, r));
     }
     for w in workers {
         w.join().expect("a worker thread panicked");
     }
-    bar.finish_and_clear();
+    progress.finish();
     results.sort_by_key(|(seed, _)| *seed);
     results
 }

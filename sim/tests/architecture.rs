@@ -96,3 +96,128 @@ fn sim_uses_nothing_nondeterministic() {
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
+
+/// The simulator's top-level modules (a file `src/x.rs` or a folder
+/// `src/x/`) and, for each, the modules it names through `crate::`
+/// (directly, or through a name `lib.rs` re-exports).
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules: BTreeSet<String> = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).expect("readable src") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() || (path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main") {
+            modules.insert(name);
+        }
+    }
+    // `pub use faults::{FaultKind, ...};` in lib.rs: names to modules.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
+    let mut reexports: BTreeMap<String, String> = BTreeMap::new();
+    for line in lib.lines().filter(|l| l.starts_with("pub use ")) {
+        let rest = line.trim_start_matches("pub use ").trim_end_matches(';');
+        if let Some((module, names)) = rest.split_once("::") {
+            for name in names.trim_matches(|c| c == '{' || c == '}').split(',') {
+                reexports.insert(name.trim().to_string(), module.to_string());
+            }
+        }
+    }
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for module in &modules {
+        let mut files = Vec::new();
+        let file = src.join(format!("{module}.rs"));
+        if file.exists() {
+            files.push(file);
+        } else {
+            rust_files(&src.join(module), &mut files);
+        }
+        let mut named = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("readable source");
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (i, _) in line.match_indices("crate::") {
+                    let after = &line[i + "crate::".len()..];
+                    let mut names = Vec::new();
+                    if let Some(inner) = after.strip_prefix('{') {
+                        // `crate::{a, b::{c}, D}`: the names at the first depth.
+                        let mut depth = 0;
+                        let mut start = true;
+                        for (j, c) in inner.char_indices() {
+                            match c {
+                                '{' => depth += 1,
+                                '}' if depth == 0 => break,
+                                '}' => depth -= 1,
+                                ',' if depth == 0 => start = true,
+                                c if c.is_whitespace() => {}
+                                _ if start && depth == 0 => {
+                                    names.push(ident(&inner[j..]));
+                                    start = false;
+                                }
+                                _ => {}
+                            }
+                        }
+                    } else {
+                        names.push(ident(after));
+                    }
+                    for name in names {
+                        let target = if modules.contains(&name) {
+                            Some(name)
+                        } else {
+                            reexports.get(&name).cloned()
+                        };
+                        if let Some(target) = target.filter(|t| t != module) {
+                            named.insert(target);
+                        }
+                    }
+                }
+            }
+        }
+        graph.insert(module.clone(), named);
+    }
+    graph
+}
+
+#[test]
+fn the_simulators_modules_import_each_other_in_no_circle() {
+    let graph = module_graph();
+    assert!(graph.len() >= 20, "{graph:?}");
+    assert!(
+        graph["run"].contains("client"),
+        "the graph reads imports: {graph:?}"
+    );
+    // Depth-first search; a module met again on the current path closes a
+    // circle.
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+        circles: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            circles.push(circle.join(" -> "));
+            return;
+        }
+        if !done.insert(node.to_string()) {
+            return;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done, circles);
+        }
+        path.pop();
+    }
+    let mut circles = Vec::new();
+    let mut done = std::collections::BTreeSet::new();
+    for node in graph.keys() {
+        visit(node, &graph, &mut Vec::new(), &mut done, &mut circles);
+    }
+    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+}

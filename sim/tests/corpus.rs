@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use purchase_saga_sim::corpus::{combinations, Corpus, Entry, Kind};
 use purchase_saga_sim::corpus_replay::{repin, replay, Status};
-use purchase_saga_sim::hunt::{hunt, HuntSettings};
-use purchase_saga_sim::sweep::Options;
+use purchase_saga_sim::hunt::{hunt, rare_seen_max, HuntSettings};
+use purchase_saga_sim::sweep::{sweep, Options};
 use purchase_saga_sim::Profile;
 
 fn scratch(name: &str) -> PathBuf {
@@ -30,6 +30,7 @@ fn settings(start: u64) -> HuntSettings {
         profiles: vec![Profile::Swarm],
         chunk_per_job: 3,
         rare_max: 10,
+        rare_cap: 100,
     }
 }
 
@@ -37,7 +38,7 @@ fn settings(start: u64) -> HuntSettings {
 fn a_hunt_keeps_new_combinations_once_and_a_second_hunt_over_the_same_seeds_keeps_nothing() {
     let dir = scratch("hunt");
     let mut corpus = Corpus::load(&dir).unwrap();
-    let first = hunt(&settings(40), &mut corpus).expect("hunt");
+    let first = hunt(&settings(40), &mut corpus, &mut |_| {}, &mut |_| {}).expect("hunt");
     assert_eq!(first.seeds, 3);
     assert!(first.failures.is_empty(), "{:?}", first.failures);
     assert!(!first.rare.is_empty(), "an empty corpus lacks every combination");
@@ -51,11 +52,57 @@ fn a_hunt_keeps_new_combinations_once_and_a_second_hunt_over_the_same_seeds_keep
         first.rare.len(),
         "what was kept is on disk"
     );
-    let again = hunt(&settings(40), &mut reloaded).expect("hunt");
+    let again = hunt(&settings(40), &mut reloaded, &mut |_| {}, &mut |_| {}).expect("hunt");
     assert!(
         again.rare.is_empty(),
         "the same seeds reach nothing new: {:?}",
         again.rare
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_hunt_keeps_the_combinations_rare_over_all_its_seeds_and_stops_at_the_rare_cap() {
+    let dir = scratch("rare-budget");
+    let mut corpus = Corpus::load(&dir).unwrap();
+    let mut wide = settings(200);
+    wide.chunk_per_job = 30;
+    wide.jobs = 2;
+    wide.rare_max = 4;
+    let report = hunt(&wide, &mut corpus, &mut |_| {}, &mut |_| {}).expect("hunt");
+    assert_eq!(report.seeds, 60);
+    assert!(!report.rare.is_empty(), "60 seeds reach some combination once");
+    assert!(report.rare.len() <= 4, "{} rare kept", report.rare.len());
+    assert!(report.rare_combinations < report.new_combinations);
+    // How many of the hunt's seeds reached each combination kept for.
+    let options = Options {
+        faults: Profile::Swarm,
+        orders: 6,
+        mutant: None,
+        without: None,
+    };
+    let outcomes = sweep(200, 260, 2, &options);
+    for e in &report.rare {
+        for why in &e.why {
+            let reached = outcomes.iter().filter(|o| combinations(o).contains(why)).count() as u64;
+            assert!(
+                reached <= rare_seen_max(60),
+                "seed {} kept for {why}, which {reached} of the 60 seeds reached",
+                e.seed
+            );
+        }
+    }
+    // A corpus holding `rare_cap` rare entries takes no more.
+    let full = report.rare.len();
+    let mut capped = settings(400);
+    capped.rare_cap = full;
+    let mut reloaded = Corpus::load(&dir).unwrap();
+    let again = hunt(&capped, &mut reloaded, &mut |_| {}, &mut |_| {}).expect("hunt");
+    assert!(again.rare.is_empty(), "{:?}", again.rare);
+    assert_eq!(
+        Corpus::load(&dir).unwrap().entries.len(),
+        full,
+        "rare.jsonl bounded"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1006,9 +1006,9 @@ fn taken_by_torture(service: Service, entry_id: String, deliveries: u64) -> Swal
 /// The seed's outcome from what the shared state gathered.
 fn outcome(input: &TortureInput, shared: &Shared, wall: Duration) -> TortureOutcome {
     let last = shared.final_snapshot().unwrap_or_default();
-    let paths = crate::summary::paths(&last, input.scenario.orders.len());
+    let paths = crate::paths::paths(&last, input.scenario.orders.len());
     let mut sim_faults = shared.sim_counts();
-    crate::summary::count_deadlines(&last, &mut sim_faults);
+    crate::paths::count_deadlines(&last, &mut sim_faults);
     TortureOutcome {
         input: input.clone(),
         lines: shared.lines(),

@@ -119,10 +119,10 @@ impl TortureSettings {
     }
 }
 
-/// The simulator's runtime knobs (`run::runtime_config`) scaled to
+/// The simulator's runtime knobs (`config::runtime_config`) scaled to
 /// torture's clock (see the module docs).
 pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
-    let mut config = crate::run::runtime_config(plan);
+    let mut config = crate::config::runtime_config(plan);
     let divisor = TIME_DIVISOR as i64;
     config.handle_concurrency = 2;
     config.error_backoff = Duration::from_millis(100);

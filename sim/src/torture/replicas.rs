@@ -29,9 +29,9 @@ use purchase_saga::workload::OrderSpec;
 use tokio::task::JoinHandle;
 
 use crate::client::RequestLog;
+use crate::client::{place_command, request_line, CLIENT_HOST};
 use crate::faults::{FaultKind, Replica};
 use crate::finding::{check, Finding};
-use crate::run::{place_command, request_line, CLIENT_HOST};
 
 use super::boundary::{FaultyBus, FaultyStore};
 use super::state::Shared;
