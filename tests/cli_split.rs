@@ -133,15 +133,20 @@ fn wait_serving(child: &mut std::process::Child, limit: Duration) -> Result<(), 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut seen = String::new();
+        let mut serving = false;
+        // Read to the end: a closed pipe would fail the process's later
+        // log writes.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !serving && line.contains("\"serving\"") {
+                serving = true;
+                let _ = tx.send(Ok(()));
+            }
             seen.push_str(&line);
             seen.push('\n');
-            if line.contains("\"serving\"") {
-                let _ = tx.send(Ok(()));
-                return;
-            }
         }
-        let _ = tx.send(Err(seen));
+        if !serving {
+            let _ = tx.send(Err(seen));
+        }
     });
     match rx.recv_timeout(limit) {
         Ok(Ok(())) => Ok(()),
