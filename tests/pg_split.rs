@@ -193,7 +193,7 @@ async fn audits_across_databases_stay_clean_while_sagas_run_and_find_a_planted_v
         .take(60)
     {
         let cmd = PlaceOrder {
-            order_id: OrderId::parse(&format!("split-{i}")).unwrap(),
+            order_id: OrderId::parse(format!("split-{i}")).unwrap(),
             user_id: user.id.clone(),
             item_id: item.id.clone(),
             quantity: 1 + (i as i64 % 3),
