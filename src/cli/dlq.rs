@@ -74,6 +74,7 @@ pub async fn run_dlq(global: &GlobalArgs, args: &DlqArgs) -> Result<ExitCode, St
     }
     let config = RedisConfig {
         prefix: global.redis_prefix.clone(),
+        cluster: global.redis_cluster,
         ..RedisConfig::default()
     };
     let bus = RedisBus::connect(&global.redis_url, config)

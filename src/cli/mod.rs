@@ -63,9 +63,16 @@ pub struct GlobalArgs {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
-    /// Redis connection URL.
+    /// Redis connection URL; several, comma-separated, name the nodes of
+    /// a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
     pub redis_url: String,
+    /// The Redis URL is the seed of a Redis Cluster (a comma-separated
+    /// list of node URLs names a cluster without this flag).
+    #[arg(long, env = "REDIS_CLUSTER", global = true,
+          value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false,
+          num_args = 0, default_missing_value = "true")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key (streams, groups, dead letters).
     #[arg(long, env = "REDIS_PREFIX", default_value = "purchase-saga", global = true)]
     pub redis_prefix: String,
