@@ -258,7 +258,7 @@ async fn gauges_read_postgres_and_redis_at_scrape_time() {
         .await
         .expect("seeding");
     let metrics = Arc::new(Metrics::new(GaugeSources {
-        postgres: Some(db.store.clone()),
+        postgres: Some(db.store.clone().into()),
         redis: Some(bus.clone()),
     }));
     let env = Env {
@@ -353,7 +353,7 @@ async fn statement_and_command_counts_show_on_metrics() {
     .await
     .unwrap_or_else(|e| panic!("Redis at {}: {e}", redis.url));
     let metrics = Metrics::new(GaugeSources {
-        postgres: Some(db.store.clone()),
+        postgres: Some(db.store.clone().into()),
         redis: Some(bus.clone()),
     });
     let inbox_many = "saga_store_statements_total{statement=\"inbox_insert_many\"}";

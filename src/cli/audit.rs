@@ -25,7 +25,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::adapters::postgres::PgStore;
+use crate::adapters::postgres::PgRoutes;
 use crate::adapters::redis::RedisBus;
 use crate::domain::invariants::{
     self, check_dead_letters, check_retained_compensations, Snapshot, Violation,
@@ -64,7 +64,7 @@ struct Look {
 }
 
 /// Reads the work in flight, a snapshot, and the work in flight again.
-async fn look(backend: &Backend, pg: &PgStore, bus: &Result<RedisBus, String>) -> Result<Look, String> {
+async fn look(backend: &Backend, pg: &PgRoutes, bus: &Result<RedisBus, String>) -> Result<Look, String> {
     let load = || async {
         backend
             .store
@@ -114,7 +114,7 @@ async fn dead_letters(bus: &Result<RedisBus, String>) -> Vec<Violation> {
 
 /// The compensation invariants over the retained outbox rows; prints for
 /// how many orders they could be checked.
-async fn compensations(pg: &PgStore, snapshot: &Snapshot) -> Result<Vec<Violation>, String> {
+async fn compensations(pg: &PgRoutes, snapshot: &Snapshot) -> Result<Vec<Violation>, String> {
     let (events, undecodable) = pg
         .outbox_events()
         .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::adapters::http::probe::{InProcess, RedisProbe, StoreProbe};
 use crate::adapters::http::{DeadLetterSource, Probe, ReadModel};
 use crate::adapters::metrics::{GaugeSources, Metrics, MetricsObserver};
-use crate::adapters::postgres::{self, PgConfig, PgStore};
+use crate::adapters::postgres::{self, Part, PgConfig, PgRoutes, PgStore};
 use crate::adapters::redis::DeadLetterEntry;
 use crate::adapters::redis::{RedisBus, RedisConfig};
 use crate::adapters::tokens::{MemoryTokens, TokenStore};
@@ -80,37 +80,67 @@ pub struct Backend {
     pub dead_letters: Arc<dyn DeadLetterSource>,
     /// Where the data lives, for messages.
     pub describe: String,
-    /// The Postgres store, for migrations (None in memory).
-    pg: Option<PgStore>,
+    /// The Postgres databases, for migrations and reads (None in memory).
+    pg: Option<PgRoutes>,
     /// The Redis bus, for its maintenance loop (None in memory or when the
     /// command needs no bus).
     pub redis: Option<RedisBus>,
+    /// The services whose gauges `/metrics` reads (None: every one).
+    gauged: Option<Vec<Service>>,
 }
 
 impl Backend {
-    /// Opens the backend the flags select, with a pool of `connections`
-    /// Postgres connections; the error says what was tried and why it failed.
+    /// Opens the backend the flags select for a command that reads every
+    /// service and the tokens, with pools of up to `connections` Postgres
+    /// connections each, after checking that each database is migrated
+    /// (issue 27: only `migrate` and `demo` change the schema); the error
+    /// says what was tried and why it failed.
     pub async fn open(global: &GlobalArgs, connections: u32, needs: Needs) -> Result<Backend, String> {
+        Backend::open_for(global, connections, needs, &Part::ALL).await
+    }
+
+    /// [`open`](Self::open) for the `parts` a command uses: pools only for
+    /// their databases (a process serving Payment alone never connects to
+    /// Order's database).
+    pub async fn open_for(
+        global: &GlobalArgs,
+        connections: u32,
+        needs: Needs,
+        parts: &[Part],
+    ) -> Result<Backend, String> {
+        let backend = Backend::open_unchecked(global, connections, needs, parts).await?;
+        if let Some(routes) = &backend.pg {
+            routes.check_schema().await?;
+        }
+        Ok(backend)
+    }
+
+    /// Every part, without the schema check: for `migrate` and `demo`,
+    /// which migrate next.
+    pub async fn open_to_migrate(
+        global: &GlobalArgs,
+        connections: u32,
+        needs: Needs,
+    ) -> Result<Backend, String> {
+        Backend::open_unchecked(global, connections, needs, &Part::ALL).await
+    }
+
+    async fn open_unchecked(
+        global: &GlobalArgs,
+        connections: u32,
+        needs: Needs,
+        parts: &[Part],
+    ) -> Result<Backend, String> {
         if global.in_memory {
             return Ok(Backend::memory());
         }
-        let config = PgConfig {
-            connections_max: connections.clamp(2, 128),
-            idle_in_transaction_timeout: std::time::Duration::from_secs(u64::from(
-                global.pg_idle_in_transaction_timeout,
-            )),
-            ..PgConfig::default()
-        };
-        let pool = postgres::connect(&global.database_url, &config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let store = PgStore::new(pool);
-        let store_arc: Arc<dyn Store> = Arc::new(store.clone());
+        let routes = open_routes(global, connections, parts).await?;
+        let store_arc: Arc<dyn Store> = Arc::new(routes.clone());
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(StoreProbe(store_arc.clone()))];
         let mut redis = None;
         let mut dead_letters: Arc<dyn DeadLetterSource> = Arc::new(NoBus);
         let (bus, describe): (Arc<dyn Bus>, String) = match needs {
-            Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", store.target())),
+            Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", routes.describe())),
             Needs::StoreAndBus => {
                 let bus = connect_redis(global).await?;
                 probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
@@ -118,7 +148,7 @@ impl Backend {
                 dead_letters = Arc::new(bus.clone());
                 let describe = format!(
                     "PostgreSQL {} and Redis {} (prefix {:?})",
-                    store.target(),
+                    routes.describe(),
                     postgres::redact_url(&global.redis_url),
                     global.redis_prefix
                 );
@@ -130,11 +160,12 @@ impl Backend {
             describe,
             store: store_arc,
             bus,
-            read: Arc::new(store.clone()),
-            tokens: Arc::new(store.clone()),
+            read: Arc::new(routes.clone()),
+            tokens: Arc::new(routes.clone()),
             dead_letters,
-            pg: Some(store),
+            pg: Some(routes),
             redis,
+            gauged: None,
         })
     }
 
@@ -156,26 +187,37 @@ impl Backend {
             describe: "in-memory store and bus".to_string(),
             pg: None,
             redis: None,
+            gauged: None,
         }
     }
 
     /// Creates or updates the schemas (nothing to do in memory).
     pub async fn migrate(&self) -> Result<(), String> {
         match &self.pg {
-            Some(pg) => postgres::migrate(pg.pool()).await.map_err(|e| e.to_string()),
+            Some(pg) => pg.migrate().await.map_err(|e| e.to_string()),
             None => Ok(()),
         }
     }
 
-    /// The PostgreSQL store (None in memory).
-    pub fn postgres(&self) -> Option<&PgStore> {
+    /// The PostgreSQL databases (None in memory).
+    pub fn postgres(&self) -> Option<&PgRoutes> {
         self.pg.as_ref()
+    }
+
+    /// This backend with `/metrics` gauges for `services` only (what a
+    /// `serve` process serves).
+    pub fn gauging(mut self, services: &[Service]) -> Backend {
+        self.gauged = Some(services.to_vec());
+        self
     }
 
     /// Where the `/metrics` gauges of this backend come from.
     pub fn gauge_sources(&self) -> GaugeSources {
         GaugeSources {
-            postgres: self.pg.clone(),
+            postgres: self.pg.as_ref().map(|pg| match &self.gauged {
+                Some(services) => pg.only(services),
+                None => pg.clone(),
+            }),
             redis: self.redis.clone(),
         }
     }
@@ -222,8 +264,62 @@ pub async fn connect_redis(global: &GlobalArgs) -> Result<RedisBus, String> {
 
 /// `purchase-saga migrate`.
 pub async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, String> {
-    let backend = Backend::open(global, 2, Needs::StoreOnly).await?;
+    let backend = Backend::open_to_migrate(global, 2, Needs::StoreOnly).await?;
     backend.migrate().await?;
     tracing::info!(backend = %backend.describe, "migrations applied");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pools of `parts`: one per distinct URL among their databases
+/// (`DATABASE_URL_<PART>`, else `DATABASE_URL`), each of up to
+/// `connections` clamped to `--pg-pool-max`; an error names the URL and the
+/// parts it was to hold.
+pub async fn open_routes(global: &GlobalArgs, connections: u32, parts: &[Part]) -> Result<PgRoutes, String> {
+    let config = PgConfig {
+        connections_max: connections.clamp(2, global.pg_pool_max.max(2)),
+        idle_in_transaction_timeout: std::time::Duration::from_secs(u64::from(
+            global.pg_idle_in_transaction_timeout,
+        )),
+        ..PgConfig::default()
+    };
+    // Distinct URLs, in the order of their first part.
+    let mut by_url: Vec<(&str, Vec<Part>)> = Vec::new();
+    for part in Part::ALL.into_iter().filter(|p| parts.contains(p)) {
+        let url = global.database_url_of(part);
+        match by_url.iter_mut().find(|(u, _)| *u == url) {
+            Some((_, held)) => held.push(part),
+            None => by_url.push((url, vec![part])),
+        }
+    }
+    let mut databases = Vec::with_capacity(by_url.len());
+    for (url, held) in by_url {
+        let pool = postgres::connect(url, &config).await.map_err(|e| {
+            let names: Vec<String> = held.iter().map(|p| p.to_string()).collect();
+            format!("{e} (the database of {})", names.join(", "))
+        })?;
+        databases.push((PgStore::new(pool), held));
+    }
+    Ok(PgRoutes::new(databases))
+}
+
+/// The parts a `serve` process uses: its services' databases, and with the
+/// HTTP API every service's (its reads span them: an order's timeline and
+/// diagram read every outbox and inbox) and the tokens'.
+pub fn serving_parts(services: &[Service], http: bool) -> Vec<Part> {
+    Part::ALL
+        .into_iter()
+        .filter(|p| match p {
+            Part::Service(s) => http || services.contains(s),
+            Part::Api => http,
+        })
+        .collect()
+}
+
+/// Checks that the databases of `parts` are migrated for this build (issue
+/// 27), for a command that does not otherwise use PostgreSQL.
+pub async fn check_schema(global: &GlobalArgs, parts: &[Part]) -> Result<(), String> {
+    let routes = open_routes(global, 2, parts).await?;
+    let checked = routes.check_schema().await;
+    routes.close().await;
+    checked
 }

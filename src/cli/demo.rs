@@ -371,7 +371,7 @@ pub async fn run_demo(global: &GlobalArgs, args: &DemoArgs) -> Result<ExitCode, 
         usize::from(global.handle_concurrency),
         16,
     );
-    let backend = Backend::open(global, pool, super::backend::Needs::StoreAndBus).await?;
+    let backend = Backend::open_to_migrate(global, pool, super::backend::Needs::StoreAndBus).await?;
     backend.migrate().await?;
     let tag = chrono::Utc::now().timestamp_millis() % 1_000_000_000;
     let prefix = format!("demo{tag}-");

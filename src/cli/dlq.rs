@@ -72,6 +72,8 @@ pub async fn run_dlq(global: &GlobalArgs, args: &DlqArgs) -> Result<ExitCode, St
     if global.in_memory {
         return Err("dlq works on the Redis bus; an in-memory bus lives only inside its process".into());
     }
+    // A replayed event is applied by its services: their schemas first.
+    super::backend::check_schema(global, &crate::adapters::postgres::Part::SERVICES).await?;
     let config = RedisConfig {
         prefix: global.redis_prefix.clone(),
         ..RedisConfig::default()

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::adapters::postgres::{Activity, PgStore};
+use crate::adapters::postgres::{Activity, PgRoutes};
 use crate::adapters::redis::RedisBus;
 use crate::domain::invariants::Snapshot;
 use crate::domain::Service;
@@ -47,7 +47,7 @@ pub struct InFlight(pub Vec<ServiceInFlight>);
 
 impl InFlight {
     /// Reads it from PostgreSQL (outboxes, inboxes) and Redis (groups).
-    pub async fn read(pg: &PgStore, redis: &RedisBus) -> Result<InFlight, String> {
+    pub async fn read(pg: &PgRoutes, redis: &RedisBus) -> Result<InFlight, String> {
         let mut services = Vec::with_capacity(Service::ALL.len());
         for service in Service::ALL {
             let activity = pg.activity(service).await.map_err(|e| e.to_string())?;

@@ -63,6 +63,37 @@ pub struct GlobalArgs {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
+    /// PostgreSQL URL of the Order service's database (its schema
+    /// `order_svc`); DATABASE_URL when unset. One pool per distinct URL:
+    /// with none of the per-service URLs set, every service shares
+    /// DATABASE_URL's one database.
+    #[arg(long, env = "DATABASE_URL_ORDER", value_name = "URL", global = true)]
+    pub database_url_order: Option<String>,
+    /// PostgreSQL URL of the User service's database (`user_svc`).
+    #[arg(long, env = "DATABASE_URL_USER", value_name = "URL", global = true)]
+    pub database_url_user: Option<String>,
+    /// PostgreSQL URL of the Payment service's database (`payment_svc`).
+    #[arg(long, env = "DATABASE_URL_PAYMENT", value_name = "URL", global = true)]
+    pub database_url_payment: Option<String>,
+    /// PostgreSQL URL of the Inventory service's database (`inventory_svc`).
+    #[arg(long, env = "DATABASE_URL_INVENTORY", value_name = "URL", global = true)]
+    pub database_url_inventory: Option<String>,
+    /// PostgreSQL URL of the Item service's database (`item_svc`).
+    #[arg(long, env = "DATABASE_URL_ITEM", value_name = "URL", global = true)]
+    pub database_url_item: Option<String>,
+    /// PostgreSQL URL of the Notification service's database
+    /// (`notification_svc`).
+    #[arg(long, env = "DATABASE_URL_NOTIFICATION", value_name = "URL", global = true)]
+    pub database_url_notification: Option<String>,
+    /// PostgreSQL URL of the HTTP API's database (tokens, `api_auth`).
+    #[arg(long, env = "DATABASE_URL_API", value_name = "URL", global = true)]
+    pub database_url_api: Option<String>,
+    /// Most connections of each PostgreSQL pool (one pool per distinct
+    /// database URL). Keep the sum over every process sharing a server
+    /// under its `max_connections` (refused connections: SQLSTATE 53300).
+    #[arg(long, env = "PG_POOL_MAX", value_name = "CONNECTIONS", default_value_t = 80,
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max: u32,
     /// Redis connection URL.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
     pub redis_url: String,
@@ -214,6 +245,21 @@ pub struct AuditArgs {
 }
 
 impl GlobalArgs {
+    /// The database URL of `part`: its own variable, else DATABASE_URL.
+    pub fn database_url_of(&self, part: crate::adapters::postgres::Part) -> &str {
+        use crate::adapters::postgres::Part;
+        let own = match part {
+            Part::Service(Service::Order) => &self.database_url_order,
+            Part::Service(Service::User) => &self.database_url_user,
+            Part::Service(Service::Payment) => &self.database_url_payment,
+            Part::Service(Service::Inventory) => &self.database_url_inventory,
+            Part::Service(Service::Item) => &self.database_url_item,
+            Part::Service(Service::Notification) => &self.database_url_notification,
+            Part::Api => &self.database_url_api,
+        };
+        own.as_deref().unwrap_or(&self.database_url)
+    }
+
     /// The runtime's settings: production defaults with this deadline.
     pub fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::adapters::postgres::{self, PgConfig, PgStore, SetAsideRow};
+use crate::adapters::postgres::SetAsideRow;
 use crate::domain::Service;
 use crate::runtime::{Clock, SystemClock};
 
@@ -85,14 +85,14 @@ pub async fn run_outbox(global: &GlobalArgs, args: &OutboxArgs) -> Result<ExitCo
     if global.in_memory {
         return Err("outbox works on PostgreSQL; an in-memory store lives only inside its process".into());
     }
-    let config = PgConfig {
-        connections_max: 2,
-        ..PgConfig::default()
-    };
-    let pool = postgres::connect(&global.database_url, &config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let store = PgStore::new(pool);
+    let backend = super::backend::Backend::open_for(
+        global,
+        2,
+        super::backend::Needs::StoreOnly,
+        &crate::adapters::postgres::Part::SERVICES,
+    )
+    .await?;
+    let store = backend.postgres().ok_or("outbox needs PostgreSQL")?.clone();
     match &args.action {
         OutboxAction::Quarantined { service, json } => {
             let services: Vec<Service> = match service {
@@ -101,7 +101,14 @@ pub async fn run_outbox(global: &GlobalArgs, args: &OutboxArgs) -> Result<ExitCo
             };
             let mut rows = Vec::new();
             for s in services {
-                rows.extend(store.set_aside(s, LISTED_MAX).await.map_err(|e| e.to_string())?);
+                rows.extend(
+                    store
+                        .of(s)
+                        .map_err(|e| e.to_string())?
+                        .set_aside(s, LISTED_MAX)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
             if *json {
                 println!(
@@ -118,6 +125,8 @@ pub async fn run_outbox(global: &GlobalArgs, args: &OutboxArgs) -> Result<ExitCo
         OutboxAction::Release { service, seqs, all } => {
             let chosen = (!*all).then_some(seqs.as_slice());
             let released = store
+                .of(*service)
+                .map_err(|e| e.to_string())?
                 .release_set_aside(*service, chosen, SystemClock.now())
                 .await
                 .map_err(|e| e.to_string())?;

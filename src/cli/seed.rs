@@ -200,7 +200,8 @@ pub fn write_tokens_file(path: &Path, tokens: &[(String, String)]) -> Result<(),
     Ok(())
 }
 
-/// The default tokens file of the database at `database_url`: one file per
+/// The default tokens file of the tokens' database at `database_url`
+/// (DATABASE_URL_API, else DATABASE_URL): one file per
 /// database (named by a hash of its URL), in the user's state directory.
 fn default_tokens_file(database_url: &str) -> Result<PathBuf, String> {
     let state = std::env::var_os("XDG_STATE_HOME")
@@ -222,7 +223,6 @@ pub fn print_tokens(issued: &[(String, String)]) {
 /// `purchase-saga seed-demo`.
 pub async fn run_seed_demo(global: &GlobalArgs, args: &SeedArgs) -> Result<ExitCode, String> {
     let backend = Backend::open(global, 4, super::backend::Needs::StoreOnly).await?;
-    backend.migrate().await?;
     let scenario = demo_scenario("demo-");
     let rows = scenario.opening_rows();
     let inserted = seed_rows(backend.store.as_ref(), &rows)
@@ -236,7 +236,7 @@ pub async fn run_seed_demo(global: &GlobalArgs, args: &SeedArgs) -> Result<ExitC
     } else {
         let path = match &args.tokens_file {
             Some(p) => p.clone(),
-            None => default_tokens_file(&global.database_url)?,
+            None => default_tokens_file(global.database_url_of(crate::adapters::postgres::Part::Api))?,
         };
         let kept = read_tokens_file(&path)?;
         let (tokens, reused) = demo_tokens(

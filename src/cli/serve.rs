@@ -259,28 +259,46 @@ pub fn app_state(backend: &Backend, env: &Env) -> Arc<AppState> {
 /// Postgres connections a process needs: one per transaction a consumer may
 /// have in flight (`handle_concurrency` each), one per relay, the sweeper and
 /// the pruner, plus `extra` (the API's reads, bench clients). Capped at
-/// [`POOL_MAX`]: past it, handlers queue for a connection (for at most the
-/// acquire timeout) instead of the server refusing connections.
+/// [`POOL_MAX`] (see [`pool_size_within`]).
 pub fn pool_size(services: usize, replicas: u16, handle_concurrency: usize, extra: usize) -> u32 {
-    let consumers = services * usize::from(replicas) * handle_concurrency.max(1);
-    let loops = consumers + services + 2;
-    u32::try_from(loops + extra).unwrap_or(u32::MAX).min(POOL_MAX)
+    pool_size_within(services, replicas, handle_concurrency, extra, POOL_MAX)
 }
 
-/// The handling lanes per consumer that fit the pool: `handle_concurrency`,
-/// or fewer when services x replicas x lanes plus the loops and `extra`
-/// would need more than [`POOL_MAX`] connections (6 services x 2 replicas x
-/// 8 lanes = 96 did), so that every lane has a connection and none waits
-/// out the acquire timeout. At least 1.
-pub fn lanes_within_pool(services: usize, replicas: u16, handle_concurrency: usize, extra: usize) -> usize {
+/// [`pool_size`] capped at `pool_max` (`--pg-pool-max`, per pool): past
+/// it, handlers queue for a connection (for at most the acquire timeout)
+/// instead of the server refusing connections.
+pub fn pool_size_within(
+    services: usize,
+    replicas: u16,
+    handle_concurrency: usize,
+    extra: usize,
+    pool_max: u32,
+) -> u32 {
+    let consumers = services * usize::from(replicas) * handle_concurrency.max(1);
+    let loops = consumers + services + 2;
+    u32::try_from(loops + extra).unwrap_or(u32::MAX).min(pool_max)
+}
+
+/// The handling lanes per consumer that fit a pool of `pool_max`:
+/// `handle_concurrency`, or fewer when services x replicas x lanes plus
+/// the loops and `extra` would need more connections (6 services x 2
+/// replicas x 8 lanes = 96 did against 80), so that every lane has a
+/// connection and none waits out the acquire timeout. At least 1.
+pub fn lanes_within_pool(
+    services: usize,
+    replicas: u16,
+    handle_concurrency: usize,
+    extra: usize,
+    pool_max: u32,
+) -> usize {
     let consumers = (services * usize::from(replicas)).max(1);
     let fixed = services + 2 + extra;
-    let room = (POOL_MAX as usize).saturating_sub(fixed) / consumers;
+    let room = (pool_max as usize).saturating_sub(fixed) / consumers;
     handle_concurrency.max(1).min(room.max(1))
 }
 
-/// Most connections one process opens: PostgreSQL's default
-/// `max_connections` is 100, and the tests and tools need some too.
+/// The default of `--pg-pool-max` (connections per pool): PostgreSQL's
+/// default `max_connections` is 100, and the tests and tools need some too.
 pub const POOL_MAX: u32 = 80;
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -315,24 +333,34 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     let services = args.services();
     let extra = if args.http.is_some() { 16 } else { 0 };
     let requested = usize::from(global.handle_concurrency);
-    let lanes = lanes_within_pool(services.len(), args.replicas, requested, extra);
+    let lanes = lanes_within_pool(
+        services.len(),
+        args.replicas,
+        requested,
+        extra,
+        global.pg_pool_max,
+    );
     let mut global = global.clone();
     if lanes < requested {
         tracing::warn!(
             requested,
             lanes,
-            pool_max = POOL_MAX,
+            pool_max = global.pg_pool_max,
             "handle concurrency lowered so that every lane has a database connection"
         );
         global.handle_concurrency = u16::try_from(lanes).expect("lanes only ever shrink");
     }
     let global = &global;
-    let backend = Backend::open(
+    // Pools for the databases of the services served (and, with the HTTP
+    // API, the ones its reads span): nothing else is connected to.
+    let backend = Backend::open_for(
         global,
-        pool_size(services.len(), args.replicas, lanes, extra),
+        pool_size_within(services.len(), args.replicas, lanes, extra, global.pg_pool_max),
         super::backend::Needs::StoreAndBus,
+        &super::backend::serving_parts(&services, args.http.is_some()),
     )
-    .await?;
+    .await?
+    .gauging(&services);
     if global.in_memory {
         // Nothing outlives this process: give it something to sell, and
         // tokens to buy it with (printed, as `seed-demo` does).
@@ -399,7 +427,7 @@ mod tests {
     #[test]
     fn lanes_are_bounded_so_that_each_has_a_connection() {
         // 6 services x 2 replicas x 8 lanes = 96 transactions in flight.
-        let lanes = lanes_within_pool(6, 2, 8, 16);
+        let lanes = lanes_within_pool(6, 2, 8, 16, POOL_MAX);
         assert!(lanes < 8);
         let need = 6 * 2 * lanes + 6 + 2 + 16;
         assert!(need <= POOL_MAX as usize, "{need} connections needed");
@@ -409,9 +437,11 @@ mod tests {
             "the pool holds every lane"
         );
         // What fits is left alone.
-        assert_eq!(lanes_within_pool(6, 1, 8, 0), 8);
-        assert_eq!(lanes_within_pool(1, 1, 0, 0), 1);
+        assert_eq!(lanes_within_pool(6, 1, 8, 0, POOL_MAX), 8);
+        assert_eq!(lanes_within_pool(1, 1, 0, 0, POOL_MAX), 1);
         // Even past any room, one lane each.
-        assert_eq!(lanes_within_pool(6, 20, 8, 16), 1);
+        assert_eq!(lanes_within_pool(6, 20, 8, 16, POOL_MAX), 1);
+        // A larger pool (`--pg-pool-max 200`) leaves them alone.
+        assert_eq!(lanes_within_pool(6, 2, 8, 16, 200), 8);
     }
 }

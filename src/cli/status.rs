@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::adapters::metrics::{GaugeSources, ServiceReading};
-use crate::adapters::postgres::PgStore;
+use crate::adapters::postgres::PgRoutes;
 use crate::adapters::redis::{OldestPending, RedisBus, RedisMemory};
 use crate::domain::rows::OrderStatus;
 use crate::domain::{Service, Timestamp};
@@ -159,7 +159,7 @@ fn service_status(
 
 /// Reads the whole status; `redis` is the bus or why it could not be
 /// reached.
-pub async fn read(pg: &PgStore, redis: Result<RedisBus, String>, now: Timestamp) -> Status {
+pub async fn read(pg: &PgRoutes, redis: Result<RedisBus, String>, now: Timestamp) -> Status {
     let mut errors = Vec::new();
     let redis = match redis {
         Ok(bus) => Some(bus),

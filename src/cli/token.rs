@@ -103,8 +103,14 @@ pub async fn run_token(global: &GlobalArgs, args: &TokenArgs) -> Result<ExitCode
     if global.in_memory {
         return Err("tokens issued in memory die with this process; run against PostgreSQL".into());
     }
-    let backend = Backend::open(global, 2, Needs::StoreOnly).await?;
-    backend.migrate().await?;
+    // The tokens' database only (DATABASE_URL_API).
+    let backend = Backend::open_for(
+        global,
+        2,
+        Needs::StoreOnly,
+        &[crate::adapters::postgres::Part::Api],
+    )
+    .await?;
     let store = backend.tokens.as_ref();
     match &args.action {
         TokenAction::Issue { user, admin, ttl } => {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::adapters::postgres::PgStore;
+use crate::adapters::postgres::{PgRoutes, PgStore, TimelineEntry};
 use crate::domain::rows::{Order, ReservationState, SlotReservation};
 use crate::domain::{Event, EventId, OrderId, Row, RowKey, Service, Timestamp, UserId};
 use crate::runtime::memory::MemoryStore;
@@ -130,26 +130,7 @@ impl ReadModel for PgStore {
     }
 
     async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
-        let timeline = self.timeline(order).await?;
-        let mut entries = timeline
-            .into_iter()
-            .enumerate()
-            .map(|(position, t)| {
-                let event = Event::decode(t.payload.as_bytes()).map_err(|e| {
-                    StoreError::Fatal(format!("{} outbox holds an undecodable event: {e}", t.service))
-                })?;
-                Ok(OutboxEntry {
-                    seq: i64::try_from(position).unwrap_or(i64::MAX),
-                    event,
-                    created_at: t.created_at,
-                    published_count: t.published_count,
-                    last_published_at: t.last_published_at,
-                    next_publish_at: None,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        sort_timeline(&mut entries);
-        Ok(entries)
+        timeline_entries(self.timeline(order).await?)
     }
 
     async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
@@ -171,6 +152,65 @@ impl ReadModel for PgStore {
         events: &[EventId],
     ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         PgStore::processed_at(self, service, events).await
+    }
+}
+
+/// A PostgreSQL timeline as outbox entries, oldest first.
+fn timeline_entries(timeline: Vec<TimelineEntry>) -> StoreResult<Vec<OutboxEntry>> {
+    let mut entries = timeline
+        .into_iter()
+        .enumerate()
+        .map(|(position, t)| {
+            let event = Event::decode(t.payload.as_bytes()).map_err(|e| {
+                StoreError::Fatal(format!("{} outbox holds an undecodable event: {e}", t.service))
+            })?;
+            Ok(OutboxEntry {
+                seq: i64::try_from(position).unwrap_or(i64::MAX),
+                event,
+                created_at: t.created_at,
+                published_count: t.published_count,
+                last_published_at: t.last_published_at,
+                next_publish_at: None,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    sort_timeline(&mut entries);
+    Ok(entries)
+}
+
+/// Each read on the database of the service that owns it; an order's
+/// events fan out over the routed services' outboxes.
+#[async_trait]
+impl ReadModel for PgRoutes {
+    async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
+        self.of(Service::Order)?.order(id).await
+    }
+
+    async fn order_events(&self, order: &OrderId) -> StoreResult<Vec<OutboxEntry>> {
+        timeline_entries(self.timeline(order).await?)
+    }
+
+    async fn granted_items(&self, user: &UserId) -> StoreResult<Vec<SlotReservation>> {
+        self.of(Service::Inventory)?
+            .granted_items(user, GRANTED_ITEMS_MAX)
+            .await
+    }
+
+    async fn user_orders(
+        &self,
+        user: &UserId,
+        after: Option<&(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> StoreResult<Vec<Order>> {
+        self.of(Service::Order)?.user_orders(user, after, limit).await
+    }
+
+    async fn processed_at(
+        &self,
+        service: Service,
+        events: &[EventId],
+    ) -> StoreResult<Vec<(EventId, Timestamp)>> {
+        self.of(service)?.processed_at(service, events).await
     }
 }
 

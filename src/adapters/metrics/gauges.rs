@@ -5,7 +5,7 @@
 //! counted in `saga_metrics_scrape_errors_total` and its gauges keep their
 //! last value; the scrape itself still answers.
 
-use crate::adapters::postgres::PgStore;
+use crate::adapters::postgres::PgRoutes;
 use crate::adapters::redis::{GroupStats, RedisBus};
 use crate::domain::{DurationMs, Service};
 use crate::runtime::{Clock, Store};
@@ -13,10 +13,12 @@ use crate::runtime::{Clock, Store};
 use super::{Metrics, SourceLabel};
 
 /// Where the scrape-time gauges come from; `None` reads nothing (the
-/// in-memory backend has only the counters).
+/// in-memory backend has only the counters). With PostgreSQL, the gauges
+/// are read for the services it routes (a `serve` process: the ones it
+/// serves) and only from their databases.
 #[derive(Clone, Default)]
 pub struct GaugeSources {
-    pub postgres: Option<PgStore>,
+    pub postgres: Option<PgRoutes>,
     pub redis: Option<RedisBus>,
 }
 
@@ -37,7 +39,7 @@ impl GaugeSources {
     /// Reads `service`'s numbers from every source there is.
     pub async fn read(&self, service: Service) -> ServiceReading {
         let mut reading = ServiceReading::default();
-        if let Some(pg) = &self.postgres {
+        if let Some(pg) = self.postgres.as_ref().filter(|pg| pg.serves(service)) {
             reading.outbox_backlog = Some(pg.outbox_backlog(service).await.map_err(|e| e.to_string()));
         }
         let Some(redis) = &self.redis else {
@@ -57,7 +59,7 @@ impl GaugeSources {
             tracing::warn!(source, %error, "metrics: reading a gauge failed");
             m.scrape_errors.get_or_create(&SourceLabel { source }).inc();
         };
-        if let Some(pg) = &self.postgres {
+        if let Some(pg) = self.postgres.as_ref().filter(|pg| pg.serves(Service::Order)) {
             let grace = crate::runtime::RuntimeConfig::default().redrive.gap_max();
             let now = crate::runtime::SystemClock.now();
             match pg.overdue_sagas(now.plus(DurationMs(-grace.0))).await {
@@ -75,7 +77,11 @@ impl GaugeSources {
                 Err(e) => failed("redis", e.to_string()),
             }
         }
-        for service in Service::ALL {
+        let services = match &self.postgres {
+            Some(pg) => pg.services(),
+            None => Service::ALL.to_vec(),
+        };
+        for service in services {
             let label = Metrics::service(service);
             let reading = self.read(service).await;
             match reading.outbox_backlog {

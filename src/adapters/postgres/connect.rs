@@ -1,4 +1,4 @@
-//! Connecting to PostgreSQL and applying the migrations.
+//! Connecting to PostgreSQL (the migrations are in `migrations.rs`).
 //!
 //! Every pooled connection starts with the configured `statement_timeout`,
 //! `lock_timeout` and `idle_in_transaction_session_timeout` (sent as startup
@@ -197,6 +197,12 @@ pub async fn connect(url: &str, config: &PgConfig) -> Result<PgPool, ConnectErro
 /// error for I/O.
 fn describe(error: &sqlx::Error) -> String {
     match error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53300") => format!(
+            "{} (SQLSTATE 53300): the server's max_connections is reached; lower the pools of the \
+             processes sharing it (`--pg-pool-max` / PG_POOL_MAX, connections per pool) or raise \
+             max_connections",
+            db.message()
+        ),
         sqlx::Error::Database(db) => {
             format!("{} (SQLSTATE {})", db.message(), db.code().unwrap_or_default())
         }
@@ -205,17 +211,6 @@ fn describe(error: &sqlx::Error) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// The migrations of `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Applies every migration not applied yet; a second call does nothing.
-pub async fn migrate(pool: &PgPool) -> Result<(), ConnectError> {
-    MIGRATOR.run(pool).await.map_err(|e| ConnectError::Migrate {
-        url: target_of(&pool.connect_options()),
-        cause: e.to_string(),
-    })
 }
 
 #[cfg(test)]

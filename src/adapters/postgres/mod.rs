@@ -1,8 +1,11 @@
 //! The PostgreSQL store: [`Store`] and [`StoreTx`](crate::runtime::StoreTx)
 //! on a `sqlx::PgPool`, one schema per service (see `migrations/`).
 //!
-//! Files: `connect.rs` (pool, session timeouts, migrations, URL
-//! redaction), `tx.rs` (one transaction), `rows.rs` (Row <-> SQL),
+//! Files: `connect.rs` (pool, session timeouts, URL redaction),
+//! `migrations.rs` (one migrator per service schema and the API's, the
+//! upgrade of a one-database install, the schema check of every command),
+//! `routing.rs` (`PgRoutes`: a store per service, each call routed to the
+//! database of the service it names, and the reads that fan out), `tx.rs` (one transaction), `rows.rs` (Row <-> SQL),
 //! `errors.rs` (sqlx errors -> conflict / unavailable / fatal), `outbox.rs`
 //! (the relay's claim, quarantine, mark and release), `reads.rs` (seeding
 //! and the read side of the HTTP API and the CLI). This file holds the
@@ -39,8 +42,10 @@ macro_rules! pooled {
 mod batch;
 mod connect;
 mod errors;
+mod migrations;
 mod outbox;
 mod reads;
+mod routing;
 mod rows;
 mod statement;
 mod tx;
@@ -58,12 +63,12 @@ use crate::runtime::store::{
 };
 use crate::runtime::StoreError;
 
-pub use connect::{
-    connect, drop_database_blocking, migrate, redact_url, with_database, ConnectError, PgConfig, MIGRATOR,
-};
+pub use connect::{connect, drop_database_blocking, redact_url, with_database, ConnectError, PgConfig};
 pub use errors::classify;
+pub use migrations::{check as check_schema, migrate, migrate_parts, Part, LEGACY};
 pub use outbox::{claim_sql, SetAsideRow};
 pub use reads::{Activity, TimelineEntry};
+pub use routing::PgRoutes;
 pub use statement::PgStatement;
 
 use crate::adapters::coverage::StatementCounts;
@@ -324,6 +329,15 @@ impl Store for PgStore {
     /// Every table read in one REPEATABLE READ transaction: one consistent
     /// moment across all services.
     async fn snapshot(&self) -> StoreResult<Snapshot> {
+        self.snapshot_of(&Service::ALL).await
+    }
+}
+
+impl PgStore {
+    /// The tables of `services` read in one REPEATABLE READ transaction:
+    /// one consistent moment across them (the others' tables are not read:
+    /// with a database per service they are not here).
+    pub async fn snapshot_of(&self, services: &[Service]) -> StoreResult<Snapshot> {
         self.ran(PgStatement::Snapshot);
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let isolated = sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -333,7 +347,10 @@ impl Store for PgStore {
             return Err(errors::classify_on(&mut tx, e, &self.target).await);
         }
         let mut snapshot = Snapshot::default();
-        for kind in rows::Kind::ALL {
+        for kind in rows::Kind::ALL
+            .into_iter()
+            .filter(|k| services.contains(&k.owner()))
+        {
             let found = match sqlx::query(&kind.select_all_sql()).fetch_all(&mut *tx).await {
                 Ok(found) => found,
                 Err(e) => return Err(errors::classify_on(&mut tx, e, &self.target).await),

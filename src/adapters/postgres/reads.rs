@@ -36,6 +36,8 @@ pub struct Activity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineEntry {
     pub service: Service,
+    /// Position in the service's outbox.
+    pub seq: i64,
     pub event_id: EventId,
     pub event_type: EventType,
     /// When the emitting transaction committed it.
@@ -144,41 +146,45 @@ impl PgStore {
     pub async fn timeline(&self, order: &OrderId) -> StoreResult<Vec<TimelineEntry>> {
         let mut entries = Vec::new();
         for service in Service::ALL {
-            let found = pooled!(
-                self,
-                fetch_all,
-                sqlx::query(&format!(
+            entries.extend(self.timeline_of(service, order).await?);
+        }
+        sort_timeline(&mut entries);
+        Ok(entries)
+    }
+
+    /// The events `service` emitted for `order`, in its outbox order.
+    pub async fn timeline_of(&self, service: Service, order: &OrderId) -> StoreResult<Vec<TimelineEntry>> {
+        let found = pooled!(
+            self,
+            fetch_all,
+            sqlx::query(&format!(
                 "SELECT seq, event_id, event_type, payload, created_at, published_count, last_published_at
                  FROM {}.outbox WHERE order_id = $1 ORDER BY seq",
                 schema(service)
             ))
-                .bind(order.as_str())
-            )?;
-            for r in &found {
-                let fatal = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
-                let event_type: String = r.try_get("event_type").map_err(fatal)?;
-                let published_count: i32 = r.try_get("published_count").map_err(fatal)?;
-                let seq: i64 = r.try_get("seq").map_err(fatal)?;
-                entries.push((
-                    seq,
-                    TimelineEntry {
-                        service,
-                        event_id: EventId(r.try_get("event_id").map_err(fatal)?),
-                        event_type: EventType::from_wire(&event_type)
-                            .ok_or_else(|| StoreError::Fatal(format!("unknown event type {event_type:?}")))?,
-                        created_at: Timestamp::from_datetime(r.try_get("created_at").map_err(fatal)?),
-                        published_count: u32::try_from(published_count).unwrap_or(0),
-                        last_published_at: r
-                            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
-                            .map_err(fatal)?
-                            .map(Timestamp::from_datetime),
-                        payload: r.try_get("payload").map_err(fatal)?,
-                    },
-                ));
-            }
+            .bind(order.as_str())
+        )?;
+        let mut entries = Vec::with_capacity(found.len());
+        for r in &found {
+            let fatal = |e: sqlx::Error| StoreError::Fatal(format!("{} outbox: {e}", schema(service)));
+            let event_type: String = r.try_get("event_type").map_err(fatal)?;
+            let published_count: i32 = r.try_get("published_count").map_err(fatal)?;
+            entries.push(TimelineEntry {
+                service,
+                seq: r.try_get("seq").map_err(fatal)?,
+                event_id: EventId(r.try_get("event_id").map_err(fatal)?),
+                event_type: EventType::from_wire(&event_type)
+                    .ok_or_else(|| StoreError::Fatal(format!("unknown event type {event_type:?}")))?,
+                created_at: Timestamp::from_datetime(r.try_get("created_at").map_err(fatal)?),
+                published_count: u32::try_from(published_count).unwrap_or(0),
+                last_published_at: r
+                    .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("last_published_at")
+                    .map_err(fatal)?
+                    .map(Timestamp::from_datetime),
+                payload: r.try_get("payload").map_err(fatal)?,
+            });
         }
-        entries.sort_by_key(|(seq, e)| (e.created_at, e.service, *seq));
-        Ok(entries.into_iter().map(|(_, e)| e).collect())
+        Ok(entries)
     }
 
     /// Every event still in any service's outbox (rows are pruned past the
@@ -188,19 +194,32 @@ impl PgStore {
         let mut events = Vec::new();
         let mut undecodable = 0;
         for service in Service::ALL {
-            let payloads: Vec<String> = pooled!(
-                self,
-                fetch_all,
-                sqlx::query_scalar(&format!(
-                    "SELECT payload FROM {}.outbox ORDER BY seq",
-                    schema(service)
-                ))
-            )?;
-            for payload in payloads {
-                match crate::domain::Event::decode(payload.as_bytes()) {
-                    Ok(event) => events.push(event),
-                    Err(_) => undecodable += 1,
-                }
+            let (found, bad) = self.outbox_events_of(service).await?;
+            events.extend(found);
+            undecodable += bad;
+        }
+        Ok((events, undecodable))
+    }
+
+    /// [`outbox_events`](Self::outbox_events) of one service.
+    pub async fn outbox_events_of(
+        &self,
+        service: Service,
+    ) -> StoreResult<(Vec<crate::domain::Event>, usize)> {
+        let payloads: Vec<String> = pooled!(
+            self,
+            fetch_all,
+            sqlx::query_scalar(&format!(
+                "SELECT payload FROM {}.outbox ORDER BY seq",
+                schema(service)
+            ))
+        )?;
+        let mut events = Vec::with_capacity(payloads.len());
+        let mut undecodable = 0;
+        for payload in payloads {
+            match crate::domain::Event::decode(payload.as_bytes()) {
+                Ok(event) => events.push(event),
+                Err(_) => undecodable += 1,
             }
         }
         Ok((events, undecodable))
@@ -351,6 +370,12 @@ impl PgStore {
             })
             .collect()
     }
+}
+
+/// Commit order across services: outbox creation time, then service, then
+/// sequence.
+pub fn sort_timeline(entries: &mut [TimelineEntry]) {
+    entries.sort_by_key(|e| (e.created_at, e.service, e.seq));
 }
 
 fn decode_order(r: &sqlx::postgres::PgRow) -> StoreResult<Order> {

@@ -15,7 +15,7 @@ use crate::domain::rows::{
     Account, BalanceHold, CatalogEntry, InventoryAccount, ItemStock, NotificationLog, Order, OrderStatus,
     Payment, PaymentState, ReservationState, SlotReservation, StockReservation,
 };
-use crate::domain::{FailedStep, ItemId, NotificationKind, OrderId, Row, RowKey, Timestamp, UserId};
+use crate::domain::{FailedStep, ItemId, NotificationKind, OrderId, Row, RowKey, Service, Timestamp, UserId};
 
 /// A row type: its table and primary key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,18 @@ impl Kind {
             RowKey::StockReservation(_) => Kind::StockReservation,
             RowKey::Payment(_) => Kind::Payment,
             RowKey::NotificationLog(..) => Kind::NotificationLog,
+        }
+    }
+
+    /// The service whose schema holds the table.
+    pub fn owner(self) -> Service {
+        match self {
+            Kind::Order | Kind::Catalog => Service::Order,
+            Kind::Account | Kind::BalanceHold => Service::User,
+            Kind::InventoryAccount | Kind::SlotReservation => Service::Inventory,
+            Kind::ItemStock | Kind::StockReservation => Service::Item,
+            Kind::Payment => Service::Payment,
+            Kind::NotificationLog => Service::Notification,
         }
     }
 

@@ -1,0 +1,86 @@
+-- Order's schema, `order_svc`, as the one-database migrations of
+-- `migrations/*.sql` (20261127000001 to 20261206000001) left it: the
+-- baseline of the per-service migrations (issue 25). Each service's
+-- database holds its own schema and no other, and the schema holds its own
+-- migration history (`order_svc._sqlx_migrations`: the migrator runs with
+-- `search_path` set to the schema), so `pg_dump -n order_svc` moves the
+-- schema with its history. An install made by the one-database migrations
+-- is adopted (this baseline recorded as applied, not run; see
+-- `src/adapters/postgres/migrations.rs`). Comments on the tables and
+-- columns are in `migrations/20261127000001_init.sql` and its successors.
+
+CREATE SCHEMA IF NOT EXISTS order_svc;
+
+CREATE TABLE order_svc.orders (
+    order_id           text        PRIMARY KEY,
+    user_id            text        NOT NULL,
+    item_id            text        NOT NULL,
+    item_name          text        NOT NULL,
+    quantity           bigint      NOT NULL CHECK (quantity > 0),
+    total_amount       bigint      NOT NULL CHECK (total_amount >= 0),
+    payment_method     text        NOT NULL,
+    status             text        NOT NULL CHECK (status IN ('PENDING', 'COMPLETED', 'FAILED')),
+    failed_step        text        CHECK (failed_step IN ('USER_VALIDATION', 'INVENTORY_RESERVATION',
+                                                          'ITEM_RESERVATION', 'PAYMENT')),
+    failure_reason     text,
+    created_at         timestamptz NOT NULL,
+    deadline_at        timestamptz NOT NULL,
+    deadline_signalled boolean     NOT NULL,
+    updated_at         timestamptz NOT NULL,
+    -- Only a FAILED order names the step it failed at.
+    CHECK ((status = 'FAILED') = (failed_step IS NOT NULL))
+);
+
+-- The deadline sweeper's query: PENDING, not yet signalled, deadline passed.
+CREATE INDEX orders_deadline_due ON order_svc.orders (deadline_at)
+    WHERE status = 'PENDING' AND NOT deadline_signalled;
+
+CREATE TABLE order_svc.catalog (
+    item_id    text   PRIMARY KEY,
+    name       text   NOT NULL,
+    unit_price bigint NOT NULL CHECK (unit_price >= 0)
+);
+
+-- `GET /users/{id}/orders`: a user's orders newest first, paged by the key
+-- (created_at, order_id) of the last order shown, read from this index alone.
+CREATE INDEX orders_by_user ON order_svc.orders (user_id, created_at DESC, order_id DESC);
+
+-- Processed event ids (the idempotent consumer).
+CREATE TABLE order_svc.inbox (
+    event_id     uuid        PRIMARY KEY,
+    processed_at timestamptz NOT NULL
+);
+CREATE INDEX inbox_processed_at ON order_svc.inbox (processed_at);
+
+-- Events committed with the state change that emitted them (the
+-- transactional outbox), with the relay's claim, re-drive and quarantine.
+CREATE TABLE order_svc.outbox (
+    seq                  bigserial   PRIMARY KEY,
+    event_id             uuid        NOT NULL,
+    event_type           text        NOT NULL,
+    order_id             text        NOT NULL,
+    payload              text        NOT NULL,
+    created_at           timestamptz NOT NULL,
+    published_count      integer     NOT NULL DEFAULT 0 CHECK (published_count >= 0),
+    last_published_at    timestamptz,
+    next_publish_at      timestamptz,
+    claimed_until        timestamptz,
+    quarantined_at       timestamptz,
+    quarantine_reason    text,
+    needs_schema_version integer,
+    CHECK ((published_count = 0) = (last_published_at IS NULL)),
+    CONSTRAINT outbox_next_after_publish
+        CHECK (next_publish_at IS NULL OR last_published_at IS NOT NULL),
+    CONSTRAINT outbox_quarantine_has_reason
+        CHECK ((quarantined_at IS NULL) = (quarantine_reason IS NULL)),
+    CONSTRAINT outbox_quarantine_not_due
+        CHECK (quarantined_at IS NULL OR next_publish_at IS NULL),
+    CONSTRAINT outbox_needs_a_version
+        CHECK (needs_schema_version IS NULL OR needs_schema_version > 0)
+);
+CREATE INDEX outbox_unpublished ON order_svc.outbox (seq)
+    WHERE last_published_at IS NULL AND quarantined_at IS NULL;
+CREATE INDEX outbox_next_publish_at ON order_svc.outbox (next_publish_at, seq)
+    WHERE next_publish_at IS NOT NULL;
+CREATE INDEX outbox_created_at ON order_svc.outbox (created_at);
+CREATE INDEX outbox_order_id ON order_svc.outbox (order_id);
