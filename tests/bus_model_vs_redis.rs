@@ -21,9 +21,12 @@
 //! machine too busy) is rejected as too slow, not counted as a
 //! disagreement.
 //!
+//! Every check runs on the single test Redis and on a private three-node
+//! Redis Cluster (issue 25; `bus_support/cluster.rs`).
+//!
 //! `BUS_DIFF_CASES` raises the number of generated cases (default 40). The
 //! mutant tests (feature `mutants`) run the same check with a planted bug
-//! in `RedisBus` and require a disagreement.
+//! in `RedisBus` and require a disagreement (on the single Redis).
 
 mod bus_support;
 mod common;
@@ -31,9 +34,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use bus_support::{Deployment, TestCluster, TestRedis};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
+use purchase_saga::adapters::redis::{RedisBus, RedisConfig, RedisConn};
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::bus::{Bus, Delivery};
 use purchase_saga::runtime::memory::streams::{Delivered, EntryId, Streams};
@@ -154,9 +158,9 @@ fn text(payload: &[u8]) -> String {
 
 /// One case: the model, the bus, and what maps one to the other.
 struct Case {
-    redis: common::TestRedis,
+    redis: TestRedis,
     bus: RedisBus,
-    conn: redis::aio::MultiplexedConnection,
+    conn: RedisConn,
     model: Streams<Vec<u8>>,
     now_ms: i64,
     /// Redis id of each model id, and back.
@@ -182,16 +186,15 @@ async fn keep_alive(bus: &RedisBus) {
 }
 
 impl Case {
-    async fn new() -> Case {
-        let redis = common::TestRedis::create("bus-diff");
+    async fn new(deployment: Deployment) -> Case {
+        let redis = TestRedis::create(deployment, "bus-diff");
         let bus = RedisBus::connect(
             &redis.url,
             RedisConfig {
-                prefix: redis.prefix.clone(),
                 visibility_timeout: VISIBILITY,
                 block: Duration::from_millis(2),
                 heartbeat_ttl: HEARTBEAT_TTL,
-                ..RedisConfig::default()
+                ..redis.config()
             },
         )
         .await
@@ -515,15 +518,15 @@ fn payload_of(entry: &redis::streams::StreamId) -> Vec<u8> {
     }
 }
 
-/// Runs `ops` on a fresh prefix; Ok when the model and Redis agreed after
-/// every step.
-fn run(ops: &[Op]) -> Result<(), Failure> {
+/// Runs `ops` on a fresh prefix of `deployment`; Ok when the model and
+/// Redis agreed after every step.
+fn run_on(deployment: Deployment, ops: &[Op]) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let mut case = Case::new().await;
+        let mut case = Case::new(deployment).await;
         for (step, op) in ops.iter().enumerate() {
             case.step(step, op).await?;
         }
@@ -531,8 +534,19 @@ fn run(ops: &[Op]) -> Result<(), Failure> {
     })
 }
 
+/// [`run_on`] the single Redis (the mutant tests).
+#[cfg(feature = "mutants")]
+fn run(ops: &[Op]) -> Result<(), Failure> {
+    run_on(Deployment::Single, ops)
+}
+
+#[cfg(feature = "mutants")]
 fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    match run(&ops) {
+    check_on(Deployment::Single, ops)
+}
+
+fn check_on(deployment: Deployment, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    match run_on(deployment, &ops) {
         Ok(()) => Ok(()),
         Err(Failure::Disagree(why)) => Err(TestCaseError::fail(why)),
         Err(Failure::TooSlow(why)) => Err(TestCaseError::reject(why)),
@@ -557,11 +571,17 @@ fn cases() -> u32 {
         .unwrap_or(40)
 }
 
-#[test]
-fn model_and_redis_agree_on_generated_histories() {
+/// The cluster a test on `deployment` holds for all its cases (one
+/// start, not one per case).
+fn hold(deployment: Deployment) -> Option<std::sync::Arc<TestCluster>> {
+    (deployment == Deployment::Cluster).then(TestCluster::shared)
+}
+
+fn model_and_redis_agree_on_generated_histories(deployment: Deployment) {
+    let _cluster = hold(deployment);
     let mut runner = TestRunner::new(config(cases()));
-    if let Err(e) = runner.run(&history(), check) {
-        panic!("the model and Redis disagree: {e}");
+    if let Err(e) = runner.run(&history(), |ops| check_on(deployment, ops)) {
+        panic!("the model and Redis ({deployment:?}) disagree: {e}");
     }
 }
 
@@ -580,15 +600,15 @@ fn claim_reproduction() -> Vec<Op> {
     ops
 }
 
-#[test]
-fn a_claim_hands_over_every_claimed_entry_when_the_consumer_already_holds_one_in_range() {
-    if let Err(e) = run(&claim_reproduction()) {
+fn a_claim_hands_over_every_claimed_entry_when_the_consumer_already_holds_one_in_range(
+    deployment: Deployment,
+) {
+    if let Err(e) = run_on(deployment, &claim_reproduction()) {
         panic!("{e:?}");
     }
 }
 
-#[test]
-fn a_dead_letter_into_a_wrong_type_key_and_an_entry_deleted_while_pending_agree() {
+fn a_dead_letter_into_a_wrong_type_key_and_an_entry_deleted_while_pending_agree(deployment: Deployment) {
     let ops = vec![
         Op::Publish,
         Op::Publish,
@@ -604,7 +624,7 @@ fn a_dead_letter_into_a_wrong_type_key_and_an_entry_deleted_while_pending_agree(
         Op::Publish,
         Op::Receive { consumer: 2, max: 1 },
     ];
-    if let Err(e) = run(&ops) {
+    if let Err(e) = run_on(deployment, &ops) {
         panic!("{e:?}");
     }
 }
@@ -630,8 +650,7 @@ fn with_idle_entries() -> impl Strategy<Value = Vec<Op>> {
 /// Found by the generator against the model's first draft: Redis 7.0's
 /// XAUTOCLAIM counts an entry it reports deleted against COUNT, so a claim
 /// of one that meets a deleted entry first claims nothing.
-#[test]
-fn a_deleted_entry_counts_against_the_claims_count() {
+fn a_deleted_entry_counts_against_the_claims_count(deployment: Deployment) {
     let ops = vec![
         Op::Publish,
         Op::Publish,
@@ -641,10 +660,33 @@ fn a_deleted_entry_counts_against_the_claims_count() {
         Op::Receive { consumer: 0, max: 1 },
         Op::Receive { consumer: 0, max: 1 },
     ];
-    if let Err(e) = run(&ops) {
+    if let Err(e) = run_on(deployment, &ops) {
         panic!("{e:?}");
     }
 }
+
+/// Each check above as two tests, `NAME::single` and `NAME::cluster`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn single() {
+                super::$name(super::Deployment::Single)
+            }
+            #[test]
+            fn cluster() {
+                super::$name(super::Deployment::Cluster)
+            }
+        }
+    )*};
+}
+
+on_both!(
+    model_and_redis_agree_on_generated_histories,
+    a_claim_hands_over_every_claimed_entry_when_the_consumer_already_holds_one_in_range,
+    a_dead_letter_into_a_wrong_type_key_and_an_entry_deleted_while_pending_agree,
+    a_deleted_entry_counts_against_the_claims_count,
+);
 
 /// With `mutant` planted in `RedisBus`, the differential check must find a
 /// disagreement: the named cases first, then generated ones.

@@ -864,7 +864,10 @@ async fn audit_checks_compensations_from_the_outboxes_and_dead_letters() {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: String = redis::cmd("XADD")
-        .arg(format!("{}:dead:payment", redis.prefix))
+        .arg(purchase_saga::adapters::redis::keys::dead(
+            &redis.prefix,
+            purchase_saga::domain::Service::Payment,
+        ))
         .arg("*")
         .arg("reason")
         .arg("planted by the test")
@@ -1058,7 +1061,8 @@ async fn status_shows_the_health_of_a_running_deployment() {
     // dead letter.
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
-    let stream = format!("{}:stream:user", redis.prefix);
+    let stream =
+        purchase_saga::adapters::redis::keys::stream(&redis.prefix, purchase_saga::domain::Service::User);
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
@@ -1078,7 +1082,10 @@ async fn status_shows_the_health_of_a_running_deployment() {
         .query(&mut conn)
         .unwrap();
     let _: String = redis::cmd("XADD")
-        .arg(format!("{}:dead:user", redis.prefix))
+        .arg(purchase_saga::adapters::redis::keys::dead(
+            &redis.prefix,
+            purchase_saga::domain::Service::User,
+        ))
         .arg("*")
         .arg("reason")
         .arg("test")

@@ -125,7 +125,7 @@ async fn dead_letters_are_listed_and_a_fixed_one_replays_and_applies() {
     // By hand, as a foreign producer would: poison, a good entry, an orphan.
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}:stream:order", redis.prefix);
+    let stream = purchase_saga::adapters::redis::keys::stream(&redis.prefix, Service::Order);
     for payload in [
         "{not json".to_string(),
         payment_failed("o-1"),

@@ -233,7 +233,7 @@ async fn deadline_before_payment_on_postgres_and_redis() {
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(5))
         .unwrap();
-    let stream_key = format!("{}:stream:payment", redis.prefix);
+    let stream_key = purchase_saga::adapters::redis::keys::stream(&redis.prefix, Service::Payment);
     let stream = move |lose: bool| -> usize {
         let ids: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&stream_key)

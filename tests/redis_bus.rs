@@ -6,14 +6,16 @@
 //! counted; `defect8_*`: an entry deleted while pending is dead-lettered,
 //! not lost); and issue 24's defect 5 (`defect5_*`: replicas running as
 //! PID 1 in separate containers must not share a consumer name). Each test
-//! uses its own key prefix.
+//! uses its own key prefix, and runs twice (issue 25): on the single test
+//! Redis (`NAME::single`) and on a private three-node Redis Cluster
+//! (`NAME::cluster`, see `bus_support/cluster.rs`).
 
 mod bus_support;
 mod common;
 
 use std::time::{Duration, Instant};
 
-use bus_support::{order_created, raw};
+use bus_support::{order_created, raw, Deployment, TestRedis};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::cli::serve::ProcessInstance;
 use purchase_saga::domain::event::{Payload, PaymentFailed};
@@ -22,14 +24,13 @@ use purchase_saga::runtime::bus::{Bus, Delivery};
 
 const VISIBILITY: Duration = Duration::from_millis(600);
 
-async fn bus(r: &common::TestRedis) -> RedisBus {
+async fn bus(r: &TestRedis) -> RedisBus {
     RedisBus::connect(
         &r.url,
         RedisConfig {
-            prefix: r.prefix.clone(),
             visibility_timeout: VISIBILITY,
             block: Duration::from_millis(50),
-            ..RedisConfig::default()
+            ..r.config()
         },
     )
     .await
@@ -46,9 +47,8 @@ async fn receive_until(bus: &RedisBus, service: Service, consumer: &str, want: u
     got
 }
 
-#[tokio::test]
-async fn publish_reaches_every_subscriber_once_and_ack_settles_it() {
-    let r = common::TestRedis::create("bus-basic");
+async fn publish_reaches_every_subscriber_once_and_ack_settles_it(d: Deployment) {
+    let r = TestRedis::create(d, "bus-basic");
     let bus = bus(&r).await;
     let event = order_created(1);
     bus.publish(&event).await.unwrap();
@@ -86,9 +86,8 @@ async fn publish_reaches_every_subscriber_once_and_ack_settles_it() {
     }
 }
 
-#[tokio::test]
-async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout() {
-    let r = common::TestRedis::create("bus-claim");
+async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout(d: Deployment) {
+    let r = TestRedis::create(d, "bus-claim");
     let bus = bus(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
     // The entry's idle time starts when Redis delivers it, which is after
@@ -126,9 +125,8 @@ async fn unacknowledged_entry_is_taken_over_after_the_visibility_timeout() {
     assert_eq!(bus.pending_count(Service::User).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn dead_letter_keeps_payload_and_reason_and_can_be_replayed() {
-    let r = common::TestRedis::create("bus-dlq");
+async fn dead_letter_keeps_payload_and_reason_and_can_be_replayed(d: Deployment) {
+    let r = TestRedis::create(d, "bus-dlq");
     let bus = bus(&r).await;
     let event = order_created(1);
     bus.publish(&event).await.unwrap();
@@ -168,9 +166,8 @@ async fn dead_letter_keeps_payload_and_reason_and_can_be_replayed() {
 }
 
 /// Ids of the entries still in the stream.
-async fn stream_ids(r: &common::TestRedis, bus: &RedisBus, service: Service) -> Vec<String> {
-    let client = redis::Client::open(r.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+async fn stream_ids(r: &TestRedis, bus: &RedisBus, service: Service) -> Vec<String> {
+    let mut conn = raw(r).await;
     let range: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(bus.stream_key(service))
         .arg("-")
@@ -181,9 +178,8 @@ async fn stream_ids(r: &common::TestRedis, bus: &RedisBus, service: Service) -> 
     range.ids.into_iter().map(|e| e.id).collect()
 }
 
-#[tokio::test]
-async fn trim_never_removes_unacknowledged_entries() {
-    let r = common::TestRedis::create("bus-trim");
+async fn trim_never_removes_unacknowledged_entries(d: Deployment) {
+    let r = TestRedis::create(d, "bus-trim");
     let bus = bus(&r).await;
     assert_eq!(bus.trim(Service::User).await.unwrap(), 0, "no stream yet");
     for n in 0..5 {
@@ -231,9 +227,8 @@ async fn trim_never_removes_unacknowledged_entries() {
     assert_eq!(last[0].entry_id, left[1]);
 }
 
-#[tokio::test]
-async fn group_is_recreated_after_redis_lost_everything() {
-    let r = common::TestRedis::create("bus-flush");
+async fn group_is_recreated_after_redis_lost_everything(d: Deployment) {
+    let r = TestRedis::create(d, "bus-flush");
     let bus = bus(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
     assert_eq!(receive_until(&bus, Service::User, "u-1", 1).await.len(), 1);
@@ -277,9 +272,8 @@ async fn wrong_url_names_the_target_and_the_cause() {
     );
 }
 
-#[tokio::test]
-async fn only_consumers_with_nothing_pending_are_removed() {
-    let r = common::TestRedis::create("bus-consumers");
+async fn only_consumers_with_nothing_pending_are_removed(d: Deployment) {
+    let r = TestRedis::create(d, "bus-consumers");
     let bus = bus(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
     bus.publish(&order_created(2)).await.unwrap();
@@ -327,9 +321,8 @@ async fn only_consumers_with_nothing_pending_are_removed() {
 /// Issue 17, defect 7: with MULTI/EXEC the XACK ran although the XADD of
 /// the dead letter failed (WRONGTYPE), so the entry left the pending list
 /// and was in no dead-letter stream: gone.
-#[tokio::test]
-async fn defect7_a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
-    let r = common::TestRedis::create("bus-dead-wrongtype");
+async fn defect7_a_dead_letter_that_cannot_be_written_leaves_the_entry_pending(d: Deployment) {
+    let r = TestRedis::create(d, "bus-dead-wrongtype");
     let bus = bus(&r).await;
     let mut conn = raw(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
@@ -365,18 +358,16 @@ async fn defect7_a_dead_letter_that_cannot_be_written_leaves_the_entry_pending()
 
 /// Issue 17, defect 7: `MAXLEN ~` dropped the oldest dead letters without a
 /// word. What the cap drops is now counted (and logged).
-#[tokio::test]
-async fn defect7_dead_letters_dropped_by_the_cap_are_counted() {
+async fn defect7_dead_letters_dropped_by_the_cap_are_counted(d: Deployment) {
     const LETTERS: usize = 250;
-    let r = common::TestRedis::create("bus-dead-cap");
+    let r = TestRedis::create(d, "bus-dead-cap");
     let bus = RedisBus::connect(
         &r.url,
         RedisConfig {
-            prefix: r.prefix.clone(),
             visibility_timeout: VISIBILITY,
             block: Duration::from_millis(50),
             dead_letters_max: 10,
-            ..RedisConfig::default()
+            ..r.config()
         },
     )
     .await
@@ -391,7 +382,7 @@ async fn defect7_dead_letters_dropped_by_the_cap_are_counted() {
     }
     let mut conn = raw(&r).await;
     let counted: Option<u64> = redis::cmd("GET")
-        .arg(format!("{}:dead-trimmed:user", r.prefix))
+        .arg(bus.dead_trimmed_key(Service::User))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -414,9 +405,8 @@ async fn defect7_dead_letters_dropped_by_the_cap_are_counted() {
 /// Issue 17, defect 8: XAUTOCLAIM's third reply element (entries deleted
 /// while pending) was ignored, so such an entry was neither handled, nor
 /// logged, nor dead-lettered. Now it is dead-lettered with its id.
-#[tokio::test]
-async fn defect8_an_entry_deleted_while_pending_is_dead_lettered() {
-    let r = common::TestRedis::create("bus-deleted-pending");
+async fn defect8_an_entry_deleted_while_pending_is_dead_lettered(d: Deployment) {
+    let r = TestRedis::create(d, "bus-deleted-pending");
     let bus = bus(&r).await;
     let mut conn = raw(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
@@ -455,15 +445,14 @@ async fn defect8_an_entry_deleted_while_pending_is_dead_lettered() {
 
 /// A bus whose consumers' heartbeats live `ttl`, with a visibility timeout
 /// of `visibility`.
-async fn bus_with(r: &common::TestRedis, visibility: Duration, ttl: Duration) -> RedisBus {
+async fn bus_with(r: &TestRedis, visibility: Duration, ttl: Duration) -> RedisBus {
     RedisBus::connect(
         &r.url,
         RedisConfig {
-            prefix: r.prefix.clone(),
             visibility_timeout: visibility,
             block: Duration::from_millis(50),
             heartbeat_ttl: ttl,
-            ..RedisConfig::default()
+            ..r.config()
         },
     )
     .await
@@ -484,9 +473,8 @@ async fn first_delivery(bus: &RedisBus, consumer: &str) -> (Delivery, Instant) {
     }
 }
 
-#[tokio::test]
-async fn a_batch_is_published_in_order_to_every_subscriber() {
-    let r = common::TestRedis::create("bus-batch");
+async fn a_batch_is_published_in_order_to_every_subscriber(d: Deployment) {
+    let r = TestRedis::create(d, "bus-batch");
     let bus = bus(&r).await;
     let events: Vec<Event> = (1..=5).map(order_created).collect();
     let refs: Vec<&Event> = events.iter().collect();
@@ -505,9 +493,8 @@ async fn a_batch_is_published_in_order_to_every_subscriber() {
     bus.publish_batch(&[]).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_batch_that_fails_reports_none_of_it_published() {
-    let r = common::TestRedis::create("bus-batch-fail");
+async fn a_batch_that_fails_reports_what_came_before_the_failed_stream_published(d: Deployment) {
+    let r = TestRedis::create(d, "bus-batch-fail");
     let bus = bus(&r).await;
     // Inventory's stream key holds a string: every XADD to it fails.
     let mut conn = raw(&r).await;
@@ -532,18 +519,23 @@ async fn a_batch_that_fails_reports_none_of_it_published() {
         purchase_saga::domain::service::subscribers(failed.event_type()).contains(&Service::Inventory),
         "the second event goes to the broken stream"
     );
-    let err = bus.publish_batch(&[&ok, &failed]).await.unwrap_err();
+    let err = bus.publish_batch(&[&ok, &failed, &ok]).await.unwrap_err();
     assert_eq!(
-        err.published, 0,
-        "a pipeline does not say which of its commands went out: the relay publishes all again"
+        err.published, 1,
+        "published up to the first event with an XADD in a failed pipeline (a failed pipeline does \
+         not say which of its commands went out): the relay publishes the rest again"
+    );
+    assert_eq!(
+        bus.stream_len(Service::User).await.unwrap(),
+        2 + u64::from(Service::User.subscribes_to(failed.event_type())),
+        "the streams whose pipelines succeeded got their XADDs"
     );
 }
 
-#[tokio::test]
-async fn a_gone_consumers_entries_are_taken_within_the_heartbeat_ttl() {
+async fn a_gone_consumers_entries_are_taken_within_the_heartbeat_ttl(d: Deployment) {
     const TTL: Duration = Duration::from_millis(500);
     const VISIBILITY: Duration = Duration::from_secs(30);
-    let r = common::TestRedis::create("bus-gone");
+    let r = TestRedis::create(d, "bus-gone");
     let gone = bus_with(&r, VISIBILITY, TTL).await;
     gone.publish(&order_created(1)).await.unwrap();
     let (first, last_heartbeat) = first_delivery(&gone, "gone-a").await;
@@ -567,11 +559,10 @@ async fn a_gone_consumers_entries_are_taken_within_the_heartbeat_ttl() {
     assert_eq!(live.pending_count(Service::User).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout() {
+async fn a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout(d: Deployment) {
     const TTL: Duration = Duration::from_millis(300);
     const VISIBILITY: Duration = Duration::from_millis(2_500);
-    let r = common::TestRedis::create("bus-slow");
+    let r = TestRedis::create(d, "bus-slow");
     let slow = bus_with(&r, VISIBILITY, TTL).await;
     slow.publish(&order_created(1)).await.unwrap();
     let (first, asked_at) = first_delivery(&slow, "slow-a").await;
@@ -592,9 +583,8 @@ async fn a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout()
     drop(slow);
 }
 
-#[tokio::test]
-async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_lettered() {
-    let r = common::TestRedis::create("bus-forget");
+async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_lettered(d: Deployment) {
+    let r = TestRedis::create(d, "bus-forget");
     let bus = bus_with(&r, Duration::from_secs(30), Duration::from_secs(2)).await;
     let mut conn = raw(&r).await;
     bus.publish(&order_created(1)).await.unwrap();
@@ -633,11 +623,12 @@ async fn a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_le
 /// heartbeat key was the live twin's, refreshed for ever, and its pending
 /// entries were the live twin's own (the claim never takes a consumer's
 /// entries for itself): they waited for the visibility timeout.
-#[tokio::test]
-async fn defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_entries_within_the_ttl() {
+async fn defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_entries_within_the_ttl(
+    d: Deployment,
+) {
     const TTL: Duration = Duration::from_millis(500);
     const VISIBILITY: Duration = Duration::from_secs(30);
-    let r = common::TestRedis::create("bus-twins");
+    let r = TestRedis::create(d, "bus-twins");
     // Two containers of one service, each running the binary as PID 1.
     let crashing_name = ProcessInstance::with_pid(1).consumer_name(Service::User, 0);
     let live_name = ProcessInstance::with_pid(1).consumer_name(Service::User, 0);
@@ -673,13 +664,12 @@ async fn defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_
 
 /// Issue 23: a replica cut off the bus stops its heartbeat too (torture's
 /// partitions), so the others take over its entries within the TTL.
-#[tokio::test]
-async fn a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl() {
+async fn a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl(d: Deployment) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     const TTL: Duration = Duration::from_millis(300);
     const VISIBILITY: Duration = Duration::from_secs(30);
-    let r = common::TestRedis::create("bus-paused");
+    let r = TestRedis::create(d, "bus-paused");
     let cut_off = bus_with(&r, VISIBILITY, TTL).await;
     let paused = Arc::new(AtomicBool::new(false));
     let gate = paused.clone();
@@ -708,3 +698,138 @@ async fn a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl() {
     );
     drop(cut_off);
 }
+
+/// Keys of the cluster test's prefix on each node, by `redis-cli -p PORT
+/// --scan` (what every node holds, whatever the client routes).
+fn keys_per_node(cluster: &bus_support::TestCluster, prefix: &str) -> Vec<Vec<String>> {
+    cluster
+        .ports()
+        .iter()
+        .map(|port| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "--scan", "--pattern"])
+                .arg(purchase_saga::adapters::redis::keys::scan_pattern(prefix))
+                .output()
+                .expect("redis-cli");
+            let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            keys.sort();
+            keys
+        })
+        .collect()
+}
+
+/// Issue 25: a bus given one node of a cluster and told it is a cluster
+/// (`--redis-cluster`, `REDIS_CLUSTER=1`) reaches every node; each
+/// service's keys share one slot, the services spread over the nodes, and
+/// deleting the prefix clears every node.
+#[tokio::test]
+async fn a_seed_url_with_the_cluster_flag_spreads_services_over_the_nodes_and_cleanup_reaches_every_node() {
+    let cluster = bus_support::TestCluster::shared();
+    let prefix = format!("ps_test:bus-seed:{}", common::random_suffix());
+    let bus = RedisBus::connect(
+        &cluster.seed_url(),
+        RedisConfig {
+            prefix: prefix.clone(),
+            visibility_timeout: VISIBILITY,
+            block: Duration::from_millis(50),
+            cluster: true,
+            ..RedisConfig::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(bus.is_cluster());
+    let failed = Event::new(
+        OrderId::parse("o-1").unwrap(),
+        UserId::parse("alice").unwrap(),
+        Timestamp::SIM_EPOCH,
+        Payload::PaymentFailed(PaymentFailed {
+            reason: "declined".into(),
+            attempted_amount: 100,
+            item_id: ItemId::parse("sword").unwrap(),
+        }),
+    );
+    bus.publish_batch(&[&order_created(1), &failed]).await.unwrap();
+    for service in Service::ALL {
+        if service.subscribes_to(failed.event_type()) || service == Service::User {
+            let got = receive_until(&bus, service, "c", 1).await;
+            assert_eq!(got.len(), 1, "{service}");
+            bus.dead_letter(service, &got[0], "test").await.unwrap();
+        }
+    }
+    let mut conn = bus.connection();
+    let mut slots: std::collections::BTreeMap<Service, std::collections::BTreeSet<u16>> = Default::default();
+    let keys = conn.keys_of_prefix(&prefix).await.unwrap();
+    for key in &keys {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let service = Service::ALL
+            .into_iter()
+            .find(|s| key.starts_with(&format!("{{{prefix}:{}}}", s.slug())))
+            .unwrap_or_else(|| panic!("{key} names no service"));
+        slots.entry(service).or_default().insert(slot);
+    }
+    assert!(slots.len() > 1, "several services have keys: {keys:?}");
+    for (service, slots) in &slots {
+        assert_eq!(slots.len(), 1, "{service}'s keys share one slot: {keys:?}");
+    }
+    let per_node = keys_per_node(&cluster, &prefix);
+    assert!(
+        per_node.iter().filter(|k| !k.is_empty()).count() > 1,
+        "the services' keys spread over several nodes: {per_node:?}"
+    );
+    assert_eq!(
+        per_node.iter().map(Vec::len).sum::<usize>(),
+        keys.len(),
+        "keys_of_prefix lists every node's keys"
+    );
+    assert_eq!(bus.delete_all_keys().await.unwrap(), keys.len() as u64);
+    assert!(
+        keys_per_node(&cluster, &prefix).iter().all(Vec::is_empty),
+        "no key of the prefix is left on any node"
+    );
+}
+
+/// Issue 25: the keys each service's scripts and MULTI use share its hash
+/// tag; a prefix with a brace would move it, and is refused.
+#[tokio::test]
+async fn a_prefix_with_a_brace_is_refused() {
+    let r = TestRedis::create(Deployment::Single, "bus-brace");
+    let err = RedisBus::connect(
+        &r.url,
+        RedisConfig {
+            prefix: format!("{}{{x}}", r.prefix),
+            ..r.config()
+        },
+    )
+    .await
+    .err()
+    .expect("a brace in the prefix is refused");
+    assert!(err.to_string().contains("brace"), "{err}");
+}
+
+crate::on_both_deployments!(
+    publish_reaches_every_subscriber_once_and_ack_settles_it,
+    unacknowledged_entry_is_taken_over_after_the_visibility_timeout,
+    dead_letter_keeps_payload_and_reason_and_can_be_replayed,
+    trim_never_removes_unacknowledged_entries,
+    group_is_recreated_after_redis_lost_everything,
+    only_consumers_with_nothing_pending_are_removed,
+    defect7_a_dead_letter_that_cannot_be_written_leaves_the_entry_pending,
+    defect7_dead_letters_dropped_by_the_cap_are_counted,
+    defect8_an_entry_deleted_while_pending_is_dead_lettered,
+    a_batch_is_published_in_order_to_every_subscriber,
+    a_batch_that_fails_reports_what_came_before_the_failed_stream_published,
+    a_gone_consumers_entries_are_taken_within_the_heartbeat_ttl,
+    a_live_but_slow_consumer_keeps_its_entries_for_the_visibility_timeout,
+    a_gone_consumers_entries_are_taken_at_once_and_its_deleted_ones_dead_lettered,
+    defect5_twins_running_as_pid_1_in_two_containers_take_over_each_others_entries_within_the_ttl,
+    a_paused_heartbeat_hands_the_consumers_entries_over_within_the_ttl,
+);

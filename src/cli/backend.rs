@@ -143,7 +143,7 @@ impl Backend {
             Needs::StoreOnly => (Arc::new(NoBus), format!("PostgreSQL {}", routes.describe())),
             Needs::StoreAndBus => {
                 let bus = connect_redis(global).await?;
-                probes.push(Arc::new(RedisProbe::new(&global.redis_url)?));
+                probes.push(Arc::new(RedisProbe::of(&global.redis_url, global.redis_cluster)?));
                 redis = Some(bus.clone());
                 dead_letters = Arc::new(bus.clone());
                 let describe = format!(
@@ -255,6 +255,7 @@ impl Backend {
 pub async fn connect_redis(global: &GlobalArgs) -> Result<RedisBus, String> {
     let config = RedisConfig {
         prefix: global.redis_prefix.clone(),
+        cluster: global.redis_cluster,
         ..RedisConfig::default()
     };
     RedisBus::connect(&global.redis_url, config)

@@ -76,6 +76,7 @@ pub async fn run_dlq(global: &GlobalArgs, args: &DlqArgs) -> Result<ExitCode, St
     super::backend::check_schema(global, &crate::adapters::postgres::Part::SERVICES).await?;
     let config = RedisConfig {
         prefix: global.redis_prefix.clone(),
+        cluster: global.redis_cluster,
         ..RedisConfig::default()
     };
     let bus = RedisBus::connect(&global.redis_url, config)

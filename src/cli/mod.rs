@@ -94,9 +94,16 @@ pub struct GlobalArgs {
     #[arg(long, env = "PG_POOL_MAX", value_name = "CONNECTIONS", default_value_t = 80,
           value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
     pub pg_pool_max: u32,
-    /// Redis connection URL.
+    /// Redis connection URL; several, comma-separated, name the nodes of
+    /// a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
     pub redis_url: String,
+    /// The Redis URL is the seed of a Redis Cluster (a comma-separated
+    /// list of node URLs names a cluster without this flag).
+    #[arg(long, env = "REDIS_CLUSTER", global = true,
+          value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false,
+          num_args = 0, default_missing_value = "true")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key (streams, groups, dead letters).
     #[arg(long, env = "REDIS_PREFIX", default_value = "purchase-saga", global = true)]
     pub redis_prefix: String,

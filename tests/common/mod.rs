@@ -281,26 +281,33 @@ impl TestRedis {
         let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(5)) else {
             return Vec::new();
         };
-        let pattern = format!("{}:*", self.prefix);
         let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        // Bounded: a test creates a handful of keys.
-        for _ in 0..10_000 {
-            let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        // The test's own keys (`prefix:...`) and the bus's, whose hash tag
+        // starts with the prefix (`{prefix:service}:...`).
+        let patterns = [
+            format!("{}:*", self.prefix),
+            purchase_saga::adapters::redis::keys::scan_pattern(&self.prefix),
+        ];
+        for pattern in patterns {
+            let mut cursor: u64 = 0;
+            // Bounded: a test creates a handful of keys.
+            for _ in 0..10_000 {
+                let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(&mut conn)
+                {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         keys

@@ -396,35 +396,17 @@ impl RedisTarget {
                 p.restart()?;
                 Ok("redis-server restarted without persistence".into())
             }
-            RedisTarget::Shared { prefix, .. } => {
-                let pattern = format!("{prefix}:*");
-                let mut conn = self.conn().await?;
-                let mut deleted = 0;
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !keys.is_empty() {
-                        let n: i64 = redis::cmd("DEL")
-                            .arg(&keys)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        deleted += n;
-                    }
-                    cursor = next;
-                    if cursor == 0 {
-                        break;
-                    }
-                }
-                Ok(format!("{deleted} keys of prefix {pattern} deleted"))
+            RedisTarget::Shared { url, prefix } => {
+                // Every key of the bus's prefix, on every node of a
+                // cluster, one DEL per key (never across slots).
+                let mut conn =
+                    purchase_saga::adapters::redis::connection::connect(url, false, Duration::from_secs(5))
+                        .await?;
+                let deleted = conn
+                    .delete_prefix(prefix)
+                    .await
+                    .map_err(|e| format!("deleting the keys of prefix {prefix}: {e}"))?;
+                Ok(format!("{deleted} keys of prefix {prefix} deleted"))
             }
         }
     }

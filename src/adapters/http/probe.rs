@@ -59,16 +59,22 @@ impl Probe for InProcess {
     }
 }
 
-/// Redis answers PING.
+/// Redis answers PING, on a fresh connection (on a cluster: every
+/// master answers).
 pub struct RedisProbe {
-    pub client: redis::Client,
+    pub endpoint: crate::adapters::redis::Endpoint,
 }
 
 impl RedisProbe {
+    /// A probe of the Redis `url` names (a comma-separated list: a
+    /// cluster).
     pub fn new(url: &str) -> Result<RedisProbe, String> {
-        redis::Client::open(url)
-            .map(|client| RedisProbe { client })
-            .map_err(|e| format!("invalid REDIS_URL {url:?}: {e}"))
+        RedisProbe::of(url, false)
+    }
+
+    /// A probe of `url`, the seed of a cluster if `cluster`.
+    pub fn of(url: &str, cluster: bool) -> Result<RedisProbe, String> {
+        crate::adapters::redis::Endpoint::parse(url, cluster).map(|endpoint| RedisProbe { endpoint })
     }
 }
 
@@ -78,15 +84,19 @@ impl Probe for RedisProbe {
         "bus"
     }
     async fn check(&self) -> Result<(), String> {
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+        use crate::adapters::redis::Endpoint;
+        let failed = |e: redis::RedisError| format!("redis: {e}");
+        let pong: String = match &self.endpoint {
+            Endpoint::Single(client) => {
+                let mut conn = client.get_multiplexed_async_connection().await.map_err(failed)?;
+                redis::cmd("PING").query_async(&mut conn).await
+            }
+            Endpoint::Cluster(client) => {
+                let mut conn = client.get_async_connection().await.map_err(failed)?;
+                redis::cmd("PING").query_async(&mut conn).await
+            }
+        }
+        .map_err(failed)?;
         if pong == "PONG" {
             Ok(())
         } else {

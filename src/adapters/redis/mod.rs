@@ -1,16 +1,22 @@
 //! The Redis Streams bus: [`Bus`] with one stream per subscribing service
-//! (`{prefix}:stream:{service}`) and one consumer group per stream, named
+//! (`{prefix:service}:stream`) and one consumer group per stream, named
 //! after the service (several replicas of a service share its group).
+//! Every key of a service carries the hash tag `{prefix:service}` (see
+//! `keys.rs`), so the bus runs on a single Redis and on a Redis Cluster
+//! alike (`connection.rs`: a comma-separated `REDIS_URL`, or
+//! [`RedisConfig::cluster`]): each script, MULTI and pipeline touches one
+//! service's keys, in one slot.
 //!
 //! - `publish` XADDs the encoded event to the stream of every subscriber
 //!   (`domain::service::subscribers`). Streams are not capped at XADD: an
 //!   approximate MAXLEN could drop entries the group has not acknowledged.
 //!   [`RedisBus::trim`] removes only acknowledged entries instead (see
 //!   `ops.rs`); whoever runs the bus calls it periodically.
-//!   `publish_batch` sends the XADDs of a whole batch of events in one
-//!   pipeline: one round trip per relay pass.
+//!   `publish_batch` sends one pipeline per subscribing stream, all at
+//!   once: each stream gets the batch's XADDs in the batch's order (one
+//!   round trip per relay pass); a pipeline may not span slots.
 //! - `receive` first claims, with one Lua script: the pending entries of
-//!   the group's consumers whose heartbeat key expired (their process is
+//!   the group's consumers whose heartbeat expired (their process is
 //!   gone: taken within `heartbeat_ttl`, see `heartbeat.rs`), then entries
 //!   whose delivery has been idle longer than the visibility timeout (a
 //!   stuck replica's work, or an entry left for retry): XAUTOCLAIM, then each
@@ -27,11 +33,11 @@
 //!   removes it (XTRIM MINID frees whole radix-tree nodes where per-entry
 //!   XDEL fragments them, and recent entries stay inspectable).
 //! - `dead_letter` XADDs payload, reason, entry id, service and attempt to
-//!   `{prefix}:dead:{service}` and only then XACKs the entry, in one Lua
+//!   `{prefix:service}:dead` and only then XACKs the entry, in one Lua
 //!   script: if the XADD fails (the key holds the wrong type) nothing
 //!   changes and the entry stays pending. The dead-letter stream is capped
 //!   (`MAXLEN ~`); what the cap drops is counted in
-//!   `{prefix}:dead-trimmed:{service}` and logged.
+//!   `{prefix:service}:dead-trimmed` and logged.
 //!
 //! The model of all this is `runtime::memory::streams` (what `MemoryBus`
 //! and the simulator run on); `tests/bus_model_vs_redis.rs` holds the two
@@ -43,11 +49,13 @@
 //!
 //! Blocking reads use one connection per consumer name, because a BLOCK on
 //! the shared multiplexed connection would stall every other command behind
-//! it. All connections are `ConnectionManager`s: they reconnect by
-//! themselves after Redis restarts.
+//! it. All connections reconnect by themselves after Redis restarts
+//! (`ConnectionManager`s, or the cluster client's connections).
 
 mod command;
+pub mod connection;
 mod heartbeat;
+pub mod keys;
 mod ops;
 mod scripts;
 
@@ -56,9 +64,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
-use redis::{Client, RedisError};
+use redis::RedisError;
 
 use crate::domain::service::subscribers;
 use crate::domain::{Event, Service};
@@ -66,6 +73,7 @@ use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use command::RedisCommand;
+pub use connection::{Endpoint, RedisConn};
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
 pub use scripts::is_oom;
 
@@ -100,6 +108,9 @@ pub struct RedisConfig {
     /// takes the gone consumer's pending entries at once instead of after
     /// the visibility timeout.
     pub heartbeat_ttl: Duration,
+    /// A single URL is the seed of a Redis Cluster (a comma-separated
+    /// list of URLs names a cluster whatever this says).
+    pub cluster: bool,
 }
 
 impl Default for RedisConfig {
@@ -111,6 +122,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(5),
             dead_letters_max: 100_000,
             heartbeat_ttl: Duration::from_secs(2),
+            cluster: false,
         }
     }
 }
@@ -118,19 +130,19 @@ impl Default for RedisConfig {
 /// See the module docs.
 #[derive(Clone)]
 pub struct RedisBus {
-    client: Client,
+    endpoint: Endpoint,
     /// Shared connection for every non-blocking command.
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// One connection per consumer name, for XREADGROUP ... BLOCK.
-    readers: Arc<Mutex<BTreeMap<String, ConnectionManager>>>,
+    readers: Arc<Mutex<BTreeMap<String, RedisConn>>>,
     /// Groups known to exist (cleared for a service on NOGROUP).
     groups: Arc<Mutex<BTreeSet<Service>>>,
     /// Where each service's next XAUTOCLAIM scan starts.
     claim_cursor: Arc<Mutex<BTreeMap<Service, String>>>,
-    /// Heartbeat keys of the consumers that received through this bus,
-    /// refreshed by the heartbeat task while any clone of the bus lives
-    /// (the task holds only a weak reference).
-    alive: Arc<Mutex<BTreeSet<String>>>,
+    /// The consumers that received through this bus, by service, whose
+    /// heartbeats the heartbeat task refreshes while any clone of the bus
+    /// lives (the task holds only a weak reference).
+    alive: Arc<Mutex<heartbeat::Consumers>>,
     /// Set by [`RedisBus::pause_heartbeat_while`].
     heartbeat_paused: Arc<Mutex<Option<heartbeat::PauseGate>>>,
     config: RedisConfig,
@@ -141,15 +153,19 @@ pub struct RedisBus {
     counts: StatementCounts<RedisCommand>,
 }
 
-/// `url` with its password replaced by `***`.
+/// `url` (or each URL of a comma-separated list) with its password
+/// replaced by `***`.
 fn redact(url: &str) -> String {
-    crate::adapters::postgres::redact_url(url)
+    url.split(',')
+        .map(crate::adapters::postgres::redact_url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RedisBus {
     /// Connects to `url` and checks that Redis answers.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<RedisBus, BusError> {
-        assert!(!config.prefix.is_empty(), "a bus needs a key prefix");
+        keys::check_prefix(&config.prefix).map_err(BusError::Unavailable)?;
         assert!(
             config.visibility_timeout > config.block,
             "the visibility timeout must exceed the read block"
@@ -160,14 +176,13 @@ impl RedisBus {
             heartbeat::TTL_MIN
         );
         let target = redact(url);
-        let client = Client::open(url).map_err(|e| {
-            BusError::Unavailable(format!("REDIS_URL {target:?} is not a valid Redis URL: {e}"))
-        })?;
-        let conn = Self::manager(&client, &config, config.command_timeout)
+        let endpoint = Endpoint::parse(url, config.cluster).map_err(BusError::Unavailable)?;
+        let conn = endpoint
+            .connect(config.command_timeout, config.command_timeout)
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot connect to Redis at {target}: {e}")))?;
         let bus = RedisBus {
-            client,
+            endpoint,
             conn,
             readers: Arc::default(),
             groups: Arc::default(),
@@ -187,22 +202,41 @@ impl RedisBus {
             Arc::downgrade(&bus.alive),
             bus.heartbeat_paused.clone(),
             bus.conn.clone(),
+            bus.config.prefix.clone(),
             bus.config.heartbeat_ttl,
         ));
         Ok(bus)
     }
 
-    async fn manager(
-        client: &Client,
-        config: &RedisConfig,
-        response: Duration,
-    ) -> Result<ConnectionManager, RedisError> {
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.command_timeout)
-            .set_response_timeout(response)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
-        ConnectionManager::new_with_config(client.clone(), manager_config).await
+    /// Whether this bus runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.endpoint.is_cluster()
+    }
+
+    /// A connection of this bus's (shared by clones), for tools that run
+    /// their own commands beside it.
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    /// Redis answers PING (on a cluster: every master does).
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Deletes every key of this bus's prefix (every service's streams,
+    /// groups, dead letters, heartbeats; on every node of a cluster).
+    /// Returns how many keys went. For tests, benchmarks and torture.
+    pub async fn delete_all_keys(&self) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        conn.delete_prefix(&self.config.prefix)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// How often each command and script of the bus port has run through
@@ -227,36 +261,36 @@ impl RedisBus {
 
     /// The stream a service consumes.
     pub fn stream_key(&self, service: Service) -> String {
-        format!("{}:stream:{}", self.config.prefix, service.slug())
+        keys::stream(&self.config.prefix, service)
     }
 
     /// The dead-letter stream of a service.
     pub fn dead_key(&self, service: Service) -> String {
-        format!("{}:dead:{}", self.config.prefix, service.slug())
+        keys::dead(&self.config.prefix, service)
     }
 
     /// How many dead letters of a service the dead-letter stream's MAXLEN
     /// cap has dropped (a counter, absent while none).
     pub fn dead_trimmed_key(&self, service: Service) -> String {
-        format!("{}:dead-trimmed:{}", self.config.prefix, service.slug())
+        keys::dead_trimmed(&self.config.prefix, service)
     }
 
-    /// The prefix of `service`'s heartbeat keys; a consumer's name
-    /// completes its key.
-    pub fn heartbeat_prefix(&self, service: Service) -> String {
-        format!("{}:alive:{}:", self.config.prefix, service.slug())
+    /// The heartbeats of `service`'s consumers (a sorted set: consumer
+    /// name -> expiry in the server's ms).
+    pub fn alive_key(&self, service: Service) -> String {
+        keys::alive(&self.config.prefix, service)
     }
 
     /// Marks `consumer` of `service` alive now and keeps its heartbeat
     /// refreshed while this bus lives, before it ever receives (its first
     /// receive does the same).
     pub async fn keep_alive(&self, service: Service, consumer: &str) -> Result<(), BusError> {
-        let key = format!("{}{consumer}", self.heartbeat_prefix(service));
-        self.alive.lock().expect("alive mutex").insert(key.clone());
+        heartbeat::insert(&self.alive, service, consumer);
         let mut conn = self.conn.clone();
         let _: i64 = scripts::heartbeat()
-            .key(&key)
+            .key(self.alive_key(service))
             .arg(self.config.heartbeat_ttl.as_millis() as u64)
+            .arg(consumer)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
@@ -268,11 +302,11 @@ impl RedisBus {
     /// `service`'s group takes its pending entries. (Tests, and a process
     /// that stops one consumer while it keeps running.)
     pub async fn forget_consumer(&self, service: Service, consumer: &str) -> Result<(), BusError> {
-        let key = format!("{}{consumer}", self.heartbeat_prefix(service));
-        self.alive.lock().expect("alive mutex").remove(&key);
+        heartbeat::remove(&self.alive, service, consumer);
         let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(&key)
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.alive_key(service))
+            .arg(consumer)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
@@ -345,12 +379,15 @@ impl RedisBus {
     }
 
     /// The blocking-read connection of `consumer`.
-    async fn reader(&self, consumer: &str) -> Result<ConnectionManager, RedisError> {
+    async fn reader(&self, consumer: &str) -> Result<RedisConn, RedisError> {
         if let Some(conn) = self.readers.lock().expect("readers mutex").get(consumer) {
             return Ok(conn.clone());
         }
         let response = self.config.block + self.config.command_timeout;
-        let conn = Self::manager(&self.client, &self.config, response).await?;
+        let conn = self
+            .endpoint
+            .connect(self.config.command_timeout, response)
+            .await?;
         let mut readers = self.readers.lock().expect("readers mutex");
         assert!(
             readers.len() < READERS_MAX,
@@ -377,11 +414,7 @@ impl RedisBus {
     /// nothing, while the dead-letter key holds the wrong type.
     async fn claim(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, RedisError> {
         let key = self.stream_key(service);
-        let heartbeat = self.heartbeat_prefix(service);
-        self.alive
-            .lock()
-            .expect("alive mutex")
-            .insert(format!("{heartbeat}{consumer}"));
+        heartbeat::insert(&self.alive, service, consumer);
         let start = self
             .claim_cursor
             .lock()
@@ -395,6 +428,7 @@ impl RedisBus {
             .key(&key)
             .key(self.dead_key(service))
             .key(self.dead_trimmed_key(service))
+            .key(self.alive_key(service))
             .arg(Self::group(service))
             .arg(consumer)
             .arg(self.config.visibility_timeout.as_millis() as u64)
@@ -403,7 +437,6 @@ impl RedisBus {
             .arg(self.config.dead_letters_max)
             .arg(service.slug())
             .arg(DELETED_WHILE_PENDING)
-            .arg(&heartbeat)
             .arg(self.config.heartbeat_ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
@@ -522,27 +555,35 @@ impl RedisBus {
             .collect())
     }
 
-    /// Appends to `pipe` the XADDs that publish `event` (one per
-    /// subscribing service); returns how many.
-    fn add_publish(&self, pipe: &mut redis::Pipeline, event: &Event) -> usize {
-        let targets = subscribers(event.event_type());
-        if targets.is_empty() {
-            return 0;
+    /// The XADDs that publish `events`: one pipeline per subscribing
+    /// service, each holding that service's XADDs in the batch's order,
+    /// with the index in `events` of each XADD's event.
+    fn publish_pipelines(&self, events: &[&Event]) -> BTreeMap<Service, (redis::Pipeline, Vec<usize>)> {
+        let mut pipelines: BTreeMap<Service, (redis::Pipeline, Vec<usize>)> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            let targets = subscribers(event.event_type());
+            if targets.is_empty() {
+                continue;
+            }
+            let payload = event.encode();
+            for service in targets {
+                let (pipe, indexes) = pipelines
+                    .entry(service)
+                    .or_insert_with(|| (redis::pipe(), Vec::new()));
+                pipe.cmd("XADD")
+                    .arg(self.stream_key(service))
+                    .arg("*")
+                    .arg("payload")
+                    .arg(payload.as_bytes())
+                    .arg("type")
+                    .arg(event.event_type().as_str())
+                    .arg("event_id")
+                    .arg(event.event_id.to_string())
+                    .ignore();
+                indexes.push(index);
+            }
         }
-        let payload = event.encode();
-        for service in &targets {
-            pipe.cmd("XADD")
-                .arg(self.stream_key(*service))
-                .arg("*")
-                .arg("payload")
-                .arg(payload.as_bytes())
-                .arg("type")
-                .arg(event.event_type().as_str())
-                .arg("event_id")
-                .arg(event.event_id.to_string())
-                .ignore();
-        }
-        targets.len()
+        pipelines
     }
 
     async fn receive_once(
@@ -587,33 +628,43 @@ impl Bus for RedisBus {
             .map_err(|partial| partial.error)
     }
 
-    /// One pipeline of XADDs for the whole batch (one round trip), in
-    /// order. Not MULTI/EXEC: a failure part of the way reports none of
-    /// the batch as published, so the relay publishes all of it again (a
-    /// duplicate for the entries that did go out, which inboxes absorb).
+    /// One pipeline of XADDs per subscribing stream (a pipeline may not
+    /// span a cluster's slots), sent at once: each stream gets the batch's
+    /// events in order. Not MULTI/EXEC: a pipeline that fails may have
+    /// written any part of its XADDs, so the batch counts as published up
+    /// to its first event with an XADD in a failed pipeline; the relay
+    /// publishes the rest again (a duplicate for the entries that did go
+    /// out, which inboxes absorb).
     async fn publish_batch(&self, events: &[&Event]) -> Result<(), PartialPublish> {
-        let mut pipe = redis::pipe();
-        let mut commands = 0;
-        let mut carried = 0;
-        for event in events {
-            let added = self.add_publish(&mut pipe, event);
-            commands += added;
-            carried += usize::from(added > 0);
-        }
-        if commands == 0 {
+        let pipelines = self.publish_pipelines(events);
+        if pipelines.is_empty() {
             return Ok(());
         }
         self.ran(RedisCommand::PublishPipeline);
-        if carried > 1 {
+        let carried: BTreeSet<usize> = pipelines.values().flat_map(|(_, i)| i.iter().copied()).collect();
+        if carried.len() > 1 {
             self.ran(RedisCommand::PublishPipelineMultiEvent);
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| PartialPublish {
-                published: 0,
+        let sent = pipelines.values().map(|(pipe, _)| {
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        let results = futures::future::join_all(sent).await;
+        let mut published = events.len();
+        let mut first_error = None;
+        for ((_, indexes), result) in pipelines.values().zip(results) {
+            if let Err(e) = result {
+                published = published.min(indexes[0]);
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(PartialPublish {
+                published,
                 error: self.err(e),
-            })
+            }),
+        }
     }
 
     async fn receive(&self, service: Service, consumer: &str, max: usize) -> Result<Vec<Delivery>, BusError> {

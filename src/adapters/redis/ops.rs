@@ -368,6 +368,25 @@ impl RedisMemory {
         self.max_bytes > 0 && self.used_bytes >= self.max_bytes
     }
 
+    /// Of several nodes' readings, the one nearest its limit: one out of
+    /// memory first, then the highest share of `maxmemory` used, then (no
+    /// limit anywhere) the most used. None for no reading.
+    pub fn tightest(nodes: Vec<RedisMemory>) -> Option<RedisMemory> {
+        nodes.into_iter().max_by(|a, b| {
+            let share = |m: &RedisMemory| {
+                if m.max_bytes == 0 {
+                    0.0
+                } else {
+                    m.used_bytes as f64 / m.max_bytes as f64
+                }
+            };
+            (a.out_of_memory(), a.max_bytes > 0)
+                .cmp(&(b.out_of_memory(), b.max_bytes > 0))
+                .then(share(a).total_cmp(&share(b)))
+                .then(a.used_bytes.cmp(&b.used_bytes))
+        })
+    }
+
     /// Parses the `INFO memory` section.
     pub fn parse(info: &str) -> Option<RedisMemory> {
         let field = |name: &str| {
@@ -452,15 +471,28 @@ impl RedisBus {
         }
     }
 
-    /// Redis's used memory, `maxmemory` and policy (INFO memory).
+    /// Redis's used memory, `maxmemory` and policy (INFO memory); on a
+    /// cluster, the master nearest its limit ([`RedisMemory::tightest`]):
+    /// a stream's writes are refused when its own node is full.
     pub async fn memory(&self) -> Result<RedisMemory, BusError> {
         let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
+        // A single server answers a string; a cluster client asks every
+        // master and answers a map of node -> string.
+        let reply: redis::Value = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
-        RedisMemory::parse(&info).ok_or_else(|| {
+        let infos: Vec<String> = match reply {
+            redis::Value::Map(nodes) => nodes
+                .iter()
+                .map(|(_, info)| redis::from_redis_value(info))
+                .collect::<Result<_, _>>(),
+            single => redis::from_redis_value(&single).map(|info| vec![info]),
+        }
+        .map_err(|e| self.err(e))?;
+        let parsed: Option<Vec<RedisMemory>> = infos.iter().map(|i| RedisMemory::parse(i)).collect();
+        parsed.and_then(RedisMemory::tightest).ok_or_else(|| {
             BusError::Unavailable(format!(
                 "Redis at {} answered INFO memory without used_memory, maxmemory or maxmemory_policy",
                 self.target
@@ -526,6 +558,29 @@ mod tests {
         };
         assert!(!unlimited.out_of_memory(), "maxmemory 0 is no limit");
         assert_eq!(RedisMemory::parse("used_memory:1\r\n"), None);
+    }
+
+    #[test]
+    fn the_node_nearest_its_limit_stands_for_a_cluster() {
+        let node = |used, max| RedisMemory {
+            used_bytes: used,
+            max_bytes: max,
+            policy: "noeviction".into(),
+        };
+        assert_eq!(
+            RedisMemory::tightest(vec![node(900, 1000), node(5000, 0), node(100, 100)]),
+            Some(node(100, 100)),
+            "out of memory first"
+        );
+        assert_eq!(
+            RedisMemory::tightest(vec![node(500, 1000), node(5000, 0), node(800, 1000)]),
+            Some(node(800, 1000))
+        );
+        assert_eq!(
+            RedisMemory::tightest(vec![node(5, 0), node(7, 0)]),
+            Some(node(7, 0))
+        );
+        assert_eq!(RedisMemory::tightest(Vec::new()), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! (the caller's heartbeat, the takeover of gone consumers' entries,
 //! XAUTOCLAIM, the exact delivery count of every claimed entry, dead
 //! letters for the entries deleted while pending), the dead letter (XADD,
-//! and only if it succeeded, XACK) and the heartbeat (one key's SET PX).
+//! and only if it succeeded, XACK) and the heartbeat (ZADD of consumer
+//! names to the service's heartbeat set, scored by their expiry on the
+//! server's TIME). Each script declares every key it touches, all of one
+//! service and so of one hash tag (one slot on a Redis Cluster).
 //! The claim and the dead letter count what the dead-letter stream's
 //! `MAXLEN ~` cap drops in the dead-trimmed counter key.
 //!
@@ -21,8 +24,8 @@
 //! the scripts that keep consumers going carry the shebang flag
 //! `allow-oom` (Redis >= 7.0) and run whatever the memory:
 //!
-//! - the heartbeat: it rewrites one small key per consumer in place (a
-//!   key that had expired comes back at the size it had). Were it refused,
+//! - the heartbeat: it rewrites one small member per consumer in place (a
+//!   member that had expired comes back at the size it had). Were it refused,
 //!   every heartbeat would expire after one TTL and each receive would take
 //!   every other live consumer's entries at once: a takeover storm in which
 //!   entries bounce between live consumers and their delivery counts race
@@ -82,15 +85,30 @@ local function dead_letter(dead, counter, maxlen, payload, reason, entry_id, ser
 end
 "#;
 
-/// KEYS: stream, dead-letter stream, dead-trimmed counter. ARGV: group,
-/// consumer, min idle ms, start id, count, dead-letter cap, service,
-/// reason for deleted entries, heartbeat key prefix (the consumer's name
-/// completes a key), heartbeat TTL ms. Returns {next, claimed entries,
-/// their counts, deleted ids, dead letters dropped by the cap}.
+/// The server's clock in ms (TIME: scripts replicate their effects, so a
+/// script may read it), and the heartbeat of consumer `name` in the set
+/// `alive` refreshed to expire `ttl` ms from now; the set itself expires
+/// once its last heartbeat would have (a deployment gone leaves nothing).
+const HEARTBEAT_FN: &str = r#"
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function beat(alive, now, ttl, name)
+    redis.call('ZADD', alive, now + ttl, name)
+    if redis.call('PTTL', alive) < ttl then redis.call('PEXPIRE', alive, ttl) end
+end
+"#;
+
+/// KEYS: stream, dead-letter stream, dead-trimmed counter, heartbeat set.
+/// ARGV: group, consumer, min idle ms, start id, count, dead-letter cap,
+/// service, reason for deleted entries, heartbeat TTL ms. Returns {next,
+/// claimed entries, their counts, deleted ids, dead letters dropped by
+/// the cap}.
 ///
 /// First it refreshes the caller's own heartbeat (so a consumer is alive
 /// before it can own an entry). Then the takeover of gone consumers: every
-/// other consumer of the group with pending entries and no heartbeat key
+/// other consumer of the group with pending entries and no live heartbeat
 /// (its process stopped refreshing it a TTL ago) has its pending entries
 /// XCLAIMed whatever their idle time, up to `count` (an entry deleted
 /// while pending is dead-lettered and acked instead, since XCLAIM would
@@ -98,7 +116,8 @@ end
 /// for what is left of `count`: a live but slow consumer keeps its
 /// entries for that long.
 const CLAIM: &str = r#"
-redis.call('SET', ARGV[9] .. ARGV[2], '1', 'PX', ARGV[10])
+local now = now_ms()
+beat(KEYS[4], now, tonumber(ARGV[9]), ARGV[2])
 local t = redis.call('TYPE', KEYS[2])['ok']
 if t ~= 'stream' and t ~= 'none' then
     return redis.error_reply('DEADKEY ' .. KEYS[2] .. ' holds a ' .. t .. ', not a stream')
@@ -115,8 +134,9 @@ if ok then
             if c[i] == 'name' then name = c[i + 1]
             elseif c[i] == 'pending' then pending = c[i + 1] end
         end
+        local expiry = redis.call('ZSCORE', KEYS[4], name)
         if left > 0 and pending > 0 and name ~= ARGV[2]
-            and redis.call('EXISTS', ARGV[9] .. name) == 0 then
+            and not (expiry and tonumber(expiry) > now) then
             for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', left, name)) do
                 local id = p[1]
                 if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
@@ -149,10 +169,15 @@ end
 return {next, claimed, counts, deleted, dropped}
 "#;
 
-/// KEYS: a consumer's heartbeat key. ARGV: its TTL in ms.
+/// KEYS: a service's heartbeat set. ARGV: the TTL in ms, then consumer
+/// names. Refreshes each name's heartbeat and drops the expired ones.
+/// Returns how many it refreshed.
 const HEARTBEAT: &str = r#"
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return 1
+local now = now_ms()
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do beat(KEYS[1], now, ttl, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return #ARGV - 1
 "#;
 
 /// KEYS: dead-letter stream, stream, dead-trimmed counter. ARGV: cap,
@@ -166,7 +191,7 @@ return dropped
 
 pub fn claim() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{DEAD_LETTER_FN}{CLAIM}")))
+    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{HEARTBEAT_FN}{DEAD_LETTER_FN}{CLAIM}")))
 }
 
 pub fn dead_letter() -> &'static Script {
@@ -176,7 +201,7 @@ pub fn dead_letter() -> &'static Script {
 
 pub fn heartbeat() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{HEARTBEAT}")))
+    SCRIPT.get_or_init(|| Script::new(&format!("{ALLOW_OOM}{HEARTBEAT_FN}{HEARTBEAT}")))
 }
 
 /// Whether Redis refused `e`'s command for want of memory (`maxmemory`
