@@ -13,7 +13,9 @@
 //!   databases: `migrate` adopts it, `pg_dump -n <schema> | psql` moves
 //!   each schema with its history, and the binary on the split layout
 //!   migrates (nothing to do), audits the same rows clean and lists the
-//!   same tokens.
+//!   same tokens;
+//! - a server refusing connections (SQLSTATE 53300) is reported with the
+//!   flag that sizes the pools (`--pg-pool-max`).
 
 mod common;
 mod split_support;
@@ -304,4 +306,35 @@ async fn a_one_database_install_moves_to_a_database_per_service() {
     let routes = PgRoutes::new(databases);
     assert_eq!(routes.snapshot().await.unwrap(), before);
     routes.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_out_of_connections_is_told_with_the_pool_flag() {
+    use sqlx::Connection;
+    // A role allowed no connection at all meets SQLSTATE 53300, the code
+    // of a server whose max_connections is reached.
+    let admin_url = common::database_url();
+    let role = format!("ps_split_full_{}", common::random_suffix());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = admin_url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(
+        url, admin_url,
+        "the admin URL names the postgres user: {admin_url}"
+    );
+    let mut command = bin();
+    command.args(["--database-url", &url, "--pg-pool-max", "4", "audit"]);
+    let out = finish(command, Duration::from_secs(30));
+    let _ = sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut admin)
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("SQLSTATE 53300") && stderr.contains("--pg-pool-max"),
+        "{stderr}"
+    );
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestRedis;
+use common::{TestDb, TestRedis};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::cli::seed::seed_rows;
 use purchase_saga::domain::event::{Event, Payload, PaymentFailed};
@@ -26,10 +26,13 @@ use purchase_saga::runtime::{consumer, Env, NoObserver, RuntimeConfig, Store, Sy
 
 const BOUND: Duration = Duration::from_secs(20);
 
-fn cli(redis: &TestRedis, args: &[&str]) -> Output {
+/// The binary on `redis` (and `db`: `dlq` checks that the services'
+/// schemas are migrated before it replays anything, issue 27).
+fn cli(redis: &TestRedis, db: &TestDb, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_purchase-saga"))
         .env_remove("RUST_LOG")
         .args(["--redis-url", &redis.url, "--redis-prefix", &redis.prefix])
+        .args(["--database-url", &db.url])
         .args(args)
         .output()
         .expect("the binary runs");
@@ -41,8 +44,8 @@ fn cli(redis: &TestRedis, args: &[&str]) -> Output {
     out
 }
 
-fn listed(redis: &TestRedis) -> Vec<Vec<String>> {
-    let out = cli(redis, &["dlq", "list", "--service", "order"]);
+fn listed(redis: &TestRedis, db: &TestDb) -> Vec<Vec<String>> {
+    let out = cli(redis, db, &["dlq", "list", "--service", "order"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.split('\t').map(str::to_string).collect())
@@ -96,6 +99,7 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_a_fixed_one_replays_and_applies() {
     let redis = TestRedis::create("dlq");
+    let db = TestDb::create().await;
     let config = RedisConfig {
         prefix: redis.prefix.clone(),
         visibility_timeout: Duration::from_millis(200),
@@ -160,7 +164,7 @@ async fn dead_letters_are_listed_and_a_fixed_one_replays_and_applies() {
         "the entry behind the poison was handled"
     );
 
-    let rows = listed(&redis);
+    let rows = listed(&redis, &db);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(
         rows.iter().all(|r| r.len() == 6 && r[0] == "order"),
@@ -175,6 +179,7 @@ async fn dead_letters_are_listed_and_a_fixed_one_replays_and_applies() {
     place(&env, "o-2").await;
     let out = cli(
         &redis,
+        &db,
         &["dlq", "replay", "--service", "order", "--id", &rows[1][1]],
     );
     assert!(
@@ -191,13 +196,14 @@ async fn dead_letters_are_listed_and_a_fixed_one_replays_and_applies() {
         order(&env, "o-2").await.failed_step.map(|s| s.as_str()),
         Some("PAYMENT")
     );
-    let rows = listed(&redis);
+    let rows = listed(&redis, &db);
     assert_eq!(rows.len(), 1, "only the poison is left: {rows:?}");
     assert!(rows[0][4].contains("malformed JSON"), "{rows:?}");
 
     // Replaying what is not there says so.
     let missing = Command::new(env!("CARGO_BIN_EXE_purchase-saga"))
         .args(["--redis-url", &redis.url, "--redis-prefix", &redis.prefix])
+        .args(["--database-url", &db.url])
         .args(["dlq", "replay", "--service", "order", "--id", "1-1"])
         .output()
         .unwrap();

@@ -20,6 +20,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use purchase_saga::adapters::http::ReadModel;
+use purchase_saga::adapters::metrics::GaugeSources;
 use purchase_saga::adapters::postgres::{check_schema, migrate, migrate_parts, Part, LEGACY};
 use purchase_saga::cli::seed::demo_scenario;
 use purchase_saga::cli::serve::Running;
@@ -193,7 +195,7 @@ async fn audits_across_databases_stay_clean_while_sagas_run_and_find_a_planted_v
         .take(60)
     {
         let cmd = PlaceOrder {
-            order_id: OrderId::parse(&format!("split-{i}")).unwrap(),
+            order_id: OrderId::parse(format!("split-{i}")).unwrap(),
             user_id: user.id.clone(),
             item_id: item.id.clone(),
             quantity: 1 + (i as i64 % 3),
@@ -239,9 +241,33 @@ async fn audits_across_databases_stay_clean_while_sagas_run_and_find_a_planted_v
         .collect();
     assert!(!completed.is_empty(), "some orders completed");
 
+    // The API's reads fan out: an order's timeline from every service's
+    // outbox, each on its own database, and when Payment processed them.
+    let victim = completed[0];
+    let events = ReadModel::order_events(&routes, victim).await.unwrap();
+    let emitters: std::collections::BTreeSet<Service> = events.iter().map(|e| e.event.emitter()).collect();
+    assert!(
+        emitters.contains(&Service::Order) && emitters.contains(&Service::Payment) && emitters.len() >= 4,
+        "{emitters:?}"
+    );
+    let ids: Vec<_> = events.iter().map(|e| e.event.event_id).collect();
+    let processed = ReadModel::processed_at(&routes, Service::Payment, &ids)
+        .await
+        .unwrap();
+    assert!(!processed.is_empty(), "Payment's inbox, on Payment's database");
+    // The gauges of a process serving Payment read Payment's database only.
+    let gauges = GaugeSources {
+        postgres: Some(routes.only(&[Service::Payment])),
+        redis: None,
+    };
+    assert!(gauges.read(Service::Order).await.outbox_backlog.is_none());
+    assert!(matches!(
+        gauges.read(Service::Payment).await.outbox_backlog,
+        Some(Ok(_))
+    ));
+
     // Planted: a completed order's payment row disappears from Payment's
     // database. Read last, it is found missing.
-    let victim = completed[0];
     let payment_db = routes.of(Service::Payment).unwrap();
     sqlx::query("DELETE FROM payment_svc.payments WHERE order_id = $1")
         .bind(victim.as_str())

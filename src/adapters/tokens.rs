@@ -379,6 +379,27 @@ impl TokenStore for PgStore {
     }
 }
 
+/// The tokens in the API's database (`DATABASE_URL_API`); a process
+/// without one refuses, naming it.
+#[async_trait]
+impl TokenStore for crate::adapters::postgres::PgRoutes {
+    async fn insert(&self, record: &TokenRecord) -> StoreResult<()> {
+        self.api()?.insert(record).await
+    }
+    async fn find(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
+        self.api()?.find(token_id).await
+    }
+    async fn revoke(&self, token_id: &str) -> StoreResult<bool> {
+        self.api()?.revoke(token_id).await
+    }
+    async fn revoke_user(&self, user: &UserId) -> StoreResult<u64> {
+        self.api()?.revoke_user(user).await
+    }
+    async fn list(&self, user: Option<&UserId>) -> StoreResult<Vec<TokenRecord>> {
+        self.api()?.list(user).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,26 +464,5 @@ mod tests {
         let record = store.find(id).await.unwrap().unwrap();
         assert_ne!(record.secret_sha256.as_slice(), secret.as_slice());
         assert_eq!(record.secret_sha256, digest(&secret));
-    }
-}
-
-/// The tokens in the API's database (`DATABASE_URL_API`); a process
-/// without one refuses, naming it.
-#[async_trait]
-impl TokenStore for crate::adapters::postgres::PgRoutes {
-    async fn insert(&self, record: &TokenRecord) -> StoreResult<()> {
-        self.api()?.insert(record).await
-    }
-    async fn find(&self, token_id: &str) -> StoreResult<Option<TokenRecord>> {
-        self.api()?.find(token_id).await
-    }
-    async fn revoke(&self, token_id: &str) -> StoreResult<bool> {
-        self.api()?.revoke(token_id).await
-    }
-    async fn revoke_user(&self, user: &UserId) -> StoreResult<u64> {
-        self.api()?.revoke_user(user).await
-    }
-    async fn list(&self, user: Option<&UserId>) -> StoreResult<Vec<TokenRecord>> {
-        self.api()?.list(user).await
     }
 }

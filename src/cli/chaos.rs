@@ -388,8 +388,9 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
             ));
         }
     }
+    // Checks the schema (run `migrate` first: only `migrate` and `demo`
+    // change it, issue 27).
     let backend = Backend::open(global, 24, Needs::StoreAndBus).await?;
-    backend.migrate().await?;
     let tag = chrono::Utc::now().timestamp_millis() % 1_000_000_000;
     let prefix = format!("chaos{tag}-");
     let scenario = demo_scenario(&prefix);

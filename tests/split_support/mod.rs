@@ -147,7 +147,7 @@ pub async fn run_sagas(
         .flat_map(|u| scenario.items.iter().map(move |it| (u, it)));
     for (i, (user, item)) in pairs.enumerate().take(orders) {
         let cmd = PlaceOrder {
-            order_id: OrderId::parse(&format!("{tag}-{i}")).unwrap(),
+            order_id: OrderId::parse(format!("{tag}-{i}")).unwrap(),
             user_id: user.id.clone(),
             item_id: item.id.clone(),
             quantity: 1,

@@ -261,7 +261,7 @@ pub async fn check(pool: &PgPool, parts: &[Part]) -> Result<(), String> {
     for part in parts {
         let s = part.schema();
         let history = format!("{s}._sqlx_migrations");
-        let applied: Vec<i64> = if exists(&mut *conn, &history).await? {
+        let applied: Vec<i64> = if exists(&mut conn, &history).await? {
             sqlx::query_scalar(&format!("SELECT version FROM {history} WHERE success"))
                 .fetch_all(&mut *conn)
                 .await
