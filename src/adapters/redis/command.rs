@@ -7,8 +7,9 @@ use crate::adapters::coverage::Statement;
 /// One command, pipeline or script of the bus port on Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RedisCommand {
-    /// A publish: one pipeline of XADDs (every `publish_batch` that sends
-    /// anything, a single event's included).
+    /// A publish: the XADD pipelines of one `publish_batch` that sends
+    /// anything (one per subscribing stream, sent at once), a single
+    /// event's included.
     PublishPipeline,
     /// Of those, the pipelines that carry more than one event.
     PublishPipelineMultiEvent,
