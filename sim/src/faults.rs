@@ -58,6 +58,10 @@ pub enum FaultKind {
     /// before it learned so) and, restarted, re-sent what it could not
     /// prove was answered.
     ClientCrash,
+    /// One service's database was down or slow for a window while the
+    /// others served ([`StoreOutage`]): counted per store operation of that
+    /// service it failed or slowed.
+    StoreOutage,
     // The rare states below are not faults but states a bug would hide in
     // ([`FaultKind::RARE`]); some seeds are steered into them
     // ([`Steer`]), and each is counted when a run reached it, whether
@@ -79,7 +83,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Latency,
         FaultKind::Duplicate,
         FaultKind::DropPublish,
@@ -97,6 +101,7 @@ impl FaultKind {
         FaultKind::Wake,
         FaultKind::BrokerLoss,
         FaultKind::ClientCrash,
+        FaultKind::StoreOutage,
     ];
 
     /// The rare states a sweep must reach (the coverage table lists them
@@ -127,6 +132,7 @@ impl FaultKind {
             FaultKind::Wake => "wake",
             FaultKind::BrokerLoss => "broker-loss",
             FaultKind::ClientCrash => "client-crash",
+            FaultKind::StoreOutage => "store-outage",
             FaultKind::AppliedPastLimit => "applied-past-limit",
             FaultKind::LeaseEndedMidPublish => "lease-ended-mid-publish",
             FaultKind::PoisonInBatch => "poison-in-batch",
@@ -271,6 +277,41 @@ pub enum ClientCrashPoint {
     AfterPlace,
 }
 
+/// One service's database out of reach, or slow, from `at_ms` for
+/// `len_ms` (and never past the heal), while every other service's
+/// database serves: the saga's services do not share a database, so one
+/// can fail alone (issue 25). Applied by `SimStore` to every store
+/// operation that names the service, whichever host calls it (the
+/// client's orders go to Order's database); counted as
+/// [`FaultKind::StoreOutage`] per operation it failed or slowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreOutage {
+    pub service: Service,
+    pub at_ms: u64,
+    pub len_ms: u64,
+    pub mode: OutageMode,
+}
+
+impl StoreOutage {
+    /// Whether the window covers `now_ms` (simulated time since the start).
+    pub fn covers(&self, now_ms: i64) -> bool {
+        let Ok(now) = u64::try_from(now_ms) else {
+            return false;
+        };
+        now >= self.at_ms && now < self.at_ms.saturating_add(self.len_ms)
+    }
+}
+
+/// What a [`StoreOutage`] does to its service's store operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutageMode {
+    /// Every operation (and the commit of a transaction begun before the
+    /// window) answers `Unavailable`, as a refused or broken connection.
+    Down,
+    /// Every operation takes `extra_ms` longer (a server under load).
+    Slow { extra_ms: u64 },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimedFault {
     pub at_ms: u64,
@@ -310,6 +351,9 @@ pub struct FaultPlan {
     /// The rare state this seed is steered into, if any (one in
     /// [`STEER_ONE_IN`]).
     pub steer: Option<Steer>,
+    /// One service's database down or slow for a while (one seed in
+    /// [`STORE_OUTAGE_ONE_IN`], heavy and swarm).
+    pub store_outages: Vec<StoreOutage>,
 }
 
 /// The saga deadline without the deadline fault.
@@ -333,6 +377,19 @@ pub const BROKER_LOSS_ONE_IN: u32 = 8;
 /// One seed in this many crashes the client once while it places orders.
 pub const CLIENT_CRASH_ONE_IN: u32 = 4;
 
+/// One seed in this many (heavy; swarm when the kind is on) takes one
+/// service's database down or makes it slow ([`StoreOutage`]).
+pub const STORE_OUTAGE_ONE_IN: u32 = 4;
+
+/// Bounds of a [`StoreOutage`]'s window: shorter than the client's
+/// patience with an unreachable Order database (`client.rs`: 50 attempts
+/// 100 ms apart) and than the bus's delivery budget, so an outage delays
+/// sagas and never makes a request give up.
+pub const STORE_OUTAGE_MS: (u64, u64) = (300, 2_500);
+
+/// Bounds of the extra latency of a slow [`StoreOutage`], per operation.
+pub const STORE_SLOW_MS: (u64, u64) = (20, 150);
+
 impl FaultPlan {
     /// No faults: the baseline.
     pub fn none() -> FaultPlan {
@@ -350,6 +407,7 @@ impl FaultPlan {
             skew_ms: BTreeMap::new(),
             linger_ms: 0,
             steer: None,
+            store_outages: Vec::new(),
         }
     }
 
@@ -485,6 +543,29 @@ impl FaultPlan {
                 at_ms: rng.random_range(0..arrival_span_ms.max(1)),
             });
         }
+        // Issue 25's per-service store outage, drawn after the steer: a
+        // seed without one keeps every earlier value of its plan.
+        let outage = match profile {
+            Profile::Swarm => rng.random_bool(0.5),
+            Profile::Heavy => true,
+            Profile::None | Profile::Light => false,
+        };
+        if outage && rng.random_range(0..STORE_OUTAGE_ONE_IN) == 0 {
+            let service = Service::ALL[rng.random_range(0..Service::ALL.len())];
+            let mode = if rng.random_bool(0.5) {
+                OutageMode::Down
+            } else {
+                OutageMode::Slow {
+                    extra_ms: rng.random_range(STORE_SLOW_MS.0..=STORE_SLOW_MS.1),
+                }
+            };
+            plan.store_outages.push(StoreOutage {
+                service,
+                at_ms: rng.random_range(0..heal_at_ms),
+                len_ms: rng.random_range(STORE_OUTAGE_MS.0..=STORE_OUTAGE_MS.1),
+                mode,
+            });
+        }
         plan
     }
 }
@@ -519,6 +600,7 @@ impl FaultPlan {
             FaultKind::PoolExhausted => self.pool_size = 0,
             FaultKind::Skew => self.skew_ms.clear(),
             FaultKind::Prune => self.linger_ms = 0,
+            FaultKind::StoreOutage => self.store_outages.clear(),
             // The relay's wake is the runtime's own path, not a fault.
             FaultKind::Wake => {}
             FaultKind::AppliedPastLimit

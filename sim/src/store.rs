@@ -1,8 +1,10 @@
 //! `SimStore`: the in-memory store (Postgres's locking and visibility) under
 //! a layer that makes every operation take simulated time, so transactions
 //! of racing replicas interleave, and that injects the store's faults:
-//! aborted transactions and the armed crash points (before a commit,
-//! between publish and mark-published). It also checks the relay's rule
+//! aborted transactions, the armed crash points (before a commit,
+//! between publish and mark-published) and one service's database down or
+//! slow while the others serve (the plan's `store_outages`: every
+//! operation that names the service, in or out of a transaction). It also checks the relay's rule
 //! "mark only after publish" where a mark lands, against what the broker
 //! received, and pulls the `lease-ended-mid-publish` steer's lever.
 //!
@@ -22,7 +24,7 @@ use purchase_saga::runtime::store::{
 };
 use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
-use crate::faults::{CrashPoint, FaultKind, Replica};
+use crate::faults::{CrashPoint, FaultKind, OutageMode, Replica, StoreOutage};
 use crate::finding::{check, Finding};
 use crate::world::{EntryKind, World};
 
@@ -105,6 +107,55 @@ impl SimStore {
             waited += POOL_POLL_MS;
         }
         Ok(())
+    }
+
+    /// The plan's outage of `service`'s database covering this moment, if
+    /// any (none once healed). Draws nothing: a plan without outages runs
+    /// exactly as before they existed.
+    fn outage(&self, service: Service) -> Option<StoreOutage> {
+        if self.world.plan.store_outages.is_empty() || self.world.healed() {
+            return None;
+        }
+        let now = self.world.clock.elapsed_ms();
+        self.world
+            .plan
+            .store_outages
+            .iter()
+            .find(|o| o.service == service && o.covers(now))
+            .copied()
+    }
+
+    /// `service`'s database during an outage: `Unavailable` when it is
+    /// down, `extra_ms` more when it is slow; counted and traced either
+    /// way, as an effect on this operation.
+    async fn outage_strikes(&self, service: Service, op: &str) -> StoreResult<()> {
+        let Some(outage) = self.outage(service) else {
+            return Ok(());
+        };
+        match outage.mode {
+            OutageMode::Down => {
+                self.world.fault(
+                    FaultKind::StoreOutage,
+                    Some(service),
+                    format!("{} found {service}'s database down at {op}", self.who()),
+                );
+                Err(StoreError::Unavailable(format!(
+                    "injected: {service}'s database down at {op}"
+                )))
+            }
+            OutageMode::Slow { extra_ms } => {
+                self.world.fault(
+                    FaultKind::StoreOutage,
+                    Some(service),
+                    format!(
+                        "{} waited {extra_ms}ms more on {service}'s slow database at {op}",
+                        self.who()
+                    ),
+                );
+                tokio::time::sleep(Duration::from_millis(extra_ms)).await;
+                Ok(())
+            }
+        }
     }
 
     fn maybe_abort(&self, op: &str) -> StoreResult<()> {
@@ -195,6 +246,8 @@ impl SimStore {
 struct SimTx {
     inner: Box<dyn StoreTx>,
     store: SimStore,
+    /// The service whose database the transaction is in.
+    service: Service,
     /// Rows saved, handed to the safety check if the transaction commits.
     written: Vec<Row>,
     /// Events enqueued, handed to the publish and compensation checks if
@@ -212,29 +265,36 @@ impl Drop for SimTx {
 impl StoreTx for SimTx {
     async fn record_processed(&mut self, event_id: EventId, now: Timestamp) -> StoreResult<bool> {
         self.store.delay().await;
+        self.store.outage_strikes(self.service, "inbox").await?;
         self.store.maybe_abort("inbox")?;
         self.inner.record_processed(event_id, now).await
     }
 
     async fn load_for_update(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
         self.store.delay().await;
+        self.store
+            .outage_strikes(self.service, "select for update")
+            .await?;
         self.store.maybe_abort("select for update")?;
         self.inner.load_for_update(key).await
     }
 
     async fn load(&mut self, key: &RowKey) -> StoreResult<Option<Row>> {
         self.store.delay().await;
+        self.store.outage_strikes(self.service, "select").await?;
         self.inner.load(key).await
     }
 
     async fn save(&mut self, row: &Row) -> StoreResult<()> {
         self.store.delay().await;
+        self.store.outage_strikes(self.service, "save").await?;
         self.inner.save(row).await?;
         self.written.push(row.clone());
         Ok(())
     }
 
     async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+        self.store.outage_strikes(self.service, "enqueue").await?;
         self.inner.enqueue(event, now).await?;
         self.enqueued.push(event.clone());
         Ok(())
@@ -244,6 +304,7 @@ impl StoreTx for SimTx {
         self.store.delay().await;
         self.store.maybe_abort("commit")?;
         self.store.maybe_unavailable("commit")?;
+        self.store.outage_strikes(self.service, "commit").await?;
         self.store.crash_point(CrashPoint::BeforeCommit).await;
         let inner = std::mem::replace(&mut self.inner, Box::new(Committed));
         inner.commit().await?;
@@ -318,11 +379,13 @@ impl Store for SimStore {
         self.acquire().await?;
         self.delay().await;
         self.maybe_unavailable("begin")?;
+        self.outage_strikes(service, "begin").await?;
         let inner = self.world.store.begin(service).await?;
         self.world.tx_opened(self.replica);
         Ok(Box::new(SimTx {
             inner,
             store: self.clone(),
+            service,
             written: Vec::new(),
             enqueued: Vec::new(),
         }))
@@ -337,6 +400,7 @@ impl Store for SimStore {
     ) -> StoreResult<Claimed> {
         self.delay().await;
         self.maybe_unavailable("claim")?;
+        self.outage_strikes(service, "claim").await?;
         let claimed = self.world.store.claim_due(service, now, lease, limit).await?;
         if let Some(replica) = self.replica {
             let seqs: Vec<i64> = claimed.entries.iter().map(|e| e.seq).collect();
@@ -359,6 +423,7 @@ impl Store for SimStore {
         self.mark_after_stall(service, marks, now).await;
         self.delay().await;
         self.maybe_unavailable("mark published")?;
+        self.outage_strikes(service, "mark published").await?;
         self.check_marked_after_publish(service, marks);
         self.world.store.mark_published(service, marks, now).await
     }
@@ -366,28 +431,34 @@ impl Store for SimStore {
     async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
         self.delay().await;
         self.maybe_unavailable("release")?;
+        self.outage_strikes(service, "release").await?;
         self.world.store.release(service, seqs).await
     }
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
         self.delay().await;
         self.maybe_unavailable("processed")?;
+        self.outage_strikes(service, "processed").await?;
         self.world.store.processed(service, event_id).await
     }
 
     async fn writable(&self, service: Service) -> StoreResult<()> {
         self.delay().await;
+        self.outage_strikes(service, "writable").await?;
         self.world.store.writable(service).await
     }
 
     async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
         self.delay().await;
+        // The sagas are Order's rows, in Order's database.
+        self.outage_strikes(Service::Order, "overdue sagas").await?;
         self.world.store.overdue_sagas(before).await
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.delay().await;
         self.maybe_unavailable("deadlines")?;
+        self.outage_strikes(Service::Order, "deadlines").await?;
         self.world.store.orders_past_deadline(now, limit).await
     }
 
@@ -400,6 +471,7 @@ impl Store for SimStore {
     ) -> StoreResult<Pruned> {
         self.delay().await;
         self.maybe_unavailable("prune")?;
+        self.outage_strikes(service, "prune").await?;
         let inbox_before = self.world.store.inbox_ids(service);
         let pruned = self.world.store.prune(service, now, retention, policy).await?;
         if pruned.inbox > 0 {

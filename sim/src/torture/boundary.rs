@@ -6,7 +6,11 @@
 //!   transaction, transactions that fail to begin or commit with a conflict
 //!   or "unavailable" (`store-abort`), relay and sweeper reads and marks
 //!   that fail (`store-abort`); an armed `BeforeCommit` crash point stops
-//!   the replica inside its next commit;
+//!   the replica inside its next commit; the plan's `store_outages` (one
+//!   service's database down or slow while the others serve, windows
+//!   scaled like every other): every call naming that service, and the
+//!   commit of its transactions, fails as unreachable or waits the extra
+//!   (`store-outage`, counted per call it hit);
 //! - bus: publishes delayed, dropped (`drop-publish`) or made twice
 //!   (`duplicate`), a batch publish that fails part of the way
 //!   (`drop-publish`: the leading events go out, the relay is told the rest
@@ -33,7 +37,7 @@ use purchase_saga::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use purchase_saga::runtime::store::{Claimed, OutboxEntry, Pruned, StoreResult};
 use purchase_saga::runtime::{Mark, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
-use crate::faults::{CrashPoint, FaultKind, Replica};
+use crate::faults::{CrashPoint, FaultKind, OutageMode, Replica};
 
 use super::state::{Shared, Swallowed};
 use super::TIME_DIVISOR;
@@ -79,6 +83,34 @@ fn unavailable(shared: &Shared, what: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// The plan's outage of `service`'s database, if one covers this moment
+/// (plan time: real time times [`TIME_DIVISOR`]): unreachable when down,
+/// the extra wait (scaled) when slow; counted where it hit.
+async fn outage(shared: &Shared, service: Service, what: &str) -> StoreResult<()> {
+    if shared.plan.store_outages.is_empty() || shared.healed() {
+        return Ok(());
+    }
+    let plan_ms = i64::try_from(shared.now_ms().saturating_mul(TIME_DIVISOR)).unwrap_or(i64::MAX);
+    let Some(o) = shared
+        .plan
+        .store_outages
+        .iter()
+        .find(|o| o.service == service && o.covers(plan_ms))
+    else {
+        return Ok(());
+    };
+    shared.count(FaultKind::StoreOutage);
+    match o.mode {
+        OutageMode::Down => Err(StoreError::Unavailable(format!(
+            "torture: {service}'s database down at {what}"
+        ))),
+        OutageMode::Slow { extra_ms } => {
+            tokio::time::sleep(Duration::from_millis(extra_ms / TIME_DIVISOR)).await;
+            Ok(())
+        }
+    }
+}
+
 /// One replica's (or the client's) store.
 pub struct FaultyStore {
     pub inner: Arc<dyn Store>,
@@ -100,12 +132,14 @@ impl Store for FaultyStore {
     async fn begin(&self, service: Service) -> StoreResult<Box<dyn StoreTx>> {
         jitter(&self.shared).await;
         self.strike("begin")?;
+        outage(&self.shared, service, "begin").await?;
         let inner = self.inner.begin(service).await?;
         self.shared.tx_opened(self.replica);
         Ok(Box::new(FaultyTx {
             inner: Some(inner),
             shared: self.shared.clone(),
             replica: self.replica,
+            service,
         }))
     }
 
@@ -117,6 +151,7 @@ impl Store for FaultyStore {
         limit: usize,
     ) -> StoreResult<Claimed> {
         self.strike("claim_due")?;
+        outage(&self.shared, service, "claim_due").await?;
         self.inner.claim_due(service, now, lease, limit).await
     }
 
@@ -127,21 +162,25 @@ impl Store for FaultyStore {
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
         self.strike("outbox_due")?;
+        outage(&self.shared, service, "outbox_due").await?;
         self.inner.outbox_due(service, now, limit).await
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
         self.strike("mark_published")?;
+        outage(&self.shared, service, "mark_published").await?;
         self.inner.mark_published(service, marks, now).await
     }
 
     async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
         self.strike("release")?;
+        outage(&self.shared, service, "release").await?;
         self.inner.release(service, seqs).await
     }
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
         self.strike("processed")?;
+        outage(&self.shared, service, "processed").await?;
         self.inner.processed(service, event_id).await
     }
 
@@ -151,11 +190,13 @@ impl Store for FaultyStore {
 
     async fn overdue_sagas(&self, before: Timestamp) -> StoreResult<u64> {
         self.strike("overdue_sagas")?;
+        outage(&self.shared, Service::Order, "overdue_sagas").await?;
         self.inner.overdue_sagas(before).await
     }
 
     async fn orders_past_deadline(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<OrderId>> {
         self.strike("orders_past_deadline")?;
+        outage(&self.shared, Service::Order, "orders_past_deadline").await?;
         self.inner.orders_past_deadline(now, limit).await
     }
 
@@ -180,6 +221,8 @@ struct FaultyTx {
     inner: Option<Box<dyn StoreTx>>,
     shared: Arc<Shared>,
     replica: Option<Replica>,
+    /// The service whose database the transaction is in.
+    service: Service,
 }
 
 impl FaultyTx {
@@ -263,6 +306,10 @@ impl StoreTx for FaultyTx {
             return Err(store_fault(&self.shared, "commit"));
         }
         if let Err(e) = unavailable(&self.shared, "commit") {
+            self.inner = None;
+            return Err(e);
+        }
+        if let Err(e) = outage(&self.shared, self.service, "commit").await {
             self.inner = None;
             return Err(e);
         }
