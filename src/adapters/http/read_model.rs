@@ -50,6 +50,9 @@ pub trait ReadModel: Send + Sync + 'static {
         service: Service,
         events: &[EventId],
     ) -> StoreResult<Vec<(EventId, Timestamp)>>;
+    /// Every item of the catalog with its stock, sorted by id (`GET
+    /// /items`; see [`super::items`]).
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>>;
 }
 
 /// The newest-first key of an order (see [`ReadModel::user_orders`]).
@@ -121,6 +124,10 @@ impl ReadModel for MemoryStore {
             .filter_map(|id| MemoryStore::processed_at(self, service, *id).map(|at| (*id, at)))
             .collect())
     }
+
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        super::items::memory_items(self).await
+    }
 }
 
 #[async_trait]
@@ -172,6 +179,10 @@ impl ReadModel for PgStore {
     ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         PgStore::processed_at(self, service, events).await
     }
+
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        super::items::pg_items(self).await
+    }
 }
 
 #[async_trait]
@@ -199,5 +210,8 @@ impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
         events: &[EventId],
     ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         (**self).processed_at(service, events).await
+    }
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        (**self).items().await
     }
 }

@@ -48,6 +48,7 @@
 
 mod command;
 mod heartbeat;
+mod operator;
 mod ops;
 mod scripts;
 
@@ -66,6 +67,7 @@ use crate::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
 use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use command::RedisCommand;
+pub use operator::PendingSummary;
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
 pub use scripts::is_oom;
 
