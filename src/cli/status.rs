@@ -518,7 +518,7 @@ mod tests {
             bus_mismatch: None,
         });
         assert!(
-            shown.contains("user                 0        1             1.2s x1"),
+            shown.contains("user                 0        1          1.2s x1"),
             "{shown}"
         );
     }
