@@ -1310,11 +1310,13 @@ async fn outbox_quarantined_lists_and_release_makes_rows_due() {
 
 // ---------------------------------------------------------------- issue 27
 
-/// Runs `args` with stdout a pipe whose reading end is already closed, so
-/// the first write fails with EPIPE however fast the child is.
+/// Runs `args` with stdout a socket whose peer is already closed, so the
+/// first write fails with EPIPE however fast the child is (as a pipe whose
+/// reader exited: `| head`).
 fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
     drop(reader);
+    let writer = std::os::fd::OwnedFd::from(writer);
     let mut command = bin();
     command.args(args).stdout(writer).stderr(Stdio::piped());
     for (k, v) in env {

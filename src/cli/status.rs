@@ -290,9 +290,9 @@ pub fn render(status: &Status) -> String {
     if let Some(m) = &status.bus_mismatch {
         let _ = writeln!(s, "error: {m}");
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}\n",
+        "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}",
         "service", "lag", "pending", "oldest-pending", "outbox", "dead"
     );
     for r in &status.services {
