@@ -283,7 +283,12 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     let anonymous = get_as(vec![]).await;
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
     let other = get_as(vec![("Authorization", other_token.clone())]).await;
-    assert_eq!(other.status, 403, "{}", other.text());
+    assert_eq!(
+        other.status,
+        404,
+        "another user's order is not told: {}",
+        other.text()
+    );
     let own = get_as(vec![("Authorization", user_token.clone())]).await;
     assert_eq!(own.status, 200, "{}", own.text());
 
@@ -1220,7 +1225,11 @@ async fn outbox_quarantined_lists_and_release_makes_rows_due() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<&str> = stdout.lines().collect();
+    let lines: Vec<&str> = stdout.lines().skip(1).collect();
+    assert!(
+        stdout.starts_with("service\tseq\tevent-type\torder\tstate\n"),
+        "a header: {stdout}"
+    );
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(
         lines[0].starts_with("order\t1\tORDER_CREATED\to-garbage\tquarantined ")
@@ -1242,7 +1251,12 @@ async fn outbox_quarantined_lists_and_release_makes_rows_due() {
         .map(|r| r["seq"].as_i64().expect("seq"))
         .collect();
     assert_eq!(seqs, [1, 2], "{listed}");
-    assert_eq!(listed[1]["needs_schema_version"], 99);
+    assert_eq!(listed[1]["needsSchemaVersion"], 99);
+    assert_eq!(
+        (listed[0]["service"].as_str(), listed[0]["eventType"].as_str()),
+        (Some("order"), Some("ORDER_CREATED")),
+        "{listed}"
+    );
 
     let out = run(&[
         "--database-url",
@@ -1299,4 +1313,490 @@ async fn outbox_quarantined_lists_and_release_makes_rows_due() {
         "{}",
         text(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------- issue 27
+
+/// Runs `args` with stdout a socket whose peer is already closed, so the
+/// first write fails with EPIPE however fast the child is (as a pipe whose
+/// reader exited: `| head`).
+fn run_into_closed_pipe(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    drop(reader);
+    let writer = std::os::fd::OwnedFd::from(writer);
+    let mut command = bin();
+    command.args(args).stdout(writer).stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("the binary runs")
+}
+
+/// Issue 27: `purchase-saga token list | head -1` panicked with "failed
+/// printing to stdout: Broken pipe". A closed stdout now ends the process
+/// quietly with 141 (what a shell reports for SIGPIPE), for every command:
+/// a table (`token list`), JSON (`--json`) and a long script
+/// (`completions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_process_quietly() {
+    let db = TestDb::create().await;
+    let issued = run(&["--database-url", &db.url, "token", "issue", "--admin"]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    for args in [
+        vec!["--database-url", db.url.as_str(), "token", "list"],
+        vec!["--database-url", db.url.as_str(), "token", "list", "--json"],
+        vec!["completions", "bash"],
+    ] {
+        let out = run_into_closed_pipe(&args, &[]);
+        let stderr = text(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+}
+
+/// Issue 27: `--help` printed the database password from the environment,
+/// `RUST_LOG` was undocumented, and only three settings came from the
+/// environment. Every `serve` option names its variable, URL values are
+/// hidden, `RUST_LOG` is explained.
+#[test]
+fn help_names_every_variable_and_never_prints_a_secret() {
+    let secret_env = [
+        ("DATABASE_URL", "postgres://app:pg-s3cret@db.example:5432/saga"),
+        ("REDIS_URL", "redis://:redis-s3cret@cache.example:6379"),
+    ];
+    for args in [&["--help"][..], &["serve", "--help"], &["audit", "--help"]] {
+        let mut command = bin();
+        command.args(args);
+        for (k, v) in secret_env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!help.contains("s3cret"), "{args:?} prints a secret:\n{help}");
+        assert!(help.contains("[env: DATABASE_URL]"), "{args:?}:\n{help}");
+    }
+    let out = run(&["--help"]);
+    let help = text(&out.stdout);
+    assert!(help.contains("RUST_LOG"), "{help}");
+    // Every option of `serve` (its own and the global ones) can come from
+    // the environment; only --help cannot.
+    let help = text(&run(&["serve", "--help"]).stdout);
+    let mut options: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-') && line.starts_with("  ") {
+            let name = trimmed
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or(trimmed);
+            options.push((name.to_string(), String::new()));
+        } else if let Some((_, block)) = options.last_mut() {
+            block.push_str(line);
+        }
+    }
+    let missing: Vec<&str> = options
+        .iter()
+        .filter(|(name, block)| name != "--help" && !block.contains("[env: "))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(options.len() >= 10, "{options:?}");
+    assert!(
+        missing.is_empty(),
+        "no environment variable for {missing:?}:\n{help}"
+    );
+}
+
+/// Issue 27: `--http localhost:8080` was rejected. A host name is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_a_host_name_in_http() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = bin()
+        .args(["--in-memory", "serve", "--http", &format!("localhost:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while client::request(addr, "GET", "/healthz", &[], b"", Duration::from_secs(5))
+        .await
+        .map_or(true, |r| r.status != 200)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "serve --http localhost:{port} exited"
+        );
+        assert!(Instant::now() < until, "serve never answered on localhost:{port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    terminate(child.id());
+    let _ = child.wait();
+    assert_clap_refuses(
+        &["serve", "--http", "no-such-host.invalid:8080"],
+        "invalid value 'no-such-host.invalid:8080' for '--http <ADDR>'",
+    );
+}
+
+/// Issue 27: shell completions.
+#[test]
+fn completions_cover_every_command_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        let script = text(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        // fish writes flags as `-l redis-prefix`.
+        for word in ["purchase-saga", "audit", "dlq", "redis-prefix", "json", "purge"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    assert_clap_refuses(&["completions", "cmd.exe"], "invalid value 'cmd.exe'");
+}
+
+/// Issue 27: `token revoke --id` of a token that does not exist said
+/// "revoked 0" and exited 0; `token list --json` is the table as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_revoke_of_no_token_fails_and_token_list_has_json() {
+    let db = TestDb::create().await;
+    let with_db = |args: &[&str]| {
+        let mut all = vec!["--database-url", db.url.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let issued = with_db(&["token", "issue", "--user", "u-9", "--ttl", "1d"]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    let listed = with_db(&["token", "list", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let tokens: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let tokens = tokens.as_array().expect("an array");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let t = &tokens[0];
+    assert_eq!(
+        (t["kind"].as_str(), t["userId"].as_str(), t["state"].as_str()),
+        (Some("user"), Some("u-9"), Some("active"))
+    );
+    assert!(t["createdAt"].is_string() && t["expiresAt"].is_string(), "{t}");
+    let id = t["id"].as_str().unwrap().to_string();
+    let table = text(&with_db(&["token", "list"]).stdout);
+    assert!(table.starts_with("id "), "a table with a header: {table}");
+
+    let unknown = with_db(&["token", "revoke", "--id", "0123456789abcdef"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown.stdout));
+    assert!(
+        text(&unknown.stderr).contains("no such token: 0123456789abcdef"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let revoked = with_db(&["token", "revoke", "--id", &id]);
+    assert!(
+        text(&revoked.stdout).contains("revoked 1 token(s)"),
+        "{}",
+        text(&revoked.stdout)
+    );
+    let again = with_db(&["token", "revoke", "--id", &id]);
+    assert_eq!(again.status.code(), Some(0), "revoking twice is no error");
+    assert!(
+        text(&again.stdout).contains("already revoked"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+/// Plants a dead letter of `service` with `reason`; returns its id.
+fn plant_dead_letter(redis: &TestRedis, service: &str, reason: &str) -> String {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("XADD")
+        .arg(format!("{}:dead:{service}", redis.prefix))
+        .arg("*")
+        .arg("entry_id")
+        .arg("1-0")
+        .arg("reason")
+        .arg(reason)
+        .arg("attempt")
+        .arg(10)
+        .arg("payload")
+        .arg("{}")
+        .query(&mut conn)
+        .unwrap()
+}
+
+fn dead_letter_count(redis: &TestRedis, service: &str) -> u64 {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("XLEN")
+        .arg(format!("{}:dead:{service}", redis.prefix))
+        .query(&mut conn)
+        .unwrap()
+}
+
+/// Issue 27: `dlq` had no way to discard a dead letter, and `dlq replay
+/// --id garbage` said "bus unavailable". `drop` and `purge` need `--yes`
+/// (without it: refused, exit 1, nothing changed); a malformed id is an
+/// input error before Redis is asked; `list --json` and a table header.
+#[test]
+fn dlq_drops_and_purges_with_confirmation_and_names_bad_ids() {
+    let redis = TestRedis::create("cli-dlq27");
+    let with = |args: &[&str]| {
+        let mut all = vec![
+            "--redis-url",
+            redis.url.as_str(),
+            "--redis-prefix",
+            redis.prefix.as_str(),
+        ];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    for action in ["replay", "drop"] {
+        let out = run(&[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "dlq",
+            action,
+            "--service",
+            "payment",
+            "--id",
+            "garbage",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{action}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'garbage' for '--id <ENTRY>'") && !stderr.contains("unavailable"),
+            "{action}: {stderr}"
+        );
+    }
+    let first = plant_dead_letter(&redis, "payment", "poison one");
+    let second = plant_dead_letter(&redis, "payment", "poison two");
+    plant_dead_letter(&redis, "user", "poison three");
+
+    let listed = with(&["dlq", "list", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let letters: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let ids: Vec<(&str, &str)> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["service"].as_str().unwrap(), l["deadId"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 3, "{letters}");
+    assert!(ids.contains(&("payment", first.as_str())) && ids.contains(&("payment", second.as_str())));
+    let first_json = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["deadId"] == first.as_str())
+        .unwrap();
+    assert_eq!(
+        (first_json["reason"].as_str(), first_json["attempt"].as_u64()),
+        (Some("poison one"), Some(10))
+    );
+    let table = text(&with(&["dlq", "list"]).stdout);
+    assert!(
+        table.starts_with("service\tdead-id\tentry-id\tattempts\treason\tpayload\n"),
+        "{table}"
+    );
+
+    let refused = with(&["dlq", "drop", "--service", "payment", "--id", &first]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("refused without --yes"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let refused = with(&["dlq", "purge", "--service", "payment"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("refused without --yes"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(dead_letter_count(&redis, "payment"), 2, "nothing changed");
+
+    let dropped = with(&["dlq", "drop", "--service", "payment", "--id", &first, "--yes"]);
+    assert!(dropped.status.success(), "{}", text(&dropped.stderr));
+    assert_eq!(dead_letter_count(&redis, "payment"), 1);
+    let again = with(&["dlq", "drop", "--service", "payment", "--id", &first, "--yes"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains(&format!("no dead letter {first}")),
+        "{}",
+        text(&again.stderr)
+    );
+    let purged = with(&["dlq", "purge", "--service", "payment", "--yes"]);
+    assert!(
+        text(&purged.stdout).contains("purged 1 dead letter(s) of payment"),
+        "{}",
+        text(&purged.stdout)
+    );
+    assert_eq!(dead_letter_count(&redis, "payment"), 0);
+    assert_eq!(dead_letter_count(&redis, "user"), 1, "only that service");
+}
+
+/// Issue 27: `REDIS_PREFIX=typo-prefix purchase-saga audit` said "clean"
+/// and `status` showed zeros. When the database shows events consumed
+/// from the bus and no stream exists under the prefix, both exit 3 naming
+/// the prefix and the streams expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_status_refuse_a_prefix_under_which_nothing_exists() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-prefix");
+    let tokens = scratch_file("prefix-tokens");
+    let seeded = run_on(
+        &db,
+        &redis,
+        &["seed-demo", "--tokens-file", tokens.to_str().unwrap()],
+    );
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let _ = std::fs::remove_file(&tokens);
+    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let all = Serving::start(&db, &redis, "all").await;
+    place_for(all.addr, &admin, "demo-user-3").await;
+    let settled = run_on(&db, &redis, &["audit", "--wait", "30"]);
+    assert_eq!(settled.status.code(), Some(0), "{}", text(&settled.stdout));
+    all.stop().await;
+
+    let typo = format!("{}-typo", redis.prefix);
+    let with_typo = |args: &[&str]| {
+        let mut all = vec![
+            "--database-url",
+            db.url.as_str(),
+            "--redis-url",
+            redis.url.as_str(),
+        ];
+        all.extend_from_slice(args);
+        let mut command = bin();
+        command.args(&all).env("REDIS_PREFIX", &typo);
+        command.output().unwrap()
+    };
+    let audit = with_typo(&["audit"]);
+    let stdout = text(&audit.stdout);
+    assert_eq!(audit.status.code(), Some(3), "{stdout}{}", text(&audit.stderr));
+    assert!(stdout.contains(&format!("prefix \"{typo}\"")), "{stdout}");
+    assert!(stdout.contains(&format!("{typo}:stream:user")), "{stdout}");
+    assert!(!stdout.contains("clean"), "{stdout}");
+    let json = with_typo(&["audit", "--json"]);
+    assert_eq!(json.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["verdict"], "busMismatch", "{report}");
+    let status = with_typo(&["status"]);
+    let stdout = text(&status.stdout);
+    assert_eq!(status.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains(&format!("{typo}:stream:payment")), "{stdout}");
+    let status = with_typo(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert!(
+        s["busMismatch"].as_str().is_some_and(|m| m.contains(&typo)),
+        "{s}"
+    );
+    // The right prefix is fine.
+    let right = run_on(&db, &redis, &["status"]);
+    assert_eq!(right.status.code(), Some(0), "{}", text(&right.stdout));
+}
+
+/// Issue 27: plain `audit` called dead letters "violations of safety
+/// invariants" while `--safety-only` said "clean (safety invariants)" on
+/// the same data. Safety means the same in both; dead letters are their
+/// own finding (exit 1 still), and `--json` says which is which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safety_means_the_same_in_every_audit_mode() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-safety");
+    let tokens = scratch_file("safety-tokens");
+    let seeded = run_on(
+        &db,
+        &redis,
+        &["seed-demo", "--tokens-file", tokens.to_str().unwrap()],
+    );
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let _ = std::fs::remove_file(&tokens);
+    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    // Traffic in flight: an order whose ORDER_CREATED no User consumer takes.
+    let order_only = Serving::start(&db, &redis, "order").await;
+    place_for(order_only.addr, &admin, "demo-user-3").await;
+    plant_dead_letter(&redis, "payment", "planted by the test");
+    let until = Instant::now() + Duration::from_secs(30);
+    let plain = loop {
+        let out = run_on(&db, &redis, &["audit"]);
+        if text(&out.stdout).contains("1 bus entries undelivered") {
+            break out;
+        }
+        assert!(Instant::now() < until, "never on the bus: {}", text(&out.stdout));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    order_only.stop().await;
+    let stdout = text(&plain.stdout);
+    assert_eq!(
+        plain.status.code(),
+        Some(1),
+        "a dead letter fails the audit: {stdout}"
+    );
+    assert!(!stdout.contains("violation(s) of safety"), "{stdout}");
+    assert!(
+        stdout.contains("audit: clean (safety invariants; the quiescent ones need a quiescent system"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not a safety violation")
+            && stdout.contains("[no-dead-letter] service Payment: 1 dead letter(s)"),
+        "{stdout}"
+    );
+    let safety = run_on(&db, &redis, &["audit", "--safety-only"]);
+    assert_eq!(safety.status.code(), Some(0), "{}", text(&safety.stdout));
+    assert!(text(&safety.stdout).contains("audit: clean (safety invariants (--safety-only)"));
+
+    let json = run_on(&db, &redis, &["audit", "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["verdict"], "violations", "{report}");
+    assert_eq!(report["exitCode"], 1);
+    assert_eq!(report["quiescent"], false);
+    assert_eq!(report["safetyViolations"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["deadLetters"][0]["invariant"], "no-dead-letter",
+        "{report}"
+    );
+    assert_eq!(report["inFlight"][0]["service"], "user", "{report}");
+    assert_eq!(report["inFlight"][0]["undelivered"], 1, "{report}");
+    assert_eq!(report["counts"]["users"], 40);
+    let safety_json = run_on(&db, &redis, &["audit", "--safety-only", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&safety_json.stdout).expect("JSON");
+    assert_eq!(
+        (report["verdict"].as_str(), report["mode"].as_str()),
+        (Some("clean"), Some("safetyOnly"))
+    );
+}
+
+/// Issue 27: `status` showed "(-0.0s ago)" and `"ageMs": -16`: the oldest
+/// order's age is this host's clock against a creation time another
+/// host's clock wrote. A skewed creation time reads as age 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_ages_are_never_negative() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-ages");
+    let migrated = run_on(&db, &redis, &["migrate"]);
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    // Written by a host whose clock runs 5 s ahead.
+    sqlx::query(
+        "INSERT INTO order_svc.orders (order_id, user_id, item_id, item_name, quantity, total_amount, \
+         payment_method, status, created_at, deadline_at, deadline_signalled, updated_at) VALUES \
+         ('skewed', 'u-1', 'i-1', 'Item', 1, 10, 'WALLET', 'PENDING', now() + interval '5 seconds', \
+         now() + interval '305 seconds', false, now() + interval '5 seconds')",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let out = run_on(&db, &redis, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(s["oldestInFlight"]["orderId"], "skewed", "{s}");
+    assert_eq!(s["oldestInFlight"]["ageMs"], 0, "{s}");
+    let human = text(&run_on(&db, &redis, &["status"]).stdout);
+    assert!(human.contains("(0.0s ago"), "{human}");
+    assert!(!human.contains("-0.0s"), "{human}");
 }

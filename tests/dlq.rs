@@ -46,8 +46,14 @@ fn cli(redis: &TestRedis, db: &TestDb, args: &[&str]) -> Output {
 
 fn listed(redis: &TestRedis, db: &TestDb) -> Vec<Vec<String>> {
     let out = cli(redis, db, &["dlq", "list", "--service", "order"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("service\tdead-id\tentry-id\tattempts\treason\tpayload"),
+        "a header first"
+    );
+    lines
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
 }

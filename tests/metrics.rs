@@ -208,9 +208,50 @@ async fn saga_counters_match_the_outcomes_in_memory() {
     );
     assert_eq!(sum(&after, "saga_dead_letters_total"), 0.0);
     assert_eq!(
-        sum(&after, "saga_redrives_total"),
+        sum(&after, "saga_outbox_republished_total"),
         0.0,
         "nothing is re-driven within a minute"
+    );
+    // Issue 27: HTTP requests by route and status, saga end-to-end
+    // latency, build info.
+    let posts = "{method=\"POST\",route=\"/orders\",status=\"202\"}";
+    assert_eq!(
+        get(&after, &format!("http_requests_total{posts}")),
+        bodies.len() as f64
+    );
+    assert_eq!(
+        get(&after, &format!("http_request_duration_seconds_count{posts}")),
+        bodies.len() as f64
+    );
+    assert_eq!(
+        get(
+            &after,
+            "http_requests_total{method=\"GET\",route=\"/metrics\",status=\"200\"}"
+        ),
+        1.0,
+        "the first scrape, counted once answered"
+    );
+    assert_eq!(
+        sum(&after, "saga_duration_seconds_count{"),
+        bodies.len() as f64,
+        "every saga's duration, from its start to its end"
+    );
+    assert_eq!(
+        get(&after, "saga_duration_seconds_count{outcome=\"completed\"}"),
+        get(&after, "saga_completed_total")
+    );
+    let build = after
+        .iter()
+        .find(|(k, _)| k.starts_with("saga_build_info{"))
+        .unwrap_or_else(|| panic!("no saga_build_info"));
+    assert_eq!(*build.1, 1.0);
+    assert!(
+        build
+            .0
+            .contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.0.contains("commit=\""),
+        "{}",
+        build.0
     );
     // Every delivery is in the latency histogram of its service.
     for service in Service::ALL {

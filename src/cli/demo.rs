@@ -278,7 +278,10 @@ async fn edge_checks(
         }
         None => 0,
     };
-    checks.push(("another user's order -> 403".to_string(), snooping == 403));
+    checks.push((
+        "another user's order -> 404 (as a missing one)".to_string(),
+        snooping == 404,
+    ));
     checks
 }
 

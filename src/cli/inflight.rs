@@ -122,23 +122,27 @@ pub fn orders_in_flight(snapshot: &Snapshot) -> usize {
 }
 
 /// Whether the system was quiescent around `snapshot`: empty when it was,
-/// else the reasons it was not (see the module docs).
+/// else the reasons it was not (see the module docs). The counts are
+/// `after`'s, the reading the audit prints per service, so the header and
+/// the lines under it agree; work seen only by `before` is named apart.
 pub fn busy_reasons(before: &InFlight, snapshot: &Snapshot, after: &InFlight) -> Vec<String> {
     let mut reasons = Vec::new();
-    let (pending, undelivered, unpublished) = before.totals();
-    let (pending_after, undelivered_after, unpublished_after) = after.totals();
+    let (pending, undelivered, unpublished) = after.totals();
     let mut count = |n: u64, what: &str| {
         if n > 0 {
             reasons.push(format!("{n} {what}"));
         }
     };
-    count(pending.max(pending_after), "bus entries pending");
-    count(undelivered.max(undelivered_after), "bus entries undelivered");
-    count(
-        u64::try_from(unpublished.max(unpublished_after)).unwrap_or(0),
-        "outbox rows unpublished",
-    );
+    count(pending, "bus entries pending");
+    count(undelivered, "bus entries undelivered");
+    count(u64::try_from(unpublished).unwrap_or(0), "outbox rows unpublished");
     count(orders_in_flight(snapshot) as u64, "orders not terminal");
+    if reasons.is_empty() && !before.is_quiet() {
+        let (p, u, o) = before.totals();
+        reasons.push(format!(
+            "work in flight when the audit began reading ({p} pending, {u} undelivered, {o} unpublished)"
+        ));
+    }
     if reasons.is_empty() && !before.same_progress(after) {
         reasons.push("services applied events while the audit read their state".to_string());
     }
@@ -216,6 +220,28 @@ mod tests {
             ["1 orders not terminal"]
         );
         assert_eq!(orders_in_flight(&pending), 1);
+    }
+
+    /// Issue 27: "9 bus entries pending" in the header above lines that add
+    /// up to 4. The header counts the reading the lines print.
+    #[test]
+    fn the_header_counts_what_the_lines_show() {
+        let done = snapshot_with(OrderStatus::Completed);
+        let mut before = quiet();
+        before.0[1].pending = 9;
+        let mut after = quiet();
+        after.0[1].pending = 3;
+        after.0[2].pending = 1;
+        let reasons = busy_reasons(&before, &done, &after);
+        let lines = after.to_string();
+        let summed: u64 = after.0.iter().map(|s| s.pending).sum();
+        assert_eq!(reasons, [format!("{summed} bus entries pending")], "{lines}");
+        assert_eq!(lines, "  user: 3 pending, 0 undelivered, 0 unpublished\n  inventory: 1 pending, 0 undelivered, 0 unpublished\n");
+        assert_eq!(
+            busy_reasons(&before, &done, &quiet()),
+            ["work in flight when the audit began reading (9 pending, 0 undelivered, 0 unpublished)"],
+            "busy before, quiet after: still not quiescent, and said apart"
+        );
     }
 
     #[test]

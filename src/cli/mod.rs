@@ -17,18 +17,28 @@
 //!   restarts, then audit (not for CI; see `chaos.rs`).
 //! - `demo`: all of the above in one process, with orders over HTTP.
 //! - `bench`: throughput and latency against the database's own ceiling.
+//! - `completions`: a shell completion script (bash, zsh, fish, ...).
+//!
+//! Every `serve` setting comes from a flag or from the environment
+//! variable named in `--help` (a flag wins); URLs are never echoed with
+//! their password (`hide_env_values`). Output that scripts read has a
+//! `--json` form with stable field names (see `output.rs`); a closed
+//! stdout (`| head`) ends the process quietly.
 
 pub mod audit;
 pub mod backend;
 pub mod bench;
+pub mod bus_check;
 pub mod chaos;
 pub mod client;
+pub mod completions;
 pub mod demo;
 pub mod dlq;
 pub mod hops;
 pub mod inflight;
 pub mod logging;
 pub mod outbox;
+pub mod output;
 pub mod seed;
 pub mod serve;
 pub mod status;
@@ -47,9 +57,28 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// Default Redis URL: the local service.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// `--version`: the crate version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PURCHASE_SAGA_COMMIT"),
+    ")"
+);
+
+/// What `--help` says after the options: the logging variable.
+const AFTER_HELP: &str = "\
+Environment:
+  RUST_LOG   which log lines go to stderr, as tracing's EnvFilter reads it
+             (default `info,sqlx=warn`; e.g. `RUST_LOG=debug`,
+             `RUST_LOG=purchase_saga=trace,info`)
+  NO_COLOR   set to anything: no colour in human logs (none when stderr
+             is not a terminal anyway)
+Every option that names an [env: ...] variable reads it when the option
+is not given; URL values from the environment are not shown.";
+
 /// A choreographed purchase saga on PostgreSQL and Redis Streams.
 #[derive(Debug, Parser)]
-#[command(name = "purchase-saga", version, about)]
+#[command(name = "purchase-saga", version = VERSION, about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -61,32 +90,40 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true,
+          global = true)]
     pub database_url: String,
     /// PostgreSQL URL of the Order service's database (its schema
     /// `order_svc`); DATABASE_URL when unset. One pool per distinct URL:
     /// with none of the per-service URLs set, every service shares
     /// DATABASE_URL's one database.
-    #[arg(long, env = "DATABASE_URL_ORDER", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_ORDER", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_order: Option<String>,
     /// PostgreSQL URL of the User service's database (`user_svc`).
-    #[arg(long, env = "DATABASE_URL_USER", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_USER", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_user: Option<String>,
     /// PostgreSQL URL of the Payment service's database (`payment_svc`).
-    #[arg(long, env = "DATABASE_URL_PAYMENT", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_PAYMENT", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_payment: Option<String>,
     /// PostgreSQL URL of the Inventory service's database (`inventory_svc`).
-    #[arg(long, env = "DATABASE_URL_INVENTORY", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_INVENTORY", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_inventory: Option<String>,
     /// PostgreSQL URL of the Item service's database (`item_svc`).
-    #[arg(long, env = "DATABASE_URL_ITEM", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_ITEM", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_item: Option<String>,
     /// PostgreSQL URL of the Notification service's database
     /// (`notification_svc`).
-    #[arg(long, env = "DATABASE_URL_NOTIFICATION", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_NOTIFICATION", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_notification: Option<String>,
     /// PostgreSQL URL of the HTTP API's database (tokens, `api_auth`).
-    #[arg(long, env = "DATABASE_URL_API", value_name = "URL", global = true)]
+    #[arg(long, env = "DATABASE_URL_API", value_name = "URL", hide_env_values = true,
+          global = true)]
     pub database_url_api: Option<String>,
     /// Most connections of each PostgreSQL pool (one pool per distinct
     /// database URL). Keep the sum over every process sharing a server
@@ -96,7 +133,8 @@ pub struct GlobalArgs {
     pub pg_pool_max: u32,
     /// Redis connection URL; several, comma-separated, name the nodes of
     /// a Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, global = true)]
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true,
+          global = true)]
     pub redis_url: String,
     /// The Redis URL is the seed of a Redis Cluster (a comma-separated
     /// list of node URLs names a cluster without this flag).
@@ -109,27 +147,27 @@ pub struct GlobalArgs {
     pub redis_prefix: String,
     /// Seconds from an order's creation to its saga deadline (the founding
     /// document's 5-minute reservation TTL by default).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+    #[arg(long, env = "SAGA_DEADLINE", value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u32).range(1..=86_400), global = true)]
     pub saga_deadline: u32,
     /// Entries a consumer takes from the bus per receive (and outbox rows a
     /// relay publishes per pass). A smaller batch spreads a burst over the
     /// replicas sooner.
-    #[arg(long, default_value_t = 32,
+    #[arg(long, env = "SAGA_BATCH_SIZE", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1_000), global = true)]
     pub batch_size: u16,
     /// Orders of one batch a consumer handles at once (one order's events
     /// stay in order); each holds a database connection meanwhile.
-    #[arg(long, default_value_t = 8,
+    #[arg(long, env = "SAGA_HANDLE_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256), global = true)]
     pub handle_concurrency: u16,
     /// Whether a consumer applies a batch's events in one database
     /// transaction (`on`) or one transaction per event (`off`, the
     /// control). `bench` runs both in one run whatever this says.
-    #[arg(long, value_enum, default_value_t = OnOff::On, global = true)]
+    #[arg(long, env = "SAGA_BATCH_APPLY", value_enum, default_value_t = OnOff::On, global = true)]
     pub batch_apply: OnOff,
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    #[arg(long, env = "SAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
     /// Seconds a PostgreSQL session may sit idle inside a transaction before
     /// the server ends it and releases its locks (a frozen or paused
@@ -140,7 +178,7 @@ pub struct GlobalArgs {
     pub pg_idle_in_transaction_timeout: u32,
     /// Run on the in-memory store and bus instead of Postgres and Redis
     /// (one process only: nothing is kept after it exits).
-    #[arg(long, global = true)]
+    #[arg(long, env = "SAGA_IN_MEMORY", global = true)]
     pub in_memory: bool,
 }
 
@@ -202,18 +240,25 @@ pub enum Command {
     /// database's own single-row transaction ceiling (fresh database and
     /// Redis prefix per run).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g.
+    /// `purchase-saga completions bash > /etc/bash_completion.d/purchase-saga`.
+    Completions(completions::CompletionsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Services to run, comma-separated, or `all`.
-    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = parse_services)]
+    #[arg(long, env = "SAGA_SERVICES", value_delimiter = ',', default_value = "all",
+          value_parser = parse_services)]
     pub services: Vec<Vec<Service>>,
     /// Consumers per service (they share the service's consumer group).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "SAGA_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
     pub replicas: u16,
-    /// Serve the HTTP API on this address, e.g. 127.0.0.1:8080.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve the HTTP API on this address: `HOST:PORT` with an IP address
+    /// or a host name (resolved once, at start), e.g. `127.0.0.1:8080`,
+    /// `localhost:8080`, `[::]:8080`.
+    #[arg(long, env = "SAGA_HTTP", value_name = "ADDR", value_parser = parse_http_addr)]
     pub http: Option<std::net::SocketAddr>,
 }
 
@@ -223,6 +268,29 @@ impl ServeArgs {
         let chosen: Vec<Service> = self.services.iter().flatten().copied().collect();
         Service::ALL.into_iter().filter(|s| chosen.contains(s)).collect()
     }
+}
+
+/// `HOST:PORT` to the first address it resolves to (IPv4 first, as
+/// `localhost` is most often meant so).
+pub fn parse_http_addr(raw: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    if !raw.contains(':') {
+        return Err(format!(
+            "expected HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080; got {raw:?}"
+        ));
+    }
+    let mut addrs: Vec<std::net::SocketAddr> = raw
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {raw:?}: {e} (expected HOST:PORT)"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{raw:?} resolves to no address"))
 }
 
 fn parse_services(raw: &str) -> Result<Vec<Service>, String> {
@@ -244,6 +312,10 @@ pub struct AuditArgs {
     /// traffic is running); needs no Redis.
     #[arg(long, conflicts_with = "wait")]
     pub safety_only: bool,
+    /// One JSON object on stdout instead of the report (see
+    /// `audit::AuditReport`; the exit code is the same).
+    #[arg(long)]
+    pub json: bool,
     /// Wait up to this many seconds for the system to become quiescent
     /// before checking (0: judge it as it is now).
     #[arg(long, value_name = "SECONDS", default_value_t = 0,
@@ -285,6 +357,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Runs the parsed command on a multi-threaded runtime; the exit code says
 /// whether it succeeded.
 pub fn main(cli: Cli) -> ExitCode {
+    output::quiet_on_broken_pipe();
     logging::init(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -306,6 +379,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Outbox(args) => outbox::run_outbox(&cli.global, &args).await,
             Command::Chaos(args) => chaos::run_chaos(&cli.global, &args).await,
             Command::Bench(args) => bench::run_bench(&cli.global, &args).await,
+            Command::Completions(args) => completions::run_completions(&args),
         }
     });
     match result {

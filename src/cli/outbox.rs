@@ -7,8 +7,9 @@
 //! the reason) or when a newer build wrote it (left for a build that reads
 //! its `schemaVersion`, which publishes it by itself once deployed).
 //! `quarantined` prints one line per row: service, seq, event type, order,
-//! and `quarantined <time>: <reason>` or `needs schema version N`; with
-//! `--json`, one JSON array. `release` makes rows due again at once: run it
+//! and `quarantined <time>: <reason>` or `needs schema version N`, under a
+//! header; with `--json`, one JSON array of [`SetAsideView`] (camelCase,
+//! as every `--json` of this binary). `release` makes rows due again at once: run it
 //! once the cause is gone (the build that reads them is deployed, the row
 //! repaired, or rows an older build quarantined for a newer schema version
 //! before rows were left instead); a row that still does not decode is set
@@ -17,6 +18,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 use crate::adapters::postgres::SetAsideRow;
 use crate::domain::Service;
@@ -62,6 +64,37 @@ pub enum OutboxAction {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// One row of `quarantined --json` (stable field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetAsideView {
+    /// The emitting service whose outbox holds the row.
+    pub service: &'static str,
+    pub seq: i64,
+    pub event_type: String,
+    pub order_id: String,
+    /// When it was quarantined; null when left for a newer build.
+    pub quarantined_at: Option<crate::domain::Timestamp>,
+    /// Why it was quarantined.
+    pub reason: Option<String>,
+    /// The schema version a build must read to publish it.
+    pub needs_schema_version: Option<u32>,
+}
+
+impl From<&SetAsideRow> for SetAsideView {
+    fn from(r: &SetAsideRow) -> SetAsideView {
+        SetAsideView {
+            service: r.service.slug(),
+            seq: r.seq,
+            event_type: r.event_type.clone(),
+            order_id: r.order_id.clone(),
+            quarantined_at: r.quarantined_at,
+            reason: r.reason.clone(),
+            needs_schema_version: r.needs_schema_version,
+        }
+    }
 }
 
 /// One line of `quarantined`.
@@ -111,11 +144,10 @@ pub async fn run_outbox(global: &GlobalArgs, args: &OutboxArgs) -> Result<ExitCo
                 );
             }
             if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-                );
+                let views: Vec<SetAsideView> = rows.iter().map(SetAsideView::from).collect();
+                super::output::print_json(&views)?;
             } else {
+                println!("service\tseq\tevent-type\torder\tstate");
                 for row in &rows {
                     println!("{}", line(row));
                 }

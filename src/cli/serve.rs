@@ -126,7 +126,7 @@ impl Running {
         state: Arc<AppState>,
         metrics: Arc<Metrics>,
     ) {
-        self.spawn_http_app(listener, router(state).merge(metrics::router(metrics)));
+        self.spawn_http_app(listener, metrics::http::instrument(router(state), metrics));
     }
 
     /// Serves `app` on `listener` until shutdown.

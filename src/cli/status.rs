@@ -12,7 +12,18 @@
 //! - the oldest saga not terminal, with its last event.
 //!
 //! A source that cannot be read is named in `errors` and its numbers are
-//! null; the exit code is then 1 (0 when everything was read).
+//! null; the exit code is then 1 (0 when everything was read). When the
+//! bus holds no stream under `--redis-prefix` though the database shows
+//! events consumed from it (a mistyped `REDIS_PREFIX`: every number would
+//! read zero), the exit code is 3 and `busMismatch` says why
+//! ([`bus_check`](super::bus_check)).
+//!
+//! Consistency: a service's pending count and its oldest pending entry
+//! come from one atomic reading (`RedisBus::pending_summary`), so "0
+//! pending" never stands beside an oldest entry; ages are never negative
+//! (the oldest order's age is measured on this host's clock against a
+//! creation time another host's clock wrote: a skew reads as 0, not as a
+//! negative age).
 
 use std::process::ExitCode;
 
@@ -20,7 +31,7 @@ use serde::Serialize;
 
 use crate::adapters::metrics::{GaugeSources, ServiceReading};
 use crate::adapters::postgres::PgRoutes;
-use crate::adapters::redis::{OldestPending, RedisBus, RedisMemory};
+use crate::adapters::redis::{PendingSummary, RedisBus, RedisMemory};
 use crate::domain::rows::OrderStatus;
 use crate::domain::{Service, Timestamp};
 use crate::runtime::{Clock, SystemClock};
@@ -109,6 +120,10 @@ pub struct Status {
     pub oldest_in_flight: Option<OldestInFlight>,
     /// What could not be read, with the reason.
     pub errors: Vec<String>,
+    /// Set when the bus holds nothing under the prefix though the database
+    /// says it should (exit 3): the message, naming the prefix and the
+    /// streams expected.
+    pub bus_mismatch: Option<String>,
 }
 
 /// Keeps `result`'s value, or records its error under `what`.
@@ -125,7 +140,8 @@ fn keep<T>(errors: &mut Vec<String>, what: &str, result: Option<Result<T, String
 /// What Redis says of one service beyond the gauges.
 #[derive(Debug, Clone, Default)]
 pub struct BusExtras {
-    pub oldest: Option<Result<Option<OldestPending>, String>>,
+    /// The pending count and the oldest pending entry, read together.
+    pub pending: Option<Result<PendingSummary, String>>,
     /// Undelivered entries counted when the group's lag is unknown (no
     /// group yet: the whole stream).
     pub undelivered: Option<Result<u64, String>>,
@@ -143,18 +159,31 @@ fn service_status(
 ) -> ServiceStatus {
     let what = |source: &str| format!("{} {source}", service.slug());
     let group = keep(errors, &what("consumer group"), reading.group);
-    let oldest = keep(errors, &what("oldest pending entry"), extras.oldest).flatten();
+    let summary = keep(errors, &what("pending entries"), extras.pending);
+    let oldest = summary.as_ref().and_then(|p| p.oldest.clone());
     let undelivered = keep(errors, &what("undelivered entries"), extras.undelivered);
+    // The count read with the oldest entry when there is one; else the
+    // group's (no group yet: nothing delivered, nothing pending).
+    let pending = match &summary {
+        Some(p) => Some(p.count),
+        None if extras_unread(&group) => None,
+        None => group.map(|g| g.map_or(0, |g| g.pending)),
+    };
     ServiceStatus {
         service: service.slug(),
         consumer_lag: group.and_then(|g| g.and_then(|g| g.lag)).or(undelivered),
-        // No group yet: nothing delivered, nothing pending.
-        pending: group.map(|g| g.map_or(0, |g| g.pending)),
+        pending,
         oldest_pending_age_ms: oldest.as_ref().map(|o| o.age_ms),
         oldest_pending_deliveries: oldest.as_ref().map(|o| o.deliveries),
         outbox_backlog: keep(errors, &what("outbox backlog"), reading.outbox_backlog),
         dead_letters: keep(errors, &what("dead letters"), reading.dead_letters),
     }
+}
+
+/// Whether the group could not be read (then neither could the pending
+/// entries).
+fn extras_unread(group: &Option<Option<crate::adapters::redis::GroupStats>>) -> bool {
+    group.is_none()
 }
 
 /// Reads the whole status; `redis` is the bus or why it could not be
@@ -177,7 +206,7 @@ pub async fn read(pg: &PgRoutes, redis: Result<RedisBus, String>, now: Timestamp
         let reading = sources.read(service).await;
         let mut extras = BusExtras::default();
         if let (Some(bus), Some(Ok(group))) = (&redis, &reading.group) {
-            extras.oldest = Some(bus.oldest_pending(service).await.map_err(|e| e.to_string()));
+            extras.pending = Some(bus.pending_summary(service).await.map_err(|e| e.to_string()));
             if group.is_none_or(|g| g.lag.is_none()) {
                 let counted = bus.undelivered(service, UNDELIVERED_COUNT_MAX).await;
                 extras.undelivered = Some(counted.map_err(|e| e.to_string()));
@@ -224,11 +253,20 @@ pub async fn read(pg: &PgRoutes, redis: Result<RedisBus, String>, now: Timestamp
                 order_id: order.order_id.to_string(),
                 user_id: order.user_id.to_string(),
                 created_at: order.created_at,
-                age_ms: now.since(order.created_at).0,
+                age_ms: now.since(order.created_at).0.max(0),
                 deadline_at: order.deadline_at,
                 last_event,
             })
         }
+    };
+    let bus_mismatch = match &redis {
+        Some(bus) => keep(
+            &mut errors,
+            "bus and database agreement",
+            Some(super::bus_check::check(pg, bus).await),
+        )
+        .flatten(),
+        None => None,
     };
     Status {
         services,
@@ -236,6 +274,7 @@ pub async fn read(pg: &PgRoutes, redis: Result<RedisBus, String>, now: Timestamp
         sagas,
         oldest_in_flight,
         errors,
+        bus_mismatch,
     }
 }
 
@@ -247,8 +286,13 @@ fn cell<T: ToString>(v: Option<T>) -> String {
 /// flight, then what could not be read.
 pub fn render(status: &Status) -> String {
     use std::fmt::Write;
-    let mut s = format!(
-        "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}\n",
+    let mut s = String::new();
+    if let Some(m) = &status.bus_mismatch {
+        let _ = writeln!(s, "error: {m}");
+    }
+    let _ = writeln!(
+        s,
+        "{:<13} {:>8} {:>8} {:>16} {:>8} {:>8}",
         "service", "lag", "pending", "oldest-pending", "outbox", "dead"
     );
     for r in &status.services {
@@ -348,7 +392,9 @@ pub async fn run_status(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCo
     } else {
         print!("{}", render(&status));
     }
-    Ok(if status.errors.is_empty() {
+    Ok(if status.bus_mismatch.is_some() {
+        ExitCode::from(super::bus_check::EXIT_BUS_MISMATCH)
+    } else if status.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -373,6 +419,7 @@ mod tests {
             sagas: None,
             oldest_in_flight: None,
             errors: Vec::new(),
+            bus_mismatch: None,
         };
         let shown = render(&status);
         assert!(
@@ -400,7 +447,10 @@ mod tests {
             dead_letters: Some(Err("down".into())),
         };
         let extras = BusExtras {
-            oldest: Some(Ok(None)),
+            pending: Some(Ok(PendingSummary {
+                count: 0,
+                oldest: None,
+            })),
             undelivered: Some(Ok(3)),
         };
         let row = service_status(Service::User, reading, extras, &mut errors);
@@ -427,6 +477,49 @@ mod tests {
             (row.consumer_lag, row.pending),
             (Some(7), Some(2)),
             "the group's own lag"
+        );
+    }
+
+    /// Issue 27: "pending 0" beside an oldest pending entry. The group's
+    /// count (XINFO) was read before an entry was delivered; the row shows
+    /// the count read with the oldest entry, never 0 beside it.
+    #[test]
+    fn the_pending_count_is_the_one_read_with_the_oldest_entry() {
+        let mut errors = Vec::new();
+        let reading = ServiceReading {
+            outbox_backlog: Some(Ok(0)),
+            group: Some(Ok(Some(GroupStats {
+                pending: 0,
+                lag: Some(0),
+            }))),
+            dead_letters: Some(Ok(0)),
+        };
+        let oldest = crate::adapters::redis::OldestPending {
+            entry_id: "5-0".into(),
+            age_ms: 1_200,
+            idle_ms: 10,
+            deliveries: 1,
+        };
+        let extras = BusExtras {
+            pending: Some(Ok(PendingSummary {
+                count: 1,
+                oldest: Some(oldest),
+            })),
+            undelivered: None,
+        };
+        let row = service_status(Service::User, reading, extras, &mut errors);
+        assert_eq!((row.pending, row.oldest_pending_age_ms), (Some(1), Some(1_200)));
+        let shown = render(&Status {
+            services: vec![row],
+            bus_memory: None,
+            sagas: None,
+            oldest_in_flight: None,
+            errors,
+            bus_mismatch: None,
+        });
+        assert!(
+            shown.contains("user                 0        1          1.2s x1"),
+            "{shown}"
         );
     }
 }

@@ -2,11 +2,14 @@
 //! `token revoke --id TOKEN_OR_ID | --user ID` and `token list [--user ID]`:
 //! the API tokens (see `adapters::tokens`). `issue` prints the token once on
 //! stdout; only its SHA-256 is kept. `list` shows ids, owners, creation,
-//! expiry and state, never a secret.
+//! expiry and state, never a secret; `list --json` the same as one JSON
+//! array of [`TokenView`]. `revoke --id` of a token that does not exist
+//! exits 1 saying so (one already revoked is said so, exit 0).
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 use crate::adapters::tokens::{self, Principal};
 use crate::domain::{DurationMs, UserId};
@@ -46,6 +49,9 @@ pub enum TokenAction {
         /// Only this user's tokens.
         #[arg(long, value_name = "ID")]
         user: Option<String>,
+        /// One JSON array on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke one token (by the token or its id) or every token of a user.
     Revoke {
@@ -93,6 +99,40 @@ pub fn parse_ttl(raw: &str) -> Result<Ttl, String> {
     Ok(Ttl(Some(DurationMs(ms))))
 }
 
+/// One token as `token list --json` shows it (stable field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    /// The 16-hex-digit id (what `token revoke --id` takes).
+    pub id: String,
+    /// `admin`, or `user`.
+    pub kind: &'static str,
+    /// The user a user token speaks for; null for an admin token.
+    pub user_id: Option<String>,
+    pub created_at: crate::domain::Timestamp,
+    /// Null: never expires.
+    pub expires_at: Option<crate::domain::Timestamp>,
+    /// `active`, `expired` or `revoked`.
+    pub state: &'static str,
+}
+
+impl TokenView {
+    fn of(r: &tokens::TokenRecord, now: crate::domain::Timestamp) -> TokenView {
+        let (kind, user_id) = match &r.principal {
+            Principal::Admin => ("admin", None),
+            Principal::User(u) => ("user", Some(u.to_string())),
+        };
+        TokenView {
+            id: r.token_id.clone(),
+            kind,
+            user_id,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            state: r.state(now),
+        }
+    }
+}
+
 fn user_id(raw: &str) -> Result<UserId, String> {
     UserId::parse(raw).map_err(|e| format!("invalid user id {raw:?}: {e}"))
 }
@@ -129,10 +169,15 @@ pub async fn run_token(global: &GlobalArgs, args: &TokenArgs) -> Result<ExitCode
             }
             println!("{token}");
         }
-        TokenAction::List { user } => {
+        TokenAction::List { user, json } => {
             let user = user.as_deref().map(user_id).transpose()?;
             let records = store.list(user.as_ref()).await.map_err(|e| e.to_string())?;
             let now = SystemClock.now();
+            if *json {
+                let views: Vec<TokenView> = records.iter().map(|r| TokenView::of(r, now)).collect();
+                super::output::print_json(&views)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<16}  {:<24}  {:<24}  {:<24}  state",
                 "id", "for", "created", "expires"
@@ -152,8 +197,17 @@ pub async fn run_token(global: &GlobalArgs, args: &TokenArgs) -> Result<ExitCode
         TokenAction::Revoke { id, user } => {
             let revoked = match (id, user) {
                 (Some(raw), _) => {
-                    let id = tokens::token_id_of(raw).ok_or("not a token or a token id")?;
-                    u64::from(store.revoke(&id).await.map_err(|e| e.to_string())?)
+                    let id = tokens::token_id_of(raw).ok_or_else(|| {
+                        format!("invalid --id {raw:?}: not a token (pst_...) or a 16-hex-digit token id")
+                    })?;
+                    if store.find(&id).await.map_err(|e| e.to_string())?.is_none() {
+                        return Err(format!("no such token: {id} (see `purchase-saga token list`)"));
+                    }
+                    if !store.revoke(&id).await.map_err(|e| e.to_string())? {
+                        println!("token {id} was already revoked");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    1
                 }
                 (None, Some(u)) => store.revoke_user(&user_id(u)?).await.map_err(|e| e.to_string())?,
                 (None, None) => return Err("give --id TOKEN_OR_ID or --user ID".into()),

@@ -888,7 +888,6 @@ pub async fn refused_requests(app: &TestApp, whale_order: &str) -> Vec<Refused> 
             Some(order("whale", "sword", 1)),
             "userId",
         ),
-        ("GET", format!("/orders/{whale_order}"), None, "orderId"),
         ("GET", "/users/whale".to_string(), None, "userId"),
         (
             "GET",
@@ -907,6 +906,23 @@ pub async fn refused_requests(app: &TestApp, whale_order: &str) -> Vec<Refused> 
             status: StatusCode::FORBIDDEN,
             error: "forbidden",
             field,
+        });
+    }
+    // Issue 27: another user's order is the 404 of a missing one (a 403
+    // would tell that the id exists), on the order and its sub-routes.
+    for path in [
+        format!("/orders/{whale_order}"),
+        format!("/orders/{whale_order}/diagram"),
+    ] {
+        refused.push(Refused {
+            name: format!("GET {path}: another user's token"),
+            method: "GET",
+            path,
+            token: Some(bearer(&alice)),
+            body: None,
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            field: "orderId",
         });
     }
     refused
@@ -961,8 +977,16 @@ pub async fn check_rightful_tokens(app: &TestApp, whale_order: &str) {
     let (status, _) = app.get_as(Some(&whale), &own).await;
     assert_eq!(status, StatusCode::OK, "the token named the buyer: whale owns it");
     let alice = app.user_tokens["alice"].clone();
-    let (status, _) = app.get_as(Some(&alice), &own).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "and alice does not");
+    let (status, theirs) = app.get_as(Some(&alice), &own).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "and alice does not: {theirs}");
+    let missing = own.replace(placed["orderId"].as_str().unwrap(), "no-such-order");
+    let (_, none) = app.get_as(Some(&alice), &missing).await;
+    let without_id = |v: &Value, id: &str| v.to_string().replace(id, "ID");
+    assert_eq!(
+        without_id(&theirs, placed["orderId"].as_str().unwrap()),
+        without_id(&none, "no-such-order"),
+        "another user's order and a missing one answer alike"
+    );
     let (status, json) = app
         .post_order_as(Some(&app.admin), &anonymous_body, None, "")
         .await;
@@ -1144,7 +1168,11 @@ pub async fn check_settled_diagram(app: &TestApp) {
 
     let whale = app.token_for(Some("whale")).to_string();
     let (status, _, body) = app.get_text_as(Some(&whale), &path).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another user's order is not found: {body}"
+    );
     let (status, _, body) = app.get_text_as(None, &path).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let (status, json) = app.get("/orders/no-such-order/diagram").await;

@@ -66,7 +66,7 @@ impl<T: DeadLetterSource + ?Sized> DeadLetterSource for Arc<T> {
 }
 
 /// One dead letter in the answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterView {
     pub dead_id: String,
@@ -119,19 +119,22 @@ fn query(raw: Option<&str>) -> Result<(Service, usize), ApiError> {
     Ok((service, count))
 }
 
-/// `GET /admin/dead-letters`; see the module docs.
+/// List a service's dead letters, oldest first (admin).
+///
+/// The same entries, in the same order, as `purchase-saga dlq list`.
 #[utoipa::path(
     get,
     path = "/admin/dead-letters",
+    operation_id = "listDeadLetters",
     tag = "admin",
     security(("bearer" = [])),
     params(
         ("service" = String, Query, pattern = "^(order|user|inventory|item|payment|notification)$",
          description = "The service whose dead letters to list: order, user, inventory, item, payment or notification"),
-        ("count" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many, newest first (1 to 1000)"),
+        ("count" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "At most this many, oldest first (1 to 1000; 100 when left out)"),
     ),
     responses(
-        (status = 200, description = "The dead letters: entry id, reason and payload"),
+        (status = 200, description = "The dead letters, oldest first: ids, reason, attempts and payload", body = [DeadLetterView]),
         (status = 400, description = "A missing, unknown or invalid query parameter", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
         (status = 403, description = "Not an admin token", body = super::openapi::ErrorBody),

@@ -114,10 +114,15 @@ pub fn saga_entries(
     keyed.into_iter().map(|(_, e)| e).collect()
 }
 
-/// `GET /orders/{id}/diagram`; see the module docs.
+/// An order's saga as a Mermaid sequence diagram (owner or admin).
+///
+/// Every event of the order from its emitter to each subscriber, with
+/// when each processed it; 404 alike for an order that does not exist and
+/// one of another user.
 #[utoipa::path(
     get,
     path = "/orders/{id}/diagram",
+    operation_id = "getOrderDiagram",
     tag = "orders",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The order id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
@@ -125,8 +130,7 @@ pub fn saga_entries(
         (status = 200, description = "The order's saga as a Mermaid sequence diagram (the style of `saga-sim replay --mermaid`)", body = String, content_type = "text/plain"),
         (status = 400, description = "Invalid order id", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing, malformed, unknown, revoked or expired bearer token", body = super::openapi::ErrorBody),
-        (status = 403, description = "The token's user is not allowed here", body = super::openapi::ErrorBody),
-        (status = 404, description = "No such order", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such order, or another user's", body = super::openapi::ErrorBody),
         (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
     )

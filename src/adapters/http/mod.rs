@@ -6,19 +6,24 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /orders[?wait=S]` | 202 `{orderId, status, ...}` while PENDING, 200 once terminal (token) |
-//! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline (owner or admin) |
+//! | `GET /orders/{id}` | the order, its failure step and reason, its event timeline (owner or admin; another user's order is a 404, as a missing one) |
 //! | `GET /orders/{id}/diagram` | the order's saga as a Mermaid sequence diagram (owner or admin; [`diagram`]) |
 //! | `GET /users/{id}` | balance, inventory capacity/used/reserved, granted items (that user or admin) |
 //! | `GET /users/{id}/orders?limit=&cursor=` | that user's orders, newest first, by page (that user or admin; [`user_orders`]) |
 //! | `GET /admin/dead-letters?service=S` | a service's dead letters (admin) |
+//! | `GET /items` | every item of the catalog: id, name, price, stock ([`items`]) |
 //! | `GET /items/{id}` | name, price, stock |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when store and bus answer, else 503 with the reason |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`openapi`]) |
 //!
 //! Routes marked with a token need `Authorization: Bearer <token>` (401
-//! without or with a bad or expired one, 403 for the wrong user); see
-//! [`auth`].
+//! without or with a bad or expired one, 403 for the wrong user, except
+//! on `/orders/{id}` and its sub-routes, where another user's order is the
+//! 404 of a missing one, so that ids cannot be probed); see [`auth`].
+//! Every operation has a unique `operationId` and a one-line summary
+//! (`tests/openapi.rs`). Requests are counted and timed per route and
+//! status ([`crate::adapters::metrics::http`]).
 //! Every error has the JSON body of [`error::ApiError`]; the status codes of
 //! bad input are listed in [`body`] and [`orders`].
 
@@ -27,6 +32,7 @@ pub mod auth;
 pub mod body;
 pub mod diagram;
 pub mod error;
+pub mod items;
 pub mod openapi;
 pub mod orders;
 pub mod probe;
@@ -94,6 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/orders/{id}/diagram", get(diagram::get))
         .route("/users/{id}", get(reads::user))
         .route("/users/{id}/orders", get(user_orders::list))
+        .route("/items", get(items::list))
         .route("/items/{id}", get(reads::item))
         .route("/admin/dead-letters", get(admin::dead_letters))
         .route("/healthz", get(reads::healthz))

@@ -29,9 +29,17 @@ pub struct OrderRequest {
     /// 1 to 1000.
     #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,
-    /// 1 to 32 ASCII letters, digits or `_`; defaults to `CARD`.
-    #[schema(pattern = r"^[A-Za-z0-9_]{1,32}$")]
+    /// 1 to 32 ASCII letters, digits or `_`; when left out, the
+    /// gateway's default method (`default`, the value the code uses:
+    /// `domain::gateway::DEFAULT_METHOD`).
+    #[schema(pattern = r"^[A-Za-z0-9_]{1,32}$", default = default_method)]
     payment_method: Option<String>,
+}
+
+/// The payment method of an order that names none (the documented
+/// `default` is the code's constant).
+fn default_method() -> &'static str {
+    crate::domain::gateway::DEFAULT_METHOD
 }
 
 /// The body of every 4xx and 5xx answer (`error.rs`).
@@ -59,6 +67,7 @@ pub struct ErrorBody {
         super::diagram::get,
         reads::user,
         super::user_orders::list,
+        super::items::list,
         reads::item,
         reads::healthz,
         reads::readyz,

@@ -171,10 +171,14 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-/// `POST /orders`; see the module docs.
+/// Place an order (start a purchase saga).
+///
+/// 202 while the saga is PENDING, 200 once it is terminal (with `?wait=`);
+/// an `Idempotency-Key` makes a retry find the order it created.
 #[utoipa::path(
     post,
     path = "/orders",
+    operation_id = "placeOrder",
     tag = "orders",
     security(("bearer" = [])),
     request_body(content = super::openapi::OrderRequest, content_type = "application/json"),
@@ -277,20 +281,22 @@ async fn load_order(state: &AppState, id: &OrderId) -> Result<Option<Order>, Api
     Ok(state.read.order(id).await?)
 }
 
-/// `GET /orders/{id}`: the order and its timeline, for its owner or an
-/// admin.
+/// Read an order with its failure step and reason and its event timeline.
+///
+/// For its owner or an admin; 404 alike for an order that does not exist
+/// and one of another user (whether it exists is not told).
 #[utoipa::path(
     get,
     path = "/orders/{id}",
+    operation_id = "getOrder",
     tag = "orders",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The order id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
     responses(
         (status = 200, description = "The order with its event timeline", body = OrderView),
         (status = 401, description = "Missing, malformed, unknown or revoked bearer token", body = super::openapi::ErrorBody),
-        (status = 403, description = "The token's user is not allowed here", body = super::openapi::ErrorBody),
         (status = 400, description = "Invalid order id", body = super::openapi::ErrorBody),
-        (status = 404, description = "No such order", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such order, or another user's", body = super::openapi::ErrorBody),
         (status = 500, description = "The store failed", body = super::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable; retry", body = super::openapi::ErrorBody),
     )
@@ -306,16 +312,18 @@ pub async fn get(
 }
 
 /// The order `raw_id` names, for its owner or an admin: 401 without a
-/// valid token, 400 for a malformed id, 404 for no such order, 403 for
-/// someone else's.
+/// valid token, 400 for a malformed id, and the same 404 for no such order
+/// and for someone else's (a 403 would tell that the id exists, as
+/// `GET /users/{id}` avoids telling too).
 pub async fn owned_order(state: &AppState, headers: &HeaderMap, raw_id: String) -> Result<Order, ApiError> {
     let principal = authenticate(state, headers).await?;
     let id =
         OrderId::parse(raw_id).map_err(|e| ApiError::bad_field("invalid_id", "orderId", e.to_string()))?;
-    let order = load_order(state, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("orderId", format!("no order {id}")))?;
-    require_user(&principal, &order.user_id, "orderId")?;
+    let not_found = || ApiError::not_found("orderId", format!("no order {id}"));
+    let order = load_order(state, &id).await?.ok_or_else(not_found)?;
+    if require_user(&principal, &order.user_id, "orderId").is_err() {
+        return Err(not_found());
+    }
     Ok(order)
 }
 

@@ -50,6 +50,9 @@ pub trait ReadModel: Send + Sync + 'static {
         service: Service,
         events: &[EventId],
     ) -> StoreResult<Vec<(EventId, Timestamp)>>;
+    /// Every item of the catalog with its stock, sorted by id (`GET
+    /// /items`; see [`super::items`]).
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>>;
 }
 
 /// The newest-first key of an order (see [`ReadModel::user_orders`]).
@@ -121,6 +124,10 @@ impl ReadModel for MemoryStore {
             .filter_map(|id| MemoryStore::processed_at(self, service, *id).map(|at| (*id, at)))
             .collect())
     }
+
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        super::items::memory_items(self).await
+    }
 }
 
 #[async_trait]
@@ -153,6 +160,10 @@ impl ReadModel for PgStore {
     ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         PgStore::processed_at(self, service, events).await
     }
+
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        super::items::pg_items(self, self).await
+    }
 }
 
 /// A PostgreSQL timeline as outbox entries, oldest first.
@@ -182,6 +193,10 @@ fn timeline_entries(timeline: Vec<TimelineEntry>) -> StoreResult<Vec<OutboxEntry
 /// events fan out over the routed services' outboxes.
 #[async_trait]
 impl ReadModel for PgRoutes {
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        super::items::pg_items(self.of(Service::Order)?, self.of(Service::Item)?).await
+    }
+
     async fn order(&self, id: &OrderId) -> StoreResult<Option<Order>> {
         self.of(Service::Order)?.order(id).await
     }
@@ -239,5 +254,8 @@ impl<T: ReadModel + ?Sized> ReadModel for Arc<T> {
         events: &[EventId],
     ) -> StoreResult<Vec<(EventId, Timestamp)>> {
         (**self).processed_at(service, events).await
+    }
+    async fn items(&self) -> StoreResult<Vec<super::views::ItemView>> {
+        (**self).items().await
     }
 }

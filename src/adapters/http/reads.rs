@@ -22,12 +22,15 @@ use super::probe::run_probe;
 use super::views::{GrantedItem, InventoryView, ItemView, UserView};
 use super::AppState;
 
-/// `GET /users/{id}`: balance, inventory and granted items, for that user
-/// or an admin (403 for anyone else, before any read: whether the user
-/// exists is not told). 404 when no service knows the user.
+/// Read a user: balance, inventory capacity and use, granted items.
+///
+/// For that user or an admin (403 for anyone else, before any read:
+/// whether the user exists is not told); 404 when no service knows the
+/// user.
 #[utoipa::path(
     get,
     path = "/users/{id}",
+    operation_id = "getUser",
     tag = "reads",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
@@ -84,11 +87,13 @@ pub async fn user(
     }))
 }
 
-/// `GET /items/{id}`: name and price (Order's catalog), stock (Item). 404
-/// when neither knows the item.
+/// Read an item: name and price (Order's catalog), stock (Item).
+///
+/// 404 when neither service knows the item.
 #[utoipa::path(
     get,
     path = "/items/{id}",
+    operation_id = "getItem",
     tag = "reads",
     params(("id" = String, Path, description = "The item id: 1 to 64 characters of `[A-Za-z0-9._:-]`", pattern = r"^[A-Za-z0-9._:-]{1,64}$")),
     responses(
@@ -123,10 +128,11 @@ pub async fn item(
     }))
 }
 
-/// `/healthz`: the process answers.
+/// Liveness: 200 while the process answers.
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "operations",
     responses((status = 200, description = "The process runs: `{\"status\": \"ok\"}`", body = Object))
 )]
@@ -134,10 +140,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `/readyz`: every probe answers; 503 naming the first that does not.
+/// Readiness: 200 when store and bus answer; 503 naming the first that does not.
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Store and bus answer: `{\"status\": \"ready\", \"checks\": {...}}`", body = Object),

@@ -96,10 +96,14 @@ pub fn page_request(pairs: &[(String, String)]) -> Result<PageRequest, ApiError>
     })
 }
 
-/// `GET /users/{id}/orders`; see the module docs.
+/// List a user's orders, newest first, by page (that user or admin).
+///
+/// `limit` orders per page; `cursor` is the `nextCursor` of the previous
+/// page.
 #[utoipa::path(
     get,
     path = "/users/{id}/orders",
+    operation_id = "listUserOrders",
     tag = "reads",
     security(("bearer" = [])),
     params(

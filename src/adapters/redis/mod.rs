@@ -56,6 +56,7 @@ mod command;
 pub mod connection;
 mod heartbeat;
 pub mod keys;
+mod operator;
 mod ops;
 mod scripts;
 
@@ -74,6 +75,7 @@ use crate::runtime::memory::streams::DELETED_WHILE_PENDING;
 
 pub use command::RedisCommand;
 pub use connection::{Endpoint, RedisConn};
+pub use operator::PendingSummary;
 pub use ops::{DeadLetterEntry, GroupStats, OldestPending, RedisMemory};
 pub use scripts::is_oom;
 
