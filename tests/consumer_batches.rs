@@ -18,7 +18,7 @@ use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::{Event, EventType, ItemId, OrderId, RowKey, Service, UserId};
 use purchase_saga::runtime::consumer::handle_batch;
 use purchase_saga::runtime::memory::{harness_config, Harness};
-use purchase_saga::runtime::{Delivery, Disposition, Env, Observer, RuntimeEvent, Store, StoreTx};
+use purchase_saga::runtime::{Delivery, Dispatch, Disposition, Env, Observer, RuntimeEvent, Store, StoreTx};
 use purchase_saga::workload::{ItemSpec, OrderSpec, Scenario, UserSpec};
 use tokio::sync::mpsc;
 
@@ -93,6 +93,9 @@ async fn placed_with(
     let mut config = harness_config();
     config.handle_concurrency = concurrency;
     config.batch_apply = batch_apply;
+    // The relay publishes, at the test's say: the bus then holds only the
+    // deliveries under test (send on commit would add the replies).
+    config.dispatch = Dispatch::Relay;
     let mut h = Harness::new(&s, config, Arc::new(SimulatedGateway::default()));
     for order in &s.orders {
         h.place(order).await.expect("order accepted");

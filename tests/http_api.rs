@@ -339,7 +339,9 @@ async fn an_order_is_drawn_as_a_mermaid_sequence_diagram() {
         tail,
         [
             format!("    Client->>Order: create-order request ({id})"),
-            format!("    Order-->>Bus: ORDER_CREATED ({id}) [not published yet]"),
+            // Sent on commit (the default dispatch): published by the
+            // request itself, though no loop runs.
+            format!("    Order->>Bus: ORDER_CREATED ({id})"),
             format!("    Bus-->>User: ORDER_CREATED ({id}) [not processed yet]"),
         ],
         "{diagram}"

@@ -308,7 +308,12 @@ async fn gauges_read_postgres_and_redis_at_scrape_time() {
         clock: Arc::new(SystemClock),
         gateway: Arc::new(SimulatedGateway::default()),
         observer: Arc::new(MetricsObserver(metrics.clone())),
-        config: fast_config(),
+        // Relay mode: the backlog stays in the outbox until the test relays
+        // it (send on commit would publish it with each request).
+        config: purchase_saga::runtime::RuntimeConfig {
+            dispatch: purchase_saga::runtime::Dispatch::Relay,
+            ..fast_config()
+        },
     };
     // No runtime loop: the test moves every entry itself.
     let mut running = Running::start(&env, &[], 1);

@@ -6,9 +6,22 @@
 use std::time::Duration;
 
 use purchase_saga::domain::DurationMs;
-use purchase_saga::runtime::{Retention, RuntimeConfig};
+use purchase_saga::runtime::{Dispatch, Retention, RuntimeConfig};
 
 use crate::faults::FaultPlan;
+
+/// Who publishes the events of a seed's steps: the committing task (send
+/// on commit, production's default) in three seeds of four, only the relay
+/// (the benchmark's control, with the relays woken by commits) in the
+/// fourth, so both paths and their crash points run in every sweep. Drawn
+/// from the seed alone, so a corpus entry keeps its mode.
+pub fn dispatch_for(seed: u64) -> Dispatch {
+    if seed % 4 == 3 {
+        Dispatch::Relay
+    } else {
+        Dispatch::Commit
+    }
+}
 
 /// The runtime's knobs in the simulator: small batches, quick polls, the
 /// plan's deadline, re-drive after 2 s, a relay's claim held 2 s.

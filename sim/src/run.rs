@@ -17,7 +17,8 @@ use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
-use purchase_saga::runtime::{consumer, relay, sweeper, RuntimeConfig};
+use purchase_saga::runtime::{consumer, relay, sweeper, Dispatch, RuntimeConfig};
+use crate::config::dispatch_for;
 use purchase_saga::workload::{Scenario, ScenarioSize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -132,17 +133,13 @@ pub struct SimOutcome {
 /// the process rings. Each service keeps its own store connection (the
 /// fault layer's crash points and open transactions are per replica).
 async fn process_software(world: Arc<World>, process: Process, config: RuntimeConfig) -> turmoil::Result {
-    let wake = Arc::new(RelayWake::default());
+    // Commits wake the relays only in relay mode: with send on commit the
+    // relay recovers, on its idle poll.
+    let wake = (config.dispatch == Dispatch::Relay).then(|| Arc::new(RelayWake::default()));
     let clock_of = process.lead().host();
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
     for replica in process.replicas() {
-        let env = env_for(
-            &world,
-            Some(replica),
-            &clock_of,
-            config.clone(),
-            Some(wake.clone()),
-        );
+        let env = env_for(&world, Some(replica), &clock_of, config.clone(), wake.clone());
         let service = replica.service;
         tokio::task::spawn_local(consumer::run(
             env.clone(),
@@ -154,13 +151,13 @@ async fn process_software(world: Arc<World>, process: Process, config: RuntimeCo
             env.clone(),
             service,
             shutdown.clone(),
-            Some(wake.clone()),
+            wake.clone(),
         ));
         if service == Service::Order {
             tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
         }
     }
-    let lead = env_for(&world, Some(process.lead()), &clock_of, config, Some(wake));
+    let lead = env_for(&world, Some(process.lead()), &clock_of, config, wake);
     tokio::task::spawn_local(sweeper::run_pruner(
         lead,
         process.services.clone(),
@@ -184,7 +181,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let store = MemoryStore::new().with_lock_timeout(Duration::from_secs(1));
     let opening = input.scenario.opening_rows();
     store.seed(opening.clone());
-    let config = runtime_config(&plan);
+    let mut config = runtime_config(&plan);
+    config.dispatch = dispatch_for(input.seed);
     let world = Arc::new(World::new(
         plan.clone(),
         store.clone(),
@@ -447,6 +445,7 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: 
         CrashPoint::Anywhere => "crashed",
         CrashPoint::BeforeCommit => "crashed before a commit",
         CrashPoint::AfterPublish => "crashed after publishing, before marking published",
+        CrashPoint::AfterCommit => "crashed after a commit, before sending its events",
     };
     world.fault(FaultKind::Crash, Some(replica.service), format!("{host} {what}"));
     if open > 0 {
@@ -458,6 +457,9 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: 
     }
     if point == CrashPoint::AfterPublish {
         world.count(FaultKind::CrashAfterPublish);
+    }
+    if point == CrashPoint::AfterCommit {
+        world.count(FaultKind::CrashAfterCommit);
     }
     sim.crash(host.as_str());
 }

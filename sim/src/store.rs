@@ -1,10 +1,11 @@
 //! `SimStore`: the in-memory store (Postgres's locking and visibility) under
 //! a layer that makes every operation take simulated time, so transactions
 //! of racing replicas interleave, and that injects the store's faults:
-//! aborted transactions, the armed crash points (before a commit,
-//! between publish and mark-published) and one service's database down or
-//! slow while the others serve (the plan's `store_outages`: every
-//! operation that names the service, in or out of a transaction). It also checks the relay's rule
+//! aborted transactions, the armed crash points (before a commit, after a
+//! commit before its events are sent, between publish and mark-published)
+//! and one service's database down or slow while the others serve (the
+//! plan's `store_outages`: every operation that names the service, in or
+//! out of a transaction). It also checks the relay's rule
 //! "mark only after publish" where a mark lands, against what the broker
 //! received, and pulls the `lease-ended-mid-publish` steer's lever.
 //!
@@ -253,6 +254,8 @@ struct SimTx {
     /// Events enqueued, handed to the publish and compensation checks if
     /// the transaction commits.
     enqueued: Vec<Event>,
+    /// Outbox rows inserted claimed (send on commit): seq, claim end.
+    claimed: Vec<(i64, Timestamp)>,
 }
 
 impl Drop for SimTx {
@@ -293,11 +296,19 @@ impl StoreTx for SimTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
         self.store.outage_strikes(self.service, "enqueue").await?;
-        self.inner.enqueue(event, now).await?;
+        let seq = self.inner.enqueue(event, now, claimed_until).await?;
         self.enqueued.push(event.clone());
-        Ok(())
+        if let Some(until) = claimed_until {
+            self.claimed.push((seq, until));
+        }
+        Ok(seq)
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -310,6 +321,17 @@ impl StoreTx for SimTx {
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
         self.store.world.outbox_committed(&self.enqueued);
+        if let Some(replica) = self.store.replica {
+            // Rows inserted claimed (send on commit): held like a relay's
+            // claim, for the `lease-ended-mid-publish` count.
+            for (seq, until) in std::mem::take(&mut self.claimed) {
+                self.store.world.leased(replica, self.service, &[seq], until);
+            }
+        }
+        // Committed, its events not yet sent (send on commit).
+        if !self.enqueued.is_empty() {
+            self.store.crash_point(CrashPoint::AfterCommit).await;
+        }
         Ok(())
     }
 
@@ -331,8 +353,13 @@ impl StoreTx for SimTx {
         one_at_a_time::save_many(self, rows).await
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
-        one_at_a_time::enqueue_many(self, events, now).await
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
+        one_at_a_time::enqueue_many(self, events, now, claimed_until).await
     }
 }
 
@@ -353,7 +380,7 @@ impl StoreTx for Committed {
     async fn save(&mut self, _: &Row) -> StoreResult<()> {
         unreachable!("used after commit")
     }
-    async fn enqueue(&mut self, _: &Event, _: Timestamp) -> StoreResult<()> {
+    async fn enqueue(&mut self, _: &Event, _: Timestamp, _: Option<Timestamp>) -> StoreResult<i64> {
         unreachable!("used after commit")
     }
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -368,7 +395,12 @@ impl StoreTx for Committed {
     async fn save_many(&mut self, _: &[Row]) -> StoreResult<()> {
         unreachable!("used after commit")
     }
-    async fn enqueue_many(&mut self, _: &[Event], _: Timestamp) -> StoreResult<()> {
+    async fn enqueue_many(
+        &mut self,
+        _: &[Event],
+        _: Timestamp,
+        _: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
         unreachable!("used after commit")
     }
 }
@@ -388,6 +420,7 @@ impl Store for SimStore {
             service,
             written: Vec::new(),
             enqueued: Vec::new(),
+            claimed: Vec::new(),
         }))
     }
 

@@ -6,7 +6,8 @@
 //!   transaction, transactions that fail to begin or commit with a conflict
 //!   or "unavailable" (`store-abort`), relay and sweeper reads and marks
 //!   that fail (`store-abort`); an armed `BeforeCommit` crash point stops
-//!   the replica inside its next commit; the plan's `store_outages` (one
+//!   the replica inside its next commit, an armed `AfterCommit` one right
+//!   after its next commit that enqueued events (before they are sent); the plan's `store_outages` (one
 //!   service's database down or slow while the others serve, windows
 //!   scaled like every other): every call naming that service, and the
 //!   commit of its transactions, fails as unreachable or waits the extra
@@ -140,6 +141,7 @@ impl Store for FaultyStore {
             shared: self.shared.clone(),
             replica: self.replica,
             service,
+            enqueued: false,
         }))
     }
 
@@ -223,6 +225,9 @@ struct FaultyTx {
     replica: Option<Replica>,
     /// The service whose database the transaction is in.
     service: Service,
+    /// Whether it enqueued events (an armed `AfterCommit` point fires only
+    /// at such a commit: between it and the send on commit).
+    enqueued: bool,
 }
 
 impl FaultyTx {
@@ -265,9 +270,16 @@ impl StoreTx for FaultyTx {
         self.tx().save(row).await
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
         jitter(&self.shared).await;
-        self.tx().enqueue(event, now).await
+        let seq = self.tx().enqueue(event, now, claimed_until).await?;
+        self.enqueued = true;
+        Ok(seq)
     }
 
     async fn record_processed_many(
@@ -289,9 +301,16 @@ impl StoreTx for FaultyTx {
         self.tx().save_many(rows).await
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
         jitter(&self.shared).await;
-        self.tx().enqueue_many(events, now).await
+        let seqs = self.tx().enqueue_many(events, now, claimed_until).await?;
+        self.enqueued |= !seqs.is_empty();
+        Ok(seqs)
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -314,7 +333,15 @@ impl StoreTx for FaultyTx {
             return Err(e);
         }
         let inner = self.inner.take().expect("committed once");
-        inner.commit().await
+        inner.commit().await?;
+        if let Some(r) = self.replica.filter(|_| self.enqueued) {
+            // Committed, its events not yet sent (send on commit).
+            if self.shared.fire(r, CrashPoint::AfterCommit) {
+                self.shared.count(FaultKind::CrashAfterCommit);
+                hang_until_crashed().await;
+            }
+        }
+        Ok(())
     }
 }
 
