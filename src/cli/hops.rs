@@ -43,10 +43,18 @@ struct Spans {
 /// order-to-terminal latencies and the hop spans alike.
 pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(p <= 100, "a percentile is at most 100");
+    permille(sorted, p * 10)
+}
+
+/// The quantile `pm / 1000` of `sorted` (zero when empty), its index
+/// rounded up, as [`percentile`]: `permille(_, 999)` is p99.9. Exact (every
+/// sample is kept), so no histogram's bucket error.
+pub fn permille(sorted: &[Duration], pm: usize) -> Duration {
+    assert!(pm <= 1000, "a quantile is at most 1000 per mille");
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+    sorted[((sorted.len() - 1) * pm).div_ceil(1000)]
 }
 
 /// Mean and p99 of one span over a level's hops.
@@ -131,6 +139,31 @@ impl Hops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_round_their_index_up_and_p99_9_sees_the_last_sample_of_a_thousand() {
+        let ms: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        assert_eq!(
+            percentile(&ms, 50),
+            Duration::from_millis(501),
+            "index 499.5 rounds up"
+        );
+        assert_eq!(percentile(&ms, 99), Duration::from_millis(991));
+        assert_eq!(
+            permille(&ms, 999),
+            Duration::from_millis(1000),
+            "index 998.001 rounds up"
+        );
+        assert_eq!(permille(&ms, 990), percentile(&ms, 99));
+        assert_eq!(permille(&ms[..1], 999), Duration::from_millis(1));
+        assert_eq!(permille(&[], 999), Duration::ZERO);
+        // Of 2001 samples, p99.9 is the 1999th smallest (index 1998), not the
+        // maximum: one stall in 2001 orders shows only past p99.9.
+        let mut many: Vec<Duration> = vec![Duration::from_millis(5); 2000];
+        many.push(Duration::from_secs(2));
+        assert_eq!(permille(&many, 999), Duration::from_millis(5));
+        assert_eq!(permille(&many, 1000), Duration::from_secs(2));
+    }
 
     #[test]
     fn a_span_is_the_mean_and_the_99th_percentile_of_its_samples() {
