@@ -568,12 +568,12 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         );
     }
     // The database's count: every mode placed 2 x 12 closed-loop orders and
-    // 10 open-loop ones, 34 sagas of 16 published events each (the success
+    // 10 open-loop ones, 34 sagas of 9 published events each (the success
     // path), and wrote each event's outbox row at least twice (insert, mark).
     let writes = table("writes");
     assert_eq!(writes.len(), 2, "one writes row per mode: {stdout}");
     for row in &writes {
-        assert_eq!((row[4].as_str(), row[5].as_str()), ("34", "544"), "{stdout}");
+        assert_eq!((row[4].as_str(), row[5].as_str()), ("34", "306"), "{stdout}");
         let commits: f64 = row[6].parse().unwrap();
         assert!(
             commits >= 1.0,
