@@ -103,10 +103,18 @@ pub enum Mutant {
     /// given up on as if it never was (caught only when a run reaches that
     /// state: the `applied-past-limit` steering).
     PastLimitDeadLettersApplied,
+    /// Send on commit publishes a step's events before its transaction
+    /// commits (caught where an event reaches the bus: it is no committed
+    /// outbox row yet, and stays one with no state behind it if the commit
+    /// fails).
+    PublishBeforeCommit,
+    /// Send on commit marks a step's events published without publishing
+    /// them (caught by "mark only after publish").
+    MarkWithoutPublish,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 26] = [
+    pub const ALL: [Mutant; 28] = [
         Mutant::SkipInboxDedupe,
         Mutant::AckBeforeCommit,
         Mutant::EmitOutsideTx,
@@ -133,6 +141,8 @@ impl Mutant {
         Mutant::ApplyRecordedDuplicate,
         Mutant::BatchApplyRecordedDuplicate,
         Mutant::PastLimitDeadLettersApplied,
+        Mutant::PublishBeforeCommit,
+        Mutant::MarkWithoutPublish,
     ];
 
     /// Whether the bug lives in a production adapter (PostgreSQL or Redis
@@ -185,6 +195,8 @@ impl Mutant {
             Mutant::ApplyRecordedDuplicate => "apply-recorded-duplicate",
             Mutant::BatchApplyRecordedDuplicate => "batch-apply-recorded-duplicate",
             Mutant::PastLimitDeadLettersApplied => "past-limit-dead-letters-applied",
+            Mutant::PublishBeforeCommit => "publish-before-commit",
+            Mutant::MarkWithoutPublish => "mark-without-publish",
         }
     }
 

@@ -54,7 +54,7 @@ fn order_created(n: usize) -> Event {
 async fn enqueue(store: &PgStore, events: &[Event]) {
     for event in events {
         let mut tx = store.begin(Service::Order).await.expect("begin");
-        tx.enqueue(event, SystemClock.now()).await.expect("enqueue");
+        tx.enqueue(event, SystemClock.now(), None).await.expect("enqueue");
         tx.commit().await.expect("commit");
     }
 }

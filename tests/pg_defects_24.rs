@@ -63,7 +63,7 @@ fn alice() -> Row {
 async fn enqueue(store: &PgStore, events: &[Event]) {
     for event in events {
         let mut tx = store.begin(Service::Order).await.expect("begin");
-        tx.enqueue(event, SystemClock.now()).await.expect("enqueue");
+        tx.enqueue(event, SystemClock.now(), None).await.expect("enqueue");
         tx.commit().await.expect("commit");
     }
 }

@@ -96,7 +96,7 @@ async fn reads_return_committed_rows_and_the_timeline() {
         }),
     );
     let mut tx = store.begin(Service::Order).await.unwrap();
-    tx.enqueue(&created, t0).await.unwrap();
+    tx.enqueue(&created, t0, None).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.outbox_backlog(Service::Order).await.unwrap(), 1);
     assert_eq!(store.table_sizes(Service::Order).await.unwrap(), (1, 0));

@@ -112,6 +112,7 @@ conformance!(
     outbox_due_agrees_with_is_due_on_random_histories,
     undecodable_outbox_rows_are_quarantined_and_skipped,
     claims_share_the_outbox_and_end_with_mark_release_or_lease,
+    rows_inserted_claimed_wait_for_their_lease_and_return_their_seqs,
     processed_reports_the_inbox,
     an_event_nobody_consumes_is_published_once,
     orders_past_deadline_finds_only_due_pending_orders,
@@ -255,7 +256,7 @@ async fn dropped_transaction_leaves_nothing(f: Fixture) {
     );
     drop(tx);
     let mut tx = store.begin(Service::Order).await.unwrap();
-    tx.enqueue(&order_created("o-dropped"), T0).await.unwrap();
+    tx.enqueue(&order_created("o-dropped"), T0, None).await.unwrap();
     drop(tx);
 
     let mut tx = store.begin(Service::User).await.unwrap();
@@ -389,7 +390,7 @@ async fn outbox_due_follows_the_redrive_policy(f: Fixture) {
     };
     let mut tx = store.begin(Service::Order).await.unwrap();
     for order in ["o-a", "o-b", "o-c"] {
-        tx.enqueue(&order_created(order), T0).await.unwrap();
+        tx.enqueue(&order_created(order), T0, None).await.unwrap();
     }
     tx.commit().await.unwrap();
 
@@ -561,7 +562,7 @@ async fn prune_is_bounded_by_the_batch(f: Fixture) {
         .await
         .unwrap());
     for order in ["o-1", "o-2", "o-3", "o-unpublished"] {
-        tx.enqueue(&order_created(order), T0).await.unwrap();
+        tx.enqueue(&order_created(order), T0, None).await.unwrap();
     }
     tx.commit().await.unwrap();
     let entries = store.outbox_due(Service::Order, T0, 100).await.unwrap();
@@ -815,8 +816,8 @@ async fn an_event_nobody_consumes_is_published_once(f: Fixture) {
         }),
     );
     let mut tx = store.begin(Service::User).await.unwrap();
-    tx.enqueue(&validated, T0).await.unwrap();
-    tx.enqueue(&reserved, T0).await.unwrap();
+    tx.enqueue(&validated, T0, None).await.unwrap();
+    tx.enqueue(&reserved, T0, None).await.unwrap();
     tx.commit().await.unwrap();
     let first = store.outbox_due(Service::User, T0, 10).await.unwrap();
     assert_eq!(first.len(), 2, "both are published once");
@@ -854,7 +855,7 @@ async fn outbox_due_agrees_with_is_due_on_random_histories(f: Fixture) {
         if step < 12 {
             let mut tx = store.begin(Service::Order).await.unwrap();
             let event = order_created(&format!("o-{step}"));
-            tx.enqueue(&event, now).await.unwrap();
+            tx.enqueue(&event, now, None).await.unwrap();
             tx.commit().await.unwrap();
             let due = store.outbox_due(Service::Order, now, 100).await.unwrap();
             let entry = due
@@ -907,7 +908,7 @@ async fn undecodable_outbox_rows_are_quarantined_and_skipped(f: Fixture) {
         let store = store.clone();
         async move {
             let mut tx = store.begin(Service::Order).await.unwrap();
-            tx.enqueue(&order_created(order), T0).await.unwrap();
+            tx.enqueue(&order_created(order), T0, None).await.unwrap();
             tx.commit().await.unwrap();
         }
     };
@@ -964,7 +965,7 @@ async fn claims_share_the_outbox_and_end_with_mark_release_or_lease(f: Fixture) 
     };
     let mut tx = store.begin(Service::Order).await.unwrap();
     for order in ["o-1", "o-2", "o-3", "o-4", "o-5"] {
-        tx.enqueue(&order_created(order), T0).await.unwrap();
+        tx.enqueue(&order_created(order), T0, None).await.unwrap();
     }
     tx.commit().await.unwrap();
     let lease = DurationMs(1000);
@@ -1012,6 +1013,105 @@ async fn claims_share_the_outbox_and_end_with_mark_release_or_lease(f: Fixture) 
     assert_eq!(
         orders(&claim(60_000, 10).await),
         ["o-1", "o-2", "o-3", "o-4", "o-5"]
+    );
+}
+
+/// Send on commit: rows inserted claimed (`claimed_until`, in the step's
+/// own transaction) are no relay's until the claim ends; the seqs the
+/// enqueue returns are the rows' (the committer marks by them), in the
+/// events' order; a mark ends the claim, and a release makes a row due at
+/// once.
+async fn rows_inserted_claimed_wait_for_their_lease_and_return_their_seqs(f: Fixture) {
+    let store = f.store();
+    let policy = RedrivePolicy {
+        after: DurationMs(60_000),
+        republish_max: 1,
+        horizon: DurationMs(600_000),
+    };
+    let until = T0.plus(DurationMs(3000));
+    let mut tx = store.begin(Service::Order).await.unwrap();
+    let one = tx.enqueue(&order_created("o-1"), T0, Some(until)).await.unwrap();
+    let many = tx
+        .enqueue_many(
+            &[order_created("o-2"), order_created("o-3"), order_created("o-4")],
+            T0,
+            Some(until),
+        )
+        .await
+        .unwrap();
+    let free = tx.enqueue(&order_created("o-5"), T0, None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(many.len(), 3);
+    let seqs: Vec<i64> = [one]
+        .into_iter()
+        .chain(many.iter().copied())
+        .chain([free])
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs ascend in enqueue order: {seqs:?}"
+    );
+    let lease = DurationMs(1000);
+    let claim = |at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_due(Service::Order, T0.plus(DurationMs(at)), lease, 10)
+                .await
+                .unwrap()
+                .entries
+        }
+    };
+    let unclaimed = claim(0).await;
+    assert_eq!(
+        unclaimed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [free],
+        "only the row inserted unclaimed is due before the claim ends"
+    );
+    // The committer marks o-1 and o-2 by the seqs it was given, and gives
+    // o-3 back (its publish failed); o-4 it never reached (it died).
+    let sent: Vec<OutboxEntry> = [("o-1", one), ("o-2", many[0])]
+        .into_iter()
+        .map(|(order, seq)| OutboxEntry {
+            seq,
+            event: order_created(order),
+            created_at: T0,
+            published_count: 0,
+            last_published_at: None,
+            next_publish_at: None,
+        })
+        .collect();
+    // A relay published what it claimed (o-5).
+    let marks: Vec<Mark> = sent
+        .iter()
+        .chain(&unclaimed)
+        .map(|e| policy.mark(e, T0))
+        .collect();
+    store.mark_published(Service::Order, &marks, T0).await.unwrap();
+    store.release(Service::Order, &[many[1]]).await.unwrap();
+    let orders = |entries: &[OutboxEntry]| -> Vec<String> {
+        entries.iter().map(|e| e.event.order_id.to_string()).collect()
+    };
+    let released = claim(2999).await;
+    assert_eq!(orders(&released), ["o-3"], "released: due at once");
+    let recovered = claim(3000).await;
+    assert_eq!(
+        orders(&recovered),
+        ["o-4"],
+        "the dead committer's row is due when its claim ends; the marked ones are not"
+    );
+    let at = T0.plus(DurationMs(3000));
+    let marks: Vec<Mark> = released
+        .iter()
+        .chain(&recovered)
+        .map(|e| policy.mark(e, at))
+        .collect();
+    store.mark_published(Service::Order, &marks, at).await.unwrap();
+    assert!(claim(59_999).await.is_empty());
+    assert_eq!(
+        orders(&claim(60_000).await),
+        ["o-1", "o-2", "o-3", "o-4", "o-5"],
+        "marked rows re-drive in their round, whoever marked them"
     );
 }
 
@@ -1121,7 +1221,7 @@ async fn batched_operations_agree_with_the_single_row_ones(f: Fixture) {
             .unwrap(),
         [true, false, true]
     );
-    tx.enqueue_many(&events, T0).await.unwrap();
+    tx.enqueue_many(&events, T0, None).await.unwrap();
     tx.commit().await.unwrap();
     let due = store.outbox_due(Service::Order, T0, 10).await.unwrap();
     assert_eq!(

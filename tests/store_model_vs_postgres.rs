@@ -354,14 +354,14 @@ async fn run_call(mut tx: Box<dyn StoreTx>, call: Call) -> (Option<Box<dyn Store
         Call::Lock(key) => Outcome::of(tx.load_for_update(&key).await, Outcome::Read),
         Call::Load(key) => Outcome::of(tx.load(&key).await, Outcome::Read),
         Call::Save(row) => Outcome::of(tx.save(&row).await, |()| Outcome::Done),
-        Call::Enqueue(event, now) => Outcome::of(tx.enqueue(&event, now).await, |()| Outcome::Done),
+        Call::Enqueue(event, now) => Outcome::of(tx.enqueue(&event, now, None).await, |_| Outcome::Done),
         Call::DedupeMany(ids, now) => {
             Outcome::of(tx.record_processed_many(&ids, now).await, Outcome::FreshMany)
         }
         Call::LockMany(keys) => Outcome::of(tx.load_for_update_many(&keys).await, Outcome::ReadMany),
         Call::SaveMany(rows) => Outcome::of(tx.save_many(&rows).await, |()| Outcome::Done),
         Call::EnqueueMany(events, now) => {
-            Outcome::of(tx.enqueue_many(&events, now).await, |()| Outcome::Done)
+            Outcome::of(tx.enqueue_many(&events, now, None).await, |_| Outcome::Done)
         }
     };
     (Some(tx), outcome)

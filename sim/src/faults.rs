@@ -33,6 +33,9 @@ pub enum FaultKind {
     CrashMidTransaction,
     /// A crash after the relay published and before it marked published.
     CrashAfterPublish,
+    /// A crash after a commit that enqueued events, before the committing
+    /// task sent them (send on commit; in relay mode, before the ack).
+    CrashAfterCommit,
     /// The store aborts a transaction (serialization failure).
     StoreAbort,
     /// An order's deadline passed before it was terminal.
@@ -79,7 +82,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Latency,
         FaultKind::Duplicate,
         FaultKind::DropPublish,
@@ -88,6 +91,7 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::CrashMidTransaction,
         FaultKind::CrashAfterPublish,
+        FaultKind::CrashAfterCommit,
         FaultKind::StoreAbort,
         FaultKind::Deadline,
         FaultKind::Prune,
@@ -118,6 +122,7 @@ impl FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::CrashMidTransaction => "crash-mid-tx",
             FaultKind::CrashAfterPublish => "crash-after-publish",
+            FaultKind::CrashAfterCommit => "crash-after-commit",
             FaultKind::StoreAbort => "store-abort",
             FaultKind::Deadline => "deadline",
             FaultKind::Prune => "prune",
@@ -199,8 +204,12 @@ pub enum CrashPoint {
     Anywhere,
     /// The replica's next commit: the transaction is open, its writes lost.
     BeforeCommit,
-    /// The replica's next relay pass, between publish and mark-published.
+    /// The replica's next publish of outbox rows (a relay pass, or send on
+    /// commit), between publish and mark-published.
     AfterPublish,
+    /// The replica's next commit that enqueued events, after it committed
+    /// and before the events are sent (send on commit).
+    AfterCommit,
 }
 
 /// A seed steered into a rare state on purpose ([`FaultPlan::steer`]):
@@ -381,14 +390,15 @@ impl FaultPlan {
         let heal_at_ms = arrival_span_ms + rng.random_range(3_000..=10_000);
         let mut timed = Vec::new();
         if crash {
-            let crashes = if scale == 1 { 3 } else { rng.random_range(4..=9) };
+            let crashes = if scale == 1 { 4 } else { rng.random_range(4..=9) };
             for n in 0..crashes {
                 // Cycle the points so every kind of crash occurs.
                 let point = [
                     CrashPoint::Anywhere,
                     CrashPoint::BeforeCommit,
                     CrashPoint::AfterPublish,
-                ][n % 3];
+                    CrashPoint::AfterCommit,
+                ][n % 4];
                 timed.push(TimedFault {
                     at_ms: rng.random_range(0..heal_at_ms),
                     fault: Scheduled::Crash {
@@ -503,6 +513,9 @@ impl FaultPlan {
             (Scheduled::Crash { point, .. }, FaultKind::CrashAfterPublish) => {
                 *point != CrashPoint::AfterPublish
             }
+            (Scheduled::Crash { point, .. }, FaultKind::CrashAfterCommit) => {
+                *point != CrashPoint::AfterCommit
+            }
             (Scheduled::BrokerLoss { .. }, FaultKind::BrokerLoss) => false,
             (Scheduled::ClientCrash { .. }, FaultKind::ClientCrash) => false,
             _ => true,
@@ -534,7 +547,8 @@ impl FaultPlan {
             | FaultKind::ClientCrash
             | FaultKind::Crash
             | FaultKind::CrashMidTransaction
-            | FaultKind::CrashAfterPublish => {}
+            | FaultKind::CrashAfterPublish
+            | FaultKind::CrashAfterCommit => {}
         }
         self
     }

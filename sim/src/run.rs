@@ -19,7 +19,7 @@ use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
-use purchase_saga::runtime::{consumer, relay, sweeper, Env, Fanout, Retention, RuntimeConfig};
+use purchase_saga::runtime::{consumer, relay, sweeper, Dispatch, Env, Fanout, Retention, RuntimeConfig};
 use purchase_saga::workload::{OrderSpec, Scenario, ScenarioSize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -116,6 +116,19 @@ pub fn input_from_seed(seed: u64, profile: Profile, orders: usize, settings: &Si
 /// seed's simulated time, for nothing the checks look at. A pass of the
 /// simulator's relay (8 entries, a 500 ms bus timeout that releases the
 /// rest) stays well under 2 s.
+/// Who publishes the events of a seed's steps: the committing task (send
+/// on commit, production's default) in three seeds of four, only the relay
+/// (the benchmark's control, with the relays woken by commits) in the
+/// fourth, so both paths and their crash points run in every sweep. Drawn
+/// from the seed alone, so a corpus entry keeps its mode.
+pub fn dispatch_for(seed: u64) -> Dispatch {
+    if seed % 4 == 3 {
+        Dispatch::Relay
+    } else {
+        Dispatch::Commit
+    }
+}
+
 pub fn runtime_config(plan: &FaultPlan) -> RuntimeConfig {
     let mut config = RuntimeConfig {
         batch_size: 8,
@@ -223,17 +236,13 @@ pub const CLIENT_HOST: &str = "client";
 /// the process rings. Each service keeps its own store connection (the
 /// fault layer's crash points and open transactions are per replica).
 async fn process_software(world: Arc<World>, process: Process, config: RuntimeConfig) -> turmoil::Result {
-    let wake = Arc::new(RelayWake::default());
+    // Commits wake the relays only in relay mode: with send on commit the
+    // relay recovers, on its idle poll.
+    let wake = (config.dispatch == Dispatch::Relay).then(|| Arc::new(RelayWake::default()));
     let clock_of = process.lead().host();
     let (keep_running, shutdown) = tokio::sync::watch::channel(false);
     for replica in process.replicas() {
-        let env = env_for(
-            &world,
-            Some(replica),
-            &clock_of,
-            config.clone(),
-            Some(wake.clone()),
-        );
+        let env = env_for(&world, Some(replica), &clock_of, config.clone(), wake.clone());
         let service = replica.service;
         tokio::task::spawn_local(consumer::run(
             env.clone(),
@@ -245,13 +254,13 @@ async fn process_software(world: Arc<World>, process: Process, config: RuntimeCo
             env.clone(),
             service,
             shutdown.clone(),
-            Some(wake.clone()),
+            wake.clone(),
         ));
         if service == Service::Order {
             tokio::task::spawn_local(sweeper::run(env.clone(), shutdown.clone()));
         }
     }
-    let lead = env_for(&world, Some(process.lead()), &clock_of, config, Some(wake));
+    let lead = env_for(&world, Some(process.lead()), &clock_of, config, wake);
     tokio::task::spawn_local(sweeper::run_pruner(
         lead,
         process.services.clone(),
@@ -294,7 +303,8 @@ pub fn run(input: &SimInput, settings: &SimSettings) -> SimOutcome {
     let store = MemoryStore::new().with_lock_timeout(Duration::from_secs(1));
     let opening = input.scenario.opening_rows();
     store.seed(opening.clone());
-    let config = runtime_config(&plan);
+    let mut config = runtime_config(&plan);
+    config.dispatch = dispatch_for(input.seed);
     let world = Arc::new(World::new(
         plan.clone(),
         store.clone(),
@@ -557,6 +567,7 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: 
         CrashPoint::Anywhere => "crashed",
         CrashPoint::BeforeCommit => "crashed before a commit",
         CrashPoint::AfterPublish => "crashed after publishing, before marking published",
+        CrashPoint::AfterCommit => "crashed after a commit, before sending its events",
     };
     world.fault(FaultKind::Crash, Some(replica.service), format!("{host} {what}"));
     if open > 0 {
@@ -568,6 +579,9 @@ fn crash(sim: &mut turmoil::Sim<'_>, world: &World, process: &Process, replica: 
     }
     if point == CrashPoint::AfterPublish {
         world.count(FaultKind::CrashAfterPublish);
+    }
+    if point == CrashPoint::AfterCommit {
+        world.count(FaultKind::CrashAfterCommit);
     }
     sim.crash(host.as_str());
 }

@@ -2,7 +2,8 @@
 //! a layer that makes every operation take simulated time, so transactions
 //! of racing replicas interleave, and that injects the store's faults:
 //! aborted transactions and the armed crash points (before a commit,
-//! between publish and mark-published). It also checks the relay's rule
+//! after a commit before its events are sent, between publish and
+//! mark-published). It also checks the relay's rule
 //! "mark only after publish" where a mark lands, against what the broker
 //! received, and pulls the `lease-ended-mid-publish` steer's lever.
 //!
@@ -200,6 +201,10 @@ struct SimTx {
     /// Events enqueued, handed to the publish and compensation checks if
     /// the transaction commits.
     enqueued: Vec<Event>,
+    /// The service whose tables the transaction writes.
+    service: Service,
+    /// Outbox rows inserted claimed (send on commit): seq, claim end.
+    claimed: Vec<(i64, Timestamp)>,
 }
 
 impl Drop for SimTx {
@@ -234,10 +239,18 @@ impl StoreTx for SimTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        self.inner.enqueue(event, now).await?;
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
+        let seq = self.inner.enqueue(event, now, claimed_until).await?;
         self.enqueued.push(event.clone());
-        Ok(())
+        if let Some(until) = claimed_until {
+            self.claimed.push((seq, until));
+        }
+        Ok(seq)
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -249,6 +262,17 @@ impl StoreTx for SimTx {
         inner.commit().await?;
         self.store.world.rows_committed(std::mem::take(&mut self.written));
         self.store.world.outbox_committed(&self.enqueued);
+        if let Some(replica) = self.store.replica {
+            // Rows inserted claimed (send on commit): held like a relay's
+            // claim, for the `lease-ended-mid-publish` count.
+            for (seq, until) in std::mem::take(&mut self.claimed) {
+                self.store.world.leased(replica, self.service, &[seq], until);
+            }
+        }
+        // Committed, its events not yet sent (send on commit).
+        if !self.enqueued.is_empty() {
+            self.store.crash_point(CrashPoint::AfterCommit).await;
+        }
         Ok(())
     }
 
@@ -270,8 +294,13 @@ impl StoreTx for SimTx {
         one_at_a_time::save_many(self, rows).await
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
-        one_at_a_time::enqueue_many(self, events, now).await
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
+        one_at_a_time::enqueue_many(self, events, now, claimed_until).await
     }
 }
 
@@ -292,7 +321,7 @@ impl StoreTx for Committed {
     async fn save(&mut self, _: &Row) -> StoreResult<()> {
         unreachable!("used after commit")
     }
-    async fn enqueue(&mut self, _: &Event, _: Timestamp) -> StoreResult<()> {
+    async fn enqueue(&mut self, _: &Event, _: Timestamp, _: Option<Timestamp>) -> StoreResult<i64> {
         unreachable!("used after commit")
     }
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -307,7 +336,12 @@ impl StoreTx for Committed {
     async fn save_many(&mut self, _: &[Row]) -> StoreResult<()> {
         unreachable!("used after commit")
     }
-    async fn enqueue_many(&mut self, _: &[Event], _: Timestamp) -> StoreResult<()> {
+    async fn enqueue_many(
+        &mut self,
+        _: &[Event],
+        _: Timestamp,
+        _: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
         unreachable!("used after commit")
     }
 }
@@ -325,6 +359,8 @@ impl Store for SimStore {
             store: self.clone(),
             written: Vec::new(),
             enqueued: Vec::new(),
+            service,
+            claimed: Vec::new(),
         }))
     }
 

@@ -420,6 +420,8 @@ pub async fn run_chaos(global: &GlobalArgs, args: &ChaosArgs) -> Result<ExitCode
                 OnOff::Off => "off",
             }
             .into(),
+            "--dispatch".into(),
+            crate::runtime::Dispatch::from(global.dispatch).name().into(),
         ],
         children: BTreeMap::new(),
     };

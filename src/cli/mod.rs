@@ -40,7 +40,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::{DurationMs, Service};
-use crate::runtime::RuntimeConfig;
+use crate::runtime::{Dispatch, RuntimeConfig};
 
 /// Default PostgreSQL URL: the local service, trust auth.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -90,6 +90,12 @@ pub struct GlobalArgs {
     /// control). `bench` runs both in one run whatever this says.
     #[arg(long, value_enum, default_value_t = OnOff::On, global = true)]
     pub batch_apply: OnOff,
+    /// Who publishes a step's events: the committing task right after its
+    /// commit (`commit`: send on commit, the relay only recovers rows whose
+    /// lease ended and re-drives) or only the outbox relay (`relay`, the
+    /// control).
+    #[arg(long, env = "DISPATCH", value_enum, default_value_t = DispatchArg::Commit, global = true)]
+    pub dispatch: DispatchArg,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
@@ -104,6 +110,22 @@ pub struct GlobalArgs {
     /// (one process only: nothing is kept after it exits).
     #[arg(long, global = true)]
     pub in_memory: bool,
+}
+
+/// `--dispatch`: [`Dispatch`] on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DispatchArg {
+    Relay,
+    Commit,
+}
+
+impl From<DispatchArg> for Dispatch {
+    fn from(arg: DispatchArg) -> Dispatch {
+        match arg {
+            DispatchArg::Relay => Dispatch::Relay,
+            DispatchArg::Commit => Dispatch::Commit,
+        }
+    }
 }
 
 /// A switch on the command line.
@@ -221,6 +243,7 @@ impl GlobalArgs {
             batch_size: usize::from(self.batch_size),
             handle_concurrency: usize::from(self.handle_concurrency),
             batch_apply: self.batch_apply == OnOff::On,
+            dispatch: self.dispatch.into(),
             ..RuntimeConfig::default()
         }
     }

@@ -22,7 +22,7 @@ use crate::adapters::metrics::{self, Metrics};
 use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
 use crate::runtime::relay::RelayWake;
-use crate::runtime::{consumer, relay, sweeper, Env, Fanout, Shutdown};
+use crate::runtime::{consumer, relay, sweeper, Dispatch, Env, Fanout, Shutdown};
 
 use super::backend::Backend;
 use super::seed::{demo_scenario, issue_demo_tokens, print_tokens, seed_rows};
@@ -66,7 +66,10 @@ impl Running {
                 ));
                 tasks.push((format!("consumer {name}"), handle));
             }
-            let wake = relay_wake.then(|| wake.clone());
+            // Send on commit publishes what commits: the relay only
+            // recovers, on its idle poll; a commit wakes it in relay mode.
+            let woken = relay_wake && env.config.dispatch == Dispatch::Relay;
+            let wake = woken.then(|| wake.clone());
             let relay = relay::run_woken(env.clone(), service, shutdown.clone(), wake);
             let handle = tokio::spawn(relay);
             tasks.push((format!("relay {}", service.slug()), handle));

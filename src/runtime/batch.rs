@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::domain::participants::{self, StepContext, StepError};
 use crate::domain::{Event, EventId, Row, RowKey, Rows, Service};
 
-use super::observer::RuntimeEvent;
+use super::dispatch;
 use super::store::StoreTx;
-use super::transaction::{Committed, TransactError};
+use super::transaction::{commit_and_send, Committed, TransactError};
 use super::Env;
 
 /// Applies `events` (distinct ids, in bus order) to `service` in one
@@ -98,20 +98,21 @@ pub async fn apply_batch(
     // The last version of each row, one call per kind of write.
     let rows: Vec<Row> = written.into_values().collect();
     tx.save_many(&rows).await?;
-    if crate::mutant!(EmitOutsideTx) {
+    let claimed_until = dispatch::claimed_until(env, now);
+    let (enqueued, seqs) = if crate::mutant!(EmitOutsideTx) {
         // Planted bug (as in `transaction`): events leave before commit.
         for event in &emitted {
             let _ = env.bus.publish(event).await;
         }
+        (Vec::new(), Vec::new())
     } else {
-        tx.enqueue_many(&emitted, now).await?;
-    }
-    tx.commit().await?;
-    // One commit, observed once: the batch is one transaction.
-    env.observer.observe(RuntimeEvent::Committed {
-        service,
-        cause: Some(first_applied),
-    });
+        let seqs = tx.enqueue_many(&emitted, now, claimed_until).await?;
+        (emitted, seqs)
+    };
+    // One commit, observed once: the batch is one transaction; its events
+    // leave with one publish (send on commit).
+    let outgoing = claimed_until.map(|_| (&enqueued[..], &seqs[..], now));
+    commit_and_send(env, service, tx, Some(first_applied), outgoing).await?;
     debug_assert_eq!(outcomes.len(), events.len());
     Ok(outcomes)
 }

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod bus;
 pub mod commands;
 pub mod consumer;
+pub mod dispatch;
 pub mod memory;
 pub mod mermaid;
 pub mod observer;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bus::{Bus, BusError, DeadLetter, Delivery, PartialPublish};
+pub use dispatch::Dispatch;
 pub use observer::{Disposition, Fanout, NoObserver, Observer, RuntimeEvent};
 pub use store::{Mark, OutboxEntry, RedrivePolicy, Retention, Store, StoreError, StoreTx};
 
@@ -111,6 +113,10 @@ pub struct RuntimeConfig {
     pub retention: Retention,
     /// Period of the pruning pass.
     pub prune_interval: Duration,
+    /// Who publishes a step's events: the committing task right after its
+    /// commit (send on commit, the default), or only the relay (the
+    /// control of the benchmark). See [`dispatch`].
+    pub dispatch: Dispatch,
 }
 
 impl Default for RuntimeConfig {
@@ -147,6 +153,7 @@ impl Default for RuntimeConfig {
                 batch: 1000,
             },
             prune_interval: Duration::from_secs(60),
+            dispatch: Dispatch::Commit,
         }
     }
 }

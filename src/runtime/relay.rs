@@ -18,6 +18,16 @@
 //! and reported ([`RuntimeEvent::Quarantined`]); one written by a newer
 //! build (a higher `schemaVersion`, mid rolling upgrade) is given back for
 //! that build's relays and logged; the rest keep flowing.
+//!
+//! With send on commit ([`Dispatch::Commit`](super::Dispatch), the
+//! default; [`dispatch`](super::dispatch)) the committing task publishes
+//! and marks its own events, and its rows are inserted claimed until the
+//! lease ends, so the relay is recovery: it claims only rows whose lease
+//! ended (their committer died or could not publish) and rows whose
+//! re-drive round came. It then polls every [`recovery_poll`] (a quarter
+//! of the lease, so a dead committer's rows wait the lease plus at most a
+//! quarter of it) instead of every idle poll, and needs no wake-up: its
+//! idle cost is one claim that finds nothing per service per poll.
 
 use tokio::sync::Notify;
 
@@ -159,6 +169,16 @@ impl Observer for RelayWake {
     }
 }
 
+/// How long an idle relay waits before its next pass: the idle poll in
+/// relay mode; in send-on-commit mode, where it only recovers, a quarter
+/// of the lease (at least the idle poll).
+pub fn recovery_poll(config: &super::RuntimeConfig) -> std::time::Duration {
+    match config.dispatch {
+        super::Dispatch::Relay => config.idle_poll,
+        super::Dispatch::Commit => (config.relay_lease / 4).max(config.idle_poll),
+    }
+}
+
 /// Relays `service`'s outbox until shutdown, polling every idle poll.
 pub async fn run(env: Env, service: Service, shutdown: Shutdown) {
     run_woken(env, service, shutdown, None).await
@@ -187,7 +207,7 @@ pub async fn run_woken(
             }
             Ok(_) => {
                 failures = 0;
-                env.config.idle_poll
+                recovery_poll(&env.config)
             }
             Err(e) => {
                 // Growing, bounded: a store that refuses the claim or the

@@ -65,8 +65,17 @@ pub trait StoreTx: Send {
     /// Writes a whole row (insert or update).
     async fn save(&mut self, row: &Row) -> StoreResult<()>;
 
-    /// Adds an event to this service's outbox.
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()>;
+    /// Adds an event to this service's outbox; returns the row's `seq`.
+    /// With `claimed_until`, the row is inserted already claimed until then
+    /// (send on commit, `runtime::dispatch`: the committing process
+    /// publishes it right after the commit, and no relay claims it before
+    /// the lease ends); without, it is due to the relays at once.
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64>;
 
     /// Makes every write of the transaction visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
@@ -96,8 +105,13 @@ pub trait StoreTx: Send {
     async fn save_many(&mut self, rows: &[Row]) -> StoreResult<()>;
 
     /// [`enqueue`](Self::enqueue) for events in the order given (their
-    /// outbox order).
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()>;
+    /// outbox order); their seqs, in the same order.
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>>;
 }
 
 /// The batch operations of [`StoreTx`] for a store without batched
@@ -148,11 +162,13 @@ pub mod one_at_a_time {
         tx: &mut T,
         events: &[Event],
         now: Timestamp,
-    ) -> StoreResult<()> {
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
+        let mut seqs = Vec::with_capacity(events.len());
         for event in events {
-            tx.enqueue(event, now).await?;
+            seqs.push(tx.enqueue(event, now, claimed_until).await?);
         }
-        Ok(())
+        Ok(seqs)
     }
 }
 

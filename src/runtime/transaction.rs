@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use crate::domain::participants::{self, StepContext, StepError};
-use crate::domain::{Event, EventId, RowKey, Rows, Service};
+use crate::domain::{Event, EventId, RowKey, Rows, Service, Timestamp};
 
 use super::observer::RuntimeEvent;
 use super::store::{StoreError, StoreTx};
-use super::Env;
+use super::{dispatch, Env};
 
 /// How a transaction ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,24 +92,60 @@ async fn transact_once<E>(
     for row in &out.writes {
         tx.save(row).await?;
     }
+    let claimed_until = dispatch::claimed_until(env, now);
+    let mut enqueued = Vec::with_capacity(out.emit.len());
+    let mut seqs = Vec::with_capacity(out.emit.len());
     for event in &out.emit {
         if crate::mutant!(EmitOutsideTx) {
             // Planted bug: the event leaves before the state that caused it
             // is committed, and is lost if publishing fails.
             let _ = env.bus.publish(event).await;
         } else {
-            tx.enqueue(event, now).await?;
+            seqs.push(tx.enqueue(event, now, claimed_until).await?);
+            enqueued.push(event.clone());
         }
     }
-    tx.commit().await?;
-    env.observer.observe(RuntimeEvent::Committed {
+    commit_and_send(
+        env,
         service,
-        cause: dedupe,
-    });
+        tx,
+        dedupe,
+        claimed_until.map(|_| (&enqueued[..], &seqs[..], now)),
+    )
+    .await?;
     Ok(Committed::Applied {
         writes: out.writes.len(),
         emitted: out.emit.len(),
     })
+}
+
+/// Commits `tx`, reports it, then (send on commit, when `outgoing` holds
+/// the events the transaction enqueued claimed, their seqs and its `now`)
+/// publishes and marks them: the one tail of the single-event and the
+/// batched transaction.
+pub(crate) async fn commit_and_send(
+    env: &Env,
+    service: Service,
+    tx: Box<dyn StoreTx>,
+    cause: Option<EventId>,
+    outgoing: Option<(&[Event], &[i64], Timestamp)>,
+) -> Result<(), StoreError> {
+    let entries = outgoing.map_or_else(Vec::new, |(events, seqs, now)| {
+        dispatch::entries(events, seqs, now)
+    });
+    let early = crate::mutant!(PublishBeforeCommit);
+    if early {
+        // Planted bug: the events leave before the transaction that wrote
+        // them commits; a commit that then fails leaves them on the bus
+        // with no state behind them.
+        dispatch::send(env, service, &entries).await;
+    }
+    tx.commit().await?;
+    env.observer.observe(RuntimeEvent::Committed { service, cause });
+    if !early {
+        dispatch::send(env, service, &entries).await;
+    }
+    Ok(())
 }
 
 /// Exponential backoff with a jitter drawn from the event id, so replicas

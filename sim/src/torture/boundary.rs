@@ -6,7 +6,8 @@
 //!   transaction, transactions that fail to begin or commit with a conflict
 //!   or "unavailable" (`store-abort`), relay and sweeper reads and marks
 //!   that fail (`store-abort`); an armed `BeforeCommit` crash point stops
-//!   the replica inside its next commit;
+//!   the replica inside its next commit, an armed `AfterCommit` one right
+//!   after its next commit that enqueued events (before they are sent);
 //! - bus: publishes delayed, dropped (`drop-publish`) or made twice
 //!   (`duplicate`), a batch publish that fails part of the way
 //!   (`drop-publish`: the leading events go out, the relay is told the rest
@@ -106,6 +107,7 @@ impl Store for FaultyStore {
             inner: Some(inner),
             shared: self.shared.clone(),
             replica: self.replica,
+            enqueued: false,
         }))
     }
 
@@ -180,6 +182,9 @@ struct FaultyTx {
     inner: Option<Box<dyn StoreTx>>,
     shared: Arc<Shared>,
     replica: Option<Replica>,
+    /// Whether it enqueued events (an armed `AfterCommit` point fires only
+    /// at such a commit: between it and the send on commit).
+    enqueued: bool,
 }
 
 impl FaultyTx {
@@ -222,9 +227,16 @@ impl StoreTx for FaultyTx {
         self.tx().save(row).await
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
         jitter(&self.shared).await;
-        self.tx().enqueue(event, now).await
+        let seq = self.tx().enqueue(event, now, claimed_until).await?;
+        self.enqueued = true;
+        Ok(seq)
     }
 
     async fn record_processed_many(
@@ -246,9 +258,16 @@ impl StoreTx for FaultyTx {
         self.tx().save_many(rows).await
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
         jitter(&self.shared).await;
-        self.tx().enqueue_many(events, now).await
+        let seqs = self.tx().enqueue_many(events, now, claimed_until).await?;
+        self.enqueued |= !seqs.is_empty();
+        Ok(seqs)
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -267,7 +286,15 @@ impl StoreTx for FaultyTx {
             return Err(e);
         }
         let inner = self.inner.take().expect("committed once");
-        inner.commit().await
+        inner.commit().await?;
+        if let Some(r) = self.replica.filter(|_| self.enqueued) {
+            // Committed, its events not yet sent (send on commit).
+            if self.shared.fire(r, CrashPoint::AfterCommit) {
+                self.shared.count(FaultKind::CrashAfterCommit);
+                hang_until_crashed().await;
+            }
+        }
+        Ok(())
     }
 }
 

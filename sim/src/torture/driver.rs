@@ -171,7 +171,8 @@ async fn run_async(
         .map_err(|e| format!("seeding the opening rows: {e}"))?;
     seeding.close().await;
 
-    let config = runtime_config(&input.plan);
+    let mut config = runtime_config(&input.plan);
+    config.dispatch = crate::run::dispatch_for(input.seed);
     let redis_config = RedisConfig {
         prefix,
         visibility_timeout: Duration::from_millis(500),

@@ -23,7 +23,7 @@ use purchase_saga::domain::{DurationMs, Service, Timestamp};
 use purchase_saga::runtime::commands::{place_order, PlaceError, Placed};
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::{
-    consumer, relay, sweeper, Clock, Env, Fanout, Observer, RuntimeConfig, SystemClock,
+    consumer, relay, sweeper, Clock, Dispatch, Env, Fanout, Observer, RuntimeConfig, SystemClock,
 };
 use purchase_saga::workload::OrderSpec;
 use tokio::task::JoinHandle;
@@ -139,7 +139,14 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
         // process cut off Redis would: the others take its entries.
         let cut = wiring.shared.clone();
         bus.pause_heartbeat_while(move || cut.is_cut(replica));
-        let wake = Arc::new(RelayWake::default());
+        // Commits wake the relay only in relay mode (send on commit: the
+        // relay recovers, on its idle poll).
+        let relay_mode = wiring.config.dispatch == Dispatch::Relay;
+        let wake = relay_mode.then(|| Arc::new(RelayWake::default()));
+        let observer: Arc<dyn Observer> = match &wake {
+            Some(wake) => Arc::new(Fanout(vec![wiring.observer.clone(), wake.clone()])),
+            None => wiring.observer.clone(),
+        };
         let env = Env {
             store: Arc::new(FaultyStore {
                 inner: Arc::new(CheckedStore {
@@ -159,7 +166,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
             }),
             clock: wiring.clock(&replica.host()),
             gateway: Arc::new(SimulatedGateway::default()),
-            observer: Arc::new(Fanout(vec![wiring.observer.clone(), wake.clone()])),
+            observer,
             config: wiring.config.clone(),
         };
         // Never signalled: a replica ends by being aborted.
@@ -172,12 +179,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
             replica.host(),
             shutdown.clone(),
         ));
-        loops.spawn(relay::run_woken(
-            env.clone(),
-            service,
-            shutdown.clone(),
-            Some(wake),
-        ));
+        loops.spawn(relay::run_woken(env.clone(), service, shutdown.clone(), wake));
         loops.spawn(sweeper::run_pruner(env.clone(), vec![service], shutdown.clone()));
         if service == Service::Order {
             loops.spawn(sweeper::run(env.clone(), shutdown.clone()));

@@ -491,10 +491,15 @@ impl StoreTx for CheckedTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
-        self.inner.enqueue(event, now).await?;
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
+        let seq = self.inner.enqueue(event, now, claimed_until).await?;
         self.enqueued.push(event.clone());
-        Ok(())
+        Ok(seq)
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -523,10 +528,15 @@ impl StoreTx for CheckedTx {
         Ok(())
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
-        self.inner.enqueue_many(events, now).await?;
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
+        let seqs = self.inner.enqueue_many(events, now, claimed_until).await?;
         self.enqueued.extend(events.iter().cloned());
-        Ok(())
+        Ok(seqs)
     }
 }
 

@@ -168,27 +168,33 @@ impl StoreTx for PgTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
         assert_eq!(
             event.emitter(),
             self.service,
             "a service enqueues only its own events"
         );
         let sql = format!(
-            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at, claimed_until) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
             schema(self.service)
         );
         self.counts.ran(PgStatement::OutboxInsert);
-        let found = sqlx::query(&sql)
+        let found = sqlx::query_scalar::<_, i64>(&sql)
             .bind(event.event_id.0)
             .bind(event.event_type().as_str())
             .bind(event.order_id.as_str())
             .bind(event.encode())
             .bind(now.to_datetime())
-            .execute(&mut *self.tx)
+            .bind(claimed_until.map(Timestamp::to_datetime))
+            .fetch_one(&mut *self.tx)
             .await;
-        self.checked(found).await?;
-        Ok(())
+        self.checked(found).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -336,35 +342,46 @@ impl StoreTx for PgTx {
     }
 
     /// One INSERT of every event, numbered in the order given.
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         assert!(
             events.iter().all(|e| e.emitter() == self.service),
             "a service enqueues only its own events"
         );
         let sql = format!(
-            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at) \
-             SELECT e, t, o, p, $5 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-             WITH ORDINALITY AS u(e, t, o, p, n) ORDER BY n",
+            "INSERT INTO {}.outbox (event_id, event_type, order_id, payload, created_at, claimed_until) \
+             SELECT e, t, o, p, $5, $6 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+             WITH ORDINALITY AS u(e, t, o, p, n) ORDER BY n RETURNING seq",
             schema(self.service)
         );
         self.counts.ran(PgStatement::OutboxInsertMany);
-        let found = sqlx::query(&sql)
+        let found = sqlx::query_scalar::<_, i64>(&sql)
             .bind(events.iter().map(|e| e.event_id.0).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.event_type().as_str()).collect::<Vec<_>>())
             .bind(events.iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>())
             .bind(events.iter().map(Event::encode).collect::<Vec<_>>())
             .bind(now.to_datetime())
-            .execute(&mut *self.tx)
+            .bind(claimed_until.map(Timestamp::to_datetime))
+            .fetch_all(&mut *self.tx)
             .await;
-        let done = self.checked(found).await?;
-        debug_assert_eq!(
-            done.rows_affected(),
-            events.len() as u64,
-            "one outbox row per event"
-        );
-        Ok(())
+        let mut seqs: Vec<i64> = self.checked(found).await?;
+        if seqs.len() != events.len() {
+            return Err(StoreError::Fatal(format!(
+                "outbox insert of {} events returned {} seqs",
+                events.len(),
+                seqs.len()
+            )));
+        }
+        // The rows take their seqs in the insert's order (`ORDER BY n`), so
+        // ascending seqs are the events' order.
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 }

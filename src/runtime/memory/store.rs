@@ -44,9 +44,10 @@
 //! - **D5 after an error.** Postgres aborts the transaction at its first
 //!   error (later statements fail with 25P02); this store's stays usable.
 //!   The runtime drops a transaction at its first error.
-//! - **D6 outbox seq.** Postgres numbers entries per service (`bigserial`)
-//!   when they are enqueued, with gaps after rollbacks; this store numbers
-//!   them with one counter at commit. A seq is only a handle for
+//! - **D6 outbox seq.** Postgres numbers entries per service (`bigserial`);
+//!   this store with one counter for all services. Both number them when
+//!   they are enqueued (so a transaction knows the seqs it publishes on
+//!   commit), with gaps after rollbacks. A seq is only a handle for
 //!   `mark_published` and an order; both keep each transaction's events in
 //!   order, and concurrent transactions' events have no order to keep.
 //! - **D7 prune batch.** When more rows are expired than a batch, this store
@@ -312,7 +313,8 @@ struct MemoryTx {
     writes: BTreeMap<RowKey, Row>,
     /// Event ids to record as processed, with the time they were.
     inbox: Vec<(EventId, Timestamp)>,
-    outbox: Vec<(Event, Timestamp)>,
+    /// Enqueued rows: seq, event, created at, claimed until.
+    outbox: Vec<(i64, Event, Timestamp, Option<Timestamp>)>,
 }
 
 impl MemoryTx {
@@ -447,14 +449,26 @@ impl StoreTx for MemoryTx {
         Ok(())
     }
 
-    async fn enqueue(&mut self, event: &Event, now: Timestamp) -> StoreResult<()> {
+    async fn enqueue(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<i64> {
         assert_eq!(
             event.emitter(),
             self.service,
             "a service enqueues only its own events"
         );
-        self.outbox.push((event.clone(), now));
-        Ok(())
+        // Numbered at the insert, as `bigserial` does (a rollback leaves a
+        // gap), so the transaction knows the seqs it will publish.
+        let seq = {
+            let mut state = self.shared.state.lock().expect("store mutex");
+            state.next_seq += 1;
+            state.next_seq
+        };
+        self.outbox.push((seq, event.clone(), now, claimed_until));
+        Ok(seq)
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -486,12 +500,10 @@ impl StoreTx for MemoryTx {
                 "inbox id {id} committed twice: its lock should have prevented it"
             );
         }
-        for (event, now) in std::mem::take(&mut self.outbox) {
-            state.next_seq += 1;
-            let seq = state.next_seq;
-            state
-                .outbox
-                .insert((self.service, seq), Slot::new(seq, Ok(event), now));
+        for (seq, event, now, claimed_until) in std::mem::take(&mut self.outbox) {
+            let mut slot = Slot::new(seq, Ok(event), now);
+            slot.claimed_until = claimed_until;
+            state.outbox.insert((self.service, seq), slot);
         }
         state.commits += 1;
         self.release(&mut state);
@@ -516,8 +528,13 @@ impl StoreTx for MemoryTx {
         one_at_a_time::save_many(self, rows).await
     }
 
-    async fn enqueue_many(&mut self, events: &[Event], now: Timestamp) -> StoreResult<()> {
-        one_at_a_time::enqueue_many(self, events, now).await
+    async fn enqueue_many(
+        &mut self,
+        events: &[Event],
+        now: Timestamp,
+        claimed_until: Option<Timestamp>,
+    ) -> StoreResult<Vec<i64>> {
+        one_at_a_time::enqueue_many(self, events, now, claimed_until).await
     }
 }
 
