@@ -526,6 +526,7 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         "1",
         "--open-orders",
         "10",
+        "--apply-control",
     ]);
     let stdout = text(&out.stdout);
     assert!(
@@ -547,12 +548,22 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
             .collect()
     };
     let rows = table("x1");
-    assert_eq!(rows.len(), 4, "one row per level and apply mode: {stdout}");
-    let modes: Vec<(&str, &str)> = rows.iter().map(|r| (r[4].as_str(), r[5].as_str())).collect();
+    assert_eq!(rows.len(), 6, "one row per level and mode: {stdout}");
+    let modes: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[3].as_str(), r[4].as_str(), r[5].as_str()))
+        .collect();
     assert_eq!(
         modes,
-        [("batch", "1"), ("batch", "3"), ("event", "1"), ("event", "3")],
-        "batched apply, then the control (--batch-apply off), in one run: {stdout}"
+        [
+            ("commit", "batch", "1"),
+            ("commit", "batch", "3"),
+            ("relay", "batch", "1"),
+            ("relay", "batch", "3"),
+            ("commit", "event", "1"),
+            ("commit", "event", "3")
+        ],
+        "send on commit, its control (--dispatch relay), then one transaction per event, in one run: {stdout}"
     );
     for row in &rows {
         let sagas_per_s: f64 = row[6].parse().expect("sagas/s is a number");
@@ -571,7 +582,7 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
     // 10 open-loop ones, 34 sagas of 9 published events each (the success
     // path), and wrote each event's outbox row at least twice (insert, mark).
     let writes = table("writes");
-    assert_eq!(writes.len(), 2, "one writes row per mode: {stdout}");
+    assert_eq!(writes.len(), 3, "one writes row per mode: {stdout}");
     for row in &writes {
         assert_eq!((row[4].as_str(), row[5].as_str()), ("34", "306"), "{stdout}");
         let commits: f64 = row[6].parse().unwrap();
@@ -583,7 +594,7 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         assert!((2.0..=3.5).contains(&outbox), "outbox writes per event: {stdout}");
     }
     let open = table("open");
-    assert_eq!(open.len(), 2, "one open-loop row per mode: {stdout}");
+    assert_eq!(open.len(), 3, "one open-loop row per mode: {stdout}");
     for row in &open {
         assert_eq!(row[5], "10", "{stdout}");
         let p50: f64 = row[7].parse().unwrap();

@@ -29,9 +29,11 @@
 //!    half the scale's best closed-loop rate, latency from each order's
 //!    intended send time; p50, p99, p99.9.
 //!
-//! The modes: by default each scale runs the relay's mode and its control
-//! one after the other on the same database after the same ceiling, each
-//! with its own pool and loops, so that the ratios of one run compare them.
+//! The modes: by default each scale runs send on commit (`--dispatch
+//! commit`) and its control, the relay's dispatch, one after the other on
+//! the same database after the same ceiling, each with its own pool and
+//! loops, so that the ratios of one run compare them (`--apply-control`
+//! adds one transaction per event, issue 14's control).
 //!
 //! Every user is rich and roomy and every item plentiful, so every saga
 //! completes: the full path, the most transactions per saga.
@@ -58,7 +60,7 @@ use crate::domain::gateway::{SimulatedGateway, DEFAULT_METHOD};
 use crate::domain::participants::order::PlaceOrder;
 use crate::domain::{ItemId, OrderId, Payload, Service, UserId};
 use crate::runtime::commands::{place_order, Placed};
-use crate::runtime::{Clock, Env, Observer, RuntimeEvent, Store, SystemClock};
+use crate::runtime::{Clock, Dispatch, Env, Observer, RuntimeEvent, Store, SystemClock};
 use crate::workload::{ItemSpec, Scenario, UserSpec};
 
 use super::hops::{percentile, permille, HopSummary, Hops};
@@ -99,10 +101,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_relay_wake: bool,
     /// Skip the control: by default each scale runs its levels twice, with
-    /// batched apply and then with one transaction per event
-    /// (`--batch-apply off`), on the same database after the same ceiling.
+    /// send on commit (`--dispatch commit`) and then with the relay's
+    /// dispatch (`--dispatch relay`), on the same database after the same
+    /// ceiling. Only the global `--dispatch` and `--batch-apply` run.
     #[arg(long)]
     pub no_control: bool,
+    /// Also run the levels with one transaction per event (`--batch-apply
+    /// off`, issue 14's control), which gives the naive bound its commits
+    /// per saga as counted (else the success path's 9).
+    #[arg(long)]
+    pub apply_control: bool,
     /// The open-loop level's rate as a share of the scale's best
     /// closed-loop sagas/s (over every mode of the run); 0 skips it.
     #[arg(long, default_value_t = 0.5)]
@@ -529,13 +537,15 @@ async fn await_quiet(observer: &BenchObserver, quiet: Duration, bound: Duration)
 /// How a mode runs the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mode {
+    /// Who publishes a step's events (`--dispatch`).
+    dispatch: Dispatch,
     /// Batched apply (`--batch-apply on`) or one transaction per event.
     batch_apply: bool,
 }
 
 impl Mode {
     fn dispatch_name(&self) -> &'static str {
-        "relay"
+        self.dispatch.name()
     }
 
     fn apply_name(&self) -> &'static str {
@@ -614,6 +624,7 @@ impl Window {
         let mut config = global.runtime_config();
         config.idle_poll = Duration::from_millis(u64::from(args.idle_poll_ms));
         config.batch_apply = mode.batch_apply;
+        config.dispatch = mode.dispatch;
         let env = Env {
             store: store.clone() as Arc<dyn Store>,
             bus: Arc::new(fresh.bus.clone()),
@@ -819,16 +830,36 @@ fn progress(len: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// The modes a run measures, in order: both apply modes (batched, then the
-/// control) unless `--no-control`, which runs the global `--batch-apply`.
+/// The modes a run measures, in order: send on commit, then the relay's
+/// dispatch (the control), both with the global `--batch-apply`; with
+/// `--apply-control`, then one transaction per event (with the global
+/// `--dispatch`) too. `--no-control` runs only the global settings.
 fn modes_of(global: &GlobalArgs, args: &BenchArgs) -> Vec<Mode> {
+    let batch_apply = global.batch_apply == OnOff::On;
+    let dispatch = Dispatch::from(global.dispatch);
     if args.no_control {
-        vec![Mode {
-            batch_apply: global.batch_apply == OnOff::On,
-        }]
-    } else {
-        vec![Mode { batch_apply: true }, Mode { batch_apply: false }]
+        return vec![Mode {
+            dispatch,
+            batch_apply,
+        }];
     }
+    let mut modes = vec![
+        Mode {
+            dispatch: Dispatch::Commit,
+            batch_apply,
+        },
+        Mode {
+            dispatch: Dispatch::Relay,
+            batch_apply,
+        },
+    ];
+    if args.apply_control && batch_apply {
+        modes.push(Mode {
+            dispatch,
+            batch_apply: false,
+        });
+    }
+    modes
 }
 
 /// Runs every service's loops in `mode` and every level's clients against

@@ -145,7 +145,7 @@ mod tests {
             }),
         );
         let mut tx = store.begin(Service::Payment).await.unwrap();
-        tx.enqueue(&event, now).await.unwrap();
+        tx.enqueue(&event, now, None).await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(
             store

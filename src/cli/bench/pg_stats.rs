@@ -120,14 +120,16 @@ impl DbStats {
     }
 }
 
-/// Waits until no backend but the caller's is connected to `database`, at
-/// most `bound`: then every counter of the closed pools has been reported.
+/// Waits until no client backend but the caller's is connected to
+/// `database` (autovacuum workers may stay), at most `bound`: then every
+/// counter of the closed pools has been reported.
 /// Returns whether it got there.
 pub async fn settle(conn: &mut PgConnection, database: &str, bound: Duration) -> Result<bool, String> {
     let until = Instant::now() + bound;
     loop {
         let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
         )
         .bind(database)
         .fetch_one(&mut *conn)
