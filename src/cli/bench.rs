@@ -149,6 +149,9 @@ struct BenchObserver {
     terminal: AtomicU64,
     /// Events published for the first time.
     published: AtomicU64,
+    /// Publishes again of an entry already marked published: re-drive
+    /// rounds, or a publish whose mark was lost.
+    republished: AtomicU64,
     waiters: Mutex<BTreeMap<OrderId, oneshot::Sender<Instant>>>,
     hops: Hops,
 }
@@ -160,11 +163,12 @@ impl Observer for BenchObserver {
                 event, republish: 0, ..
             } => self.hops.published(event, SystemClock.now().0),
             RuntimeEvent::Handled {
+                service,
                 event: Some(event),
                 attempt: 1,
                 duration,
                 ..
-            } => self.hops.handled(event.event_id, *duration),
+            } => self.hops.handled(*service, event.event_id, *duration),
             _ => {}
         }
         match &event {
@@ -173,6 +177,9 @@ impl Observer for BenchObserver {
             }
             RuntimeEvent::Published { republish: 0, .. } => {
                 self.published.fetch_add(1, Ordering::Relaxed);
+            }
+            RuntimeEvent::Published { .. } => {
+                self.republished.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -571,6 +578,8 @@ struct WindowCounts {
     terminal: u64,
     /// Events published for the first time.
     published: u64,
+    /// Publishes of entries already marked published (re-drive rounds).
+    republished: u64,
     claims: ClaimCounts,
     db: DbStats,
 }
@@ -581,6 +590,7 @@ impl WindowCounts {
             commits_observed: self.commits_observed + other.commits_observed,
             terminal: self.terminal + other.terminal,
             published: self.published + other.published,
+            republished: self.republished + other.republished,
             claims: ClaimCounts {
                 took_rows: self.claims.took_rows + other.claims.took_rows,
                 calls: self.claims.calls + other.claims.calls,
@@ -668,6 +678,7 @@ impl Window {
             commits_observed: observer.commits.load(Ordering::Relaxed),
             terminal: observer.terminal.load(Ordering::Relaxed),
             published: observer.published.load(Ordering::Relaxed),
+            republished: observer.republished.load(Ordering::Relaxed),
             claims: self.store.counts(),
             db: after.since(&self.before),
         })
@@ -935,9 +946,10 @@ fn work_line(c: &WindowCounts) -> String {
             .map(|(schema, w)| format!("{schema} {:.2}", c.per_saga(w.total() as f64)))
             .collect();
     format!(
-        "{} sagas, {} events published; per saga: {:.2} commits (database), {:.2} rows written ({:.2} ins, {:.2} upd, {:.2} del; {}), {:.2} relay claims that took rows ({:.2} claims in all); outbox writes per event {:.2} ({} ins, {} upd, {} del)",
+        "{} sagas, {} events published ({} re-driven); per saga: {:.2} commits (database), {:.2} rows written ({:.2} ins, {:.2} upd, {:.2} del; {}), {:.2} relay claims that took rows ({:.2} claims in all); outbox writes per event {:.2} ({} ins, {} upd, {} del)",
         c.terminal,
         c.published,
+        c.republished,
         c.per_saga(c.db.commits as f64),
         c.per_saga(writes.total() as f64),
         c.per_saga(writes.inserted as f64),
@@ -1091,7 +1103,7 @@ fn print_report(results: &[ScaleResult]) -> bool {
 
     println!();
     println!(
-        "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10} {:>10} {:>12} {:>11} {:>11}",
+        "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10} {:>10} {:>12} {:>11} {:>11} {:>11}",
         "writes",
         "scale",
         "dispatch",
@@ -1102,13 +1114,14 @@ fn print_report(results: &[ScaleResult]) -> bool {
         "rows/sg",
         "outbox w/ev",
         "claims/sg",
-        "claim calls"
+        "claim calls",
+        "redrives/ev"
     );
     for r in results {
         for m in &r.modes {
             let c = &m.counts;
             println!(
-                "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10.2} {:>10.2} {:>12.2} {:>11.3} {:>11.2}",
+                "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10.2} {:>10.2} {:>12.2} {:>11.3} {:>11.2} {:>11.3}",
                 "writes",
                 format!("x{}", r.scale),
                 m.mode.dispatch_name(),
@@ -1119,12 +1132,13 @@ fn print_report(results: &[ScaleResult]) -> bool {
                 c.per_saga(c.db.writes().total() as f64),
                 c.outbox_writes_per_event(),
                 c.per_saga(c.claims.took_rows as f64),
-                c.per_saga(c.claims.calls as f64)
+                c.per_saga(c.claims.calls as f64),
+                c.republished as f64 / c.published.max(1) as f64
             );
         }
     }
     println!("writes: over the mode's closed-loop and open-loop windows; commits/sg and rows/sg from pg_stat_database and pg_stat_user_tables (every service schema)");
-    println!("outbox w/ev = outbox rows inserted + updated + deleted per event published; claims/sg = relay claims that took rows per saga; claim calls = every claim per saga, empty ones included");
+    println!("outbox w/ev = outbox rows inserted + updated + deleted per event published; claims/sg = relay claims that took rows per saga; claim calls = every claim per saga, empty ones included; redrives/ev = publishes of already-marked entries (re-drive rounds, each a claim and a mark more) per event");
 
     let open: Vec<(&ScaleResult, &ModeResult, &OpenResult)> = results
         .iter()

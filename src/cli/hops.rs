@@ -20,11 +20,11 @@
 //! First deliveries and first publishes only: a redelivery or a re-drive
 //! would measure the visibility timeout or the re-drive schedule, not a hop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{Event, EventId};
+use crate::domain::{Event, EventId, Service};
 
 /// Collects the spans of every hop of a level; see the module docs.
 #[derive(Default)]
@@ -33,6 +33,10 @@ pub struct Hops(Mutex<Spans>);
 #[derive(Default)]
 struct Spans {
     published: BTreeMap<EventId, Instant>,
+    /// Subscribers whose hop of an event was counted: a re-driven
+    /// publish of the event is a new bus entry (a first delivery again),
+    /// which would otherwise count as a hop as long as its re-drive round.
+    counted: BTreeSet<(EventId, Service)>,
     step_to_publish: Vec<Duration>,
     publish_to_take_up: Vec<Duration>,
     apply: Vec<Duration>,
@@ -111,12 +115,16 @@ impl Hops {
         spans.published.insert(event.event_id, Instant::now());
     }
 
-    /// A consumer finished its first delivery of `event_id` after handling
-    /// it for `duration`.
-    pub fn handled(&self, event_id: EventId, duration: Duration) {
+    /// A consumer of `service` finished its first delivery of `event_id`
+    /// after handling it for `duration`. Only the first such delivery per
+    /// subscriber counts (see [`Spans::counted`]).
+    pub fn handled(&self, service: Service, event_id: EventId, duration: Duration) {
         let now = Instant::now();
         let mut spans = self.0.lock().expect("hops mutex");
         if let Some(published) = spans.published.get(&event_id).copied() {
+            if !spans.counted.insert((event_id, service)) {
+                return;
+            }
             let taken_up = now.checked_sub(duration).unwrap_or(now);
             spans
                 .publish_to_take_up
@@ -192,9 +200,12 @@ mod tests {
         );
         let unseen = EventId(uuid::Uuid::from_u128(7));
         assert_ne!(unseen, event.event_id);
-        hops.handled(unseen, Duration::from_millis(3));
+        hops.handled(Service::Order, unseen, Duration::from_millis(3));
         hops.published(&event, 1_005);
-        hops.handled(event.event_id, Duration::from_millis(2));
+        hops.handled(Service::Order, event.event_id, Duration::from_millis(2));
+        // A re-driven copy of the event, delivered later as a new entry:
+        // not a hop of its own.
+        hops.handled(Service::Order, event.event_id, Duration::from_millis(9));
         let summary = hops.take();
         assert_eq!(summary.step_to_publish.mean, Duration::from_millis(5));
         assert_eq!(summary.apply.samples, 1, "only the published event's hop counts");
