@@ -510,7 +510,8 @@ async fn in_memory_serve_prints_tokens_that_work() {
 /// `bench` on the real PostgreSQL and Redis, briefly: both ceilings, every
 /// saga on the full success path (9 commits with one transaction per event:
 /// the order and 8 participant steps), a row per level for batched apply
-/// and for the control, and its databases dropped afterwards.
+/// and for the control, the database's writes per mode, an open-loop level
+/// per mode, and its databases dropped afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_both_ceilings_and_cleans_up() {
     let admin = common::database_url();
@@ -528,6 +529,9 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         "1",
         "--ceiling-seconds",
         "1",
+        "--open-orders",
+        "10",
+        "--apply-control",
     ]);
     let stdout = text(&out.stdout);
     assert!(
@@ -541,30 +545,75 @@ async fn bench_measures_both_ceilings_and_cleans_up() {
         .and_then(|t| t.strip_suffix(':'))
         .expect("the first line names the run");
     assert!(stdout.contains("single-row update tx/s") && stdout.contains("step-shaped tx/s"));
-    let rows: Vec<Vec<&str>> = stdout
+    let table = |first: &str| -> Vec<Vec<String>> {
+        stdout
+            .lines()
+            .filter(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(first) && words.next().is_some_and(|w| w.starts_with('x'))
+            })
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    let rows: Vec<Vec<String>> = stdout
         .lines()
         .filter(|l| l.trim_start().starts_with("x1 "))
-        .map(|l| l.split_whitespace().collect())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
         .collect();
-    assert_eq!(rows.len(), 4, "one row per level and apply mode: {stdout}");
-    let modes: Vec<(&str, &str)> = rows.iter().map(|r| (r[3], r[4])).collect();
+    assert_eq!(rows.len(), 6, "one row per level and mode: {stdout}");
+    let modes: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[3].as_str(), r[4].as_str(), r[5].as_str()))
+        .collect();
     assert_eq!(
         modes,
-        [("batch", "1"), ("batch", "3"), ("event", "1"), ("event", "3")],
-        "batched apply, then the control (--batch-apply off), in one run: {stdout}"
+        [
+            ("commit", "batch", "1"),
+            ("commit", "batch", "3"),
+            ("relay", "batch", "1"),
+            ("relay", "batch", "3"),
+            ("commit", "event", "1"),
+            ("commit", "event", "3")
+        ],
+        "send on commit, its control (--dispatch relay), then one transaction per event, in one run: {stdout}"
     );
     for row in &rows {
-        let sagas_per_s: f64 = row[5].parse().expect("sagas/s is a number");
+        let sagas_per_s: f64 = row[6].parse().expect("sagas/s is a number");
         assert!(sagas_per_s > 0.0, "{stdout}");
-        let per_saga: f64 = row[10].parse().expect("tx/saga is a number");
+        let per_saga: f64 = row[11].parse().expect("tx/saga is a number");
         assert!(per_saga > 0.0 && per_saga <= 9.0, "{stdout}");
-        assert_eq!(row[11], rows[0][11], "one naive bound per scale: {stdout}");
+        assert_eq!(row[12], rows[0][12], "one naive bound per scale: {stdout}");
     }
-    for row in rows.iter().filter(|r| r[3] == "event") {
+    for row in rows.iter().filter(|r| r[4] == "event") {
         assert_eq!(
-            row[10], "9.00",
+            row[11], "9.00",
             "one commit per event on the success path: {stdout}"
         );
+    }
+    // The database's count: every mode placed 2 x 12 closed-loop orders and
+    // 10 open-loop ones, 34 sagas of 9 published events each (the success
+    // path), and wrote each event's outbox row at least twice (insert, mark).
+    let writes = table("writes");
+    assert_eq!(writes.len(), 3, "one writes row per mode: {stdout}");
+    for row in &writes {
+        assert_eq!((row[4].as_str(), row[5].as_str()), ("34", "306"), "{stdout}");
+        let commits: f64 = row[6].parse().unwrap();
+        assert!(
+            commits >= 1.0,
+            "the database counted the sagas' commits: {stdout}"
+        );
+        // Insert and mark at least; re-drive rounds of the earlier levels'
+        // events (a claim and a mark each) may land in the window too.
+        let outbox: f64 = row[8].parse().unwrap();
+        assert!(outbox >= 2.0, "outbox writes per event: {stdout}");
+    }
+    let open = table("open");
+    assert_eq!(open.len(), 3, "one open-loop row per mode: {stdout}");
+    for row in &open {
+        assert_eq!(row[5], "10", "{stdout}");
+        let p50: f64 = row[7].parse().unwrap();
+        let p999: f64 = row[9].parse().unwrap();
+        assert!(p50 > 0.0 && p999 >= p50, "{stdout}");
     }
     let pool = sqlx::PgPool::connect(&admin).await.expect("admin database");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")

@@ -20,6 +20,20 @@
 //! 3. Commits per saga: every committed transaction (observer `Committed`)
 //!    over every saga, counted once the run is quiet. The ceiling in sagas/s
 //!    is the ceiling in transactions/s divided by it.
+//! 4. The database's own count of the work: per mode, `pg_stat_database`
+//!    commits and `pg_stat_user_tables` rows written per schema, read
+//!    before and after the mode ([`pg_stats`]), per saga; the outboxes'
+//!    writes per published event; the relays' claims per saga (counted by
+//!    a [`claims::CountingStore`] around the store).
+//! 5. An open-loop level per mode ([`open_loop`]): Poisson arrivals at
+//!    half the scale's best closed-loop rate, latency from each order's
+//!    intended send time; p50, p99, p99.9.
+//!
+//! The modes: by default each scale runs send on commit (`--dispatch
+//! commit`) and its control, the relay's dispatch, one after the other on
+//! the same database after the same ceiling, each with its own pool and
+//! loops, so that the ratios of one run compare them (`--apply-control`
+//! adds one transaction per event, issue 14's control).
 //!
 //! Every user is rich and roomy and every item plentiful, so every saga
 //! completes: the full path, the most transactions per saga.
@@ -37,6 +51,7 @@ use rand_chacha::ChaCha8Rng;
 use sqlx::Connection;
 
 use crate::adapters::postgres::with_database;
+use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use crate::adapters::postgres::{self, PgConfig, PgStore};
@@ -45,12 +60,20 @@ use crate::domain::gateway::{SimulatedGateway, DEFAULT_METHOD};
 use crate::domain::participants::order::PlaceOrder;
 use crate::domain::{ItemId, OrderId, Payload, Service, UserId};
 use crate::runtime::commands::{place_order, Placed};
-use crate::runtime::{Clock, Env, Observer, RuntimeEvent, Store, SystemClock};
+use crate::runtime::{Clock, Dispatch, Env, Observer, RuntimeEvent, Store, SystemClock};
 use crate::workload::{ItemSpec, Scenario, UserSpec};
 
-use super::hops::{percentile, Hops};
+use super::hops::{percentile, permille, HopSummary, Hops};
+
+mod claims;
+mod open_loop;
+mod pg_stats;
+
 use super::serve::Running;
 use super::{GlobalArgs, OnOff, SHUTDOWN_GRACE};
+use claims::{ClaimCounts, CountingStore};
+use open_loop::{run_open, OpenResult};
+use pg_stats::DbStats;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -78,10 +101,27 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_relay_wake: bool,
     /// Skip the control: by default each scale runs its levels twice, with
-    /// batched apply and then with one transaction per event
-    /// (`--batch-apply off`), on the same database after the same ceiling.
+    /// send on commit (`--dispatch commit`) and then with the relay's
+    /// dispatch (`--dispatch relay`), on the same database after the same
+    /// ceiling. Only the global `--dispatch` and `--batch-apply` run.
     #[arg(long)]
     pub no_control: bool,
+    /// Also run the levels with one transaction per event (`--batch-apply
+    /// off`, issue 14's control), which gives the naive bound its commits
+    /// per saga as counted (else the success path's 9).
+    #[arg(long)]
+    pub apply_control: bool,
+    /// The open-loop level's rate as a share of the scale's best
+    /// closed-loop sagas/s (over every mode of the run); 0 skips it.
+    #[arg(long, default_value_t = 0.5)]
+    pub open_fraction: f64,
+    /// The open-loop level's rate in orders/s, instead of
+    /// `--open-fraction` of the measured maximum.
+    #[arg(long)]
+    pub open_rate: Option<f64>,
+    /// Orders of the open-loop level (default: `--orders`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub open_orders: Option<u32>,
     /// Keep the bench databases (their names are printed).
     #[arg(long)]
     pub keep: bool,
@@ -107,6 +147,11 @@ const BASE_ITEMS: usize = 20;
 struct BenchObserver {
     commits: AtomicU64,
     terminal: AtomicU64,
+    /// Events published for the first time.
+    published: AtomicU64,
+    /// Publishes again of an entry already marked published: re-drive
+    /// rounds, or a publish whose mark was lost.
+    republished: AtomicU64,
     waiters: Mutex<BTreeMap<OrderId, oneshot::Sender<Instant>>>,
     hops: Hops,
 }
@@ -118,17 +163,27 @@ impl Observer for BenchObserver {
                 event, republish: 0, ..
             } => self.hops.published(event, SystemClock.now().0),
             RuntimeEvent::Handled {
+                service,
                 event: Some(event),
                 attempt: 1,
                 duration,
                 ..
-            } => self.hops.handled(event.event_id, *duration),
+            } => self.hops.handled(*service, event.event_id, *duration),
             _ => {}
         }
-        match event {
+        match &event {
             RuntimeEvent::Committed { .. } => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
             }
+            RuntimeEvent::Published { republish: 0, .. } => {
+                self.published.fetch_add(1, Ordering::Relaxed);
+            }
+            RuntimeEvent::Published { .. } => {
+                self.republished.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        match event {
             RuntimeEvent::Published {
                 event, republish: 0, ..
             } if matches!(
@@ -162,6 +217,7 @@ struct LevelResult {
     p99: Duration,
     ceiling_tps: f64,
     step_ceiling_tps: f64,
+    hops: HopSummary,
 }
 
 impl LevelResult {
@@ -203,13 +259,22 @@ fn scenario(scale: u16) -> Scenario {
 struct Fresh {
     admin_url: String,
     name: String,
-    store: PgStore,
+    /// The bench database's URL.
+    url: String,
+    config: PgConfig,
     bus: RedisBus,
     redis_url: String,
 }
 
 impl Fresh {
-    async fn create(global: &GlobalArgs, tag: &str, scale: u16, pool: u32) -> Result<Fresh, String> {
+    /// Creates and migrates the database; returns it with the pool that
+    /// did, for the seeding and the ceilings (closed before the modes).
+    async fn create(
+        global: &GlobalArgs,
+        tag: &str,
+        scale: u16,
+        pool: u32,
+    ) -> Result<(Fresh, PgPool), String> {
         let name = format!("ps_bench_{tag}_x{scale}");
         let mut admin = sqlx::PgConnection::connect(&global.database_url)
             .await
@@ -228,10 +293,7 @@ impl Fresh {
             connections_max: pool,
             ..PgConfig::default()
         };
-        let pg = postgres::connect(&with_database(&global.database_url, &name), &config)
-            .await
-            .map_err(|e| e.to_string())?;
-        postgres::migrate(&pg).await.map_err(|e| e.to_string())?;
+        let url = with_database(&global.database_url, &name);
         let bus = RedisBus::connect(
             &global.redis_url,
             RedisConfig {
@@ -241,13 +303,30 @@ impl Fresh {
         )
         .await
         .map_err(|e| e.to_string())?;
-        Ok(Fresh {
+        let fresh = Fresh {
             admin_url: global.database_url.clone(),
             name,
-            store: PgStore::new(pg),
+            url,
+            config,
             bus,
             redis_url: global.redis_url.clone(),
-        })
+        };
+        let pg = fresh.pool().await?;
+        postgres::migrate(&pg).await.map_err(|e| e.to_string())?;
+        Ok((fresh, pg))
+    }
+
+    /// A new pool on the bench database.
+    async fn pool(&self) -> Result<PgPool, String> {
+        postgres::connect(&self.url, &self.config)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The statistics counters of the bench database, once no other
+    /// backend is connected to it (see [`pg_stats`]).
+    async fn stats(&self) -> Result<DbStats, String> {
+        pg_stats::read(&self.url, &self.name).await
     }
 
     async fn drop_all(self, keep: bool) {
@@ -260,7 +339,6 @@ impl Fresh {
                 let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
             }
         }
-        self.store.pool().close().await;
         if keep {
             println!("kept database {}", self.name);
             return;
@@ -358,42 +436,64 @@ const STEP_PAYLOAD: &str = concat!(
     r#""reservedAmount":100,"remainingBalance":900,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
 );
 
-/// What every client of a scale shares.
+/// What every client of a mode's window shares.
+#[derive(Clone)]
 struct Rig {
     env: Env,
     observer: Arc<BenchObserver>,
     scenario: Arc<Scenario>,
     seed: u64,
-    tag: String,
+}
+
+/// Places order `order_id` for user `user` and item `item` (indices into
+/// the scenario) and waits for its terminal event to be published: when it
+/// was, or None if the order was not created or not terminal in time.
+async fn place_and_wait(rig: &Rig, order_id: &str, user: usize, item: usize) -> Option<Instant> {
+    let cmd = PlaceOrder {
+        order_id: OrderId::parse(order_id).expect("valid id"),
+        user_id: rig.scenario.users[user].id.clone(),
+        item_id: rig.scenario.items[item].id.clone(),
+        quantity: 1,
+        payment_method: DEFAULT_METHOD.to_string(),
+    };
+    let (tx, rx) = oneshot::channel();
+    rig.observer
+        .waiters
+        .lock()
+        .expect("waiters mutex")
+        .insert(cmd.order_id.clone(), tx);
+    match place_order(&rig.env, &cmd).await {
+        Ok(Placed::Created) => {}
+        Ok(Placed::Existing(_)) | Err(_) => {
+            rig.observer
+                .waiters
+                .lock()
+                .expect("waiters mutex")
+                .remove(&cmd.order_id);
+            return None;
+        }
+    }
+    match tokio::time::timeout(TERMINAL_WAIT, rx).await {
+        Ok(Ok(at)) => Some(at),
+        _ => None,
+    }
 }
 
 /// Places `orders` orders with `clients` closed-loop clients, each waiting
 /// for its order's terminal publish; returns latencies and failures.
 async fn run_level(
     rig: &Rig,
+    tag: &str,
     clients: u16,
     orders: u32,
     bar: &ProgressBar,
 ) -> (Vec<Duration>, usize, Duration) {
-    let Rig {
-        env,
-        observer,
-        scenario,
-        seed,
-        tag,
-    } = rig;
-    let seed = *seed;
+    let seed = rig.seed;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let (env, observer, scenario, next, bar) = (
-            env.clone(),
-            observer.clone(),
-            scenario.clone(),
-            next.clone(),
-            bar.clone(),
-        );
+        let (rig, next, bar) = (rig.clone(), next.clone(), bar.clone());
         let tag = format!("{tag}-c{clients}");
         tasks.spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(clients) << 32) ^ u64::from(client));
@@ -404,38 +504,12 @@ async fn run_level(
                 if n >= u64::from(orders) {
                     return (latencies, failed);
                 }
-                let user = &scenario.users[rng.random_range(0..scenario.users.len())];
-                let item = &scenario.items[rng.random_range(0..scenario.items.len())];
-                let cmd = PlaceOrder {
-                    order_id: OrderId::parse(format!("{tag}-{n}")).expect("valid id"),
-                    user_id: user.id.clone(),
-                    item_id: item.id.clone(),
-                    quantity: 1,
-                    payment_method: DEFAULT_METHOD.to_string(),
-                };
-                let (tx, rx) = oneshot::channel();
-                observer
-                    .waiters
-                    .lock()
-                    .expect("waiters mutex")
-                    .insert(cmd.order_id.clone(), tx);
+                let user = rng.random_range(0..rig.scenario.users.len());
+                let item = rng.random_range(0..rig.scenario.items.len());
                 let placed_at = Instant::now();
-                match place_order(&env, &cmd).await {
-                    Ok(Placed::Created) => {}
-                    Ok(Placed::Existing(_)) | Err(_) => {
-                        observer
-                            .waiters
-                            .lock()
-                            .expect("waiters mutex")
-                            .remove(&cmd.order_id);
-                        failed += 1;
-                        bar.inc(1);
-                        continue;
-                    }
-                }
-                match tokio::time::timeout(TERMINAL_WAIT, rx).await {
-                    Ok(Ok(at)) => latencies.push(at.saturating_duration_since(placed_at)),
-                    _ => failed += 1,
+                match place_and_wait(&rig, &format!("{tag}-{n}"), user, item).await {
+                    Some(at) => latencies.push(at.saturating_duration_since(placed_at)),
+                    None => failed += 1,
                 }
                 bar.inc(1);
             }
@@ -467,12 +541,159 @@ async fn await_quiet(observer: &BenchObserver, quiet: Duration, bound: Duration)
     }
 }
 
-/// What one apply mode measured at every level of a scale.
-struct ModeResult {
+/// How a mode runs the saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mode {
+    /// Who publishes a step's events (`--dispatch`).
+    dispatch: Dispatch,
     /// Batched apply (`--batch-apply on`) or one transaction per event.
     batch_apply: bool,
+}
+
+impl Mode {
+    fn dispatch_name(&self) -> &'static str {
+        self.dispatch.name()
+    }
+
+    fn apply_name(&self) -> &'static str {
+        if self.batch_apply {
+            "batch"
+        } else {
+            "event"
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.dispatch_name(), self.apply_name())
+    }
+}
+
+/// The work a window (a mode's loops from start to stop) did, by the
+/// runtime's count and by the database's.
+#[derive(Debug, Clone, Default)]
+struct WindowCounts {
+    /// Commits the observer saw (`Committed`).
+    commits_observed: u64,
+    /// Sagas whose terminal event was published.
+    terminal: u64,
+    /// Events published for the first time.
+    published: u64,
+    /// Publishes of entries already marked published (re-drive rounds).
+    republished: u64,
+    claims: ClaimCounts,
+    db: DbStats,
+}
+
+impl WindowCounts {
+    fn plus(&self, other: &WindowCounts) -> WindowCounts {
+        WindowCounts {
+            commits_observed: self.commits_observed + other.commits_observed,
+            terminal: self.terminal + other.terminal,
+            published: self.published + other.published,
+            republished: self.republished + other.republished,
+            claims: ClaimCounts {
+                took_rows: self.claims.took_rows + other.claims.took_rows,
+                calls: self.claims.calls + other.claims.calls,
+            },
+            db: self.db.plus(&other.db),
+        }
+    }
+
+    /// `count` per saga.
+    fn per_saga(&self, count: f64) -> f64 {
+        count / self.terminal.max(1) as f64
+    }
+
+    /// Outbox rows written (insert, claim, mark...) per event published.
+    fn outbox_writes_per_event(&self) -> f64 {
+        self.db.outbox.total() as f64 / self.published.max(1) as f64
+    }
+}
+
+/// One mode's loops on their own pool, from start to stop.
+struct Window {
+    running: Running,
+    rig: Rig,
+    store: Arc<CountingStore>,
+    pool: PgPool,
+    before: DbStats,
+}
+
+impl Window {
+    async fn open(
+        global: &GlobalArgs,
+        args: &BenchArgs,
+        fresh: &Fresh,
+        scenario: &Arc<Scenario>,
+        mode: Mode,
+    ) -> Result<Window, String> {
+        let before = fresh.stats().await?;
+        let pool = fresh.pool().await?;
+        let store = Arc::new(CountingStore::new(Arc::new(PgStore::new(pool.clone()))));
+        let observer = Arc::new(BenchObserver::default());
+        let mut config = global.runtime_config();
+        config.idle_poll = Duration::from_millis(u64::from(args.idle_poll_ms));
+        config.batch_apply = mode.batch_apply;
+        config.dispatch = mode.dispatch;
+        let env = Env {
+            store: store.clone() as Arc<dyn Store>,
+            bus: Arc::new(fresh.bus.clone()),
+            clock: Arc::new(SystemClock),
+            gateway: Arc::new(SimulatedGateway::default()),
+            observer: observer.clone(),
+            config,
+        };
+        let running = Running::start_with(&env, &Service::ALL, args.replicas, !args.no_relay_wake);
+        let rig = Rig {
+            env: running.env().clone(),
+            observer,
+            scenario: scenario.clone(),
+            seed: args.seed,
+        };
+        Ok(Window {
+            running,
+            rig,
+            store,
+            pool,
+            before,
+        })
+    }
+
+    /// Stops the loops, closes the pool and reads what the window did.
+    async fn close(self, fresh: &Fresh) -> Result<WindowCounts, String> {
+        await_quiet(
+            &self.rig.observer,
+            Duration::from_millis(300),
+            Duration::from_secs(30),
+        )
+        .await;
+        let unfinished = self.running.stop(SHUTDOWN_GRACE).await;
+        if !unfinished.is_empty() {
+            return Err(format!("tasks did not stop: {}", unfinished.join(", ")));
+        }
+        self.pool.close().await;
+        let after = fresh.stats().await?;
+        let observer = &self.rig.observer;
+        Ok(WindowCounts {
+            commits_observed: observer.commits.load(Ordering::Relaxed),
+            terminal: observer.terminal.load(Ordering::Relaxed),
+            published: observer.published.load(Ordering::Relaxed),
+            republished: observer.republished.load(Ordering::Relaxed),
+            claims: self.store.counts(),
+            db: after.since(&self.before),
+        })
+    }
+}
+
+/// What one mode measured at every level of a scale.
+struct ModeResult {
+    mode: Mode,
     levels: Vec<LevelResult>,
+    /// Observed commits per saga over the closed-loop levels.
     commits_per_saga: f64,
+    open: Option<OpenResult>,
+    /// The closed-loop window and the open-loop one together.
+    counts: WindowCounts,
 }
 
 /// What one scale measured.
@@ -485,14 +706,14 @@ struct ScaleResult {
 
 impl ScaleResult {
     /// Commits per saga with one transaction per event (the control's as
-    /// counted, or without a control the success path's
-    /// [`SUCCESS_PATH_COMMITS`]): what the naive bound divides the ceiling
-    /// by. A batched run's own count would divide by fewer commits and
-    /// inflate the bound it is measured against.
+    /// counted, or without it the success path's [`SUCCESS_PATH_COMMITS`]):
+    /// what the naive bound divides the ceiling by. A batched run's own
+    /// count would divide by fewer commits and inflate the bound it is
+    /// measured against.
     fn commits_per_saga_per_event(&self) -> f64 {
         self.modes
             .iter()
-            .find(|m| !m.batch_apply)
+            .find(|m| !m.mode.batch_apply)
             .map_or(SUCCESS_PATH_COMMITS, |m| m.commits_per_saga)
     }
 }
@@ -510,16 +731,14 @@ async fn run_scale(
         usize::from(global.handle_concurrency),
         usize::from(level_max),
     );
-    let fresh = Fresh::create(global, tag, scale, pool).await?;
+    let (fresh, pg) = Fresh::create(global, tag, scale, pool).await?;
     let scenario = Arc::new(scenario(scale));
-    fresh
-        .store
+    PgStore::new(pg.clone())
         .seed_rows(&scenario.opening_rows())
         .await
         .map_err(|e| format!("seeding: {e}"))?;
 
     // 1. The ceiling, before any loop runs.
-    let pg = fresh.store.pool().clone();
     sqlx::query("CREATE TABLE public.bench_ceiling (id int PRIMARY KEY, n bigint NOT NULL)")
         .execute(&pg)
         .await
@@ -546,23 +765,49 @@ async fn run_scale(
         );
         ceilings.insert(level, (single, step));
     }
+    // Its backends report their counters when they exit, before any mode.
+    pg.close().await;
 
-    // 2. The saga at each level, batched apply first, then the control.
+    // 2. The saga at each level, mode by mode.
     let mut modes = Vec::new();
-    for batch_apply in apply_modes(global, args) {
-        modes.push(
-            run_mode(
-                global,
-                args,
-                &fresh,
-                &scenario,
-                &ceilings,
-                tag,
-                scale,
-                batch_apply,
-            )
-            .await?,
-        );
+    for mode in modes_of(global, args) {
+        modes.push(run_mode(global, args, &fresh, &scenario, &ceilings, tag, scale, mode).await?);
+    }
+
+    // 3. The open-loop level of every mode, at one rate for all.
+    let best = modes
+        .iter()
+        .flat_map(|m| &m.levels)
+        .map(LevelResult::sagas_per_s)
+        .fold(0.0, f64::max);
+    let rate = args.open_rate.unwrap_or(best * args.open_fraction);
+    if rate > 0.0 && rate.is_finite() {
+        let orders = args.open_orders.unwrap_or(args.orders);
+        for m in &mut modes {
+            let window = Window::open(global, args, &fresh, &scenario, m.mode).await?;
+            let bar = progress(
+                u64::from(orders),
+                &format!("  x{scale}/{} open {rate:.0}/s", m.mode.name()),
+            );
+            let open_tag = format!("{tag}-{}-{}-open", m.mode.dispatch_name(), m.mode.apply_name());
+            let open = run_open(&window.rig, rate, orders, &open_tag, &bar).await;
+            bar.finish_and_clear();
+            let hops = window.rig.observer.hops.take();
+            println!(
+                "  x{scale}/{}: open loop at {rate:.1} orders/s ({} of {best:.1} sagas/s): p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, sender late {:.1} ms at most{}",
+                m.mode.name(),
+                args.open_rate.map_or_else(|| format!("{:.2}", args.open_fraction), |_| "given, not a share".into()),
+                ms(percentile(&open.latencies, 50)),
+                ms(percentile(&open.latencies, 99)),
+                ms(permille(&open.latencies, 999)),
+                ms(open.send_late_max),
+                not_terminal(open.failed)
+            );
+            println!("    {}", hops.line());
+            let counts = window.close(&fresh).await?;
+            m.counts = m.counts.plus(&counts);
+            m.open = Some(open);
+        }
     }
     fresh.drop_all(args.keep).await;
     Ok(ScaleResult {
@@ -573,18 +818,63 @@ async fn run_scale(
     })
 }
 
-/// The apply modes a run measures, in order: both (batched, then the
-/// control) unless `--no-control`, which runs the global `--batch-apply`.
-fn apply_modes(global: &GlobalArgs, args: &BenchArgs) -> Vec<bool> {
-    if args.no_control {
-        vec![global.batch_apply == OnOff::On]
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn not_terminal(failed: usize) -> String {
+    if failed > 0 {
+        format!(", {failed} not terminal")
     } else {
-        vec![true, false]
+        String::new()
     }
 }
 
-/// Runs every service's loops with `batch_apply` and every level's clients
-/// against them; the commits per saga are counted once the loops stopped.
+fn progress(len: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{prefix} {{bar:40}} {{pos}}/{{len}} [{{elapsed}}] {{per_sec}}"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// The modes a run measures, in order: send on commit, then the relay's
+/// dispatch (the control), both with the global `--batch-apply`; with
+/// `--apply-control`, then one transaction per event (with the global
+/// `--dispatch`) too. `--no-control` runs only the global settings.
+fn modes_of(global: &GlobalArgs, args: &BenchArgs) -> Vec<Mode> {
+    let batch_apply = global.batch_apply == OnOff::On;
+    let dispatch = Dispatch::from(global.dispatch);
+    if args.no_control {
+        return vec![Mode {
+            dispatch,
+            batch_apply,
+        }];
+    }
+    let mut modes = vec![
+        Mode {
+            dispatch: Dispatch::Commit,
+            batch_apply,
+        },
+        Mode {
+            dispatch: Dispatch::Relay,
+            batch_apply,
+        },
+    ];
+    if args.apply_control && batch_apply {
+        modes.push(Mode {
+            dispatch,
+            batch_apply: false,
+        });
+    }
+    modes
+}
+
+/// Runs every service's loops in `mode` and every level's clients against
+/// them; the work is counted once the loops stopped.
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
 async fn run_mode(
     global: &GlobalArgs,
@@ -594,41 +884,26 @@ async fn run_mode(
     ceilings: &BTreeMap<u16, (f64, f64)>,
     tag: &str,
     scale: u16,
-    batch_apply: bool,
+    mode: Mode,
 ) -> Result<ModeResult, String> {
-    let observer = Arc::new(BenchObserver::default());
-    let mut config = global.runtime_config();
-    config.idle_poll = Duration::from_millis(u64::from(args.idle_poll_ms));
-    config.batch_apply = batch_apply;
-    let env = Env {
-        store: Arc::new(fresh.store.clone()) as Arc<dyn Store>,
-        bus: Arc::new(fresh.bus.clone()),
-        clock: Arc::new(SystemClock),
-        gateway: Arc::new(SimulatedGateway::default()),
-        observer: observer.clone(),
-        config,
-    };
-    let mode = mode_name(batch_apply);
-    let running = Running::start_with(&env, &Service::ALL, args.replicas, !args.no_relay_wake);
-    let rig = Rig {
-        env: running.env().clone(),
-        observer: observer.clone(),
-        scenario: scenario.clone(),
-        seed: args.seed,
-        // Order ids stay unique over both modes on the one database.
-        tag: format!("{tag}-{mode}"),
-    };
+    let window = Window::open(global, args, fresh, scenario, mode).await?;
+    // Order ids stay unique over every mode on the one database.
+    let tag = format!("{tag}-{}-{}", mode.dispatch_name(), mode.apply_name());
     let mut levels = Vec::new();
     for &level in &args.levels {
-        let bar = ProgressBar::new(u64::from(args.orders));
-        bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "  x{scale}/{mode} {level:>3} clients {{bar:40}} {{pos}}/{{len}} [{{elapsed}}] {{per_sec}}"
-            ))
-            .expect("a valid template"),
+        let bar = progress(
+            u64::from(args.orders),
+            &format!("  x{scale}/{} {level:>3} clients", mode.name()),
         );
-        let (latencies, failed, elapsed) = run_level(&rig, level, args.orders, &bar).await;
+        let (latencies, failed, elapsed) = run_level(&window.rig, &tag, level, args.orders, &bar).await;
         bar.finish_and_clear();
+        // The tail of this level (notifications) settles before the next.
+        await_quiet(
+            &window.rig.observer,
+            Duration::from_millis(300),
+            Duration::from_secs(30),
+        )
+        .await;
         let result = LevelResult {
             concurrency: level,
             sagas: latencies.len(),
@@ -638,42 +913,56 @@ async fn run_mode(
             p99: percentile(&latencies, 99),
             ceiling_tps: ceilings[&level].0,
             step_ceiling_tps: ceilings[&level].1,
+            hops: window.rig.observer.hops.take(),
         };
         println!(
-            "  x{scale}/{mode}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
+            "  x{scale}/{}: {level:>3} clients: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms{}",
+            mode.name(),
             result.sagas_per_s(),
-            result.p50.as_secs_f64() * 1e3,
-            result.p99.as_secs_f64() * 1e3,
-            if failed > 0 {
-                format!(", {failed} not terminal")
-            } else {
-                String::new()
-            }
+            ms(result.p50),
+            ms(result.p99),
+            not_terminal(failed)
         );
+        println!("    {}", result.hops.line());
         levels.push(result);
-        // The tail of this level (notifications) settles before the next.
-        await_quiet(&observer, Duration::from_millis(300), Duration::from_secs(30)).await;
-        println!("    {}", observer.hops.take().line());
     }
-    let unfinished = running.stop(SHUTDOWN_GRACE).await;
-    if !unfinished.is_empty() {
-        return Err(format!("tasks did not stop: {}", unfinished.join(", ")));
-    }
-    let terminal = observer.terminal.load(Ordering::Relaxed);
-    let commits = observer.commits.load(Ordering::Relaxed);
+    let counts = window.close(fresh).await?;
+    println!("  x{scale}/{}: {}", mode.name(), work_line(&counts));
     Ok(ModeResult {
-        batch_apply,
+        mode,
         levels,
-        commits_per_saga: commits as f64 / terminal.max(1) as f64,
+        commits_per_saga: counts.per_saga(counts.commits_observed as f64),
+        open: None,
+        counts,
     })
 }
 
-fn mode_name(batch_apply: bool) -> &'static str {
-    if batch_apply {
-        "batch"
-    } else {
-        "event"
-    }
+/// The database's work of a window, per saga, on one line.
+fn work_line(c: &WindowCounts) -> String {
+    let writes = c.db.writes();
+    let per_schema: Vec<String> =
+        c.db.schemas
+            .iter()
+            .map(|(schema, w)| format!("{schema} {:.2}", c.per_saga(w.total() as f64)))
+            .collect();
+    format!(
+        "{} sagas, {} events published ({} re-driven); per saga: {:.2} commits (database), {:.2} rows written ({:.2} ins, {:.2} upd, {:.2} del; {}), {:.2} relay claims that took rows ({:.2} claims in all); outbox writes per event {:.2} ({} ins, {} upd, {} del)",
+        c.terminal,
+        c.published,
+        c.republished,
+        c.per_saga(c.db.commits as f64),
+        c.per_saga(writes.total() as f64),
+        c.per_saga(writes.inserted as f64),
+        c.per_saga(writes.updated as f64),
+        c.per_saga(writes.deleted as f64),
+        per_schema.join(", "),
+        c.per_saga(c.claims.took_rows as f64),
+        c.per_saga(c.claims.calls as f64),
+        c.outbox_writes_per_event(),
+        c.db.outbox.inserted,
+        c.db.outbox.updated,
+        c.db.outbox.deleted
+    )
 }
 
 /// `purchase-saga bench`.
@@ -688,12 +977,23 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
     if args.levels.contains(&0) || args.scales.contains(&0) {
         return Err("levels and scales must be at least 1".into());
     }
+    if !(args.open_fraction >= 0.0 && args.open_fraction.is_finite()) {
+        return Err(format!(
+            "--open-fraction must be a share >= 0, not {}",
+            args.open_fraction
+        ));
+    }
+    if let Some(rate) = args.open_rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(format!("--open-rate must be a rate > 0, not {rate}"));
+        }
+    }
     let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let load_before = load_average();
     println!(
-        "bench {tag}: levels {:?}, apply {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
+        "bench {tag}: levels {:?}, modes {:?}, {} orders per level, {} consumers per service, idle poll {} ms, relay wake {}, load average {load_before}",
         args.levels,
-        apply_modes(global, args).into_iter().map(mode_name).collect::<Vec<_>>(),
+        modes_of(global, args).iter().map(Mode::name).collect::<Vec<_>>(),
         args.orders,
         args.replicas,
         args.idle_poll_ms,
@@ -704,13 +1004,20 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
         results.push(run_scale(global, args, &tag, scale).await?);
     }
     let load_after = load_average();
+    let ok = print_report(&results);
+    println!("load average: {load_before} before, {load_after} after");
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
 
+/// Prints the run's tables; false if an order did not end.
+fn print_report(results: &[ScaleResult]) -> bool {
     println!();
     println!(
-        "{:>5} {:>6} {:>5} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "{:>5} {:>6} {:>5} {:>8} {:>5} {:>7} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10}",
         "scale",
         "users",
         "items",
+        "dispatch",
         "apply",
         "clients",
         "sagas/s",
@@ -724,7 +1031,7 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
         "step ratio"
     );
     let mut ok = true;
-    for r in &results {
+    for r in results {
         let best =
             |f: fn(&LevelResult) -> f64| r.modes.iter().flat_map(|m| &m.levels).map(f).fold(0.0, f64::max);
         let per_saga = r.commits_per_saga_per_event().max(1e-9);
@@ -733,15 +1040,16 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
         for m in &r.modes {
             for l in &m.levels {
                 println!(
-                    "{:>5} {:>6} {:>5} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>9.1}%",
+                    "{:>5} {:>6} {:>5} {:>8} {:>5} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>10.0} {:>9.0} {:>9.2} {:>10.1} {:>7.1}% {:>9.1}%",
                     format!("x{}", r.scale),
                     r.users,
                     r.items,
-                    mode_name(m.batch_apply),
+                    m.mode.dispatch_name(),
+                    m.mode.apply_name(),
                     l.concurrency,
                     l.sagas_per_s(),
-                    l.p50.as_secs_f64() * 1e3,
-                    l.p99.as_secs_f64() * 1e3,
+                    ms(l.p50),
+                    ms(l.p99),
                     l.ceiling_tps,
                     l.step_ceiling_tps,
                     m.commits_per_saga,
@@ -753,12 +1061,129 @@ pub async fn run_bench(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode
             }
         }
     }
-    println!(
-        "apply: batch = --batch-apply on, event = --batch-apply off (one transaction per event, the control)"
-    );
-    println!("tx/saga = commits per saga in that mode, counted over the mode's run");
+    println!("dispatch: commit = events published by the committing task, relay = by the relay");
+    println!("apply: batch = --batch-apply on, event = --batch-apply off (one transaction per event)");
+    println!("tx/saga = commits per saga in that mode (observed by the runtime), over the mode's closed-loop levels");
     println!("naive sg/s = best single-row update tx/s of the scale / commits per saga with one transaction per event");
     println!("ratio = sagas/s / naive sg/s; step ratio = sagas/s / (best step-shaped tx/s / the same commits per saga)");
-    println!("load average: {load_before} before, {load_after} after");
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+
+    println!();
+    println!(
+        "{:<5} {:>5} {:>8} {:>5} {:>7} {:>16} {:>16} {:>16} {:>6}",
+        "hops",
+        "scale",
+        "dispatch",
+        "apply",
+        "clients",
+        "step->pub ms",
+        "pub->take-up ms",
+        "apply ms",
+        "hops"
+    );
+    let span = |s: &super::hops::Span| format!("{:.1} / {:.1}", ms(s.mean), ms(s.p99));
+    for r in results {
+        for m in &r.modes {
+            for l in &m.levels {
+                println!(
+                    "{:<5} {:>5} {:>8} {:>5} {:>7} {:>16} {:>16} {:>16} {:>6}",
+                    "hops",
+                    format!("x{}", r.scale),
+                    m.mode.dispatch_name(),
+                    m.mode.apply_name(),
+                    l.concurrency,
+                    span(&l.hops.step_to_publish),
+                    span(&l.hops.publish_to_take_up),
+                    span(&l.hops.apply),
+                    l.hops.apply.samples
+                );
+            }
+        }
+    }
+    println!("hops: mean / p99 of each span (src/cli/hops.rs)");
+
+    println!();
+    println!(
+        "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10} {:>10} {:>12} {:>11} {:>11} {:>11}",
+        "writes",
+        "scale",
+        "dispatch",
+        "apply",
+        "sagas",
+        "events",
+        "commits/sg",
+        "rows/sg",
+        "outbox w/ev",
+        "claims/sg",
+        "claim calls",
+        "redrives/ev"
+    );
+    for r in results {
+        for m in &r.modes {
+            let c = &m.counts;
+            println!(
+                "{:<6} {:>5} {:>8} {:>5} {:>6} {:>9} {:>10.2} {:>10.2} {:>12.2} {:>11.3} {:>11.2} {:>11.3}",
+                "writes",
+                format!("x{}", r.scale),
+                m.mode.dispatch_name(),
+                m.mode.apply_name(),
+                c.terminal,
+                c.published,
+                c.per_saga(c.db.commits as f64),
+                c.per_saga(c.db.writes().total() as f64),
+                c.outbox_writes_per_event(),
+                c.per_saga(c.claims.took_rows as f64),
+                c.per_saga(c.claims.calls as f64),
+                c.republished as f64 / c.published.max(1) as f64
+            );
+        }
+    }
+    println!("writes: over the mode's closed-loop and open-loop windows; commits/sg and rows/sg from pg_stat_database and pg_stat_user_tables (every service schema)");
+    println!("outbox w/ev = outbox rows inserted + updated + deleted per event published; claims/sg = relay claims that took rows per saga; claim calls = every claim per saga, empty ones included; redrives/ev = publishes of already-marked entries (re-drive rounds, each a claim and a mark more) per event");
+
+    let open: Vec<(&ScaleResult, &ModeResult, &OpenResult)> = results
+        .iter()
+        .flat_map(|r| {
+            r.modes
+                .iter()
+                .filter_map(move |m| m.open.as_ref().map(|o| (r, m, o)))
+        })
+        .collect();
+    if !open.is_empty() {
+        println!();
+        println!(
+            "{:<5} {:>5} {:>8} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}",
+            "open",
+            "scale",
+            "dispatch",
+            "apply",
+            "offered/s",
+            "orders",
+            "sagas/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "late ms"
+        );
+        for (r, m, o) in open {
+            println!(
+                "{:<5} {:>5} {:>8} {:>5} {:>9.1} {:>7} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1}",
+                "open",
+                format!("x{}", r.scale),
+                m.mode.dispatch_name(),
+                m.mode.apply_name(),
+                o.rate,
+                o.orders,
+                o.sagas_per_s(),
+                ms(percentile(&o.latencies, 50)),
+                ms(percentile(&o.latencies, 99)),
+                ms(permille(&o.latencies, 999)),
+                ms(o.latencies.last().copied().unwrap_or_default()),
+                ms(o.send_late_max)
+            );
+            ok &= o.failed == 0;
+        }
+        println!("open: Poisson arrivals at the offered rate; latency from each order's intended send time to its terminal event's publish; late = the sender's largest delay behind the schedule");
+    }
+    ok
 }

@@ -20,11 +20,11 @@
 //! First deliveries and first publishes only: a redelivery or a re-drive
 //! would measure the visibility timeout or the re-drive schedule, not a hop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{Event, EventId};
+use crate::domain::{Event, EventId, Service};
 
 /// Collects the spans of every hop of a level; see the module docs.
 #[derive(Default)]
@@ -33,6 +33,10 @@ pub struct Hops(Mutex<Spans>);
 #[derive(Default)]
 struct Spans {
     published: BTreeMap<EventId, Instant>,
+    /// Subscribers whose hop of an event was counted: a re-driven
+    /// publish of the event is a new bus entry (a first delivery again),
+    /// which would otherwise count as a hop as long as its re-drive round.
+    counted: BTreeSet<(EventId, Service)>,
     step_to_publish: Vec<Duration>,
     publish_to_take_up: Vec<Duration>,
     apply: Vec<Duration>,
@@ -43,10 +47,18 @@ struct Spans {
 /// order-to-terminal latencies and the hop spans alike.
 pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(p <= 100, "a percentile is at most 100");
+    permille(sorted, p * 10)
+}
+
+/// The quantile `pm / 1000` of `sorted` (zero when empty), its index
+/// rounded up, as [`percentile`]: `permille(_, 999)` is p99.9. Exact (every
+/// sample is kept), so no histogram's bucket error.
+pub fn permille(sorted: &[Duration], pm: usize) -> Duration {
+    assert!(pm <= 1000, "a quantile is at most 1000 per mille");
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+    sorted[((sorted.len() - 1) * pm).div_ceil(1000)]
 }
 
 /// Mean and p99 of one span over a level's hops.
@@ -103,12 +115,16 @@ impl Hops {
         spans.published.insert(event.event_id, Instant::now());
     }
 
-    /// A consumer finished its first delivery of `event_id` after handling
-    /// it for `duration`.
-    pub fn handled(&self, event_id: EventId, duration: Duration) {
+    /// A consumer of `service` finished its first delivery of `event_id`
+    /// after handling it for `duration`. Only the first such delivery per
+    /// subscriber counts (see [`Spans::counted`]).
+    pub fn handled(&self, service: Service, event_id: EventId, duration: Duration) {
         let now = Instant::now();
         let mut spans = self.0.lock().expect("hops mutex");
         if let Some(published) = spans.published.get(&event_id).copied() {
+            if !spans.counted.insert((event_id, service)) {
+                return;
+            }
             let taken_up = now.checked_sub(duration).unwrap_or(now);
             spans
                 .publish_to_take_up
@@ -131,6 +147,31 @@ impl Hops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_round_their_index_up_and_p99_9_sees_the_last_sample_of_a_thousand() {
+        let ms: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        assert_eq!(
+            percentile(&ms, 50),
+            Duration::from_millis(501),
+            "index 499.5 rounds up"
+        );
+        assert_eq!(percentile(&ms, 99), Duration::from_millis(991));
+        assert_eq!(
+            permille(&ms, 999),
+            Duration::from_millis(1000),
+            "index 998.001 rounds up"
+        );
+        assert_eq!(permille(&ms, 990), percentile(&ms, 99));
+        assert_eq!(permille(&ms[..1], 999), Duration::from_millis(1));
+        assert_eq!(permille(&[], 999), Duration::ZERO);
+        // Of 2001 samples, p99.9 is the 1999th smallest (index 1998), not the
+        // maximum: one stall in 2001 orders shows only past p99.9.
+        let mut many: Vec<Duration> = vec![Duration::from_millis(5); 2000];
+        many.push(Duration::from_secs(2));
+        assert_eq!(permille(&many, 999), Duration::from_millis(5));
+        assert_eq!(permille(&many, 1000), Duration::from_secs(2));
+    }
 
     #[test]
     fn a_span_is_the_mean_and_the_99th_percentile_of_its_samples() {
@@ -159,9 +200,12 @@ mod tests {
         );
         let unseen = EventId(uuid::Uuid::from_u128(7));
         assert_ne!(unseen, event.event_id);
-        hops.handled(unseen, Duration::from_millis(3));
+        hops.handled(Service::Order, unseen, Duration::from_millis(3));
         hops.published(&event, 1_005);
-        hops.handled(event.event_id, Duration::from_millis(2));
+        hops.handled(Service::Order, event.event_id, Duration::from_millis(2));
+        // A re-driven copy of the event, delivered later as a new entry:
+        // not a hop of its own.
+        hops.handled(Service::Order, event.event_id, Duration::from_millis(9));
         let summary = hops.take();
         assert_eq!(summary.step_to_publish.mean, Duration::from_millis(5));
         assert_eq!(summary.apply.samples, 1, "only the published event's hop counts");
