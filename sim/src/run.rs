@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::dispatch_for;
 use purchase_saga::domain::invariants::{check_quiescent, Snapshot};
 use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::memory::MemoryStore;
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::trace::trace_hash;
 use purchase_saga::runtime::{consumer, relay, sweeper, Dispatch, RuntimeConfig};
-use crate::config::dispatch_for;
 use purchase_saga::workload::{Scenario, ScenarioSize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

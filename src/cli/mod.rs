@@ -97,33 +97,68 @@ pub struct GlobalArgs {
     /// `order_svc`); DATABASE_URL when unset. One pool per distinct URL:
     /// with none of the per-service URLs set, every service shares
     /// DATABASE_URL's one database.
-    #[arg(long, env = "DATABASE_URL_ORDER", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_ORDER",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_order: Option<String>,
     /// PostgreSQL URL of the User service's database (`user_svc`).
-    #[arg(long, env = "DATABASE_URL_USER", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_USER",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_user: Option<String>,
     /// PostgreSQL URL of the Payment service's database (`payment_svc`).
-    #[arg(long, env = "DATABASE_URL_PAYMENT", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_PAYMENT",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_payment: Option<String>,
     /// PostgreSQL URL of the Inventory service's database (`inventory_svc`).
-    #[arg(long, env = "DATABASE_URL_INVENTORY", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_INVENTORY",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_inventory: Option<String>,
     /// PostgreSQL URL of the Item service's database (`item_svc`).
-    #[arg(long, env = "DATABASE_URL_ITEM", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_ITEM",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_item: Option<String>,
     /// PostgreSQL URL of the Notification service's database
     /// (`notification_svc`).
-    #[arg(long, env = "DATABASE_URL_NOTIFICATION", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_NOTIFICATION",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_notification: Option<String>,
     /// PostgreSQL URL of the HTTP API's database (tokens, `api_auth`).
-    #[arg(long, env = "DATABASE_URL_API", value_name = "URL", hide_env_values = true,
-          global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL_API",
+        value_name = "URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url_api: Option<String>,
     /// Most connections of each PostgreSQL pool (one pool per distinct
     /// database URL). Keep the sum over every process sharing a server
