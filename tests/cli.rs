@@ -11,7 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestDb, TestRedis};
+use purchase_saga::adapters::redis::keys;
 use purchase_saga::cli::client;
+use purchase_saga::domain::Service;
 
 /// The binary under test: cargo's build of it, or `PURCHASE_SAGA_BIN` when
 /// set (a release build, or a copy that a concurrent build in a shared
@@ -1563,7 +1565,10 @@ fn plant_dead_letter(redis: &TestRedis, service: &str, reason: &str) -> String {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("XADD")
-        .arg(format!("{}:dead:{service}", redis.prefix))
+        .arg(keys::dead(
+            &redis.prefix,
+            Service::from_slug(service).expect("a service slug"),
+        ))
         .arg("*")
         .arg("entry_id")
         .arg("1-0")
@@ -1581,7 +1586,10 @@ fn dead_letter_count(redis: &TestRedis, service: &str) -> u64 {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("XLEN")
-        .arg(format!("{}:dead:{service}", redis.prefix))
+        .arg(keys::dead(
+            &redis.prefix,
+            Service::from_slug(service).expect("a service slug"),
+        ))
         .query(&mut conn)
         .unwrap()
 }
@@ -1640,7 +1648,7 @@ fn dlq_drops_and_purges_with_confirmation_and_names_bad_ids() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["deadId"] == first.as_str())
+        .find(|l| l["service"] == "payment" && l["deadId"] == first.as_str())
         .unwrap();
     assert_eq!(
         (first_json["reason"].as_str(), first_json["attempt"].as_u64()),
@@ -1728,7 +1736,7 @@ async fn audit_and_status_refuse_a_prefix_under_which_nothing_exists() {
     let stdout = text(&audit.stdout);
     assert_eq!(audit.status.code(), Some(3), "{stdout}{}", text(&audit.stderr));
     assert!(stdout.contains(&format!("prefix \"{typo}\"")), "{stdout}");
-    assert!(stdout.contains(&format!("{typo}:stream:user")), "{stdout}");
+    assert!(stdout.contains(&keys::stream(&typo, Service::User)), "{stdout}");
     assert!(!stdout.contains("clean"), "{stdout}");
     let json = with_typo(&["audit", "--json"]);
     assert_eq!(json.status.code(), Some(3));
@@ -1737,7 +1745,10 @@ async fn audit_and_status_refuse_a_prefix_under_which_nothing_exists() {
     let status = with_typo(&["status"]);
     let stdout = text(&status.stdout);
     assert_eq!(status.status.code(), Some(3), "{stdout}");
-    assert!(stdout.contains(&format!("{typo}:stream:payment")), "{stdout}");
+    assert!(
+        stdout.contains(&keys::stream(&typo, Service::Payment)),
+        "{stdout}"
+    );
     let status = with_typo(&["status", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     assert!(
