@@ -52,7 +52,12 @@ async fn a_mark_is_checked_against_what_the_broker_received_not_the_relays_repor
         clock: Arc::new(clock.clone()),
         gateway: Arc::new(SimulatedGateway::default()),
         observer: Arc::new(SimObserver { world: world.clone() }),
-        config: runtime_config(&plan),
+        // The relay publishes (the committer would send the rows itself,
+        // leased, and the relay would find none due).
+        config: purchase_saga::runtime::RuntimeConfig {
+            dispatch: purchase_saga::runtime::Dispatch::Relay,
+            ..runtime_config(&plan)
+        },
     };
     for o in &input.scenario.orders[..2] {
         commands::place_order(&env, &place_command(o))
