@@ -1560,6 +1560,20 @@ async fn token_revoke_of_no_token_fails_and_token_list_has_json() {
     );
 }
 
+/// Seeds the demo's users, items and tokens (the tokens file `name`,
+/// removed after) and returns the admin's `Authorization` value.
+fn seed_demo_admin(db: &TestDb, redis: &TestRedis, name: &str) -> String {
+    let tokens = scratch_file(name);
+    let seeded = run_on(
+        db,
+        redis,
+        &["seed-demo", "--tokens-file", tokens.to_str().unwrap()],
+    );
+    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
+    let _ = std::fs::remove_file(&tokens);
+    format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"))
+}
+
 /// Plants a dead letter of `service` with `reason`; returns its id.
 fn plant_dead_letter(redis: &TestRedis, service: &str, reason: &str) -> String {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
@@ -1704,15 +1718,7 @@ fn dlq_drops_and_purges_with_confirmation_and_names_bad_ids() {
 async fn audit_and_status_refuse_a_prefix_under_which_nothing_exists() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-prefix");
-    let tokens = scratch_file("prefix-tokens");
-    let seeded = run_on(
-        &db,
-        &redis,
-        &["seed-demo", "--tokens-file", tokens.to_str().unwrap()],
-    );
-    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
-    let _ = std::fs::remove_file(&tokens);
-    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let admin = seed_demo_admin(&db, &redis, "prefix-tokens");
     let all = Serving::start(&db, &redis, "all").await;
     place_for(all.addr, &admin, "demo-user-3").await;
     let settled = run_on(&db, &redis, &["audit", "--wait", "30"]);
@@ -1768,15 +1774,7 @@ async fn audit_and_status_refuse_a_prefix_under_which_nothing_exists() {
 async fn safety_means_the_same_in_every_audit_mode() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-safety");
-    let tokens = scratch_file("safety-tokens");
-    let seeded = run_on(
-        &db,
-        &redis,
-        &["seed-demo", "--tokens-file", tokens.to_str().unwrap()],
-    );
-    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
-    let _ = std::fs::remove_file(&tokens);
-    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let admin = seed_demo_admin(&db, &redis, "safety-tokens");
     // Traffic in flight: an order whose ORDER_CREATED no User consumer takes.
     let order_only = Serving::start(&db, &redis, "order").await;
     place_for(order_only.addr, &admin, "demo-user-3").await;
