@@ -10,7 +10,9 @@
 //!   in-memory runtime;
 //! - [`mutants`]: every planted bug on the engines that can see it;
 //! - [`corpus`]: `corpus replay` and `corpus repin`;
-//! - [`torture`]: the scenarios on the production adapters.
+//! - [`torture`]: the scenarios on the production adapters;
+//! - `completions`: a shell completion script (bash, zsh, fish, elvish,
+//!   powershell), written by `purchase_saga::cli::completions`.
 //!
 //! Shared: [`args`] (the flags several commands take, with one default
 //! each), [`out`] (stdout and stderr, a closed pipe ending the process
@@ -106,6 +108,10 @@ pub enum Command {
     /// seed unless --redis-url), plus faults only real servers have;
     /// exits 1 on any violation.
     Torture(torture::TortureArgs),
+    /// Prints the shell completion script for every command and flag:
+    /// `saga-sim completions bash > ~/.local/share/bash-completion/completions/saga-sim`
+    /// (zsh, fish, elvish, powershell alike).
+    Completions(purchase_saga::cli::completions::CompletionsArgs),
 }
 
 /// `saga-sim`'s entry point.
@@ -119,6 +125,14 @@ pub fn main() -> ExitCode {
         Command::Mutants(args) => mutants::run(args),
         Command::Corpus(args) => corpus::run(args),
         Command::Torture(args) => torture::run(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            purchase_saga::cli::completions::write_script(args.shell, Cli::command(), "saga-sim")
+                .unwrap_or_else(|e| {
+                    tell!("saga-sim: {e}");
+                    ExitCode::from(74)
+                })
+        }
     }
 }
 
