@@ -181,13 +181,14 @@ fn run_and_judge(
         jobs,
         Arc::new(move |k| {
             let p = &shared[k as usize];
-            crate::mutants::with(p.options.mutant.as_deref(), || {
+            let outcome = crate::mutants::with(p.options.mutant.as_deref(), || {
                 crate::run::run(&p.input, &SimSettings::default())
-            })
+            });
+            (run_fails(p.options.mutant.is_some(), &outcome), outcome)
         }),
-        |o: &Result<SimOutcome, String>| o.as_ref().map_or(true, |o| !o.violations.is_empty()),
+        |(fails, _): &(bool, Result<SimOutcome, String>)| *fails,
     );
-    for (k, outcome) in outcomes {
+    for (k, (_, outcome)) in outcomes {
         let p = &planned[k as usize];
         let replay = &mut replays[p.entry];
         match (outcome, p.with_mutant) {
@@ -207,6 +208,19 @@ fn run_and_judge(
         }
     }
     replays
+}
+
+/// Whether one planned run failed, for the progress line's count: a run
+/// with a mutant switched on must be caught by a check that counts (its
+/// findings are the point), every other run must be clean. A run that
+/// could not start (the mutant is not in this build) is not run, not
+/// failing.
+fn run_fails(with_a_mutant: bool, outcome: &Result<SimOutcome, String>) -> bool {
+    match outcome {
+        Err(_) => false,
+        Ok(o) if with_a_mutant => !o.violations.iter().any(counts_as_catch),
+        Ok(o) => !o.violations.is_empty(),
+    }
 }
 
 /// The requirements of the entry's run (with its mutant, or its only run).
@@ -385,4 +399,38 @@ fn draw_input(entry: &Entry) -> Result<SimInput, String> {
         input.plan = input.plan.without(kind);
     }
     Ok(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Finding;
+
+    fn outcome(violations: Vec<Finding>) -> Result<SimOutcome, String> {
+        Ok(SimOutcome {
+            seed: 0,
+            entries: Vec::new(),
+            lines: Vec::new(),
+            hash: 0,
+            violations,
+            paths: Default::default(),
+            order_paths: Default::default(),
+            faults: Default::default(),
+            orders: 0,
+            dead_letters: 0,
+            simulated_ms: 0,
+            shape: None,
+            wall: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_mutant_caught_is_no_failure_and_a_finding_without_one_is() {
+        let caught = || outcome(vec![Finding::new("balance-conservation", "user u-1", "off by 7")]);
+        assert!(!run_fails(true, &caught()), "the mutant did what it was kept for");
+        assert!(run_fails(true, &outcome(Vec::new())), "the mutant went unnoticed");
+        assert!(run_fails(false, &caught()), "a finding without a mutant");
+        assert!(!run_fails(false, &outcome(Vec::new())));
+        assert!(!run_fails(true, &Err("not in this build".into())), "not run");
+    }
 }

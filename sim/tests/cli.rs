@@ -7,6 +7,9 @@
 //! `--json` documents parse with their documented fields; `replay` prints
 //! no Rust debug structs; a closed stdout ends the process quietly.
 
+#[path = "../../tests/completions_support/mod.rs"]
+mod completions_support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -26,6 +29,26 @@ fn bin() -> Command {
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
     bin().current_dir(dir).args(args).output().expect("saga-sim runs")
+}
+
+/// `saga-sim ARGS` from the repository's root.
+fn saga_sim(args: &[&str]) -> Output {
+    run_in(&root(), args)
+}
+
+/// `run` of the `seeds` with three orders each and no coverage check,
+/// then `extra`.
+fn small_run<'a>(seeds: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--seeds", seeds, "--orders", "3", "--no-coverage"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `replay --seed 7`, then `extra`.
+fn replay_7<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["replay", "--seed", "7"];
+    args.extend_from_slice(extra);
+    args
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -49,7 +72,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn version_names_the_commit_the_binary_was_built_from() {
-    let out = run_in(&root(), &["--version"]);
+    let out = saga_sim(&["--version"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let commit = stdout
@@ -125,7 +148,7 @@ fn shared_options_have_one_default_everywhere_and_the_corpus_is_relative() {
         }
     }
     // No absolute build-time path in the help either.
-    let out = run_in(&root(), &["hunt", "--help"]);
+    let out = saga_sim(&["hunt", "--help"]);
     let help = text(&out.stdout);
     assert!(help.contains("[default: sim/corpus]"), "{help}");
     assert!(!help.contains(env!("CARGO_MANIFEST_DIR")), "{help}");
@@ -145,23 +168,9 @@ fn the_corpus_is_looked_for_from_the_working_directory_and_a_missing_one_is_an_e
         "nothing written"
     );
     // `run` needs the corpus unless told not to replay it.
-    let out = run_in(
-        &dir,
-        &["run", "--seeds", "0..1", "--orders", "2", "--no-coverage"],
-    );
+    let out = run_in(&dir, &small_run("0..1", &[]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = run_in(
-        &dir,
-        &[
-            "run",
-            "--seeds",
-            "0..1",
-            "--orders",
-            "2",
-            "--no-coverage",
-            "--no-corpus",
-        ],
-    );
+    let out = run_in(&dir, &small_run("0..1", &["--no-corpus"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     // `--corpus DIR` and SAGA_SIM_CORPUS name another folder.
     let corpus = dir.join("kept");
@@ -183,18 +192,7 @@ fn the_corpus_is_looked_for_from_the_working_directory_and_a_missing_one_is_an_e
 
 #[test]
 fn a_run_off_a_terminal_prints_progress_counts_on_stderr() {
-    let out = run_in(
-        &root(),
-        &[
-            "run",
-            "--seeds",
-            "0..4",
-            "--orders",
-            "3",
-            "--no-coverage",
-            "--no-corpus",
-        ],
-    );
+    let out = saga_sim(&small_run("0..4", &["--no-corpus"]));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for n in 1..=4 {
@@ -209,24 +207,39 @@ fn a_run_off_a_terminal_prints_progress_counts_on_stderr() {
     );
 }
 
+/// Issue 27: `corpus replay`'s progress line counted a mutant entry's run
+/// with its mutant as failing: it fails on purpose. A corpus of one mutant
+/// entry (two runs: with its mutant, and clean without) has no failing run,
+/// whether this build can switch the mutant on (it is caught) or not (not
+/// run).
+#[test]
+fn corpus_replay_progress_does_not_count_mutant_entries_as_failing() {
+    let dir = scratch("corpus-mutant");
+    let kept = std::fs::read_to_string(root().join("sim/corpus/failures.jsonl")).unwrap();
+    let entry = kept
+        .lines()
+        .find(|l| l.contains("\"mutant\":\"skip-inbox-dedupe\""))
+        .expect("a mutant entry in the corpus");
+    std::fs::write(dir.join("failures.jsonl"), format!("{entry}\n")).unwrap();
+    let out = saga_sim(&["corpus", "replay", "--corpus", dir.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("saga-sim: 2/2 seeds, 0 failing"), "{stderr}");
+    assert!(!stderr.contains("1 failing"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn replay_refuses_an_order_the_seed_does_not_have_and_names_those_it_has() {
     let dir = scratch("order");
     let file = dir.join("x.mmd");
-    let out = run_in(
-        &root(),
-        &[
-            "replay",
-            "--seed",
-            "7",
-            "--orders",
-            "3",
-            "--mermaid",
-            file.to_str().unwrap(),
-            "--order",
-            "nonexistent",
-        ],
-    );
+    let out = saga_sim(&replay_7(&[
+        "--orders",
+        "3",
+        "--mermaid",
+        file.to_str().unwrap(),
+        "--order",
+        "nonexistent",
+    ]));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no order \"nonexistent\""), "{stderr}");
@@ -239,10 +252,7 @@ fn replay_refuses_an_order_the_seed_does_not_have_and_names_those_it_has() {
 fn mermaid_output_is_one_diagram_per_order_each_under_mermaids_max_text_size() {
     let dir = scratch("mermaid");
     let folder = dir.join("diagrams");
-    let out = run_in(
-        &root(),
-        &["replay", "--seed", "7", "--mermaid", folder.to_str().unwrap()],
-    );
+    let out = saga_sim(&replay_7(&["--mermaid", folder.to_str().unwrap()]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
         .unwrap()
@@ -272,37 +282,22 @@ fn mermaid_output_is_one_diagram_per_order_each_under_mermaids_max_text_size() {
     // One order to a file; a `.mmd` path without --order is refused (it
     // would be a folder).
     let one = dir.join("one.mmd");
-    let out = run_in(
-        &root(),
-        &[
-            "replay",
-            "--seed",
-            "7",
-            "--mermaid",
-            one.to_str().unwrap(),
-            "--order",
-            "order-3",
-        ],
-    );
+    let out = saga_sim(&replay_7(&[
+        "--mermaid",
+        one.to_str().unwrap(),
+        "--order",
+        "order-3",
+    ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(std::fs::read_to_string(&one).unwrap().contains("(order-3)"));
-    let out = run_in(
-        &root(),
-        &[
-            "replay",
-            "--seed",
-            "7",
-            "--mermaid",
-            dir.join("all.mmd").to_str().unwrap(),
-        ],
-    );
+    let out = saga_sim(&replay_7(&["--mermaid", dir.join("all.mmd").to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn replay_prints_no_rust_debug_structs() {
-    let out = run_in(&root(), &["replay", "--seed", "7", "--trace"]);
+    let out = saga_sim(&replay_7(&["--trace"]));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     for debug in [
@@ -324,6 +319,14 @@ fn replay_prints_no_rust_debug_structs() {
     assert!(paths.contains("COMPLETED "), "{paths}");
 }
 
+/// Issue 27: `saga-sim` had no shell completions.
+#[test]
+fn completions_cover_every_command_for_each_shell() {
+    completions_support::assert_completions_cover("saga-sim", Cli::command(), saga_sim);
+    let out = saga_sim(&["completions", "cmd.exe"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&out.stdout), text(&out.stderr)))
@@ -331,19 +334,7 @@ fn json_of(out: &Output) -> Value {
 
 #[test]
 fn run_json_has_the_documented_fields() {
-    let out = run_in(
-        &root(),
-        &[
-            "run",
-            "--seeds",
-            "0..2",
-            "--orders",
-            "3",
-            "--no-coverage",
-            "--no-corpus",
-            "--json",
-        ],
-    );
+    let out = saga_sim(&small_run("0..2", &["--no-corpus", "--json"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc = json_of(&out);
     assert_eq!(doc["passed"], true);
@@ -376,12 +367,12 @@ fn run_json_has_the_documented_fields() {
 
 #[test]
 fn replay_json_agrees_with_the_human_report() {
-    let human = run_in(&root(), &["replay", "--seed", "7"]);
+    let human = saga_sim(&replay_7(&[]));
     let hash = text(&human.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("trace-hash: ").map(str::to_string))
         .unwrap();
-    let out = run_in(&root(), &["replay", "--seed", "7", "--json", "--trace"]);
+    let out = saga_sim(&replay_7(&["--json", "--trace"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc = json_of(&out);
     assert_eq!(doc["traceHash"], hash.as_str());
@@ -429,20 +420,8 @@ fn a_closed_stdout_ends_the_process_quietly() {
     // writes the summary into the closed pipe.
     let empty = scratch("closed-stdout");
     let corpus = empty.to_str().unwrap();
-    for args in [
-        &["replay", "--seed", "7", "--trace"][..],
-        &[
-            "run",
-            "--seeds",
-            "0..2",
-            "--orders",
-            "3",
-            "--no-coverage",
-            "--corpus",
-            corpus,
-        ][..],
-    ] {
-        let (status, stderr) = read_one_line_and_close(args);
+    for args in [replay_7(&["--trace"]), small_run("0..2", &["--corpus", corpus])] {
+        let (status, stderr) = read_one_line_and_close(&args);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
         assert_eq!(status.code(), Some(141), "{args:?}: {status:?} {stderr}");
@@ -452,23 +431,20 @@ fn a_closed_stdout_ends_the_process_quietly() {
 
 #[test]
 fn mutants_json_lists_every_mutant_or_says_the_build_has_none() {
-    let out = run_in(
-        &root(),
-        &[
-            "mutants",
-            "--engines",
-            "sim",
-            "--seeds",
-            "5",
-            "--orders",
-            "4",
-            "--jobs",
-            "2",
-            "--accept-not-run",
-            "all",
-            "--json",
-        ],
-    );
+    let out = saga_sim(&[
+        "mutants",
+        "--engines",
+        "sim",
+        "--seeds",
+        "5",
+        "--orders",
+        "4",
+        "--jobs",
+        "2",
+        "--accept-not-run",
+        "all",
+        "--json",
+    ]);
     if purchase_saga_sim::mutants::all_names().is_empty() {
         assert_eq!(out.status.code(), Some(2));
         assert!(text(&out.stderr).contains("--features mutants"));
@@ -492,20 +468,17 @@ fn mutants_json_lists_every_mutant_or_says_the_build_has_none() {
 
 #[test]
 fn torture_json_has_the_documented_fields() {
-    let out = run_in(
-        &root(),
-        &[
-            "torture",
-            "--seeds",
-            "0..1",
-            "--faults",
-            "none",
-            "--orders",
-            "2",
-            "--no-coverage",
-            "--json",
-        ],
-    );
+    let out = saga_sim(&[
+        "torture",
+        "--seeds",
+        "0..1",
+        "--faults",
+        "none",
+        "--orders",
+        "2",
+        "--no-coverage",
+        "--json",
+    ]);
     let doc = json_of(&out);
     assert!(out.status.success(), "{doc}");
     assert_eq!(doc["passed"], true);
