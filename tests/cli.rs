@@ -766,11 +766,8 @@ fn seeded_token(seed_stdout: &str, name: &str) -> String {
 async fn audit_tells_not_quiescent_from_broken() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-quiescence");
-    let tokens = scratch_file("quiescence-tokens");
     let with = |args: &[&str]| run_on(&db, &redis, args);
-    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
-    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
-    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let admin = seed_demo_admin(&db, &redis, "quiescence-tokens");
 
     let order_only = Serving::start(&db, &redis, "order").await;
     for user in ["demo-user-3", "demo-user-4", "demo-user-5"] {
@@ -830,7 +827,6 @@ async fn audit_tells_not_quiescent_from_broken() {
         "{stdout}"
     );
     all.stop().await;
-    let _ = std::fs::remove_file(&tokens);
 }
 
 /// Issue 13: after real sagas `audit` checks the compensations of every
@@ -846,11 +842,8 @@ async fn audit_checks_compensations_from_the_outboxes_and_dead_letters() {
 
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-audit-outbox");
-    let tokens = scratch_file("audit-outbox-tokens");
     let with = |args: &[&str]| run_on(&db, &redis, args);
-    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
-    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
-    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let admin = seed_demo_admin(&db, &redis, "audit-outbox-tokens");
     let all = Serving::start(&db, &redis, "all").await;
     for user in ["demo-user-3", "demo-user-4", "demo-user-5"] {
         place_for(all.addr, &admin, user).await;
@@ -938,7 +931,6 @@ async fn audit_checks_compensations_from_the_outboxes_and_dead_letters() {
         stdout.contains("[no-dead-letter] service Payment: 1 dead letter(s) (`dlq list --service payment`)"),
         "{stdout}"
     );
-    let _ = std::fs::remove_file(&tokens);
 }
 
 /// Issue 16: `seed-demo` keeps its tokens and reuses the ones still valid
@@ -1061,7 +1053,6 @@ async fn seed_demo_reuses_valid_tokens_and_tokens_expire() {
 async fn status_shows_the_health_of_a_running_deployment() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-status");
-    let tokens = scratch_file("status-tokens");
     let with = |args: &[&str]| run_on(&db, &redis, args);
     let status_json = || {
         let out = with(&["status", "--json"]);
@@ -1074,10 +1065,7 @@ async fn status_shows_the_health_of_a_running_deployment() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status --json is JSON")
     };
-    let seeded = with(&["seed-demo", "--tokens-file", tokens.to_str().unwrap()]);
-    assert!(seeded.status.success(), "{}", text(&seeded.stderr));
-    let _ = std::fs::remove_file(&tokens);
-    let admin = format!("Bearer {}", seeded_token(&text(&seeded.stdout), "admin"));
+    let admin = seed_demo_admin(&db, &redis, "status-tokens");
     let quiet = status_json();
     assert_eq!(quiet["sagas"], serde_json::json!({}), "{quiet}");
     assert_eq!(quiet["oldestInFlight"], serde_json::Value::Null, "{quiet}");
