@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::adapters::postgres::PgRoutes;
+use crate::adapters::postgres::{Activity, PgRoutes};
 use crate::adapters::redis::RedisBus;
 use crate::domain::invariants::{
     self, check_dead_letters, check_retained_compensations, Snapshot, Violation,
@@ -160,7 +160,13 @@ struct Look {
 }
 
 /// Reads the work in flight, a snapshot, and the work in flight again.
-async fn look(backend: &Backend, pg: &PgRoutes, bus: &Result<RedisBus, String>) -> Result<Look, String> {
+/// `read` holds the services' tables when the caller read them already.
+async fn look(
+    backend: &Backend,
+    pg: &PgRoutes,
+    bus: &Result<RedisBus, String>,
+    read: Option<Vec<Activity>>,
+) -> Result<Look, String> {
     let load = || async {
         backend
             .store
@@ -178,7 +184,10 @@ async fn look(backend: &Backend, pg: &PgRoutes, bus: &Result<RedisBus, String>) 
             })
         }
     };
-    let before = InFlight::read(pg, bus).await?;
+    let before = match read {
+        Some(activities) => InFlight::read_bus(activities, bus).await?,
+        None => InFlight::read(pg, bus).await?,
+    };
     let snapshot = load().await?;
     let after = InFlight::read(pg, bus).await?;
     Ok(Look {
@@ -348,8 +357,12 @@ pub async fn audit(global: &GlobalArgs, args: &AuditArgs) -> Result<AuditReport,
     // Redis down is no reason not to check safety: it only means quiescence
     // cannot be told.
     let bus = super::backend::connect_redis(global).await;
+    // The services' tables are read once for the bus check and the first
+    // look's reading of what is in flight.
+    let mut first = None;
     if let Ok(bus) = &bus {
-        if let Some(message) = bus_check::check(&pg, bus).await? {
+        let activities = super::inflight::activities(&pg).await?;
+        if let Some(message) = bus_check::check(&activities, bus).await? {
             let snapshot = backend
                 .store
                 .snapshot()
@@ -361,10 +374,11 @@ pub async fn audit(global: &GlobalArgs, args: &AuditArgs) -> Result<AuditReport,
             report.notes.push(message);
             return Ok(report);
         }
+        first = Some(activities);
     }
     let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(args.wait));
     let look = loop {
-        let look = look(&backend, &pg, &bus).await?;
+        let look = look(&backend, &pg, &bus, first.take()).await?;
         if look.busy.is_empty() || tokio::time::Instant::now() + WAIT_POLL > until {
             break look;
         }

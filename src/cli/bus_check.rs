@@ -11,7 +11,7 @@
 //! Inbox rows are pruned past the re-drive horizon and streams are
 //! trimmed but never deleted, so a quiet deployment does not trip it.
 
-use crate::adapters::postgres::PgRoutes;
+use crate::adapters::postgres::Activity;
 use crate::adapters::redis::RedisBus;
 use crate::domain::Service;
 
@@ -43,7 +43,10 @@ pub fn mismatch_message(prefix: &str, streams: &[String], consumed: i64) -> Stri
 
 /// None when the bus and the database agree (or the database shows no
 /// consumption yet); else the message of [`mismatch_message`].
-pub async fn check(pg: &PgRoutes, bus: &RedisBus) -> Result<Option<String>, String> {
+/// `activities` are the services' tables as the caller read them
+/// ([`inflight::activities`](super::inflight::activities)); `audit` goes on
+/// to judge quiescence from the same reading.
+pub async fn check(activities: &[Activity], bus: &RedisBus) -> Result<Option<String>, String> {
     for service in Service::ALL {
         if !service.subscriptions().is_empty()
             && bus.stream_exists(service).await.map_err(|e| e.to_string())?
@@ -51,10 +54,7 @@ pub async fn check(pg: &PgRoutes, bus: &RedisBus) -> Result<Option<String>, Stri
             return Ok(None);
         }
     }
-    let mut consumed = 0;
-    for service in Service::ALL {
-        consumed += pg.activity(service).await.map_err(|e| e.to_string())?.inbox_rows;
-    }
+    let consumed: i64 = activities.iter().map(|a| a.inbox_rows).sum();
     Ok((consumed > 0).then(|| mismatch_message(&bus.config().prefix, &expected_streams(bus), consumed)))
 }
 

@@ -45,12 +45,28 @@ impl ServiceInFlight {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight(pub Vec<ServiceInFlight>);
 
+/// Every service's own tables' [`Activity`], in [`Service::ALL`] order.
+pub async fn activities(pg: &PgRoutes) -> Result<Vec<Activity>, String> {
+    let mut all = Vec::with_capacity(Service::ALL.len());
+    for service in Service::ALL {
+        all.push(pg.activity(service).await.map_err(|e| e.to_string())?);
+    }
+    Ok(all)
+}
+
 impl InFlight {
     /// Reads it from PostgreSQL (outboxes, inboxes) and Redis (groups).
     pub async fn read(pg: &PgRoutes, redis: &RedisBus) -> Result<InFlight, String> {
+        InFlight::read_bus(activities(pg).await?, redis).await
+    }
+
+    /// Reads the bus's part from Redis (groups) beside `activities`, the
+    /// services' tables read just before ([`activities`]): each table is
+    /// read before its stream, so an event the relay publishes in between
+    /// is counted in one or the other.
+    pub async fn read_bus(activities: Vec<Activity>, redis: &RedisBus) -> Result<InFlight, String> {
         let mut services = Vec::with_capacity(Service::ALL.len());
-        for service in Service::ALL {
-            let activity = pg.activity(service).await.map_err(|e| e.to_string())?;
+        for (service, activity) in Service::ALL.into_iter().zip(activities) {
             let (pending, undelivered) = if service.subscriptions().is_empty() {
                 (0, 0) // No stream, no group.
             } else {

@@ -263,7 +263,10 @@ pub async fn read(pg: &PgRoutes, redis: Result<RedisBus, String>, now: Timestamp
         Some(bus) => keep(
             &mut errors,
             "bus and database agreement",
-            Some(super::bus_check::check(pg, bus).await),
+            Some(match super::inflight::activities(pg).await {
+                Ok(activities) => super::bus_check::check(&activities, bus).await,
+                Err(e) => Err(e),
+            }),
         )
         .flatten(),
         None => None,
