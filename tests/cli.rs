@@ -829,6 +829,82 @@ async fn audit_tells_not_quiescent_from_broken() {
     all.stop().await;
 }
 
+/// Issue 27: `audit --wait` was silent for as long as it waited. Off a
+/// terminal it prints a line on stderr when what is in flight changes and
+/// at least every 5 s, saying what and for how long; stdout holds only the
+/// report (`--json` parses), `--quiet` prints nothing, and the audit ends
+/// clean once the services finish the sagas. The orders wait stuck: placed
+/// while only the Order service ran, which is stopped before the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_wait_says_on_stderr_what_it_waits_for() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-wait-progress");
+    let admin = seed_demo_admin(&db, &redis, "wait-progress-tokens");
+    let order_only = Serving::start(&db, &redis, "order").await;
+    for user in ["demo-user-3", "demo-user-4"] {
+        place_for(order_only.addr, &admin, user).await;
+    }
+    order_only.stop().await;
+
+    let quiet = run_on(&db, &redis, &["audit", "--wait", "1", "--quiet"]);
+    assert_eq!(quiet.status.code(), Some(2), "{}", text(&quiet.stdout));
+    assert_eq!(text(&quiet.stderr), "", "--quiet");
+    let short = run_on(&db, &redis, &["audit", "--wait", "1"]);
+    assert_eq!(short.status.code(), Some(2), "{}", text(&short.stdout));
+    assert!(
+        text(&short.stderr).contains("purchase-saga: audit --wait: "),
+        "{}",
+        text(&short.stderr)
+    );
+
+    let mut child = bin()
+        .args(["--database-url", &db.url, "--redis-url", &redis.url])
+        .args(["--redis-prefix", &redis.prefix])
+        .args(["audit", "--wait", "60", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("audit starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a progress line while waiting");
+    assert!(
+        first.starts_with("purchase-saga: audit --wait: ")
+            && first.contains("2 orders not terminal")
+            && first.ends_with(" of 60s"),
+        "{first}"
+    );
+    // Nothing changes while nothing runs: the next line comes after 5 s of
+    // silence, with the same counts and a longer wait.
+    let started = Instant::now();
+    let second = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("a line at least every 5 s");
+    assert!(started.elapsed() >= Duration::from_secs(3), "{first} / {second}");
+    assert!(second.contains("2 orders not terminal"), "{second}");
+    assert_ne!(first, second, "the time waited grew");
+
+    let all = Serving::start(&db, &redis, "all").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    all.stop().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("only the report on stdout");
+    assert_eq!(report["verdict"], "clean", "{report}");
+    assert_eq!(report["counts"]["orders"], 2, "{report}");
+}
+
 /// Issue 13: after real sagas `audit` checks the compensations of every
 /// order whose outbox rows are all still kept and finds them clean, then
 /// fails with a named violation when the data is what a planted bug would

@@ -5,14 +5,16 @@
 //! `saga-sim: 1000/10000 seeds, 0 failing, 32s`. Library callers (tests)
 //! get the bar only, which hides itself off a terminal. Stdout stays the
 //! report's (`--json` included); a closed stderr loses progress lines and
-//! nothing else.
+//! nothing else. The line writer and the "is a line due" rule are
+//! `purchase-saga`'s (`purchase_saga::cli::progress`), shared with its
+//! `audit --wait`.
 
 use std::cell::Cell;
-use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use purchase_saga::cli::progress::{self as shared, Lines};
 
 /// The longest silence between two progress lines off a terminal.
 pub const LINE_EVERY: Duration = Duration::from_secs(10);
@@ -31,7 +33,7 @@ pub fn lines_off_terminal() {
 
 /// Whether progress lines go to stderr (asked for, and not a terminal).
 pub fn lines_wanted() -> bool {
-    LINES.load(Ordering::SeqCst) && !std::io::stderr().is_terminal()
+    LINES.load(Ordering::SeqCst) && !shared::on_terminal()
 }
 
 /// Runs `work` with no progress lines from this thread's sweeps (a caller
@@ -45,7 +47,7 @@ pub fn quietly<T>(work: impl FnOnce() -> T) -> T {
 
 /// Writes one progress line to stderr; a closed stderr is ignored.
 pub fn line(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "saga-sim: {text}");
+    shared::line("saga-sim", text);
 }
 
 /// One sweep's progress over `total` seeds.
@@ -56,7 +58,7 @@ pub struct Progress {
     done: u64,
     failing: u64,
     started: Instant,
-    last_line_wall: Instant,
+    due: Lines,
     tenths: u64,
 }
 
@@ -75,7 +77,7 @@ impl Progress {
             done: 0,
             failing: 0,
             started,
-            last_line_wall: started,
+            due: Lines::new(LINE_EVERY),
             tenths: 0,
         }
     }
@@ -92,10 +94,8 @@ impl Progress {
             return;
         }
         let tenths = self.done * 10 / self.total.max(1);
-        let due = self.last_line_wall.elapsed() >= LINE_EVERY;
-        if tenths > self.tenths || due || self.done == self.total {
+        if self.due.due(tenths > self.tenths || self.done == self.total) {
             self.tenths = tenths;
-            self.last_line_wall = Instant::now();
             line(&format!(
                 "{}/{} seeds, {} failing, {:.0}s",
                 self.done,

@@ -29,6 +29,12 @@
 //! The in-flight header and the per-service lines under it come from one
 //! reading, so their counts add up.
 //!
+//! While `--wait` waits, it says so on stderr (unless `--quiet`): a spinner
+//! on a terminal, else a line whenever what is in flight changes and at
+//! least every [`PROGRESS_EVERY`], e.g. `purchase-saga: audit --wait: 3
+//! bus entries undelivered, 3 orders not terminal; waited 2s of 30s`
+//! ([`progress`](super::progress)). Stdout holds only the report.
+//!
 //! Exit codes: 0 clean, 1 a violation or a dead letter (or an error), 2 not
 //! quiescent (the safety invariants held and no dead letter; the others
 //! were not checked), 3 the bus holds nothing the database says should
@@ -51,6 +57,7 @@ use crate::domain::Service;
 use super::backend::Backend;
 use super::bus_check::{self, EXIT_BUS_MISMATCH};
 use super::inflight::{busy_reasons, InFlight};
+use super::progress::{self, Lines};
 use super::{AuditArgs, GlobalArgs};
 
 /// The exit code of an audit that found the system not quiescent.
@@ -58,6 +65,58 @@ pub const EXIT_NOT_QUIESCENT: u8 = 2;
 
 /// How often `--wait` looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// The longest silence between two progress lines of `--wait` off a
+/// terminal.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What `--wait` shows on stderr while it waits: nothing with `--quiet`.
+struct WaitProgress {
+    spinner: Option<indicatif::ProgressBar>,
+    lines: Option<Lines>,
+    shown: Vec<String>,
+    started: std::time::Instant,
+    wait: u32,
+}
+
+impl WaitProgress {
+    fn new(args: &AuditArgs) -> WaitProgress {
+        let on = !args.quiet && args.wait > 0;
+        let terminal = progress::on_terminal();
+        WaitProgress {
+            spinner: (on && terminal).then(progress::spinner),
+            lines: (on && !terminal).then(|| Lines::new(PROGRESS_EVERY)),
+            shown: Vec::new(),
+            started: std::time::Instant::now(),
+            wait: args.wait,
+        }
+    }
+
+    /// Still waiting, for `busy` (the look's reasons).
+    fn show(&mut self, busy: &[String]) {
+        let text = format!(
+            "audit --wait: {}; waited {}s of {}s",
+            busy.join(", "),
+            self.started.elapsed().as_secs(),
+            self.wait
+        );
+        if let Some(bar) = &self.spinner {
+            bar.set_message(text.clone());
+        }
+        if let Some(lines) = &mut self.lines {
+            if lines.due(busy != self.shown.as_slice()) {
+                progress::line("purchase-saga", &text);
+            }
+        }
+        self.shown = busy.to_vec();
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.spinner {
+            bar.finish_and_clear();
+        }
+    }
+}
 
 /// The violations of `snapshot`: all of them, or only the safety ones.
 pub fn violations(snapshot: &Snapshot, safety_only: bool) -> Vec<Violation> {
@@ -377,13 +436,16 @@ pub async fn audit(global: &GlobalArgs, args: &AuditArgs) -> Result<AuditReport,
         first = Some(activities);
     }
     let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(args.wait));
+    let mut progress = WaitProgress::new(args);
     let look = loop {
         let look = look(&backend, &pg, &bus, first.take()).await?;
         if look.busy.is_empty() || tokio::time::Instant::now() + WAIT_POLL > until {
             break look;
         }
+        progress.show(&look.busy);
         tokio::time::sleep(WAIT_POLL).await;
     };
+    progress.finish();
     let mut report = AuditReport::new(&look.snapshot, "all");
     let (dead, all_counted) = dead_letters(&bus, &mut report.notes).await;
     report.dead_letters = dead.iter().map(ViolationView::from).collect();

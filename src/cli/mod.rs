@@ -39,6 +39,7 @@ pub mod inflight;
 pub mod logging;
 pub mod outbox;
 pub mod output;
+pub mod progress;
 pub mod seed;
 pub mod serve;
 pub mod status;
@@ -378,6 +379,11 @@ pub struct AuditArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=3_600))]
     pub wait: u32,
+    /// No progress on stderr while `--wait` waits (by default a spinner on
+    /// a terminal, else a line when the counts change and at least every
+    /// 5 s).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 impl GlobalArgs {
