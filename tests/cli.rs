@@ -665,6 +665,11 @@ impl Serving {
     /// Starts `serve --services <services>` on a free port and waits (30 s
     /// at most) until `/readyz` answers 200.
     async fn start(db: &TestDb, redis: &TestRedis, services: &str) -> Serving {
+        Serving::start_with(db, redis, services, &[]).await
+    }
+
+    /// [`start`](Self::start) with more global flags.
+    async fn start_with(db: &TestDb, redis: &TestRedis, services: &str, flags: &[&str]) -> Serving {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -674,6 +679,7 @@ impl Serving {
         let child = bin()
             .args(["--database-url", &db.url, "--redis-url", &redis.url])
             .args(["--redis-prefix", &redis.prefix])
+            .args(flags)
             .args(["serve", "--services", services, "--http", &addr.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1524,6 +1530,56 @@ fn help_names_every_variable_and_never_prints_a_secret() {
         missing.is_empty(),
         "no environment variable for {missing:?}:\n{help}"
     );
+    // Issue 25: a pool size per part.
+    for part in [
+        "ORDER",
+        "USER",
+        "PAYMENT",
+        "INVENTORY",
+        "ITEM",
+        "NOTIFICATION",
+        "API",
+    ] {
+        assert!(
+            help.contains(&format!("[env: PG_POOL_MAX_{part}")),
+            "{part}:\n{help}"
+        );
+        assert!(
+            help.contains(&format!("--pg-pool-max-{}", part.to_lowercase())),
+            "{part}:\n{help}"
+        );
+    }
+}
+
+/// Issue 25: every pool was sized by `--pg-pool-max`. Each part has its
+/// own size (`--pg-pool-max-<part>`, else `--pg-pool-max`), and a pool
+/// that several parts share gets the largest: on one database every
+/// service served reports the Payment service's 9 in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_sizes_per_part_reach_the_pools() {
+    let db = TestDb::create().await;
+    let redis = TestRedis::create("cli-pools");
+    let migrated = run_on(&db, &redis, &["migrate"]);
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    let serving = Serving::start_with(
+        &db,
+        &redis,
+        "all",
+        &["--pg-pool-max", "6", "--pg-pool-max-payment", "9"],
+    )
+    .await;
+    let metrics = client::request(serving.addr, "GET", "/metrics", &[], b"", Duration::from_secs(10))
+        .await
+        .unwrap();
+    serving.stop().await;
+    let body = metrics.text();
+    assert_eq!(metrics.status, 200, "{body}");
+    for part in ["order", "user", "payment", "inventory", "item", "notification"] {
+        assert!(
+            body.contains(&format!("saga_pg_pool_connections_max{{part=\"{part}\"}} 9\n")),
+            "{part}: {body}"
+        );
+    }
 }
 
 /// Issue 27: `--http localhost:8080` was rejected. A host name is resolved.

@@ -271,29 +271,80 @@ pub async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One pool to open: a distinct database URL, the parts it holds, and its
+/// most connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPlan<'a> {
+    pub url: &'a str,
+    pub parts: Vec<Part>,
+    /// The largest of the parts' sizes ([`GlobalArgs::pool_max_of`]:
+    /// `--pg-pool-max-<part>`, else `--pg-pool-max`).
+    pub pool_max: u32,
+}
+
 /// The pools of `parts`: one per distinct URL among their databases
-/// (`DATABASE_URL_<PART>`, else `DATABASE_URL`), each of up to
-/// `connections` clamped to `--pg-pool-max`; an error names the URL and the
+/// (`DATABASE_URL_<PART>`, else `DATABASE_URL`), in the order of their
+/// first part, each sized by the largest of its parts' sizes (a pool
+/// shared by parts serves all of them, so it gets what the most demanding
+/// one was given).
+pub fn pool_plan<'a>(global: &'a GlobalArgs, parts: &[Part]) -> Vec<PoolPlan<'a>> {
+    let mut plan: Vec<PoolPlan<'a>> = Vec::new();
+    for part in Part::ALL.into_iter().filter(|p| parts.contains(p)) {
+        let url = global.database_url_of(part);
+        let size = global.pool_max_of(part);
+        match plan.iter_mut().find(|p| p.url == url) {
+            Some(pool) => {
+                pool.parts.push(part);
+                pool.pool_max = pool.pool_max.max(size);
+            }
+            None => plan.push(PoolPlan {
+                url,
+                parts: vec![part],
+                pool_max: size,
+            }),
+        }
+    }
+    plan
+}
+
+/// The smallest pool among those that hold `services` (what a process
+/// serving them must fit its handling lanes into); `--pg-pool-max` when
+/// none does.
+pub fn smallest_pool_of(global: &GlobalArgs, services: &[Service], parts: &[Part]) -> u32 {
+    pool_plan(global, parts)
+        .iter()
+        .filter(|p| {
+            p.parts
+                .iter()
+                .any(|part| matches!(part, Part::Service(s) if services.contains(s)))
+        })
+        .map(|p| p.pool_max)
+        .min()
+        .unwrap_or(global.pg_pool_max)
+}
+
+/// The pools of `parts` as [`pool_plan`] lays them out, each of up to
+/// `connections` clamped to its size; an error names the URL and the
 /// parts it was to hold.
 pub async fn open_routes(global: &GlobalArgs, connections: u32, parts: &[Part]) -> Result<PgRoutes, String> {
     let config = PgConfig {
-        connections_max: connections.clamp(2, global.pg_pool_max.max(2)),
         idle_in_transaction_timeout: std::time::Duration::from_secs(u64::from(
             global.pg_idle_in_transaction_timeout,
         )),
         ..PgConfig::default()
     };
-    // Distinct URLs, in the order of their first part.
-    let mut by_url: Vec<(&str, Vec<Part>)> = Vec::new();
-    for part in Part::ALL.into_iter().filter(|p| parts.contains(p)) {
-        let url = global.database_url_of(part);
-        match by_url.iter_mut().find(|(u, _)| *u == url) {
-            Some((_, held)) => held.push(part),
-            None => by_url.push((url, vec![part])),
-        }
-    }
-    let mut databases = Vec::with_capacity(by_url.len());
-    for (url, held) in by_url {
+    let plan = pool_plan(global, parts);
+    let mut databases = Vec::with_capacity(plan.len());
+    for PoolPlan {
+        url,
+        parts: held,
+        pool_max,
+    } in plan
+    {
+        let config = PgConfig {
+            connections_max: connections.clamp(2, pool_max.max(2)),
+            ..config.clone()
+        };
         let pool = postgres::connect(url, &config).await.map_err(|e| {
             let names: Vec<String> = held.iter().map(|p| p.to_string()).collect();
             format!("{e} (the database of {})", names.join(", "))
@@ -323,4 +374,64 @@ pub async fn check_schema(global: &GlobalArgs, parts: &[Part]) -> Result<(), Str
     let checked = routes.check_schema().await;
     routes.close().await;
     checked
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn global(args: &[&str]) -> GlobalArgs {
+        let mut all = vec!["purchase-saga", "--database-url", "postgres://a/one"];
+        all.extend_from_slice(args);
+        all.push("status");
+        super::super::Cli::try_parse_from(all)
+            .expect("valid flags")
+            .global
+    }
+
+    #[test]
+    fn each_pool_gets_the_largest_size_of_the_parts_it_holds() {
+        let payment = Part::Service(Service::Payment);
+        // One database: one pool, sized by the largest part.
+        let one = global(&[
+            "--pg-pool-max",
+            "10",
+            "--pg-pool-max-payment",
+            "30",
+            "--pg-pool-max-api",
+            "4",
+        ]);
+        let plan = pool_plan(&one, &Part::ALL);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].parts.len(), plan[0].pool_max), (7, 30));
+        // Payment on its own database: its size there, the default (or a
+        // larger part's) on the other.
+        let split = global(&[
+            "--database-url-payment",
+            "postgres://b/pay",
+            "--pg-pool-max",
+            "10",
+            "--pg-pool-max-payment",
+            "30",
+            "--pg-pool-max-order",
+            "12",
+        ]);
+        let plan = pool_plan(&split, &Part::ALL);
+        let sizes: Vec<(&str, u32)> = plan.iter().map(|p| (p.url, p.pool_max)).collect();
+        assert_eq!(sizes, [("postgres://a/one", 12), ("postgres://b/pay", 30)]);
+        assert_eq!(plan[1].parts, [payment]);
+        // Only the parts asked for: without Order, the default.
+        let plan = pool_plan(&split, &[Part::Service(Service::User), payment]);
+        assert_eq!(plan[0].pool_max, 10);
+        // A process serving Payment and User fits its lanes into the smaller.
+        assert_eq!(
+            smallest_pool_of(&split, &[Service::Payment, Service::User], &Part::ALL),
+            12
+        );
+        assert_eq!(smallest_pool_of(&split, &[Service::Payment], &Part::ALL), 30);
+        // Unset: every part has --pg-pool-max.
+        assert_eq!(pool_plan(&global(&[]), &Part::ALL)[0].pool_max, 80);
+    }
 }

@@ -162,11 +162,47 @@ pub struct GlobalArgs {
     )]
     pub database_url_api: Option<String>,
     /// Most connections of each PostgreSQL pool (one pool per distinct
-    /// database URL). Keep the sum over every process sharing a server
-    /// under its `max_connections` (refused connections: SQLSTATE 53300).
+    /// database URL), unless a part's own size below says otherwise. Keep
+    /// the sum over every process sharing a server under its
+    /// `max_connections` (refused connections: SQLSTATE 53300).
     #[arg(long, env = "PG_POOL_MAX", value_name = "CONNECTIONS", default_value_t = 80,
           value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
     pub pg_pool_max: u32,
+    /// Most connections of the Order service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_ORDER", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_order: Option<u32>,
+    /// Most connections of the User service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_USER", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_user: Option<u32>,
+    /// Most connections of the Payment service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_PAYMENT", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_payment: Option<u32>,
+    /// Most connections of the Inventory service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_INVENTORY", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_inventory: Option<u32>,
+    /// Most connections of the Item service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_ITEM", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_item: Option<u32>,
+    /// Most connections of the Notification service's pool; --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_NOTIFICATION", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_notification: Option<u32>,
+    /// Most connections of the HTTP API's pool (tokens); --pg-pool-max when unset. A pool
+    /// that several parts share (one URL) gets the largest of their sizes.
+    #[arg(long, env = "PG_POOL_MAX_API", value_name = "CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    pub pg_pool_max_api: Option<u32>,
     /// Redis connection URL; several, comma-separated, name the nodes of
     /// a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true,
@@ -387,6 +423,22 @@ pub struct AuditArgs {
 }
 
 impl GlobalArgs {
+    /// The most connections of `part`'s pool: its own size
+    /// (`--pg-pool-max-<part>`), else `--pg-pool-max`.
+    pub fn pool_max_of(&self, part: crate::adapters::postgres::Part) -> u32 {
+        use crate::adapters::postgres::Part;
+        let own = match part {
+            Part::Service(Service::Order) => self.pg_pool_max_order,
+            Part::Service(Service::User) => self.pg_pool_max_user,
+            Part::Service(Service::Payment) => self.pg_pool_max_payment,
+            Part::Service(Service::Inventory) => self.pg_pool_max_inventory,
+            Part::Service(Service::Item) => self.pg_pool_max_item,
+            Part::Service(Service::Notification) => self.pg_pool_max_notification,
+            Part::Api => self.pg_pool_max_api,
+        };
+        own.unwrap_or(self.pg_pool_max)
+    }
+
     /// The database URL of `part`: its own variable, else DATABASE_URL.
     pub fn database_url_of(&self, part: crate::adapters::postgres::Part) -> &str {
         use crate::adapters::postgres::Part;

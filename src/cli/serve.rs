@@ -336,19 +336,17 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     let services = args.services();
     let extra = if args.http.is_some() { 16 } else { 0 };
     let requested = usize::from(global.handle_concurrency);
-    let lanes = lanes_within_pool(
-        services.len(),
-        args.replicas,
-        requested,
-        extra,
-        global.pg_pool_max,
-    );
+    let parts = super::backend::serving_parts(&services, args.http.is_some());
+    // Every lane of every service needs a connection of its service's
+    // pool: the lanes fit the smallest of them.
+    let pool_max = super::backend::smallest_pool_of(global, &services, &parts);
+    let lanes = lanes_within_pool(services.len(), args.replicas, requested, extra, pool_max);
     let mut global = global.clone();
     if lanes < requested {
         tracing::warn!(
             requested,
             lanes,
-            pool_max = global.pg_pool_max,
+            pool_max,
             "handle concurrency lowered so that every lane has a database connection"
         );
         global.handle_concurrency = u16::try_from(lanes).expect("lanes only ever shrink");
@@ -356,11 +354,12 @@ pub async fn run_serve(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode
     let global = &global;
     // Pools for the databases of the services served (and, with the HTTP
     // API, the ones its reads span): nothing else is connected to.
+    // What the process needs; each pool is capped at its own size.
     let backend = Backend::open_for(
         global,
-        pool_size_within(services.len(), args.replicas, lanes, extra, global.pg_pool_max),
+        pool_size_within(services.len(), args.replicas, lanes, extra, u32::MAX),
         super::backend::Needs::StoreAndBus,
-        &super::backend::serving_parts(&services, args.http.is_some()),
+        &parts,
     )
     .await?
     .gauging(&services);

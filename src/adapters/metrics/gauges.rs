@@ -69,6 +69,18 @@ impl GaugeSources {
                 Err(e) => failed("postgres", e.to_string()),
             }
         }
+        if let Some(pg) = &self.postgres {
+            for (store, parts) in pg.databases() {
+                let max = store.pool().options().get_max_connections();
+                for part in parts {
+                    m.pg_pool_max
+                        .get_or_create(&super::PartLabel {
+                            part: part.to_string(),
+                        })
+                        .set(i64::from(max));
+                }
+            }
+        }
         if let Some(redis) = &self.redis {
             match redis.memory().await {
                 Ok(memory) => {

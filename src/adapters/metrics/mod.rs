@@ -27,6 +27,7 @@
 //! | `saga_store_statements_total` | counter | `statement` | `PgStore::statement_counts` (statement coverage) |
 //! | `saga_bus_commands_total` | counter | `command` | `RedisBus::command_counts` (statement coverage) |
 //! | `saga_redis_out_of_memory` | gauge | | 1 while Redis's used memory is at or over `maxmemory` (INFO memory), else 0 |
+//! | `saga_pg_pool_connections_max` | gauge | `part` | most connections of the pool of each service the gauges read (a `serve` process: the ones it serves): `--pg-pool-max-<part>`, else `--pg-pool-max`; the largest of the parts sharing a pool |
 //!
 //! The counters are per process (each replica process counts what its own
 //! loops did; Prometheus sums them). A saga's terminal event is counted at
@@ -96,6 +97,11 @@ struct DeliveryLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabel {
+    part: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +195,7 @@ pub struct Metrics {
     dead_letter_stream: Family<ServiceLabel, Gauge>,
     overdue: Gauge,
     redis_out_of_memory: Gauge,
+    pg_pool_max: Family<PartLabel, Gauge>,
     scrape_errors: Family<SourceLabel, Counter>,
     sources: GaugeSources,
     /// One scrape at a time sets the gauges and renders them, so a render
@@ -220,6 +227,7 @@ impl Metrics {
             dead_letter_stream: Family::default(),
             overdue: Gauge::default(),
             redis_out_of_memory: Gauge::default(),
+            pg_pool_max: Family::default(),
             scrape_errors: Family::default(),
             sources,
             scrape: tokio::sync::Mutex::new(()),
@@ -321,6 +329,12 @@ impl Metrics {
             "1 while Redis's used memory is at or over maxmemory: publishes and dead letters are refused \
              until acknowledged entries are trimmed (read at scrape)",
             m.redis_out_of_memory.clone(),
+        );
+        registry.register(
+            "saga_pg_pool_connections_max",
+            "Most connections of the PostgreSQL pool that holds the part (each service this process \
+             serves); parts sharing a database share a pool, sized by the largest of their sizes",
+            m.pg_pool_max.clone(),
         );
         registry.register(
             "saga_metrics_scrape_errors",
