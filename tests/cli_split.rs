@@ -15,7 +15,10 @@
 //!   migrates (nothing to do), audits the same rows clean and lists the
 //!   same tokens;
 //! - a server refusing connections (SQLSTATE 53300) is reported with the
-//!   flag that sizes the pools (`--pg-pool-max`).
+//!   flag that sizes the pools (`--pg-pool-max`);
+//! - a schema left in a database its part moved away from: `migrate` warns
+//!   naming it, both databases and the `DROP SCHEMA`, and `status` and
+//!   `audit --safety-only` never read it.
 
 mod common;
 mod split_support;
@@ -338,5 +341,96 @@ async fn a_server_out_of_connections_is_told_with_the_pool_flag() {
     assert!(
         stderr.contains("SQLSTATE 53300") && stderr.contains("--pg-pool-max"),
         "{stderr}"
+    );
+}
+
+/// Issue 25: a database still holding the schema of a part that moved to
+/// another database (the move's last step not done yet). `migrate` warns
+/// on stderr, naming the schema, the database it is in, the one its part
+/// is routed to now and the `DROP SCHEMA ... CASCADE` to run; `status` and
+/// `audit --safety-only` never read it: with its tables gone (any read of
+/// it would fail) both still answer clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_names_a_leftover_schema_and_no_command_reads_it() {
+    let first = EmptyDb::create("left").await;
+    let second = EmptyDb::create("moved").await;
+    let redis = TestRedis::create("split-leftover");
+    let with = |payment_url: Option<&str>, args: &[&str]| {
+        let mut command = bin();
+        if let Some(url) = payment_url {
+            command.env("DATABASE_URL_PAYMENT", url);
+        }
+        command
+            .args(["--database-url", &first.url, "--redis-url", &redis.url])
+            .args(["--redis-prefix", &redis.prefix])
+            .args(args);
+        finish(command, Duration::from_secs(60))
+    };
+    let migrated = with(None, &["migrate"]);
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    assert!(
+        !text(&migrated.stderr).contains("warning"),
+        "one database: nothing foreign: {}",
+        text(&migrated.stderr)
+    );
+    move_schema("payment_svc", &first.url, &second.url);
+
+    let moved = with(Some(&second.url), &["migrate"]);
+    let stderr = text(&moved.stderr);
+    assert!(moved.status.success(), "{stderr}");
+    let store = first.store().await;
+    let found_in = store.target().to_string();
+    let routed_to = second.store().await.target().to_string();
+    assert!(found_in.ends_with(&first.name) && routed_to.ends_with(&second.name));
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("migrate: warning:"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    for word in [
+        "schema payment_svc (payment)",
+        &format!("the database at {found_in} holds"),
+        &format!("whose database is now {routed_to}"),
+        &format!("drop it on {found_in}: DROP SCHEMA payment_svc CASCADE;"),
+    ] {
+        assert!(warning.contains(word), "{word:?} missing: {warning}");
+    }
+    assert_eq!(stderr.matches("migrate: warning:").count(), 1, "{stderr}");
+
+    // The leftover loses its tables: a read of it would now fail.
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'payment_svc'")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert!(!tables.is_empty());
+    for table in tables {
+        sqlx::query(&format!("DROP TABLE payment_svc.{table} CASCADE"))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    store.pool().close().await;
+    let status = with(Some(&second.url), &["status", "--json"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}{}",
+        text(&status.stdout),
+        text(&status.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    let audit = with(Some(&second.url), &["audit", "--safety-only"]);
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{}{}",
+        text(&audit.stdout),
+        text(&audit.stderr)
+    );
+    assert!(
+        text(&audit.stdout).contains("audit: clean"),
+        "{}",
+        text(&audit.stdout)
     );
 }

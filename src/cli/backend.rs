@@ -268,7 +268,30 @@ pub async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, String> {
     let backend = Backend::open_to_migrate(global, 2, Needs::StoreOnly).await?;
     backend.migrate().await?;
     tracing::info!(backend = %backend.describe, "migrations applied");
+    if let Some(pg) = backend.postgres() {
+        for leftover in pg.foreign_schemas().await? {
+            warn_foreign(&leftover);
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The warning `migrate` gives for a schema left in a database its part
+/// was moved away from (issue 25): no command reads it, but a process
+/// still pointed at that database would read stale rows.
+fn warn_foreign(leftover: &postgres::ForeignSchema) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "migrate: warning: the database at {found} holds schema {schema} ({part}), whose database is \
+         now {routed}: a leftover of a move, which no command reads. Once its rows are safe \
+         (copied, or no longer wanted), drop it on {found}: {drop};",
+        found = leftover.found_in,
+        schema = leftover.part.schema(),
+        part = leftover.part,
+        routed = leftover.routed_to,
+        drop = leftover.drop_statement(),
+    );
 }
 
 /// One pool to open: a distinct database URL, the parts it holds, and its

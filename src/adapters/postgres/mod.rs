@@ -68,7 +68,7 @@ pub use errors::classify;
 pub use migrations::{check as check_schema, migrate, migrate_parts, Part, LEGACY};
 pub use outbox::{claim_sql, SetAsideRow};
 pub use reads::{Activity, TimelineEntry};
-pub use routing::PgRoutes;
+pub use routing::{ForeignSchema, PgRoutes};
 pub use statement::PgStatement;
 
 use crate::adapters::coverage::StatementCounts;

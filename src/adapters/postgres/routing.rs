@@ -52,6 +52,26 @@ pub const AUDIT_ORDER: [Service; 6] = [
     Service::Payment,
 ];
 
+/// A part's schema found in a database the part is not routed to: a
+/// leftover of a move (README, "One database or one per service"), never
+/// read by this process (every call goes to the part's own database), and
+/// stale rows a process still pointed there would read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignSchema {
+    pub part: Part,
+    /// The database holding the leftover (`host:port/db`).
+    pub found_in: String,
+    /// The part's database now.
+    pub routed_to: String,
+}
+
+impl ForeignSchema {
+    /// What to run, on [`found_in`](Self::found_in), once its rows are safe.
+    pub fn drop_statement(&self) -> String {
+        format!("DROP SCHEMA {} CASCADE", self.part.schema())
+    }
+}
+
 /// One database and the parts it holds.
 #[derive(Debug, Clone)]
 struct Database {
@@ -180,6 +200,35 @@ impl PgRoutes {
                 .collect::<Vec<_>>()
                 .join(", "),
         }
+    }
+
+    /// The schemas of parts routed elsewhere that a database of these routes
+    /// holds (see [`ForeignSchema`]); only parts these routes know of (a
+    /// part they do not route has no database to name).
+    pub async fn foreign_schemas(&self) -> Result<Vec<ForeignSchema>, String> {
+        let mut found = Vec::new();
+        for d in &self.databases {
+            let names: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
+                .fetch_all(d.store.pool())
+                .await
+                .map_err(|e| format!("cannot list the schemas of {}: {e}", d.store.target()))?;
+            for other in self
+                .databases
+                .iter()
+                .filter(|o| o.store.target() != d.store.target())
+            {
+                for part in other.parts.iter().filter(|p| !d.parts.contains(p)) {
+                    if names.iter().any(|n| n == part.schema()) {
+                        found.push(ForeignSchema {
+                            part: *part,
+                            found_in: d.store.target().to_string(),
+                            routed_to: other.store.target().to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Migrates each database with the parts it holds.
