@@ -106,18 +106,7 @@ fn an_unreachable_database_is_named_in_the_error() {
 async fn audit_is_clean_on_a_seeded_database_and_lists_corruption() {
     let db = TestDb::create().await;
     let redis = TestRedis::create("cli-audit");
-    let with_db = |args: &[&str]| {
-        let mut all = vec![
-            "--database-url",
-            db.url.as_str(),
-            "--redis-url",
-            redis.url.as_str(),
-            "--redis-prefix",
-            redis.prefix.as_str(),
-        ];
-        all.extend_from_slice(args);
-        run(&all)
-    };
+    let with_db = |args: &[&str]| run_on(&db, &redis, args);
     let migrated = with_db(&["migrate"]);
     assert!(
         migrated.status.success(),
