@@ -58,7 +58,8 @@ const ROUTING_CHECK_MS: u64 = 500;
 /// under the witness's 5 s of read tries (`witness.rs`).
 const DB_DOWN_HOLD_MAX_MS: u64 = 2_000;
 /// How long a `db-down` waits when it comes inside a `redis-oom` window
-/// (which stops every service at once, so the others could not serve).
+/// (which stops every service at once, so the others could not serve) or
+/// while an xdel is under way.
 const DB_DOWN_RETRY_MS: u64 = 100;
 
 /// An open `db-down` window (see [`Run::take_db_down`]).
@@ -981,7 +982,11 @@ impl Run {
                 }
                 return;
             }
-            Fault::DbDown { .. } if self.oom_before.is_some() => {
+            // Not inside a redis-oom window (which stops every service),
+            // nor while an xdel is under way (its deletion reads every
+            // outbox first, which waits for the window: its entry would
+            // be handed on meanwhile).
+            Fault::DbDown { .. } if self.oom_before.is_some() || self.shared.xdel_waiting() => {
                 self.schedule(t + DB_DOWN_RETRY_MS, Action::Torture(fault));
                 return;
             }
