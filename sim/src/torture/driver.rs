@@ -152,8 +152,10 @@ struct Run {
     small_disk: Option<pg_faults::SmallDisk>,
     /// The frozen-replica fault's holder, until it resumes.
     frozen: Option<pg_faults::FrozenHolder>,
-    /// The open `db-down` window, until [`Action::DbUp`].
+    /// The open `db-down` window, until [`Run::end_db_down`].
     down: Option<DbDown>,
+    /// The databases read-only now (by name).
+    read_only: std::collections::BTreeSet<String>,
     /// When the split layout's routing was last checked, and the replica
     /// connections seen in all by those checks.
     routing_checked_ms: u64,
@@ -286,6 +288,7 @@ async fn run_async(
         small_disk: None,
         frozen: None,
         down: None,
+        read_only: Default::default(),
         routing_checked_ms: 0,
         routing_connections: 0,
         pg_faults: 0,
@@ -611,7 +614,17 @@ impl Run {
 
     async fn act(&mut self, action: Action, t: u64) {
         if let Some(down) = &self.down {
-            if touches_databases(&action) {
+            let down_db = self.dbs.of(down.service).name.clone();
+            let disk_db = self
+                .small_disk
+                .as_ref()
+                .map(|d| self.dbs.of(d.service()).name.clone());
+            let needs_down_db = match &action {
+                Action::ReadOnlyOff(service) => self.dbs.target(*service).name == down_db,
+                Action::FreeDisk => disk_db.as_deref() == Some(down_db.as_str()),
+                other => touches_databases(other),
+            };
+            if needs_down_db {
                 // Torture's own reads and writes need every database (the
                 // streams' check reads every outbox): what would touch
                 // them waits for the window to end (past the heal, a
@@ -658,10 +671,12 @@ impl Run {
                 self.shared.log(format!("== {r} reconnected =="));
             }
             Action::ReadOnlyOff(service) => match self.dbs.target(service).set_read_only(false).await {
-                Ok(n) => self.shared.log(format!(
-                    "== database {} writable again ({n} backends terminated) ==",
-                    self.dbs.target(service).name
-                )),
+                Ok(n) => {
+                    let name = self.dbs.target(service).name.clone();
+                    self.read_only_db(service, false).log(format!(
+                        "== database {name} writable again ({n} backends terminated) =="
+                    ));
+                }
                 Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
             },
             Action::FreeDisk => {
@@ -832,6 +847,29 @@ impl Run {
         }
     }
 
+    /// Notes that the database `service` names (the one database: None)
+    /// turned read-only, or writable again; returns the shared state.
+    fn read_only_db(&mut self, service: Option<Service>, on: bool) -> &Shared {
+        let name = self.dbs.target(service).name.clone();
+        if on {
+            self.read_only.insert(name);
+        } else {
+            self.read_only.remove(&name);
+        }
+        &self.shared
+    }
+
+    /// Whether every database but `service`'s is read-only now: a
+    /// `db-down` of it then waits (the others could not serve).
+    fn others_read_only(&self, service: Service) -> bool {
+        let down = &self.dbs.of(service).name;
+        self.dbs
+            .all()
+            .iter()
+            .filter(|d| &d.name != down)
+            .all(|d| self.read_only.contains(&d.name))
+    }
+
     /// Split layout: no replica (nor the client) holds a connection to a
     /// database other than its service's (`pg_stat_activity`, by the
     /// application name each sets).
@@ -878,6 +916,7 @@ impl Run {
             Fault::RedisLoss => self.lose_redis(t).await,
             Fault::ReadOnly { service, len_ms } => match self.dbs.target(service).set_read_only(true).await {
                 Ok(n) => {
+                    self.read_only_db(service, true);
                     self.schedule(t + scaled(len_ms), Action::ReadOnlyOff(service));
                     match self.dbs.target(service).starts_read_only().await {
                         Ok(true) => Ok(format!(
@@ -986,7 +1025,11 @@ impl Run {
             // nor while an xdel is under way (its deletion reads every
             // outbox first, which waits for the window: its entry would
             // be handed on meanwhile).
-            Fault::DbDown { .. } if self.oom_before.is_some() || self.shared.xdel_waiting() => {
+            Fault::DbDown { service, .. }
+                if self.oom_before.is_some()
+                    || self.shared.xdel_waiting()
+                    || self.others_read_only(service) =>
+            {
                 self.schedule(t + DB_DOWN_RETRY_MS, Action::Torture(fault));
                 return;
             }
@@ -1182,7 +1225,8 @@ impl Run {
 }
 
 /// Whether `action` reads or writes the seed's databases (or the streams'
-/// check, which reads every outbox): held back while one is down.
+/// check, which reads every outbox): held back while one is down (the end
+/// of a read-only or disk-full window only when it is that database's).
 fn touches_databases(action: &Action) -> bool {
     match action {
         Action::Torture(_)

@@ -228,6 +228,11 @@ impl SmallDisk {
         Err(format!("{s}.inbox inserts never met 53100 on {ts}"))
     }
 
+    /// The service whose inbox is on the full tablespace.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
     /// Gives the space back and undoes everything; what it did.
     pub async fn free(mut self) -> Result<String, String> {
         let done = self.undo().await;
