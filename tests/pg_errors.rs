@@ -2,7 +2,8 @@
 //! URL (password redacted) and the cause; every pooled connection carries
 //! the configured timeouts; a lock wait past `lock_timeout` and a statement
 //! past `statement_timeout` are conflicts (retried), a broken CHECK is fatal,
-//! an unreachable server is unavailable.
+//! an unreachable server is unavailable, and so is a database that refuses
+//! new connections.
 
 mod common;
 
@@ -148,4 +149,56 @@ async fn unreachable_server_is_unavailable_and_named() {
     );
     let err = store.snapshot().await.expect_err("unreachable");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_connections_is_unavailable() {
+    use sqlx::Connection;
+    let db = common::TestDb::create_with(PgConfig {
+        acquire_timeout: Duration::from_secs(2),
+        ..common::test_pg_config(2)
+    })
+    .await;
+    let mut admin = sqlx::PgConnection::connect(&common::database_url())
+        .await
+        .unwrap();
+    for sql in [
+        format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name),
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    let err = db
+        .store
+        .begin(Service::Order)
+        .await
+        .err()
+        .expect("the database refuses connections");
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("55000")),
+        "{err:?}"
+    );
+    // From a statement, 55000 stays fatal (currval before nextval).
+    let mut conn = sqlx::PgConnection::connect(&common::database_url())
+        .await
+        .unwrap();
+    sqlx::query("CREATE TEMP SEQUENCE refused_s")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT currval('refused_s')")
+        .execute(&mut conn)
+        .await
+        .expect_err("currval before nextval");
+    assert!(
+        matches!(classify(e, "x"), StoreError::Fatal(ref m) if m.contains("55000")),
+        "a statement's 55000 stays fatal"
+    );
+    sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

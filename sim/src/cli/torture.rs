@@ -42,6 +42,12 @@ pub struct TortureArgs {
     /// "all data lost" deletes the seed's keys.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Where the services' data lives: `single` (one fresh database per
+    /// seed) or `split` (three, one per group of services as the cluster
+    /// proof groups them, each holding only its services' schemas; adds
+    /// the `db-down` fault).
+    #[arg(long, default_value = "single", value_parser = torture::Layout::parse)]
+    pub layout: torture::Layout,
     /// Longest wait for quiescence after the heal, in seconds.
     #[arg(long, default_value_t = 45)]
     pub quiescence_secs: u64,
@@ -75,6 +81,7 @@ struct TortureReport {
 pub fn run(args: TortureArgs) -> ExitCode {
     let mut settings = TortureSettings::new(args.database_url, args.redis_url, args.workload.faults);
     settings.orders = args.workload.orders;
+    settings.layout = args.layout;
     settings.quiescence_bound = std::time::Duration::from_secs(args.quiescence_secs);
     for raw in &args.without {
         match torture::parse_kinds(raw) {
@@ -143,8 +150,12 @@ fn run_torture(
     let mut summary = Summary::default();
     for o in &outcomes {
         summary.add(&o.as_sim_outcome());
-        summary
-            .add_other_faults(torture::Kind::ALL.map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))));
+        summary.add_other_faults(
+            torture::Kind::ALL
+                .into_iter()
+                .filter(|k| k.drawn_in(settings.layout))
+                .map(|k| (k.name(), o.kinds.get(&k).copied().unwrap_or(0))),
+        );
         summary.add_other_faults([(
             torture::driver::PARTITION_TAKEOVER,
             o.effects
@@ -155,7 +166,7 @@ fn run_torture(
     }
     let command = format!("{command} --jobs {jobs}");
     let statements = torture::coverage::SweepCoverage::of(&outcomes, settings.profile);
-    let missing = torture::never_happened(&summary, settings.profile, &settings.without);
+    let missing = torture::never_happened(&summary, settings.profile, &settings.without, settings.layout);
     let uncovered = coverage && (!missing.is_empty() || !statements.missing().is_empty());
     if !json {
         say!("{command} (commit {})", commit());

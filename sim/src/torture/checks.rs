@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use purchase_saga::adapters::postgres::{self, schema, PgConfig, PgStore};
+use purchase_saga::adapters::postgres::{schema, PgConfig, PgRoutes};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::invariants::{check_quiescent, check_safety, check_transition, Snapshot};
 use purchase_saga::domain::service::subscribers;
@@ -39,6 +39,7 @@ use sqlx::Row as _;
 
 use crate::finding::{check, Finding};
 
+use super::databases::DbMap;
 use super::state::Shared;
 
 pub const REAL_EVENT_DEAD_LETTERED: &str = "real-event-dead-lettered";
@@ -48,6 +49,9 @@ pub const DEAD_LETTER_KEPT: &str = "dead-letter-kept";
 /// Torture could not set a seed up or read what a check needs (not a
 /// finding about the saga, but a seed that proves nothing).
 pub const SETUP: &str = "torture-setup";
+/// Split layout: a replica (or the client) holds a connection to a
+/// database other than its service's (`databases.rs`).
+pub const MISROUTED: &str = "misrouted-connection";
 /// A planned fault that did not take effect (a pg-kill that terminated no
 /// backend, a database that did not turn read-only, a Redis that did not
 /// restart, ...): the seed did not run the plan it claims.
@@ -133,7 +137,8 @@ impl Observer for TortureObserver {
 
 /// The checker's view of a seed's servers, on connections of its own.
 pub struct Checker {
-    pub db_url: String,
+    /// The seed's databases (the checker reads them all, through routes).
+    pub dbs: DbMap,
     /// For key names; each check connects afresh ([`Checker::fresh_bus`]).
     pub bus: RedisBus,
     pub redis_url: String,
@@ -144,7 +149,7 @@ pub struct Checker {
 
 impl Checker {
     pub async fn snapshot(&self) -> Result<Snapshot, String> {
-        snapshot_of(&self.db_url).await
+        snapshot_of(&self.dbs).await
     }
 
     /// A bus on new connections: one made before a restart or a
@@ -176,9 +181,9 @@ impl Checker {
         if open > 0 {
             return Ok(Some(format!("{open} orders not terminal")));
         }
-        let store = fresh_store(&self.db_url).await?;
+        let store = fresh_store(&self.dbs).await?;
         let outcome = self.undelivered(&store).await;
-        store.pool().close().await;
+        store.close().await;
         if let Some(why) = outcome? {
             return Ok(Some(why));
         }
@@ -233,12 +238,12 @@ impl Checker {
 
     /// An outbox row (not injected) never published or not yet in a
     /// subscriber's inbox.
-    async fn undelivered(&self, store: &PgStore) -> Result<Option<String>, String> {
+    async fn undelivered(&self, store: &PgRoutes) -> Result<Option<String>, String> {
         let mut inboxes: BTreeMap<Service, BTreeSet<String>> = BTreeMap::new();
         for service in Service::ALL {
             let ids: Vec<String> =
                 sqlx::query_scalar(&format!("SELECT event_id::text FROM {}.inbox", schema(service)))
-                    .fetch_all(store.pool())
+                    .fetch_all(pool_of(store, service)?)
                     .await
                     .map_err(|e| e.to_string())?;
             inboxes.insert(service, ids.into_iter().collect());
@@ -249,7 +254,7 @@ impl Checker {
                 "SELECT seq, payload, published_count FROM {}.outbox ORDER BY seq",
                 schema(service)
             ))
-            .fetch_all(store.pool())
+            .fetch_all(pool_of(store, service)?)
             .await
             .map_err(|e| e.to_string())?;
             for r in rows {
@@ -303,26 +308,29 @@ impl Checker {
     }
 }
 
-/// A store on a fresh one-connection pool: a pooled connection would keep
-/// statements prepared before an additive migration, and the checker must
-/// see the database, not that defect.
-pub async fn fresh_store(db_url: &str) -> Result<PgStore, String> {
+/// Routes on a fresh one-connection pool per database: a pooled
+/// connection would keep statements prepared before an additive
+/// migration, and the checker must see the database, not that defect.
+pub async fn fresh_store(dbs: &DbMap) -> Result<PgRoutes, String> {
     let config = PgConfig {
         connections_max: 1,
         acquire_timeout: Duration::from_secs(5),
         ..PgConfig::default()
     };
-    let pool = postgres::connect(db_url, &config)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(PgStore::new(pool))
+    dbs.routes(&config).await
 }
 
-/// Every row of the seed's database, on a fresh connection.
-pub async fn snapshot_of(db_url: &str) -> Result<Snapshot, String> {
-    let store = fresh_store(db_url).await?;
+/// The pool of `service`'s database.
+fn pool_of(store: &PgRoutes, service: Service) -> Result<&sqlx::PgPool, String> {
+    Ok(store.of(service).map_err(|e| e.to_string())?.pool())
+}
+
+/// Every row of the seed's databases (in audit order when split), on
+/// fresh connections.
+pub async fn snapshot_of(dbs: &DbMap) -> Result<Snapshot, String> {
+    let store = fresh_store(dbs).await?;
     let snapshot = store.snapshot().await.map_err(|e| e.to_string());
-    store.pool().close().await;
+    store.close().await;
     snapshot
 }
 

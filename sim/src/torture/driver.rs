@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
+use purchase_saga::adapters::postgres::PgConfig;
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::Service;
 use rand::SeedableRng;
@@ -27,10 +27,11 @@ use crate::finding::Finding;
 use crate::run::{replicas, SimSettings};
 
 use super::checks::{self, Checker, Expected, TortureObserver};
+use super::databases::{Layout, SeedDbs};
 use super::pg_faults;
 use super::plan::{Fault, Kind, TortureInput};
 use super::replicas::{self as replica, Wiring};
-use super::servers::{PrivateRedis, RedisTarget, SeedDb, Xdel, XDEL_CONSUMER};
+use super::servers::{PrivateRedis, RedisTarget, Xdel, XDEL_CONSUMER};
 use super::state::{Shared, Swallowed};
 use super::streams::StreamWatch;
 use super::witness::Witness;
@@ -49,10 +50,40 @@ const LOSS_PAUSE_MS: u64 = 5_000;
 const XDEL_WIDEN_AFTER_MS: u64 = 1_000;
 /// How long past the plan's heal a waiting xdel may hold it back.
 const XDEL_HEAL_GRACE_MS: u64 = 3_000;
+/// How often the split layout's routing is checked in `pg_stat_activity`.
+const ROUTING_CHECK_MS: u64 = 500;
+/// How long a `db-down` window is held past its planned end while no
+/// other database has committed since it opened (a lull: the others had
+/// nothing to do for a moment). With the planned 1-2 s, an outage stays
+/// under the witness's 5 s of read tries (`witness.rs`).
+const DB_DOWN_HOLD_MAX_MS: u64 = 2_000;
+/// How long a `db-down` waits when it comes inside a `redis-oom` window
+/// (which stops every service at once, so the others could not serve) or
+/// while an xdel is under way.
+const DB_DOWN_RETRY_MS: u64 = 100;
+
+/// An open `db-down` window (see [`Run::take_db_down`]).
+struct DbDown {
+    service: Service,
+    /// The services of the other databases, and their commits and other
+    /// writes when the window opened ([`Witness::commits_of`]).
+    others: Vec<Service>,
+    commits_before: (u64, u64),
+    /// The server's answer to a new connection.
+    refused: String,
+    /// When the window ends.
+    until_ms: u64,
+}
 
 /// Runs one seed on a runtime of its own (two worker threads).
 pub fn run_seed(settings: &TortureSettings, seed: u64) -> TortureOutcome {
-    let input = TortureInput::from_seed(seed, settings.profile, settings.orders, &settings.without);
+    let input = TortureInput::from_seed(
+        seed,
+        settings.profile,
+        settings.orders,
+        &settings.without,
+        settings.layout,
+    );
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -93,7 +124,9 @@ enum Action {
     RestartClient,
     /// The plan's `broker-loss` (its downtime is the restart's own).
     BrokerLoss,
-    ReadOnlyOff,
+    /// The end of a read-only window on this service's database (None:
+    /// the one database).
+    ReadOnlyOff(Option<Service>),
     FreeDeadKey(Service),
     FreeDisk,
     ResumeFrozen,
@@ -104,7 +137,7 @@ enum Action {
 /// The running seed: servers, replicas, the schedule, what to check.
 struct Run {
     shared: Arc<Shared>,
-    db: SeedDb,
+    dbs: SeedDbs,
     redis: RedisTarget,
     checker: Checker,
     wiring: Wiring,
@@ -119,6 +152,14 @@ struct Run {
     small_disk: Option<pg_faults::SmallDisk>,
     /// The frozen-replica fault's holder, until it resumes.
     frozen: Option<pg_faults::FrozenHolder>,
+    /// The open `db-down` window, until [`Run::end_db_down`].
+    down: Option<DbDown>,
+    /// The databases read-only now (by name).
+    read_only: std::collections::BTreeSet<String>,
+    /// When the split layout's routing was last checked, and the replica
+    /// connections seen in all by those checks.
+    routing_checked_ms: u64,
+    routing_connections: u64,
     /// Type changes and disk-full faults so far (names and directions).
     pg_faults: u64,
     /// Per replica cut off the bus: when, and the entries it held then.
@@ -161,15 +202,21 @@ async fn run_async(
         },
         None => RedisTarget::Private(tokio::task::block_in_place(PrivateRedis::start)?),
     };
-    let db = SeedDb::create(&settings.database_url, input.seed).await?;
-    let seeding = postgres::connect(&db.url, &PgConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    PgStore::new(seeding.clone())
+    let dbs = SeedDbs::create(
+        &settings.database_url,
+        input.seed,
+        settings.layout,
+        settings.misroute,
+    )
+    .await?;
+    let map = dbs.map();
+    let seeding = map.routes(&PgConfig::default()).await?;
+    let seeded = seeding
         .seed_rows(&input.scenario.opening_rows())
         .await
-        .map_err(|e| format!("seeding the opening rows: {e}"))?;
+        .map_err(|e| format!("seeding the opening rows: {e}"));
     seeding.close().await;
+    seeded?;
 
     let mut config = runtime_config(&input.plan);
     config.dispatch = crate::config::dispatch_for(input.seed);
@@ -184,26 +231,15 @@ async fn run_async(
         heartbeat_ttl: Duration::from_millis(250),
         ..RedisConfig::default()
     };
-    let witness = Arc::new(
-        Witness::new(
-            shared.clone(),
-            PgStore::new(
-                postgres::connect(
-                    &db.url,
-                    &PgConfig {
-                        connections_max: 4,
-                        acquire_timeout: Duration::from_secs(5),
-                        ..PgConfig::default()
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?,
-            ),
-        )
-        .await?,
-    );
+    // Four connections in the one database; two in each of three.
+    let witness_pool = PgConfig {
+        connections_max: if settings.layout == Layout::Single { 4 } else { 2 },
+        acquire_timeout: Duration::from_secs(5),
+        ..PgConfig::default()
+    };
+    let witness = Arc::new(Witness::new(shared.clone(), map.routes(&witness_pool).await?).await?);
     let checker = Checker {
-        db_url: db.url.clone(),
+        dbs: map.clone(),
         bus: RedisBus::connect(&redis.url(), redis_config.clone())
             .await
             .map_err(|e| e.to_string())?,
@@ -219,7 +255,7 @@ async fn run_async(
     let wiring = Wiring {
         shared: shared.clone(),
         observer,
-        db_url: db.url.clone(),
+        dbs: map,
         redis_url: redis.url(),
         redis: redis_config,
         pg: PgConfig {
@@ -240,7 +276,7 @@ async fn run_async(
     let give_up = Instant::now() + Duration::from_millis(heal_at) + bound;
     let mut run = Run {
         shared: shared.clone(),
-        db,
+        dbs,
         redis,
         checker,
         wiring,
@@ -251,6 +287,10 @@ async fn run_async(
         migrations: 0,
         small_disk: None,
         frozen: None,
+        down: None,
+        read_only: Default::default(),
+        routing_checked_ms: 0,
+        routing_connections: 0,
         pg_faults: 0,
         cut_pending: BTreeMap::new(),
         oom_before: None,
@@ -303,8 +343,16 @@ async fn run_async(
         if let Some(down_ms) = run.client.log.take_crash_request() {
             run.crash_client(t, scaled(down_ms));
         }
+        run.db_down_due(t).await;
         run.due_actions(t).await;
-        run.xdel_swallowed(t).await;
+        if settings.layout == Layout::Split && t >= run.routing_checked_ms + ROUTING_CHECK_MS {
+            run.routing_checked_ms = t;
+            run.check_routing().await;
+        }
+        // An xdel reads the outboxes first: not while a database is down.
+        if run.down.is_none() {
+            run.xdel_swallowed(t).await;
+        }
         if run.shared.swallows_pending().is_empty() {
             run.swallow_since_ms = None;
         } else {
@@ -342,6 +390,10 @@ async fn run_async(
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if settings.layout == Layout::Split {
+        run.check_routing().await;
+        shared.set_checked("replica-connections", run.routing_connections);
     }
     if let Some(task) = run.client.task.take() {
         task.abort();
@@ -483,6 +535,7 @@ impl Run {
         }
         self.client.log.disarm();
         self.shared.heal();
+        self.end_db_down().await;
         // Everything down comes back; windows close now.
         let pending: Vec<Action> = std::mem::take(&mut self.actions)
             .into_values()
@@ -560,6 +613,27 @@ impl Run {
     }
 
     async fn act(&mut self, action: Action, t: u64) {
+        if let Some(down) = &self.down {
+            let down_db = self.dbs.of(down.service).name.clone();
+            let disk_db = self
+                .small_disk
+                .as_ref()
+                .map(|d| self.dbs.of(d.service()).name.clone());
+            let needs_down_db = match &action {
+                Action::ReadOnlyOff(service) => self.dbs.target(*service).name == down_db,
+                Action::FreeDisk => disk_db.as_deref() == Some(down_db.as_str()),
+                other => touches_databases(other),
+            };
+            if needs_down_db {
+                // Torture's own reads and writes need every database (the
+                // streams' check reads every outbox): what would touch
+                // them waits for the window to end (past the heal, a
+                // fault is not injected at all).
+                let after = (down.until_ms + 1).max(t + 50);
+                self.schedule(after, action);
+                return;
+            }
+        }
         match action {
             Action::Restart(r) => {
                 if !self.up.contains_key(&r) {
@@ -596,10 +670,13 @@ impl Run {
                 self.shared.set_cut(r, false);
                 self.shared.log(format!("== {r} reconnected =="));
             }
-            Action::ReadOnlyOff => match self.db.set_read_only(false).await {
-                Ok(n) => self
-                    .shared
-                    .log(format!("== database writable again ({n} backends terminated) ==")),
+            Action::ReadOnlyOff(service) => match self.dbs.target(service).set_read_only(false).await {
+                Ok(n) => {
+                    let name = self.dbs.target(service).name.clone();
+                    self.read_only_db(service, false).log(format!(
+                        "== database {name} writable again ({n} backends terminated) =="
+                    ));
+                }
                 Err(e) => self.shared.found(Finding::new(checks::SETUP, "read-only off", e)),
             },
             Action::FreeDisk => {
@@ -667,16 +744,149 @@ impl Run {
         }
     }
 
-    /// Terminates the seed's backends until one was (see the module docs).
-    async fn kill_backends(&self) -> Result<String, String> {
+    /// Terminates the backends of the seed's database (split: of
+    /// `service`'s) until one was (see the module docs).
+    async fn kill_backends(&self, service: Option<Service>) -> Result<String, String> {
+        let db = self.dbs.target(service);
         for _ in 0..EFFECT_TRIES_MAX {
-            let n = self.db.terminate_backends().await?;
+            let n = db.terminate_backends().await?;
             if n > 0 {
-                return Ok(format!("{n} backends of {} terminated", self.db.name));
+                return Ok(format!("{n} backends of {} terminated", db.name));
             }
             tokio::time::sleep(EFFECT_RETRY_PAUSE).await;
         }
-        Err(format!("no backend of {} to terminate", self.db.name))
+        Err(format!("no backend of {} to terminate", db.name))
+    }
+
+    /// Opens a `db-down` window on `service`'s database: connections
+    /// refused and its backends terminated, seen refused by a new
+    /// connection; counted when it ends ([`Run::end_db_down`]).
+    async fn take_db_down(&mut self, service: Service, until_ms: u64) -> Result<(), String> {
+        if self.dbs.layout != Layout::Split {
+            return Err("db-down needs the split layout".into());
+        }
+        let db = self.dbs.of(service);
+        let others: Vec<Service> = Service::ALL
+            .into_iter()
+            .filter(|s| {
+                !db.parts
+                    .contains(&purchase_saga::adapters::postgres::Part::Service(*s))
+            })
+            .collect();
+        let commits_before = self.witness.commits_of(&others);
+        let terminated = db.set_down(true).await?;
+        match db.refuses_connections().await {
+            Ok(refused) => {
+                self.shared.log(format!(
+                    "== db-down: {} ({service}'s database) refuses connections until {until_ms}ms \
+                     ({terminated} backends terminated): {refused} ==",
+                    db.name
+                ));
+                self.down = Some(DbDown {
+                    service,
+                    others,
+                    commits_before,
+                    refused,
+                    until_ms,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = db.set_down(false).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the open `db-down` window when it is due: at its planned end
+    /// once another database committed since it opened, else up to
+    /// [`DB_DOWN_HOLD_MAX_MS`] later; at the heal in any case.
+    async fn db_down_due(&mut self, t: u64) {
+        let Some(down) = &self.down else {
+            return;
+        };
+        let (commits, writes) = self.witness.commits_of(&down.others);
+        let served = commits > down.commits_before.0 || writes > down.commits_before.1;
+        if t >= down.until_ms && (served || t >= down.until_ms + DB_DOWN_HOLD_MAX_MS) {
+            self.end_db_down().await;
+        }
+    }
+
+    /// Ends the open `db-down` window: connections allowed again; the
+    /// fault counts when some other database committed meanwhile (the
+    /// others served), else it is a finding.
+    async fn end_db_down(&mut self) {
+        let Some(down) = self.down.take() else {
+            return;
+        };
+        let db = self.dbs.of(down.service);
+        if let Err(e) = db.set_down(false).await {
+            return self.shared.found(Finding::new(checks::SETUP, "db-down end", e));
+        }
+        self.shared
+            .log(format!("== {} accepts connections again ==", db.name));
+        let (commits, writes) = self.witness.commits_of(&down.others);
+        let (commits, writes) = (commits - down.commits_before.0, writes - down.commits_before.1);
+        if commits + writes > 0 {
+            self.shared.fault_kind(
+                Kind::DbDown,
+                format!(
+                    "{} ({}'s database) refused new connections ({}); meanwhile the other databases \
+                     committed {commits} saga transactions and {writes} other writes (claims, marks, pruning)",
+                    db.name, down.service, down.refused
+                ),
+            );
+        } else {
+            self.not_injected(
+                Kind::DbDown,
+                &format!(
+                    "no other database committed while {} ({}'s) was down",
+                    db.name, down.service
+                ),
+            );
+        }
+    }
+
+    /// Notes that the database `service` names (the one database: None)
+    /// turned read-only, or writable again; returns the shared state.
+    fn read_only_db(&mut self, service: Option<Service>, on: bool) -> &Shared {
+        let name = self.dbs.target(service).name.clone();
+        if on {
+            self.read_only.insert(name);
+        } else {
+            self.read_only.remove(&name);
+        }
+        &self.shared
+    }
+
+    /// Whether every database but `service`'s is read-only now: a
+    /// `db-down` of it then waits (the others could not serve).
+    fn others_read_only(&self, service: Service) -> bool {
+        let down = &self.dbs.of(service).name;
+        self.dbs
+            .all()
+            .iter()
+            .filter(|d| &d.name != down)
+            .all(|d| self.read_only.contains(&d.name))
+    }
+
+    /// Split layout: no replica (nor the client) holds a connection to a
+    /// database other than its service's (`pg_stat_activity`, by the
+    /// application name each sets).
+    async fn check_routing(&mut self) {
+        match self.dbs.misrouted().await {
+            Ok((wrong, seen)) => {
+                self.routing_connections += seen;
+                for (app, datname) in wrong {
+                    self.shared.found(Finding::new(
+                        checks::MISROUTED,
+                        app.clone(),
+                        format!("{app} holds a connection to {datname}, another service's database"),
+                    ));
+                }
+            }
+            Err(e) => self.shared.log(format!("== routing not checked: {e} ==")),
+        }
     }
 
     /// Kills the private Redis's client connections until one was.
@@ -701,15 +911,17 @@ impl Run {
     async fn inject(&mut self, fault: Fault, t: u64) {
         let kind = fault.kind();
         let done: Result<String, String> = match fault {
-            Fault::PgKill => self.kill_backends().await,
+            Fault::PgKill { service } => self.kill_backends(service).await,
             Fault::RedisKill => self.kill_redis_clients().await,
             Fault::RedisLoss => self.lose_redis(t).await,
-            Fault::ReadOnly { len_ms } => match self.db.set_read_only(true).await {
+            Fault::ReadOnly { service, len_ms } => match self.dbs.target(service).set_read_only(true).await {
                 Ok(n) => {
-                    self.schedule(t + scaled(len_ms), Action::ReadOnlyOff);
-                    match self.db.starts_read_only().await {
+                    self.read_only_db(service, true);
+                    self.schedule(t + scaled(len_ms), Action::ReadOnlyOff(service));
+                    match self.dbs.target(service).starts_read_only().await {
                         Ok(true) => Ok(format!(
-                            "database read-only for {}ms ({n} backends terminated)",
+                            "database {} read-only for {}ms ({n} backends terminated)",
+                            self.dbs.target(service).name,
                             scaled(len_ms)
                         )),
                         Ok(false) => Err("a new connection still starts writable".into()),
@@ -720,13 +932,14 @@ impl Run {
             },
             Fault::Migration { service } => {
                 self.migrations += 1;
-                self.db
+                self.dbs
+                    .of(service)
                     .add_columns(service, self.migrations)
                     .await
                     .map(|sql| sql.join("; "))
             }
             Fault::BadOutboxRow { service, garbage } => {
-                match self.db.insert_bad_outbox_row(service, garbage).await {
+                match self.dbs.of(service).insert_bad_outbox_row(service, garbage).await {
                     Ok((seq, what)) => {
                         self.checker
                             .injected_rows
@@ -742,7 +955,7 @@ impl Run {
             }
             Fault::TypeChange { service } => {
                 self.pg_faults += 1;
-                pg_faults::change_type(&self.db, service, self.pg_faults).await
+                pg_faults::change_type(self.dbs.of(service), service, self.pg_faults).await
             }
             Fault::DiskFull { service, len_ms } => {
                 self.pg_faults += 1;
@@ -755,7 +968,7 @@ impl Run {
                     ));
                     return;
                 } else {
-                    match pg_faults::SmallDisk::fill(&self.db, service, self.pg_faults).await {
+                    match pg_faults::SmallDisk::fill(self.dbs.of(service), service, self.pg_faults).await {
                         Ok((disk, detail)) => {
                             self.small_disk = Some(disk);
                             self.schedule(t + scaled(len_ms), Action::FreeDisk);
@@ -771,7 +984,7 @@ impl Run {
                 let frozen = if self.frozen.is_some() {
                     Err("a holder is frozen already".to_string())
                 } else {
-                    pg_faults::FrozenHolder::freeze(&self.db, &self.wiring.pg, service).await
+                    pg_faults::FrozenHolder::freeze(&self.dbs, &self.wiring.pg, service).await
                 };
                 match frozen {
                     Ok((holder, detail)) => {
@@ -808,6 +1021,23 @@ impl Run {
                 }
                 return;
             }
+            // Not inside a redis-oom window (which stops every service),
+            // nor while an xdel is under way (its deletion reads every
+            // outbox first, which waits for the window: its entry would
+            // be handed on meanwhile).
+            Fault::DbDown { service, .. }
+                if self.oom_before.is_some()
+                    || self.shared.xdel_waiting()
+                    || self.others_read_only(service) =>
+            {
+                self.schedule(t + DB_DOWN_RETRY_MS, Action::Torture(fault));
+                return;
+            }
+            Fault::DbDown { service, len_ms } => match self.take_db_down(service, t + scaled(len_ms)).await {
+                // Counted when the window ends, by its effect.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Fault::RedisOom { len_ms } => {
                 let probe = format!("{}:oom-probe", self.checker.redis.prefix);
                 super::redis_faults::start_oom(&self.redis, &probe)
@@ -991,6 +1221,25 @@ impl Run {
             self.swallow_since_ms.get_or_insert(t);
             self.shared.request_swallow(service);
         }
+    }
+}
+
+/// Whether `action` reads or writes the seed's databases (or the streams'
+/// check, which reads every outbox): held back while one is down (the end
+/// of a read-only or disk-full window only when it is that database's).
+fn touches_databases(action: &Action) -> bool {
+    match action {
+        Action::Torture(_)
+        | Action::BrokerLoss
+        | Action::ReadOnlyOff(_)
+        | Action::FreeDisk
+        | Action::ResumeFrozen => true,
+        Action::NoteCutPending(_)
+        | Action::Restart(_)
+        | Action::Reconnect(_)
+        | Action::RestartClient
+        | Action::FreeDeadKey(_)
+        | Action::RedisOomOff => false,
     }
 }
 

@@ -40,6 +40,7 @@
 pub mod boundary;
 pub mod checks;
 pub mod coverage;
+pub mod databases;
 pub mod driver;
 pub mod pg_faults;
 pub mod plan;
@@ -62,6 +63,7 @@ use crate::finding::Finding;
 use crate::run::SimOutcome;
 use crate::summary::Summary;
 
+pub use databases::Layout;
 pub use driver::run_seed;
 pub use plan::{parse_kinds, AnyKind, Kind, TortureInput};
 
@@ -83,6 +85,13 @@ pub struct TortureSettings {
     /// Stop a seed at its first finding (a mutant hunt needs one finding,
     /// not the whole run).
     pub stop_at_first_finding: bool,
+    /// One database, or one per group of services (`--layout`; see
+    /// [`databases`]).
+    pub layout: Layout,
+    /// A planted routing error, for the tests that show the split layout's
+    /// checks catch one: this service's replicas connect to another
+    /// service's database ([`databases::DbMap`]). None on the command line.
+    pub misroute: Option<purchase_saga::domain::Service>,
 }
 
 impl TortureSettings {
@@ -95,6 +104,8 @@ impl TortureSettings {
             without: Vec::new(),
             quiescence_bound: Duration::from_secs(45),
             stop_at_first_finding: false,
+            layout: Layout::Single,
+            misroute: None,
         }
     }
 
@@ -110,6 +121,9 @@ impl TortureSettings {
         }
         if let Some(url) = &self.redis_url {
             flags += &format!(" --redis-url {url}");
+        }
+        if self.layout != Layout::Single {
+            flags += &format!(" --layout {}", self.layout);
         }
         format!(
             "saga-sim torture --seeds {a}..{b} --faults {} --orders {}{flags}",
@@ -151,8 +165,15 @@ pub const NOT_IN_TORTURE: [FaultKind; 2] = [FaultKind::Prune, FaultKind::Wake];
 /// The coverage gate of a torture sweep, counting effects (see
 /// `driver.rs`): every saga path and every fault kind of the profile, the
 /// simulator's (but [`NOT_IN_TORTURE`]) and torture's own ([`Kind`]),
-/// happened at least once, unless `without` took it out.
-pub fn never_happened(summary: &Summary, profile: Profile, without: &[AnyKind]) -> Vec<String> {
+/// happened at least once, unless `without` took it out or `layout` does
+/// not draw it ([`Kind::drawn_in`]: `db-down` is required of split sweeps
+/// only).
+pub fn never_happened(
+    summary: &Summary,
+    profile: Profile,
+    without: &[AnyKind],
+    layout: Layout,
+) -> Vec<String> {
     let left_out = |k: FaultKind| NOT_IN_TORTURE.contains(&k) || without.contains(&AnyKind::Sim(k));
     let mut missing: Vec<String> = summary
         .never_happened(profile)
@@ -170,7 +191,7 @@ pub fn never_happened(summary: &Summary, profile: Profile, without: &[AnyKind]) 
         missing.extend(
             Kind::ALL
                 .iter()
-                .filter(|k| !without.contains(&AnyKind::Torture(**k)))
+                .filter(|k| k.drawn_in(layout) && !without.contains(&AnyKind::Torture(**k)))
                 .filter(|k| summary.other_faults.get(k.name()).copied().unwrap_or(0) == 0)
                 .map(|k| format!("fault {k}")),
         );

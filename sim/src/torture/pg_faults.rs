@@ -31,7 +31,7 @@ use purchase_saga::adapters::postgres;
 use purchase_saga::domain::Service;
 use sqlx::{Connection, PgConnection};
 
-use super::servers::SeedDb;
+use super::databases::{SeedDb, SeedDbs};
 
 /// Size of the tmpfs under the tablespace: a few pages of inbox past the
 /// filler.
@@ -228,6 +228,11 @@ impl SmallDisk {
         Err(format!("{s}.inbox inserts never met 53100 on {ts}"))
     }
 
+    /// The service whose inbox is on the full tablespace.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
     /// Gives the space back and undoes everything; what it did.
     pub async fn free(mut self) -> Result<String, String> {
         let done = self.undo().await;
@@ -358,21 +363,22 @@ pub struct FrozenHolder {
 impl FrozenHolder {
     /// Locks the first row of a seeded table that `service`'s steps lock
     /// (Payment and Notification seed none: their events need the
-    /// account too) in a transaction left open.
+    /// account too, so the holder locks User's row, in User's database)
+    /// in a transaction left open.
     pub async fn freeze(
-        db: &SeedDb,
+        dbs: &SeedDbs,
         config: &postgres::PgConfig,
         service: Service,
     ) -> Result<(FrozenHolder, String), String> {
-        let pool = postgres::connect(&db.url, config)
+        let (table, owner) = match service {
+            Service::Order => ("order_svc.catalog", Service::Order),
+            Service::Inventory => ("inventory_svc.inventory_accounts", Service::Inventory),
+            Service::Item => ("item_svc.item_stocks", Service::Item),
+            Service::User | Service::Payment | Service::Notification => ("user_svc.accounts", Service::User),
+        };
+        let pool = postgres::connect(&dbs.of(owner).url, config)
             .await
             .map_err(|e| e.to_string())?;
-        let table = match service {
-            Service::Order => "order_svc.catalog",
-            Service::Inventory => "inventory_svc.inventory_accounts",
-            Service::Item => "item_svc.item_stocks",
-            Service::User | Service::Payment | Service::Notification => "user_svc.accounts",
-        };
         let sql = format!("SELECT ctid::text FROM {table} ORDER BY ctid LIMIT 1 FOR UPDATE");
         // A replica may hold the row for a moment (the pool's lock timeout
         // ends each wait): a few tries, then it is not injected.

@@ -11,20 +11,23 @@ use purchase_saga::workload::Scenario;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::databases::Layout;
 use crate::faults::{FaultKind, FaultPlan, Profile};
 use crate::run::{input_from_seed, SimSettings};
 
 /// The fault kinds torture adds to the simulator's [`FaultKind`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
-    /// `pg_terminate_backend` of every backend of the seed's database.
+    /// `pg_terminate_backend` of every backend of the seed's database
+    /// (split layout: of one service's database).
     PgKill,
     /// `CLIENT KILL` of every connection of the seed's Redis.
     RedisKill,
     /// The private redis-server restarted without persistence: all data
     /// lost (with `--redis-url`: every key of the seed's prefix deleted).
     RedisLoss,
-    /// The database read-only for a while (issue 17).
+    /// The database (split layout: one service's) read-only for a while
+    /// (issue 17).
     ReadOnly,
     /// An additive migration (ADD COLUMN) on a service's table (issue 17).
     Migration,
@@ -48,10 +51,14 @@ pub enum Kind {
     /// The private redis-server out of memory for a while: `maxmemory`
     /// just under its used memory with `noeviction` (issue 24).
     RedisOom,
+    /// Split layout only: one service's database refuses connections for
+    /// a while (`ALLOW_CONNECTIONS false`, its backends terminated) while
+    /// the others serve (issue 25).
+    DbDown,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::PgKill,
         Kind::RedisKill,
         Kind::RedisLoss,
@@ -64,6 +71,7 @@ impl Kind {
         Kind::TypeChange,
         Kind::FrozenReplica,
         Kind::RedisOom,
+        Kind::DbDown,
     ];
 
     /// The kinds of issue 17, which today's adapters do not survive.
@@ -89,7 +97,15 @@ impl Kind {
             Kind::TypeChange => "type-change",
             Kind::FrozenReplica => "frozen-replica",
             Kind::RedisOom => "redis-oom",
+            Kind::DbDown => "db-down",
         }
+    }
+
+    /// Whether a seed of `layout` draws this kind (`db-down` needs a
+    /// database per service: in the single layout it would take every
+    /// service down, which the simulator's outages already cover).
+    pub fn drawn_in(self, layout: Layout) -> bool {
+        self != Kind::DbDown || layout == Layout::Split
     }
 }
 
@@ -135,10 +151,14 @@ pub fn parse_kinds(raw: &str) -> Result<Vec<AnyKind>, String> {
 /// One scheduled torture fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    PgKill,
+    /// `service`: whose database (split layout; None in the single one).
+    PgKill {
+        service: Option<Service>,
+    },
     RedisKill,
     RedisLoss,
     ReadOnly {
+        service: Option<Service>,
         len_ms: u64,
     },
     Migration {
@@ -171,12 +191,16 @@ pub enum Fault {
     RedisOom {
         len_ms: u64,
     },
+    DbDown {
+        service: Service,
+        len_ms: u64,
+    },
 }
 
 impl Fault {
     pub fn kind(&self) -> Kind {
         match self {
-            Fault::PgKill => Kind::PgKill,
+            Fault::PgKill { .. } => Kind::PgKill,
             Fault::RedisKill => Kind::RedisKill,
             Fault::RedisLoss => Kind::RedisLoss,
             Fault::ReadOnly { .. } => Kind::ReadOnly,
@@ -188,6 +212,7 @@ impl Fault {
             Fault::TypeChange { .. } => Kind::TypeChange,
             Fault::FrozenReplica { .. } => Kind::FrozenReplica,
             Fault::RedisOom { .. } => Kind::RedisOom,
+            Fault::DbDown { .. } => Kind::DbDown,
         }
     }
 }
@@ -210,13 +235,20 @@ pub struct TortureInput {
 }
 
 impl TortureInput {
-    /// The scenario and plans `seed` fixes for `profile`, with `without`
-    /// taken out.
-    pub fn from_seed(seed: u64, profile: Profile, orders: usize, without: &[AnyKind]) -> TortureInput {
+    /// The scenario and plans `seed` fixes for `profile` and `layout`,
+    /// with `without` taken out. The single layout draws what it drew
+    /// before the split layout existed.
+    pub fn from_seed(
+        seed: u64,
+        profile: Profile,
+        orders: usize,
+        without: &[AnyKind],
+        layout: Layout,
+    ) -> TortureInput {
         let sim = input_from_seed(seed, profile, orders, &SimSettings::default());
         let mut plan = sim.plan;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7047_7e7e_7047_7e7e);
-        let mut timed = generate(&mut rng, profile, plan.heal_at_ms);
+        let mut timed = generate(&mut rng, profile, plan.heal_at_ms, layout);
         for kind in without {
             match *kind {
                 AnyKind::Sim(k) => plan = plan.without(k),
@@ -238,8 +270,12 @@ fn service(rng: &mut ChaCha8Rng) -> Service {
 
 /// Torture's faults for `profile`, each at least once per seed (light) or
 /// up to twice (heavy), at random moments before `heal_at_ms`. A window
-/// (read-only, wrong-type key, out of memory) ends before the heal.
-fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Timed> {
+/// (read-only, wrong-type key, out of memory, db-down) ends before the
+/// heal. In the split layout pg-kill and read-only name a service (whose
+/// database they strike); in the single layout they draw nothing more, so
+/// a seed draws what it drew before.
+fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64, layout: Layout) -> Vec<Timed> {
+    let split = layout == Layout::Split;
     let (most, every_kind) = match profile {
         Profile::None => return Vec::new(),
         Profile::Light => (1, true),
@@ -247,7 +283,7 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
         Profile::Swarm => (2, false),
     };
     let mut timed = Vec::new();
-    for kind in Kind::ALL {
+    for kind in Kind::ALL.into_iter().filter(|k| k.drawn_in(layout)) {
         if !every_kind && !rng.random_bool(0.5) {
             continue;
         }
@@ -255,14 +291,20 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
             let at_ms = rng.random_range(0..heal_at_ms / 2);
             let window = heal_at_ms - at_ms;
             let fault = match kind {
-                Kind::PgKill => Fault::PgKill,
+                Kind::PgKill => Fault::PgKill {
+                    service: split.then(|| service(rng)),
+                },
                 Kind::RedisKill => Fault::RedisKill,
                 Kind::RedisLoss => Fault::RedisLoss,
                 // Long enough for a delivery to exhaust its budget
                 // (deliveries_max visibility timeouts).
-                Kind::ReadOnly => Fault::ReadOnly {
-                    len_ms: rng.random_range(window / 2..window),
-                },
+                Kind::ReadOnly => {
+                    let service = split.then(|| service(rng));
+                    Fault::ReadOnly {
+                        service,
+                        len_ms: rng.random_range(window / 2..window),
+                    }
+                }
                 Kind::Migration => Fault::Migration {
                     service: service(rng),
                 },
@@ -295,6 +337,15 @@ fn generate(rng: &mut ChaCha8Rng, profile: Profile, heal_at_ms: u64) -> Vec<Time
                 Kind::RedisOom => Fault::RedisOom {
                     len_ms: rng.random_range(window / 4..window / 2),
                 },
+                // Short: a commit of unknown outcome on the database that
+                // went down makes the witness read that database again,
+                // which it tries for 5 s (`witness.rs`); 1-2 s once scaled
+                // (the driver holds it up to 2 s more in a lull), and
+                // within the window before the heal.
+                Kind::DbDown => Fault::DbDown {
+                    service: service(rng),
+                    len_ms: rng.random_range(2_000..4_000).min(window - 1),
+                },
             };
             timed.push(Timed { at_ms, fault });
         }
@@ -309,18 +360,19 @@ mod tests {
 
     #[test]
     fn a_seed_draws_the_same_input_again() {
-        let a = TortureInput::from_seed(7, Profile::Heavy, 20, &[]);
-        let b = TortureInput::from_seed(7, Profile::Heavy, 20, &[]);
+        let a = TortureInput::from_seed(7, Profile::Heavy, 20, &[], Layout::Single);
+        let b = TortureInput::from_seed(7, Profile::Heavy, 20, &[], Layout::Single);
         assert_eq!(a, b);
     }
 
     #[test]
     fn every_fault_comes_before_the_heal_and_without_removes_its_kind() {
-        for seed in 0..50 {
-            let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &[]);
+        for (seed, layout) in (0..50).flat_map(|s| Layout::ALL.map(|l| (s, l))) {
+            let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &[], layout);
             for t in &input.timed {
                 let end = match t.fault {
-                    Fault::ReadOnly { len_ms }
+                    Fault::ReadOnly { len_ms, .. }
+                    | Fault::DbDown { len_ms, .. }
                     | Fault::WrongTypeDeadKey { len_ms, .. }
                     | Fault::DiskFull { len_ms, .. }
                     | Fault::FrozenReplica { len_ms, .. }
@@ -333,13 +385,14 @@ mod tests {
                 );
             }
             for kind in Kind::ALL {
-                assert!(
+                assert_eq!(
                     input.timed.iter().any(|t| t.fault.kind() == kind),
-                    "heavy has every kind"
+                    kind.drawn_in(layout),
+                    "heavy has every kind of its layout ({layout}, {kind})"
                 );
             }
             let without = parse_kinds("issue-17,crash").expect("known kinds");
-            let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &without);
+            let input = TortureInput::from_seed(seed, Profile::Heavy, 20, &without, layout);
             assert!(input
                 .timed
                 .iter()
@@ -352,6 +405,44 @@ mod tests {
                         .iter()
                         .all(|t| !matches!(t.fault, crate::faults::Scheduled::Crash { .. }))
             );
+        }
+    }
+
+    /// The split layout leaves the single layout's draws as they were: a
+    /// seed draws the same faults (pg-kill and read-only without a target)
+    /// whether or not the split layout exists.
+    #[test]
+    fn the_split_layout_names_targets_and_the_single_draws_none() {
+        for seed in 0..20 {
+            let single = TortureInput::from_seed(seed, Profile::Heavy, 20, &[], Layout::Single);
+            let split = TortureInput::from_seed(seed, Profile::Heavy, 20, &[], Layout::Split);
+            assert_eq!(
+                single.plan, split.plan,
+                "the simulator's plan does not depend on the layout"
+            );
+            for t in &single.timed {
+                assert!(matches!(
+                    t.fault,
+                    Fault::PgKill { service: None }
+                        | Fault::ReadOnly { service: None, .. }
+                        | Fault::RedisKill
+                        | Fault::RedisLoss
+                        | Fault::Migration { .. }
+                        | Fault::BadOutboxRow { .. }
+                        | Fault::Xdel { .. }
+                        | Fault::WrongTypeDeadKey { .. }
+                        | Fault::DiskFull { .. }
+                        | Fault::TypeChange { .. }
+                        | Fault::FrozenReplica { .. }
+                        | Fault::RedisOom { .. }
+                ));
+            }
+            for t in &split.timed {
+                assert!(!matches!(
+                    t.fault,
+                    Fault::PgKill { service: None } | Fault::ReadOnly { service: None, .. }
+                ));
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Replicas and the client of one torture seed.
 //!
-//! A replica is one "process" of a service: its own PostgreSQL pool and
+//! A replica is one "process" of a service: its own PostgreSQL pool (in
+//! the split layout to its service's database only, `databases.rs`) and
 //! Redis connections, behind the fault layer of `boundary.rs`, running the
 //! library's own loops as tokio tasks: `consumer::run`, `relay::run_woken`
 //! (woken by its own commits), `sweeper::run_pruner` for its service, and
@@ -16,14 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
+use purchase_saga::adapters::postgres::{PgConfig, PgStore};
 use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::gateway::SimulatedGateway;
 use purchase_saga::domain::{DurationMs, Service, Timestamp};
 use purchase_saga::runtime::commands::{place_order, PlaceError, Placed};
 use purchase_saga::runtime::relay::RelayWake;
 use purchase_saga::runtime::{
-    consumer, relay, sweeper, Clock, Dispatch, Env, Fanout, Observer, RuntimeConfig, SystemClock,
+    consumer, relay, sweeper, Clock, Dispatch, Env, Fanout, Observer, RuntimeConfig, Store, SystemClock,
 };
 use purchase_saga::workload::OrderSpec;
 use tokio::task::JoinHandle;
@@ -34,6 +35,7 @@ use crate::faults::{FaultKind, Replica};
 use crate::finding::{check, Finding};
 
 use super::boundary::{FaultyBus, FaultyStore};
+use super::databases::DbMap;
 use super::state::Shared;
 use super::witness::{CheckedBus, CheckedStore, Witness};
 use super::TIME_DIVISOR;
@@ -43,7 +45,8 @@ use super::TIME_DIVISOR;
 pub struct Wiring {
     pub shared: Arc<Shared>,
     pub observer: Arc<dyn Observer>,
-    pub db_url: String,
+    /// The seed's databases.
+    pub dbs: DbMap,
     pub redis_url: String,
     pub redis: RedisConfig,
     /// The pool of a replica; the plan's `pool_size` caps it (see
@@ -97,19 +100,26 @@ impl Wiring {
         Arc::new(SkewedClock { skew_ms })
     }
 
-    /// Connects a store and a bus, retrying while a fault keeps the servers
-    /// away (a restarting Redis, terminated backends), until `give_up`.
-    async fn connect(&self, give_up: Instant) -> Result<(PgStore, RedisBus), String> {
+    /// Connects a store (of `service`'s replica, the client's when None;
+    /// see [`DbMap::replica_store`]) and a bus, retrying while a fault
+    /// keeps the servers away (a restarting Redis, terminated backends, a
+    /// database down), until `give_up`. Also returns the pool's own store
+    /// (for the statement counts).
+    async fn connect(
+        &self,
+        give_up: Instant,
+        service: Option<Service>,
+    ) -> Result<(Arc<dyn Store>, PgStore, RedisBus), String> {
         loop {
-            let pool = postgres::connect(&self.db_url, &self.pool()).await;
+            let pool = self.dbs.replica_store(service, &self.pool()).await;
             let bus = RedisBus::connect(&self.redis_url, self.redis.clone()).await;
             match (pool, bus) {
-                (Ok(pool), Ok(bus)) => return Ok((PgStore::new(pool), bus)),
+                (Ok((store, pg)), Ok(bus)) => return Ok((store, pg, bus)),
                 (pool, bus) => {
                     if Instant::now() >= give_up {
                         return Err(format!(
                             "could not connect: {:?} {:?}",
-                            pool.err().map(|e| e.to_string()),
+                            pool.err(),
                             bus.err().map(|e| e.to_string())
                         ));
                     }
@@ -125,7 +135,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
     let wiring = wiring.clone();
     tokio::spawn(async move {
         let give_up = Instant::now() + Duration::from_secs(30);
-        let (store, bus) = match wiring.connect(give_up).await {
+        let (store, pg, bus) = match wiring.connect(give_up, Some(replica.service)).await {
             Ok(c) => c,
             Err(e) => {
                 wiring
@@ -134,7 +144,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
                 return;
             }
         };
-        wiring.shared.statements.register(&store, &bus);
+        wiring.shared.statements.register(&pg, &bus);
         // Cut off the bus, the replica stops its heartbeat too, as a
         // process cut off Redis would: the others take its entries.
         let cut = wiring.shared.clone();
@@ -150,7 +160,7 @@ pub fn start(wiring: &Wiring, replica: Replica) -> JoinHandle<()> {
         let env = Env {
             store: Arc::new(FaultyStore {
                 inner: Arc::new(CheckedStore {
-                    inner: Arc::new(store),
+                    inner: store,
                     witness: wiring.witness.clone(),
                 }),
                 shared: wiring.shared.clone(),
@@ -214,7 +224,7 @@ pub fn client(
 ) -> JoinHandle<()> {
     let wiring = wiring.clone();
     tokio::spawn(async move {
-        let (store, bus) = match wiring.connect(give_up).await {
+        let (store, pg, bus) = match wiring.connect(give_up, None).await {
             Ok(c) => c,
             Err(e) => {
                 wiring.shared.found(Finding::new(check::HOST_FAILED, "client", e));
@@ -222,11 +232,11 @@ pub fn client(
                 return;
             }
         };
-        wiring.shared.statements.register(&store, &bus);
+        wiring.shared.statements.register(&pg, &bus);
         let env = Env {
             store: Arc::new(FaultyStore {
                 inner: Arc::new(CheckedStore {
-                    inner: Arc::new(store),
+                    inner: store,
                     witness: wiring.witness.clone(),
                 }),
                 shared: wiring.shared.clone(),

@@ -295,6 +295,12 @@ impl Shared {
         false
     }
 
+    /// Whether an xdel is under way: a swallow waiting for a delivery, or
+    /// an entry swallowed or taken and not yet deleted.
+    pub fn xdel_waiting(&self) -> bool {
+        !lock(&self.swallow).is_empty() || !lock(&self.swallowed).is_empty()
+    }
+
     pub fn swallowed(&self, entry: Swallowed) {
         lock(&self.swallowed).push(entry);
     }

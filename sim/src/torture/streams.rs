@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use purchase_saga::adapters::postgres::{schema, PgStore};
+use purchase_saga::adapters::postgres::{schema, PgRoutes};
 use purchase_saga::adapters::redis::RedisBus;
 use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{Event, EventId, Service};
@@ -71,7 +71,7 @@ impl StreamWatch {
     pub async fn scan(
         &mut self,
         shared: &Shared,
-        store: &PgStore,
+        store: &PgRoutes,
         conn: &mut redis::aio::MultiplexedConnection,
         keys: &RedisBus,
         expected: &[Expected],
@@ -128,7 +128,7 @@ impl StreamWatch {
 
     /// With a shared Redis, about to lose its keys: the mark check stops
     /// counting here (see the module docs).
-    pub async fn cap_marks(&mut self, store: &PgStore) -> Result<(), String> {
+    pub async fn cap_marks(&mut self, store: &PgRoutes) -> Result<(), String> {
         if self.marks_capped_at.is_none() {
             let marks = read_marks(store).await?;
             self.marks_capped_at = Some(
@@ -261,14 +261,14 @@ fn is_expected(expected: &[Expected], service: Service, entry_id: &str) -> bool 
 
 /// Every outbox row that decodes (torture's injected rows do not, or are
 /// quarantined copies never published), with its mark count.
-async fn read_marks(store: &PgStore) -> Result<Vec<Marked>, String> {
+async fn read_marks(store: &PgRoutes) -> Result<Vec<Marked>, String> {
     let mut all = Vec::new();
     for service in Service::ALL {
         let rows = sqlx::query(&format!(
             "SELECT payload, published_count FROM {}.outbox",
             schema(service)
         ))
-        .fetch_all(store.pool())
+        .fetch_all(store.of(service).map_err(|e| e.to_string())?.pool())
         .await
         .map_err(|e| format!("{} outbox: {e}", schema(service)))?;
         for r in rows {

@@ -12,7 +12,10 @@
 //!   commit whose outcome is unknown (the connection broke) makes the
 //!   witness read the database again under the lock, in one REPEATABLE
 //!   READ snapshot that no commit can slip between (every commit waits
-//!   for the lock), and check the step to it. At the end the kept state
+//!   for the lock), and check the step to it. In the split layout it reads
+//!   the database of the transaction's service only (the one a commit of
+//!   unknown outcome can have changed), so a database that went down does
+//!   not stop the checks of the others' commits longer than that read. At the end the kept state
 //!   must equal the database's ([`check::CHECKED_STATE`]): a write that
 //!   bypassed the witness would otherwise go unchecked.
 //! - **The compensation ledger** (`CompensationLedger`, the domain's) over
@@ -35,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use purchase_saga::adapters::postgres::{schema, PgStore};
+use purchase_saga::adapters::postgres::{schema, Part, PgRoutes};
 use purchase_saga::domain::invariants::{CompensationLedger, Snapshot};
 use purchase_saga::domain::{DurationMs, Event, EventId, OrderId, Row, RowKey, Service, Timestamp};
 use purchase_saga::runtime::bus::{Bus, BusError, Delivery, PartialPublish};
@@ -71,20 +74,27 @@ struct Committed {
 /// [`CheckedStore`] and [`CheckedBus`].
 pub struct Witness {
     shared: Arc<Shared>,
-    /// The witness's own reads (inbox lookups, resyncs), on a pool that
-    /// torture's boundary faults never touch.
-    store: PgStore,
+    /// The witness's own reads (inbox lookups, resyncs), on pools that
+    /// torture's boundary faults never touch: routes over every database
+    /// of the seed.
+    store: PgRoutes,
     /// Held across every commit and the check after it.
     committed: tokio::sync::Mutex<Committed>,
     /// The event of each entry a consumer received, by (service, entry id),
     /// for the ack check.
     delivered: Mutex<BTreeMap<(Service, String), EventId>>,
     acks_checked: std::sync::atomic::AtomicU64,
+    /// Commits seen per service, in [`Service::ALL`] order (read without
+    /// the commit lock: `db-down`'s effect).
+    commits_by_service: [std::sync::atomic::AtomicU64; 6],
+    /// Writes outside saga transactions that a replica's database took
+    /// (relay claims, marks and releases, pruning), per service likewise.
+    writes_by_service: [std::sync::atomic::AtomicU64; 6],
 }
 
 impl Witness {
     /// A witness starting from the database's state now (the opening rows).
-    pub async fn new(shared: Arc<Shared>, store: PgStore) -> Result<Witness, String> {
+    pub async fn new(shared: Arc<Shared>, store: PgRoutes) -> Result<Witness, String> {
         let state = store
             .snapshot()
             .await
@@ -101,7 +111,40 @@ impl Witness {
             }),
             delivered: Mutex::default(),
             acks_checked: std::sync::atomic::AtomicU64::new(0),
+            commits_by_service: Default::default(),
+            writes_by_service: Default::default(),
         })
+    }
+
+    /// What `services`' databases committed so far: the saga
+    /// transactions seen committing, and the other writes the replicas'
+    /// stores made (relay claims, marks, releases, pruning).
+    pub fn commits_of(&self, services: &[Service]) -> (u64, u64) {
+        let sum = |counts: &[std::sync::atomic::AtomicU64; 6]| -> u64 {
+            services
+                .iter()
+                .map(|s| counts[service_index(*s)].load(std::sync::atomic::Ordering::SeqCst))
+                .sum()
+        };
+        (sum(&self.commits_by_service), sum(&self.writes_by_service))
+    }
+
+    /// The services whose rows live in the database of `service` (every
+    /// service in the single layout).
+    fn database_of(&self, service: Service) -> Vec<Service> {
+        self.store
+            .databases()
+            .find(|(_, parts)| parts.contains(&Part::Service(service)))
+            .map(|(_, parts)| {
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Service(s) => Some(*s),
+                        Part::Api => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| Service::ALL.to_vec())
     }
 
     fn found_all(&self, found: Vec<purchase_saga::domain::invariants::Violation>) {
@@ -115,6 +158,7 @@ impl Witness {
     async fn commit(self: Arc<Self>, tx: CheckedTx) -> StoreResult<()> {
         let CheckedTx {
             inner,
+            service,
             written,
             enqueued,
             ..
@@ -124,6 +168,8 @@ impl Witness {
         match &outcome {
             Ok(()) => {
                 committed.commits += 1;
+                self.commits_by_service[service_index(service)]
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let found = check_committed_rows(&mut committed.state, written);
                 self.found_all(found);
                 for event in &enqueued {
@@ -138,19 +184,21 @@ impl Witness {
                 self.shared.log(format!(
                     "witness: commit outcome unknown ({e}); reading the database"
                 ));
-                self.resync(&mut committed).await;
+                self.resync(&mut committed, service).await;
             }
         }
         outcome
     }
 
-    /// Brings the kept state to the database's, under the commit lock (so
-    /// no commit slips in), checking the step to it.
-    async fn resync(&self, committed: &mut Committed) {
+    /// Brings the kept state of the services in `service`'s database to
+    /// the database's, under the commit lock (so no commit slips in),
+    /// checking the step to it.
+    async fn resync(&self, committed: &mut Committed, service: Service) {
         committed.resyncs += 1;
+        let services = self.database_of(service);
         let mut tries = 0;
         let (now, events) = loop {
-            match self.read_all().await {
+            match self.read_all(&services).await {
                 Ok(read) => break read,
                 Err(e) if tries < READ_TRIES_MAX => {
                     tries += 1;
@@ -177,17 +225,19 @@ impl Witness {
         }
     }
 
-    /// One snapshot of the rows, and every outbox row's event (rows that
-    /// do not decode, torture's injected ones, left out).
-    async fn read_all(&self) -> Result<(Snapshot, Vec<Event>), String> {
-        let snapshot = self.store.snapshot().await.map_err(|e| e.to_string())?;
+    /// One snapshot of `services`' rows (all in one database), and every
+    /// outbox row's event of theirs (rows that do not decode, torture's
+    /// injected ones, left out).
+    async fn read_all(&self, services: &[Service]) -> Result<(Snapshot, Vec<Event>), String> {
+        let store = self.store.of(services[0]).map_err(|e| e.to_string())?;
+        let snapshot = store.snapshot_of(services).await.map_err(|e| e.to_string())?;
         let mut events = Vec::new();
-        for service in Service::ALL {
+        for service in services.iter().copied() {
             let payloads: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT payload FROM {}.outbox ORDER BY seq",
                 schema(service)
             ))
-            .fetch_all(self.store.pool())
+            .fetch_all(store.pool())
             .await
             .map_err(|e| e.to_string())?;
             events.extend(payloads.iter().filter_map(|p| Event::decode(p.as_bytes()).ok()));
@@ -196,7 +246,7 @@ impl Witness {
     }
 
     /// The witness's own store (reads only).
-    pub fn store(&self) -> &PgStore {
+    pub fn store(&self) -> &PgRoutes {
         &self.store
     }
 
@@ -270,8 +320,9 @@ impl Witness {
     ) -> Result<Vec<(Service, EventId)>, String> {
         let mut all = Vec::new();
         for service in Service::ALL {
+            let pool = self.store.of(service).map_err(|e| e.to_string())?.pool();
             let rows = sqlx::query(&format!("SELECT seq, event_id FROM {}.outbox", schema(service)))
-                .fetch_all(self.store.pool())
+                .fetch_all(pool)
                 .await
                 .map_err(|e| e.to_string())?;
             for r in rows {
@@ -338,6 +389,13 @@ impl Witness {
     }
 }
 
+fn service_index(service: Service) -> usize {
+    Service::ALL
+        .iter()
+        .position(|s| *s == service)
+        .expect("a service of Service::ALL")
+}
+
 /// Every row of `s`, for a resync.
 fn rows_of(s: &Snapshot) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
@@ -388,6 +446,16 @@ impl CheckedStore {
         }
         result
     }
+
+    /// [`CheckedStore::seen`], and a write of `service`'s database counted
+    /// when it succeeded.
+    fn wrote<T>(&self, service: Service, result: StoreResult<T>) -> StoreResult<T> {
+        if result.is_ok() {
+            self.witness.writes_by_service[service_index(service)]
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.seen(result)
+    }
 }
 
 /// How `PgStore` says its pool timed out (`adapters::postgres::errors`).
@@ -399,6 +467,7 @@ impl Store for CheckedStore {
         let inner = self.seen(self.inner.begin(service).await)?;
         Ok(Box::new(CheckedTx {
             inner,
+            service,
             witness: self.witness.clone(),
             written: Vec::new(),
             enqueued: Vec::new(),
@@ -412,7 +481,7 @@ impl Store for CheckedStore {
         lease: DurationMs,
         limit: usize,
     ) -> StoreResult<Claimed> {
-        self.seen(self.inner.claim_due(service, now, lease, limit).await)
+        self.wrote(service, self.inner.claim_due(service, now, lease, limit).await)
     }
 
     async fn outbox_due(
@@ -421,15 +490,15 @@ impl Store for CheckedStore {
         now: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<OutboxEntry>> {
-        self.seen(self.inner.outbox_due(service, now, limit).await)
+        self.wrote(service, self.inner.outbox_due(service, now, limit).await)
     }
 
     async fn mark_published(&self, service: Service, marks: &[Mark], now: Timestamp) -> StoreResult<()> {
-        self.seen(self.inner.mark_published(service, marks, now).await)
+        self.wrote(service, self.inner.mark_published(service, marks, now).await)
     }
 
     async fn release(&self, service: Service, seqs: &[i64]) -> StoreResult<()> {
-        self.seen(self.inner.release(service, seqs).await)
+        self.wrote(service, self.inner.release(service, seqs).await)
     }
 
     async fn processed(&self, service: Service, event_id: EventId) -> StoreResult<bool> {
@@ -455,7 +524,7 @@ impl Store for CheckedStore {
         retention: Retention,
         policy: RedrivePolicy,
     ) -> StoreResult<Pruned> {
-        self.seen(self.inner.prune(service, now, retention, policy).await)
+        self.wrote(service, self.inner.prune(service, now, retention, policy).await)
     }
 
     async fn snapshot(&self) -> StoreResult<Snapshot> {
@@ -466,6 +535,7 @@ impl Store for CheckedStore {
 /// A transaction whose writes the witness checks when it commits.
 struct CheckedTx {
     inner: Box<dyn StoreTx>,
+    service: Service,
     witness: Arc<Witness>,
     written: Vec<Row>,
     enqueued: Vec<Event>,

@@ -19,9 +19,15 @@
 //!   disk (every code of class 53: 53100 a full disk), read-only (25006: a
 //!   standby, or `default_transaction_read_only`), or the server ended the
 //!   session for sitting idle (25P03 `idle_in_transaction_session_timeout`:
-//!   this process was frozen mid-transaction; 57P05 `idle_session_timeout`).
+//!   this process was frozen mid-transaction; 57P05 `idle_session_timeout`),
+//!   or the database refused a new connection (55000 at severity FATAL:
+//!   `ALTER DATABASE ... ALLOW_CONNECTIONS false`, an operator taking one
+//!   service's database away; found by torture's `db-down`, under which it
+//!   was Fatal and spent the events' delivery budgets). 55000 from a
+//!   statement (severity ERROR) stays Fatal.
 //! - Fatal: anything else (a CHECK constraint, a bug, corrupt data).
 
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::PgConnection;
 
 use crate::runtime::StoreError;
@@ -37,6 +43,16 @@ fn is_unavailable_code(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(code, "57P01" | "57P02" | "57P03" | "57P05" | "25006" | "25P03")
+}
+
+/// A new connection refused by its database (`database "x" is not
+/// currently accepting connections`): SQLSTATE 55000 at severity FATAL,
+/// which the server sends only while starting a session.
+fn refused_connection(error: &dyn sqlx::error::DatabaseError, code: &str) -> bool {
+    code == "55000"
+        && error
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|e| e.severity() == PgSeverity::Fatal)
 }
 
 /// Whether `error` is SQLSTATE 0A000, "cached plan must not change result
@@ -67,7 +83,7 @@ pub fn classify(error: sqlx::Error, target: &str) -> StoreError {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             if CONFLICT_CODES.contains(&code.as_str()) {
                 StoreError::Conflict(format!("SQLSTATE {code}: {}", db.message()))
-            } else if is_unavailable_code(&code) {
+            } else if is_unavailable_code(&code) || refused_connection(db.as_ref(), &code) {
                 StoreError::Unavailable(format!(
                     "PostgreSQL at {target}: SQLSTATE {code}: {}",
                     db.message()
