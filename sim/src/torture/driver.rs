@@ -29,8 +29,9 @@ use crate::run::{replicas, SimSettings};
 use super::checks::{self, Checker, Expected, TortureObserver};
 use super::pg_faults;
 use super::plan::{Fault, Kind, TortureInput};
+use super::redis_target::{RedisTarget, Xdel, XDEL_CONSUMER};
 use super::replicas::{self as replica, Wiring};
-use super::servers::{PrivateRedis, RedisTarget, SeedDb, Xdel, XDEL_CONSUMER};
+use super::servers::SeedDb;
 use super::state::{Shared, Swallowed};
 use super::streams::StreamWatch;
 use super::witness::Witness;
@@ -154,13 +155,9 @@ async fn run_async(
         std::process::id(),
         shared.now_ms()
     );
-    let redis = match &settings.redis_url {
-        Some(url) => RedisTarget::Shared {
-            url: url.clone(),
-            prefix: prefix.clone(),
-        },
-        None => RedisTarget::Private(tokio::task::block_in_place(PrivateRedis::start)?),
-    };
+    let redis = tokio::task::block_in_place(|| {
+        RedisTarget::start(settings.redis_url.as_deref(), settings.redis, &prefix)
+    })?;
     let db = SeedDb::create(&settings.database_url, input.seed).await?;
     let seeding = postgres::connect(&db.url, &PgConfig::default())
         .await
@@ -391,6 +388,9 @@ async fn run_async(
             shared.found(Finding::new(checks::SETUP, "disk-full free at the end", e));
         }
     }
+    if let Err(e) = run.redis.note_spread(&shared).await {
+        shared.found(Finding::new(checks::SETUP, "the cluster's keys at the end", e));
+    }
     run.redis.clean_up().await
 }
 
@@ -453,7 +453,7 @@ impl Run {
     /// `broker-loss`): writes held, the streams read, the server restarted,
     /// the restart seen in its new `run_id`.
     async fn lose_redis(&mut self, t: u64) -> Result<String, String> {
-        let before = self.redis.run_id().await?;
+        let before = self.redis.run_ids().await?;
         if !self.redis.pause_writes(LOSS_PAUSE_MS).await? {
             self.watch.cap_marks(self.witness.store()).await?;
         }
@@ -465,9 +465,11 @@ impl Run {
             self.redis.unpause().await;
         }
         let detail = lost?;
-        let after = self.redis.run_id().await?;
-        if before.is_some() && before == after {
-            return Err(format!("redis-server still runs as {before:?}: not restarted"));
+        let after = self.redis.run_ids().await?;
+        if let Some((node, id)) = before.iter().find(|b| after.contains(b)) {
+            return Err(format!(
+                "the redis-server at {node} still runs as {id}: not restarted"
+            ));
         }
         self.watch.lost();
         self.last_loss_ms = Some(t);
@@ -631,7 +633,7 @@ impl Run {
             }
             Action::RedisOomOff => match self.oom_before.take() {
                 Some((settings, open)) if open > 1 => self.oom_before = Some((settings, open - 1)),
-                Some((settings, _)) => match super::redis_faults::restore(&self.redis, &settings).await {
+                Some((settings, _)) => match super::redis_faults::restore(&settings).await {
                     Ok(()) => self.shared.log("== Redis memory limit restored =="),
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, "redis-oom off", e)),
                 },
@@ -648,7 +650,7 @@ impl Run {
         let Some((before, _)) = &self.oom_before else {
             return false;
         };
-        match super::redis_faults::restore(&self.redis, before).await {
+        match super::redis_faults::restore(before).await {
             Ok(()) => true,
             Err(e) => {
                 self.shared.log(format!("== redis-oom not lifted: {e} =="));
@@ -679,11 +681,19 @@ impl Run {
         Err(format!("no backend of {} to terminate", self.db.name))
     }
 
-    /// Kills the private Redis's client connections until one was.
+    /// Kills the private Redis's client connections (on every cluster node)
+    /// until one was.
     async fn kill_redis_clients(&self) -> Result<String, String> {
         for _ in 0..EFFECT_TRIES_MAX {
             match self.redis.kill_clients().await? {
-                Some(n) if n > 0 => return Ok(format!("{n} Redis connections killed")),
+                Some(per_node) if per_node.iter().sum::<i64>() > 0 => {
+                    let n: i64 = per_node.iter().sum();
+                    return Ok(if self.redis.is_cluster() {
+                        format!("{n} Redis connections killed, on each cluster node: {per_node:?}")
+                    } else {
+                        format!("{n} Redis connections killed")
+                    });
+                }
                 Some(_) => tokio::time::sleep(EFFECT_RETRY_PAUSE).await,
                 None => {
                     return Err("cannot kill connections on a shared Redis (--redis-url); \
