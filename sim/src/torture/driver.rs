@@ -60,11 +60,22 @@ pub fn run_seed(settings: &TortureSettings, seed: u64) -> TortureOutcome {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    // The seed's Redis is up before its clock starts: a cluster takes
+    // about a second to form, which the plan's first moments must not
+    // spend.
+    static PREFIXES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = format!(
+        "torture:{seed}:{}:{}",
+        std::process::id(),
+        PREFIXES.fetch_add(1, Ordering::SeqCst)
+    );
+    let redis = RedisTarget::start(settings.redis_url.as_deref(), settings.redis, &prefix);
     let shared = Arc::new(Shared::new(
         input.plan.clone(),
         ChaCha8Rng::seed_from_u64(seed ^ 0x7e57_7e57_7e57_7e57),
     ));
-    let result = rt.block_on(run_async(settings, &input, shared.clone()));
+    let result =
+        redis.and_then(|redis| rt.block_on(run_async(settings, &input, shared.clone(), redis, prefix)));
     if let Err(e) = result {
         shared.found(Finding::new(checks::SETUP, format!("seed {seed}"), e));
     }
@@ -148,16 +159,9 @@ async fn run_async(
     settings: &TortureSettings,
     input: &TortureInput,
     shared: Arc<Shared>,
+    redis: RedisTarget,
+    prefix: String,
 ) -> Result<(), String> {
-    let prefix = format!(
-        "torture:{}:{}:{}",
-        input.seed,
-        std::process::id(),
-        shared.now_ms()
-    );
-    let redis = tokio::task::block_in_place(|| {
-        RedisTarget::start(settings.redis_url.as_deref(), settings.redis, &prefix)
-    })?;
     let db = SeedDb::create(&settings.database_url, input.seed).await?;
     let seeding = postgres::connect(&db.url, &PgConfig::default())
         .await
@@ -282,7 +286,9 @@ async fn run_async(
         // An xdel still waiting for a delivery (another fault, e.g. a
         // read-only database, froze the consumers) holds the heal back a
         // little: the deliveries resume when that fault's window ends.
-        let xdel_waits = !shared.swallows_pending().is_empty() && t < heal_at + XDEL_HEAL_GRACE_MS;
+        // So does a Redis Cluster's downtime after each loss.
+        let xdel_waits = !shared.swallows_pending().is_empty()
+            && t < heal_at + XDEL_HEAL_GRACE_MS + run.redis.downtime_ms();
         if !shared.healed() && t >= heal_at && !xdel_waits {
             run.heal(t).await;
             healed_at = t;

@@ -69,6 +69,8 @@ pub async fn start_oom(target: &RedisTarget, probe_key: &str) -> Result<(MemoryS
         RedisTarget::Private(_) => None,
         RedisTarget::Cluster { prefix, .. } => Some(prefix.clone()),
     };
+    // A probe SET on a node back from a loss would answer CLUSTERDOWN.
+    target.settle().await?;
     let mut before = MemorySettings(Vec::new());
     let mut done = Vec::new();
     for node in target.key_nodes().await? {

@@ -41,6 +41,12 @@ use redis::aio::MultiplexedConnection;
 
 use super::state::{Shared, Swallowed};
 
+/// How long a restarted cluster node may take to be ok again.
+const SETTLE_WITHIN: Duration = Duration::from_secs(10);
+/// Redis's `CLUSTER_WRITABLE_DELAY`: a master back from a restart answers
+/// `CLUSTERDOWN` this long.
+pub const WRITABLE_DELAY_MS: u64 = 2_000;
+
 /// The consumer name under which torture takes an entry to XDEL.
 pub const XDEL_CONSUMER: &str = "torture-xdel";
 
@@ -121,8 +127,16 @@ pub struct KeyNode {
 /// Where a seed's bus lives; see the module docs.
 pub enum RedisTarget {
     Private(PrivateRedis),
-    Cluster { cluster: RedisCluster, prefix: String },
-    Shared { url: String, prefix: String },
+    Cluster {
+        cluster: RedisCluster,
+        prefix: String,
+        /// Losses so far (each about [`WRITABLE_DELAY_MS`] of CLUSTERDOWN).
+        losses: u64,
+    },
+    Shared {
+        url: String,
+        prefix: String,
+    },
 }
 
 impl RedisTarget {
@@ -141,6 +155,7 @@ impl RedisTarget {
             (None, RedisLayout::Cluster) => RedisCluster::start().map(|cluster| RedisTarget::Cluster {
                 cluster,
                 prefix: prefix.to_string(),
+                losses: 0,
             }),
         }
     }
@@ -155,14 +170,68 @@ impl RedisTarget {
         }
     }
 
+    /// How long the bus was down for its losses on a cluster (each node
+    /// back from one refuses keyed commands for Redis's writable delay); 0
+    /// on one server, whose restart is over when it answers PING. The
+    /// driver holds the heal back by this much for a waiting xdel, as for
+    /// the other faults that stop deliveries.
+    pub fn downtime_ms(&self) -> u64 {
+        match self {
+            RedisTarget::Cluster { losses, .. } => losses * WRITABLE_DELAY_MS,
+            _ => 0,
+        }
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisTarget::Cluster { .. })
     }
 
     /// A connection that routes each command by its key (the cluster
-    /// client on a cluster).
+    /// client on a cluster, once every node's cluster state is ok: see
+    /// [`RedisTarget::settle`]).
     async fn conn(&self) -> Result<RedisConn, String> {
+        self.settle().await?;
         connection::connect(&self.url(), false, Duration::from_secs(5)).await
+    }
+
+    /// On a cluster, waits until every node reports `cluster_state:ok`:
+    /// after a loss its restarted nodes answer `CLUSTERDOWN` to every keyed
+    /// command for about two seconds (Redis's writable delay), which the
+    /// replicas meet as the loss's downtime, and which torture's own keyed
+    /// commands (the streams read, an entry taken, a probe SET) wait out.
+    /// At once when the cluster is ok, and on one server.
+    pub async fn settle(&self) -> Result<(), String> {
+        self.settle_within(SETTLE_WITHIN).await
+    }
+
+    /// [`RedisTarget::settle`] waiting at most `within` (none: one look).
+    async fn settle_within(&self, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        for url in self.node_urls() {
+            if !self.is_cluster() {
+                break;
+            }
+            loop {
+                let info: Result<String, String> = match node_conn(&url).await {
+                    Ok(mut conn) => redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match info {
+                    Ok(info) if info.contains("cluster_state:ok") => break,
+                    last if tokio::time::Instant::now() >= deadline => {
+                        return Err(format!(
+                            "the cluster node {url} is not ok after {within:?}: {last:?}"
+                        ))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every server of a private Redis (each node of a cluster); none on a
@@ -189,7 +258,7 @@ impl RedisTarget {
                 }])
             }
             RedisTarget::Shared { .. } => return Ok(Vec::new()),
-            RedisTarget::Cluster { cluster, prefix } => (cluster, prefix),
+            RedisTarget::Cluster { cluster, prefix, .. } => (cluster, prefix),
         };
         let urls = cluster.node_urls();
         let mut owned: Vec<Vec<(u16, u16)>> = Vec::new();
@@ -258,13 +327,14 @@ impl RedisTarget {
     /// others held by the loss's pause are let go), each seen empty when it
     /// first answers (a restarted master refuses every keyed command until
     /// its cluster state is ok again, so no client can have written there
-    /// yet), then back in the cluster.
+    /// yet). Returns without waiting for that (see [`RedisTarget::settle`]).
     async fn lose_cluster(&mut self) -> Result<String, String> {
         let holders = self.key_nodes().await?;
         let which: Vec<usize> = holders.iter().map(|n| n.index).collect();
-        let RedisTarget::Cluster { cluster, .. } = self else {
+        let RedisTarget::Cluster { cluster, losses, .. } = self else {
             unreachable!("a cluster target");
         };
+        *losses += 1;
         tokio::task::block_in_place(|| cluster.restart_nodes(&which))?;
         let mut kept = Vec::new();
         for node in &holders {
@@ -278,10 +348,6 @@ impl RedisTarget {
             }
         }
         self.unpause().await;
-        let RedisTarget::Cluster { cluster, .. } = self else {
-            unreachable!("a cluster target");
-        };
-        tokio::task::block_in_place(|| cluster.wait_ok(&which))?;
         if !kept.is_empty() {
             return Err(format!("restarted without persistence, yet {}", kept.join(", ")));
         }
@@ -454,7 +520,10 @@ impl RedisTarget {
         group: &str,
         idle_ms: u64,
     ) -> Result<Option<(String, u64)>, String> {
-        let mut conn = self.conn().await?;
+        // Never waits for a cluster back from a loss: its callers look
+        // again soon, and the driver must not stall meanwhile.
+        self.settle_within(Duration::ZERO).await?;
+        let mut conn = connection::connect(&self.url(), false, Duration::from_secs(5)).await?;
         redis::Script::new(
             "local id
              local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
