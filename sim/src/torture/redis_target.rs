@@ -506,7 +506,8 @@ impl RedisTarget {
     /// consumer was handed yet, else one left pending past `idle_ms` (a
     /// delivery its consumer gave up on for now). Returns its id and its
     /// delivery count, read in the same step, or None when the group has
-    /// neither.
+    /// neither; an error at once while a cluster node is back from a loss
+    /// and not ok yet (its callers look again later).
     ///
     /// A pending entry is claimed by its id (XCLAIM), after XRANGE shows
     /// it still in the stream, never by XAUTOCLAIM: XAUTOCLAIM (and XCLAIM
