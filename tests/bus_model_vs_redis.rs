@@ -22,7 +22,7 @@
 //! disagreement.
 //!
 //! Every check runs on the single test Redis and on a private three-node
-//! Redis Cluster (issue 25; `bus_support/cluster.rs`).
+//! Redis Cluster (issue 25; `testkit/src/cluster.rs`).
 //!
 //! `BUS_DIFF_CASES` raises the number of generated cases (default 40). The
 //! mutant tests (feature `mutants`) run the same check with a planted bug

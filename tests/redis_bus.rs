@@ -8,7 +8,7 @@
 //! PID 1 in separate containers must not share a consumer name). Each test
 //! uses its own key prefix, and runs twice (issue 25): on the single test
 //! Redis (`NAME::single`) and on a private three-node Redis Cluster
-//! (`NAME::cluster`, see `bus_support/cluster.rs`).
+//! (`NAME::cluster`, see `testkit/src/cluster.rs`).
 
 mod bus_support;
 mod common;

@@ -11,8 +11,6 @@
 mod bus_support;
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bus_support::order_created;
@@ -20,59 +18,28 @@ use purchase_saga::adapters::redis::{RedisBus, RedisConfig};
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::bus::{Bus, Delivery};
 
-/// A redis-server of this test's own, killed on drop.
+/// A redis-server of this test's own (`testkit`), killed on drop.
 struct PrivateRedis {
-    child: Child,
+    server: purchase_saga_testkit::PrivateRedis,
     url: String,
 }
 
 impl PrivateRedis {
     fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH (this test needs a server of its own)");
-        let server = PrivateRedis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        let client = redis::Client::open(server.url.as_str()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client
-            .get_connection_with_timeout(Duration::from_millis(200))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let server = purchase_saga_testkit::PrivateRedis::start()
+            .unwrap_or_else(|e| panic!("this test needs a server of its own: {e}"));
+        PrivateRedis {
+            url: server.url(),
+            server,
         }
-        server
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
+        redis::Client::open(self.server.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

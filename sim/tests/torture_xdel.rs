@@ -6,17 +6,18 @@
 //!
 //! Needs the `redis-server` binary (a private one on a free port).
 
+use purchase_saga::adapters::redis::connection::RedisConn;
 use purchase_saga::domain::Service;
-use purchase_saga_sim::torture::servers::{PrivateRedis, RedisTarget, Xdel, XDEL_CONSUMER};
+use purchase_saga_sim::torture::redis_target::{RedisTarget, Xdel, XDEL_CONSUMER};
 use purchase_saga_sim::torture::state::Swallowed;
-use redis::aio::MultiplexedConnection;
+use purchase_saga_testkit::PrivateRedis;
 
 const STREAM: &str = "s";
 const GROUP: &str = "g";
 /// Longer than the test: no entry is idle enough to be claimed.
 const NEVER_IDLE_MS: u64 = 600_000;
 
-async fn setup() -> (RedisTarget, MultiplexedConnection) {
+async fn setup() -> (RedisTarget, RedisConn) {
     let target = RedisTarget::Private(PrivateRedis::start().expect("a private redis-server"));
     let mut conn = target.connection().await.expect("a connection");
     let _: () = redis::cmd("XGROUP")
@@ -31,7 +32,7 @@ async fn setup() -> (RedisTarget, MultiplexedConnection) {
     (target, conn)
 }
 
-async fn add(conn: &mut MultiplexedConnection, id: &str) {
+async fn add(conn: &mut RedisConn, id: &str) {
     let _: String = redis::cmd("XADD")
         .arg(STREAM)
         .arg(id)
@@ -42,7 +43,7 @@ async fn add(conn: &mut MultiplexedConnection, id: &str) {
         .expect("XADD");
 }
 
-async fn read_as(conn: &mut MultiplexedConnection, consumer: &str) {
+async fn read_as(conn: &mut RedisConn, consumer: &str) {
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(GROUP)
@@ -55,7 +56,7 @@ async fn read_as(conn: &mut MultiplexedConnection, consumer: &str) {
         .expect("XREADGROUP");
 }
 
-async fn pending(conn: &mut MultiplexedConnection) -> Vec<String> {
+async fn pending(conn: &mut RedisConn) -> Vec<String> {
     let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
         .arg(STREAM)
         .arg(GROUP)

@@ -1,12 +1,12 @@
 //! What the Redis bus tests share: a distinct event per number (an
 //! ORDER_CREATED, which only User consumes: one entry per publish), the
 //! two deployments every bus test runs on (a single Redis, and a private
-//! three-node Redis Cluster, `cluster.rs`), a test's key prefix on either
+//! three-node Redis Cluster, `purchase_saga_testkit::RedisCluster`, shared
+//! by the tests of one binary that run at the same time), a test's key
+//! prefix on either
 //! ([`TestRedis`]), and a raw connection for what the bus never does
 //! itself (SET on a dead-letter key, XDEL, XCLAIM, reading counters).
 #![allow(dead_code)] // Each test file uses a different part of this module.
-
-pub mod cluster;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,8 @@ use purchase_saga::adapters::redis::RedisConfig;
 use purchase_saga::domain::event::{OrderCreated, Payload};
 use purchase_saga::domain::{Event, ItemId, OrderId, Timestamp, UserId};
 
-pub use cluster::TestCluster;
+/// The private cluster (`testkit/src/cluster.rs`).
+pub use purchase_saga_testkit::RedisCluster as TestCluster;
 
 pub fn order_created(n: usize) -> Event {
     Event::new(

@@ -48,6 +48,13 @@ pub struct TortureArgs {
     /// the `db-down` fault).
     #[arg(long, default_value = "single", value_parser = torture::Layout::parse)]
     pub layout: torture::Layout,
+    /// The private Redis each seed starts (without --redis-url): one
+    /// redis-server, or a three-node Redis Cluster (`redis-server
+    /// --cluster-enabled yes`, `redis-cli --cluster create`) whose
+    /// clients are the cluster client and whose faults strike every node
+    /// holding the seed's keys.
+    #[arg(long, value_enum, default_value_t = torture::RedisLayout::Single)]
+    pub redis: torture::RedisLayout,
     /// Longest wait for quiescence after the heal, in seconds.
     #[arg(long, default_value_t = 45)]
     pub quiescence_secs: u64,
@@ -80,6 +87,10 @@ struct TortureReport {
 
 pub fn run(args: TortureArgs) -> ExitCode {
     let mut settings = TortureSettings::new(args.database_url, args.redis_url, args.workload.faults);
+    settings.redis = args.redis;
+    if settings.redis_url.is_some() && settings.redis == torture::RedisLayout::Cluster {
+        return bad_input("saga-sim torture: --redis-url names a shared Redis, --redis cluster starts a private cluster: pick one");
+    }
     settings.orders = args.workload.orders;
     settings.layout = args.layout;
     settings.quiescence_bound = std::time::Duration::from_secs(args.quiescence_secs);
@@ -108,8 +119,12 @@ pub fn run(args: TortureArgs) -> ExitCode {
     )
 }
 
-/// Whether torture's servers are there (`torture::servers::preflight`).
+/// Whether torture's servers are there (`torture::servers::preflight`;
+/// `redis-cli` too for a private cluster).
 pub fn preflight(settings: &TortureSettings) -> Result<(), String> {
+    if settings.redis_url.is_none() {
+        torture::redis_target::preflight(settings.redis)?;
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -211,11 +211,13 @@ impl Checker {
     /// Entries of `service`'s stream after its group's last delivered id
     /// (what XINFO's lag counts), read from the stream itself.
     async fn undelivered_entries(&self, bus: &RedisBus, service: Service) -> Result<u64, String> {
-        let client = redis::Client::open(self.redis_url.as_str()).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
+        // The cluster client when the URL lists a cluster's nodes.
+        let mut conn = purchase_saga::adapters::redis::connection::connect(
+            &self.redis_url,
+            false,
+            std::time::Duration::from_secs(5),
+        )
+        .await?;
         let stream = bus.stream_key(service);
         let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
             .arg("GROUPS")

@@ -30,8 +30,8 @@ use super::checks::{self, Checker, Expected, TortureObserver};
 use super::databases::{Layout, SeedDbs};
 use super::pg_faults;
 use super::plan::{Fault, Kind, TortureInput};
+use super::redis_target::{RedisTarget, Xdel, XDEL_CONSUMER};
 use super::replicas::{self as replica, Wiring};
-use super::servers::{PrivateRedis, RedisTarget, Xdel, XDEL_CONSUMER};
 use super::state::{Shared, Swallowed};
 use super::streams::StreamWatch;
 use super::witness::Witness;
@@ -90,11 +90,22 @@ pub fn run_seed(settings: &TortureSettings, seed: u64) -> TortureOutcome {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    // The seed's Redis is up before its clock starts: a cluster takes
+    // about a second to form, which the plan's first moments must not
+    // spend.
+    static PREFIXES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = format!(
+        "torture:{seed}:{}:{}",
+        std::process::id(),
+        PREFIXES.fetch_add(1, Ordering::SeqCst)
+    );
+    let redis = RedisTarget::start(settings.redis_url.as_deref(), settings.redis, &prefix);
     let shared = Arc::new(Shared::new(
         input.plan.clone(),
         ChaCha8Rng::seed_from_u64(seed ^ 0x7e57_7e57_7e57_7e57),
     ));
-    let result = rt.block_on(run_async(settings, &input, shared.clone()));
+    let result =
+        redis.and_then(|redis| rt.block_on(run_async(settings, &input, shared.clone(), redis, prefix)));
     if let Err(e) = result {
         shared.found(Finding::new(checks::SETUP, format!("seed {seed}"), e));
     }
@@ -188,20 +199,9 @@ async fn run_async(
     settings: &TortureSettings,
     input: &TortureInput,
     shared: Arc<Shared>,
+    redis: RedisTarget,
+    prefix: String,
 ) -> Result<(), String> {
-    let prefix = format!(
-        "torture:{}:{}:{}",
-        input.seed,
-        std::process::id(),
-        shared.now_ms()
-    );
-    let redis = match &settings.redis_url {
-        Some(url) => RedisTarget::Shared {
-            url: url.clone(),
-            prefix: prefix.clone(),
-        },
-        None => RedisTarget::Private(tokio::task::block_in_place(PrivateRedis::start)?),
-    };
     let dbs = SeedDbs::create(
         &settings.database_url,
         input.seed,
@@ -325,7 +325,9 @@ async fn run_async(
         // An xdel still waiting for a delivery (another fault, e.g. a
         // read-only database, froze the consumers) holds the heal back a
         // little: the deliveries resume when that fault's window ends.
-        let xdel_waits = !shared.swallows_pending().is_empty() && t < heal_at + XDEL_HEAL_GRACE_MS;
+        // So does a Redis Cluster's downtime after each loss.
+        let xdel_waits = !shared.swallows_pending().is_empty()
+            && t < heal_at + XDEL_HEAL_GRACE_MS + run.redis.downtime_ms();
         if !shared.healed() && t >= heal_at && !xdel_waits {
             run.heal(t).await;
             healed_at = t;
@@ -443,6 +445,9 @@ async fn run_async(
             shared.found(Finding::new(checks::SETUP, "disk-full free at the end", e));
         }
     }
+    if let Err(e) = run.redis.note_spread(&shared).await {
+        shared.found(Finding::new(checks::SETUP, "the cluster's keys at the end", e));
+    }
     run.redis.clean_up().await
 }
 
@@ -505,7 +510,7 @@ impl Run {
     /// `broker-loss`): writes held, the streams read, the server restarted,
     /// the restart seen in its new `run_id`.
     async fn lose_redis(&mut self, t: u64) -> Result<String, String> {
-        let before = self.redis.run_id().await?;
+        let before = self.redis.run_ids().await?;
         if !self.redis.pause_writes(LOSS_PAUSE_MS).await? {
             self.watch.cap_marks(self.witness.store()).await?;
         }
@@ -517,9 +522,11 @@ impl Run {
             self.redis.unpause().await;
         }
         let detail = lost?;
-        let after = self.redis.run_id().await?;
-        if before.is_some() && before == after {
-            return Err(format!("redis-server still runs as {before:?}: not restarted"));
+        let after = self.redis.run_ids().await?;
+        if let Some((node, id)) = before.iter().find(|b| after.contains(b)) {
+            return Err(format!(
+                "the redis-server at {node} still runs as {id}: not restarted"
+            ));
         }
         self.watch.lost();
         self.last_loss_ms = Some(t);
@@ -708,7 +715,7 @@ impl Run {
             }
             Action::RedisOomOff => match self.oom_before.take() {
                 Some((settings, open)) if open > 1 => self.oom_before = Some((settings, open - 1)),
-                Some((settings, _)) => match super::redis_faults::restore(&self.redis, &settings).await {
+                Some((settings, _)) => match super::redis_faults::restore(&settings).await {
                     Ok(()) => self.shared.log("== Redis memory limit restored =="),
                     Err(e) => self.shared.found(Finding::new(checks::SETUP, "redis-oom off", e)),
                 },
@@ -725,7 +732,7 @@ impl Run {
         let Some((before, _)) = &self.oom_before else {
             return false;
         };
-        match super::redis_faults::restore(&self.redis, before).await {
+        match super::redis_faults::restore(before).await {
             Ok(()) => true,
             Err(e) => {
                 self.shared.log(format!("== redis-oom not lifted: {e} =="));
@@ -889,11 +896,19 @@ impl Run {
         }
     }
 
-    /// Kills the private Redis's client connections until one was.
+    /// Kills the private Redis's client connections (on every cluster node)
+    /// until one was.
     async fn kill_redis_clients(&self) -> Result<String, String> {
         for _ in 0..EFFECT_TRIES_MAX {
             match self.redis.kill_clients().await? {
-                Some(n) if n > 0 => return Ok(format!("{n} Redis connections killed")),
+                Some(per_node) if per_node.iter().sum::<i64>() > 0 => {
+                    let n: i64 = per_node.iter().sum();
+                    return Ok(if self.redis.is_cluster() {
+                        format!("{n} Redis connections killed, on each cluster node: {per_node:?}")
+                    } else {
+                        format!("{n} Redis connections killed")
+                    });
+                }
                 Some(_) => tokio::time::sleep(EFFECT_RETRY_PAUSE).await,
                 None => {
                     return Err("cannot kill connections on a shared Redis (--redis-url); \

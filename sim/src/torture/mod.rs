@@ -7,7 +7,8 @@
 //! (`input_from_seed`), plus torture's own faults ([`plan::Kind`]) drawn
 //! from the same seed; a fresh database (`DATABASE_URL`'s server, dropped
 //! after the seed even on failure) and a fresh key prefix on a private
-//! redis-server (see [`servers`]); two replicas per service, each its own
+//! redis-server or, with `--redis cluster`, a private three-node Redis
+//! Cluster (see [`redis_target`]); two replicas per service, each its own
 //! pool, Redis connections and tokio tasks ([`replicas`]); faults at the
 //! adapter boundary ([`boundary`]) and at the servers ([`servers`]); the
 //! simulator's checker: per commit and per ack below the faults
@@ -45,6 +46,7 @@ pub mod driver;
 pub mod pg_faults;
 pub mod plan;
 pub mod redis_faults;
+pub mod redis_target;
 pub mod replicas;
 pub mod servers;
 pub mod state;
@@ -66,6 +68,7 @@ use crate::summary::Summary;
 pub use databases::Layout;
 pub use driver::run_seed;
 pub use plan::{parse_kinds, AnyKind, Kind, TortureInput};
+pub use redis_target::RedisLayout;
 
 /// Real time is the plan's time divided by this; see the module docs.
 pub const TIME_DIVISOR: u64 = 2;
@@ -75,8 +78,12 @@ pub const TIME_DIVISOR: u64 = 2;
 pub struct TortureSettings {
     /// The admin URL: each seed creates its database on this server.
     pub database_url: String,
-    /// None: a private redis-server per seed (see [`servers`]).
+    /// None: a private Redis per seed, of [`TortureSettings::redis`]'s
+    /// layout (see [`redis_target`]).
     pub redis_url: Option<String>,
+    /// One private redis-server per seed (the default), or a private
+    /// three-node Redis Cluster (`--redis cluster`).
+    pub redis: RedisLayout,
     pub profile: Profile,
     pub orders: usize,
     pub without: Vec<AnyKind>,
@@ -99,6 +106,7 @@ impl TortureSettings {
         TortureSettings {
             database_url,
             redis_url,
+            redis: RedisLayout::Single,
             profile,
             orders: 20,
             without: Vec::new(),
@@ -124,6 +132,9 @@ impl TortureSettings {
         }
         if self.layout != Layout::Single {
             flags += &format!(" --layout {}", self.layout);
+        }
+        if self.redis != RedisLayout::Single {
+            flags += &format!(" --redis {}", self.redis.name());
         }
         format!(
             "saga-sim torture --seeds {a}..{b} --faults {} --orders {}{flags}",

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use purchase_saga::adapters::postgres::{schema, PgRoutes};
+use purchase_saga::adapters::redis::connection::RedisConn;
 use purchase_saga::adapters::redis::RedisBus;
 use purchase_saga::domain::service::subscribers;
 use purchase_saga::domain::{Event, EventId, Service};
@@ -72,7 +73,7 @@ impl StreamWatch {
         &mut self,
         shared: &Shared,
         store: &PgRoutes,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut RedisConn,
         keys: &RedisBus,
         expected: &[Expected],
     ) -> Result<(), String> {
@@ -181,7 +182,7 @@ impl StreamWatch {
     async fn judge_dead_letters(
         &mut self,
         shared: &Shared,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut RedisConn,
         keys: &RedisBus,
         service: Service,
         expected: &[Expected],
@@ -217,11 +218,7 @@ impl StreamWatch {
     }
 
     /// Entries of `key` after the cursor, as (id, payload).
-    async fn read_new(
-        &mut self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        key: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+    async fn read_new(&mut self, conn: &mut RedisConn, key: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         let mut out = Vec::new();
         loop {
             let start = match self.cursors.get(key) {
