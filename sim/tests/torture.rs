@@ -16,7 +16,7 @@
 mod torture_support;
 
 use purchase_saga_sim::torture::{self, Kind};
-use torture_support::{light, require_services};
+use torture_support::{assert_clean_with_every_order_on_a_path, light, require_services};
 
 #[test]
 fn light_faults_on_the_real_services_leave_every_invariant_holding() {
@@ -24,17 +24,7 @@ fn light_faults_on_the_real_services_leave_every_invariant_holding() {
     let settings = light();
     for seed in 0..2 {
         let o = torture::run_seed(&settings, seed);
-        assert!(
-            o.findings.is_empty(),
-            "seed {seed} failed:\n{}",
-            o.failure_report()
-        );
-        let placed: u64 = o.paths.values().sum();
-        assert_eq!(
-            placed,
-            o.input.scenario.orders.len() as u64,
-            "every order ends on a path (placed and terminal, or rejected)"
-        );
+        assert_clean_with_every_order_on_a_path(&o);
         let injected: u64 = o.kinds.values().sum::<u64>() + o.sim_faults.values().sum::<u64>();
         assert!(injected > 0, "seed {seed}: a light plan injects faults");
         assert!(

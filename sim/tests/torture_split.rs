@@ -13,7 +13,7 @@ use purchase_saga::domain::Service;
 use purchase_saga_sim::torture::databases::SeedDbs;
 use purchase_saga_sim::torture::{self, checks, Kind, Layout};
 use sqlx::{Connection, PgConnection};
-use torture_support::{database_url, light, require_services};
+use torture_support::{assert_clean_with_every_order_on_a_path, database_url, light, require_services};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -93,13 +93,7 @@ fn split_seeds_pass_with_one_database_down_while_the_others_serve() {
     settings.layout = Layout::Split;
     for seed in 0..2 {
         let o = torture::run_seed(&settings, seed);
-        assert!(
-            o.findings.is_empty(),
-            "seed {seed} failed:\n{}",
-            o.failure_report()
-        );
-        let placed: u64 = o.paths.values().sum();
-        assert_eq!(placed, o.input.scenario.orders.len() as u64);
+        assert_clean_with_every_order_on_a_path(&o);
         // Counted only by its effect: new connections refused AND another
         // database committed meanwhile.
         assert!(

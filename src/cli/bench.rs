@@ -50,7 +50,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sqlx::Connection;
 
-use crate::adapters::postgres::with_database;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
@@ -276,24 +275,11 @@ impl Fresh {
         pool: u32,
     ) -> Result<(Fresh, PgPool), String> {
         let name = format!("ps_bench_{tag}_x{scale}");
-        let mut admin = sqlx::PgConnection::connect(&global.database_url)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot connect to PostgreSQL at {}: {e}",
-                    postgres::redact_url(&global.database_url)
-                )
-            })?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
-        let _ = admin.close().await;
+        let url = postgres::create_database(&global.database_url, &name).await?;
         let config = PgConfig {
             connections_max: pool,
             ..PgConfig::default()
         };
-        let url = with_database(&global.database_url, &name);
         let bus = RedisBus::connect(
             &global.redis_url,
             RedisConfig {

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use purchase_saga::adapters::postgres::{self, redact_url, PgConfig, PgStore};
+use purchase_saga::adapters::postgres::{self, PgConfig, PgStore};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -168,6 +168,7 @@ fn service_url(
     }
 }
 
+#[allow(unused_imports)] // Some of the test binaries that include this module use it.
 pub use purchase_saga::adapters::postgres::with_database;
 
 /// A random lower-case suffix for database names and key prefixes.
@@ -202,21 +203,11 @@ impl TestDb {
     }
 
     pub async fn create_with(config: PgConfig) -> TestDb {
-        use sqlx::Connection;
         let admin_url = database_url();
         let name = format!("ps_test_{}", random_suffix());
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "cannot connect to PostgreSQL at {}: {e}. To fix: {START_POSTGRES}.",
-                redact_url(&admin_url)
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
+        let url = purchase_saga::adapters::postgres::create_database(&admin_url, &name)
             .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {}: {e}", redact_url(&admin_url)));
-        let _ = admin.close().await;
-        let url = with_database(&admin_url, &name);
+            .unwrap_or_else(|e| panic!("{e}. To fix: {START_POSTGRES}."));
         // Migrated through a pool of the default configuration: a test's own
         // short statement or lock timeout is for its transactions, and a
         // migration on a loaded machine may take longer than it.

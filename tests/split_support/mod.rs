@@ -8,7 +8,6 @@ use std::time::Duration;
 use purchase_saga::adapters::postgres::{self, drop_database_blocking, Part, PgRoutes, PgStore};
 use purchase_saga::domain::{DurationMs, Service};
 use purchase_saga::runtime::RuntimeConfig;
-use sqlx::Connection;
 
 use crate::common;
 
@@ -23,19 +22,10 @@ impl EmptyDb {
     pub async fn create(label: &str) -> EmptyDb {
         let admin_url = common::database_url();
         let name = format!("ps_split_{label}_{}", common::random_suffix());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        let url = purchase_saga::adapters::postgres::create_database(&admin_url, &name)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url}: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        let _ = admin.close().await;
-        EmptyDb {
-            url: common::with_database(&admin_url, &name),
-            name,
-            admin_url,
-        }
+            .unwrap_or_else(|e| panic!("{e}"));
+        EmptyDb { url, name, admin_url }
     }
 
     pub async fn store(&self) -> PgStore {

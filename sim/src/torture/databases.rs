@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use purchase_saga::adapters::postgres::{self, redact_url, with_database, Part, PgConfig, PgRoutes, PgStore};
+use purchase_saga::adapters::postgres::{self, Part, PgConfig, PgRoutes, PgStore};
 use purchase_saga::domain::Service;
 use purchase_saga::runtime::Store;
 use sqlx::{Connection, PgConnection};
@@ -285,20 +285,12 @@ impl SeedDb {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        let mut admin = PgConnection::connect(admin_url).await.map_err(|e| {
-            format!(
-                "cannot connect to PostgreSQL at {}: {e}. To fix: {START_POSTGRES}",
-                redact_url(admin_url)
-            )
-        })?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
+        let url = postgres::create_database(admin_url, &name)
             .await
-            .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
-        let _ = admin.close().await;
+            .map_err(|e| format!("{e}. To fix: {START_POSTGRES}"))?;
         Ok(SeedDb {
             admin_url: admin_url.to_string(),
-            url: with_database(admin_url, &name),
+            url,
             name,
             parts,
         })

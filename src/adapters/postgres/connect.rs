@@ -82,6 +82,27 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// Creates the empty database `name` through a connection to `admin_url`
+/// and returns its URL: the fresh databases of the tests, the bench and
+/// torture. The error names the server (password redacted) or the
+/// statement that failed.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String, String> {
+    use sqlx::Connection;
+    assert!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "a scratch database name is a plain identifier, not {name:?}"
+    );
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL at {}: {e}", redact_url(admin_url)))?;
+    let created = sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| format!("CREATE DATABASE {name} on {}: {e}", redact_url(admin_url)));
+    let _ = admin.close().await;
+    created.map(|_| with_database(admin_url, name))
+}
+
 /// Drops database `name` (`WITH (FORCE)`, ending its sessions) through a
 /// connection to `admin_url`, from a thread with a runtime of its own, so
 /// that a `Drop` running inside a tokio runtime can block on it without

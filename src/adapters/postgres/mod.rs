@@ -63,7 +63,9 @@ use crate::runtime::store::{
 };
 use crate::runtime::StoreError;
 
-pub use connect::{connect, drop_database_blocking, redact_url, with_database, ConnectError, PgConfig};
+pub use connect::{
+    connect, create_database, drop_database_blocking, redact_url, with_database, ConnectError, PgConfig,
+};
 pub use errors::classify;
 pub use migrations::{check as check_schema, migrate, migrate_parts, Part, LEGACY};
 pub use outbox::{claim_sql, SetAsideRow};
