@@ -181,17 +181,21 @@ impl SeedDbs {
         };
         let routes = all.map().routes(&small_pool()).await?;
         let migrated = routes.migrate().await.map_err(|e| e.to_string());
+        // Every part is routed to one of the seed's databases, so a part's
+        // schema anywhere else is a foreign schema (the check `migrate`
+        // warns with).
+        let foreign = match migrated {
+            Ok(()) => routes.foreign_schemas().await,
+            Err(e) => Err(e),
+        };
         routes.close().await;
-        migrated?;
-        for db in &all.dbs {
-            let foreign = db.foreign_schemas().await?;
-            if !foreign.is_empty() {
-                return Err(format!(
-                    "{} holds foreign schemas: {}",
-                    db.name,
-                    foreign.join(", ")
-                ));
-            }
+        let foreign = foreign?;
+        if !foreign.is_empty() {
+            let found: Vec<String> = foreign
+                .iter()
+                .map(|f| format!("{} in {}", f.part.schema(), f.found_in))
+                .collect();
+            return Err(format!("foreign schemas: {}", found.join(", ")));
         }
         Ok(all)
     }
@@ -294,24 +298,6 @@ impl SeedDb {
             name,
             parts,
         })
-    }
-
-    /// The schemas of parts this database does not hold that exist in it
-    /// anyway.
-    async fn foreign_schemas(&self) -> Result<Vec<String>, String> {
-        let mut conn = PgConnection::connect(&self.url)
-            .await
-            .map_err(|e| format!("connection to {}: {e}", self.name))?;
-        let present: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        Ok(Part::ALL
-            .into_iter()
-            .filter(|p| !self.parts.contains(p) && present.iter().any(|s| s == p.schema()))
-            .map(|p| p.schema().to_string())
-            .collect())
     }
 
     /// `db-down`: new connections refused (`ALLOW_CONNECTIONS false`) and
