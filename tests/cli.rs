@@ -199,11 +199,7 @@ async fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     let token = |name: &str| seeded_token(&seeded_out, name);
     let user_token = format!("Bearer {}", token("demo-user-3"));
     let other_token = format!("Bearer {}", token("demo-user-4"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = purchase_saga_testkit::free_port().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = bin()
         .args([
@@ -429,11 +425,7 @@ fn chaos_refuses_non_local_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_serve_prints_tokens_that_work() {
     use std::io::BufRead;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = purchase_saga_testkit::free_port().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = bin()
         .args(["--in-memory", "serve", "--http", &addr.to_string()])
@@ -659,11 +651,7 @@ impl Serving {
 
     /// [`start`](Self::start) with more global flags.
     async fn start_with(db: &TestDb, redis: &TestRedis, services: &str, flags: &[&str]) -> Serving {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = purchase_saga_testkit::free_port().unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = bin()
             .args(["--database-url", &db.url, "--redis-url", &redis.url])
@@ -1574,11 +1562,7 @@ async fn pool_sizes_per_part_reach_the_pools() {
 /// Issue 27: `--http localhost:8080` was rejected. A host name is resolved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_takes_a_host_name_in_http() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = purchase_saga_testkit::free_port().unwrap();
     let mut child = bin()
         .args(["--in-memory", "serve", "--http", &format!("localhost:{port}")])
         .stdout(Stdio::null())

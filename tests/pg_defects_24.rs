@@ -273,10 +273,7 @@ fn run_root(program: &str, args: &[&str]) -> Result<(), String> {
 
 impl PrivateServer {
     fn start() -> PrivateServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = purchase_saga_testkit::free_port().expect("a free port");
         let scratch = std::env::temp_dir().join(format!("ps-disk-full-{}", common::random_suffix()));
         let mut server = PrivateServer {
             data: scratch.join("data"),

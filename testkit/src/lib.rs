@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// What to install when `redis-server` or `redis-cli` is missing.
 pub const INSTALL: &str = "install Redis >= 7 (`apt-get install redis-server`, which brings redis-cli)";
 
-/// A free TCP port on 127.0.0.1 (free now; bound again by the caller).
+/// `n` distinct free TCP ports on 127.0.0.1 (free now; bound again by the caller).
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -38,6 +38,12 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         .iter()
         .map(|l| l.local_addr().expect("a bound listener's address").port())
         .collect())
+}
+
+/// One free TCP port on 127.0.0.1 (free now; bound again by the caller):
+/// a private server's, or an HTTP listener's in the binary's tests.
+pub fn free_port() -> Result<u16, String> {
+    free_ports(1).map(|ports| ports[0])
 }
 
 /// Waits (up to `within`) until the server on `port` answers `command`
